@@ -1,0 +1,68 @@
+"""Answer every row of a Polars column with Azure OpenAI chat completions.
+
+Importing this package registers the ``chat`` expression namespace::
+
+    df.with_columns(answer=pl.col("messages").chat.complete(max_tokens=20))
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from polars_azurechat import namespace as _namespace  # registers `.chat`
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    AzureChatError,
+    BadRequestError,
+    CompletionFailed,
+    ConfigurationError,
+    ContentFilterError,
+    ContextLengthError,
+    FailedRowsWarning,
+    InputError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
+    RequestError,
+    RowError,
+    ServerError,
+)
+from polars_azurechat.functions import complete, complete_many
+
+try:
+    __version__ = version("polars-azurechat")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+del _namespace
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "AzureChatError",
+    "BadRequestError",
+    "ChatConfig",
+    "CompletionFailed",
+    "ConfigurationError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "FailedRowsWarning",
+    "InputError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestError",
+    "RowError",
+    "ServerError",
+    "__version__",
+    "complete",
+    "complete_many",
+]

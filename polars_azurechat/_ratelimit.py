@@ -1,0 +1,125 @@
+"""Admission control for a deployment's quota. Not meant for outside use.
+
+Azure enforces requests-per-minute and tokens-per-minute over short windows (about a sixth
+of the minute's quota per 10 s), counting each request's *estimated* tokens on arrival.
+:class:`RateLimiter` mirrors that: a sliding-window log of what it admitted, so a request is
+admitted only when both budgets allow it, plus a cooldown shared by every worker that a 429
+sets to the time the server named. Clock and sleep are injected, so tests never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: The window Azure's quota is enforced over.
+WINDOW_S = 10.0
+#: Extra time before an admission leaves the window, for network skew.
+MARGIN_S = 0.3
+#: Cooldown after a 429 that names no delay.
+DEFAULT_COOLDOWN_S = 1.0
+
+
+class RateLimiter:
+    """Admit requests under requests-per-minute and tokens-per-minute budgets.
+
+    Parameters
+    ----------
+    requests_per_minute, tokens_per_minute
+        The quota; ``None`` leaves that budget unchecked.
+    window_s
+        The enforcement window; the budget per window is ``quota * window_s / 60``.
+    clock, sleep
+        Monotonic clock and awaitable sleep (injected in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        window_s: float = WINDOW_S,
+        margin_s: float = MARGIN_S,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        scale = window_s / 60.0
+        self.request_budget = (
+            max(1.0, requests_per_minute * scale) if requests_per_minute else None
+        )
+        self.token_budget = max(1.0, tokens_per_minute * scale) if tokens_per_minute else None
+        self._span = window_s + margin_s
+        self._clock = clock
+        self._sleep = sleep
+        self._log: collections.deque[tuple[float, int]] = collections.deque()
+        self._tokens = 0
+        self._cooldown_until = 0.0
+        self._lock: asyncio.Lock | None = None
+        self.waited_s = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether any budget is set (an inactive limiter still honours cooldowns)."""
+        return self.request_budget is not None or self.token_budget is not None
+
+    def delay(self, tokens: int = 0) -> float:
+        """Seconds until a request costing ``tokens`` may be admitted (0: now)."""
+        now = self._clock()
+        self._expire(now)
+        wait = self._cooldown_until - now
+        if self.request_budget is not None and len(self._log) + 1 > self.request_budget:
+            # the oldest entries must leave until one slot is free
+            excess = len(self._log) + 1 - int(self.request_budget)
+            wait = max(wait, self._log[excess - 1][0] + self._span - now)
+        if self.token_budget is not None and self._log:
+            need = self._tokens + tokens - self.token_budget
+            if need > 0:
+                freed = 0
+                for t, cost in self._log:
+                    freed += cost
+                    if freed >= need:
+                        wait = max(wait, t + self._span - now)
+                        break
+                else:  # larger than the whole budget: admit it alone
+                    wait = max(wait, self._log[-1][0] + self._span - now)
+        return max(0.0, wait)
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait until the request may go, then count it (waiters are served in order)."""
+        if not self.active and self._cooldown_until <= self._clock():
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while (wait := self.delay(tokens)) > 0:
+                self.waited_s += wait
+                await self._sleep(wait)
+            if self.active:
+                self._log.append((self._clock(), tokens))
+                self._tokens += tokens
+
+    def on_rate_limited(self, retry_after_s: float | None) -> None:
+        """A 429 arrived: pause every admission until the time the server named."""
+        until = self._clock() + (
+            retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
+        )
+        if until > self._cooldown_until:
+            logger.debug("429: pausing admissions for %.3f s", until - self._clock())
+            self._cooldown_until = until
+
+    def reset_loop(self) -> None:
+        """Forget the asyncio lock (the engine's event loop was replaced)."""
+        self._lock = None
+
+    def _expire(self, now: float) -> None:
+        log = self._log
+        while log and log[0][0] + self._span <= now:
+            self._tokens -= log.popleft()[1]

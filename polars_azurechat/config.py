@@ -1,0 +1,171 @@
+"""Connection settings: argument first, then the environment, then a ``.env`` file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values, find_dotenv
+
+from polars_azurechat.errors import ConfigurationError
+
+__all__ = ["DEFAULT_API_VERSION", "ChatConfig"]
+
+#: The api-version used when neither an argument nor ``OPENAI_API_VERSION`` gives one
+#: (Azure OpenAI's GA data-plane version).
+DEFAULT_API_VERSION = "2024-10-21"
+
+ENV_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
+ENV_API_KEY = "AZURE_OPENAI_API_KEY"
+ENV_AD_TOKEN = "AZURE_OPENAI_AD_TOKEN"
+ENV_API_VERSION = "OPENAI_API_VERSION"
+ENV_DEPLOYMENT = "AZURE_OPENAI_DEPLOYMENT"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """Where and how to reach an Azure OpenAI resource.
+
+    Build it with :meth:`from_env`, which fills what is not given from the environment and
+    a ``.env`` file. Exactly one of ``api_key`` and ``azure_ad_token`` is used; neither
+    appears in ``repr`` or in any log line or error.
+
+    Parameters
+    ----------
+    azure_endpoint
+        ``https://<resource>.openai.azure.com`` (or the emulator's ``http://127.0.0.1:<port>``).
+    api_key
+        The resource key, sent as the ``api-key`` header.
+    api_version
+        Azure's ``api-version`` query parameter.
+    azure_ad_token
+        A Microsoft Entra ID token, sent as ``Authorization: Bearer``, instead of a key.
+    deployment
+        The default deployment for calls that do not name one.
+
+    Examples
+    --------
+    >>> cfg = ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="sk-secret")
+    >>> cfg
+    ChatConfig(azure_endpoint='http://127.0.0.1:9', api_key='***', api_version='2024-10-21', azure_ad_token=None, deployment=None)
+    """  # noqa: E501
+
+    azure_endpoint: str
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    api_version: str = DEFAULT_API_VERSION
+    azure_ad_token: str | None = dataclasses.field(default=None, repr=False)
+    deployment: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.azure_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            msg = (
+                "azure_endpoint must be an http(s) URL such as "
+                f"https://<resource>.openai.azure.com (set {ENV_ENDPOINT})"
+            )
+            raise ConfigurationError(msg)
+        if not self.api_key and not self.azure_ad_token:
+            msg = f"no credential: pass api_key= or set {ENV_API_KEY} (or {ENV_AD_TOKEN})"
+            raise ConfigurationError(msg)
+        if self.api_key and self.azure_ad_token:
+            msg = "api_key and azure_ad_token are mutually exclusive; give only one"
+            raise ConfigurationError(msg)
+        if not self.api_version:
+            msg = f"api_version is empty: pass api_version= or set {ENV_API_VERSION}"
+            raise ConfigurationError(msg)
+
+    def __repr__(self) -> str:
+        key = "'***'" if self.api_key else "None"
+        token = "'***'" if self.azure_ad_token else "None"
+        return (
+            f"ChatConfig(azure_endpoint={self.azure_endpoint!r}, api_key={key}, "
+            f"api_version={self.api_version!r}, azure_ad_token={token}, "
+            f"deployment={self.deployment!r})"
+        )
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host (what errors name; never the key)."""
+        return urlsplit(self.azure_endpoint).netloc
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        azure_endpoint: str | None = None,
+        api_key: str | None = None,
+        api_version: str | None = None,
+        azure_ad_token: str | None = None,
+        deployment: str | None = None,
+        dotenv_path: str | os.PathLike[str] | None = None,
+    ) -> ChatConfig:
+        """Resolve every setting: argument, then environment variable, then ``.env``.
+
+        The ``.env`` file is read with python-dotenv (found by searching up from the
+        working directory unless ``dotenv_path`` is given) and never changes
+        ``os.environ``.
+
+        Raises
+        ------
+        ConfigurationError
+            When the endpoint or the credential is missing; the message names the
+            environment variable to set.
+
+        Examples
+        --------
+        >>> import os
+        >>> os.environ["AZURE_OPENAI_ENDPOINT"] = "http://127.0.0.1:9"
+        >>> ChatConfig.from_env(api_key="k").azure_endpoint
+        'http://127.0.0.1:9'
+        """
+        dotenv = _read_dotenv(dotenv_path)
+
+        def pick(value: str | None, name: str) -> str | None:
+            if value:
+                return value
+            return os.environ.get(name) or dotenv.get(name) or None
+
+        endpoint = pick(azure_endpoint, ENV_ENDPOINT)
+        if not endpoint:
+            msg = f"no Azure endpoint: pass azure_endpoint= or set {ENV_ENDPOINT}"
+            raise ConfigurationError(msg)
+        if azure_ad_token:
+            key, token = api_key, azure_ad_token  # both given: __post_init__ refuses
+        else:
+            key = pick(api_key, ENV_API_KEY)
+            token = None if key else pick(None, ENV_AD_TOKEN)
+        return cls(
+            azure_endpoint=endpoint.rstrip("/"),
+            api_key=key,
+            api_version=pick(api_version, ENV_API_VERSION) or DEFAULT_API_VERSION,
+            azure_ad_token=token,
+            deployment=pick(deployment, ENV_DEPLOYMENT),
+        )
+
+    def resolve_deployment(self, deployment: str | None) -> str:
+        """Return ``deployment``, else the configured one, else raise naming the variable."""
+        name = deployment or self.deployment
+        if not name:
+            msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
+            raise ConfigurationError(msg)
+        return name
+
+    def auth_headers(self) -> Mapping[str, str]:
+        """The HTTP header that carries the credential."""
+        if self.api_key:
+            return {"api-key": self.api_key}
+        return {"Authorization": f"Bearer {self.azure_ad_token}"}
+
+
+def _read_dotenv(path: str | os.PathLike[str] | None) -> dict[str, str | None]:
+    if path is None:
+        found = find_dotenv(usecwd=True)
+        if not found:
+            return {}
+        path = found
+    if not Path(path).is_file():
+        return {}
+    return dict(dotenv_values(path))

@@ -1,0 +1,186 @@
+"""Exceptions raised by polars_azurechat.
+
+Every exception derives from one root, so ``except AzureChatError`` catches them all::
+
+    AzureChatError
+    ├── ConfigurationError          a setting is missing or invalid (names the variable)
+    ├── RequestError                the request did not get a usable answer
+    │   ├── APIConnectionError      connection refused, reset or dropped
+    │   ├── APITimeoutError         no answer within ``timeout_s``
+    │   └── MalformedResponseError  a 200 whose body is not a chat completion
+    ├── APIStatusError              Azure answered with an error status
+    │   ├── BadRequestError         400 (not retried)
+    │   │   ├── ContentFilterError      400 ``content_filter``
+    │   │   └── ContextLengthError      400 ``context_length_exceeded``
+    │   ├── AuthenticationError     401 / 403: wrong key or no access (stops the run)
+    │   ├── NotFoundError           404: wrong deployment, endpoint or api-version (stops the run)
+    │   ├── RateLimitError          429, with ``retry_after_s``
+    │   └── ServerError             5xx
+    ├── InputError                  one row's input cannot be sent (empty list, bad role, ...)
+    └── CompletionFailed            (also an ``ExceptionGroup``) rows failed with ``on_error="raise"``
+
+``CompletionFailed`` gathers one :class:`RowError` per failed row; each has ``row_index`` and its
+cause as ``__cause__``. Messages never contain the API key or prompt text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "AzureChatError",
+    "BadRequestError",
+    "CompletionFailed",
+    "ConfigurationError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "FailedRowsWarning",
+    "InputError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestError",
+    "RowError",
+    "ServerError",
+]
+
+
+class AzureChatError(Exception):
+    """Root of every error raised by polars_azurechat."""
+
+
+class ConfigurationError(AzureChatError, ValueError):
+    """A required setting is missing or invalid; the message names what to set."""
+
+
+class InputError(AzureChatError, ValueError):
+    """One row's messages cannot be sent (empty list, unknown role, null content, ...)."""
+
+
+class RequestError(AzureChatError):
+    """The request got no usable answer from the server."""
+
+
+class APIConnectionError(RequestError):
+    """The connection failed: refused, reset, or dropped before the answer arrived."""
+
+
+class APITimeoutError(RequestError):
+    """The server did not answer within ``timeout_s``."""
+
+
+class MalformedResponseError(RequestError):
+    """The server answered 200 with a body that is not a chat completion."""
+
+
+class APIStatusError(AzureChatError):
+    """Azure answered with an error status.
+
+    Attributes
+    ----------
+    status_code
+        The HTTP status.
+    request_id
+        Azure's ``apim-request-id`` / ``x-request-id`` when present.
+    code
+        Azure's error code (``"content_filter"``, ``"DeploymentNotFound"``, ...) when present.
+    body
+        The decoded JSON error body (Azure's own words; no secrets are in it).
+    retry_after_s
+        The delay the server asked for (``retry-after-ms`` / ``Retry-After``), if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        code: str | None = None,
+        body: Any = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.status_code = status_code
+        self.request_id = request_id
+        self.code = code
+        self.body = body
+
+
+class BadRequestError(APIStatusError):
+    """400: Azure refused the request as invalid. Retrying cannot help."""
+
+
+class ContentFilterError(BadRequestError):
+    """400 ``content_filter``: the prompt triggered Azure's content management policy.
+
+    ``categories`` lists the filter categories Azure flagged (``"hate"``, ``"violence"``, ...).
+    """
+
+    def __init__(
+        self, message: str, *, categories: Sequence[str] = (), **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.categories = tuple(categories)
+
+
+class ContextLengthError(BadRequestError):
+    """400 ``context_length_exceeded``: the messages plus ``max_tokens`` exceed the context."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 / 403: the key or token is wrong, or has no access. The whole run stops."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the deployment, endpoint or api-version does not exist. The whole run stops."""
+
+
+class RateLimitError(APIStatusError):
+    """429: the deployment's quota is exhausted for now; ``retry_after_s`` says how long."""
+
+
+class ServerError(APIStatusError):
+    """5xx (or 408 / 409): a transient server-side failure; retried."""
+
+
+class RowError(AzureChatError):
+    """The failure of one row; ``row_index`` is its position in the batch, cause in ``__cause__``."""
+
+    def __init__(self, row_index: int, reason: str) -> None:
+        super().__init__(f"row {row_index}: {reason}")
+        self.row_index = row_index
+        self.reason = reason
+
+
+class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
+    """Some rows failed with ``on_error="raise"``; every row ran first.
+
+    It is an ``ExceptionGroup`` of :class:`RowError`, so both ``except AzureChatError`` and
+    ``except* RowError`` catch it. ``row_indices`` lists the failed rows, in order.
+    """
+
+    def __new__(cls, message: str, errors: Sequence[RowError]) -> Self:
+        return super().__new__(cls, message, list(errors))
+
+    def __init__(self, message: str, errors: Sequence[RowError]) -> None:
+        super().__init__(message, list(errors))
+
+    @property
+    def row_indices(self) -> list[int]:
+        """Indices of the failed rows, in order."""
+        return [e.row_index for e in self.exceptions if isinstance(e, RowError)]
+
+    def derive(self, excs: Sequence[RowError]) -> CompletionFailed:  # type: ignore[override]
+        """Build a new group of the same class (used by ``except*`` splitting)."""
+        return CompletionFailed(self.message, excs)
+
+
+class FailedRowsWarning(UserWarning):
+    """Some rows failed with ``on_error="null"``: they are null (or carry ``error``)."""

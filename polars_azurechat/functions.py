@@ -1,0 +1,404 @@
+"""The typed API: :func:`complete` for expressions, :func:`complete_many` for plain lists."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, overload
+
+import polars as pl
+
+from polars_azurechat._convert import (
+    check_dtype,
+    results_to_series,
+    rows_to_requests,
+    series_to_requests,
+)
+from polars_azurechat._engine import ChatEngine
+from polars_azurechat._ratelimit import RateLimiter
+from polars_azurechat._transport import Transport
+from polars_azurechat._types import RESULT_DTYPE, ChatResult, OnError, OutputKind
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.errors import CompletionFailed, FailedRowsWarning, RowError
+
+__all__ = ["complete", "complete_many"]
+
+logger = logging.getLogger(__name__)
+
+#: Body fields the engine owns; passing them as ``**params`` is an error.
+_RESERVED_PARAMS = frozenset({"messages", "stream", "n", "model"})
+
+
+def complete(
+    expr: str | pl.Expr,
+    *,
+    deployment: str | None = None,
+    config: ChatConfig | None = None,
+    system: str | None = None,
+    output: OutputKind = "content",
+    max_concurrency: int = 64,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    max_attempts: int = 6,
+    timeout_s: float = 60.0,
+    on_error: OnError = "null",
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    **params: Any,
+) -> pl.Expr:
+    """Answer every row of a column of chat messages (or prompts) with Azure OpenAI.
+
+    Parameters
+    ----------
+    expr
+        A column name or expression: ``List(Struct{role, content})`` (extra struct fields
+        are ignored) or ``String`` prompts.
+    deployment
+        The Azure deployment; default ``config.deployment`` / ``AZURE_OPENAI_DEPLOYMENT``.
+    config
+        Endpoint and credential; default :meth:`ChatConfig.from_env` (arguments, then
+        environment, then ``.env``), resolved now so a missing setting fails before any
+        request.
+    system
+        For String prompts: a system message sent before each prompt.
+    output
+        ``"content"`` for a String column of answers, ``"struct"`` for
+        ``{content, finish_reason, prompt_tokens, completion_tokens, attempts, error}``.
+    max_concurrency
+        Requests in flight at once, across every chunk of this expression.
+    requests_per_minute, tokens_per_minute
+        The deployment's quota; requests are admitted under it (over 10-s windows, as
+        Azure enforces it).
+    max_attempts
+        Attempts per row, the first included; 408/409/429/5xx, timeouts and dropped
+        connections are retried, other errors are not.
+    timeout_s
+        Time bound for one attempt.
+    on_error
+        ``"null"``: a failed row gives null (``error`` says why with ``output="struct"``)
+        and one :class:`FailedRowsWarning` counts them. ``"raise"``: every row runs, then
+        :class:`CompletionFailed` lists the failed rows.
+    cache
+        Path to a SQLite file of answered requests; a rerun sends only what is missing.
+    progress
+        Show a progress bar (tqdm) shared by every chunk.
+    **params
+        Chat-completions body fields: ``max_tokens``, ``temperature``, ``top_p``,
+        ``seed``, ``stop``, ``response_format``, ...
+
+    Returns
+    -------
+    pl.Expr
+        String (``output="content"``) or Struct (``output="struct"``), one value per row.
+
+    Raises
+    ------
+    ConfigurationError
+        A setting is missing (the message names the environment variable).
+    ValueError
+        An argument is invalid (checked now, before any request).
+    TypeError
+        At run time, when the column's dtype is neither String nor a list of messages.
+    AuthenticationError, NotFoundError
+        At run time, at the first 401/403/404: the run stops at once.
+    CompletionFailed
+        At run time, with ``on_error="raise"``, after all rows ran.
+
+    Notes
+    -----
+    - Row ``i``'s answer is always row ``i``'s; null rows stay null and send nothing.
+    - Polars may hand the column over in chunks, from several threads at once; one engine
+      per expression keeps ``max_concurrency`` and the quota across all of them. With
+      ``on_error="raise"`` the row indices are positions within the chunk that failed.
+    - Under ``group_by``/``over`` the function sees the whole column, not each group.
+    - Each use of the expression in a query sends its requests again (Polars does not
+      deduplicate Python functions): compute it once with ``with_columns`` and reuse the
+      column, or set ``cache``.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import polars_azurechat as pac
+    >>> df = pl.DataFrame({"prompt": ["What is 53 + 53?", "What is 6 * 7?", None]})
+    >>> df.with_columns(answer=pac.complete("prompt", max_tokens=20))
+    shape: (3, 2)
+    ┌──────────────────┬────────┐
+    │ prompt           ┆ answer │
+    │ ---              ┆ ---    │
+    │ str              ┆ str    │
+    ╞══════════════════╪════════╡
+    │ What is 53 + 53? ┆ 106    │
+    │ What is 6 * 7?   ┆ 42     │
+    │ null             ┆ null   │
+    └──────────────────┴────────┘
+    """
+    expr = pl.col(expr) if isinstance(expr, str) else expr
+    call = _Call(
+        deployment=deployment,
+        config=config,
+        system=system,
+        output=output,
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+        on_error=on_error,
+        cache=cache,
+        progress=progress,
+        params=params,
+    )
+    return_dtype = RESULT_DTYPE if output == "struct" else pl.String
+    return expr.map_batches(call.series, return_dtype=return_dtype, is_elementwise=True)
+
+
+@overload
+def complete_many(
+    rows: Iterable[str | Sequence[Mapping[str, Any]] | None],
+    *,
+    output: Literal["content"] = ...,
+    **kwargs: Any,
+) -> list[str | None]: ...
+@overload
+def complete_many(
+    rows: Iterable[str | Sequence[Mapping[str, Any]] | None],
+    *,
+    output: Literal["struct"],
+    **kwargs: Any,
+) -> list[dict[str, Any] | None]: ...
+def complete_many(
+    rows: Iterable[str | Sequence[Mapping[str, Any]] | None],
+    *,
+    deployment: str | None = None,
+    config: ChatConfig | None = None,
+    system: str | None = None,
+    output: OutputKind = "content",
+    max_concurrency: int = 64,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    max_attempts: int = 6,
+    timeout_s: float = 60.0,
+    on_error: OnError = "null",
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    **params: Any,
+) -> list[str | None] | list[dict[str, Any] | None]:
+    """Answer a plain list of message lists (or prompts), in input order, without Polars.
+
+    The same engine as :func:`complete`, for code that holds Python lists, as the original
+    parallel-requests handler's users do. Arguments are those of :func:`complete`.
+
+    Returns
+    -------
+    list
+        One answer per row: a string (``output="content"``) or a dict
+        (``output="struct"``); ``None`` for a null or failed row.
+
+    Examples
+    --------
+    >>> import polars_azurechat as pac
+    >>> pac.complete_many(
+    ...     [
+    ...         [
+    ...             {"role": "system", "content": "Answer with a number."},
+    ...             {"role": "user", "content": "What is 53 + 53?"},
+    ...         ],
+    ...         "What is 100 + 100?",
+    ...     ],
+    ...     max_tokens=20,
+    ... )
+    ['106', '200']
+    """
+    call = _Call(
+        deployment=deployment,
+        config=config,
+        system=system,
+        output=output,
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+        on_error=on_error,
+        cache=cache,
+        progress=progress,
+        params=params,
+    )
+    results = call.run(rows_to_requests(list(rows), system=system))
+    if output == "struct":
+        return [None if r is None else r.as_row() for r in results]
+    return [None if r is None else r.content for r in results]
+
+
+class _Call:
+    """One ``complete()`` call: its checked settings and its engine, shared by all chunks."""
+
+    def __init__(
+        self,
+        *,
+        deployment: str | None,
+        config: ChatConfig | None,
+        system: str | None,
+        output: OutputKind,
+        max_concurrency: int,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        max_attempts: int,
+        timeout_s: float,
+        on_error: OnError,
+        cache: str | os.PathLike[str] | None,
+        progress: bool,
+        params: Mapping[str, Any],
+    ) -> None:
+        if output not in ("content", "struct"):
+            msg = f"output must be 'content' or 'struct', got {output!r}"
+            raise ValueError(msg)
+        if on_error not in ("null", "raise"):
+            msg = f"on_error must be 'null' or 'raise', got {on_error!r}"
+            raise ValueError(msg)
+        _check_positive("timeout_s", timeout_s)
+        for name, quota in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if quota is not None:
+                _check_positive(name, quota)
+        if system is not None and not isinstance(system, str):
+            msg = f"system must be a string, got {type(system).__name__}"
+            raise TypeError(msg)
+        _check_params(params)
+        if params.get("max_tokens") is None and tokens_per_minute is not None:
+            logger.warning(
+                "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
+                "model's whole context per request; set max_tokens"
+            )
+        config = config if config is not None else ChatConfig.from_env()
+        self.output: OutputKind = output
+        self.on_error: OnError = on_error
+        self.system = system
+        transport = Transport(
+            endpoint=config.azure_endpoint,
+            deployment=config.resolve_deployment(deployment),
+            api_version=config.api_version,
+            auth_headers=config.auth_headers(),
+            timeout_s=timeout_s,
+        )
+        self._bar = _ProgressBar() if progress else None
+        self.engine = ChatEngine(
+            transport,
+            params=params,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            limiter=RateLimiter(
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+            ),
+            progress=self._bar.update if self._bar is not None else None,
+        )
+        if cache is not None:
+            from polars_azurechat.cache import SqliteCache  # noqa: PLC0415
+
+            self.engine.cache = SqliteCache(cache)
+
+    def series(self, s: pl.Series) -> pl.Series:
+        """The function handed to ``map_batches``: one chunk in, one chunk out."""
+        check_dtype(s.dtype)
+        results = self.run(series_to_requests(s, system=self.system))
+        out = results_to_series(results, output=self.output, name=s.name)
+        if len(out) != len(s):  # pragma: no cover - a broadcast would misalign rows
+            msg = f"internal error: {len(out)} results for {len(s)} rows"
+            raise AssertionError(msg)
+        return out
+
+    def run(self, requests: Sequence[Any]) -> list[ChatResult | None]:
+        """Answer one batch and apply the ``on_error`` policy."""
+        if self._bar is not None:
+            self._bar.add_total(len(requests))
+        results = self.engine.run(requests)
+        if self.engine.fatal is not None:
+            raise self.engine.fatal
+        failed = [
+            (i, r) for i, r in enumerate(results) if r is not None and r.exception is not None
+        ]
+        logger.info(
+            "batch done: %d rows, %d failed; engine so far: %s",
+            len(results),
+            len(failed),
+            self.engine.stats.as_dict(),
+        )
+        if failed:
+            if self.on_error == "raise":
+                errors = []
+                for i, r in failed:
+                    err = RowError(i, r.error or "failed")
+                    err.__cause__ = r.exception
+                    errors.append(err)
+                shown = ", ".join(str(i) for i, _ in failed[:20])
+                more = f" (+{len(failed) - 20} more)" if len(failed) > 20 else ""
+                msg = (
+                    f"{len(failed)} of {len(results)} rows failed (rows {shown}{more}); "
+                    f"first: {failed[0][1].error}"
+                )
+                raise CompletionFailed(msg, errors)
+            warnings.warn(
+                f"{len(failed)} of {len(results)} rows failed and are null; first "
+                f"(row {failed[0][0]}): {failed[0][1].error}",
+                FailedRowsWarning,
+                stacklevel=2,
+            )
+        return results
+
+
+class _ProgressBar:
+    """One tqdm bar for all chunks of an expression; its total grows as chunks arrive."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bar: Any = None
+
+    def add_total(self, n: int) -> None:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        with self._lock:
+            if self._bar is None or self._bar.n >= (self._bar.total or 0):
+                if self._bar is not None:
+                    self._bar.close()
+                self._bar = tqdm(total=0, unit="row", desc="chat.complete", disable=None)
+            self._bar.total += n
+            self._bar.refresh()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.update(n)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        msg = f"{name} must be a positive number, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    import json  # noqa: PLC0415
+
+    bad = sorted(_RESERVED_PARAMS & params.keys())
+    if bad:
+        msg = f"{', '.join(bad)} cannot be passed as a parameter: the engine sets it"
+        raise ValueError(msg)
+    for key, value in params.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            msg = f"parameter {key}={value!r} is not JSON-serialisable (or is NaN/inf)"
+            raise ValueError(msg) from exc
+    max_tokens = params.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
+        raise ValueError(msg)
