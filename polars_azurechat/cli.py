@@ -1,0 +1,243 @@
+"""The ``polars-azurechat`` command: ``run`` a Parquet job, ``emulator`` for a local server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+
+from polars_azurechat._convert import check_dtype
+from polars_azurechat._types import RESULT_DTYPE, OnError
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
+from polars_azurechat.errors import AzureChatError, FailedRowsWarning
+from polars_azurechat.functions import _Call
+
+app = typer.Typer(
+    name="polars-azurechat",
+    help="Answer every row of a Parquet column with Azure OpenAI chat completions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        msg = f"--param takes KEY=VALUE (VALUE as JSON), got {text!r}"
+        raise typer.BadParameter(msg)
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+@app.command(no_args_is_help=True)
+def run(  # noqa: PLR0913
+    input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
+    output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
+    column: Annotated[str, typer.Option(help="Column of messages or prompts.")] = "messages",
+    output_column: Annotated[str, typer.Option(help="Name of the answer column.")] = "answer",
+    emulator: Annotated[
+        bool, typer.Option("--emulator", help="Run against the built-in emulator, offline.")
+    ] = False,
+    deployment: Annotated[
+        str | None, typer.Option(envvar="AZURE_OPENAI_DEPLOYMENT", show_envvar=True)
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System message for String prompts.")] = None,
+    output: Annotated[
+        str, typer.Option(help="'content': answer + <name>_error columns; 'struct': one struct.")
+    ] = "content",
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 64,
+    requests_per_minute: Annotated[float | None, typer.Option()] = None,
+    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
+    max_attempts: Annotated[int, typer.Option(min=1)] = 6,
+    timeout_s: Annotated[float, typer.Option()] = 60.0,
+    on_error: Annotated[str, typer.Option(help="'null' or 'raise'.")] = "null",
+    cache: Annotated[Path | None, typer.Option(help="SQLite cache of answers.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Extra body field KEY=VALUE (JSON); repeatable.")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Read INPUT_PATH, answer every row of --column, write all columns plus the answer."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if output_path.exists() and not overwrite:
+        raise typer.BadParameter(f"{output_path} exists; pass --overwrite to replace it")
+    if output not in ("content", "struct"):
+        raise typer.BadParameter("--output must be 'content' or 'struct'")
+    if on_error not in ("null", "raise"):
+        raise typer.BadParameter("--on-error must be 'null' or 'raise'")
+    schema = _input_schema(input_path)
+    if column not in schema:
+        raise typer.BadParameter(
+            f"{input_path} has no column {column!r}; it has {', '.join(schema.names())}"
+        )
+    try:
+        check_dtype(schema[column])
+    except TypeError as exc:
+        raise typer.BadParameter(f"column {column!r}: {exc}") from None
+    params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    if temperature is not None:
+        params["temperature"] = temperature
+
+    with contextlib.ExitStack() as stack:
+        config = None
+        if emulator:
+            emu = stack.enter_context(Emulator())
+            config = ChatConfig(
+                azure_endpoint=emu.url, api_key=emu.api_key, deployment=deployment or "gpt-4o-mini"
+            )
+        on_err: OnError = "raise" if on_error == "raise" else "null"
+        try:
+            call = _Call(
+                deployment=deployment,
+                config=config,
+                system=system,
+                output="struct",
+                max_concurrency=max_concurrency,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
+                on_error=on_err,
+                cache=cache,
+                progress=progress,
+                params=params,
+            )
+        except (AzureChatError, ValueError, TypeError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+        result = pl.col(column).map_batches(
+            call.series, return_dtype=RESULT_DTYPE, is_elementwise=True
+        )
+        lf = pl.scan_parquet(input_path)
+        if output == "struct":
+            lf = lf.with_columns(result.alias(output_column))
+        else:
+            tmp = f"__{output_column}_result"
+            lf = lf.with_columns(result.alias(tmp)).with_columns(
+                pl.col(tmp).struct.field("content").alias(output_column),
+                pl.col(tmp).struct.field("error").alias(f"{output_column}_error"),
+            ).drop(tmp)
+        partial = output_path.with_name(output_path.name + ".partial")
+        started = time.perf_counter()
+        try:
+            with _quiet_failed_rows(), _progress_logging(progress):
+                lf.sink_parquet(partial)
+        except AzureChatError as exc:
+            partial.unlink(missing_ok=True)
+            typer.echo(f"error: {_first_line(exc)}", err=True)
+            raise typer.Exit(1) from None
+        os.replace(partial, output_path)
+        wall = time.perf_counter() - started
+    stats = call.engine.stats
+    typer.echo(_summary(stats.as_dict(), wall, output_path), err=True)
+    if stats.failed:
+        raise typer.Exit(1)
+
+
+def _input_schema(path: Path) -> pl.Schema:
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist or is not a file")
+    try:
+        return pl.scan_parquet(path).collect_schema()
+    except Exception as exc:  # noqa: BLE001 - any reader failure means: not Parquet
+        raise typer.BadParameter(f"{path} is not a readable Parquet file ({type(exc).__name__})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n\nThis error occurred", 1)[0].strip()
+
+
+@contextlib.contextmanager
+def _quiet_failed_rows() -> Iterator[None]:
+    # the summary reports failed rows; a warning per chunk would only repeat it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FailedRowsWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _progress_logging(progress: bool) -> Iterator[None]:
+    if not progress:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+
+    with logging_redirect_tqdm():
+        yield
+
+
+def _summary(stats: dict[str, Any], wall: float, path: Path) -> str:
+    rows = stats["answered"] + stats["failed"]
+    lines = [
+        f"wrote {path}",
+        f"rows: {rows + stats['null_rows']} ({stats['answered']} answered, "
+        f"{stats['failed']} failed, {stats['null_rows']} null)",
+        f"requests: {stats['requests']} ({stats['retries']} retried, "
+        f"{stats['rate_limited']} rate-limited)",
+        f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} completion",
+        f"wall: {wall:.2f} s ({rows / wall if wall > 0 else 0:.0f} rows/s)",
+    ]
+    if stats["failures_by_kind"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["failures_by_kind"].items()))
+        lines.append(f"failed attempts: {kinds}")
+    return "\n".join(lines)
+
+
+@app.command("emulator")
+def emulator_command(  # noqa: PLR0913
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    api_key: Annotated[str, typer.Option(help="The key it accepts.")] = EmulatorSettings.api_key,
+    latency_ms: Annotated[float, typer.Option()] = 0.0,
+    jitter_ms: Annotated[float, typer.Option()] = 0.0,
+    requests_per_minute: Annotated[float | None, typer.Option()] = None,
+    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
+    window_s: Annotated[float, typer.Option()] = 10.0,
+    error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    hang_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    drop_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Serve the Azure-compatible emulator until interrupted (Ctrl-C)."""
+    typer.echo(
+        f"emulator on http://{host}:{port}  "
+        f"(AZURE_OPENAI_ENDPOINT=http://{host}:{port} AZURE_OPENAI_API_KEY=<its key>)",
+        err=True,
+    )
+    serve(
+        host=host,
+        port=port,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        window_s=window_s,
+        error_rate=error_rate,
+        hang_rate=hang_rate,
+        drop_rate=drop_rate,
+        malformed_rate=malformed_rate,
+        seed=seed,
+    )
