@@ -186,9 +186,9 @@ class _State:
             }
 
 
-def _error(status: int, code: str | None, message: str, **extra: Any) -> web.Response:
+def _error(http_status: int, code: str | None, message: str, **extra: Any) -> web.Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=http_status)
 
 
 class _App:

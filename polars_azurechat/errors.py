@@ -25,6 +25,8 @@ cause as ``__cause__``. Messages never contain the API key or prompt text.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -52,6 +54,48 @@ __all__ = [
 
 class AzureChatError(Exception):
     """Root of every error raised by polars_azurechat."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Polars re-creates an exception raised inside an expression as
+        # ``type(exc)(message + context)``, which would lose our attributes: copy them
+        # back from the original (subclasses set their attributes before this runs).
+        if len(args) == 1 and isinstance(args[0], str):
+            original = _originals.find(args[0], type(self))
+            if original is not None and original is not self:
+                self.__dict__.update(original.__dict__)
+                self.__cause__ = original.__cause__
+
+
+class _Originals:
+    """The last few errors raised through Polars, by message (see AzureChatError)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[int, BaseException] = OrderedDict()
+        self._size = size
+
+    def remember(self, exc: BaseException) -> None:
+        with self._lock:
+            self._items[id(exc)] = exc
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def find(self, message: str, cls: type) -> Any:
+        with self._lock:
+            for exc in reversed(self._items.values()):
+                text = exc.message if isinstance(exc, BaseExceptionGroup) else str(exc)
+                if type(exc) is cls and text and message.startswith(text):
+                    return exc
+        return None
+
+
+_originals = _Originals()
+
+
+def remember_for_polars(exc: BaseException) -> None:
+    """Record ``exc`` so that the copy Polars makes of it keeps its attributes."""
+    _originals.remember(exc)
 
 
 class ConfigurationError(AzureChatError, ValueError):
@@ -99,18 +143,18 @@ class APIStatusError(AzureChatError):
         self,
         message: str,
         *,
-        status_code: int,
+        status_code: int = 0,
         request_id: str | None = None,
         code: str | None = None,
         body: Any = None,
         retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(message)
         self.retry_after_s = retry_after_s
         self.status_code = status_code
         self.request_id = request_id
         self.code = code
         self.body = body
+        super().__init__(message)
 
 
 class BadRequestError(APIStatusError):
@@ -126,8 +170,8 @@ class ContentFilterError(BadRequestError):
     def __init__(
         self, message: str, *, categories: Sequence[str] = (), **kw: Any
     ) -> None:
-        super().__init__(message, **kw)
         self.categories = tuple(categories)
+        super().__init__(message, **kw)
 
 
 class ContextLengthError(BadRequestError):
@@ -154,9 +198,9 @@ class RowError(AzureChatError):
     """The failure of one row; ``row_index`` is its position in the batch, cause in ``__cause__``."""
 
     def __init__(self, row_index: int, reason: str) -> None:
-        super().__init__(f"row {row_index}: {reason}")
         self.row_index = row_index
         self.reason = reason
+        super().__init__(f"row {row_index}: {reason}")
 
 
 class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
@@ -166,11 +210,11 @@ class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
     ``except* RowError`` catch it. ``row_indices`` lists the failed rows, in order.
     """
 
-    def __new__(cls, message: str, errors: Sequence[RowError]) -> Self:
-        return super().__new__(cls, message, list(errors))
+    def __new__(cls, message: str, errors: Sequence[RowError] | None = None) -> Self:
+        return super().__new__(cls, message, _group_errors(message, errors))
 
-    def __init__(self, message: str, errors: Sequence[RowError]) -> None:
-        super().__init__(message, list(errors))
+    def __init__(self, message: str, errors: Sequence[RowError] | None = None) -> None:
+        super().__init__(message, _group_errors(message, errors))
 
     @property
     def row_indices(self) -> list[int]:
@@ -180,6 +224,15 @@ class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
     def derive(self, excs: Sequence[RowError]) -> CompletionFailed:  # type: ignore[override]
         """Build a new group of the same class (used by ``except*`` splitting)."""
         return CompletionFailed(self.message, excs)
+
+
+def _group_errors(message: str, errors: Sequence[RowError] | None) -> list[RowError]:
+    if errors is not None:
+        return list(errors)
+    original = _originals.find(message, CompletionFailed)  # Polars' copy: see AzureChatError
+    if original is not None:
+        return list(original.exceptions)
+    return [RowError(-1, "unknown row")]
 
 
 class FailedRowsWarning(UserWarning):

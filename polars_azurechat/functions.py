@@ -23,7 +23,13 @@ from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import RESULT_DTYPE, ChatResult, OnError, OutputKind
 from polars_azurechat.config import ChatConfig
-from polars_azurechat.errors import CompletionFailed, FailedRowsWarning, RowError
+from polars_azurechat.errors import (
+    AzureChatError,
+    CompletionFailed,
+    FailedRowsWarning,
+    RowError,
+    remember_for_polars,
+)
 
 __all__ = ["complete", "complete_many"]
 
@@ -307,7 +313,11 @@ class _Call:
     def series(self, s: pl.Series) -> pl.Series:
         """The function handed to ``map_batches``: one chunk in, one chunk out."""
         check_dtype(s.dtype)
-        results = self.run(series_to_requests(s, system=self.system))
+        try:
+            results = self.run(series_to_requests(s, system=self.system))
+        except AzureChatError as exc:
+            remember_for_polars(exc)
+            raise
         out = results_to_series(results, output=self.output, name=s.name)
         if len(out) != len(s):  # pragma: no cover - a broadcast would misalign rows
             msg = f"internal error: {len(out)} results for {len(s)} rows"

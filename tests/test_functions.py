@@ -1,0 +1,311 @@
+"""complete() end to end against the emulator, over real HTTP."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal, assert_series_equal
+
+import polars_azurechat as pac
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.namespace import ChatNamespace
+
+SYSTEM = "You are a calculator."
+
+
+def _messages(prompts: list[str | None]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "messages": [
+                None
+                if p is None
+                else [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}]
+                for p in prompts
+            ]
+        }
+    )
+
+
+def test_namespace_signature_matches_function() -> None:
+    fn = inspect.signature(pac.complete)
+    ns = inspect.signature(ChatNamespace.complete)
+    assert list(fn.parameters)[1:] == list(ns.parameters)[1:]
+    for name in list(fn.parameters)[1:]:
+        assert fn.parameters[name].default == ns.parameters[name].default, name
+        assert fn.parameters[name].kind == ns.parameters[name].kind, name
+        assert fn.parameters[name].annotation == ns.parameters[name].annotation, name
+    assert fn.return_annotation == ns.return_annotation
+
+
+def test_message_lists_answered_in_row_order(emulator: Emulator) -> None:
+    df = _messages(["What is 53 + 53?", "What is 1 + 1?", None, "What is 100 + 100?"])
+    out = df.with_columns(answer=pl.col("messages").chat.complete(max_tokens=20))
+    assert out["answer"].to_list() == ["106", "2", None, "200"]
+    assert emulator.stats()["requests"] == 3  # the null row sent nothing
+
+
+def test_string_prompts_with_system_message(emulator: Emulator) -> None:
+    df = pl.DataFrame({"q": ["What is 2 * 21?", "hello there"]})
+    out = df.select(pac.complete("q", system=SYSTEM, max_tokens=20))
+    assert_frame_equal(out, pl.DataFrame({"q": ["42", "Echo: hello there"]}))
+
+
+def test_extra_struct_fields_are_ignored(emulator: Emulator) -> None:
+    df = pl.DataFrame(
+        {"m": [[{"role": "user", "content": "What is 3 + 4?", "name": "x", "n": 1}]]}
+    )
+    assert df.select(pl.col("m").chat.complete())["m"].to_list() == ["7"]
+
+
+@pytest.mark.parametrize(
+    "collect",
+    [
+        pytest.param(lambda lf: lf.collect(), id="collect"),
+        pytest.param(lambda lf: lf.collect(engine="streaming"), id="streaming"),
+        pytest.param(lambda lf: lf.collect(engine="in-memory"), id="in-memory"),
+    ],
+)
+def test_same_answers_in_every_engine(emulator: Emulator, collect: object) -> None:
+    n = 300
+    prompts = [f"What is {i} + 1?" for i in range(n)]
+    lf = pl.LazyFrame({"i": range(n), "q": prompts})
+    out = collect(lf.with_columns(a=pl.col("q").chat.complete(max_tokens=5)))  # type: ignore[operator]
+    expected = pl.Series("a", [str(i + 1) for i in range(n)])
+    assert_series_equal(out["a"], expected)
+    assert emulator.stats()["requests"] == n
+
+
+def test_sink_parquet_streams_every_row(emulator: Emulator, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    n = 400
+    pl.DataFrame({"i": range(n), "q": [f"What is {i} * 2?" for i in range(n)]}).write_parquet(
+        src, row_group_size=50
+    )
+    pl.scan_parquet(src).with_columns(a=pl.col("q").chat.complete(max_tokens=5)).sink_parquet(dst)
+    out = pl.read_parquet(dst).sort("i")
+    assert out["a"].to_list() == [str(2 * i) for i in range(n)]
+
+
+def test_concurrency_bound_holds_across_concurrent_chunks(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.settings.latency_ms = 5
+    src = tmp_path / "in.parquet"
+    n = 600
+    pl.DataFrame({"q": [f"What is {i} + 0?" for i in range(n)]}).write_parquet(
+        src, row_group_size=40
+    )
+    calls: list[int] = []
+    expr = pl.col("q").chat.complete(max_concurrency=6, max_tokens=5)
+    out = (
+        pl.scan_parquet(src)
+        .with_columns(a=expr, n=pl.col("q").map_batches(lambda s: (calls.append(len(s)), s)[1]))
+        .collect(engine="streaming")
+    )
+    assert out["a"].to_list() == [str(i) for i in range(n)]
+    assert len(calls) > 1  # Polars really did split the column
+    stats = emulator.stats()
+    assert stats["requests"] == n
+    assert stats["peak_in_flight"] <= 6
+    assert stats["peak_in_flight"] >= 2  # and it did run in parallel
+
+
+def test_select_beside_other_expressions_and_over(emulator: Emulator) -> None:
+    df = pl.DataFrame({"g": [1, 1, 2], "q": ["What is 1 + 1?", "What is 2 + 2?", "x"]})
+    out = df.select(
+        pl.col("g"),
+        pl.col("q").str.len_chars().alias("len"),
+        pl.col("q").chat.complete(max_tokens=20).alias("a"),
+    )
+    assert out["a"].to_list() == ["2", "4", "Echo: x"]
+    over = df.select(pl.col("q").chat.complete(max_tokens=20).over("g"))
+    assert over["q"].to_list() == ["2", "4", "Echo: x"]
+    grouped = df.group_by("g", maintain_order=True).agg(
+        pl.col("q").chat.complete(max_tokens=20)
+    )
+    assert grouped["q"].to_list() == [["2", "4"], ["Echo: x"]]
+
+
+def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
+    lf = pl.LazyFrame({"q": ["What is 1 + 1?"]}).with_columns(
+        a=pl.col("q").chat.complete(), s=pl.col("q").chat.complete(output="struct")
+    )
+    schema = lf.collect_schema()
+    assert schema["a"] == pl.String
+    assert schema["s"] == pl.Struct(
+        {
+            "content": pl.String,
+            "finish_reason": pl.String,
+            "prompt_tokens": pl.Int64,
+            "completion_tokens": pl.Int64,
+            "attempts": pl.Int32,
+            "error": pl.String,
+        }
+    )
+    lf.explain()
+    assert emulator.stats()["requests"] == 0
+
+
+def test_struct_output_carries_usage_and_attempts(emulator: Emulator) -> None:
+    df = pl.DataFrame({"q": ["What is 5 + 5?", "[emu:500*1] What is 1 + 2?", "Tell me more"]})
+    out = df.select(pac.complete("q", output="struct", max_tokens=2).struct.unnest())
+    assert out["content"].to_list() == ["10", "3", "Echo: Te"]
+    assert out["finish_reason"].to_list() == ["stop", "stop", "length"]
+    assert out["attempts"].to_list() == [1, 2, 1]
+    assert out["error"].to_list() == [None, None, None]
+    assert all(t > 0 for t in out["prompt_tokens"]) and all(t > 0 for t in out["completion_tokens"])
+    assert emulator.stats()["statuses"] == {"200": 3, "500": 1}
+
+
+def test_empty_empty_list_and_nulls(emulator: Emulator) -> None:
+    df = pl.DataFrame(
+        {"m": [[], None, [{"role": "user", "content": "What is 1 + 1?"}]]},
+        schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
+    )
+    with pytest.warns(pac.FailedRowsWarning, match="1 of 3 rows failed.*empty message list"):
+        out = df.select(pl.col("m").chat.complete(output="struct"))
+    rows = out["m"].to_list()
+    assert rows[0]["error"] == "InputError: empty message list"
+    assert rows[1] is None
+    assert rows[2]["content"] == "2"
+    assert emulator.stats()["requests"] == 1
+    assert pl.DataFrame({"m": []}, schema={"m": pl.String}).select(
+        pl.col("m").chat.complete()
+    ).height == 0
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ([{"role": "wizard", "content": "hi"}], "role 'wizard'"),
+        ([{"role": "user", "content": None}], "content is null"),
+        ([None], "message 0 is null"),
+    ],
+)
+def test_bad_messages_fail_their_row_only(
+    emulator: Emulator, row: list[object], reason: str
+) -> None:
+    df = pl.DataFrame(
+        {"m": [row, [{"role": "user", "content": "What is 2 + 2?"}]]},
+        schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
+    )
+    with pytest.warns(pac.FailedRowsWarning, match=reason):
+        out = df.select(pl.col("m").chat.complete())
+    assert out["m"].to_list() == [None, "4"]
+    assert emulator.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("series", "match"),
+    [
+        (pl.Series("m", [1, 2]), "not Int64"),
+        (pl.Series("m", [[{"role": "user"}]]), "lacks field.*content"),
+        (pl.Series("m", [["a"]]), r"not List\(String\)"),
+    ],
+)
+def test_wrong_dtype_is_a_type_error_naming_it(
+    emulator: Emulator, series: pl.Series, match: str
+) -> None:
+    with pytest.raises(TypeError, match=match):
+        series.to_frame().select(pl.col("m").chat.complete())
+    assert emulator.stats()["requests"] == 0
+
+
+def test_on_error_raise_runs_every_row_then_lists_failures(emulator: Emulator) -> None:
+    prompts = ["What is 1 + 1?", "[emu:filter] bad", "What is 2 + 2?", "[emu:filter] worse"]
+    df = pl.DataFrame({"q": prompts})
+    with pytest.raises(pac.CompletionFailed) as info:
+        df.select(pl.col("q").chat.complete(on_error="raise"))
+    assert info.value.row_indices == [1, 3]
+    assert "2 of 4 rows failed (rows 1, 3)" in str(info.value)
+    assert isinstance(info.value.exceptions[0].__cause__, pac.ContentFilterError)
+    assert emulator.stats()["statuses"] == {"200": 2, "400": 2}  # all rows ran, no retry
+
+
+def test_on_error_null_warns_once_with_count(emulator: Emulator) -> None:
+    df = pl.DataFrame({"q": ["[emu:filter] no", "What is 3 + 3?", "[emu:filter] no 2"]})
+    with pytest.warns(pac.FailedRowsWarning) as record:
+        out = df.select(pl.col("q").chat.complete(output="struct"))
+    assert len(record) == 1
+    assert "2 of 3 rows failed" in str(record[0].message)
+    errors = out["q"].struct.field("error").to_list()
+    assert errors[0] is not None and "content filter (categories: violence)" in errors[0]
+    assert out["q"].struct.field("content").to_list() == [None, "6", None]
+
+
+def test_wrong_key_stops_the_run_at_once(emulator: Emulator) -> None:
+    cfg = ChatConfig(azure_endpoint=emulator.url, api_key="wrong-key-123", deployment="d")
+    df = pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(2000)]})
+    with pytest.raises(pac.AuthenticationError) as info:
+        df.select(pl.col("q").chat.complete(config=cfg, max_concurrency=4))
+    assert "wrong-key-123" not in str(info.value)
+    assert "check AZURE_OPENAI_API_KEY" in str(info.value)
+    stats = emulator.stats()
+    assert stats["statuses"] == {"401": stats["requests"]}
+    assert stats["requests"] <= 4  # at most the requests already in flight
+
+
+def test_unknown_deployment_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    with Emulator(deployments=frozenset({"gpt-4o-mini"})) as emu:
+        cfg = ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key, deployment="nope")
+        df = pl.DataFrame({"q": ["a"] * 50})
+        with pytest.raises(pac.NotFoundError, match="deployment 'nope'"):
+            df.select(pl.col("q").chat.complete(config=cfg, max_concurrency=2))
+        assert emu.stats()["requests"] <= 2
+
+
+def test_bad_arguments_fail_before_any_request(emulator: Emulator) -> None:
+    with pytest.raises(ValueError, match="output must be"):
+        pac.complete("q", output="text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_error must be"):
+        pac.complete("q", on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_concurrency must be >= 1"):
+        pac.complete("q", max_concurrency=0)
+    with pytest.raises(ValueError, match="temperature=nan"):
+        pac.complete("q", temperature=float("nan"))
+    with pytest.raises(ValueError, match="messages cannot be passed"):
+        pac.complete("q", messages=[])
+    assert emulator.stats()["requests"] == 0
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.none(),
+            st.tuples(st.integers(-999, 999), st.integers(0, 999), st.integers(0, 8)),
+        ),
+        max_size=60,
+    )
+)
+def test_rows_keep_order_when_answers_finish_out_of_order(
+    emulator: Emulator, rows: list[tuple[int, int, int] | None]
+) -> None:
+    prompts = [
+        None if r is None else f"[emu:delay={r[2]}] What is {r[0]} + {r[1]}?" for r in rows
+    ]
+    df = pl.DataFrame({"q": prompts}, schema={"q": pl.String})
+    out = df.select(pl.col("q").chat.complete(max_concurrency=16))
+    expected = [None if r is None else str(r[0] + r[1]) for r in rows]
+    assert out["q"].to_list() == expected
+
+
+def test_complete_many_keeps_order_and_nulls(emulator: Emulator) -> None:
+    rows: list[str | list[dict[str, str]] | None] = [
+        [{"role": "user", "content": "What is 53 + 53?"}],
+        None,
+        "What is 100 + 100?",
+    ]
+    assert pac.complete_many(rows) == ["106", None, "200"]
+    structs = pac.complete_many(rows, output="struct")
+    assert structs[0] is not None and structs[0]["attempts"] == 1
