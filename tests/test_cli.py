@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from polars_azurechat.cli import app
+from polars_azurechat.emulator import Emulator
+
+QUESTIONS = Path(__file__).parents[1] / "data" / "questions.parquet"
+runner = CliRunner()
+
+
+def test_run_offline_answers_every_question(tmp_path: Path) -> None:
+    out = tmp_path / "answers.parquet"
+    result = runner.invoke(
+        app, ["run", str(QUESTIONS), str(out), "--column", "messages", "--emulator", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(out)
+    assert df.columns == ["id", "messages", "expected", "answer", "answer_error"]
+    assert df.height == 100
+    assert (df["answer"] == df["expected"]).all()
+    assert df["answer_error"].null_count() == 100
+    assert "100 answered, 0 failed" in result.output
+
+
+def test_run_against_a_configured_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pl.DataFrame({"q": ["What is 2 + 2?", None, "[emu:filter] no"]}).write_parquet(src)
+    with Emulator() as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(
+            app,
+            ["run", str(src), str(out), "--column", "q", "--output-column", "a", "--max-tokens", "5", "--no-progress"],
+        )
+        assert emu.stats()["requests"] == 2
+    assert result.exit_code == 1  # a row failed
+    df = pl.read_parquet(out)
+    assert df["a"].to_list() == ["4", None, None]
+    errors = df["a_error"].to_list()
+    assert errors[:2] == [None, None] and "content filter" in errors[2]
+    assert "1 answered, 1 failed, 1 null" in result.output
+    assert emu.api_key not in result.output
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "answers.parquet"
+    out.write_bytes(b"keep me")
+    args = ["run", str(QUESTIONS), str(out), "--emulator", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert out.read_bytes() == b"keep me"
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert pl.read_parquet(out).height == 100
+
+
+@pytest.mark.parametrize(
+    ("make_input", "column", "message"),
+    [
+        (lambda p: p.write_text("not parquet"), "messages", "not a readable Parquet"),
+        (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p), "messages", "no column 'messages'"),
+        (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p), "x", "not Int64"),
+    ],
+)
+def test_bad_input_is_a_usage_error(
+    tmp_path: Path, make_input: object, column: str, message: str
+) -> None:
+    src = tmp_path / "in.parquet"
+    make_input(src)  # type: ignore[operator]
+    result = runner.invoke(
+        app, ["run", str(src), str(tmp_path / "o.parquet"), "--column", column, "--emulator"]
+    )
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_module_entry_point_shows_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "polars_azurechat", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "run" in proc.stdout and "emulator" in proc.stdout
