@@ -81,7 +81,10 @@ def emulator_stats(url: str, reset: bool = False) -> dict[str, Any]:
 
 def sdk_client(url: str) -> openai.AzureOpenAI:
     return openai.AzureOpenAI(
-        azure_endpoint=url, api_key=DEFAULT_API_KEY, api_version=API_VERSION, max_retries=0
+        azure_endpoint=url,
+        api_key=DEFAULT_API_KEY,
+        api_version=API_VERSION,
+        max_retries=0,
     )
 
 
@@ -89,7 +92,9 @@ def run_sequential(url: str, messages: list[Any], max_tokens: int) -> list[str |
     client = sdk_client(url)
     out = []
     for m in messages:
-        r = client.chat.completions.create(model=DEPLOYMENT, messages=m, max_tokens=max_tokens)
+        r = client.chat.completions.create(
+            model=DEPLOYMENT, messages=m, max_tokens=max_tokens
+        )
         out.append(r.choices[0].message.content)
     return out
 
@@ -149,7 +154,10 @@ def demo(latency_ms: float) -> bool:
     with emulator_process(latency_ms=latency_ms) as url:
         ways: list[tuple[str, Callable[[], list[str | None]]]] = [
             ("sequential SDK", lambda: run_sequential(url, messages, 20)),
-            ("seed-style pool+semaphore+SDK", lambda: run_seed_style(url, messages, 20)),
+            (
+                "seed-style pool+semaphore+SDK",
+                lambda: run_seed_style(url, messages, 20),
+            ),
             ("chat.complete()", lambda: run_complete(url, df, 20, max_concurrency=100)),
         ]
         for name, fn in ways:
@@ -159,7 +167,9 @@ def demo(latency_ms: float) -> bool:
             ok = answers == expected
             rows.append((name, wall, cpu, ok, stats))
     seq = rows[0][1]
-    print(f"{'way':32} {'wall s':>8} {'rows/s':>8} {'x seq':>7} {'CPU ms/req':>11} {'peak':>5}  correct")
+    print(
+        f"{'way':32} {'wall s':>8} {'rows/s':>8} {'x seq':>7} {'CPU ms/req':>11} {'peak':>5}  correct"
+    )
     for name, wall, cpu, ok, stats in rows:
         print(
             f"{name:32} {wall:8.3f} {n / wall:8.0f} {seq / wall:7.1f} "

@@ -8,6 +8,7 @@ SYSTEM = "You are a calculator. Answer with the number only."
 
 
 def main() -> None:
+    """Write the 100 questions with their expected answers."""
     pairs = [(i, i) for i in range(1, 101)]
     pairs[52] = (53, 53)  # "What is 53 + 53?", as in the original README
     df = pl.DataFrame(

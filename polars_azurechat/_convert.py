@@ -32,7 +32,9 @@ def check_dtype(dtype: pl.DataType) -> None:
                 "each message needs 'role' and 'content'"
             )
             raise TypeError(msg)
-        wrong = [n for n in ("role", "content") if fields[n] not in (pl.String, pl.Null)]
+        wrong = [
+            n for n in ("role", "content") if fields[n] not in (pl.String, pl.Null)
+        ]
         if wrong:
             msg = (
                 f"messages struct {dtype.inner}: field(s) {', '.join(wrong)} must be "
@@ -79,7 +81,10 @@ def rows_to_requests(
 
 def _message_list(row: Any) -> ChatRequest:
     if not isinstance(row, (list, tuple)):
-        return ChatRequest([], InputError(f"a row must be a list of messages, not {type(row).__name__}"))
+        return ChatRequest(
+            [],
+            InputError(f"a row must be a list of messages, not {type(row).__name__}"),
+        )
     if not row:
         return ChatRequest([], InputError("empty message list"))
     messages: list[dict[str, str]] = []
@@ -87,16 +92,28 @@ def _message_list(row: Any) -> ChatRequest:
         if msg is None:
             return ChatRequest([], InputError(f"message {i} is null"))
         if not isinstance(msg, dict):
-            return ChatRequest([], InputError(f"message {i} is a {type(msg).__name__}, not a struct/dict"))
+            return ChatRequest(
+                [],
+                InputError(f"message {i} is a {type(msg).__name__}, not a struct/dict"),
+            )
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
-            shown = repr(role) if role is None or isinstance(role, str) and len(role) < 30 else "?"
+            shown = (
+                repr(role)
+                if role is None or (isinstance(role, str) and len(role) < 30)
+                else "?"
+            )
             return ChatRequest(
-                [], InputError(f"message {i} has role {shown}; expected one of {sorted(ROLES)}")
+                [],
+                InputError(
+                    f"message {i} has role {shown}; expected one of {sorted(ROLES)}"
+                ),
             )
         if not isinstance(content, str):
             what = "null" if content is None else f"a {type(content).__name__}"
-            return ChatRequest([], InputError(f"message {i} content is {what}, not a string"))
+            return ChatRequest(
+                [], InputError(f"message {i} content is {what}, not a string")
+            )
         messages.append({"role": role, "content": content})
     return ChatRequest(messages)
 
@@ -107,6 +124,10 @@ def results_to_series(
     """Build the result Series (one value per row, nulls where a row has no answer)."""
     if output == "struct":
         return pl.Series(
-            name, [None if r is None else r.as_row() for r in results], dtype=RESULT_DTYPE
+            name,
+            [None if r is None else r.as_row() for r in results],
+            dtype=RESULT_DTYPE,
         )
-    return pl.Series(name, [None if r is None else r.content for r in results], dtype=pl.String)
+    return pl.Series(
+        name, [None if r is None else r.content for r in results], dtype=pl.String
+    )

@@ -27,6 +27,7 @@ from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
@@ -51,6 +52,7 @@ class RunStats:
     answered: int = 0
     failed: int = 0
     null_rows: int = 0
+    cached: int = 0
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -100,6 +102,7 @@ class ChatEngine:
         limiter: RateLimiter | None = None,
         sleep: Sleep | None = None,
         progress: Callable[[int], None] | None = None,
+        cache: SqliteCache | None = None,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -114,7 +117,10 @@ class ChatEngine:
         self._sleep: Sleep = sleep or asyncio.sleep
         self._retrying = build_retrying(max_attempts=max_attempts, sleep=self._sleep)
         self._progress = progress
-        self._max_tokens = self.params.get("max_tokens", self.params.get("max_completion_tokens"))
+        self.cache = cache
+        self._max_tokens = self.params.get(
+            "max_tokens", self.params.get("max_completion_tokens")
+        )
         self.stats = RunStats()
         self.fatal: AzureChatError | None = None
         self._lock = threading.Lock()
@@ -155,22 +161,39 @@ class ChatEngine:
                 results[i] = ChatResult(exception=req.error)
             else:
                 pending.append(i)
+        keys: dict[int, str] = {}
+        if self.cache is not None and pending:
+            keys = {i: self._key(requests[i]) for i in pending}  # type: ignore[arg-type]
+            hits = self.cache.get_many(keys.values())
+            if hits:
+                for i in pending:
+                    if keys[i] in hits:
+                        results[i] = hits[keys[i]]
+                self.stats.cached += sum(1 for i in pending if keys[i] in hits)
+                pending = [i for i in pending if keys[i] not in hits]
         todo = iter(pending)
 
         async def worker() -> None:
             for i in todo:  # one loop thread: no other worker runs between next() calls
                 req = requests[i]
                 assert req is not None  # noqa: S101 - pending holds sendable rows only
-                results[i] = await self._complete_one(req)
+                result = results[i] = await self._complete_one(req)
+                if self.cache is not None:
+                    self.cache.put(keys[i], result)
                 if self._progress is not None:
                     self._progress(1)
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(min(self.max_concurrency, len(pending)))]
+        workers = [
+            asyncio.ensure_future(worker())
+            for _ in range(min(self.max_concurrency, len(pending)))
+        ]
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
+            if self.cache is not None:
+                self.cache.flush()
         for r in results:
             if r is None:
                 continue
@@ -183,6 +206,16 @@ class ChatEngine:
             self._progress(len(requests) - len(pending))
         self.stats.elapsed_s += time.perf_counter() - started
         return results
+
+    def _key(self, req: ChatRequest) -> str:
+        t = self.transport
+        return request_key(
+            host=t.endpoint_host,
+            deployment=t.deployment,
+            api_version=t.api_version,
+            messages=req.messages,
+            params=self.params,
+        )
 
     async def _complete_one(self, req: ChatRequest) -> ChatResult:
         if self.fatal is not None:
@@ -206,7 +239,7 @@ class ChatEngine:
                     completion = await self._send(runner, body, cost)
         except (AuthenticationError, NotFoundError) as exc:
             if self.fatal is None:
-                logger.error("stopping the run: %s", exc)
+                logger.error("stopping the run: %s", exc)  # noqa: TRY400 - no traceback wanted
                 self.fatal = exc
             return ChatResult(exception=exc, attempts=attempts)
         except AzureChatError as exc:
@@ -227,7 +260,9 @@ class ChatEngine:
             exception=exception,
         )
 
-    async def _send(self, runner: _LoopRunner, body: Mapping[str, Any], cost: int) -> Any:
+    async def _send(
+        self, runner: _LoopRunner, body: Mapping[str, Any], cost: int
+    ) -> Any:
         async with runner.semaphore:
             await self.limiter.acquire(cost)
             self._in_flight += 1
@@ -286,4 +321,3 @@ class _LoopRunner:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
             self.loop.close()
-

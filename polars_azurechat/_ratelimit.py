@@ -55,7 +55,9 @@ class RateLimiter:
         self.request_budget = (
             max(1.0, requests_per_minute * scale) if requests_per_minute else None
         )
-        self.token_budget = max(1.0, tokens_per_minute * scale) if tokens_per_minute else None
+        self.token_budget = (
+            max(1.0, tokens_per_minute * scale) if tokens_per_minute else None
+        )
         self._span = window_s + margin_s
         self._clock = clock
         self._sleep = sleep

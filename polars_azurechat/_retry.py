@@ -55,7 +55,9 @@ def build_retrying(
         retry=tenacity.retry_if_exception(is_retryable),
         stop=tenacity.stop_after_attempt(max_attempts),
         wait=WaitRetryAfter(
-            tenacity.wait_exponential_jitter(multiplier=initial_backoff_s, max=max_backoff_s)
+            tenacity.wait_exponential_jitter(
+                multiplier=initial_backoff_s, max=max_backoff_s
+            )
         ),
         sleep=sleep,
         before_sleep=tenacity.before_sleep_log(logger, logging.DEBUG),

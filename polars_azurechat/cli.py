@@ -43,20 +43,30 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 
 @app.command(no_args_is_help=True)
-def run(  # noqa: PLR0913
+def run(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
     output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
-    column: Annotated[str, typer.Option(help="Column of messages or prompts.")] = "messages",
-    output_column: Annotated[str, typer.Option(help="Name of the answer column.")] = "answer",
+    column: Annotated[
+        str, typer.Option(help="Column of messages or prompts.")
+    ] = "messages",
+    output_column: Annotated[
+        str, typer.Option(help="Name of the answer column.")
+    ] = "answer",
     emulator: Annotated[
-        bool, typer.Option("--emulator", help="Run against the built-in emulator, offline.")
+        bool,
+        typer.Option("--emulator", help="Run against the built-in emulator, offline."),
     ] = False,
     deployment: Annotated[
         str | None, typer.Option(envvar="AZURE_OPENAI_DEPLOYMENT", show_envvar=True)
     ] = None,
-    system: Annotated[str | None, typer.Option(help="System message for String prompts.")] = None,
+    system: Annotated[
+        str | None, typer.Option(help="System message for String prompts.")
+    ] = None,
     output: Annotated[
-        str, typer.Option(help="'content': answer + <name>_error columns; 'struct': one struct.")
+        str,
+        typer.Option(
+            help="'content': answer + <name>_error columns; 'struct': one struct."
+        ),
     ] = "content",
     max_concurrency: Annotated[int, typer.Option(min=1)] = 64,
     requests_per_minute: Annotated[float | None, typer.Option()] = None,
@@ -68,10 +78,13 @@ def run(  # noqa: PLR0913
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
     param: Annotated[
-        list[str] | None, typer.Option(help="Extra body field KEY=VALUE (JSON); repeatable.")
+        list[str] | None,
+        typer.Option(help="Extra body field KEY=VALUE (JSON); repeatable."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Read INPUT_PATH, answer every row of --column, write all columns plus the answer."""
@@ -80,7 +93,9 @@ def run(  # noqa: PLR0913
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if output_path.exists() and not overwrite:
-        raise typer.BadParameter(f"{output_path} exists; pass --overwrite to replace it")
+        raise typer.BadParameter(
+            f"{output_path} exists; pass --overwrite to replace it"
+        )
     if output not in ("content", "struct"):
         raise typer.BadParameter("--output must be 'content' or 'struct'")
     if on_error not in ("null", "raise"):
@@ -105,7 +120,9 @@ def run(  # noqa: PLR0913
         if emulator:
             emu = stack.enter_context(Emulator())
             config = ChatConfig(
-                azure_endpoint=emu.url, api_key=emu.api_key, deployment=deployment or "gpt-4o-mini"
+                azure_endpoint=emu.url,
+                api_key=emu.api_key,
+                deployment=deployment or "gpt-4o-mini",
             )
         on_err: OnError = "raise" if on_error == "raise" else "null"
         try:
@@ -134,10 +151,14 @@ def run(  # noqa: PLR0913
             lf = lf.with_columns(result.alias(output_column))
         else:
             tmp = f"__{output_column}_result"
-            lf = lf.with_columns(result.alias(tmp)).with_columns(
-                pl.col(tmp).struct.field("content").alias(output_column),
-                pl.col(tmp).struct.field("error").alias(f"{output_column}_error"),
-            ).drop(tmp)
+            lf = (
+                lf.with_columns(result.alias(tmp))
+                .with_columns(
+                    pl.col(tmp).struct.field("content").alias(output_column),
+                    pl.col(tmp).struct.field("error").alias(f"{output_column}_error"),
+                )
+                .drop(tmp)
+            )
         partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
@@ -161,7 +182,9 @@ def _input_schema(path: Path) -> pl.Schema:
     try:
         return pl.scan_parquet(path).collect_schema()
     except Exception as exc:  # noqa: BLE001 - any reader failure means: not Parquet
-        raise typer.BadParameter(f"{path} is not a readable Parquet file ({type(exc).__name__})") from None
+        raise typer.BadParameter(
+            f"{path} is not a readable Parquet file ({type(exc).__name__})"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -181,7 +204,7 @@ def _progress_logging(progress: bool) -> Iterator[None]:
     if not progress:
         yield
         return
-    from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():
         yield
@@ -199,16 +222,20 @@ def _summary(stats: dict[str, Any], wall: float, path: Path) -> str:
         f"wall: {wall:.2f} s ({rows / wall if wall > 0 else 0:.0f} rows/s)",
     ]
     if stats["failures_by_kind"]:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(stats["failures_by_kind"].items()))
+        kinds = ", ".join(
+            f"{k} {v}" for k, v in sorted(stats["failures_by_kind"].items())
+        )
         lines.append(f"failed attempts: {kinds}")
     return "\n".join(lines)
 
 
 @app.command("emulator")
-def emulator_command(  # noqa: PLR0913
+def emulator_command(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    api_key: Annotated[str, typer.Option(help="The key it accepts.")] = EmulatorSettings.api_key,
+    api_key: Annotated[
+        str, typer.Option(help="The key it accepts.")
+    ] = EmulatorSettings.api_key,
     latency_ms: Annotated[float, typer.Option()] = 0.0,
     jitter_ms: Annotated[float, typer.Option()] = 0.0,
     requests_per_minute: Annotated[float | None, typer.Option()] = None,

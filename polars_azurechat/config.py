@@ -20,7 +20,7 @@ DEFAULT_API_VERSION = "2024-10-21"
 
 ENV_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
 ENV_API_KEY = "AZURE_OPENAI_API_KEY"
-ENV_AD_TOKEN = "AZURE_OPENAI_AD_TOKEN"
+ENV_AD_TOKEN = "AZURE_OPENAI_AD_TOKEN"  # noqa: S105 - a variable name
 ENV_API_VERSION = "OPENAI_API_VERSION"
 ENV_DEPLOYMENT = "AZURE_OPENAI_DEPLOYMENT"
 
@@ -51,7 +51,7 @@ class ChatConfig:
     >>> cfg = ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="sk-secret")
     >>> cfg
     ChatConfig(azure_endpoint='http://127.0.0.1:9', api_key='***', api_version='2024-10-21', azure_ad_token=None, deployment=None)
-    """  # noqa: E501
+    """
 
     azure_endpoint: str
     api_key: str | None = dataclasses.field(default=None, repr=False)
@@ -68,7 +68,9 @@ class ChatConfig:
             )
             raise ConfigurationError(msg)
         if not self.api_key and not self.azure_ad_token:
-            msg = f"no credential: pass api_key= or set {ENV_API_KEY} (or {ENV_AD_TOKEN})"
+            msg = (
+                f"no credential: pass api_key= or set {ENV_API_KEY} (or {ENV_AD_TOKEN})"
+            )
             raise ConfigurationError(msg)
         if self.api_key and self.azure_ad_token:
             msg = "api_key and azure_ad_token are mutually exclusive; give only one"
@@ -132,6 +134,8 @@ class ChatConfig:
         if not endpoint:
             msg = f"no Azure endpoint: pass azure_endpoint= or set {ENV_ENDPOINT}"
             raise ConfigurationError(msg)
+        key: str | None
+        token: str | None
         if azure_ad_token:
             key, token = api_key, azure_ad_token  # both given: __post_init__ refuses
         else:

@@ -62,7 +62,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_KEY = "emulator-key"
 _DIRECTIVE = re.compile(r"\[emu:([^\]]*)\]")
 _ARITH = re.compile(
-    r"what\s+is\s+(-?\d+(?:\.\d+)?)\s*([-+*/x×÷])\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE
+    r"what\s+is\s+(-?\d+(?:\.\d+)?)\s*([-+*/x\u00d7\u00f7])\s*(-?\d+(?:\.\d+)?)",
+    re.IGNORECASE,
 )
 _FAULTS = ("500", "503", "429", "408", "hang", "drop", "malformed")
 _ACCESS_DENIED = (
@@ -136,7 +137,7 @@ def answer_for(prompt: str) -> str:
         value = a + b
     elif op == "-":
         value = a - b
-    elif op in "*x×":
+    elif op in "*x\u00d7":
         value = a * b
     elif b == 0:
         return "undefined"
@@ -157,7 +158,7 @@ class _State:
     def __init__(self, settings: EmulatorSettings) -> None:
         self.settings = settings
         self.lock = threading.Lock()
-        self.rng = random.Random(settings.seed)
+        self.rng = random.Random(settings.seed)  # noqa: S311 - faults, not secrets
         self.reset()
 
     def reset(self) -> None:
@@ -186,7 +187,9 @@ class _State:
             }
 
 
-def _error(http_status: int, code: str | None, message: str, **extra: Any) -> web.Response:
+def _error(
+    http_status: int, code: str | None, message: str, **extra: Any
+) -> web.Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=http_status)
 
@@ -217,11 +220,12 @@ class _App:
         status = "?"
         try:
             response = await self._chat(request)
-            status = str(response.status)
-            return response
         except _Dropped:
             status = "dropped"
             raise
+        else:
+            status = str(response.status)
+            return response
         finally:
             with st.lock:
                 st.in_flight -= 1
@@ -264,12 +268,18 @@ class _App:
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         prompt_tokens = 3 + sum(4 + _tokens(t) for t in texts)
         last_user = next(
-            (t for r, t in zip(reversed(roles), reversed(texts), strict=True) if r == "user"),
+            (
+                t
+                for r, t in zip(reversed(roles), reversed(texts), strict=True)
+                if r == "user"
+            ),
             texts[-1],
         )
         directives = _parse_directives(last_user)
         delay_s = (
-            s.latency_ms + float(directives.get("delay", 0)) + s.jitter_ms * self.state.rng.random()
+            s.latency_ms
+            + float(directives.get("delay", 0))
+            + s.jitter_ms * self.state.rng.random()
         ) / 1000
         fault = self._scripted_fault(messages, directives) or self._random_fault()
         if fault is not None:
@@ -310,7 +320,11 @@ class _App:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "message": {
+                        "role": "assistant",
+                        "content": answer,
+                        "refusal": None,
+                    },
                     "finish_reason": finish,
                     "logprobs": None,
                 }
@@ -349,11 +363,15 @@ class _App:
             ("malformed", s.malformed_rate),
         ):
             if x < rate:
-                return ("500" if rng.random() < 0.5 else "503") if kind == "5xx" else kind
+                return (
+                    ("500" if rng.random() < 0.5 else "503") if kind == "5xx" else kind
+                )
             x -= rate
         return None
 
-    async def _fault(self, request: web.Request, kind: str, delay_s: float) -> web.Response:
+    async def _fault(
+        self, request: web.Request, kind: str, delay_s: float
+    ) -> web.Response:
         s = self.state.settings
         with self.state.lock:
             self.state.faults[kind] += 1
@@ -375,7 +393,9 @@ class _App:
             raise _Dropped
         if kind == "malformed":
             return web.Response(
-                status=200, body=b'{"choices": [{"message": ', content_type="application/json"
+                status=200,
+                body=b'{"choices": [{"message": ',
+                content_type="application/json",
             )
         status = int(kind)
         message = {
@@ -434,10 +454,14 @@ class _App:
         out = {}
         if s.requests_per_minute is not None:
             budget = int(s.requests_per_minute * scale)
-            out["x-ratelimit-remaining-requests"] = str(max(0, budget - len(self.state.window)))
+            out["x-ratelimit-remaining-requests"] = str(
+                max(0, budget - len(self.state.window))
+            )
         if s.tokens_per_minute is not None:
             budget = int(s.tokens_per_minute * scale)
-            out["x-ratelimit-remaining-tokens"] = str(max(0, budget - self.state.window_tokens))
+            out["x-ratelimit-remaining-tokens"] = str(
+                max(0, budget - self.state.window_tokens)
+            )
         return out
 
 
@@ -447,7 +471,10 @@ class _Dropped(Exception):  # noqa: N818
 
 def _content_filter() -> web.Response:
     categories = {
-        name: {"filtered": name == "violence", "severity": "high" if name == "violence" else "safe"}
+        name: {
+            "filtered": name == "violence",
+            "severity": "high" if name == "violence" else "safe",
+        }
         for name in ("hate", "self_harm", "sexual", "violence")
     }
     return _error(
@@ -561,7 +588,7 @@ class Emulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
-        server = site._server  # noqa: SLF001 - the only way to read the bound port
+        server = site._server
         if self.port == 0 and server is not None:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
@@ -570,7 +597,9 @@ class Emulator:
         if self._loop is None or self._thread is None:
             return
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(
+                self._runner.cleanup(), self._loop
+            ).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

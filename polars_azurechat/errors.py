@@ -211,6 +211,7 @@ class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
     """
 
     def __new__(cls, message: str, errors: Sequence[RowError] | None = None) -> Self:
+        """Build the group (``errors`` is recovered when Polars re-creates it)."""
         return super().__new__(cls, message, _group_errors(message, errors))
 
     def __init__(self, message: str, errors: Sequence[RowError] | None = None) -> None:
@@ -229,7 +230,9 @@ class CompletionFailed(ExceptionGroup[RowError], AzureChatError):  # noqa: N818
 def _group_errors(message: str, errors: Sequence[RowError] | None) -> list[RowError]:
     if errors is not None:
         return list(errors)
-    original = _originals.find(message, CompletionFailed)  # Polars' copy: see AzureChatError
+    original = _originals.find(
+        message, CompletionFailed
+    )  # Polars' copy: see AzureChatError
     if original is not None:
         return list(original.exceptions)
     return [RowError(-1, "unknown row")]

@@ -22,6 +22,7 @@ from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import RESULT_DTYPE, ChatResult, OnError, OutputKind
+from polars_azurechat.cache import SqliteCache
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
@@ -304,11 +305,8 @@ class _Call:
                 tokens_per_minute=tokens_per_minute,
             ),
             progress=self._bar.update if self._bar is not None else None,
+            cache=SqliteCache(cache) if cache is not None else None,
         )
-        if cache is not None:
-            from polars_azurechat.cache import SqliteCache  # noqa: PLC0415
-
-            self.engine.cache = SqliteCache(cache)
 
     def series(self, s: pl.Series) -> pl.Series:
         """The function handed to ``map_batches``: one chunk in, one chunk out."""
@@ -332,7 +330,9 @@ class _Call:
         if self.engine.fatal is not None:
             raise self.engine.fatal
         failed = [
-            (i, r) for i, r in enumerate(results) if r is not None and r.exception is not None
+            (i, r)
+            for i, r in enumerate(results)
+            if r is not None and r.exception is not None
         ]
         logger.info(
             "batch done: %d rows, %d failed; engine so far: %s",
@@ -371,13 +371,15 @@ class _ProgressBar:
         self._bar: Any = None
 
     def add_total(self, n: int) -> None:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         with self._lock:
             if self._bar is None or self._bar.n >= (self._bar.total or 0):
                 if self._bar is not None:
                     self._bar.close()
-                self._bar = tqdm(total=0, unit="row", desc="chat.complete", disable=None)
+                self._bar = tqdm(
+                    total=0, unit="row", desc="chat.complete", disable=None
+                )
             self._bar.total += n
             self._bar.refresh()
 
@@ -394,7 +396,7 @@ def _check_positive(name: str, value: float) -> None:
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
-    import json  # noqa: PLC0415
+    import json
 
     bad = sorted(_RESERVED_PARAMS & params.keys())
     if bad:
@@ -408,7 +410,9 @@ def _check_params(params: Mapping[str, Any]) -> None:
             raise ValueError(msg) from exc
     max_tokens = params.get("max_tokens")
     if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or max_tokens < 1
     ):
         msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
         raise ValueError(msg)

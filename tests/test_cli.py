@@ -18,7 +18,16 @@ runner = CliRunner()
 def test_run_offline_answers_every_question(tmp_path: Path) -> None:
     out = tmp_path / "answers.parquet"
     result = runner.invoke(
-        app, ["run", str(QUESTIONS), str(out), "--column", "messages", "--emulator", "--no-progress"]
+        app,
+        [
+            "run",
+            str(QUESTIONS),
+            str(out),
+            "--column",
+            "messages",
+            "--emulator",
+            "--no-progress",
+        ],
     )
     assert result.exit_code == 0, result.output
     df = pl.read_parquet(out)
@@ -39,7 +48,18 @@ def test_run_against_a_configured_endpoint(
             monkeypatch.setenv(k, v)
         result = runner.invoke(
             app,
-            ["run", str(src), str(out), "--column", "q", "--output-column", "a", "--max-tokens", "5", "--no-progress"],
+            [
+                "run",
+                str(src),
+                str(out),
+                "--column",
+                "q",
+                "--output-column",
+                "a",
+                "--max-tokens",
+                "5",
+                "--no-progress",
+            ],
         )
         assert emu.stats()["requests"] == 2
     assert result.exit_code == 1  # a row failed
@@ -67,7 +87,11 @@ def test_existing_output_is_refused_without_overwrite(tmp_path: Path) -> None:
     ("make_input", "column", "message"),
     [
         (lambda p: p.write_text("not parquet"), "messages", "not a readable Parquet"),
-        (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p), "messages", "no column 'messages'"),
+        (
+            lambda p: pl.DataFrame({"x": [1]}).write_parquet(p),
+            "messages",
+            "no column 'messages'",
+        ),
         (lambda p: pl.DataFrame({"x": [1]}).write_parquet(p), "x", "not Int64"),
     ],
 )
@@ -77,7 +101,15 @@ def test_bad_input_is_a_usage_error(
     src = tmp_path / "in.parquet"
     make_input(src)  # type: ignore[operator]
     result = runner.invoke(
-        app, ["run", str(src), str(tmp_path / "o.parquet"), "--column", column, "--emulator"]
+        app,
+        [
+            "run",
+            str(src),
+            str(tmp_path / "o.parquet"),
+            "--column",
+            column,
+            "--emulator",
+        ],
     )
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())

@@ -44,7 +44,9 @@ def test_argument_beats_environment_beats_dotenv(
 
 def test_explicit_dotenv_path(tmp_path: Path) -> None:
     env_file = tmp_path / "settings.env"
-    env_file.write_text("AZURE_OPENAI_ENDPOINT=http://x.example\nAZURE_OPENAI_AD_TOKEN=tok\n")
+    env_file.write_text(
+        "AZURE_OPENAI_ENDPOINT=http://x.example\nAZURE_OPENAI_AD_TOKEN=tok\n"
+    )
     cfg = ChatConfig.from_env(dotenv_path=env_file)
     assert cfg.api_key is None and cfg.azure_ad_token == "tok"
     assert cfg.auth_headers() == {"Authorization": "Bearer tok"}
@@ -76,9 +78,9 @@ def test_missing_deployment_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_defaults_and_validation() -> None:
-    assert ChatConfig(azure_endpoint="https://r.openai.azure.com", api_key="k").api_version == (
-        DEFAULT_API_VERSION
-    )
+    assert ChatConfig(
+        azure_endpoint="https://r.openai.azure.com", api_key="k"
+    ).api_version == (DEFAULT_API_VERSION)
     with pytest.raises(pac.ConfigurationError, match="http"):
         ChatConfig(azure_endpoint="r.openai.azure.com", api_key="k")
     with pytest.raises(pac.ConfigurationError, match="mutually exclusive"):

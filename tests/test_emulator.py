@@ -10,8 +10,12 @@ import pytest
 from polars_azurechat.emulator import Emulator, answer_for
 
 
-def _post(emu: Emulator, body: object, *, key: str | None = None, path: str | None = None) -> tuple[int, dict[str, str], object]:
-    url = emu.url + (path or "/openai/deployments/d/chat/completions?api-version=2024-10-21")
+def _post(
+    emu: Emulator, body: object, *, key: str | None = None, path: str | None = None
+) -> tuple[int, dict[str, str], object]:
+    url = emu.url + (
+        path or "/openai/deployments/d/chat/completions?api-version=2024-10-21"
+    )
     req = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -28,7 +32,10 @@ def _post(emu: Emulator, body: object, *, key: str | None = None, path: str | No
 def test_official_sdk_works_against_it() -> None:
     with Emulator() as emu:
         client = openai.AzureOpenAI(
-            azure_endpoint=emu.url, api_key=emu.api_key, api_version="2024-10-21", max_retries=0
+            azure_endpoint=emu.url,
+            api_key=emu.api_key,
+            api_version="2024-10-21",
+            max_retries=0,
         )
         reply = client.chat.completions.create(
             model="gpt-4o-mini",
@@ -38,10 +45,15 @@ def test_official_sdk_works_against_it() -> None:
         assert reply.choices[0].message.content == "106"
         assert reply.usage is not None and reply.usage.prompt_tokens > 0
         bad = openai.AzureOpenAI(
-            azure_endpoint=emu.url, api_key="nope", api_version="2024-10-21", max_retries=0
+            azure_endpoint=emu.url,
+            api_key="nope",
+            api_version="2024-10-21",
+            max_retries=0,
         )
         with pytest.raises(openai.AuthenticationError):
-            bad.chat.completions.create(model="d", messages=[{"role": "user", "content": "x"}])
+            bad.chat.completions.create(
+                model="d", messages=[{"role": "user", "content": "x"}]
+            )
         with urllib.request.urlopen(emu.url + "/stats") as resp:
             stats = json.loads(resp.read())
         assert stats["statuses"] == {"200": 1, "401": 1}
@@ -49,7 +61,9 @@ def test_official_sdk_works_against_it() -> None:
 
 def test_wrong_key_gets_azures_401_body() -> None:
     with Emulator() as emu:
-        status, _, body = _post(emu, {"messages": [{"role": "user", "content": "x"}]}, key="bad")
+        status, _, body = _post(
+            emu, {"messages": [{"role": "user", "content": "x"}]}, key="bad"
+        )
     assert status == 401
     assert isinstance(body, dict) and "Access denied" in body["error"]["message"]
 
@@ -66,7 +80,10 @@ def test_missing_api_version_is_404() -> None:
 
 def test_rate_limit_window_sends_azure_headers() -> None:
     with Emulator(requests_per_minute=12) as emu:  # 2 per 10-s window
-        body = {"messages": [{"role": "user", "content": "What is 1 + 1?"}], "max_tokens": 5}
+        body = {
+            "messages": [{"role": "user", "content": "What is 1 + 1?"}],
+            "max_tokens": 5,
+        }
         s1, h1, _ = _post(emu, body)
         s2, h2, _ = _post(emu, body)
         s3, h3, err = _post(emu, body)
@@ -97,7 +114,8 @@ def test_arithmetic_answers() -> None:
 def test_random_faults_are_counted() -> None:
     with Emulator(error_rate=0.5, seed=1) as emu:
         statuses = [
-            _post(emu, {"messages": [{"role": "user", "content": "x"}]})[0] for _ in range(40)
+            _post(emu, {"messages": [{"role": "user", "content": "x"}]})[0]
+            for _ in range(40)
         ]
         stats = emu.stats()
     assert set(statuses) == {200, 500, 503}

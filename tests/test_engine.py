@@ -39,7 +39,9 @@ def _req(text: str) -> ChatRequest:
     return ChatRequest([{"role": "user", "content": text}])
 
 
-def test_server_errors_are_retried_waiting_what_the_server_asked(clock: FakeClock) -> None:
+def test_server_errors_are_retried_waiting_what_the_server_asked(
+    clock: FakeClock,
+) -> None:
     with Emulator(retry_after_ms=250) as emu:
         engine = _engine(emu, clock)
         [r] = engine.run([_req("[emu:500*2] What is 1 + 1?")])

@@ -25,7 +25,10 @@ def _messages(prompts: list[str | None]) -> pl.DataFrame:
             "messages": [
                 None
                 if p is None
-                else [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}]
+                else [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": p},
+                ]
                 for p in prompts
             ]
         }
@@ -84,10 +87,12 @@ def test_same_answers_in_every_engine(emulator: Emulator, collect: object) -> No
 def test_sink_parquet_streams_every_row(emulator: Emulator, tmp_path: Path) -> None:
     src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
     n = 400
-    pl.DataFrame({"i": range(n), "q": [f"What is {i} * 2?" for i in range(n)]}).write_parquet(
-        src, row_group_size=50
-    )
-    pl.scan_parquet(src).with_columns(a=pl.col("q").chat.complete(max_tokens=5)).sink_parquet(dst)
+    pl.DataFrame(
+        {"i": range(n), "q": [f"What is {i} * 2?" for i in range(n)]}
+    ).write_parquet(src, row_group_size=50)
+    pl.scan_parquet(src).with_columns(
+        a=pl.col("q").chat.complete(max_tokens=5)
+    ).sink_parquet(dst)
     out = pl.read_parquet(dst).sort("i")
     assert out["a"].to_list() == [str(2 * i) for i in range(n)]
 
@@ -102,10 +107,20 @@ def test_concurrency_bound_holds_across_concurrent_chunks(
         src, row_group_size=40
     )
     calls: list[int] = []
+
+    def count_chunks(s: pl.Series) -> pl.Series:
+        calls.append(len(s))
+        return s
+
     expr = pl.col("q").chat.complete(max_concurrency=6, max_tokens=5)
     out = (
         pl.scan_parquet(src)
-        .with_columns(a=expr, n=pl.col("q").map_batches(lambda s: (calls.append(len(s)), s)[1]))
+        .with_columns(
+            a=expr,
+            n=pl.col("q").map_batches(
+                count_chunks, return_dtype=pl.String, is_elementwise=True
+            ),
+        )
         .collect(engine="streaming")
     )
     assert out["a"].to_list() == [str(i) for i in range(n)]
@@ -153,13 +168,17 @@ def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
 
 
 def test_struct_output_carries_usage_and_attempts(emulator: Emulator) -> None:
-    df = pl.DataFrame({"q": ["What is 5 + 5?", "[emu:500*1] What is 1 + 2?", "Tell me more"]})
+    df = pl.DataFrame(
+        {"q": ["What is 5 + 5?", "[emu:500*1] What is 1 + 2?", "Tell me more"]}
+    )
     out = df.select(pac.complete("q", output="struct", max_tokens=2).struct.unnest())
     assert out["content"].to_list() == ["10", "3", "Echo: Te"]
     assert out["finish_reason"].to_list() == ["stop", "stop", "length"]
     assert out["attempts"].to_list() == [1, 2, 1]
     assert out["error"].to_list() == [None, None, None]
-    assert all(t > 0 for t in out["prompt_tokens"]) and all(t > 0 for t in out["completion_tokens"])
+    assert all(t > 0 for t in out["prompt_tokens"]) and all(
+        t > 0 for t in out["completion_tokens"]
+    )
     assert emulator.stats()["statuses"] == {"200": 3, "500": 1}
 
 
@@ -168,16 +187,21 @@ def test_empty_empty_list_and_nulls(emulator: Emulator) -> None:
         {"m": [[], None, [{"role": "user", "content": "What is 1 + 1?"}]]},
         schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
     )
-    with pytest.warns(pac.FailedRowsWarning, match="1 of 3 rows failed.*empty message list"):
+    with pytest.warns(
+        pac.FailedRowsWarning, match="1 of 3 rows failed.*empty message list"
+    ):
         out = df.select(pl.col("m").chat.complete(output="struct"))
     rows = out["m"].to_list()
     assert rows[0]["error"] == "InputError: empty message list"
     assert rows[1] is None
     assert rows[2]["content"] == "2"
     assert emulator.stats()["requests"] == 1
-    assert pl.DataFrame({"m": []}, schema={"m": pl.String}).select(
-        pl.col("m").chat.complete()
-    ).height == 0
+    assert (
+        pl.DataFrame({"m": []}, schema={"m": pl.String})
+        .select(pl.col("m").chat.complete())
+        .height
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,14 +242,22 @@ def test_wrong_dtype_is_a_type_error_naming_it(
 
 
 def test_on_error_raise_runs_every_row_then_lists_failures(emulator: Emulator) -> None:
-    prompts = ["What is 1 + 1?", "[emu:filter] bad", "What is 2 + 2?", "[emu:filter] worse"]
+    prompts = [
+        "What is 1 + 1?",
+        "[emu:filter] bad",
+        "What is 2 + 2?",
+        "[emu:filter] worse",
+    ]
     df = pl.DataFrame({"q": prompts})
     with pytest.raises(pac.CompletionFailed) as info:
         df.select(pl.col("q").chat.complete(on_error="raise"))
     assert info.value.row_indices == [1, 3]
     assert "2 of 4 rows failed (rows 1, 3)" in str(info.value)
     assert isinstance(info.value.exceptions[0].__cause__, pac.ContentFilterError)
-    assert emulator.stats()["statuses"] == {"200": 2, "400": 2}  # all rows ran, no retry
+    assert emulator.stats()["statuses"] == {
+        "200": 2,
+        "400": 2,
+    }  # all rows ran, no retry
 
 
 def test_on_error_null_warns_once_with_count(emulator: Emulator) -> None:
@@ -235,12 +267,16 @@ def test_on_error_null_warns_once_with_count(emulator: Emulator) -> None:
     assert len(record) == 1
     assert "2 of 3 rows failed" in str(record[0].message)
     errors = out["q"].struct.field("error").to_list()
-    assert errors[0] is not None and "content filter (categories: violence)" in errors[0]
+    assert (
+        errors[0] is not None and "content filter (categories: violence)" in errors[0]
+    )
     assert out["q"].struct.field("content").to_list() == [None, "6", None]
 
 
 def test_wrong_key_stops_the_run_at_once(emulator: Emulator) -> None:
-    cfg = ChatConfig(azure_endpoint=emulator.url, api_key="wrong-key-123", deployment="d")
+    cfg = ChatConfig(
+        azure_endpoint=emulator.url, api_key="wrong-key-123", deployment="d"
+    )
     df = pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(2000)]})
     with pytest.raises(pac.AuthenticationError) as info:
         df.select(pl.col("q").chat.complete(config=cfg, max_concurrency=4))
@@ -292,7 +328,8 @@ def test_rows_keep_order_when_answers_finish_out_of_order(
     emulator: Emulator, rows: list[tuple[int, int, int] | None]
 ) -> None:
     prompts = [
-        None if r is None else f"[emu:delay={r[2]}] What is {r[0]} + {r[1]}?" for r in rows
+        None if r is None else f"[emu:delay={r[2]}] What is {r[0]} + {r[1]}?"
+        for r in rows
     ]
     df = pl.DataFrame({"q": prompts}, schema={"q": pl.String})
     out = df.select(pl.col("q").chat.complete(max_concurrency=16))

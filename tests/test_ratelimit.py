@@ -13,9 +13,15 @@ def _run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def test_requests_fill_the_window_then_wait_for_the_oldest_to_leave(clock: FakeClock) -> None:
+def test_requests_fill_the_window_then_wait_for_the_oldest_to_leave(
+    clock: FakeClock,
+) -> None:
     limiter = RateLimiter(
-        requests_per_minute=60, window_s=10, margin_s=0.5, clock=clock, sleep=clock.sleep
+        requests_per_minute=60,
+        window_s=10,
+        margin_s=0.5,
+        clock=clock,
+        sleep=clock.sleep,
     )
     admitted: list[float] = []
 
@@ -32,7 +38,9 @@ def test_requests_fill_the_window_then_wait_for_the_oldest_to_leave(clock: FakeC
 
 
 def test_tokens_bind_when_requests_do_not(clock: FakeClock) -> None:
-    limiter = RateLimiter(tokens_per_minute=6000, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep)
+    limiter = RateLimiter(
+        tokens_per_minute=6000, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep
+    )
 
     async def go() -> list[float]:
         times = []
@@ -65,7 +73,9 @@ def test_a_429_pauses_all_admissions(clock: FakeClock) -> None:
 
 
 def test_request_larger_than_the_budget_is_admitted_alone(clock: FakeClock) -> None:
-    limiter = RateLimiter(tokens_per_minute=600, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep)
+    limiter = RateLimiter(
+        tokens_per_minute=600, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep
+    )
 
     async def go() -> None:
         await limiter.acquire(50)
