@@ -1,6 +1,6 @@
 """No DataFrame: answer a list of message lists, as the original handler's users do.
 
-    python examples/plain_python.py
+python examples/plain_python.py
 """
 
 import os

@@ -16,7 +16,9 @@ def test_rerun_sends_only_what_is_missing(emulator: Emulator, tmp_path: Path) ->
     out1 = first.select(pl.col("q").chat.complete(cache=cache, max_tokens=5))
     assert emulator.stats()["requests"] == 20
     more = pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(25)]})
-    out2 = more.select(pl.col("q").chat.complete(cache=cache, max_tokens=5, output="struct"))
+    out2 = more.select(
+        pl.col("q").chat.complete(cache=cache, max_tokens=5, output="struct")
+    )
     assert emulator.stats()["requests"] == 25  # only the 5 new rows were sent
     rows = out2["q"].to_list()
     assert [r["content"] for r in rows] == [str(i + 1) for i in range(25)]
@@ -44,7 +46,9 @@ def test_failures_are_not_cached(emulator: Emulator, tmp_path: Path) -> None:
     assert emulator.stats()["statuses"] == {"200": 1, "500": 3}
 
 
-def test_cache_file_is_private_and_holds_no_key(emulator: Emulator, tmp_path: Path) -> None:
+def test_cache_file_is_private_and_holds_no_key(
+    emulator: Emulator, tmp_path: Path
+) -> None:
     cache = tmp_path / "answers.sqlite"
     pl.DataFrame({"q": ["What is 1 + 1?"]}).select(pac.complete("q", cache=cache))
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
