@@ -25,7 +25,7 @@ import aiohttp
 from polars_azurechat import _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
-from polars_azurechat._transport import Transport
+from polars_azurechat._transport import Completion, Transport
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.errors import (
@@ -223,11 +223,7 @@ class ChatEngine:
         runner = self._runner
         assert runner is not None  # noqa: S101 - only called while a run is active
         body = {**self.params, "messages": req.messages}
-        cost = (
-            _tokens.request_tokens(req.messages, self._max_tokens)
-            if self.limiter.token_budget is not None
-            else 0
-        )
+        cost = _tokens.request_tokens(req.messages, self._max_tokens)
         retrying = self._retrying.copy()
         attempts = 0
         try:
@@ -262,15 +258,15 @@ class ChatEngine:
 
     async def _send(
         self, runner: _LoopRunner, body: Mapping[str, Any], cost: int
-    ) -> Any:
+    ) -> Completion:
         async with runner.semaphore:
-            await self.limiter.acquire(cost)
+            admitted = await self.limiter.acquire(cost)
             self._in_flight += 1
             self.stats.requests += 1
             if self._in_flight > self.stats.peak_in_flight:
                 self.stats.peak_in_flight = self._in_flight
             try:
-                return await self.transport.send(runner.session, body)
+                completion = await self.transport.send(runner.session, body)
             except AzureChatError as exc:
                 kind = type(exc).__name__
                 self.stats.failures_by_kind[kind] += 1
@@ -283,6 +279,10 @@ class ChatEngine:
                 raise
             finally:
                 self._in_flight -= 1
+            self.limiter.on_success(
+                admitted, completion.remaining_requests, completion.remaining_tokens
+            )
+            return completion
 
 
 class _LoopRunner:

@@ -4,7 +4,10 @@ Azure enforces requests-per-minute and tokens-per-minute over short windows (abo
 of the minute's quota per 10 s), counting each request's *estimated* tokens on arrival.
 :class:`RateLimiter` mirrors that: a sliding-window log of what it admitted, so a request is
 admitted only when both budgets allow it, plus a cooldown shared by every worker that a 429
-sets to the time the server named. Clock and sleep are injected, so tests never wait.
+sets to the time the server named. With no quota given, it learns the budgets from Azure's
+``x-ratelimit-remaining-*`` headers: what the server says remains, plus what this limiter
+had admitted in the window when that request went out, is the window's budget. Clock and
+sleep are injected, so tests never wait.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class RateLimiter:
         self.token_budget = (
             max(1.0, tokens_per_minute * scale) if tokens_per_minute else None
         )
+        self._given = (self.request_budget, self.token_budget)
         self._span = window_s + margin_s
         self._clock = clock
         self._sleep = sleep
@@ -66,11 +70,6 @@ class RateLimiter:
         self._cooldown_until = 0.0
         self._lock: asyncio.Lock | None = None
         self.waited_s = 0.0
-
-    @property
-    def active(self) -> bool:
-        """Whether any budget is set (an inactive limiter still honours cooldowns)."""
-        return self.request_budget is not None or self.token_budget is not None
 
     def delay(self, tokens: int = 0) -> float:
         """Seconds until a request costing ``tokens`` may be admitted (0: now)."""
@@ -94,19 +93,42 @@ class RateLimiter:
                     wait = max(wait, self._log[-1][0] + self._span - now)
         return max(0.0, wait)
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until the request may go, then count it (waiters are served in order)."""
-        if not self.active and self._cooldown_until <= self._clock():
-            return
+    async def acquire(self, tokens: int = 0) -> tuple[int, int]:
+        """Wait until the request may go, then count it (waiters are served in order).
+
+        Returns the requests and tokens in the window once it is admitted, for
+        :meth:`on_success`.
+        """
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            while (wait := self.delay(tokens)) > 0:
-                self.waited_s += wait
-                await self._sleep(wait)
-            if self.active:
-                self._log.append((self._clock(), tokens))
-                self._tokens += tokens
+        if self._lock.locked() or self.delay(tokens) > 0:
+            async with self._lock:
+                while (wait := self.delay(tokens)) > 0:
+                    self.waited_s += wait
+                    await self._sleep(wait)
+                return self._admit(tokens)
+        return self._admit(tokens)
+
+    def _admit(self, tokens: int) -> tuple[int, int]:
+        self._log.append((self._clock(), tokens))
+        self._tokens += tokens
+        return len(self._log), self._tokens
+
+    def on_success(
+        self,
+        admitted: tuple[int, int],
+        remaining_requests: int | None,
+        remaining_tokens: int | None,
+    ) -> None:
+        """Learn the window's budgets from Azure's ``x-ratelimit-remaining-*`` headers.
+
+        ``admitted`` is what :meth:`acquire` returned for the request that got them. A
+        budget the user gave is only ever lowered by what the server reports.
+        """
+        if remaining_requests is not None:
+            self.request_budget = _learn(self._given[0], admitted[0] + remaining_requests)
+        if remaining_tokens is not None:
+            self.token_budget = _learn(self._given[1], admitted[1] + remaining_tokens)
 
     def on_rate_limited(self, retry_after_s: float | None) -> None:
         """A 429 arrived: pause every admission until the time the server named."""
@@ -117,6 +139,10 @@ class RateLimiter:
             logger.debug("429: pausing admissions for %.3f s", until - self._clock())
             self._cooldown_until = until
 
+    def learned(self) -> dict[str, float | None]:
+        """The budgets per window in force now (given or learned)."""
+        return {"requests": self.request_budget, "tokens": self.token_budget}
+
     def reset_loop(self) -> None:
         """Forget the asyncio lock (the engine's event loop was replaced)."""
         self._lock = None
@@ -125,3 +151,8 @@ class RateLimiter:
         log = self._log
         while log and log[0][0] + self._span <= now:
             self._tokens -= log.popleft()[1]
+
+
+def _learn(given: float | None, observed: int) -> float:
+    observed_f = float(max(1, observed))
+    return observed_f if given is None else min(given, observed_f)

@@ -55,6 +55,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from polars_azurechat import _tokens as _count
+
 __all__ = ["DEFAULT_API_KEY", "Emulator", "EmulatorSettings", "answer_for", "serve"]
 
 logger = logging.getLogger(__name__)
@@ -266,7 +268,9 @@ class _App:
                 param="messages",
             )
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        prompt_tokens = 3 + sum(4 + _tokens(t) for t in texts)
+        prompt_tokens = _count.prompt_tokens(
+            [{"role": r, "content": t} for r, t in zip(roles, texts, strict=True)]
+        )
         last_user = next(
             (
                 t

@@ -83,3 +83,33 @@ def test_request_larger_than_the_budget_is_admitted_alone(clock: FakeClock) -> N
 
     _run(go())
     assert clock.now - 1000 == 10.0
+
+
+def test_budget_is_learned_from_remaining_headers(clock: FakeClock) -> None:
+    limiter = RateLimiter(window_s=10, margin_s=0, clock=clock, sleep=clock.sleep)
+    admitted: list[float] = []
+
+    async def go() -> None:
+        first = await limiter.acquire(10)
+        # the server saw 1 request and 10 tokens and says 4 requests / 90 tokens remain
+        limiter.on_success(first, remaining_requests=4, remaining_tokens=90)
+        for _ in range(6):
+            await limiter.acquire(10)
+            admitted.append(clock.now - 1000)
+
+    _run(go())
+    assert limiter.learned() == {"requests": 5.0, "tokens": 100.0}
+    assert admitted == [0.0] * 4 + [10.0] * 2  # 5 per window, then the window turns
+
+
+def test_a_given_quota_is_only_lowered_by_the_server(clock: FakeClock) -> None:
+    limiter = RateLimiter(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        t = await limiter.acquire()
+        limiter.on_success(t, remaining_requests=1000, remaining_tokens=None)
+        assert limiter.request_budget == 10
+        limiter.on_success(t, remaining_requests=3, remaining_tokens=None)
+        assert limiter.request_budget == 4
+
+    _run(go())
