@@ -1,6 +1,11 @@
 """Benchmark chat.complete() against its baselines on the emulator, in one run.
 
-    python benchmarks/bench.py            # the 100-question demo (issue 2)
+    python benchmarks/bench.py                 # every scenario (about 4 minutes)
+    python benchmarks/bench.py --only demo s1  # some of them
+
+Scenarios: ``demo`` (the 100-question demo) and S1-S5 (overhead, latency-bound, at the
+request quota, at the token quota, wide concurrency); each prints its figures, its target
+and whether it was met.
 
 The emulator runs in its own process (so it never competes with the client for the GIL),
 with ~186 ms latency: the average the original parallel-requests demo measured. The 100
@@ -17,6 +22,7 @@ It prints wall time, rows/s, the ratios and whether every answer is correct and 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -32,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import polars as pl
 import tenacity
@@ -149,7 +156,9 @@ def demo(latency_ms: float) -> bool:
     messages = df["messages"].to_list()
     expected = df["expected"].to_list()
     n = df.height
-    print(f"## demo: {n} questions, emulator latency {latency_ms:.0f} ms (own process)")
+    print(
+        f"\n## demo: {n} questions, emulator latency {latency_ms:.0f} ms (own process)"
+    )
     rows = []
     with emulator_process(latency_ms=latency_ms) as url:
         ways: list[tuple[str, Callable[[], list[str | None]]]] = [
@@ -179,19 +188,289 @@ def demo(latency_ms: float) -> bool:
     target_ok = ours <= 0.4 and seq / ours >= 45 and rows[-1][3]
     print(
         f"target: chat.complete() <= 0.4 s and >= 45x sequential, all correct: "
-        f"{ours:.3f} s, {seq / ours:.1f}x -> {'MET' if target_ok else 'MISSED'}"
+        f"{ours:.3f} s, {seq / ours:.1f}x -> {'MET' if target_ok else 'MISSED'}",
+        flush=True,
     )
     print(f"vs seed-style: {rows[1][1] / ours:.1f}x faster")
     return target_ok
 
 
+def run_async_sdk(
+    url: str, messages: list[Any], max_tokens: int, conc: int
+) -> list[str | None]:
+    async def go() -> list[str | None]:
+        client = openai.AsyncAzureOpenAI(
+            azure_endpoint=url,
+            api_key=DEFAULT_API_KEY,
+            api_version=API_VERSION,
+            max_retries=0,
+        )
+        sem = asyncio.Semaphore(conc)
+
+        async def one(m: Any) -> str | None:
+            async with sem:
+                r = await client.chat.completions.create(
+                    model=DEPLOYMENT, messages=m, max_tokens=max_tokens
+                )
+                return r.choices[0].message.content
+
+        try:
+            return list(await asyncio.gather(*(one(m) for m in messages)))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def run_bare_aiohttp(
+    url: str, messages: list[Any], max_tokens: int, conc: int
+) -> list[str | None]:
+    """The client-side limit: no retries, no limiter, no Polars."""
+    endpoint = f"{url}/openai/deployments/{DEPLOYMENT}/chat/completions?api-version={API_VERSION}"
+
+    async def go() -> list[str | None]:
+        sem = asyncio.Semaphore(conc)
+        connector = aiohttp.TCPConnector(limit=conc)
+        async with aiohttp.ClientSession(
+            connector=connector, headers={"api-key": DEFAULT_API_KEY}
+        ) as session:
+
+            async def one(m: Any) -> str | None:
+                async with (
+                    sem,
+                    session.post(
+                        endpoint, json={"messages": m, "max_tokens": max_tokens}
+                    ) as resp,
+                ):
+                    body = await resp.json()
+                    return body["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
+
+            return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    return asyncio.run(go())
+
+
+def arithmetic(n: int, pad: str = "") -> tuple[pl.DataFrame, list[str]]:
+    msgs = [
+        [{"role": "user", "content": f"{pad}What is {i} + {i % 7}?"}] for i in range(n)
+    ]
+    return pl.DataFrame({"messages": msgs}), [str(i + i % 7) for i in range(n)]
+
+
+class Table:
+    def __init__(self, title: str, n: int) -> None:
+        self.n = n
+        self.rows: list[tuple[str, float, float, dict[str, Any], bool]] = []
+        print(f"\n## {title}")
+        print(
+            f"{'way':34} {'wall s':>8} {'rows/s':>8} {'CPU ms/req':>11} {'peak':>5} {'429s':>5}  correct"
+        )
+
+    def run(
+        self,
+        url: str,
+        name: str,
+        fn: Callable[[], list[str | None]],
+        expected: list[str],
+    ) -> tuple[float, dict[str, Any], bool]:
+        emulator_stats(url, reset=True)
+        wall, cpu, answers = timed(fn)
+        stats = emulator_stats(url)
+        ok = answers == expected
+        n429 = stats["statuses"].get("429", 0)
+        print(
+            f"{name:34} {wall:8.3f} {self.n / wall:8.0f} {1000 * cpu / max(1, stats['requests']):11.2f} "
+            f"{stats['peak_in_flight']:5d} {n429:5d}  {ok}",
+            flush=True,
+        )
+        self.rows.append((name, wall, cpu, stats, ok))
+        return wall, stats, ok
+
+
+def verdict(label: str, value: float, target: str, met: bool) -> bool:
+    print(
+        f"  target {label}: {target}; measured {value:.3g} -> {'MET' if met else 'MISSED'}"
+    )
+    return met
+
+
+def s1() -> bool:
+    n, conc = 2000, 64
+    df, expected = arithmetic(n)
+    msgs = df["messages"].to_list()
+    t = Table(f"S1 overhead: {n} rows, latency 0, concurrency {conc}", n)
+    with emulator_process() as url:
+        run_complete(url, df.head(50), 20, conc)  # warm imports
+        t.run(url, "sequential SDK", lambda: run_sequential(url, msgs, 20), expected)
+        seed, _, _ = t.run(
+            url,
+            "seed-style pool+semaphore+SDK",
+            lambda: run_seed_style(url, msgs, 20, conc),
+            expected,
+        )
+        t.run(
+            url,
+            "asyncio + AsyncAzureOpenAI",
+            lambda: run_async_sdk(url, msgs, 20, conc),
+            expected,
+        )
+        t.run(
+            url,
+            "bare aiohttp (client limit)",
+            lambda: run_bare_aiohttp(url, msgs, 20, conc),
+            expected,
+        )
+        ours, _, ok = t.run(
+            url, "chat.complete()", lambda: run_complete(url, df, 20, conc), expected
+        )
+    a = verdict("rows/s", n / ours, ">= 2000", n / ours >= 2000 and ok)
+    b = verdict("x seed-style rows/s", seed / ours, ">= 4", seed / ours >= 4)
+    return a and b
+
+
+def s2() -> bool:
+    n, conc = 1000, 100
+    df, expected = arithmetic(n)
+    msgs = df["messages"].to_list()
+    t = Table(f"S2 latency-bound: {n} rows, latency 200 ms, concurrency {conc}", n)
+    with emulator_process(latency_ms=200) as url:
+        t.run(
+            url,
+            "seed-style pool+semaphore+SDK",
+            lambda: run_seed_style(url, msgs, 20, conc),
+            expected,
+        )
+        t.run(
+            url,
+            "bare aiohttp (client limit)",
+            lambda: run_bare_aiohttp(url, msgs, 20, conc),
+            expected,
+        )
+        ours, _, ok = t.run(
+            url, "chat.complete()", lambda: run_complete(url, df, 20, conc), expected
+        )
+    return verdict(
+        "wall / ideal 2.0 s", ours / 2.0, "<= 1.15", ours / 2.0 <= 1.15 and ok
+    )
+
+
+def _quota(
+    title: str,
+    df: pl.DataFrame,
+    expected: list[str],
+    max_tokens: int,
+    emu: dict[str, Any],
+    given: dict[str, Any],
+    seed: bool,
+) -> bool:
+    n = df.height
+    t = Table(title, n)
+    per_window = 100  # both quota scenarios allow 100 requests per 10-s window
+    fastest = 10.0 * ((n - 1) // per_window) + 0.2
+    ok_all = True
+    with emulator_process(latency_ms=200, **emu) as url:
+        if seed:
+            t.run(
+                url,
+                "seed-style pool+semaphore+SDK",
+                lambda: run_seed_style(url, df["messages"].to_list(), max_tokens, 100),
+                expected,
+            )
+        for label, kw in (("quota given", given), ("headers only", {})):
+            wall, stats, ok = t.run(
+                url,
+                f"chat.complete() {label}",
+                lambda kw=kw: run_complete(url, df, max_tokens, 100, **kw),
+                expected,
+            )
+            n429 = stats["statuses"].get("429", 0)
+            limit = 0.02 if kw else 0.10
+            ok_all &= verdict(
+                f"{label}: wall / fastest {fastest:.1f} s",
+                wall / fastest,
+                "<= 1.1" if kw else "(none)",
+                (wall / fastest <= 1.1 or not kw) and ok,
+            )
+            ok_all &= verdict(
+                f"{label}: 429s / requests",
+                n429 / stats["requests"],
+                f"<= {limit:.0%}",
+                n429 / stats["requests"] <= limit,
+            )
+            time.sleep(10.5)  # let the emulator's window empty between runs
+    return ok_all
+
+
+def s3() -> bool:
+    df, expected = arithmetic(300)
+    return _quota(
+        "S3 at the request quota: 300 rows, 200 ms, emulator 600 RPM (100 per 10 s)",
+        df,
+        expected,
+        20,
+        {"requests_per_minute": 600},
+        {"requests_per_minute": 600},
+        seed=True,
+    )
+
+
+def s4() -> bool:
+    pad = "Consider the following carefully. " * 60  # ~ 360 prompt tokens
+    df, expected = arithmetic(300, pad)
+    from polars_azurechat._tokens import request_tokens
+
+    cost = request_tokens(df["messages"][0].to_list(), 200)
+    tpm = cost * 100 * 6  # 100 requests' tokens per 10-s window
+    return _quota(
+        f"S4 at the token quota: 300 rows x ~{cost} tokens, 200 ms, emulator {tpm} TPM",
+        df,
+        expected,
+        200,
+        {"tokens_per_minute": tpm, "requests_per_minute": 100_000},
+        {"tokens_per_minute": tpm},
+        seed=False,
+    )
+
+
+def s5() -> bool:
+    n, conc = 5000, 1000
+    df, expected = arithmetic(n)
+    msgs = df["messages"].to_list()
+    t = Table(f"S5 wide: {n} rows, latency 2 s, concurrency {conc}", n)
+    with emulator_process(latency_ms=2000) as url:
+        t.run(
+            url,
+            "bare aiohttp (client limit)",
+            lambda: run_bare_aiohttp(url, msgs, 20, conc),
+            expected,
+        )
+        ours, stats, ok = t.run(
+            url, "chat.complete()", lambda: run_complete(url, df, 20, conc), expected
+        )
+    return verdict("wall / ideal 10 s", ours / 10, "<= 1.2", ours / 10 <= 1.2 and ok)
+
+
+SCENARIOS: dict[str, Callable[[], bool]] = {
+    "demo": lambda: demo(186.0),
+    "s1": s1,
+    "s2": s2,
+    "s3": s3,
+    "s4": s4,
+    "s5": s5,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--latency-ms", type=float, default=186.0)
+    parser.add_argument(
+        "--only", nargs="*", choices=sorted(SCENARIOS), default=list(SCENARIOS)
+    )
     args = parser.parse_args()
-    os.environ.setdefault("POLARS_MAX_THREADS", str(os.cpu_count() or 2))
-    ok = demo(args.latency_ms)
-    return 0 if ok else 1
+    results = {name: SCENARIOS[name]() for name in args.only}
+    print("\n## summary")
+    for name, ok in results.items():
+        print(f"{name:5} {'all targets met' if ok else 'target missed'}")
+    return 0 if all(results.values()) else 1
 
 
 if __name__ == "__main__":
