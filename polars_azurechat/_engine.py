@@ -261,6 +261,8 @@ class ChatEngine:
     ) -> Completion:
         async with runner.semaphore:
             admitted = await self.limiter.acquire(cost)
+            if self.fatal is not None:  # it may have arrived while this one waited
+                raise self.fatal
             self._in_flight += 1
             self.stats.requests += 1
             if self._in_flight > self.stats.peak_in_flight:

@@ -125,3 +125,24 @@ def test_module_entry_point_shows_help() -> None:
     )
     assert proc.returncode == 0
     assert "run" in proc.stdout and "emulator" in proc.stdout
+
+
+def test_wrong_key_stops_with_a_clear_message_and_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "answers.parquet"
+    with Emulator() as emu:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.url)
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-wrong-secret-value")
+        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-4o-mini")
+        caplog.set_level("DEBUG")
+        result = runner.invoke(
+            app, ["run", str(QUESTIONS), str(out), "--max-concurrency", "3", "--no-progress"]
+        )
+        assert emu.stats()["requests"] <= 3
+    assert result.exit_code == 1
+    assert "access denied" in result.output
+    assert "sk-wrong-secret-value" not in result.output
+    assert "sk-wrong-secret-value" not in caplog.text
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.partial"))
