@@ -26,7 +26,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import os
 import resource
 import socket
 import subprocess
@@ -444,7 +443,7 @@ def s5() -> bool:
             lambda: run_bare_aiohttp(url, msgs, 20, conc),
             expected,
         )
-        ours, stats, ok = t.run(
+        ours, _, ok = t.run(
             url, "chat.complete()", lambda: run_complete(url, df, 20, conc), expected
         )
     return verdict("wall / ideal 10 s", ours / 10, "<= 1.2", ours / 10 <= 1.2 and ok)

@@ -20,8 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-import aiohttp
-
 from polars_azurechat import _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
@@ -268,7 +266,7 @@ class ChatEngine:
             if self._in_flight > self.stats.peak_in_flight:
                 self.stats.peak_in_flight = self._in_flight
             try:
-                completion = await self.transport.send(runner.session, body)
+                completion = await self.transport.send(body)
             except AzureChatError as exc:
                 kind = type(exc).__name__
                 self.stats.failures_by_kind[kind] += 1
@@ -297,14 +295,13 @@ class _LoopRunner:
         )
         self._thread.start()
         self.semaphore: asyncio.Semaphore
-        self.session: aiohttp.ClientSession
         self._engine = engine
         self.call(self._open())
 
     async def _open(self) -> None:
         limit = self._engine.max_concurrency
         self.semaphore = asyncio.Semaphore(limit)
-        self.session = self._engine.transport.open_session(limit)
+        await self._engine.transport.open(limit)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for its result from this thread."""
@@ -318,7 +315,7 @@ class _LoopRunner:
     def stop(self) -> None:
         """Close the session and end the loop's thread."""
         try:
-            self.call(self.session.close())
+            self.call(self._engine.transport.close())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()

@@ -126,7 +126,9 @@ class RateLimiter:
         budget the user gave is only ever lowered by what the server reports.
         """
         if remaining_requests is not None:
-            self.request_budget = _learn(self._given[0], admitted[0] + remaining_requests)
+            self.request_budget = _learn(
+                self._given[0], admitted[0] + remaining_requests
+            )
         if remaining_tokens is not None:
             self.token_budget = _learn(self._given[1], admitted[1] + remaining_tokens)
 

@@ -7,7 +7,6 @@ on 2 cores it costs ~0.15 ms of client CPU per request, against ~2.5 ms for the 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -72,24 +71,30 @@ class Transport:
         self._query = {"api-version": api_version}
         self._headers = {"Content-Type": "application/json", **auth_headers}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
 
-    def open_session(self, limit: int) -> aiohttp.ClientSession:
-        """Create the shared session (call on the engine's loop)."""
+    async def open(self, limit: int) -> None:
+        """Create the shared session (on the engine's loop)."""
         connector = aiohttp.TCPConnector(
             limit=limit, limit_per_host=limit, ttl_dns_cache=300
         )
-        return aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=connector,
             headers=self._headers,
             timeout=self._timeout,
             skip_auto_headers=("User-Agent",),
-            json_serialize=json.dumps,
         )
 
-    async def send(
-        self, session: aiohttp.ClientSession, body: Mapping[str, Any]
-    ) -> Completion:
+    async def close(self) -> None:
+        """Close the session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, body: Mapping[str, Any]) -> Completion:
         """Send one request; return the completion or raise one of our errors."""
+        session = self._session
+        assert session is not None  # noqa: S101 - open() runs first
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             async with session.post(self.url, params=self._query, data=data) as resp:
@@ -102,68 +107,68 @@ class Transport:
         except aiohttp.ClientError as exc:
             msg = f"connection to {self.endpoint_host} failed: {type(exc).__name__}"
             raise APIConnectionError(msg) from exc
-        except asyncio.CancelledError:
-            raise
         if status != 200:
-            raise self._status_error(status, headers, raw)
-        return _parse_completion(raw, headers)
+            raise status_error(
+                status, headers, raw, self.deployment, self.endpoint_host
+            )
+        return parse_completion(raw, headers)
 
     @property
     def endpoint_host(self) -> str:
         """Host part of the endpoint (safe to show)."""
         return self.endpoint.split("://", 1)[-1].split("/", 1)[0]
 
-    def _status_error(
-        self, status: int, headers: Mapping[str, str], raw: bytes
-    ) -> APIStatusError:
-        body: Any
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        err = body.get("error") if isinstance(body, dict) else None
-        err = err if isinstance(err, dict) else {}
-        code = err.get("code")
-        code = str(code) if code is not None else None
-        server_msg = str(
-            err.get("message") or raw[:200].decode(errors="replace")
-        ).strip()
-        kw: dict[str, Any] = {
-            "status_code": status,
-            "request_id": headers.get("apim-request-id") or headers.get("x-request-id"),
-            "code": code,
-            "body": body,
-            "retry_after_s": retry_after_s(headers),
-        }
-        where = f"deployment {self.deployment!r} at {self.endpoint_host}"
-        if status == 429:
-            return RateLimitError(f"429 rate limited on {where}: {server_msg}", **kw)
-        if status in (401, 403):
-            return AuthenticationError(
-                f"{status} access denied by {where}: check AZURE_OPENAI_API_KEY "
-                f"(or the token) and that the key belongs to this endpoint. "
-                f"Azure said: {server_msg}",
-                **kw,
-            )
-        if status == 404:
-            return NotFoundError(
-                f"404 not found: check the deployment name, the endpoint and "
-                f"OPENAI_API_VERSION for {where}. Azure said: {server_msg}",
-                **kw,
-            )
-        if status == 400 and code == "content_filter":
-            categories = _filtered_categories(err)
-            shown = ", ".join(categories) or "unspecified"
-            return ContentFilterError(
-                f"400 blocked by Azure's content filter (categories: {shown})",
-                categories=categories,
-                **kw,
-            )
-        if status == 400 and code == "context_length_exceeded":
-            return ContextLengthError(f"400 context too long: {server_msg}", **kw)
-        if status == 400 or (400 <= status < 500 and status not in (408, 409)):
-            return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
-        return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
+
+def status_error(
+    status: int, headers: Mapping[str, str], raw: bytes, deployment: str, host: str
+) -> APIStatusError:
+    """Map an error status and Azure's error body to one of our exceptions."""
+    body: Any
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    code = err.get("code")
+    code = str(code) if code is not None else None
+    server_msg = str(err.get("message") or raw[:200].decode(errors="replace")).strip()
+    kw: dict[str, Any] = {
+        "status_code": status,
+        "request_id": headers.get("apim-request-id") or headers.get("x-request-id"),
+        "code": code,
+        "body": body,
+        "retry_after_s": retry_after_s(headers),
+    }
+    where = f"deployment {deployment!r} at {host}"
+    if status == 429:
+        return RateLimitError(f"429 rate limited on {where}: {server_msg}", **kw)
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{status} access denied by {where}: check AZURE_OPENAI_API_KEY "
+            f"(or the token) and that the key belongs to this endpoint. "
+            f"Azure said: {server_msg}",
+            **kw,
+        )
+    if status == 404:
+        return NotFoundError(
+            f"404 not found: check the deployment name, the endpoint and "
+            f"OPENAI_API_VERSION for {where}. Azure said: {server_msg}",
+            **kw,
+        )
+    if status == 400 and code == "content_filter":
+        categories = _filtered_categories(err)
+        shown = ", ".join(categories) or "unspecified"
+        return ContentFilterError(
+            f"400 blocked by Azure's content filter (categories: {shown})",
+            categories=categories,
+            **kw,
+        )
+    if status == 400 and code == "context_length_exceeded":
+        return ContextLengthError(f"400 context too long: {server_msg}", **kw)
+    if status == 400 or (400 <= status < 500 and status not in (408, 409)):
+        return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
+    return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -201,7 +206,8 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
-def _parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
+def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
+    """Read a chat completion body; a body that is not one is a malformed response."""
     try:
         body = json.loads(raw)
         choice = body["choices"][0]

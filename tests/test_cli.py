@@ -137,7 +137,15 @@ def test_wrong_key_stops_with_a_clear_message_and_no_secret(
         monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-4o-mini")
         caplog.set_level("DEBUG")
         result = runner.invoke(
-            app, ["run", str(QUESTIONS), str(out), "--max-concurrency", "3", "--no-progress"]
+            app,
+            [
+                "run",
+                str(QUESTIONS),
+                str(out),
+                "--max-concurrency",
+                "3",
+                "--no-progress",
+            ],
         )
         assert emu.stats()["requests"] <= 3
     assert result.exit_code == 1
