@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from polars_azurechat import _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
-from polars_azurechat._transport import Completion, Transport
+from polars_azurechat._transport import ChatTransport, Completion
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.errors import (
@@ -92,7 +92,7 @@ class ChatEngine:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: ChatTransport,
         *,
         params: Mapping[str, Any] | None = None,
         max_concurrency: int = 64,

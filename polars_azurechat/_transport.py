@@ -7,12 +7,14 @@ on 2 cores it costs ~0.15 ms of client CPU per request, against ~2.5 ms for the 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -34,6 +36,19 @@ logger = logging.getLogger(__name__)
 
 #: The longest server-requested delay we honour (openai-python uses 60 s; Azure asks less).
 MAX_RETRY_AFTER_S = 120.0
+
+
+class ChatTransport(Protocol):
+    """What the engine needs from a way of sending requests."""
+
+    deployment: str
+    api_version: str
+
+    @property
+    def endpoint_host(self) -> str: ...
+    async def open(self, limit: int) -> None: ...
+    async def close(self) -> None: ...
+    async def send(self, body: Mapping[str, Any]) -> Completion: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -227,3 +242,75 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
         raise MalformedResponseError(msg) from exc
+
+
+class SdkTransport:
+    """Send through a user's own ``openai.AzureOpenAI`` client (``client=``).
+
+    The client is used with ``max_retries=0`` (the engine owns retries) and the
+    engine's ``timeout_s``; calls run on a thread pool as wide as ``max_concurrency``.
+    Slower than :class:`Transport` (~2.5 ms CPU per request), but it honours whatever the
+    client was built with: Entra ID token providers, proxies, custom ``http_client``.
+    """
+
+    def __init__(self, client: Any, *, deployment: str, timeout_s: float) -> None:
+        import openai
+
+        if not isinstance(client, openai.AzureOpenAI):
+            msg = (
+                "client must be an openai.AzureOpenAI (a synchronous client), "
+                f"not {type(client).__name__}"
+            )
+            raise TypeError(msg)
+        self._openai = openai
+        self._client = client.with_options(max_retries=0, timeout=timeout_s)
+        self.deployment = deployment
+        self.api_version = str(client._api_version)
+        self._host = str(client.base_url.host)
+        self._timeout_s = timeout_s
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def endpoint_host(self) -> str:
+        """Host of the client's endpoint (safe to show)."""
+        return self._host
+
+    async def open(self, limit: int) -> None:
+        """Start the thread pool the blocking client runs on."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix="polars-azurechat-sdk"
+        )
+
+    async def close(self) -> None:
+        """Stop the thread pool."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def send(self, body: Mapping[str, Any]) -> Completion:
+        """Send one request with the SDK; map its errors to ours."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._send_blocking, body)
+
+    def _send_blocking(self, body: Mapping[str, Any]) -> Completion:
+        openai = self._openai
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.deployment, **body
+            )
+        except openai.APITimeoutError as exc:
+            msg = f"no answer within {self._timeout_s} s"
+            raise APITimeoutError(msg) from exc
+        except openai.APIConnectionError as exc:
+            msg = f"connection to {self.endpoint_host} failed: {type(exc).__name__}"
+            raise APIConnectionError(msg) from exc
+        except openai.APIStatusError as exc:
+            response = exc.response
+            raise status_error(
+                response.status_code,
+                response.headers,
+                response.content,
+                self.deployment,
+                self.endpoint_host,
+            ) from exc
+        return parse_completion(raw.content, raw.headers)

@@ -139,6 +139,7 @@ def run(
                 on_error=on_err,
                 cache=cache,
                 progress=progress,
+                client=None,
                 params=params,
             )
         except (AzureChatError, ValueError, TypeError) as exc:

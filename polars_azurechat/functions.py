@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
 
+import openai
 import polars as pl
 
 from polars_azurechat._convert import (
@@ -20,13 +21,14 @@ from polars_azurechat._convert import (
 )
 from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import RateLimiter
-from polars_azurechat._transport import Transport
+from polars_azurechat._transport import ChatTransport, SdkTransport, Transport
 from polars_azurechat._types import RESULT_DTYPE, ChatResult, OnError, OutputKind
 from polars_azurechat.cache import SqliteCache
-from polars_azurechat.config import ChatConfig
+from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
     CompletionFailed,
+    ConfigurationError,
     FailedRowsWarning,
     RowError,
     remember_for_polars,
@@ -55,6 +57,7 @@ def complete(
     on_error: OnError = "null",
     cache: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    client: openai.AzureOpenAI | None = None,
     **params: Any,
 ) -> pl.Expr:
     """Answer every row of a column of chat messages (or prompts) with Azure OpenAI.
@@ -93,6 +96,11 @@ def complete(
         Path to a SQLite file of answered requests; a rerun sends only what is missing.
     progress
         Show a progress bar (tqdm) shared by every chunk.
+    client
+        Your own ``openai.AzureOpenAI`` client, used instead of the built-in HTTP
+        transport (for Entra ID token providers, proxies, a custom ``http_client``).
+        It is used with ``max_retries=0`` (the engine retries) and costs ~2.5 ms CPU
+        per request against ~0.15 ms for the built-in transport. Excludes ``config``.
     **params
         Chat-completions body fields: ``max_tokens``, ``temperature``, ``top_p``,
         ``seed``, ``stop``, ``response_format``, ...
@@ -157,6 +165,7 @@ def complete(
         on_error=on_error,
         cache=cache,
         progress=progress,
+        client=client,
         params=params,
     )
     return_dtype = RESULT_DTYPE if output == "struct" else pl.String
@@ -192,6 +201,7 @@ def complete_many(
     on_error: OnError = "null",
     cache: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    client: openai.AzureOpenAI | None = None,
     **params: Any,
 ) -> list[str | None] | list[dict[str, Any] | None]:
     """Answer a plain list of message lists (or prompts), in input order, without Polars.
@@ -233,6 +243,7 @@ def complete_many(
         on_error=on_error,
         cache=cache,
         progress=progress,
+        client=client,
         params=params,
     )
     results = call.run(rows_to_requests(list(rows), system=system))
@@ -259,6 +270,7 @@ class _Call:
         on_error: OnError,
         cache: str | os.PathLike[str] | None,
         progress: bool,
+        client: openai.AzureOpenAI | None,
         params: Mapping[str, Any],
     ) -> None:
         if output not in ("content", "struct"):
@@ -283,17 +295,30 @@ class _Call:
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
                 "model's whole context per request; set max_tokens"
             )
-        config = config if config is not None else ChatConfig.from_env()
         self.output: OutputKind = output
         self.on_error: OnError = on_error
         self.system = system
-        transport = Transport(
-            endpoint=config.azure_endpoint,
-            deployment=config.resolve_deployment(deployment),
-            api_version=config.api_version,
-            auth_headers=config.auth_headers(),
-            timeout_s=timeout_s,
-        )
+        transport: ChatTransport
+        if client is not None:
+            if config is not None:
+                msg = "give config= or client=, not both"
+                raise ValueError(msg)
+            sdk_deployment = deployment or os.environ.get(ENV_DEPLOYMENT)
+            if not sdk_deployment:
+                msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
+                raise ConfigurationError(msg)
+            transport = SdkTransport(
+                client, deployment=sdk_deployment, timeout_s=timeout_s
+            )
+        else:
+            config = config if config is not None else ChatConfig.from_env()
+            transport = Transport(
+                endpoint=config.azure_endpoint,
+                deployment=config.resolve_deployment(deployment),
+                api_version=config.api_version,
+                auth_headers=config.auth_headers(),
+                timeout_s=timeout_s,
+            )
         self._bar = _ProgressBar() if progress else None
         self.engine = ChatEngine(
             transport,

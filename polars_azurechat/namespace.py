@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import openai
 import polars as pl
 
 from polars_azurechat import functions
@@ -36,6 +37,7 @@ class ChatNamespace:
         on_error: OnError = "null",
         cache: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        client: openai.AzureOpenAI | None = None,
         **params: Any,
     ) -> pl.Expr:
         """Answer every row with Azure OpenAI; see :func:`polars_azurechat.complete`.
@@ -80,5 +82,6 @@ class ChatNamespace:
             on_error=on_error,
             cache=cache,
             progress=progress,
+            client=client,
             **params,
         )

@@ -346,3 +346,33 @@ def test_complete_many_keeps_order_and_nulls(emulator: Emulator) -> None:
     assert pac.complete_many(rows) == ["106", None, "200"]
     structs = pac.complete_many(rows, output="struct")
     assert structs[0] is not None and structs[0]["attempts"] == 1
+
+
+def test_own_sdk_client_is_used_without_its_own_retries(emulator: Emulator) -> None:
+    import openai
+
+    client = openai.AzureOpenAI(
+        azure_endpoint=emulator.url, api_key=emulator.api_key, api_version="2024-10-21"
+    )  # max_retries=2 by default: the engine must turn them off
+    df = pl.DataFrame({"q": ["What is 53 + 53?", "[emu:500*1] What is 1 + 1?", None]})
+    out = df.select(
+        pac.complete("q", client=client, deployment="gpt-4o-mini", output="struct")
+    )
+    rows = out["q"].to_list()
+    assert [r and r["content"] for r in rows] == ["106", "2", None]
+    assert rows[1]["attempts"] == 2
+    assert emulator.stats()["statuses"] == {"200": 2, "500": 1}
+
+
+def test_own_sdk_client_errors_are_ours(emulator: Emulator) -> None:
+    import openai
+
+    client = openai.AzureOpenAI(
+        azure_endpoint=emulator.url, api_key="bad-key", api_version="2024-10-21"
+    )
+    df = pl.DataFrame({"q": ["x"] * 10})
+    with pytest.raises(pac.AuthenticationError, match="check AZURE_OPENAI_API_KEY"):
+        df.select(pac.complete("q", client=client, deployment="d", max_concurrency=2))
+    assert emulator.stats()["requests"] <= 2
+    with pytest.raises(TypeError, match=r"openai\.AzureOpenAI"):
+        pac.complete("q", client=object(), deployment="d")  # type: ignore[arg-type]
