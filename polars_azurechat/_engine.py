@@ -221,7 +221,11 @@ class ChatEngine:
         runner = self._runner
         assert runner is not None  # noqa: S101 - only called while a run is active
         body = {**self.params, "messages": req.messages}
-        cost = _tokens.request_tokens(req.messages, self._max_tokens)
+        cost = _tokens.request_tokens(
+            req.messages,
+            self._max_tokens,
+            exact=self.limiter.token_budget is not None,
+        )
         retrying = self._retrying.copy()
         attempts = 0
         try:

@@ -44,8 +44,17 @@ def prompt_tokens(messages: Sequence[Mapping[str, str]]) -> int:
 
 
 def request_tokens(
-    messages: Sequence[Mapping[str, str]], max_tokens: int | None
+    messages: Sequence[Mapping[str, str]], max_tokens: int | None, *, exact: bool = True
 ) -> int:
-    """What Azure counts against the quota on arrival: prompt plus reserved completion."""
+    """What Azure counts against the quota on arrival: prompt plus reserved completion.
+
+    With ``exact=False`` the prompt is estimated at ~4 characters per token, which
+    avoids loading the tokenizer (~130 ms, once) when no token budget is in force.
+    """
     reserved = DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
+    if not exact:
+        chars = sum(len(m["content"]) for m in messages)
+        return (
+            _REPLY_PRIMING + (_PER_MESSAGE + 1) * len(messages) + chars // 4 + reserved
+        )
     return prompt_tokens(messages) + reserved
