@@ -30,6 +30,8 @@ from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
     ContentFilterError,
+    ContextLengthError,
+    DeadlineExceededError,
     NotFoundError,
     RateLimitError,
 )
@@ -44,13 +46,19 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclasses.dataclass
 class RunStats:
-    """Counters for everything an engine did (updated on the engine's loop only)."""
+    """Counters for everything an engine did (updated on the engine's loop only).
+
+    ``rows`` counts non-null rows: ``answered + failed``; ``cached`` and ``deduplicated``
+    are answered rows that sent no request. ``failures_by_kind`` counts failed attempts
+    by error class; ``retries`` those of them that were retryable.
+    """
 
     rows: int = 0
     answered: int = 0
     failed: int = 0
     null_rows: int = 0
     cached: int = 0
+    deduplicated: int = 0
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -60,12 +68,22 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     peak_in_flight: int = 0
-    elapsed_s: float = 0.0
+    model: str | None = None
+    first_started: float | None = None
+    last_finished: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds from the first chunk's start to the last chunk's end."""
+        if self.first_started is None or self.last_finished is None:
+            return 0.0
+        return self.last_finished - self.first_started
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict (for logs, the CLI summary and JSON)."""
         d = dataclasses.asdict(self)
         d["failures_by_kind"] = dict(self.failures_by_kind)
+        d["wall_s"] = self.wall_s
         return d
 
 
@@ -82,12 +100,23 @@ class ChatEngine:
         Requests in flight at once, across every concurrent :meth:`run`.
     max_attempts
         Attempts per row, first included.
+    deadline_s
+        Time bound for the whole job, from the first :meth:`run`; rows not answered by
+        then fail with :class:`DeadlineExceededError`.
     limiter
         Quota admission; shared by every run.
-    sleep
-        The awaitable sleep used for backoff and admission waits (injected in tests).
+    sleep, clock
+        The awaitable sleep used for backoff and admission waits and the monotonic
+        clock (both injected in tests).
     progress
         A callback given the number of rows just finished, or ``None``.
+    cache
+        Where answers are kept between runs, or ``None``.
+
+    Notes
+    -----
+    Identical requests (same messages and parameters) are sent once and the answer is
+    given to every row that asked, within a chunk and across chunks running at once.
     """
 
     def __init__(
@@ -97,8 +126,10 @@ class ChatEngine:
         params: Mapping[str, Any] | None = None,
         max_concurrency: int = 64,
         max_attempts: int = 6,
+        deadline_s: float | None = None,
         limiter: RateLimiter | None = None,
         sleep: Sleep | None = None,
+        clock: Callable[[], float] = time.monotonic,
         progress: Callable[[int], None] | None = None,
         cache: SqliteCache | None = None,
     ) -> None:
@@ -113,7 +144,15 @@ class ChatEngine:
         self.max_concurrency = max_concurrency
         self.limiter = limiter or RateLimiter()
         self._sleep: Sleep = sleep or asyncio.sleep
-        self._retrying = build_retrying(max_attempts=max_attempts, sleep=self._sleep)
+        self._clock = clock
+        self._deadline_s = deadline_s
+        self._deadline: float | None = None
+        self._retrying = build_retrying(
+            max_attempts=max_attempts,
+            sleep=self._sleep,
+            deadline=lambda: self._deadline,
+            clock=clock,
+        )
         self._progress = progress
         self.cache = cache
         self._max_tokens = self.params.get(
@@ -125,11 +164,20 @@ class ChatEngine:
         self._active = 0
         self._runner: _LoopRunner | None = None
         self._in_flight = 0
+        self._sending: dict[str, asyncio.Future[ChatResult]] = {}
+        self._flush_scheduled = False
 
     def run(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
         """Answer ``requests`` in order; ``None`` in, ``None`` out. Thread-safe, blocking."""
+        now = self._clock()
+        if self.stats.first_started is None:
+            self.stats.first_started = now
+            if self._deadline_s is not None:
+                self._deadline = now + self._deadline_s
         if all(r is None for r in requests):
             self.stats.null_rows += len(requests)
+            if self._progress is not None:
+                self._progress(len(requests))
             return [None] * len(requests)
         with self._lock:
             if self._runner is None:
@@ -144,46 +192,48 @@ class ChatEngine:
                 self._active -= 1
                 if self._active == 0:
                     self._runner = None
+                    self._sending.clear()
                     runner.stop()
+            self.stats.last_finished = self._clock()
 
     async def _run_batch(
         self, requests: Sequence[ChatRequest | None]
     ) -> list[ChatResult | None]:
-        started = time.perf_counter()
         results: list[ChatResult | None] = [None] * len(requests)
-        pending: list[int] = []
+        leaders: dict[str, int] = {}  # key -> first row asking it
+        followers: list[tuple[int, str]] = []  # rows asking what an earlier row asks
         for i, req in enumerate(requests):
             if req is None:
                 self.stats.null_rows += 1
             elif req.error is not None:
                 results[i] = ChatResult(exception=req.error)
             else:
-                pending.append(i)
-        keys: dict[int, str] = {}
-        if self.cache is not None and pending:
-            keys = {i: self._key(requests[i]) for i in pending}  # type: ignore[arg-type]
-            hits = self.cache.get_many(keys.values())
-            if hits:
-                for i in pending:
-                    if keys[i] in hits:
-                        results[i] = hits[keys[i]]
-                self.stats.cached += sum(1 for i in pending if keys[i] in hits)
-                pending = [i for i in pending if keys[i] not in hits]
-        todo = iter(pending)
+                key = self._key(req)
+                if key in leaders:
+                    followers.append((i, key))
+                else:
+                    leaders[key] = i
+        answers: dict[str, ChatResult] = {}  # by key, for the followers
+        if self.cache is not None and leaders:
+            answers = self.cache.get_many(leaders)
+            for key, hit in answers.items():
+                results[leaders.pop(key)] = hit
+            self.stats.cached += len(answers)
+        if self._progress is not None:
+            self._progress(len(requests) - len(leaders) - len(followers))
+        todo = iter(leaders.items())
 
         async def worker() -> None:
-            for i in todo:  # one loop thread: no other worker runs between next() calls
+            for key, i in todo:  # one loop thread: workers never race on next()
                 req = requests[i]
-                assert req is not None  # noqa: S101 - pending holds sendable rows only
-                result = results[i] = await self._complete_one(req)
-                if self.cache is not None:
-                    self.cache.put(keys[i], result)
+                assert req is not None  # noqa: S101 - leaders are sendable rows
+                results[i] = await self._answer(key, req)
                 if self._progress is not None:
                     self._progress(1)
 
         workers = [
             asyncio.ensure_future(worker())
-            for _ in range(min(self.max_concurrency, len(pending)))
+            for _ in range(min(self.max_concurrency, len(leaders)))
         ]
         try:
             await asyncio.gather(*workers)
@@ -192,6 +242,13 @@ class ChatEngine:
                 w.cancel()
             if self.cache is not None:
                 self.cache.flush()
+        for key, i in leaders.items():
+            answers[key] = results[i]  # type: ignore[assignment]
+        for i, key in followers:
+            results[i] = dataclasses.replace(answers[key], attempts=0)
+            self.stats.deduplicated += 1
+        if self._progress is not None and followers:
+            self._progress(len(followers))
         for r in results:
             if r is None:
                 continue
@@ -200,9 +257,6 @@ class ChatEngine:
                 self.stats.answered += 1
             else:
                 self.stats.failed += 1
-        if self._progress is not None and len(pending) < len(requests):
-            self._progress(len(requests) - len(pending))
-        self.stats.elapsed_s += time.perf_counter() - started
         return results
 
     def _key(self, req: ChatRequest) -> str:
@@ -214,6 +268,37 @@ class ChatEngine:
             messages=req.messages,
             params=self.params,
         )
+
+    async def _answer(self, key: str, req: ChatRequest) -> ChatResult:
+        """Answer one request, sharing the answer with another chunk sending it now."""
+        shared = self._sending.get(key)
+        if shared is not None:
+            self.stats.deduplicated += 1
+            return dataclasses.replace(await asyncio.shield(shared), attempts=0)
+        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        self._sending[key] = future
+        try:
+            result = await self._complete_one(req)
+        finally:
+            self._sending.pop(key, None)
+        future.set_result(result)
+        if self.cache is not None and result.exception is None:
+            self.cache.put(key, result)
+            self._schedule_flush()
+        return result
+
+    def _schedule_flush(self) -> None:
+        # one commit per loop turn: answers that arrive together are written together
+        if self._flush_scheduled or self.cache is None:
+            return
+        self._flush_scheduled = True
+
+        def flush() -> None:
+            self._flush_scheduled = False
+            if self.cache is not None:
+                self.cache.flush()
+
+        asyncio.get_running_loop().call_soon(flush)
 
     async def _complete_one(self, req: ChatRequest) -> ChatResult:
         if self.fatal is not None:
@@ -233,6 +318,7 @@ class ChatEngine:
                 with attempt:
                     if self.fatal is not None:
                         raise self.fatal
+                    self._check_deadline()
                     attempts += 1
                     completion = await self._send(runner, body, cost)
         except (AuthenticationError, NotFoundError) as exc:
@@ -240,10 +326,22 @@ class ChatEngine:
                 logger.error("stopping the run: %s", exc)  # noqa: TRY400 - no traceback wanted
                 self.fatal = exc
             return ChatResult(exception=exc, attempts=attempts)
+        except ContextLengthError as exc:
+            estimate = _tokens.request_tokens(req.messages, self._max_tokens)
+            err = ContextLengthError(
+                f"{exc} (estimated request tokens: {estimate}, max_tokens included)",
+                status_code=exc.status_code,
+                code=exc.code,
+                body=exc.body,
+                request_id=exc.request_id,
+            )
+            return ChatResult(exception=err, attempts=attempts)
         except AzureChatError as exc:
             return ChatResult(exception=exc, attempts=attempts)
         self.stats.prompt_tokens += completion.prompt_tokens or 0
         self.stats.completion_tokens += completion.completion_tokens or 0
+        if completion.model and self.stats.model is None:
+            self.stats.model = completion.model
         exception: AzureChatError | None = None
         if completion.content is None and completion.finish_reason == "content_filter":
             exception = ContentFilterError(
@@ -258,6 +356,16 @@ class ChatEngine:
             exception=exception,
         )
 
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and self._clock() >= self._deadline:
+            msg = f"deadline_s={self._deadline_s} passed before this row was answered"
+            raise DeadlineExceededError(msg)
+
+    def _remaining_s(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return self._deadline - self._clock()
+
     async def _send(
         self, runner: _LoopRunner, body: Mapping[str, Any], cost: int
     ) -> Completion:
@@ -265,12 +373,13 @@ class ChatEngine:
             admitted = await self.limiter.acquire(cost)
             if self.fatal is not None:  # it may have arrived while this one waited
                 raise self.fatal
+            self._check_deadline()
             self._in_flight += 1
             self.stats.requests += 1
             if self._in_flight > self.stats.peak_in_flight:
                 self.stats.peak_in_flight = self._in_flight
             try:
-                completion = await self.transport.send(body)
+                completion = await self.transport.send(body, self._remaining_s())
             except AzureChatError as exc:
                 kind = type(exc).__name__
                 self.stats.failures_by_kind[kind] += 1

@@ -9,6 +9,7 @@ waited as asked; otherwise exponential backoff with jitter.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import tenacity
@@ -43,17 +44,37 @@ class WaitRetryAfter(wait_base):
         return float(self.fallback(retry_state))
 
 
+class StopAtDeadline(tenacity.stop.stop_base):
+    """Stop when the next attempt would start after the run's deadline."""
+
+    def __init__(
+        self, deadline: Callable[[], float | None], clock: Callable[[], float]
+    ) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        """Whether to give up now."""
+        deadline = self.deadline()
+        if deadline is None:
+            return False
+        return self.clock() + (retry_state.upcoming_sleep or 0.0) >= deadline
+
+
 def build_retrying(
     *,
     max_attempts: int,
     sleep: Sleep,
+    deadline: Callable[[], float | None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
     initial_backoff_s: float = 0.5,
     max_backoff_s: float = 30.0,
 ) -> tenacity.AsyncRetrying:
     """The policy for one row's request; ``copy()`` it per row (it holds per-call state)."""
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_retryable),
-        stop=tenacity.stop_after_attempt(max_attempts),
+        stop=tenacity.stop_after_attempt(max_attempts)
+        | StopAtDeadline(deadline, clock),
         wait=WaitRetryAfter(
             tenacity.wait_exponential_jitter(
                 multiplier=initial_backoff_s, max=max_backoff_s

@@ -48,7 +48,9 @@ class ChatTransport(Protocol):
     def endpoint_host(self) -> str: ...
     async def open(self, limit: int) -> None: ...
     async def close(self) -> None: ...
-    async def send(self, body: Mapping[str, Any]) -> Completion: ...
+    async def send(
+        self, body: Mapping[str, Any], timeout_s: float | None = None
+    ) -> Completion: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,6 +63,7 @@ class Completion:
     completion_tokens: int | None
     remaining_requests: int | None
     remaining_tokens: int | None
+    model: str | None = None
 
 
 class Transport:
@@ -106,18 +109,28 @@ class Transport:
             await self._session.close()
             self._session = None
 
-    async def send(self, body: Mapping[str, Any]) -> Completion:
-        """Send one request; return the completion or raise one of our errors."""
+    async def send(
+        self, body: Mapping[str, Any], timeout_s: float | None = None
+    ) -> Completion:
+        """Send one request; return the completion or raise one of our errors.
+
+        ``timeout_s`` shortens this attempt's time bound (a run's deadline is near).
+        """
         session = self._session
         assert session is not None  # noqa: S101 - open() runs first
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        timeout = self._timeout
+        if timeout_s is not None and timeout_s < (timeout.total or float("inf")):
+            timeout = aiohttp.ClientTimeout(total=max(0.001, timeout_s))
         try:
-            async with session.post(self.url, params=self._query, data=data) as resp:
+            async with session.post(
+                self.url, params=self._query, data=data, timeout=timeout
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
         except TimeoutError as exc:
-            msg = f"no answer within {self._timeout.total} s"
+            msg = f"no answer within {timeout.total:.3g} s"
             raise APITimeoutError(msg) from exc
         except aiohttp.ClientError as exc:
             msg = f"connection to {self.endpoint_host} failed: {type(exc).__name__}"
@@ -238,6 +251,7 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             completion_tokens=usage.get("completion_tokens"),
             remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
             remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+            model=body.get("model"),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
@@ -287,8 +301,10 @@ class SdkTransport:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def send(self, body: Mapping[str, Any]) -> Completion:
-        """Send one request with the SDK; map its errors to ours."""
+    async def send(
+        self, body: Mapping[str, Any], timeout_s: float | None = None
+    ) -> Completion:
+        """Send one request with the SDK; map its errors to ours (``timeout_s`` unused)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._send_blocking, body)
 

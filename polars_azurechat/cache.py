@@ -119,7 +119,6 @@ class SqliteCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._pending: list[tuple[Any, ...]] = []
-        self._last_flush = time.monotonic()
 
     def __repr__(self) -> str:
         return f"SqliteCache({str(self.path)!r})"
@@ -162,7 +161,11 @@ class SqliteCache:
         return out
 
     def put(self, key: str, result: ChatResult) -> None:
-        """Queue an answer for writing; failures are refused. Commits every ~0.5 s."""
+        """Queue an answer for writing (failures are refused); :meth:`flush` commits.
+
+        The engine flushes once per event-loop turn, so a killed process loses at most
+        the answers of the turn it died in.
+        """
         if result.exception is not None:
             return
         self._pending.append(
@@ -175,14 +178,11 @@ class SqliteCache:
                 time.time(),
             )
         )
-        if len(self._pending) >= 256 or time.monotonic() - self._last_flush > 0.5:
-            self.flush()
 
     def flush(self) -> None:
         """Commit queued answers in one transaction."""
         with self._lock:
             rows, self._pending = self._pending, []
-            self._last_flush = time.monotonic()
             if not rows:
                 return
             self._db.execute("BEGIN")

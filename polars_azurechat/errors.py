@@ -17,6 +17,7 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │   ├── RateLimitError          429, with ``retry_after_s``
     │   └── ServerError             5xx
     ├── InputError                  one row's input cannot be sent (empty list, bad role, ...)
+    ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
     └── CompletionFailed            (also an ``ExceptionGroup``) rows failed with ``on_error="raise"``
 
 ``CompletionFailed`` gathers one :class:`RowError` per failed row; each has ``row_index`` and its
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "ContentFilterError",
     "ContextLengthError",
+    "DeadlineExceededError",
     "FailedRowsWarning",
     "InputError",
     "MalformedResponseError",
@@ -192,6 +194,10 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     """5xx (or 408 / 409): a transient server-side failure; retried."""
+
+
+class DeadlineExceededError(AzureChatError):
+    """The run's ``deadline_s`` passed before this row got an answer."""
 
 
 class RowError(AzureChatError):

@@ -145,3 +145,37 @@ def test_wide_concurrency_runs_all_in_flight(clock: FakeClock) -> None:
         results = engine.run([_req(f"What is {i} + 0?") for i in range(500)])
     assert [r.content for r in results if r] == [str(i) for i in range(500)]
     assert emu.stats()["peak_in_flight"] > 250
+
+
+def test_identical_requests_are_sent_once(clock: FakeClock) -> None:
+    with Emulator() as emu:
+        engine = _engine(emu, clock)
+        rows = [_req("What is 1 + 1?"), _req("What is 2 + 2?"), _req("What is 1 + 1?")]
+        results = engine.run(rows * 3)
+    assert [r.content for r in results if r] == ["2", "4", "2"] * 3
+    assert emu.stats()["requests"] == 2
+    assert engine.stats.deduplicated == 7
+    assert engine.stats.answered == 9
+    assert [r.attempts for r in results if r][:3] == [1, 1, 0]
+
+
+def test_deadline_fails_what_is_left_without_hanging() -> None:
+    clock = FakeClock()
+    with Emulator(retry_after_ms=None) as emu:
+        engine = _engine(emu, clock, deadline_s=5.0, max_attempts=50)
+        r1, r2 = engine.run([_req("[emu:500*99] x"), _req("What is 1 + 1?")])
+    assert r2 is not None and r2.content == "2"
+    assert r1 is not None and r1.content is None
+    # backoff (fake) time ran into the deadline: the row stopped retrying, with a reason
+    assert r1.attempts < 50
+    assert clock.now - 1000 < 5.0  # it never slept past the deadline
+    assert isinstance(r1.exception, ServerError)  # the last real reason is kept
+
+
+def test_everything_failing_ends_with_every_row_explained(clock: FakeClock) -> None:
+    with Emulator(error_rate=1.0, retry_after_ms=1) as emu:
+        engine = _engine(emu, clock, max_attempts=3)
+        results = engine.run([_req(f"What is {i} + 1?") for i in range(50)])
+    assert all(r is not None and isinstance(r.exception, ServerError) for r in results)
+    assert all(r is not None and r.attempts == 3 for r in results)
+    assert emu.stats()["requests"] == 150
