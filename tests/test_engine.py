@@ -32,7 +32,7 @@ def _engine(
         timeout_s=timeout_s,
     )
     limiter = RateLimiter(clock=clock, sleep=clock.sleep)
-    return ChatEngine(transport, limiter=limiter, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+    return ChatEngine(transport, limiter=limiter, sleep=clock.sleep, clock=clock, **kw)  # type: ignore[arg-type]
 
 
 def _req(text: str) -> ChatRequest:
