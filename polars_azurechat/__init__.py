@@ -23,6 +23,7 @@ from polars_azurechat.errors import (
     ConfigurationError,
     ContentFilterError,
     ContextLengthError,
+    DeadlineExceededError,
     FailedRowsWarning,
     InputError,
     MalformedResponseError,
@@ -32,7 +33,8 @@ from polars_azurechat.errors import (
     RowError,
     ServerError,
 )
-from polars_azurechat.functions import complete, complete_many
+from polars_azurechat.functions import Completer, complete, complete_many
+from polars_azurechat.summary import RunSummary
 
 try:
     __version__ = version("polars-azurechat")
@@ -50,10 +52,12 @@ __all__ = [
     "AzureChatError",
     "BadRequestError",
     "ChatConfig",
+    "Completer",
     "CompletionFailed",
     "ConfigurationError",
     "ContentFilterError",
     "ContextLengthError",
+    "DeadlineExceededError",
     "FailedRowsWarning",
     "InputError",
     "MalformedResponseError",
@@ -61,6 +65,7 @@ __all__ = [
     "RateLimitError",
     "RequestError",
     "RowError",
+    "RunSummary",
     "ServerError",
     "__version__",
     "complete",

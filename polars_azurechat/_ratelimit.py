@@ -54,6 +54,7 @@ class RateLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        self.window_s = window_s
         scale = window_s / 60.0
         self.request_budget = (
             max(1.0, requests_per_minute * scale) if requests_per_minute else None

@@ -16,11 +16,11 @@ import polars as pl
 import typer
 
 from polars_azurechat._convert import check_dtype
-from polars_azurechat._types import RESULT_DTYPE, OnError
+from polars_azurechat._types import OnError
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
 from polars_azurechat.errors import AzureChatError, FailedRowsWarning
-from polars_azurechat.functions import _Call
+from polars_azurechat.functions import Completer
 
 app = typer.Typer(
     name="polars-azurechat",
@@ -73,6 +73,9 @@ def run(
     tokens_per_minute: Annotated[float | None, typer.Option()] = None,
     max_attempts: Annotated[int, typer.Option(min=1)] = 6,
     timeout_s: Annotated[float, typer.Option()] = 60.0,
+    deadline_s: Annotated[
+        float | None, typer.Option(help="Time bound for the whole job.")
+    ] = None,
     on_error: Annotated[str, typer.Option(help="'null' or 'raise'.")] = "null",
     cache: Annotated[Path | None, typer.Option(help="SQLite cache of answers.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
@@ -126,7 +129,7 @@ def run(
             )
         on_err: OnError = "raise" if on_error == "raise" else "null"
         try:
-            call = _Call(
+            job = Completer(
                 deployment=deployment,
                 config=config,
                 system=system,
@@ -136,17 +139,15 @@ def run(
                 tokens_per_minute=tokens_per_minute,
                 max_attempts=max_attempts,
                 timeout_s=timeout_s,
+                deadline_s=deadline_s,
                 on_error=on_err,
                 cache=cache,
                 progress=progress,
-                client=None,
-                params=params,
+                **params,
             )
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
-        result = pl.col(column).map_batches(
-            call.series, return_dtype=RESULT_DTYPE, is_elementwise=True
-        )
+        result = job.expr(column)
         lf = pl.scan_parquet(input_path)
         if output == "struct":
             lf = lf.with_columns(result.alias(output_column))
@@ -171,9 +172,9 @@ def run(
             raise typer.Exit(1) from None
         os.replace(partial, output_path)
         wall = time.perf_counter() - started
-    stats = call.engine.stats
-    typer.echo(_summary(stats.as_dict(), wall, output_path), err=True)
-    if stats.failed:
+    summary = job.summary()
+    typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
+    if summary.failed:
         raise typer.Exit(1)
 
 
@@ -209,25 +210,6 @@ def _progress_logging(progress: bool) -> Iterator[None]:
 
     with logging_redirect_tqdm():
         yield
-
-
-def _summary(stats: dict[str, Any], wall: float, path: Path) -> str:
-    rows = stats["answered"] + stats["failed"]
-    lines = [
-        f"wrote {path}",
-        f"rows: {rows + stats['null_rows']} ({stats['answered']} answered, "
-        f"{stats['failed']} failed, {stats['null_rows']} null)",
-        f"requests: {stats['requests']} ({stats['retries']} retried, "
-        f"{stats['rate_limited']} rate-limited)",
-        f"tokens: {stats['prompt_tokens']} prompt, {stats['completion_tokens']} completion",
-        f"wall: {wall:.2f} s ({rows / wall if wall > 0 else 0:.0f} rows/s)",
-    ]
-    if stats["failures_by_kind"]:
-        kinds = ", ".join(
-            f"{k} {v}" for k, v in sorted(stats["failures_by_kind"].items())
-        )
-        lines.append(f"failed attempts: {kinds}")
-    return "\n".join(lines)
 
 
 @app.command("emulator")

@@ -33,8 +33,9 @@ from polars_azurechat.errors import (
     RowError,
     remember_for_polars,
 )
+from polars_azurechat.summary import RunSummary, estimate_cost
 
-__all__ = ["complete", "complete_many"]
+__all__ = ["Completer", "complete", "complete_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def complete(
     tokens_per_minute: float | None = None,
     max_attempts: int = 6,
     timeout_s: float = 60.0,
+    deadline_s: float | None = None,
     on_error: OnError = "null",
     cache: str | os.PathLike[str] | None = None,
     progress: bool = False,
@@ -88,6 +90,9 @@ def complete(
         connections are retried, other errors are not.
     timeout_s
         Time bound for one attempt.
+    deadline_s
+        Time bound for the whole job, from its first chunk; rows not answered by then
+        fail with :class:`DeadlineExceededError` (or their last error).
     on_error
         ``"null"``: a failed row gives null (``error`` says why with ``output="struct"``)
         and one :class:`FailedRowsWarning` counts them. ``"raise"``: every row runs, then
@@ -151,8 +156,7 @@ def complete(
     │ null             ┆ null   │
     └──────────────────┴────────┘
     """
-    expr = pl.col(expr) if isinstance(expr, str) else expr
-    call = _Call(
+    return Completer(
         deployment=deployment,
         config=config,
         system=system,
@@ -162,14 +166,13 @@ def complete(
         tokens_per_minute=tokens_per_minute,
         max_attempts=max_attempts,
         timeout_s=timeout_s,
+        deadline_s=deadline_s,
         on_error=on_error,
         cache=cache,
         progress=progress,
         client=client,
-        params=params,
-    )
-    return_dtype = RESULT_DTYPE if output == "struct" else pl.String
-    return expr.map_batches(call.series, return_dtype=return_dtype, is_elementwise=True)
+        **params,
+    ).expr(expr)
 
 
 @overload
@@ -198,6 +201,7 @@ def complete_many(
     tokens_per_minute: float | None = None,
     max_attempts: int = 6,
     timeout_s: float = 60.0,
+    deadline_s: float | None = None,
     on_error: OnError = "null",
     cache: str | os.PathLike[str] | None = None,
     progress: bool = False,
@@ -230,7 +234,7 @@ def complete_many(
     ... )
     ['106', '200']
     """
-    call = _Call(
+    return Completer(
         deployment=deployment,
         config=config,
         system=system,
@@ -240,38 +244,61 @@ def complete_many(
         tokens_per_minute=tokens_per_minute,
         max_attempts=max_attempts,
         timeout_s=timeout_s,
+        deadline_s=deadline_s,
         on_error=on_error,
         cache=cache,
         progress=progress,
         client=client,
-        params=params,
-    )
-    results = call.run(rows_to_requests(list(rows), system=system))
-    if output == "struct":
-        return [None if r is None else r.as_row() for r in results]
-    return [None if r is None else r.content for r in results]
+        **params,
+    ).run(rows)
 
 
-class _Call:
-    """One ``complete()`` call: its checked settings and its engine, shared by all chunks."""
+class Completer:
+    """A configured chat-completion job whose engine every use shares.
+
+    :func:`complete` and :func:`complete_many` build one and use it once; build it
+    yourself to read the :meth:`summary` afterwards, or to use one engine (one
+    concurrency bound, one quota) for several columns and lists. Arguments are those of
+    :func:`complete`, plus ``prices``.
+
+    Parameters
+    ----------
+    prices
+        ``{model name prefix: (input, output)}`` in USD per million tokens, merged over
+        :data:`polars_azurechat.summary.PRICES` for the cost estimate.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import polars_azurechat as pac
+    >>> job = pac.Completer(max_tokens=20)
+    >>> df = pl.DataFrame({"q": ["What is 1 + 1?", "What is 1 + 1?", "What is 2 + 3?"]})
+    >>> df.select(job.expr("q"))["q"].to_list()
+    ['2', '2', '5']
+    >>> s = job.summary()
+    >>> (s.answered, s.requests, s.deduplicated)
+    (3, 2, 1)
+    """
 
     def __init__(
         self,
         *,
-        deployment: str | None,
-        config: ChatConfig | None,
-        system: str | None,
-        output: OutputKind,
-        max_concurrency: int,
-        requests_per_minute: float | None,
-        tokens_per_minute: float | None,
-        max_attempts: int,
-        timeout_s: float,
-        on_error: OnError,
-        cache: str | os.PathLike[str] | None,
-        progress: bool,
-        client: openai.AzureOpenAI | None,
-        params: Mapping[str, Any],
+        deployment: str | None = None,
+        config: ChatConfig | None = None,
+        system: str | None = None,
+        output: OutputKind = "content",
+        max_concurrency: int = 64,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_attempts: int = 6,
+        timeout_s: float = 60.0,
+        deadline_s: float | None = None,
+        on_error: OnError = "null",
+        cache: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        client: openai.AzureOpenAI | None = None,
+        prices: Mapping[str, tuple[float, float]] | None = None,
+        **params: Any,
     ) -> None:
         if output not in ("content", "struct"):
             msg = f"output must be 'content' or 'struct', got {output!r}"
@@ -280,6 +307,8 @@ class _Call:
             msg = f"on_error must be 'null' or 'raise', got {on_error!r}"
             raise ValueError(msg)
         _check_positive("timeout_s", timeout_s)
+        if deadline_s is not None:
+            _check_positive("deadline_s", deadline_s)
         for name, quota in (
             ("requests_per_minute", requests_per_minute),
             ("tokens_per_minute", tokens_per_minute),
@@ -319,12 +348,14 @@ class _Call:
                 auth_headers=config.auth_headers(),
                 timeout_s=timeout_s,
             )
+        self._prices = dict(prices or {})
         self._bar = _ProgressBar() if progress else None
         self.engine = ChatEngine(
             transport,
             params=params,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
+            deadline_s=deadline_s,
             limiter=RateLimiter(
                 requests_per_minute=requests_per_minute,
                 tokens_per_minute=tokens_per_minute,
@@ -333,11 +364,74 @@ class _Call:
             cache=SqliteCache(cache) if cache is not None else None,
         )
 
-    def series(self, s: pl.Series) -> pl.Series:
+    def __repr__(self) -> str:
+        t = self.engine.transport
+        return (
+            f"Completer(deployment={t.deployment!r}, host={t.endpoint_host!r}, "
+            f"output={self.output!r}, on_error={self.on_error!r})"
+        )
+
+    def expr(self, column: str | pl.Expr) -> pl.Expr:
+        """The expression answering every row of ``column`` (see :func:`complete`)."""
+        column = pl.col(column) if isinstance(column, str) else column
+        return_dtype = RESULT_DTYPE if self.output == "struct" else pl.String
+        return column.map_batches(
+            self._series, return_dtype=return_dtype, is_elementwise=True
+        )
+
+    def run(
+        self, rows: Iterable[str | Sequence[Mapping[str, Any]] | None]
+    ) -> list[Any]:
+        """Answer a list of message lists or prompts (see :func:`complete_many`)."""
+        results = self._run_requests(rows_to_requests(list(rows), system=self.system))
+        if self.output == "struct":
+            return [None if r is None else r.as_row() for r in results]
+        return [None if r is None else r.content for r in results]
+
+    def summary(self) -> RunSummary:
+        """What this job did so far, across every chunk and call."""
+        st = self.engine.stats
+        minutes = st.wall_s / 60 if st.wall_s > 0 else None
+        window_per_minute = 60 / self.engine.limiter.window_s
+        budgets = self.engine.limiter.learned()
+        return RunSummary(
+            rows=st.rows,
+            answered=st.answered,
+            failed=st.failed,
+            null_rows=st.null_rows,
+            cached=st.cached,
+            deduplicated=st.deduplicated,
+            requests=st.requests,
+            retries=st.retries,
+            rate_limited=st.rate_limited,
+            failed_attempts=dict(st.failures_by_kind),
+            prompt_tokens=st.prompt_tokens,
+            completion_tokens=st.completion_tokens,
+            wall_s=st.wall_s,
+            requests_per_minute=st.requests / minutes if minutes else 0.0,
+            tokens_per_minute=(
+                (st.prompt_tokens + st.completion_tokens) / minutes if minutes else 0.0
+            ),
+            requests_per_minute_quota=(
+                budgets["requests"] * window_per_minute if budgets["requests"] else None
+            ),
+            tokens_per_minute_quota=(
+                budgets["tokens"] * window_per_minute if budgets["tokens"] else None
+            ),
+            model=st.model or self.engine.transport.deployment,
+            estimated_cost_usd=estimate_cost(
+                st.model or self.engine.transport.deployment,
+                st.prompt_tokens,
+                st.completion_tokens,
+                self._prices,
+            ),
+        )
+
+    def _series(self, s: pl.Series) -> pl.Series:
         """The function handed to ``map_batches``: one chunk in, one chunk out."""
         check_dtype(s.dtype)
         try:
-            results = self.run(series_to_requests(s, system=self.system))
+            results = self._run_requests(series_to_requests(s, system=self.system))
         except AzureChatError as exc:
             remember_for_polars(exc)
             raise
@@ -347,7 +441,7 @@ class _Call:
             raise AssertionError(msg)
         return out
 
-    def run(self, requests: Sequence[Any]) -> list[ChatResult | None]:
+    def _run_requests(self, requests: Sequence[Any]) -> list[ChatResult | None]:
         """Answer one batch and apply the ``on_error`` policy."""
         if self._bar is not None:
             self._bar.add_total(len(requests))
