@@ -34,6 +34,7 @@ from polars_azurechat.errors import (
     ServerError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
+from polars_azurechat.plan import Plan, plan
 from polars_azurechat.summary import RunSummary
 
 try:
@@ -62,6 +63,7 @@ __all__ = [
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
+    "Plan",
     "RateLimitError",
     "RequestError",
     "RowError",
@@ -70,4 +72,5 @@ __all__ = [
     "__version__",
     "complete",
     "complete_many",
+    "plan",
 ]

@@ -212,6 +212,60 @@ def _progress_logging(progress: bool) -> Iterator[None]:
         yield
 
 
+@app.command(no_args_is_help=True)
+def plan(
+    input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
+    column: Annotated[
+        str, typer.Option(help="Column of messages or prompts.")
+    ] = "messages",
+    system: Annotated[
+        str | None, typer.Option(help="System message for String prompts.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="The deployment's model, for prices.")
+    ] = "gpt-4o-mini",
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    max_concurrency: Annotated[int, typer.Option(min=1)] = 64,
+    requests_per_minute: Annotated[float | None, typer.Option()] = None,
+    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
+    latency_s: Annotated[
+        float, typer.Option(help="Expected time of one request.")
+    ] = 1.0,
+    context_tokens: Annotated[int, typer.Option()] = 128_000,
+    rows_out: Annotated[
+        Path | None,
+        typer.Option(help="Write the per-row estimate to this Parquet file."),
+    ] = None,
+) -> None:
+    """Estimate tokens, cost and wall time of a run, without sending anything."""
+    from polars_azurechat.plan import plan as make_plan
+
+    schema = _input_schema(input_path)
+    if column not in schema:
+        raise typer.BadParameter(
+            f"{input_path} has no column {column!r}; it has {', '.join(schema.names())}"
+        )
+    try:
+        check_dtype(schema[column])
+    except TypeError as exc:
+        raise typer.BadParameter(f"column {column!r}: {exc}") from None
+    series = pl.read_parquet(input_path, columns=[column]).to_series()
+    estimate = make_plan(
+        series,
+        system=system,
+        model=model,
+        max_tokens=max_tokens,
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        latency_s=latency_s,
+        context_tokens=context_tokens,
+    )
+    if rows_out is not None:
+        estimate.rows.write_parquet(rows_out)
+    typer.echo(str(estimate))
+
+
 @app.command("emulator")
 def emulator_command(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,

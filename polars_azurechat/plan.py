@@ -1,0 +1,189 @@
+"""A dry run: what a job would send, cost and take, without sending anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+
+from polars_azurechat import _tokens
+from polars_azurechat._convert import rows_to_requests, series_to_requests
+from polars_azurechat._ratelimit import WINDOW_S
+from polars_azurechat.cache import request_key
+from polars_azurechat.summary import price_for
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The estimate :func:`plan` returns.
+
+    Attributes
+    ----------
+    rows
+        One row per input row: ``prompt_tokens``, ``request_tokens`` (what Azure counts
+        against the quota: prompt plus ``max_tokens``), ``over_context``, and ``error``
+        for rows that cannot be sent; null for null rows.
+    requests
+        Requests the job would send (identical rows are sent once).
+    """
+
+    rows: pl.DataFrame
+    requests: int
+    prompt_tokens: int
+    request_tokens: int
+    max_completion_tokens: int | None
+    over_context: int
+    unsendable: int
+    model: str
+    estimated_cost_usd: float | None
+    estimated_wall_s: float
+    bound_by: str
+
+    def __str__(self) -> str:
+        cost = (
+            f"${self.estimated_cost_usd:,.4f} ({self.model}"
+            + (
+                ", completion at max_tokens: an upper bound)"
+                if self.max_completion_tokens
+                else ", prompt only: set max_tokens to bound the completion)"
+            )
+            if self.estimated_cost_usd is not None
+            else f"unknown (no price for {self.model!r}; pass prices=)"
+        )
+        return "\n".join(
+            [
+                f"rows:      {self.rows.height:,} ({self.requests:,} requests; "
+                f"{self.unsendable:,} cannot be sent, {self.over_context:,} over the "
+                "context)",
+                f"tokens:    {self.prompt_tokens:,} prompt, "
+                f"{self.request_tokens:,} counted against the quota",
+                f"cost:      {cost}",
+                f"wall:      ~{self.estimated_wall_s:,.1f} s (bound by {self.bound_by})",
+            ]
+        )
+
+
+def plan(
+    data: pl.Series | Sequence[Any],
+    *,
+    system: str | None = None,
+    model: str = "gpt-4o-mini",
+    max_tokens: int | None = None,
+    max_concurrency: int = 64,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    latency_s: float = 1.0,
+    context_tokens: int = 128_000,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> Plan:
+    """Estimate a job without sending anything: tokens, cost and wall time.
+
+    Parameters
+    ----------
+    data
+        A column (``pl.Series``) of message lists or prompts, or a Python list of them.
+    system
+        The system message for String prompts, as in :func:`complete`.
+    model
+        The model the deployment runs, for the token count's price.
+    max_tokens
+        The ``max_tokens`` the job will send (Azure counts it against the quota).
+    max_concurrency, requests_per_minute, tokens_per_minute
+        As in :func:`complete`: they bound the wall time.
+    latency_s
+        The expected time of one request.
+    context_tokens
+        The model's context window; longer requests are flagged.
+    prices
+        Overrides for :data:`polars_azurechat.summary.PRICES`.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from polars_azurechat.plan import plan
+    >>> p = plan(
+    ...     pl.Series(["What is 1 + 1?", "What is 1 + 1?", None]),
+    ...     max_tokens=10,
+    ...     requests_per_minute=60,
+    ... )
+    >>> p.requests, p.rows["prompt_tokens"].to_list()
+    (1, [15, 15, None])
+    >>> print(p)  # doctest: +NORMALIZE_WHITESPACE
+    rows:      3 (1 requests; 0 cannot be sent, 0 over the context)
+    tokens:    30 prompt, 50 counted against the quota
+    cost:      $0.0000 (gpt-4o-mini, completion at max_tokens: an upper bound)
+    wall:      ~1.0 s (bound by concurrency)
+    """
+    if isinstance(data, pl.Series):
+        requests = series_to_requests(data, system=system)
+    else:
+        requests = rows_to_requests(list(data), system=system)
+    prompt: list[int | None] = []
+    counted: list[int | None] = []
+    errors: list[str | None] = []
+    unique: dict[str, int] = {}
+    reserved = (
+        max_tokens
+        if max_tokens is not None
+        else _tokens.DEFAULT_RESERVED_COMPLETION_TOKENS
+    )
+    for req in requests:
+        if req is None or req.error is not None:
+            prompt.append(None)
+            counted.append(None)
+            errors.append(None if req is None else str(req.error))
+            continue
+        p = _tokens.prompt_tokens(req.messages)
+        prompt.append(p)
+        counted.append(p + reserved)
+        errors.append(None)
+        key = request_key(
+            host="", deployment="", api_version="", messages=req.messages, params={}
+        )
+        unique.setdefault(key, p + reserved)
+    rows = pl.DataFrame(
+        {"prompt_tokens": prompt, "request_tokens": counted, "error": errors},
+        schema={
+            "prompt_tokens": pl.Int64,
+            "request_tokens": pl.Int64,
+            "error": pl.String,
+        },
+    ).with_columns(over_context=pl.col("request_tokens") > context_tokens)
+    n = len(unique)
+    quota_tokens = sum(unique.values())
+    bounds = {"concurrency": math.ceil(n / max_concurrency) * latency_s if n else 0.0}
+    windows_per_minute = 60 / WINDOW_S
+    if requests_per_minute and n:
+        per_window = max(1, int(requests_per_minute / windows_per_minute))
+        bounds["requests_per_minute"] = WINDOW_S * ((n - 1) // per_window) + latency_s
+    if tokens_per_minute and n:
+        per_window_t = max(1.0, tokens_per_minute / windows_per_minute)
+        windows = math.ceil(quota_tokens / per_window_t)
+        bounds["tokens_per_minute"] = WINDOW_S * (windows - 1) + latency_s
+    bound_by = max(bounds, key=lambda k: bounds[k])
+    price = price_for(model, prices)
+    prompt_total = int(rows["prompt_tokens"].sum() or 0)
+    cost = None
+    if price is not None:
+        completion = (max_tokens or 0) * (
+            rows.height - rows["prompt_tokens"].null_count()
+        )
+        cost = (prompt_total * price[0] + completion * price[1]) / 1_000_000
+    return Plan(
+        rows=rows,
+        requests=n,
+        prompt_tokens=prompt_total,
+        request_tokens=int(rows["request_tokens"].sum() or 0),
+        max_completion_tokens=max_tokens,
+        over_context=int(rows["over_context"].sum() or 0),
+        unsendable=sum(1 for e in errors if e is not None),
+        model=model,
+        estimated_cost_usd=cost,
+        estimated_wall_s=bounds[bound_by],
+        bound_by=bound_by,
+    )
