@@ -147,6 +147,8 @@ def run(
             )
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
+        if job._bar is not None:
+            job._bar.known_total = _row_count(input_path)
         result = job.expr(column)
         lf = pl.scan_parquet(input_path)
         if output == "struct":
@@ -187,6 +189,10 @@ def _input_schema(path: Path) -> pl.Schema:
         raise typer.BadParameter(
             f"{path} is not a readable Parquet file ({type(exc).__name__})"
         ) from None
+
+
+def _row_count(path: Path) -> int:
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
 def _first_line(exc: BaseException) -> str:

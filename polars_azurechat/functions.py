@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
@@ -19,7 +20,7 @@ from polars_azurechat._convert import (
     rows_to_requests,
     series_to_requests,
 )
-from polars_azurechat._engine import ChatEngine
+from polars_azurechat._engine import ChatEngine, RunStats
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import ChatTransport, SdkTransport, Transport
 from polars_azurechat._types import RESULT_DTYPE, ChatResult, OnError, OutputKind
@@ -349,7 +350,7 @@ class Completer:
                 timeout_s=timeout_s,
             )
         self._prices = dict(prices or {})
-        self._bar = _ProgressBar() if progress else None
+        self._bar: _ProgressBar | None = None
         self.engine = ChatEngine(
             transport,
             params=params,
@@ -360,9 +361,15 @@ class Completer:
                 requests_per_minute=requests_per_minute,
                 tokens_per_minute=tokens_per_minute,
             ),
-            progress=self._bar.update if self._bar is not None else None,
+            progress=self._on_progress if progress else None,
             cache=SqliteCache(cache) if cache is not None else None,
         )
+        if progress:
+            self._bar = _ProgressBar(self.engine.stats)
+
+    def _on_progress(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
 
     def __repr__(self) -> str:
         t = self.engine.transport
@@ -483,11 +490,18 @@ class Completer:
 
 
 class _ProgressBar:
-    """One tqdm bar for all chunks of an expression; its total grows as chunks arrive."""
+    """One tqdm bar for all chunks of an expression.
 
-    def __init__(self) -> None:
+    Its total is the known row count (the CLI reads it from the Parquet footer) or
+    grows as chunks arrive. The postfix shows tokens/s, retries and 429s so far.
+    """
+
+    def __init__(self, stats: RunStats, total: int | None = None) -> None:
         self._lock = threading.Lock()
         self._bar: Any = None
+        self._stats = stats
+        self.known_total = total
+        self._shown_at = 0.0
 
     def add_total(self, n: int) -> None:
         from tqdm.auto import tqdm
@@ -497,15 +511,34 @@ class _ProgressBar:
                 if self._bar is not None:
                     self._bar.close()
                 self._bar = tqdm(
-                    total=0, unit="row", desc="chat.complete", disable=None
+                    total=self.known_total or 0,
+                    unit="row",
+                    desc="chat.complete",
+                    disable=None,
+                    dynamic_ncols=True,
                 )
-            self._bar.total += n
+            if self.known_total is None or self._bar.total < self._bar.n + n:
+                self._bar.total = max(self._bar.total, self._bar.n) + n
             self._bar.refresh()
 
     def update(self, n: int) -> None:
         with self._lock:
-            if self._bar is not None:
-                self._bar.update(n)
+            bar = self._bar
+            if bar is None or n <= 0:
+                return
+            bar.update(n)
+            now = time.monotonic()
+            if now - self._shown_at >= 0.5 or bar.n >= (bar.total or 0):
+                self._shown_at = now
+                st = self._stats
+                elapsed = bar.format_dict.get("elapsed") or 0.0
+                tokens = st.prompt_tokens + st.completion_tokens
+                rate = tokens / elapsed if elapsed > 0 else 0.0
+                bar.set_postfix_str(
+                    f"tok/s={rate:,.0f} retries={st.retries} 429s={st.rate_limited} "
+                    f"failed={st.failed}",
+                    refresh=False,
+                )
 
 
 def _check_positive(name: str, value: float) -> None:
