@@ -49,6 +49,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from types import TracebackType
 from typing import Any, Self
@@ -161,6 +162,7 @@ class _State:
         self.settings = settings
         self.lock = threading.Lock()
         self.rng = random.Random(settings.seed)  # noqa: S311 - faults, not secrets
+        self.on_request: Callable[[int], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -219,6 +221,9 @@ class _App:
             st.requests += 1
             st.in_flight += 1
             st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
+            n = st.requests
+        if st.on_request is not None:
+            st.on_request(n)
         status = "?"
         try:
             response = await self._chat(request)
@@ -526,6 +531,9 @@ class Emulator:
         (``Emulator(latency_ms=200, requests_per_minute=600)``).
     host, port
         Where to listen; 127.0.0.1 and a free port by default.
+    on_request
+        Called with the running request count as each request arrives (on the server's
+        thread), e.g. to kill a client at a chosen point in a test.
     """
 
     def __init__(
@@ -534,12 +542,14 @@ class Emulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        on_request: Callable[[int], None] | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
         self.host = host
         self.port = port
         self._state = _State(self.settings)
+        self._state.on_request = on_request
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
