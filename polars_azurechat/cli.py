@@ -288,6 +288,10 @@ def emulator_command(
     hang_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     drop_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    hang_s: Annotated[float, typer.Option(help="How long a hang lasts.")] = 3600.0,
+    retry_after_ms: Annotated[
+        int, typer.Option(help="retry-after-ms sent with injected faults; -1: none.")
+    ] = 1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Serve the Azure-compatible emulator until interrupted (Ctrl-C)."""
@@ -309,5 +313,7 @@ def emulator_command(
         hang_rate=hang_rate,
         drop_rate=drop_rate,
         malformed_rate=malformed_rate,
+        hang_s=hang_s,
+        retry_after_ms=None if retry_after_ms < 0 else retry_after_ms,
         seed=seed,
     )
