@@ -43,7 +43,7 @@ import openai
 import polars as pl
 import tenacity
 
-import polars_azurechat  # noqa: F401  (registers .chat)
+import polars_azurechat
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import DEFAULT_API_KEY
 

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import openai
@@ -39,6 +39,9 @@ from polars_azurechat.summary import RunSummary, estimate_cost
 __all__ = ["Completer", "complete", "complete_many"]
 
 logger = logging.getLogger(__name__)
+
+#: Rows converted and answered at a time within one Polars chunk (bounds memory).
+SLICE_ROWS = 8192
 
 #: Body fields the engine owns; passing them as ``**params`` is an error.
 _RESERVED_PARAMS = frozenset({"messages", "stream", "n", "model"})
@@ -435,58 +438,79 @@ class Completer:
         )
 
     def _series(self, s: pl.Series) -> pl.Series:
-        """The function handed to ``map_batches``: one chunk in, one chunk out."""
+        """The function handed to ``map_batches``: one chunk in, one chunk out.
+
+        A large chunk is answered in slices of :data:`SLICE_ROWS`, so memory follows the
+        slice, not the chunk (Polars hands over up to a whole row group at once).
+        """
         check_dtype(s.dtype)
+        failed: list[tuple[int, ChatResult]] = []
+        parts = []
         try:
-            results = self._run_requests(series_to_requests(s, system=self.system))
+            for offset in range(0, max(len(s), 1), SLICE_ROWS):
+                part = s.slice(offset, SLICE_ROWS)
+                results = self._answer(series_to_requests(part, system=self.system))
+                failed += [(offset + i, r) for i, r in _failures(results)]
+                parts.append(
+                    results_to_series(results, output=self.output, name=s.name)
+                )
+            self._apply_policy(failed, len(s))
         except AzureChatError as exc:
             remember_for_polars(exc)
             raise
-        out = results_to_series(results, output=self.output, name=s.name)
+        out = parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)
         if len(out) != len(s):  # pragma: no cover - a broadcast would misalign rows
             msg = f"internal error: {len(out)} results for {len(s)} rows"
             raise AssertionError(msg)
         return out
 
     def _run_requests(self, requests: Sequence[Any]) -> list[ChatResult | None]:
-        """Answer one batch and apply the ``on_error`` policy."""
+        """Answer one list of requests and apply the ``on_error`` policy."""
+        results = self._answer(requests)
+        self._apply_policy(list(_failures(results)), len(results))
+        return results
+
+    def _answer(self, requests: Sequence[Any]) -> list[ChatResult | None]:
         if self._bar is not None:
             self._bar.add_total(len(requests))
         results = self.engine.run(requests)
         if self.engine.fatal is not None:
             raise self.engine.fatal
-        failed = [
-            (i, r)
-            for i, r in enumerate(results)
-            if r is not None and r.exception is not None
-        ]
         logger.info(
-            "batch done: %d rows, %d failed; engine so far: %s",
-            len(results),
-            len(failed),
-            self.engine.stats.as_dict(),
+            "%d rows done; engine so far: %s", len(results), self.engine.stats.as_dict()
         )
-        if failed:
-            if self.on_error == "raise":
-                errors = []
-                for i, r in failed:
-                    err = RowError(i, r.error or "failed")
-                    err.__cause__ = r.exception
-                    errors.append(err)
-                shown = ", ".join(str(i) for i, _ in failed[:20])
-                more = f" (+{len(failed) - 20} more)" if len(failed) > 20 else ""
-                msg = (
-                    f"{len(failed)} of {len(results)} rows failed (rows {shown}{more}); "
-                    f"first: {failed[0][1].error}"
-                )
-                raise CompletionFailed(msg, errors)
-            warnings.warn(
-                f"{len(failed)} of {len(results)} rows failed and are null; first "
-                f"(row {failed[0][0]}): {failed[0][1].error}",
-                FailedRowsWarning,
-                stacklevel=2,
-            )
         return results
+
+    def _apply_policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
+        if not failed:
+            return
+        if self.on_error == "raise":
+            errors = []
+            for i, r in failed:
+                err = RowError(i, r.error or "failed")
+                err.__cause__ = r.exception
+                errors.append(err)
+            shown = ", ".join(str(i) for i, _ in failed[:20])
+            more = f" (+{len(failed) - 20} more)" if len(failed) > 20 else ""
+            msg = (
+                f"{len(failed)} of {total} rows failed (rows {shown}{more}); "
+                f"first: {failed[0][1].error}"
+            )
+            raise CompletionFailed(msg, errors)
+        warnings.warn(
+            f"{len(failed)} of {total} rows failed and are null; first "
+            f"(row {failed[0][0]}): {failed[0][1].error}",
+            FailedRowsWarning,
+            stacklevel=3,
+        )
+
+
+def _failures(
+    results: Sequence[ChatResult | None],
+) -> Iterator[tuple[int, ChatResult]]:
+    for i, r in enumerate(results):
+        if r is not None and r.exception is not None:
+            yield i, r
 
 
 class _ProgressBar:
