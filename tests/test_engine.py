@@ -92,6 +92,7 @@ def test_content_filter_and_context_errors_are_not_retried(clock: FakeClock) -> 
     assert r1.exception.categories == ("violence",)
     assert r2 is not None and isinstance(r2.exception, ContextLengthError)
     assert "maximum context length is 50 tokens" in str(r2.exception)
+    assert "estimated request tokens: " in str(r2.exception)
     assert emu.stats()["statuses"] == {"400": 2}
     assert clock.sleeps == []
 
@@ -179,3 +180,29 @@ def test_everything_failing_ends_with_every_row_explained(clock: FakeClock) -> N
     assert all(r is not None and isinstance(r.exception, ServerError) for r in results)
     assert all(r is not None and r.attempts == 3 for r in results)
     assert emu.stats()["requests"] == 150
+
+
+def test_fault_matrix_every_row_answered_and_every_fault_accounted(
+    clock: FakeClock,
+) -> None:
+    settings = {
+        "error_rate": 0.10,
+        "hang_rate": 0.02,
+        "drop_rate": 0.02,
+        "malformed_rate": 0.01,
+        "retry_after_ms": None,  # exponential backoff (on the fake clock)
+        "seed": 3,
+    }
+    with Emulator(**settings) as emu:  # type: ignore[arg-type]
+        engine = _engine(emu, clock, timeout_s=0.2, max_concurrency=100, max_attempts=8)
+        results = engine.run([_req(f"What is {i} + 2?") for i in range(600)])
+        stats = emu.stats()
+    assert [r.content for r in results if r] == [str(i + 2) for i in range(600)]
+    faults = stats["faults"]
+    assert set(faults) == {"500", "503", "hang", "drop", "malformed"}
+    seen = engine.stats.failures_by_kind
+    assert seen["ServerError"] == faults["500"] + faults["503"]
+    assert seen["APITimeoutError"] == faults["hang"]
+    assert seen["APIConnectionError"] == faults["drop"]
+    assert seen["MalformedResponseError"] == faults["malformed"]
+    assert stats["requests"] == 600 + sum(faults.values())
