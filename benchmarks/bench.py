@@ -30,6 +30,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -514,6 +515,51 @@ def faults() -> bool:
     return ok
 
 
+def stragglers() -> bool:
+    """Slow requests must not stall the pipeline at chunk or slice boundaries."""
+    n, conc, slow_ms, every = 20_000, 64, 2000, 200
+    print(f"\n## stragglers: {n:,} rows streamed from Parquet (row groups of 5,000),")
+    print(
+        f"   latency 5 ms, concurrency {conc}; 1 row in {every} takes {slow_ms} ms more"
+    )
+    ok = True
+    with tempfile.TemporaryDirectory() as d, emulator_process(latency_ms=5) as url:
+        cfg = ChatConfig(
+            azure_endpoint=url, api_key=DEFAULT_API_KEY, deployment=DEPLOYMENT
+        )
+        for label, slow in (("no stragglers", False), ("with stragglers", True)):
+            src = Path(d) / f"{label}.parquet"
+            prompts = [
+                (f"[emu:delay={slow_ms}] " if slow and i % every == 0 else "")
+                + f"What is {i} + 1?"
+                for i in range(n)
+            ]
+            pl.DataFrame({"i": range(n), "q": prompts}).write_parquet(
+                src, row_group_size=5000
+            )
+            expr = pl.col("q").chat.complete(
+                config=cfg, max_concurrency=conc, max_tokens=5
+            )
+            t0 = time.perf_counter()
+            out = pl.scan_parquet(src).with_columns(a=expr).collect(engine="streaming")
+            wall = time.perf_counter() - t0
+            correct = out["a"].to_list() == [str(i + 1) for i in range(n)]
+            busy = (n * 5 + (n // every if slow else 0) * slow_ms) / 1000 / conc
+            print(
+                f"{label:16} wall {wall:6.2f} s; request-time / concurrency {busy:5.2f} s; "
+                f"ratio {wall / busy:4.2f}; correct {correct}"
+            )
+            ok &= correct
+            if slow:
+                ok &= verdict(
+                    "stragglers: wall / (request-time / concurrency)",
+                    wall / busy,
+                    "<= 1.5 (no stall at slice ends)",
+                    wall / busy <= 1.5,
+                )
+    return ok
+
+
 SCENARIOS: dict[str, Callable[[], bool]] = {
     "demo": lambda: demo(186.0),
     "s1": s1,
@@ -522,6 +568,7 @@ SCENARIOS: dict[str, Callable[[], bool]] = {
     "s4": s4,
     "s5": s5,
     "faults": faults,
+    "stragglers": stragglers,
 }
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,12 +152,12 @@ def run(
         if job._bar is not None:
             job._bar.known_total = _row_count(input_path)
         result = job.expr(column)
-        lf = pl.scan_parquet(input_path)
-        if output == "struct":
-            lf = lf.with_columns(result.alias(output_column))
-        else:
+
+        def answer(lf: pl.LazyFrame) -> pl.LazyFrame:
+            if output == "struct":
+                return lf.with_columns(result.alias(output_column))
             tmp = f"__{output_column}_result"
-            lf = (
+            return (
                 lf.with_columns(result.alias(tmp))
                 .with_columns(
                     pl.col(tmp).struct.field("content").alias(output_column),
@@ -163,11 +165,12 @@ def run(
                 )
                 .drop(tmp)
             )
+
         partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
             with _quiet_failed_rows(), _progress_logging(progress):
-                lf.sink_parquet(partial)
+                _stream_parquet(input_path, partial, answer)
         except AzureChatError as exc:
             partial.unlink(missing_ok=True)
             typer.echo(f"error: {_first_line(exc)}", err=True)
@@ -178,6 +181,56 @@ def run(
     typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+#: Rows read, answered and written at a time by ``run``.
+BATCH_ROWS = 32_768
+
+
+def _stream_parquet(
+    src: Path, dst: Path, answer: Callable[[pl.LazyFrame], pl.LazyFrame]
+) -> None:
+    """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
+
+    Polars' own ``sink_parquet`` reads ahead as far as it likes (its memory grows with
+    the file); here at most three batches are held: one being written and two being
+    answered, so the engine always has work across a batch boundary.
+    """
+    import pyarrow.parquet as pq
+
+    reader = pq.ParquetFile(src)
+    batches = reader.iter_batches(batch_size=BATCH_ROWS)
+
+    def run(batch: Any) -> Any:
+        return answer(pl.from_arrow(batch).lazy()).collect().to_arrow()  # type: ignore[union-attr]
+
+    writer: pq.ParquetWriter | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(run, batch))
+                if len(pending) >= 2:
+                    writer = _write(writer, dst, pending.popleft().result())
+            while pending:
+                writer = _write(writer, dst, pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+            if writer is not None:
+                writer.close()
+    if writer is None:  # an empty file: write the output schema with no rows
+        empty = pl.from_arrow(reader.schema_arrow.empty_table())
+        answer(empty.lazy()).collect().write_parquet(dst)  # type: ignore[union-attr]
+
+
+def _write(writer: Any, dst: Path, table: Any) -> Any:
+    import pyarrow.parquet as pq
+
+    if writer is None:
+        writer = pq.ParquetWriter(dst, table.schema)
+    writer.write_table(table)
+    return writer
 
 
 def _input_schema(path: Path) -> pl.Schema:

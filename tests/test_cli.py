@@ -154,3 +154,47 @@ def test_wrong_key_stops_with_a_clear_message_and_no_secret(
     assert "sk-wrong-secret-value" not in caplog.text
     assert not out.exists()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_run_streams_in_batches_and_keeps_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars_azurechat.cli as cli
+
+    monkeypatch.setattr(cli, "BATCH_ROWS", 64)
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    n = 500
+    pl.DataFrame(
+        {
+            "i": range(n),
+            "q": [f"[emu:delay={i % 7}] What is {i} + 3?" for i in range(n)],
+        }
+    ).write_parquet(src, row_group_size=100)
+    with Emulator() as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(
+            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
+        )
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(out)
+    assert df["i"].to_list() == list(range(n))  # written in input order
+    assert df["answer"].to_list() == [str(i + 3) for i in range(n)]
+
+
+def test_run_on_an_empty_file_writes_the_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pl.DataFrame({"q": []}, schema={"q": pl.String}).write_parquet(src)
+    with Emulator() as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(
+            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
+        )
+        assert emu.stats()["requests"] == 0
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out).schema == pl.Schema(
+        {"q": pl.String, "answer": pl.String, "answer_error": pl.String}
+    )
