@@ -105,15 +105,7 @@ def run(
         raise typer.BadParameter("--output must be 'content' or 'struct'")
     if on_error not in ("null", "raise"):
         raise typer.BadParameter("--on-error must be 'null' or 'raise'")
-    schema = _input_schema(input_path)
-    if column not in schema:
-        raise typer.BadParameter(
-            f"{input_path} has no column {column!r}; it has {', '.join(schema.names())}"
-        )
-    try:
-        check_dtype(schema[column])
-    except TypeError as exc:
-        raise typer.BadParameter(f"column {column!r}: {exc}") from None
+    _check_input(input_path, column)
     params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -233,15 +225,23 @@ def _write(writer: Any, dst: Path, table: Any) -> Any:
     return writer
 
 
-def _input_schema(path: Path) -> pl.Schema:
+def _check_input(path: Path, column: str) -> None:
+    """Refuse, before any request, a file that is not Parquet or lacks a usable column."""
     if not path.is_file():
         raise typer.BadParameter(f"{path} does not exist or is not a file")
     try:
-        return pl.scan_parquet(path).collect_schema()
+        schema = pl.scan_parquet(path).collect_schema()
     except Exception as exc:  # noqa: BLE001 - any reader failure means: not Parquet
+        msg = f"{path} is not a readable Parquet file ({type(exc).__name__})"
+        raise typer.BadParameter(msg) from None
+    if column not in schema:
         raise typer.BadParameter(
-            f"{path} is not a readable Parquet file ({type(exc).__name__})"
-        ) from None
+            f"{path} has no column {column!r}; it has {', '.join(schema.names())}"
+        )
+    try:
+        check_dtype(schema[column])
+    except TypeError as exc:
+        raise typer.BadParameter(f"column {column!r}: {exc}") from None
 
 
 def _row_count(path: Path) -> int:
@@ -299,15 +299,7 @@ def plan(
     """Estimate tokens, cost and wall time of a run, without sending anything."""
     from polars_azurechat.plan import plan as make_plan
 
-    schema = _input_schema(input_path)
-    if column not in schema:
-        raise typer.BadParameter(
-            f"{input_path} has no column {column!r}; it has {', '.join(schema.names())}"
-        )
-    try:
-        check_dtype(schema[column])
-    except TypeError as exc:
-        raise typer.BadParameter(f"column {column!r}: {exc}") from None
+    _check_input(input_path, column)
     series = pl.read_parquet(input_path, columns=[column]).to_series()
     estimate = make_plan(
         series,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -476,9 +477,12 @@ class Completer:
         results = self.engine.run(requests)
         if self.engine.fatal is not None:
             raise self.engine.fatal
-        logger.info(
-            "%d rows done; engine so far: %s", len(results), self.engine.stats.as_dict()
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%d rows done; engine so far: %s",
+                len(results),
+                self.engine.stats.as_dict(),
+            )
         return results
 
     def _apply_policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
@@ -572,8 +576,6 @@ def _check_positive(name: str, value: float) -> None:
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
-    import json
-
     bad = sorted(_RESERVED_PARAMS & params.keys())
     if bad:
         msg = f"{', '.join(bad)} cannot be passed as a parameter: the engine sets it"
