@@ -176,7 +176,10 @@ def run(
 
 
 #: Rows read, answered and written at a time by ``run``.
-BATCH_ROWS = 32_768
+BATCH_ROWS = 16_384
+#: Batches being answered at once: while one waits for its slowest request, the
+#: others keep the engine busy.
+BATCHES_IN_FLIGHT = 4
 
 
 def _stream_parquet(
@@ -185,8 +188,8 @@ def _stream_parquet(
     """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
 
     Polars' own ``sink_parquet`` reads ahead as far as it likes (its memory grows with
-    the file); here at most three batches are held: one being written and two being
-    answered, so the engine always has work across a batch boundary.
+    the file); here at most ``BATCHES_IN_FLIGHT`` batches are held, answered at once so
+    that the engine keeps working while one batch waits for its slowest request.
     """
     import pyarrow.parquet as pq
 
@@ -197,12 +200,12 @@ def _stream_parquet(
         return answer(pl.from_arrow(batch).lazy()).collect().to_arrow()  # type: ignore[union-attr]
 
     writer: pq.ParquetWriter | None = None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=BATCHES_IN_FLIGHT) as pool:
         pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
         try:
             for batch in batches:
                 pending.append(pool.submit(run, batch))
-                if len(pending) >= 2:
+                if len(pending) >= BATCHES_IN_FLIGHT:
                     writer = _write(writer, dst, pending.popleft().result())
             while pending:
                 writer = _write(writer, dst, pending.popleft().result())

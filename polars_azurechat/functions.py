@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import logging
 import math
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows converted and answered at a time within one Polars chunk (bounds memory).
 SLICE_ROWS = 8192
+#: Slices of one chunk answered at once (so one slow row does not idle the engine).
+SLICES_IN_FLIGHT = 3
 
 #: Body fields the engine owns; passing them as ``**params`` is an error.
 _RESERVED_PARAMS = frozenset({"messages", "stream", "n", "model"})
@@ -442,19 +446,36 @@ class Completer:
         """The function handed to ``map_batches``: one chunk in, one chunk out.
 
         A large chunk is answered in slices of :data:`SLICE_ROWS`, so memory follows the
-        slice, not the chunk (Polars hands over up to a whole row group at once).
+        slices, not the chunk (Polars hands over up to a whole row group at once).
+        :data:`SLICES_IN_FLIGHT` slices are answered at once, so a slice waiting for its
+        slowest request does not leave the engine idle.
         """
         check_dtype(s.dtype)
         failed: list[tuple[int, ChatResult]] = []
         parts = []
+
+        def answer(part: pl.Series) -> list[ChatResult | None]:
+            return self._answer(series_to_requests(part, system=self.system))
+
+        def collect(offset: int, results: list[ChatResult | None]) -> None:
+            failed.extend((offset + i, r) for i, r in _failures(results))
+            parts.append(results_to_series(results, output=self.output, name=s.name))
+
         try:
-            for offset in range(0, max(len(s), 1), SLICE_ROWS):
-                part = s.slice(offset, SLICE_ROWS)
-                results = self._answer(series_to_requests(part, system=self.system))
-                failed += [(offset + i, r) for i, r in _failures(results)]
-                parts.append(
-                    results_to_series(results, output=self.output, name=s.name)
-                )
+            if len(s) <= SLICE_ROWS:
+                collect(0, answer(s))
+            else:
+                with concurrent.futures.ThreadPoolExecutor(SLICES_IN_FLIGHT) as pool:
+                    running: collections.deque[
+                        tuple[int, concurrent.futures.Future[list[ChatResult | None]]]
+                    ] = collections.deque()
+                    for offset in range(0, len(s), SLICE_ROWS):
+                        part = s.slice(offset, SLICE_ROWS)
+                        running.append((offset, pool.submit(answer, part)))
+                        if len(running) >= SLICES_IN_FLIGHT:
+                            collect(*_result_of(running.popleft()))
+                    while running:
+                        collect(*_result_of(running.popleft()))
             self._apply_policy(failed, len(s))
         except AzureChatError as exc:
             remember_for_polars(exc)
@@ -507,6 +528,12 @@ class Completer:
             FailedRowsWarning,
             stacklevel=3,
         )
+
+
+def _result_of(
+    item: tuple[int, concurrent.futures.Future[list[ChatResult | None]]],
+) -> tuple[int, list[ChatResult | None]]:
+    return item[0], item[1].result()
 
 
 def _failures(
