@@ -155,6 +155,7 @@ class ChatEngine:
         )
         self._progress = progress
         self.cache = cache
+        self._max_attempts = max_attempts
         self._max_tokens = self.params.get(
             "max_tokens", self.params.get("max_completion_tokens")
         )
@@ -311,33 +312,23 @@ class ChatEngine:
             self._max_tokens,
             exact=self.limiter.token_budget is not None,
         )
-        retrying = self._retrying.copy()
-        attempts = 0
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if self.fatal is not None:
-                        raise self.fatal
-                    self._check_deadline()
-                    attempts += 1
-                    completion = await self._send(runner, body, cost)
-        except (AuthenticationError, NotFoundError) as exc:
-            if self.fatal is None:
-                logger.error("stopping the run: %s", exc)  # noqa: TRY400 - no traceback wanted
-                self.fatal = exc
-            return ChatResult(exception=exc, attempts=attempts)
-        except ContextLengthError as exc:
-            estimate = _tokens.request_tokens(req.messages, self._max_tokens)
-            err = ContextLengthError(
-                f"{exc} (estimated request tokens: {estimate}, max_tokens included)",
-                status_code=exc.status_code,
-                code=exc.code,
-                body=exc.body,
-                request_id=exc.request_id,
-            )
-            return ChatResult(exception=err, attempts=attempts)
-        except AzureChatError as exc:
-            return ChatResult(exception=exc, attempts=attempts)
+            self._check_deadline()
+        except DeadlineExceededError as exc:
+            return ChatResult(exception=exc, attempts=0)
+        attempts = 1
+        completion: Completion | None = None
+        failure: AzureChatError | None = None
+        try:  # the first attempt outside tenacity: the common case stays cheap
+            completion = await self._send(runner, body, cost)
+        except AzureChatError as first:
+            failure = first
+            if is_retryable(first) and self._max_attempts > 1:
+                completion, attempts, failure = await self._retry(
+                    runner, body, cost, first
+                )
+        if failure is not None or completion is None:
+            return self._failed(failure, attempts, req)
         self.stats.prompt_tokens += completion.prompt_tokens or 0
         self.stats.completion_tokens += completion.completion_tokens or 0
         if completion.model and self.stats.model is None:
@@ -355,6 +346,55 @@ class ChatEngine:
             attempts=attempts,
             exception=exception,
         )
+
+    async def _retry(
+        self,
+        runner: _LoopRunner,
+        body: Mapping[str, Any],
+        cost: int,
+        first: AzureChatError,
+    ) -> tuple[Completion | None, int, AzureChatError | None]:
+        """Run the remaining attempts under the tenacity policy.
+
+        The first attempt's failure is replayed as tenacity's attempt 1, so waits, stop
+        and attempt numbers are exactly the policy's. Returns the completion (or
+        ``None``), the attempts made and the last failure (or ``None``).
+        """
+        replay: list[AzureChatError] = [first]
+        attempts = 0
+        try:
+            async for attempt in self._retrying.copy():
+                with attempt:
+                    attempts += 1
+                    if replay:
+                        raise replay.pop()
+                    if self.fatal is not None:
+                        raise self.fatal
+                    self._check_deadline()
+                    return await self._send(runner, body, cost), attempts, None
+        except AzureChatError as exc:
+            return None, attempts, exc
+        return None, attempts, first  # pragma: no cover - tenacity re-raises or returns
+
+    def _failed(
+        self, exc: AzureChatError | None, attempts: int, req: ChatRequest
+    ) -> ChatResult:
+        if exc is None:  # pragma: no cover - a completion or an error always comes back
+            exc = AzureChatError("no answer and no error")
+        if isinstance(exc, AuthenticationError | NotFoundError):
+            if self.fatal is None:
+                logger.error("stopping the run: %s", exc)
+                self.fatal = exc
+        elif isinstance(exc, ContextLengthError):
+            estimate = _tokens.request_tokens(req.messages, self._max_tokens)
+            exc = ContextLengthError(
+                f"{exc} (estimated request tokens: {estimate}, max_tokens included)",
+                status_code=exc.status_code,
+                code=exc.code,
+                body=exc.body,
+                request_id=exc.request_id,
+            )
+        return ChatResult(exception=exc, attempts=attempts)
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and self._clock() >= self._deadline:
