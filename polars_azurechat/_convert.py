@@ -18,6 +18,9 @@ from polars_azurechat.errors import InputError
 
 __all__ = ["check_dtype", "results_to_series", "rows_to_requests", "series_to_requests"]
 
+#: Chunks of at least this many rows are converted through Arrow.
+ARROW_MIN_ROWS = 4096
+
 
 def check_dtype(dtype: pl.DataType) -> None:
     """Raise ``TypeError`` naming ``dtype`` unless it is String or List(Struct{role, content})."""
@@ -54,6 +57,10 @@ def series_to_requests(
 ) -> list[ChatRequest | None]:
     """Turn one Polars chunk into requests, one per row, ``None`` for a null row."""
     check_dtype(series.dtype)
+    # Through Arrow is ~2x faster per row for nested data, but the first use imports
+    # pyarrow (~100 ms): small chunks take the direct path.
+    if len(series) < ARROW_MIN_ROWS:
+        return rows_to_requests(series.to_list(), system=system)
     return rows_to_requests(series.to_arrow().to_pylist(), system=system)
 
 

@@ -376,3 +376,17 @@ def test_own_sdk_client_errors_are_ours(emulator: Emulator) -> None:
     assert emulator.stats()["requests"] <= 2
     with pytest.raises(TypeError, match=r"openai\.AzureOpenAI"):
         pac.complete("q", client=object(), deployment="d")  # type: ignore[arg-type]
+
+
+def test_large_chunks_convert_through_arrow_to_the_same_requests() -> None:
+    from polars_azurechat._convert import (
+        ARROW_MIN_ROWS,
+        rows_to_requests,
+        series_to_requests,
+    )
+
+    n = ARROW_MIN_ROWS + 10
+    s = _messages([None if i % 97 == 0 else f"What is {i} + 1?" for i in range(n)])[
+        "messages"
+    ]
+    assert series_to_requests(s) == rows_to_requests(s.to_list())
