@@ -70,7 +70,6 @@ class RateLimiter:
         self._tokens = 0
         self._cooldown_until = 0.0
         self._lock: asyncio.Lock | None = None
-        self.waited_s = 0.0
 
     def delay(self, tokens: int = 0) -> float:
         """Seconds until a request costing ``tokens`` may be admitted (0: now)."""
@@ -105,7 +104,6 @@ class RateLimiter:
         if self._lock.locked() or self.delay(tokens) > 0:
             async with self._lock:
                 while (wait := self.delay(tokens)) > 0:
-                    self.waited_s += wait
                     await self._sleep(wait)
                 return self._admit(tokens)
         return self._admit(tokens)

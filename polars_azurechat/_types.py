@@ -15,9 +15,6 @@ OnError = Literal["null", "raise"]
 #: Roles a message may carry.
 ROLES = frozenset({"system", "user", "assistant", "developer"})
 
-MESSAGE_DTYPE = pl.Struct({"role": pl.String, "content": pl.String})
-MESSAGES_DTYPE = pl.List(MESSAGE_DTYPE)
-
 RESULT_DTYPE = pl.Struct(
     {
         "content": pl.String,
