@@ -34,6 +34,7 @@ from polars_azurechat.errors import (
     ServerError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
+from polars_azurechat.options import ChatOptions
 from polars_azurechat.plan import Plan, plan
 from polars_azurechat.summary import RunSummary
 
@@ -53,6 +54,7 @@ __all__ = [
     "AzureChatError",
     "BadRequestError",
     "ChatConfig",
+    "ChatOptions",
     "Completer",
     "CompletionFailed",
     "ConfigurationError",

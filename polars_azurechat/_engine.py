@@ -1,26 +1,34 @@
 """The engine that answers every row. Not meant for outside use.
 
-One :class:`ChatEngine` per ``complete()`` call, shared by every chunk Polars hands over
-(Polars calls from several of its threads at once). Each call to :meth:`ChatEngine.run`
-blocks its caller while the engine's own event loop, on one background thread, does the
-work: a semaphore bounds requests in flight across *all* chunks, the rate limiter admits
-requests under the quota, tenacity retries one row at a time, and the results come back
-by row index. The loop and its HTTP session live while at least one chunk is running and
-stop when the last one returns, so no thread outlives a ``collect``.
+One :class:`ChatEngine` per job (a :class:`~polars_azurechat.Completer`). What it shares
+outlives runs: the bound on requests in flight, the quota limiter, the transport's
+connection pool and the cache. What belongs to one run (a collect, a ``complete_many``
+call, a CLI job) lives in a :class:`Run`: its start, deadline, fatal error and counters.
+
+Work enters through one door, :meth:`ChatEngine.pipeline`: an iterable of request batches
+in, result batches out in input order, with at most ``read_ahead`` batches in flight, so
+memory follows the read-ahead, never the input. The requests themselves run on the
+process's one background event loop (:mod:`polars_azurechat._loop`); callers on other
+threads (Polars', the CLI's, a plain script's) wait for their batches. Counters change on
+the loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from polars_azurechat import _tokens
+from polars_azurechat import _loop, _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
 from polars_azurechat._transport import ChatTransport, Completion
@@ -36,21 +44,28 @@ from polars_azurechat.errors import (
     RateLimitError,
 )
 
-__all__ = ["ChatEngine", "RunStats"]
+__all__ = ["ChatEngine", "Run", "RunStats"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
+K = TypeVar("K")
 Sleep = Callable[[float], Awaitable[None]]
+
+#: A chunk arriving this soon after the previous one ended belongs to the same run
+#: (Polars hands a collect's chunks over in waves, with short gaps between them).
+RUN_GRACE_S = 0.2
+#: How often a waiting caller wakes up (so signals reach it).
+WAIT_SLICE_S = 0.25
 
 
 @dataclasses.dataclass
 class RunStats:
-    """Counters for everything an engine did (updated on the engine's loop only).
+    """Counters of one run, or of several merged.
 
     ``rows`` counts non-null rows: ``answered + failed``; ``cached`` and ``deduplicated``
     are answered rows that sent no request. ``failures_by_kind`` counts failed attempts
-    by error class; ``retries`` those of them that were retryable.
+    by error class; ``retries`` those of them that were retryable. ``wall_s`` is busy
+    time: while at least one batch was being answered.
     """
 
     rows: int = 0
@@ -69,54 +84,113 @@ class RunStats:
     completion_tokens: int = 0
     peak_in_flight: int = 0
     model: str | None = None
-    first_started: float | None = None
-    last_finished: float | None = None
+    wall_s: float = 0.0
 
-    @property
-    def wall_s(self) -> float:
-        """Seconds from the first chunk's start to the last chunk's end."""
-        if self.first_started is None or self.last_finished is None:
-            return 0.0
-        return self.last_finished - self.first_started
+    def merge(self, other: RunStats) -> None:
+        """Add ``other``'s counts to these."""
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "peak_in_flight":
+                setattr(self, f.name, max(mine, theirs))
+            elif f.name == "model":
+                self.model = mine or theirs
+            elif f.name == "failures_by_kind":
+                mine.update(theirs)
+            else:
+                setattr(self, f.name, mine + theirs)
+
+    def copy(self) -> RunStats:
+        """An independent copy."""
+        out = RunStats()
+        out.merge(self)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (for logs, the CLI summary and JSON)."""
+        """A plain dict (for logs and JSON)."""
         d = dataclasses.asdict(self)
         d["failures_by_kind"] = dict(self.failures_by_kind)
-        d["wall_s"] = self.wall_s
         return d
 
 
+class Run:
+    """One run of a job: its start, deadline, fatal error and counters.
+
+    ``error`` is the exception the run raised to its caller (the original object, with
+    every attribute), or ``None``.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self, started: float, deadline_s: float | None, engine: ChatEngine
+    ) -> None:
+        self.id = next(Run._ids)
+        self.started = started
+        self.deadline = None if deadline_s is None else started + deadline_s
+        self.deadline_s = deadline_s
+        self.fatal: AzureChatError | None = None
+        self.error: BaseException | None = None
+        self.stats = RunStats()
+        self.ended: float | None = None
+        self._busy_since: float | None = None
+        self.retrying = build_retrying(
+            max_attempts=engine.max_attempts,
+            sleep=engine.sleep,
+            deadline=lambda: self.deadline,
+            clock=engine.clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} rows={self.stats.rows} fatal={self.fatal is not None}>"
+
+    def busy_s(self, now: float) -> float:
+        """Busy seconds so far."""
+        extra = 0.0 if self._busy_since is None else now - self._busy_since
+        return self.stats.wall_s + extra
+
+    def deadline_passed(self, now: float) -> bool:
+        """Whether the run's deadline is behind ``now``."""
+        return self.deadline is not None and now >= self.deadline
+
+    def check_deadline(self, now: float) -> None:
+        """Raise :class:`DeadlineExceededError` once the deadline has passed."""
+        if self.deadline_passed(now):
+            msg = f"deadline_s={self.deadline_s} passed before this row was answered"
+            raise DeadlineExceededError(msg)
+
+
 class ChatEngine:
-    """Answer chat requests through one deployment under shared limits.
+    """Answer chat requests through one transport under shared limits.
 
     Parameters
     ----------
     transport
-        Where and how requests are sent.
+        Where and how requests are sent; its connection pool opens on first use and
+        stays open until :meth:`close`.
     params
-        Extra body fields (``max_tokens``, ``temperature``, ...) sent with every request.
+        Body fields (``max_tokens``, ``temperature``, ...) sent with every request.
     max_concurrency
-        Requests in flight at once, across every concurrent :meth:`run`.
+        Requests in flight at once, across every batch and run.
     max_attempts
         Attempts per row, first included.
     deadline_s
-        Time bound for the whole job, from the first :meth:`run`; rows not answered by
-        then fail with :class:`DeadlineExceededError`.
+        Time bound for each run; rows not answered by then fail with
+        :class:`DeadlineExceededError`.
     limiter
         Quota admission; shared by every run.
     sleep, clock
         The awaitable sleep used for backoff and admission waits and the monotonic
         clock (both injected in tests).
     progress
-        A callback given the number of rows just finished, or ``None``.
+        A callback given the number of rows just finished, or ``None``. It must not
+        hold a reference to the job (it would keep the job alive).
     cache
         Where answers are kept between runs, or ``None``.
 
     Notes
     -----
     Identical requests (same messages and parameters) are sent once and the answer is
-    given to every row that asked, within a chunk and across chunks running at once.
+    given to every row that asked, within a batch and across batches running at once.
     """
 
     def __init__(
@@ -142,70 +216,191 @@ class ChatEngine:
         self.transport = transport
         self.params = dict(params or {})
         self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.deadline_s = deadline_s
         self.limiter = limiter or RateLimiter()
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._clock = clock
-        self._deadline_s = deadline_s
-        self._deadline: float | None = None
-        self._retrying = build_retrying(
-            max_attempts=max_attempts,
-            sleep=self._sleep,
-            deadline=lambda: self._deadline,
-            clock=clock,
-        )
-        self._progress = progress
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.clock = clock
+        self.progress = progress
         self.cache = cache
-        self._max_attempts = max_attempts
         self._max_tokens = self.params.get(
             "max_tokens", self.params.get("max_completion_tokens")
         )
-        self.stats = RunStats()
-        self.fatal: AzureChatError | None = None
-        self._lock = threading.Lock()
-        self._active = 0
-        self._runner: _LoopRunner | None = None
+        self._semaphore = asyncio.Semaphore(max_concurrency)
         self._in_flight = 0
         self._sending: dict[str, asyncio.Future[ChatResult]] = {}
         self._flush_scheduled = False
+        # runs: touched by callers' threads under the lock, counters on the loop only
+        self._lock = threading.Lock()
+        self._active = 0
+        self._scoped = False
+        self._current: Run | None = None
+        self._totals = RunStats()
+        self.runs = 0
+        self._finalizer = weakref.finalize(self, _close, transport, cache)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @property
+    def last_run(self) -> Run | None:
+        """The current or most recent run."""
+        return self._current
+
+    @property
+    def stats(self) -> RunStats:
+        """Counters over every run so far (a snapshot)."""
+        with self._lock:
+            out = self._totals.copy()
+            current = self._current
+            if current is not None:
+                out.merge(current.stats)
+                out.wall_s += current.busy_s(self.clock()) - current.stats.wall_s
+        return out
+
+    def _enter(self, *, new: bool = False) -> Run:
+        with self._lock:
+            now = self.clock()
+            run = self._current
+            continues = (
+                run is not None
+                and not new
+                and (
+                    self._active > 0
+                    or (
+                        run.fatal is None
+                        and run.error is None
+                        and not run.deadline_passed(now)
+                        and run.ended is not None
+                        and now - run.ended <= RUN_GRACE_S
+                    )
+                )
+            )
+            if not continues:
+                if run is not None:
+                    self._totals.merge(run.stats)
+                run = self._current = Run(now, self.deadline_s, self)
+                self.runs += 1
+            assert run is not None  # noqa: S101 - set just above
+            if self._active == 0:
+                run._busy_since = now
+            self._active += 1
+            return run
+
+    def _leave(self, run: Run) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                now = self.clock()
+                run.ended = now
+                if run._busy_since is not None:
+                    run.stats.wall_s += now - run._busy_since
+                    run._busy_since = None
+
+    @contextlib.contextmanager
+    def run_scope(self) -> Iterator[Run]:
+        """One explicit run: every batch answered inside belongs to it."""
+        with self._lock:
+            if self._active:
+                msg = "a run of this job is already going on"
+                raise RuntimeError(msg)
+        run = self._enter(new=True)
+        try:
+            yield run
+        finally:
+            self._leave(run)
+
+    # -- the one entry point --------------------------------------------------------------
+
+    def pipeline(
+        self,
+        batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
+        *,
+        read_ahead: int = 3,
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
+        """Answer batches of requests; yield ``(key, results)`` in input order.
+
+        At most ``read_ahead`` batches are being answered at once (the next ones are not
+        read from ``batches`` until an earlier one is yielded). A fatal error (401, 403,
+        404) is raised at the first batch that sees it; closing the generator early
+        cancels what is in flight.
+        """
+        run = self._enter()
+        pending: collections.deque[
+            tuple[K, concurrent.futures.Future[list[ChatResult | None]]]
+        ] = collections.deque()
+        try:
+            source = iter(batches)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < read_ahead:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    key, requests = item
+                    pending.append((key, self._submit(run, requests)))
+                if not pending:
+                    return
+                key, future = pending.popleft()
+                results = _wait(future)
+                if run.fatal is not None:
+                    raise run.fatal  # noqa: TRY301 - recorded as the run's error below
+                yield key, results
+        except BaseException as exc:
+            if run.error is None and isinstance(exc, AzureChatError):
+                run.error = exc
+            raise
+        finally:
+            for _, future in pending:
+                future.cancel()
+            for _, future in pending:
+                with contextlib.suppress(BaseException):
+                    _wait(future)
+            self._leave(run)
 
     def run(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
-        """Answer ``requests`` in order; ``None`` in, ``None`` out. Thread-safe, blocking."""
-        now = self._clock()
-        if self.stats.first_started is None:
-            self.stats.first_started = now
-            if self._deadline_s is not None:
-                self._deadline = now + self._deadline_s
-        if all(r is None for r in requests):
-            self.stats.null_rows += len(requests)
-            if self._progress is not None:
-                self._progress(len(requests))
-            return [None] * len(requests)
-        with self._lock:
-            if self._runner is None:
-                self._runner = _LoopRunner(self)
-                self.limiter.reset_loop()
-            self._active += 1
-            runner = self._runner
-        try:
-            return runner.call(self._run_batch(requests))
-        finally:
-            with self._lock:
-                self._active -= 1
-                if self._active == 0:
-                    self._runner = None
-                    self._sending.clear()
-                    runner.stop()
-            self.stats.last_finished = self._clock()
+        """Answer one list of requests as one run; ``None`` in, ``None`` out."""
+        with self.run_scope():
+            for _, results in self.pipeline([(None, requests)]):
+                return results
+        return []  # pragma: no cover - the pipeline yields once per batch
+
+    def _submit(
+        self, run: Run, requests: Sequence[ChatRequest | None]
+    ) -> concurrent.futures.Future[list[ChatResult | None]]:
+        if all(r is None for r in requests):  # nothing to send: no loop hop
+            future: concurrent.futures.Future[list[ChatResult | None]]
+            future = concurrent.futures.Future()
+            future.set_result(self._all_null(run, len(requests)))
+            return future
+        return _loop.submit(self._run_batch(run, requests))
+
+    def _all_null(self, run: Run, n: int) -> list[ChatResult | None]:
+        run.stats.null_rows += n
+        if self.progress is not None:
+            self.progress(n)
+        return [None] * n
+
+    def close(self) -> None:
+        """Close the transport's connections and the cache (idempotent).
+
+        Also done when the engine is garbage-collected.
+        """
+        self._finalizer()
+
+    # -- on the loop ------------------------------------------------------------------------
 
     async def _run_batch(
-        self, requests: Sequence[ChatRequest | None]
+        self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> list[ChatResult | None]:
+        st = run.stats
+        await self.transport.open(self.max_concurrency)
         results: list[ChatResult | None] = [None] * len(requests)
         leaders: dict[str, int] = {}  # key -> first row asking it
         followers: list[tuple[int, str]] = []  # rows asking what an earlier row asks
         for i, req in enumerate(requests):
             if req is None:
-                self.stats.null_rows += 1
+                st.null_rows += 1
             elif req.error is not None:
                 results[i] = ChatResult(exception=req.error)
             else:
@@ -219,18 +414,18 @@ class ChatEngine:
             answers = self.cache.get_many(leaders)
             for key, hit in answers.items():
                 results[leaders.pop(key)] = hit
-            self.stats.cached += len(answers)
-        if self._progress is not None:
-            self._progress(len(requests) - len(leaders) - len(followers))
+            st.cached += len(answers)
+        if self.progress is not None:
+            self.progress(len(requests) - len(leaders) - len(followers))
         todo = iter(leaders.items())
 
         async def worker() -> None:
             for key, i in todo:  # one loop thread: workers never race on next()
                 req = requests[i]
                 assert req is not None  # noqa: S101 - leaders are sendable rows
-                results[i] = await self._answer(key, req)
-                if self._progress is not None:
-                    self._progress(1)
+                results[i] = await self._answer(run, key, req)
+                if self.progress is not None:
+                    self.progress(1)
 
         workers = [
             asyncio.ensure_future(worker())
@@ -247,17 +442,17 @@ class ChatEngine:
             answers[key] = results[i]  # type: ignore[assignment]
         for i, key in followers:
             results[i] = dataclasses.replace(answers[key], attempts=0)
-            self.stats.deduplicated += 1
-        if self._progress is not None and followers:
-            self._progress(len(followers))
+            st.deduplicated += 1
+        if self.progress is not None and followers:
+            self.progress(len(followers))
         for r in results:
             if r is None:
                 continue
-            self.stats.rows += 1
+            st.rows += 1
             if r.exception is None:
-                self.stats.answered += 1
+                st.answered += 1
             else:
-                self.stats.failed += 1
+                st.failed += 1
         return results
 
     def _key(self, req: ChatRequest) -> str:
@@ -270,16 +465,26 @@ class ChatEngine:
             params=self.params,
         )
 
-    async def _answer(self, key: str, req: ChatRequest) -> ChatResult:
-        """Answer one request, sharing the answer with another chunk sending it now."""
+    async def _answer(self, run: Run, key: str, req: ChatRequest) -> ChatResult:
+        """Answer one request, sharing the answer with another batch sending it now."""
         shared = self._sending.get(key)
         if shared is not None:
-            self.stats.deduplicated += 1
-            return dataclasses.replace(await asyncio.shield(shared), attempts=0)
+            try:
+                answer = await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise  # this row itself was cancelled
+                # the row sending it was cancelled (its batch was): send it here
+            else:
+                run.stats.deduplicated += 1
+                return dataclasses.replace(answer, attempts=0)
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._sending[key] = future
         try:
-            result = await self._complete_one(req)
+            result = await self._complete_one(run, req)
+        except BaseException:
+            future.cancel()  # rows waiting for it send it themselves
+            raise
         finally:
             self._sending.pop(key, None)
         future.set_result(result)
@@ -301,38 +506,37 @@ class ChatEngine:
 
         asyncio.get_running_loop().call_soon(flush)
 
-    async def _complete_one(self, req: ChatRequest) -> ChatResult:
-        if self.fatal is not None:
-            return ChatResult(exception=self.fatal)
-        runner = self._runner
-        assert runner is not None  # noqa: S101 - only called while a run is active
+    async def _complete_one(self, run: Run, req: ChatRequest) -> ChatResult:
+        if run.fatal is not None:
+            return ChatResult(exception=run.fatal)
+        try:
+            run.check_deadline(self.clock())
+        except DeadlineExceededError as exc:
+            return ChatResult(exception=exc, attempts=0)
         body = {**self.params, "messages": req.messages}
         cost = _tokens.request_tokens(
             req.messages,
             self._max_tokens,
             exact=self.limiter.token_budget is not None,
         )
-        try:
-            self._check_deadline()
-        except DeadlineExceededError as exc:
-            return ChatResult(exception=exc, attempts=0)
         attempts = 1
         completion: Completion | None = None
         failure: AzureChatError | None = None
         try:  # the first attempt outside tenacity: the common case stays cheap
-            completion = await self._send(runner, body, cost)
+            completion = await self._send(run, body, cost)
         except AzureChatError as first:
             failure = first
-            if is_retryable(first) and self._max_attempts > 1:
+            if is_retryable(first) and self.max_attempts > 1:
                 completion, attempts, failure = await self._retry(
-                    runner, body, cost, first
+                    run, body, cost, first
                 )
         if failure is not None or completion is None:
-            return self._failed(failure, attempts, req)
-        self.stats.prompt_tokens += completion.prompt_tokens or 0
-        self.stats.completion_tokens += completion.completion_tokens or 0
-        if completion.model and self.stats.model is None:
-            self.stats.model = completion.model
+            return self._failed(run, failure, attempts, req)
+        st = run.stats
+        st.prompt_tokens += completion.prompt_tokens or 0
+        st.completion_tokens += completion.completion_tokens or 0
+        if completion.model and st.model is None:
+            st.model = completion.model
         exception: AzureChatError | None = None
         if completion.content is None and completion.finish_reason == "content_filter":
             exception = ContentFilterError(
@@ -349,7 +553,7 @@ class ChatEngine:
 
     async def _retry(
         self,
-        runner: _LoopRunner,
+        run: Run,
         body: Mapping[str, Any],
         cost: int,
         first: AzureChatError,
@@ -363,28 +567,28 @@ class ChatEngine:
         replay: list[AzureChatError] = [first]
         attempts = 0
         try:
-            async for attempt in self._retrying.copy():
+            async for attempt in run.retrying.copy():
                 with attempt:
                     attempts += 1
                     if replay:
                         raise replay.pop()
-                    if self.fatal is not None:
-                        raise self.fatal
-                    self._check_deadline()
-                    return await self._send(runner, body, cost), attempts, None
+                    if run.fatal is not None:
+                        raise run.fatal
+                    run.check_deadline(self.clock())
+                    return await self._send(run, body, cost), attempts, None
         except AzureChatError as exc:
             return None, attempts, exc
         return None, attempts, first  # pragma: no cover - tenacity re-raises or returns
 
     def _failed(
-        self, exc: AzureChatError | None, attempts: int, req: ChatRequest
+        self, run: Run, exc: AzureChatError | None, attempts: int, req: ChatRequest
     ) -> ChatResult:
         if exc is None:  # pragma: no cover - a completion or an error always comes back
             exc = AzureChatError("no answer and no error")
         if isinstance(exc, AuthenticationError | NotFoundError):
-            if self.fatal is None:
+            if run.fatal is None:
                 logger.error("stopping the run: %s", exc)
-                self.fatal = exc
+                run.fatal = exc
         elif isinstance(exc, ContextLengthError):
             estimate = _tokens.request_tokens(req.messages, self._max_tokens)
             exc = ContextLengthError(
@@ -396,37 +600,30 @@ class ChatEngine:
             )
         return ChatResult(exception=exc, attempts=attempts)
 
-    def _check_deadline(self) -> None:
-        if self._deadline is not None and self._clock() >= self._deadline:
-            msg = f"deadline_s={self._deadline_s} passed before this row was answered"
-            raise DeadlineExceededError(msg)
-
-    def _remaining_s(self) -> float | None:
-        if self._deadline is None:
+    def _remaining_s(self, run: Run) -> float | None:
+        if run.deadline is None:
             return None
-        return self._deadline - self._clock()
+        return run.deadline - self.clock()
 
-    async def _send(
-        self, runner: _LoopRunner, body: Mapping[str, Any], cost: int
-    ) -> Completion:
-        async with runner.semaphore:
+    async def _send(self, run: Run, body: Mapping[str, Any], cost: int) -> Completion:
+        st = run.stats
+        async with self._semaphore:
             admitted = await self.limiter.acquire(cost)
-            if self.fatal is not None:  # it may have arrived while this one waited
-                raise self.fatal
-            self._check_deadline()
+            if run.fatal is not None:  # it may have arrived while this one waited
+                raise run.fatal
+            run.check_deadline(self.clock())
             self._in_flight += 1
-            self.stats.requests += 1
-            if self._in_flight > self.stats.peak_in_flight:
-                self.stats.peak_in_flight = self._in_flight
+            st.requests += 1
+            if self._in_flight > st.peak_in_flight:
+                st.peak_in_flight = self._in_flight
             try:
-                completion = await self.transport.send(body, self._remaining_s())
+                completion = await self.transport.send(body, self._remaining_s(run))
             except AzureChatError as exc:
-                kind = type(exc).__name__
-                self.stats.failures_by_kind[kind] += 1
+                st.failures_by_kind[type(exc).__name__] += 1
                 if is_retryable(exc):
-                    self.stats.retries += 1
+                    st.retries += 1
                 if isinstance(exc, RateLimitError):
-                    self.stats.rate_limited += 1
+                    st.rate_limited += 1
                     self.limiter.on_rate_limited(exc.retry_after_s)
                 logger.debug("attempt failed: %s", exc)
                 raise
@@ -438,38 +635,14 @@ class ChatEngine:
             return completion
 
 
-class _LoopRunner:
-    """An event loop on a daemon thread, with the session and semaphore it owns."""
+def _close(transport: ChatTransport, cache: SqliteCache | None) -> None:
+    _loop.close_soon(transport.close())
+    if cache is not None:
+        cache.close()
 
-    def __init__(self, engine: ChatEngine) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="polars-azurechat-engine", daemon=True
-        )
-        self._thread.start()
-        self.semaphore: asyncio.Semaphore
-        self._engine = engine
-        self.call(self._open())
 
-    async def _open(self) -> None:
-        limit = self._engine.max_concurrency
-        self.semaphore = asyncio.Semaphore(limit)
-        await self._engine.transport.open(limit)
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for its result from this thread."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        """Close the session and end the loop's thread."""
-        try:
-            self.call(self._engine.transport.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-            self.loop.close()
+def _wait(future: concurrent.futures.Future[Any]) -> Any:
+    """Wait for ``future`` in short slices, so a signal reaches the waiting thread."""
+    while not future.done():
+        concurrent.futures.wait([future], timeout=WAIT_SLICE_S)
+    return future.result()

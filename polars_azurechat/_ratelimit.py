@@ -144,10 +144,6 @@ class RateLimiter:
         """The budgets per window in force now (given or learned)."""
         return {"requests": self.request_budget, "tokens": self.token_budget}
 
-    def reset_loop(self) -> None:
-        """Forget the asyncio lock (the engine's event loop was replaced)."""
-        self._lock = None
-
     def _expire(self, now: float) -> None:
         log = self._log
         while log and log[0][0] + self._span <= now:

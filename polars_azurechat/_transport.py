@@ -92,7 +92,9 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self, limit: int) -> None:
-        """Create the shared session (on the engine's loop)."""
+        """Create the shared session on the running loop, unless it is open."""
+        if self._session is not None:
+            return
         connector = aiohttp.TCPConnector(
             limit=limit, limit_per_host=limit, ttl_dns_cache=300
         )
@@ -169,6 +171,8 @@ def status_error(
         "retry_after_s": retry_after_s(headers),
     }
     where = f"deployment {deployment!r} at {host}"
+    if kw["request_id"]:
+        server_msg = f"{server_msg} (request id {kw['request_id']})"
     if status == 429:
         return RateLimitError(f"429 rate limited on {where}: {server_msg}", **kw)
     if status in (401, 403):
@@ -290,7 +294,9 @@ class SdkTransport:
         return self._host
 
     async def open(self, limit: int) -> None:
-        """Start the thread pool the blocking client runs on."""
+        """Start the thread pool the blocking client runs on, unless it runs."""
+        if self._pool is not None:
+            return
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limit, thread_name_prefix="polars-azurechat-sdk"
         )

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import typer
 
-from polars_azurechat._convert import check_dtype
-from polars_azurechat._types import OnError
+from polars_azurechat import options as options_module
+from polars_azurechat._convert import check_dtype, results_to_series, series_to_requests
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
-from polars_azurechat.errors import AzureChatError, FailedRowsWarning
+from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
+from polars_azurechat.options import ChatOptions
 
 app = typer.Typer(
     name="polars-azurechat",
@@ -44,10 +45,63 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def option_flags() -> list[inspect.Parameter]:
+    """Every option of :class:`ChatOptions` as a CLI flag: same name, default and doc."""
+    flags = []
+    for f in dataclasses.fields(ChatOptions):
+        kind: Any = _FLAG_TYPES.get(f.name, f.type)
+        if isinstance(kind, str):
+            kind = eval(kind, vars(options_module))  # noqa: S307 - our own annotations
+        dash = f.name.replace("_", "-")
+        decls = [f"--{dash}/--no-{dash}"] if f.name in _SWITCHES else []
+        info = typer.Option(
+            *decls,
+            help=f.metadata["doc"].replace("``", "'"),
+            envvar=f.metadata.get("envvar"),
+            show_envvar=bool(f.metadata.get("envvar")),
+        )
+        flags.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[kind, info],
+            )
+        )
+    return flags
+
+
+#: Options given as ``--name/--no-name``.
+_SWITCHES = frozenset({"progress"})
+#: Flag types where the option's Python type is wider than a command line can say.
+_FLAG_TYPES: dict[str, Any] = {
+    "cache": Path | None,
+    "output": Literal["content", "struct"],
+    "on_error": Literal["null", "raise"],
+}
+
+
+def _with_option_flags(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every option flag after its own parameters."""
+    own = list(inspect.signature(func, eval_str=True).parameters.values())[:-1]
+    params = [*own, *option_flags()]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> None:
+        func(**kwargs)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    del command.__wrapped__
+    return command
+
+
 @app.command(no_args_is_help=True)
+@_with_option_flags
 def run(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
     output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
+    *,
     column: Annotated[
         str, typer.Option(help="Column of messages or prompts.")
     ] = "messages",
@@ -58,39 +112,17 @@ def run(
         bool,
         typer.Option("--emulator", help="Run against the built-in emulator, offline."),
     ] = False,
-    deployment: Annotated[
-        str | None, typer.Option(envvar="AZURE_OPENAI_DEPLOYMENT", show_envvar=True)
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option(help="System message for String prompts.")
-    ] = None,
-    output: Annotated[
-        str,
-        typer.Option(
-            help="'content': answer + <name>_error columns; 'struct': one struct."
-        ),
-    ] = "content",
-    max_concurrency: Annotated[int, typer.Option(min=1)] = 64,
-    requests_per_minute: Annotated[float | None, typer.Option()] = None,
-    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
-    max_attempts: Annotated[int, typer.Option(min=1)] = 6,
-    timeout_s: Annotated[float, typer.Option()] = 60.0,
-    deadline_s: Annotated[
-        float | None, typer.Option(help="Time bound for the whole job.")
-    ] = None,
-    on_error: Annotated[str, typer.Option(help="'null' or 'raise'.")] = "null",
-    cache: Annotated[Path | None, typer.Option(help="SQLite cache of answers.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(help="Extra body field KEY=VALUE (JSON); repeatable."),
     ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    **option_values: Any,
 ) -> None:
     """Read INPUT_PATH, answer every row of --column, write all columns plus the answer."""
     logging.basicConfig(
@@ -101,16 +133,16 @@ def run(
         raise typer.BadParameter(
             f"{output_path} exists; pass --overwrite to replace it"
         )
-    if output not in ("content", "struct"):
-        raise typer.BadParameter("--output must be 'content' or 'struct'")
-    if on_error not in ("null", "raise"):
-        raise typer.BadParameter("--on-error must be 'null' or 'raise'")
     _check_input(input_path, column)
     params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
     if temperature is not None:
         params["temperature"] = temperature
+    try:
+        options = ChatOptions(**option_values)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     with contextlib.ExitStack() as stack:
         config = None
@@ -119,57 +151,40 @@ def run(
             config = ChatConfig(
                 azure_endpoint=emu.url,
                 api_key=emu.api_key,
-                deployment=deployment or "gpt-4o-mini",
+                deployment=options.deployment or "gpt-4o-mini",
             )
-        on_err: OnError = "raise" if on_error == "raise" else "null"
         try:
-            job = Completer(
-                deployment=deployment,
-                config=config,
-                system=system,
-                output="struct",
-                max_concurrency=max_concurrency,
-                requests_per_minute=requests_per_minute,
-                tokens_per_minute=tokens_per_minute,
-                max_attempts=max_attempts,
-                timeout_s=timeout_s,
-                deadline_s=deadline_s,
-                on_error=on_err,
-                cache=cache,
-                progress=progress,
-                **params,
+            job = stack.enter_context(
+                Completer(
+                    config=config, options=options.replace(output="struct"), **params
+                )
             )
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
         if job._bar is not None:
             job._bar.known_total = _row_count(input_path)
-        result = job.expr(column)
-
-        def answer(lf: pl.LazyFrame) -> pl.LazyFrame:
-            if output == "struct":
-                return lf.with_columns(result.alias(output_column))
-            tmp = f"__{output_column}_result"
-            return (
-                lf.with_columns(result.alias(tmp))
-                .with_columns(
-                    pl.col(tmp).struct.field("content").alias(output_column),
-                    pl.col(tmp).struct.field("error").alias(f"{output_column}_error"),
-                )
-                .drop(tmp)
-            )
-
         partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
-            with _quiet_failed_rows(), _progress_logging(progress):
-                _stream_parquet(input_path, partial, answer)
+            with _progress_logging(job._bar is not None):
+                _answer_parquet(
+                    job, input_path, partial, column, output_column, options.output
+                )
         except AzureChatError as exc:
             partial.unlink(missing_ok=True)
-            typer.echo(f"error: {_first_line(exc)}", err=True)
+            typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
             raise typer.Exit(1) from None
-        os.replace(partial, output_path)
         wall = time.perf_counter() - started
-    summary = job.summary()
+        summary = job.summary()
+        if summary.failed and options.on_error == "raise":
+            typer.echo(
+                f"error: {summary.failed:,} of {summary.rows + summary.null_rows:,} "
+                f"rows failed (--on-error raise); every row's answer or error is in "
+                f"{partial}\n{summary}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        os.replace(partial, output_path)
     typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
     if summary.failed:
         raise typer.Exit(1)
@@ -182,41 +197,55 @@ BATCH_ROWS = 16_384
 BATCHES_IN_FLIGHT = 4
 
 
-def _stream_parquet(
-    src: Path, dst: Path, answer: Callable[[pl.LazyFrame], pl.LazyFrame]
+def _answer_parquet(
+    job: Completer,
+    src: Path,
+    dst: Path,
+    column: str,
+    output_column: str,
+    output: str,
 ) -> None:
     """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
 
-    Polars' own ``sink_parquet`` reads ahead as far as it likes (its memory grows with
-    the file); here at most ``BATCHES_IN_FLIGHT`` batches are held, answered at once so
-    that the engine keeps working while one batch waits for its slowest request.
+    The batches go through the engine's pipeline (at most ``BATCHES_IN_FLIGHT`` read
+    ahead) as one run; each is written as soon as it and those before it are answered.
     """
     import pyarrow.parquet as pq
 
     reader = pq.ParquetFile(src)
-    batches = reader.iter_batches(batch_size=BATCH_ROWS)
+    system = job.options.system
+    bar = job._bar
 
-    def run(batch: Any) -> Any:
-        return answer(pl.from_arrow(batch).lazy()).collect().to_arrow()  # type: ignore[union-attr]
+    def batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS):
+            df = pl.DataFrame(pl.from_arrow(batch))
+            if bar is not None:
+                bar.add_total(df.height)
+            yield df, series_to_requests(df[column], system=system)
+
+    def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
+        struct = results_to_series(results, output="struct", name=output_column)
+        if output == "struct":
+            return df.with_columns(struct)
+        fields = struct.struct
+        return df.with_columns(
+            fields.field("content").alias(output_column),
+            fields.field("error").alias(f"{output_column}_error"),
+        )
 
     writer: pq.ParquetWriter | None = None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=BATCHES_IN_FLIGHT) as pool:
-        pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
-        try:
-            for batch in batches:
-                pending.append(pool.submit(run, batch))
-                if len(pending) >= BATCHES_IN_FLIGHT:
-                    writer = _write(writer, dst, pending.popleft().result())
-            while pending:
-                writer = _write(writer, dst, pending.popleft().result())
-        finally:
-            for f in pending:
-                f.cancel()
-            if writer is not None:
-                writer.close()
+    try:
+        with job.engine.run_scope():
+            for df, results in job.engine.pipeline(
+                batches(), read_ahead=BATCHES_IN_FLIGHT
+            ):
+                writer = _write(writer, dst, answered(df, results).to_arrow())
+    finally:
+        if writer is not None:
+            writer.close()
     if writer is None:  # an empty file: write the output schema with no rows
-        empty = pl.from_arrow(reader.schema_arrow.empty_table())
-        answer(empty.lazy()).collect().write_parquet(dst)  # type: ignore[union-attr]
+        empty = pl.DataFrame(pl.from_arrow(reader.schema_arrow.empty_table()))
+        answered(empty, []).write_parquet(dst)
 
 
 def _write(writer: Any, dst: Path, table: Any) -> Any:
@@ -253,14 +282,6 @@ def _row_count(path: Path) -> int:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).split("\n\nThis error occurred", 1)[0].strip()
-
-
-@contextlib.contextmanager
-def _quiet_failed_rows() -> Iterator[None]:
-    # the summary reports failed rows; a warning per chunk would only repeat it
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FailedRowsWarning)
-        yield
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ cause as ``__cause__``. Messages never contain the API key or prompt text.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -70,26 +70,36 @@ class AzureChatError(Exception):
 
 
 class _Originals:
-    """The last few errors raised through Polars, by message (see AzureChatError)."""
+    """Errors raised through Polars and still alive, so Polars' copies find them.
 
-    def __init__(self, size: int = 64) -> None:
+    Weak: it keeps nothing alive (the job's last run holds the error it raised), and
+    messages carry Azure's request id, so two errors alike but for it stay apart.
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: OrderedDict[int, BaseException] = OrderedDict()
-        self._size = size
+        self._items: weakref.WeakValueDictionary[int, BaseException] = (
+            weakref.WeakValueDictionary()
+        )
 
     def remember(self, exc: BaseException) -> None:
         with self._lock:
             self._items[id(exc)] = exc
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
 
     def find(self, message: str, cls: type) -> Any:
         with self._lock:
-            for exc in reversed(self._items.values()):
-                text = exc.message if isinstance(exc, BaseExceptionGroup) else str(exc)
-                if type(exc) is cls and text and message.startswith(text):
-                    return exc
-        return None
+            items = list(self._items.values())
+        best = None
+        for exc in items:
+            text = exc.message if isinstance(exc, BaseExceptionGroup) else str(exc)
+            if (
+                type(exc) is cls
+                and text
+                and message.startswith(text)
+                and (best is None or len(text) > len(str(best)))
+            ):
+                best = exc
+        return best
 
 
 _originals = _Originals()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import polars as pl
 
 from polars_azurechat import functions
-from polars_azurechat._types import OnError, OutputKind
-from polars_azurechat.config import ChatConfig
+from polars_azurechat.options import with_options
+
+if TYPE_CHECKING:
+    import openai
+
+    from polars_azurechat.config import ChatConfig
+    from polars_azurechat.options import ChatOptions
 
 __all__ = ["ChatNamespace"]
 
@@ -22,26 +25,29 @@ class ChatNamespace:
     def __init__(self, expr: pl.Expr) -> None:
         self._expr = expr
 
+    @with_options(before=("self", "config", "client", "options"))
     def complete(
         self,
         *,
-        deployment: str | None = None,
         config: ChatConfig | None = None,
-        system: str | None = None,
-        output: OutputKind = "content",
-        max_concurrency: int = 64,
-        requests_per_minute: float | None = None,
-        tokens_per_minute: float | None = None,
-        max_attempts: int = 6,
-        timeout_s: float = 60.0,
-        deadline_s: float | None = None,
-        on_error: OnError = "null",
-        cache: str | os.PathLike[str] | None = None,
-        progress: bool = False,
         client: openai.AzureOpenAI | None = None,
+        options: ChatOptions | None = None,
         **params: Any,
     ) -> pl.Expr:
         """Answer every row with Azure OpenAI; see :func:`polars_azurechat.complete`.
+
+        Parameters
+        ----------
+        config, client, options
+            As for :func:`polars_azurechat.complete`.
+        {options}
+        **params
+            Chat-completions body fields (``max_tokens``, ``temperature``, ...).
+
+        Returns
+        -------
+        pl.Expr
+            The answers, one per row.
 
         Examples
         --------
@@ -70,20 +76,5 @@ class ChatNamespace:
         └──────────┘
         """
         return functions.complete(
-            self._expr,
-            deployment=deployment,
-            config=config,
-            system=system,
-            output=output,
-            max_concurrency=max_concurrency,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            max_attempts=max_attempts,
-            timeout_s=timeout_s,
-            deadline_s=deadline_s,
-            on_error=on_error,
-            cache=cache,
-            progress=progress,
-            client=client,
-            **params,
+            self._expr, config=config, client=client, options=options, **params
         )

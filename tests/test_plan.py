@@ -20,7 +20,12 @@ def test_plan_sends_nothing_and_matches_what_a_run_counts(emulator: Emulator) ->
     df.select(job.expr("messages"))
     summary = job.summary()
     assert estimate.requests == summary.requests == 100
-    assert estimate.prompt_tokens == summary.prompt_tokens  # the emulator counts alike
+    # the emulator estimates tokens its own way, as Azure does: close, not equal
+    assert estimate.prompt_tokens != summary.prompt_tokens
+    assert (
+        abs(estimate.prompt_tokens - summary.prompt_tokens)
+        <= 0.1 * summary.prompt_tokens
+    )
     assert estimate.estimated_cost_usd is not None
     assert summary.estimated_cost_usd is not None
     assert summary.estimated_cost_usd <= estimate.estimated_cost_usd  # an upper bound

@@ -1,0 +1,337 @@
+"""One definition of every option a job takes, shared by every entry point.
+
+:class:`ChatOptions` is the single place where an option's name, type, default,
+validation and one-line doc live. :func:`polars_azurechat.complete`,
+``pl.col(c).chat.complete``, :func:`polars_azurechat.complete_many`,
+:class:`polars_azurechat.Completer` and the ``polars-azurechat run`` flags are all built
+from it: adding an option means adding one field here (plus its tests and docs).
+
+Keywords that are not options are chat-completions body fields (``max_tokens``,
+``temperature``, ``seed``, ...), checked against the list the openai SDK types; anything
+else is refused before any request, naming the closest match. Truly custom body fields
+go through ``extra_body={...}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, get_args
+
+__all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OutputKind"]
+
+OutputKind = Literal["content", "struct"]
+OnError = Literal["null", "raise"]
+
+#: Chat-completions body fields a keyword may set (the openai SDK's
+#: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
+#: engine owns, plus Azure's ``data_sources``). A test keeps it equal to the SDK's list.
+BODY_FIELDS = frozenset(
+    {
+        "audio",
+        "data_sources",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "moderation",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
+#: Body fields the engine sets itself.
+RESERVED_FIELDS = frozenset({"messages", "model", "n", "stream"})
+
+
+def _opt(default: Any, doc: str, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc, **metadata})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ChatOptions:
+    """How a job runs: the options of every entry point, validated once.
+
+    Build it from keywords (``ChatOptions(max_concurrency=32)``) or let the entry points
+    build it from theirs. ``replace(**changes)`` returns a copy with some changed.
+
+    Raises
+    ------
+    ValueError
+        An option has a wrong value (the message names it).
+
+    Examples
+    --------
+    >>> opts = ChatOptions(max_concurrency=8, requests_per_minute=600)
+    >>> opts.max_concurrency, opts.max_attempts
+    (8, 6)
+    >>> ChatOptions(max_attempts=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_attempts must be an integer >= 1, got 0
+    """
+
+    deployment: str | None = _opt(
+        None,
+        "The Azure deployment; default ``config.deployment`` / AZURE_OPENAI_DEPLOYMENT.",
+        envvar="AZURE_OPENAI_DEPLOYMENT",
+    )
+    system: str | None = _opt(
+        None, "For String prompts: a system message sent before each prompt."
+    )
+    output: OutputKind = _opt(
+        "content",
+        "``content``: the answers as String; ``struct``: content, finish_reason, "
+        "prompt_tokens, completion_tokens, attempts, error.",
+    )
+    max_concurrency: int = _opt(
+        64, "Requests in flight at once, across every chunk and run of the job."
+    )
+    requests_per_minute: float | None = _opt(
+        None, "The deployment's request quota; requests are admitted under it."
+    )
+    tokens_per_minute: float | None = _opt(
+        None,
+        "The deployment's token quota (prompt + max_tokens per request, as Azure "
+        "counts on arrival).",
+    )
+    max_attempts: int = _opt(
+        6,
+        "Attempts per row, the first included; 408/409/429/5xx, timeouts and dropped "
+        "connections are retried.",
+    )
+    timeout_s: float = _opt(60.0, "Time bound, in seconds, for one attempt.")
+    deadline_s: float | None = _opt(
+        None,
+        "Time bound, in seconds, for one run (a collect, a complete_many call, a CLI "
+        "job); rows left then fail with DeadlineExceededError.",
+    )
+    on_error: OnError = _opt(
+        "null",
+        "``null``: a failed row gives null and one FailedRowsWarning counts them; "
+        "``raise``: every row runs, then CompletionFailed lists the failed rows.",
+    )
+    cache: str | os.PathLike[str] | None = _opt(
+        None, "Path to a SQLite file of answers; a rerun sends only what is missing."
+    )
+    progress: bool | None = _opt(
+        None,
+        "Show a progress bar: ``None`` when stderr is a terminal (or in a notebook), "
+        "``True`` always, ``False`` never.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("deployment", "system"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                msg = f"{name} must be a string, got {type(value).__name__}"
+                raise TypeError(msg)
+        _check_choice("output", self.output, OutputKind)
+        _check_choice("on_error", self.on_error, OnError)
+        _check_int("max_concurrency", self.max_concurrency)
+        _check_int("max_attempts", self.max_attempts)
+        _check_positive("timeout_s", self.timeout_s)
+        for name in ("deadline_s", "requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(name, value)
+        if self.progress is not None and not isinstance(self.progress, bool):
+            msg = f"progress must be True, False or None, got {self.progress!r}"
+            raise TypeError(msg)
+        if self.cache is not None and not isinstance(self.cache, str | os.PathLike):
+            msg = f"cache must be a path, got {type(self.cache).__name__}"
+            raise TypeError(msg)
+
+    def replace(self, **changes: Any) -> ChatOptions:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every option's name, in definition order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def split(
+        cls, kwargs: Mapping[str, Any], base: ChatOptions | None = None
+    ) -> tuple[ChatOptions, dict[str, Any]]:
+        """Split keywords into options and body fields, refusing any other keyword.
+
+        ``base`` gives the options the keywords change (default: all defaults).
+
+        Examples
+        --------
+        >>> opts, body = ChatOptions.split({"max_concurrency": 4, "max_tokens": 20})
+        >>> opts.max_concurrency, body
+        (4, {'max_tokens': 20})
+        >>> ChatOptions.split({"max_token": 20})
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown keyword 'max_token' (did you mean 'max_tokens'?); custom body fields go in extra_body={...}
+        """
+        names = set(cls.names())
+        options = {k: v for k, v in kwargs.items() if k in names}
+        body = {k: v for k, v in kwargs.items() if k not in names}
+        check_body(body)
+        base = base if base is not None else cls()
+        return (base.replace(**options) if options else base), body
+
+
+def check_body(body: Mapping[str, Any]) -> None:
+    """Refuse body fields the engine owns, unknown fields and values JSON cannot carry."""
+    for key in body:
+        if key in RESERVED_FIELDS:
+            msg = f"{key} cannot be passed as a parameter: the engine sets it"
+            raise ValueError(msg)
+        if key != "extra_body" and key not in BODY_FIELDS:
+            known = [*ChatOptions.names(), *sorted(BODY_FIELDS), "extra_body"]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            msg = (
+                f"unknown keyword {key!r}{hint}; custom body fields go in "
+                "extra_body={...}"
+            )
+            raise TypeError(msg)
+    extra = body.get("extra_body")
+    if extra is not None and not isinstance(extra, Mapping):
+        msg = f"extra_body must be a mapping, got {type(extra).__name__}"
+        raise TypeError(msg)
+    for key, value in body.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            msg = f"parameter {key}={value!r} is not JSON-serialisable (or is NaN/inf)"
+            raise ValueError(msg) from exc
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            msg = f"{key} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
+
+
+def flatten_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body fields as sent: ``extra_body`` merged in at the top level."""
+    out = {k: v for k, v in body.items() if k != "extra_body"}
+    out.update(body.get("extra_body") or {})
+    return out
+
+
+def _check_choice(name: str, value: Any, kind: Any) -> None:
+    choices = get_args(kind)
+    if value not in choices:
+        shown = " or ".join(repr(c) for c in choices)
+        msg = f"{name} must be {shown}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        msg = f"{name} must be an integer >= 1, got {value!r}"
+        raise ValueError(msg)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        msg = f"{name} must be a positive number, got {value!r}"
+        raise ValueError(msg)
+
+
+# ---------------------------------------------------------------------------------------
+# Signatures and docs of the entry points, generated from the one definition.
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option_parameters() -> list[inspect.Parameter]:
+    """Every option as a keyword-only parameter (for generated signatures)."""
+    hints = {
+        "deployment": "str | None",
+        "system": "str | None",
+        "cache": "str | os.PathLike[str] | None",
+        "output": "Literal['content', 'struct']",
+        "on_error": "Literal['null', 'raise']",
+    }
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
+            annotation=hints.get(f.name, f.type),
+        )
+        for f in dataclasses.fields(ChatOptions)
+    ]
+
+
+def options_doc(indent: str = "    ") -> str:
+    """The numpydoc entries of every option (for generated docstrings)."""
+    lines = []
+    for f in dataclasses.fields(ChatOptions):
+        lines.append(f"{indent}{f.name} : {f.type}, default {f.default!r}")
+        lines.append(f"{indent}    {f.metadata['doc']}")
+    return "\n".join(lines).lstrip()
+
+
+def with_options(
+    *, before: tuple[str, ...] = (), after: tuple[str, ...] = ()
+) -> Callable[[F], F]:
+    """Give a ``(..., **kwargs)`` function the signature and docs of every option.
+
+    ``before`` / ``after`` name the function's own parameters that come before and
+    after the options (its ``**params`` last). ``{options}`` in the docstring is
+    replaced by the options' numpydoc entries.
+    """
+
+    def decorate(func: F) -> F:
+        own = inspect.signature(func).parameters
+        params = [
+            *(own[n] for n in before),
+            *option_parameters(),
+            *(own[n] for n in after),
+            inspect.Parameter(
+                "params", inspect.Parameter.VAR_KEYWORD, annotation="Any"
+            ),
+        ]
+        func.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            params, return_annotation=inspect.signature(func).return_annotation
+        )
+        if func.__doc__:
+            func.__doc__ = func.__doc__.replace("{options}", options_doc())
+        return func
+
+    return decorate

@@ -1,0 +1,114 @@
+"""One option set: every entry point and the CLI take every option, with one default."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import polars as pl
+import pytest
+import typer.core
+import typer.main
+
+import polars_azurechat as pac
+from polars_azurechat.cli import app
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.options import BODY_FIELDS, RESERVED_FIELDS, ChatOptions
+
+OPTIONS = {f.name: f for f in dataclasses.fields(ChatOptions)}
+
+
+def _keywords(func: object) -> dict[str, inspect.Parameter]:
+    return {
+        name: p
+        for name, p in inspect.signature(func).parameters.items()  # type: ignore[arg-type]
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [pac.complete, pac.complete_many, pac.Completer, pl.col("x").chat.complete],
+    ids=["complete", "complete_many", "Completer", "namespace"],
+)
+def test_every_entry_point_takes_every_option_with_its_default(entry: object) -> None:
+    keywords = _keywords(entry)
+    for name, f in OPTIONS.items():
+        assert name in keywords, name
+        assert keywords[name].default == f.default, name
+    doc = inspect.getdoc(entry) or ""
+    for name, f in OPTIONS.items():
+        assert f"{name} : " in doc and f.metadata["doc"] in doc, name
+
+
+def test_every_option_is_a_run_flag_with_the_same_default() -> None:
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    run = command.commands["run"]
+    flags = {p.name: p for p in run.params}
+    for name, f in OPTIONS.items():
+        assert name in flags, f"--{name.replace('_', '-')} is missing"
+        assert flags[name].default == f.default, name
+        assert f"--{name.replace('_', '-')}" in flags[name].opts, name
+
+
+def test_namespace_and_complete_have_one_signature() -> None:
+    a = inspect.signature(pac.complete).parameters
+    b = inspect.signature(pl.col("x").chat.complete).parameters
+    assert list(a)[1:] == list(b)
+
+
+def test_body_fields_are_the_sdks() -> None:
+    from openai.types.chat import completion_create_params
+
+    sdk = set(completion_create_params.CompletionCreateParamsBase.__annotations__)
+    assert sdk - RESERVED_FIELDS == BODY_FIELDS - {"data_sources"}
+
+
+@pytest.mark.parametrize(
+    ("keyword", "hint"),
+    [("max_token", "max_tokens"), ("limiter", None), ("temprature", "temperature")],
+)
+def test_unknown_keyword_is_refused_before_any_request(
+    emulator: Emulator, keyword: str, hint: str | None
+) -> None:
+    with pytest.raises(TypeError, match=f"unknown keyword '{keyword}'") as info:
+        kw: dict[str, Any] = {keyword: 20}
+        pac.complete("q", **kw)
+    if hint:
+        assert f"did you mean '{hint}'" in str(info.value)
+    assert "extra_body" in str(info.value)
+    assert emulator.stats()["requests"] == 0
+
+
+def test_extra_body_is_sent_at_the_top_level(emulator: Emulator) -> None:
+    with pac.Completer(max_tokens=5, extra_body={"my_field": 1}) as job:
+        assert job.params == {"max_tokens": 5, "my_field": 1}
+        assert job.run(["What is 1 + 1?"]) == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
+        ({"output": "json"}, "output must be 'content' or 'struct'"),
+        ({"timeout_s": -1}, "timeout_s must be a positive number"),
+        ({"on_error": "skip"}, "on_error must be 'null' or 'raise'"),
+        ({"messages": []}, "messages cannot be passed"),
+        ({"max_tokens": 0}, "max_tokens must be a positive integer"),
+    ],
+)
+def test_bad_values_name_the_option(
+    emulator: Emulator, kw: dict[str, Any], message: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        pac.complete("q", **kw)
+    assert emulator.stats()["requests"] == 0
+
+
+def test_options_object_and_keywords_combine(emulator: Emulator) -> None:
+    base = ChatOptions(max_concurrency=3, output="struct")
+    with pac.Completer(options=base, max_attempts=2, max_tokens=9) as job:
+        assert job.options == base.replace(max_attempts=2)
+        assert job.params == {"max_tokens": 9}
