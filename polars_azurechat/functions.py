@@ -506,10 +506,6 @@ def _failures(
 def _show_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if type(shell).__name__ == "ZMQInteractiveShell":  # a notebook's kernel
-        return True
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
 

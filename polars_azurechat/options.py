@@ -145,8 +145,8 @@ class ChatOptions:
     )
     progress: bool | None = _opt(
         None,
-        "Show a progress bar: ``None`` when stderr is a terminal (or in a notebook), "
-        "``True`` always, ``False`` never.",
+        "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
+        "(in a notebook too), ``False`` never.",
     )
 
     def __post_init__(self) -> None:

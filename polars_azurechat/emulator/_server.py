@@ -1,0 +1,382 @@
+"""The aiohttp app, its counters, and the two ways to run it (:class:`Emulator`, :func:`serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from polars_azurechat.emulator._answers import answer_for, parse_directives
+from polars_azurechat.emulator._errors import (
+    ACCESS_DENIED,
+    content_filter_response,
+    error_response,
+    rate_limit_response,
+)
+from polars_azurechat.emulator._faults import Dropped, Faults
+from polars_azurechat.emulator._quota import Quota, ceil_ms
+from polars_azurechat.emulator._settings import EmulatorSettings
+from polars_azurechat.emulator._tokens import estimator
+
+__all__ = ["Emulator", "serve"]
+
+logger = logging.getLogger(__name__)
+
+#: Tokens charged for the answer when a request sets no ``max_tokens``.
+DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
+
+
+class _State:
+    """Counters, faults and quota windows; touched on the server's loop, read from any thread."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.rng = random.Random(settings.seed)  # noqa: S311 - faults, not secrets
+        self.on_request: Callable[[int], None] | None = None
+        self.tokens = estimator(settings.token_estimator)
+        self.faults_injected = Faults(settings, self.rng)
+        self.quota = Quota(settings)
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests = 0
+            self.statuses: collections.Counter[str] = collections.Counter()
+            self.faults: collections.Counter[str] = collections.Counter()
+            self.in_flight = 0
+            self.peak_in_flight = 0
+            self.prompt_tokens = 0
+            self.completion_tokens = 0
+        self.faults_injected.reset()
+        self.quota.reset()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "statuses": dict(sorted(self.statuses.items())),
+                "faults": dict(sorted(self.faults.items())),
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            }
+
+
+class _App:
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post(
+            "/openai/deployments/{deployment}/chat/completions", self.chat
+        )
+        self.app.router.add_get("/stats", self.get_stats)
+        self.app.router.add_post("/stats/reset", self.reset_stats)
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.snapshot())
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        self.state.reset()
+        return web.json_response({"ok": True})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        st = self.state
+        with st.lock:
+            st.requests += 1
+            st.in_flight += 1
+            st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
+            n = st.requests
+        if st.on_request is not None:
+            st.on_request(n)
+        status = "?"
+        try:
+            response = await self._chat(request)
+        except Dropped:
+            status = "dropped"
+            raise
+        else:
+            status = str(response.status)
+            # Azure names every answer, errors included (unique per request)
+            response.headers["apim-request-id"] = f"emu-{n}"
+            return response
+        finally:
+            with st.lock:
+                st.in_flight -= 1
+                st.statuses[status] += 1
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        st = self.state
+        s = st.settings
+        if not request.query.get("api-version"):
+            return error_response(404, "404", "Resource not found")
+        key = request.headers.get("api-key")
+        if key is None:
+            auth = request.headers.get("Authorization", "")
+            key = auth[7:] if auth.startswith("Bearer ") else None
+        if key != s.api_key:
+            return error_response(401, "401", ACCESS_DENIED)
+        deployment = request.match_info["deployment"]
+        if s.deployments is not None and deployment not in s.deployments:
+            return error_response(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the "
+                "deployment within the last 5 minutes, please wait a moment and try again.",
+            )
+        try:
+            body = await request.json(loads=json.loads)
+            messages = body["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("messages")  # noqa: TRY301
+            pairs = [(str(m["role"]), str(m["content"])) for m in messages]
+        except (ValueError, KeyError, TypeError):
+            return error_response(
+                400,
+                None,
+                "'messages' is a required property and must be a non-empty list of "
+                "{role, content} objects",
+                type="invalid_request_error",
+                param="messages",
+            )
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        prompt_tokens = st.tokens.prompt(pairs)
+        last_user = next(
+            (content for role, content in reversed(pairs) if role == "user"),
+            pairs[-1][1],
+        )
+        directives = parse_directives(last_user)
+        delay_s = (
+            s.latency_ms
+            + float(directives.get("delay", 0))
+            + s.jitter_ms * st.rng.random()
+        ) / 1000
+        fault = st.faults_injected.choose(messages, directives)
+        if fault is not None:
+            with st.lock:
+                st.faults[fault] += 1
+            return await st.faults_injected.respond(request, fault, delay_s)
+        if "filter" in directives:
+            return content_filter_response()
+        if prompt_tokens + (max_tokens or 0) > s.context_tokens:
+            return error_response(
+                400,
+                "context_length_exceeded",
+                f"This model's maximum context length is {s.context_tokens} tokens. "
+                f"However, your messages resulted in {prompt_tokens} tokens. Please "
+                "reduce the length of the messages.",
+                type="invalid_request_error",
+                param="messages",
+            )
+        reserved = (
+            DEFAULT_RESERVED_COMPLETION_TOKENS
+            if not isinstance(max_tokens, int | float)
+            else math.ceil(max_tokens)
+        )
+        decision = st.quota.admit(prompt_tokens + reserved)
+        if not decision.admitted:
+            return rate_limit_response(
+                max(1, ceil_ms(decision.wait_s)), decision.limited_by, decision.headers
+            )
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        answer = answer_for(last_user)
+        finish = "stop"
+        if isinstance(max_tokens, int) and st.tokens.text(answer) > max_tokens:
+            answer, finish = st.tokens.truncate(answer, max_tokens), "length"
+        completion_tokens = max(1, st.tokens.text(answer))
+        with st.lock:
+            st.prompt_tokens += prompt_tokens
+            st.completion_tokens += completion_tokens
+            n = st.requests
+        payload = {
+            "id": f"chatcmpl-emu-{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": s.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": answer,
+                        "refusal": None,
+                    },
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": "fp_emulator",
+        }
+        headers = {"apim-request-id": f"emu-{n}", **decision.headers}
+        return web.json_response(payload, headers=headers)
+
+
+class Emulator:
+    """Run the emulator on a background thread (port 0 picks a free port).
+
+    Use it as a context manager; ``url`` and ``api_key`` point a client at it, and
+    :meth:`env` gives the environment variables that do the same.
+
+    Parameters
+    ----------
+    settings
+        Behaviour; keyword arguments override its fields
+        (``Emulator(latency_ms=200, requests_per_minute=600)``).
+    host, port
+        Where to listen; 127.0.0.1 and a free port by default.
+    on_request
+        Called with the running request count as each request arrives (on the server's
+        thread), e.g. to kill a client at a chosen point in a test.
+    clock
+        Monotonic seconds for the quota windows (overrides ``settings.clock``; default
+        ``time.monotonic``). A test passes a fake clock and moves it instead of sleeping.
+    **overrides
+        Fields of :class:`EmulatorSettings` to override.
+
+    """
+
+    def __init__(
+        self,
+        settings: EmulatorSettings | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_request: Callable[[int], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if clock is not None:
+            overrides["clock"] = clock
+        self.settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
+        self.host = host
+        self.port = port
+        self._state = _State(self.settings)
+        self._state.on_request = on_request
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"Emulator(url={self.url!r})"
+
+    @property
+    def url(self) -> str:
+        """The endpoint to use as ``azure_endpoint``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        """The key the emulator accepts."""
+        return self.settings.api_key
+
+    def env(self, deployment: str = "gpt-4o-mini") -> dict[str, str]:
+        """Environment variables that point polars_azurechat (and openai) here."""
+        return {
+            "AZURE_OPENAI_ENDPOINT": self.url,
+            "AZURE_OPENAI_API_KEY": self.api_key,
+            "OPENAI_API_VERSION": "2024-10-21",
+            "AZURE_OPENAI_DEPLOYMENT": deployment,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """What the emulator counted: requests, statuses, faults, peak in flight, tokens."""
+        return self._state.snapshot()
+
+    def reset(self) -> None:
+        """Zero the counters and empty the rate-limit windows."""
+        self._state.reset()
+
+    def start(self) -> Self:
+        """Start serving on a background thread; returns once the port is bound."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name="azurechat-emulator", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(
+            _App(self._state).app, access_log=None, shutdown_timeout=0.1
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop serving and end the thread."""
+        if self._loop is None or self._thread is None:
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(
+                self._runner.cleanup(), self._loop
+            ).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = self._runner = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    settings: EmulatorSettings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **overrides: Any,
+) -> None:
+    """Serve the emulator in the foreground until interrupted (used by the CLI).
+
+    Parameters
+    ----------
+    settings
+        Behaviour; keyword arguments override its fields.
+    host, port
+        Where to listen.
+    **overrides
+        Fields of :class:`EmulatorSettings` to override.
+    """
+    settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
+    state = _State(settings)
+    web.run_app(
+        _App(state).app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=0.1,
+        backlog=4096,
+    )

