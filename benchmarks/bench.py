@@ -474,9 +474,17 @@ def s4() -> bool:
     pad = "Consider the following carefully. " * 60  # ~ 360 prompt tokens
     df, expected = arithmetic(300, pad)
     from polars_azurechat._tokens import request_tokens
+    from polars_azurechat.emulator._tokens import estimator
 
-    cost = request_tokens(df["messages"][0].to_list(), 200)
+    # The quota is sized with what the SERVER charges (the emulator's own estimate, as
+    # Azure's); the client counts with tiktoken and disagrees a little, as it will on Azure.
+    msgs = df["messages"][0].to_list()
+    cost = estimator("chars").prompt([(m["role"], m["content"]) for m in msgs]) + 200
+    client_cost = request_tokens(msgs, 200)
     tpm = cost * 100 * 6  # 100 requests' tokens per 10-s window
+    print(
+        f"server charges {cost} tokens per request; the client estimates {client_cost}"
+    )
     return _quota(
         f"S4 at the token quota: 300 rows x ~{cost} tokens, 200 ms, emulator {tpm} TPM",
         df,

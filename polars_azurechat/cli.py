@@ -9,15 +9,15 @@ import inspect
 import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import polars as pl
 import typer
 
-from polars_azurechat import options as options_module
 from polars_azurechat._convert import check_dtype, results_to_series, series_to_requests
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
@@ -45,20 +45,31 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def option_flags() -> list[inspect.Parameter]:
-    """Every option of :class:`ChatOptions` as a CLI flag: same name, default and doc."""
+def dataclass_flags(
+    cls: type,
+    *,
+    docs: Mapping[str, str],
+    types: Mapping[str, Any] = {},
+    switches: frozenset[str] = frozenset(),
+    skip: frozenset[str] = frozenset(),
+) -> list[inspect.Parameter]:
+    """The fields of a dataclass as CLI flags: same names, defaults and docs."""
+    module = vars(sys.modules[cls.__module__])
     flags = []
-    for f in dataclasses.fields(ChatOptions):
-        kind: Any = _FLAG_TYPES.get(f.name, f.type)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind: Any = types.get(f.name, f.type)
         if isinstance(kind, str):
-            kind = eval(kind, vars(options_module))  # noqa: S307 - our own annotations
+            kind = eval(kind, module)  # noqa: S307 - the package's own annotations
         dash = f.name.replace("_", "-")
-        decls = [f"--{dash}/--no-{dash}"] if f.name in _SWITCHES else []
+        decls = [f"--{dash}/--no-{dash}"] if f.name in switches else []
+        envvar = f.metadata.get("envvar")
         info = typer.Option(
             *decls,
-            help=f.metadata["doc"].replace("``", "'"),
-            envvar=f.metadata.get("envvar"),
-            show_envvar=bool(f.metadata.get("envvar")),
+            help=docs.get(f.name, "").replace("``", "'"),
+            envvar=envvar,
+            show_envvar=bool(envvar),
         )
         flags.append(
             inspect.Parameter(
@@ -71,33 +82,42 @@ def option_flags() -> list[inspect.Parameter]:
     return flags
 
 
-#: Options given as ``--name/--no-name``.
-_SWITCHES = frozenset({"progress"})
-#: Flag types where the option's Python type is wider than a command line can say.
-_FLAG_TYPES: dict[str, Any] = {
-    "cache": Path | None,
-    "output": Literal["content", "struct"],
-    "on_error": Literal["null", "raise"],
-}
+def option_flags() -> list[inspect.Parameter]:
+    """Every option of :class:`ChatOptions` as a flag (``run`` and ``plan`` take them)."""
+    return dataclass_flags(
+        ChatOptions,
+        docs={f.name: f.metadata["doc"] for f in dataclasses.fields(ChatOptions)},
+        types={
+            "cache": Path | None,
+            "output": Literal["content", "struct"],
+            "on_error": Literal["null", "raise"],
+        },
+        switches=frozenset({"progress"}),
+    )
 
 
-def _with_option_flags(func: Callable[..., None]) -> Callable[..., None]:
-    """Give a command every option flag after its own parameters."""
-    own = list(inspect.signature(func, eval_str=True).parameters.values())[:-1]
-    params = [*own, *option_flags()]
+def _with_flags(
+    flags: Callable[[], list[inspect.Parameter]],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command ``flags()`` after its own parameters (its ``**kwargs`` get them)."""
 
-    @functools.wraps(func)
-    def command(**kwargs: Any) -> None:
-        func(**kwargs)
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())[:-1]
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {}
-    del command.__wrapped__
-    return command
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> None:
+            func(**kwargs)
+
+        command.__signature__ = inspect.Signature([*own, *flags()])  # type: ignore[attr-defined]
+        command.__annotations__ = {}
+        del command.__wrapped__
+        return command
+
+    return decorate
 
 
 @app.command(no_args_is_help=True)
-@_with_option_flags
+@_with_flags(option_flags)
 def run(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
     output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
@@ -296,21 +316,17 @@ def _progress_logging(progress: bool) -> Iterator[None]:
 
 
 @app.command(no_args_is_help=True)
+@_with_flags(option_flags)
 def plan(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
+    *,
     column: Annotated[
         str, typer.Option(help="Column of messages or prompts.")
     ] = "messages",
-    system: Annotated[
-        str | None, typer.Option(help="System message for String prompts.")
-    ] = None,
     model: Annotated[
         str, typer.Option(help="The deployment's model, for prices.")
     ] = "gpt-4o-mini",
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
-    max_concurrency: Annotated[int, typer.Option(min=1)] = 64,
-    requests_per_minute: Annotated[float | None, typer.Option()] = None,
-    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
     latency_s: Annotated[
         float, typer.Option(help="Expected time of one request.")
     ] = 1.0,
@@ -319,70 +335,78 @@ def plan(
         Path | None,
         typer.Option(help="Write the per-row estimate to this Parquet file."),
     ] = None,
+    **option_values: Any,
 ) -> None:
-    """Estimate tokens, cost and wall time of a run, without sending anything."""
+    """Estimate tokens, cost and wall time of a run, without sending anything.
+
+    It takes every option 'run' takes (those that bound the wall time matter).
+    """
     from polars_azurechat.plan import plan as make_plan
 
     _check_input(input_path, column)
+    try:
+        options = ChatOptions(**option_values)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
     series = pl.read_parquet(input_path, columns=[column]).to_series()
+    body: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     estimate = make_plan(
         series,
-        system=system,
         model=model,
-        max_tokens=max_tokens,
-        max_concurrency=max_concurrency,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
         latency_s=latency_s,
         context_tokens=context_tokens,
+        options=options,
+        **body,
     )
     if rows_out is not None:
         estimate.rows.write_parquet(rows_out)
     typer.echo(str(estimate))
 
 
+def _emulator_flags() -> list[inspect.Parameter]:
+    return dataclass_flags(
+        EmulatorSettings,
+        docs=_attribute_docs(EmulatorSettings),
+        switches=frozenset({"limit_headers"}),
+        skip=frozenset({"deployments", "clock"}),
+    )
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """One line of doc per field, from a numpydoc ``Attributes`` section."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        if line and not line.startswith(
+            " "
+        ):  # "name" or "a, b": the fields it documents
+            names = [n.strip() for n in line.split(",") if n.strip().isidentifier()]
+        elif names:
+            for name in names:
+                docs[name] = f"{docs.get(name, '')} {line.strip()}".strip()
+    return docs
+
+
 @app.command("emulator")
+@_with_flags(_emulator_flags)
 def emulator_command(
+    *,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    api_key: Annotated[
-        str, typer.Option(help="The key it accepts.")
-    ] = EmulatorSettings.api_key,
-    latency_ms: Annotated[float, typer.Option()] = 0.0,
-    jitter_ms: Annotated[float, typer.Option()] = 0.0,
-    requests_per_minute: Annotated[float | None, typer.Option()] = None,
-    tokens_per_minute: Annotated[float | None, typer.Option()] = None,
-    window_s: Annotated[float, typer.Option()] = 10.0,
-    error_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    hang_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    drop_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    malformed_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    hang_s: Annotated[float, typer.Option(help="How long a hang lasts.")] = 3600.0,
-    retry_after_ms: Annotated[
-        int, typer.Option(help="retry-after-ms sent with injected faults; -1: none.")
-    ] = 1,
-    seed: Annotated[int, typer.Option()] = 0,
+    **settings: Any,
 ) -> None:
-    """Serve the Azure-compatible emulator until interrupted (Ctrl-C)."""
+    """Serve the Azure-compatible emulator until interrupted (Ctrl-C).
+
+    --retry-after-ms -1 sends no retry-after-ms on injected faults.
+    """
+    if settings.get("retry_after_ms") is not None and settings["retry_after_ms"] < 0:
+        settings["retry_after_ms"] = None
     typer.echo(
         f"emulator on http://{host}:{port}  "
         f"(AZURE_OPENAI_ENDPOINT=http://{host}:{port} AZURE_OPENAI_API_KEY=<its key>)",
         err=True,
     )
-    serve(
-        host=host,
-        port=port,
-        api_key=api_key,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-        window_s=window_s,
-        error_rate=error_rate,
-        hang_rate=hang_rate,
-        drop_rate=drop_rate,
-        malformed_rate=malformed_rate,
-        hang_s=hang_s,
-        retry_after_ms=None if retry_after_ms < 0 else retry_after_ms,
-        seed=seed,
-    )
+    try:
+        serve(EmulatorSettings(**settings), host=host, port=port)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

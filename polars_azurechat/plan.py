@@ -13,6 +13,7 @@ from polars_azurechat import _tokens
 from polars_azurechat._convert import rows_to_requests, series_to_requests
 from polars_azurechat._ratelimit import WINDOW_S
 from polars_azurechat.cache import request_key
+from polars_azurechat.options import ChatOptions, with_options
 from polars_azurechat.summary import price_for
 
 __all__ = ["Plan", "plan"]
@@ -68,39 +69,43 @@ class Plan:
         )
 
 
+@with_options(
+    before=("data", "model", "latency_s", "context_tokens", "prices", "options")
+)
 def plan(
     data: pl.Series | Sequence[Any],
     *,
-    system: str | None = None,
     model: str = "gpt-4o-mini",
-    max_tokens: int | None = None,
-    max_concurrency: int = 64,
-    requests_per_minute: float | None = None,
-    tokens_per_minute: float | None = None,
     latency_s: float = 1.0,
     context_tokens: int = 128_000,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    options: ChatOptions | None = None,
+    **params: Any,
 ) -> Plan:
     """Estimate a job without sending anything: tokens, cost and wall time.
+
+    It takes the arguments of the job it estimates (:func:`complete`'s options and
+    body fields): ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``
+    and ``max_tokens`` bound the wall time, ``system`` is part of String prompts.
 
     Parameters
     ----------
     data
         A column (``pl.Series``) of message lists or prompts, or a Python list of them.
-    system
-        The system message for String prompts, as in :func:`complete`.
     model
         The model the deployment runs, for the token count's price.
-    max_tokens
-        The ``max_tokens`` the job will send (Azure counts it against the quota).
-    max_concurrency, requests_per_minute, tokens_per_minute
-        As in :func:`complete`: they bound the wall time.
     latency_s
         The expected time of one request.
     context_tokens
         The model's context window; longer requests are flagged.
     prices
         Overrides for :data:`polars_azurechat.summary.PRICES`.
+    options
+        A :class:`ChatOptions` to start from; keywords change it.
+    {options}
+    **params
+        Body fields, as for :func:`complete`; ``max_tokens`` is what Azure reserves
+        for each answer.
 
     Examples
     --------
@@ -119,6 +124,13 @@ def plan(
     cost:      $0.0000 (gpt-4o-mini, completion at max_tokens: an upper bound)
     wall:      ~1.0 s (bound by concurrency)
     """
+    opts, body = ChatOptions.split(params, base=options)
+    system, max_concurrency = opts.system, opts.max_concurrency
+    requests_per_minute, tokens_per_minute = (
+        opts.requests_per_minute,
+        opts.tokens_per_minute,
+    )
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if isinstance(data, pl.Series):
         requests = series_to_requests(data, system=system)
     else:

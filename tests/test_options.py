@@ -29,8 +29,14 @@ def _keywords(func: object) -> dict[str, inspect.Parameter]:
 
 @pytest.mark.parametrize(
     "entry",
-    [pac.complete, pac.complete_many, pac.Completer, pl.col("x").chat.complete],
-    ids=["complete", "complete_many", "Completer", "namespace"],
+    [
+        pac.complete,
+        pac.complete_many,
+        pac.Completer,
+        pl.col("x").chat.complete,
+        pac.plan,
+    ],
+    ids=["complete", "complete_many", "Completer", "namespace", "plan"],
 )
 def test_every_entry_point_takes_every_option_with_its_default(entry: object) -> None:
     keywords = _keywords(entry)
@@ -42,11 +48,15 @@ def test_every_entry_point_takes_every_option_with_its_default(entry: object) ->
         assert f"{name} : " in doc and f.metadata["doc"] in doc, name
 
 
-def test_every_option_is_a_run_flag_with_the_same_default() -> None:
+def _flags(command_name: str) -> dict[str, Any]:
     command = typer.main.get_command(app)
     assert isinstance(command, typer.core.TyperGroup)
-    run = command.commands["run"]
-    flags = {p.name: p for p in run.params}
+    return {p.name: p for p in command.commands[command_name].params}
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_every_option_is_a_flag_with_the_same_default(command: str) -> None:
+    flags = _flags(command)
     for name, f in OPTIONS.items():
         assert name in flags, f"--{name.replace('_', '-')} is missing"
         assert flags[name].default == f.default, name
@@ -112,3 +122,15 @@ def test_options_object_and_keywords_combine(emulator: Emulator) -> None:
     with pac.Completer(options=base, max_attempts=2, max_tokens=9) as job:
         assert job.options == base.replace(max_attempts=2)
         assert job.params == {"max_tokens": 9}
+
+
+def test_every_emulator_setting_is_an_emulator_flag() -> None:
+    from polars_azurechat.emulator import EmulatorSettings
+
+    flags = _flags("emulator")
+    for f in dataclasses.fields(EmulatorSettings):
+        if f.name in {"deployments", "clock"}:  # Python objects only
+            continue
+        assert f.name in flags, f.name
+        assert flags[f.name].default == f.default, f.name
+        assert flags[f.name].help, f.name
