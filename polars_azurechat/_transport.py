@@ -1,8 +1,8 @@
 """Send one chat-completions request over HTTP. Not meant for outside use.
 
-The hot path uses one shared ``aiohttp.ClientSession`` on the engine's event loop: measured
-on 2 cores it costs ~0.15 ms of client CPU per request, against ~2.5 ms for the openai SDK
-(ARCHITECTURE.md §4). Every failure is mapped here, once, to :mod:`polars_azurechat.errors`.
+The hot path uses one ``aiohttp.ClientSession`` per job on the process's event loop,
+opened on first use: measured on 2 cores it costs ~0.15 ms of client CPU per request,
+against ~2.5 ms for the openai SDK (docs/design.md). Every failure is mapped here, once, to :mod:`polars_azurechat.errors`.
 """
 
 from __future__ import annotations
