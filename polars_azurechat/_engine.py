@@ -368,18 +368,7 @@ class ChatEngine:
     def _submit(
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> concurrent.futures.Future[list[ChatResult | None]]:
-        if all(r is None for r in requests):  # nothing to send: no loop hop
-            future: concurrent.futures.Future[list[ChatResult | None]]
-            future = concurrent.futures.Future()
-            future.set_result(self._all_null(run, len(requests)))
-            return future
         return _loop.submit(self._run_batch(run, requests))
-
-    def _all_null(self, run: Run, n: int) -> list[ChatResult | None]:
-        run.stats.null_rows += n
-        if self.progress is not None:
-            self.progress(n)
-        return [None] * n
 
     def close(self) -> None:
         """Close the transport's connections and the cache (idempotent).
@@ -394,7 +383,6 @@ class ChatEngine:
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> list[ChatResult | None]:
         st = run.stats
-        await self.transport.open(self.max_concurrency)
         results: list[ChatResult | None] = [None] * len(requests)
         leaders: dict[str, int] = {}  # key -> first row asking it
         followers: list[tuple[int, str]] = []  # rows asking what an earlier row asks
@@ -417,6 +405,8 @@ class ChatEngine:
             st.cached += len(answers)
         if self.progress is not None:
             self.progress(len(requests) - len(leaders) - len(followers))
+        if leaders:
+            await self.transport.open(self.max_concurrency)
         todo = iter(leaders.items())
 
         async def worker() -> None:
