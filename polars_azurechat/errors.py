@@ -4,6 +4,7 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
 
     AzureChatError
     ├── ConfigurationError          a setting is missing or invalid (names the variable)
+    │   └── CacheError              the cache file cannot be used (names the path and why)
     ├── RequestError                the request did not get a usable answer
     │   ├── APIConnectionError      connection refused, reset or dropped
     │   ├── APITimeoutError         no answer within ``timeout_s``
@@ -38,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "AzureChatError",
     "BadRequestError",
+    "CacheError",
     "CompletionFailed",
     "ConfigurationError",
     "ContentFilterError",
@@ -112,6 +114,10 @@ def remember_for_polars(exc: BaseException) -> None:
 
 class ConfigurationError(AzureChatError, ValueError):
     """A required setting is missing or invalid; the message names what to set."""
+
+
+class CacheError(ConfigurationError):
+    """The cache file cannot be used: the message names the path and the problem."""
 
 
 class InputError(AzureChatError, ValueError):
