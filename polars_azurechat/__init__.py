@@ -25,7 +25,6 @@ from polars_azurechat.errors import (
     ContentFilterError,
     ContextLengthError,
     DeadlineExceededError,
-    FailedRowsWarning,
     InputError,
     MalformedResponseError,
     NotFoundError,
@@ -33,6 +32,7 @@ from polars_azurechat.errors import (
     RequestError,
     RowError,
     ServerError,
+    TruncatedError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
@@ -63,7 +63,6 @@ __all__ = [
     "ContentFilterError",
     "ContextLengthError",
     "DeadlineExceededError",
-    "FailedRowsWarning",
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
@@ -73,6 +72,7 @@ __all__ = [
     "RowError",
     "RunSummary",
     "ServerError",
+    "TruncatedError",
     "__version__",
     "complete",
     "complete_many",

@@ -23,8 +23,11 @@ ARROW_MIN_ROWS = 4096
 
 
 def check_dtype(dtype: pl.DataType) -> None:
-    """Raise ``TypeError`` naming ``dtype`` unless it is String or List(Struct{role, content})."""
-    if dtype == pl.String:
+    """Raise ``TypeError`` naming ``dtype`` unless it is String or List(Struct{role, content}).
+
+    ``Null`` (a column whose every value is null) is accepted: every row stays null.
+    """
+    if dtype == pl.String or dtype == pl.Null:
         return
     if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
         fields = {f.name: f.dtype for f in dtype.inner.fields}
@@ -57,6 +60,8 @@ def series_to_requests(
 ) -> list[ChatRequest | None]:
     """Turn one Polars chunk into requests, one per row, ``None`` for a null row."""
     check_dtype(series.dtype)
+    if series.dtype == pl.Null:
+        return [None] * len(series)
     # Through Arrow is ~2x faster per row for nested data, but the first use imports
     # pyarrow (~100 ms): small chunks take the direct path.
     if len(series) < ARROW_MIN_ROWS:

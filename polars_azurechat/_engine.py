@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from polars_azurechat import _loop, _tokens
+from polars_azurechat import _interrupt, _loop, _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
 from polars_azurechat._transport import ChatTransport, Completion
@@ -42,6 +42,7 @@ from polars_azurechat.errors import (
     DeadlineExceededError,
     NotFoundError,
     RateLimitError,
+    TruncatedError,
 )
 
 __all__ = ["ChatEngine", "Run", "RunStats"]
@@ -56,20 +57,24 @@ Sleep = Callable[[float], Awaitable[None]]
 RUN_GRACE_S = 0.2
 #: How often a waiting caller wakes up (so signals reach it).
 WAIT_SLICE_S = 0.25
+#: How long a stopped pipeline waits for its cancelled batches to commit their answers.
+SETTLE_S = 1.0
 
 
 @dataclasses.dataclass
 class RunStats:
     """Counters of one run, or of several merged.
 
-    ``rows`` counts non-null rows: ``answered + failed``; ``cached`` and ``deduplicated``
-    are answered rows that sent no request. ``failures_by_kind`` counts failed attempts
+    ``rows`` counts non-null rows: ``answered + failed``; ``truncated`` answered rows
+    were cut at ``max_tokens`` and kept; ``cached`` and ``deduplicated`` are answered
+    rows that sent no request. ``failures_by_kind`` counts failed attempts
     by error class; ``retries`` those of them that were retryable. ``wall_s`` is busy
     time: while at least one batch was being answered.
     """
 
     rows: int = 0
     answered: int = 0
+    truncated: int = 0
     failed: int = 0
     null_rows: int = 0
     cached: int = 0
@@ -85,6 +90,19 @@ class RunStats:
     peak_in_flight: int = 0
     model: str | None = None
     wall_s: float = 0.0
+    first_error: str | None = None
+
+    def count(self, result: ChatResult) -> None:
+        """Count one non-null row's outcome."""
+        self.rows += 1
+        if result.exception is None:
+            self.answered += 1
+            if result.finish_reason == "length":
+                self.truncated += 1
+        else:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = result.error
 
     def merge(self, other: RunStats) -> None:
         """Add ``other``'s counts to these."""
@@ -92,8 +110,8 @@ class RunStats:
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if f.name == "peak_in_flight":
                 setattr(self, f.name, max(mine, theirs))
-            elif f.name == "model":
-                self.model = mine or theirs
+            elif f.name in ("model", "first_error"):
+                setattr(self, f.name, mine or theirs)
             elif f.name == "failures_by_kind":
                 mine.update(theirs)
             else:
@@ -130,6 +148,12 @@ class Run:
         self.deadline_s = deadline_s
         self.fatal: AzureChatError | None = None
         self.error: BaseException | None = None
+        self.interrupted: str | None = None
+        self.explicit = False
+        self.finished = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.futures: set[concurrent.futures.Future[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = RunStats()
         self.ended: float | None = None
         self._busy_since: float | None = None
@@ -186,6 +210,9 @@ class ChatEngine:
         hold a reference to the job (it would keep the job alive).
     cache
         Where answers are kept between runs, or ``None``.
+    on_truncated
+        ``"keep"``: an answer cut at ``max_tokens`` is kept (and counted as
+        truncated); ``"error"``: it is a :class:`TruncatedError`.
 
     Notes
     -----
@@ -206,6 +233,7 @@ class ChatEngine:
         clock: Callable[[], float] = time.monotonic,
         progress: Callable[[int], None] | None = None,
         cache: SqliteCache | None = None,
+        on_truncated: str = "keep",
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -223,6 +251,11 @@ class ChatEngine:
         self.clock = clock
         self.progress = progress
         self.cache = cache
+        self.on_truncated = on_truncated
+        #: Called when a run starts (in the caller's thread) and once when it ends (in
+        #: the caller's thread, or on the loop for a run of Polars' threads).
+        self.on_run_start: Callable[[Run], None] | None = None
+        self.on_run_end: Callable[[Run], None] | None = None
         self._max_tokens = self.params.get(
             "max_tokens", self.params.get("max_completion_tokens")
         )
@@ -238,6 +271,7 @@ class ChatEngine:
         self._totals = RunStats()
         self.runs = 0
         self._finalizer = weakref.finalize(self, _close, transport, cache)
+        _interrupt.register(self)
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -258,51 +292,109 @@ class ChatEngine:
         return out
 
     def _enter(self, *, new: bool = False) -> Run:
+        """A batch starts: join the current run or start a new one.
+
+        A run is explicit (``run_scope``, or a chunk that Polars hands over on the
+        thread that called ``collect``: the whole column at once) and ends when its
+        last batch does; or it is made of the chunks Polars' own threads hand over, in
+        waves, and ends :data:`RUN_GRACE_S` after the last wave, unless another joins.
+        """
+        explicit = new or not isinstance(
+            threading.current_thread(),
+            threading._DummyThread,
+        )
+        previous: Run | None = None
         with self._lock:
             now = self.clock()
             run = self._current
-            continues = (
-                run is not None
-                and not new
-                and (
-                    self._active > 0
-                    or (
-                        run.fatal is None
-                        and run.error is None
-                        and not run.deadline_passed(now)
-                        and run.ended is not None
-                        and now - run.ended <= RUN_GRACE_S
-                    )
+            continues = run is not None and (
+                self._active > 0
+                if new or explicit
+                else self._active > 0
+                or (
+                    not run.explicit
+                    and not run.finished
+                    and run.fatal is None
+                    and run.error is None
+                    and run.interrupted is None
+                    and not run.deadline_passed(now)
+                    and run.ended is not None
+                    and now - run.ended <= RUN_GRACE_S
                 )
             )
-            if not continues:
+            if new and self._active > 0:
+                msg = "a run of this job is already going on"
+                raise RuntimeError(msg)
+            started = not continues
+            if started:
                 if run is not None:
                     self._totals.merge(run.stats)
+                    previous = run
                 run = self._current = Run(now, self.deadline_s, self)
+                run.explicit = explicit
                 self.runs += 1
             assert run is not None  # noqa: S101 - set just above
             if self._active == 0:
                 run._busy_since = now
             self._active += 1
-            return run
+            timer, run._timer = run._timer, None
+        if timer is not None:
+            _loop.loop().call_soon_threadsafe(timer.cancel)
+        if previous is not None:
+            self._finish(previous)
+        if started and self.on_run_start is not None:
+            self.on_run_start(run)
+        return run
 
     def _leave(self, run: Run) -> None:
         with self._lock:
             self._active -= 1
-            if self._active == 0:
+            idle = self._active == 0
+            if idle:
                 now = self.clock()
                 run.ended = now
                 if run._busy_since is not None:
                     run.stats.wall_s += now - run._busy_since
                     run._busy_since = None
+        if not idle:
+            return
+        if run.explicit or run.fatal or run.interrupted or run.error:
+            self._finish(run)
+        else:  # more waves of the same query may come: end the run if none does
+            loop = _loop.loop()
+            loop.call_soon_threadsafe(self._arm_timer, run)
+
+    def _arm_timer(self, run: Run) -> None:
+        with self._lock:
+            if self._active == 0 and not run.finished:
+                run._timer = _loop.loop().call_later(
+                    RUN_GRACE_S, self._finish_if_idle, run
+                )
+
+    def _finish_if_idle(self, run: Run) -> None:
+        with self._lock:
+            idle = self._active == 0 or self._current is not run
+        if idle:
+            self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        """The run is over: tell ``on_run_end`` once (bar closed, failures reported)."""
+        with self._lock:
+            if run.finished:
+                return
+            run.finished = True
+        if self.on_run_end is not None:
+            self.on_run_end(run)
+
+    def finish(self) -> None:
+        """End the current run now if nothing is in flight (e.g. before a summary)."""
+        run = self._current
+        if run is not None and self._active == 0:
+            self._finish(run)
 
     @contextlib.contextmanager
     def run_scope(self) -> Iterator[Run]:
         """One explicit run: every batch answered inside belongs to it."""
-        with self._lock:
-            if self._active:
-                msg = "a run of this job is already going on"
-                raise RuntimeError(msg)
         run = self._enter(new=True)
         try:
             yield run
@@ -324,6 +416,7 @@ class ChatEngine:
         404) is raised at the first batch that sees it; closing the generator early
         cancels what is in flight.
         """
+        _interrupt.install()
         run = self._enter()
         pending: collections.deque[
             tuple[K, concurrent.futures.Future[list[ChatResult | None]]]
@@ -342,20 +435,34 @@ class ChatEngine:
                 if not pending:
                     return
                 key, future = pending.popleft()
-                results = _wait(future)
+                try:
+                    results = _wait(future)
+                except concurrent.futures.CancelledError:
+                    if run.interrupted is None:
+                        raise
+                    raise KeyboardInterrupt(self._interrupted_message(run)) from None
                 if run.fatal is not None:
                     raise run.fatal  # noqa: TRY301 - recorded as the run's error below
                 yield key, results
+        except KeyboardInterrupt as exc:
+            # Ctrl-C raised in this thread (or a batch cancelled by it): stop the
+            # run's other batches too, then say what was kept
+            if run.interrupted is None:
+                run.interrupted = "Ctrl-C"
+                _loop.loop().call_soon_threadsafe(self.interrupt, "Ctrl-C")
+            self._settle(run, pending)
+            pending.clear()
+            message = self._interrupted_message(run)
+            run.error = KeyboardInterrupt(message)
+            if str(exc) == message:
+                raise
+            raise run.error from None
         except BaseException as exc:
             if run.error is None and isinstance(exc, AzureChatError):
                 run.error = exc
             raise
         finally:
-            for _, future in pending:
-                future.cancel()
-            for _, future in pending:
-                with contextlib.suppress(BaseException):
-                    _wait(future)
+            self._settle(run, pending)
             self._leave(run)
 
     def run(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
@@ -368,7 +475,62 @@ class ChatEngine:
     def _submit(
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> concurrent.futures.Future[list[ChatResult | None]]:
-        return _loop.submit(self._run_batch(run, requests))
+        future = _loop.submit(self._run_batch(run, requests))
+        run.futures.add(future)
+        future.add_done_callback(run.futures.discard)
+        return future
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running run at once (called on the loop).
+
+        No more admissions, requests in flight cancelled, answers so far committed to
+        the cache; the threads waiting for its batches raise :class:`KeyboardInterrupt`.
+        """
+        run = self._current
+        if run is None or self._active == 0:
+            return
+        if run.interrupted is None:
+            run.interrupted = reason
+            logger.info("%s: stopping the run", reason)
+        for future in list(run.futures):
+            future.cancel()
+
+    def _settle(
+        self,
+        run: Run,
+        pending: Iterable[tuple[Any, concurrent.futures.Future[Any]]],
+    ) -> None:
+        """Cancel ``pending`` batches and wait until their answers are committed.
+
+        A cancelled batch still commits what it got to the cache before it ends; this
+        waits for that (at most ``SETTLE_S``).
+        """
+        futures = [f for _, f in pending]
+        if not futures:
+            return
+        for future in futures:
+            future.cancel()
+        with contextlib.suppress(BaseException):
+            _loop.call(self._drain(run), timeout=SETTLE_S)
+
+    async def _drain(self, run: Run) -> None:
+        tasks = [t for t in run.tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=SETTLE_S)
+        if self.cache is not None:
+            self.cache.flush()
+
+    def _interrupted_message(self, run: Run) -> str:
+        st = run.stats
+        saved = (
+            f"; answers so far are in the cache {self.cache.path}, a rerun resumes"
+            if self.cache is not None
+            else "; pass cache= to resume after an interruption"
+        )
+        return (
+            f"interrupted by {run.interrupted}: {st.answered:,} rows answered, "
+            f"{st.requests:,} requests sent{saved}"
+        )
 
     def close(self) -> None:
         """Close the transport's connections and the cache (idempotent).
@@ -382,6 +544,12 @@ class ChatEngine:
     async def _run_batch(
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> list[ChatResult | None]:
+        if run.interrupted is not None:
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        if task is not None:
+            run.tasks.add(task)
+            task.add_done_callback(run.tasks.discard)
         st = run.stats
         results: list[ChatResult | None] = [None] * len(requests)
         leaders: dict[str, int] = {}  # key -> first row asking it
@@ -390,7 +558,8 @@ class ChatEngine:
             if req is None:
                 st.null_rows += 1
             elif req.error is not None:
-                results[i] = ChatResult(exception=req.error)
+                results[i] = unsendable = ChatResult(exception=req.error)
+                st.count(unsendable)
             else:
                 key = self._key(req)
                 if key in leaders:
@@ -402,6 +571,7 @@ class ChatEngine:
             answers = self.cache.get_many(leaders)
             for key, hit in answers.items():
                 results[leaders.pop(key)] = hit
+                st.count(hit)
             st.cached += len(answers)
         if self.progress is not None:
             self.progress(len(requests) - len(leaders) - len(followers))
@@ -413,7 +583,8 @@ class ChatEngine:
             for key, i in todo:  # one loop thread: workers never race on next()
                 req = requests[i]
                 assert req is not None  # noqa: S101 - leaders are sendable rows
-                results[i] = await self._answer(run, key, req)
+                results[i] = result = await self._answer(run, key, req)
+                st.count(result)
                 if self.progress is not None:
                     self.progress(1)
 
@@ -431,18 +602,11 @@ class ChatEngine:
         for key, i in leaders.items():
             answers[key] = results[i]  # type: ignore[assignment]
         for i, key in followers:
-            results[i] = dataclasses.replace(answers[key], attempts=0)
+            results[i] = follower = dataclasses.replace(answers[key], attempts=0)
+            st.count(follower)
             st.deduplicated += 1
         if self.progress is not None and followers:
             self.progress(len(followers))
-        for r in results:
-            if r is None:
-                continue
-            st.rows += 1
-            if r.exception is None:
-                st.answered += 1
-            else:
-                st.failed += 1
         return results
 
     def _key(self, req: ChatRequest) -> str:
@@ -528,12 +692,24 @@ class ChatEngine:
         if completion.model and st.model is None:
             st.model = completion.model
         exception: AzureChatError | None = None
-        if completion.content is None and completion.finish_reason == "content_filter":
+        content = completion.content
+        if completion.finish_reason == "content_filter":
+            shown = ", ".join(completion.filtered) or "unspecified"
             exception = ContentFilterError(
-                "the answer was withheld by Azure's content filter", status_code=200
+                f"the answer was {'cut' if content else 'withheld'} by Azure's output "
+                f"content filter (categories: {shown})",
+                status_code=200,
+                categories=completion.filtered,
             )
+        elif completion.finish_reason == "length" and self.on_truncated == "error":
+            exception = TruncatedError(
+                f"the answer was cut at max_tokens={self._max_tokens} "
+                "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
+            )
+        if exception is not None:
+            content = None
         return ChatResult(
-            content=completion.content,
+            content=content,
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,

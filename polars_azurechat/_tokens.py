@@ -13,10 +13,10 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+
 logger = logging.getLogger(__name__)
 
-#: Tokens Azure reserves for the answer when ``max_tokens`` is absent (a typical context).
-DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
 

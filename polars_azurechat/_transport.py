@@ -64,6 +64,8 @@ class Completion:
     remaining_requests: int | None
     remaining_tokens: int | None
     model: str | None = None
+    #: Content-filter categories flagged on the completion (``content_filter_results``).
+    filtered: tuple[str, ...] = ()
 
 
 class Transport:
@@ -221,10 +223,19 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 def _filtered_categories(err: Mapping[str, Any]) -> list[str]:
     inner = err.get("innererror")
     result = inner.get("content_filter_result") if isinstance(inner, dict) else None
-    if not isinstance(result, dict):
-        return []
-    return sorted(
-        name for name, v in result.items() if isinstance(v, dict) and v.get("filtered")
+    return list(_flagged(result))
+
+
+def _flagged(results: Any) -> tuple[str, ...]:
+    """The categories marked ``filtered`` in Azure's content-filter results."""
+    if not isinstance(results, dict):
+        return ()
+    return tuple(
+        sorted(
+            name
+            for name, v in results.items()
+            if isinstance(v, dict) and v.get("filtered")
+        )
     )
 
 
@@ -256,6 +267,7 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
             remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
             model=body.get("model"),
+            filtered=_flagged(choice.get("content_filter_results")),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"

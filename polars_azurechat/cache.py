@@ -5,6 +5,13 @@ endpoint host, deployment, api-version, messages and body parameters. The key ne
 the API key. Only answers are stored, never failures. Writes are transactions in WAL mode,
 so a process killed at any moment leaves every committed answer readable; the file is
 created owner-only (0600).
+
+An unusable file is refused when the cache is opened, before any request is sent, with a
+:class:`~polars_azurechat.errors.CacheError` whose one-line message names the path and
+the problem (see :class:`SqliteCache` for the rules). If the file breaks during a run
+(disk full, file changed by another program, ...), the cache logs one warning, records
+why in :attr:`SqliteCache.broken` and does nothing from then on: the run goes on
+without it.
 """
 
 from __future__ import annotations
@@ -17,14 +24,29 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from polars_azurechat._types import ChatResult
+from polars_azurechat.errors import CacheError
 
 __all__ = ["SqliteCache", "request_key"]
 
 logger = logging.getLogger(__name__)
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MIGRATIONS_COLUMNS = ("name", "applied_at")
+_ANSWERS_COLUMNS = (
+    "key",
+    "content",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "created_at",
+)
+# a row written and deleted at opening: proves the file takes writes
+_PROBE = "_write_probe"
 
 _MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -86,6 +108,89 @@ def request_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _schema_problem(db: sqlite3.Connection) -> str | None:
+    """Why an SQLite database is not one of our caches, or None if it is (or is empty).
+
+    The rule: the database may hold nothing (a new or empty file, which is then
+    migrated), or only our two tables, ``_migrations`` (columns ``name, applied_at``)
+    and ``answers`` (the columns of ``m001_initial``), where ``_migrations`` records
+    only migrations this version knows and records ``m001_initial`` exactly when
+    ``answers`` exists. SQLite's own objects (``sqlite_*``) are ignored.
+    """
+    objects = dict(
+        db.execute(
+            "SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        ).fetchall()
+    )
+    if not objects:
+        return None
+    other = sorted(name for name in objects if name not in ("_migrations", "answers"))
+    other += sorted(
+        f"{name} ({kind})"
+        for name, kind in objects.items()
+        if name in ("_migrations", "answers") and kind != "table"
+    )
+    if other:
+        listed = ", ".join(repr(name) for name in other[:3])
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        return (
+            "an SQLite database of another program (it holds "
+            f"{listed}{more}, which polars_azurechat does not create); "
+            "give the cache a new file name"
+        )
+    if "_migrations" not in objects:
+        return (
+            "an SQLite database of another program (it has an 'answers' table but no "
+            "'_migrations' table); give the cache a new file name"
+        )
+    columns = _columns(db, "_migrations")
+    if columns != _MIGRATIONS_COLUMNS:
+        return (
+            "an SQLite database of another program (its '_migrations' table has columns "
+            f"({', '.join(columns)}), not ({', '.join(_MIGRATIONS_COLUMNS)})); "
+            "give the cache a new file name"
+        )
+    applied = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    known = {name for name, _ in _MIGRATIONS}
+    unknown = sorted(str(name) for name in applied - known)
+    if unknown:
+        return (
+            "written by a newer version of polars_azurechat (unknown migration "
+            f"{unknown[0]!r}); upgrade polars_azurechat or give the cache a new file name"
+        )
+    if ("answers" in objects) != ("m001_initial" in applied):
+        if "answers" in objects:
+            return (
+                "an SQLite database of another program (it has an 'answers' table that "
+                "its '_migrations' table does not record); give the cache a new file name"
+            )
+        return (
+            "a damaged cache ('_migrations' records 'm001_initial' but the 'answers' "
+            "table is missing); delete it or give the cache a new file name"
+        )
+    if "answers" in objects:
+        columns = _columns(db, "answers")
+        if columns != _ANSWERS_COLUMNS:
+            return (
+                "an SQLite database of another program (its 'answers' table has columns "
+                f"({', '.join(columns)}), not ({', '.join(_ANSWERS_COLUMNS)})); "
+                "give the cache a new file name"
+            )
+    return None
+
+
+def _columns(db: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(str(row[1]) for row in db.execute(f'PRAGMA table_info("{table}")'))
+
+
+def _dir_writable(directory: Path) -> bool:
+    """Whether files can be created in ``directory`` (SQLite creates -wal and -shm)."""
+    mode = os.W_OK | os.X_OK
+    if os.access in os.supports_effective_ids:
+        return os.access(directory, mode, effective_ids=True)
+    return os.access(directory, mode)  # pragma: no cover - platforms without euid
+
+
 class SqliteCache:
     """Answers stored in one SQLite file; safe to share between threads.
 
@@ -93,6 +198,45 @@ class SqliteCache:
     ----------
     path
         The database file; created (owner-only) with its tables if missing.
+
+    Attributes
+    ----------
+    path
+        The database file, as given.
+    broken
+        None while the cache works. If the file fails during a run (a write or read
+        raised), the one-line reason, naming the path and the problem (one warning is
+        logged when it happens); from then on :meth:`put`, :meth:`flush` and
+        :meth:`get_many` do nothing and the run goes on without the cache.
+
+    Raises
+    ------
+    CacheError
+        At construction, before any request, when the file cannot be used. The
+        one-line message is ``cache <absolute path>: <problem>``. Refused are: a
+        directory; a path whose directory does not exist (or is not a directory);
+        something that is not a regular file; a file that cannot be read; a non-empty
+        file that does not start with SQLite's header ("not an SQLite database"); an
+        SQLite database that SQLite cannot read (damaged, locked); an SQLite database of
+        another program: anything else than an empty database or our tables, see the
+        rule below; a file written by a newer version (a migration this version does not
+        know); a file that cannot be opened for writing (read-only file or file system);
+        a directory where files cannot be created (SQLite creates ``<name>-wal`` and
+        ``<name>-shm`` beside the database, and a new file needs creating); and a
+        database that refuses a real write: opening commits its migrations and writes
+        and deletes a probe row, so a read-only mount or a full disk is caught here.
+        No connection is left open and a file created here is removed.
+
+    Notes
+    -----
+    The rule for "ours": a new or empty file is ours (its tables are created). A
+    database with objects is ours only if its objects (ignoring SQLite's own
+    ``sqlite_*``) are among the tables ``_migrations`` (columns ``name, applied_at``)
+    and ``answers`` (columns ``key, content, finish_reason, prompt_tokens,
+    completion_tokens, created_at``, in this order), every migration recorded in
+    ``_migrations`` is known to this version, and ``answers`` exists exactly when
+    ``m001_initial`` is recorded. Anything else is another program's file (or a damaged
+    or newer cache) and is refused, never modified.
 
     Examples
     --------
@@ -104,70 +248,233 @@ class SqliteCache:
     >>> cache.get_many(["k1", "k2"])["k1"].content
     '106'
     >>> cache.close()
+    >>> print(cache.broken)
+    None
+
+    An unusable path is refused at once, naming the path and the problem:
+
+    >>> SqliteCache(path.parent)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    polars_azurechat.errors.CacheError: cache ...: is a directory, not a file; ...
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+        self.broken: str | None = None
+        self._shown = str(self.path.absolute())
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
         self._pending: list[tuple[Any, ...]] = []
+        self._closed = False
+        created = self._check_path()
+        try:
+            self._db = self._open()
+        except BaseException:
+            if created:
+                for suffix in created:
+                    with suppress(OSError):
+                        os.unlink(f"{self.path}{suffix}")
+            raise
 
     def __repr__(self) -> str:
         return f"SqliteCache({str(self.path)!r})"
 
-    def _migrate(self) -> None:
-        with self._lock:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    def _error(self, problem: str) -> CacheError:
+        return CacheError(f"cache {self._shown}: {problem}")
+
+    def _check_path(self) -> list[str]:
+        """Refuse a path that cannot be our database; create a missing file.
+
+        Returns the suffixes of the files created here ("" for the database,
+        "-wal" / "-shm" for SQLite's files that did not exist), to remove on failure.
+        """
+        path = self.path
+        if path.is_dir():
+            raise self._error(
+                "is a directory, not a file; give a file path such as "
+                f"{path.absolute() / 'answers.sqlite'}"
             )
-            done = {row[0] for row in self._db.execute("SELECT name FROM _migrations")}
-            for name, sql in _MIGRATIONS:
-                if name in done:
-                    continue
-                self._db.execute("BEGIN")
-                self._db.execute(sql)
-                self._db.execute(
-                    "INSERT INTO _migrations VALUES (?, ?)", (name, time.time())
+        directory = path.absolute().parent
+        if not directory.exists():
+            raise self._error(f"its directory {directory} does not exist")
+        if not directory.is_dir():
+            raise self._error(f"{directory} is not a directory")
+        if path.exists():
+            if not path.is_file():
+                raise self._error("is not a regular file")
+            try:
+                with path.open("rb") as f:
+                    header = f.read(len(_SQLITE_MAGIC))
+            except OSError as e:
+                raise self._error(f"cannot read the file ({e.strerror})") from None
+            if header and header != _SQLITE_MAGIC:
+                raise self._error(
+                    "not an SQLite database (the file holds other data); "
+                    "give the cache a new file name"
                 )
-                self._db.execute("COMMIT")
+            try:
+                os.close(os.open(path, os.O_RDWR))
+            except OSError as e:
+                raise self._error(f"cannot write the file ({e.strerror})") from None
+            if not _dir_writable(directory):
+                raise self._error(
+                    f"its directory {directory} is not writable (SQLite creates "
+                    f"{path.name}-wal and {path.name}-shm beside the file)"
+                )
+            return []
+        if not _dir_writable(directory):
+            raise self._error(
+                f"cannot create the file: its directory {directory} is not writable"
+            )
+        created = [
+            suffix
+            for suffix in ("-wal", "-shm")
+            if not Path(f"{path}{suffix}").exists()
+        ]
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except (
+            FileExistsError
+        ):  # created meanwhile by another process: SQLite checks it
+            return []
+        except OSError as e:
+            raise self._error(f"cannot create the file ({e.strerror})") from None
+        os.close(fd)
+        return ["", *created]
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and prepare; a refused file leaves no connection open."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._prepare(db)
+        except BaseException:
+            with suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Refuse a database that is not ours, then migrate and prove a write."""
+        try:
+            problem = _schema_problem(db)
+        except sqlite3.Error as e:
+            raise self._error(_read_problem(e)) from None
+        if problem is not None:
+            raise self._error(problem)
+        try:
+            mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if mode.lower() == "wal":
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("BEGIN IMMEDIATE")
+                # again under the write lock: another process may have migrated meanwhile
+                problem = _schema_problem(db)
+                if problem is None:
+                    self._migrate(db)
+                    db.execute(
+                        "INSERT OR REPLACE INTO _migrations VALUES (?, ?)",
+                        (_PROBE, time.time()),
+                    )
+                    db.execute("DELETE FROM _migrations WHERE name = ?", (_PROBE,))
+                    db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._error(f"cannot write the file ({e})") from None
+        if mode.lower() != "wal":
+            raise self._error(f"cannot use WAL mode (the journal mode stays {mode!r})")
+        if problem is not None:
+            raise self._error(problem)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Apply the missing migrations (inside the caller's transaction)."""
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+        )
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+        for name, sql in _MIGRATIONS:
+            if name not in done:
+                db.execute(sql)
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+
+    def _break(self, problem: str) -> None:
+        """Give up on the file: roll back, close, warn once (the lock is held)."""
+        if self.broken is not None:
+            return
+        self.broken = f"cache {self._shown}: {problem}"
+        self._pending = []
+        with suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        with suppress(sqlite3.Error):
+            self._db.close()
+        logger.warning("%s; the run goes on without the cache", self.broken)
+
+    def _usable(self) -> bool:
+        return self.broken is None and not self._closed
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
-        """Look up many keys at once; only the hits are returned."""
+        """Look up many keys at once.
+
+        Parameters
+        ----------
+        keys
+            Cache keys (see :func:`request_key`); repeats are looked up once.
+
+        Returns
+        -------
+        dict[str, ChatResult]
+            The hits only, by key. Empty once the cache is broken or closed; a failing
+            read breaks the cache (see :attr:`broken`) instead of raising.
+        """
         keys = list(dict.fromkeys(keys))
         out: dict[str, ChatResult] = {}
         with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT * FROM answers WHERE key IN ({marks})"  # noqa: S608
-                rows = self._db.execute(query, chunk)
-                for key, content, finish, prompt, completion, _ in rows:
-                    out[key] = ChatResult(
-                        content=content,
-                        finish_reason=finish,
-                        prompt_tokens=prompt,
-                        completion_tokens=completion,
-                        attempts=0,
-                        cached=True,
-                    )
+            if not self._usable():
+                return {}
+            try:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    query = f"SELECT * FROM answers WHERE key IN ({marks})"  # noqa: S608
+                    rows = self._db.execute(query, chunk)
+                    for key, content, finish, prompt, completion, _ in rows:
+                        out[key] = ChatResult(
+                            content=content,
+                            finish_reason=finish,
+                            prompt_tokens=prompt,
+                            completion_tokens=completion,
+                            attempts=0,
+                            cached=True,
+                        )
+            except (sqlite3.Error, ValueError) as e:
+                self._break(f"cannot read answers ({e})")
+                return {}
         return out
 
     def put(self, key: str, result: ChatResult) -> None:
-        """Queue an answer for writing (failures are refused); :meth:`flush` commits.
+        """Queue an answer for writing; :meth:`flush` commits.
 
         The engine flushes once per event-loop turn, so a killed process loses at most
-        the answers of the turn it died in.
+        the answers of the turn it died in. Failures are refused, and so is an answer
+        SQLite cannot store (text that is not valid Unicode); nothing is queued once
+        the cache is broken or closed.
+
+        Parameters
+        ----------
+        key
+            The request's cache key (see :func:`request_key`).
+        result
+            The answer.
         """
-        if result.exception is not None:
+        if result.exception is not None or not self._usable():
             return
+        if result.content is not None:
+            try:
+                result.content.encode()
+            except UnicodeEncodeError:
+                logger.debug("not caching an answer that is not valid Unicode")
+                return
         self._pending.append(
             (
                 key,
@@ -180,23 +487,55 @@ class SqliteCache:
         )
 
     def flush(self) -> None:
-        """Commit queued answers in one transaction."""
+        """Commit queued answers in one transaction; never raises.
+
+        If the commit fails, the transaction is rolled back, one warning naming the
+        path and the problem is logged and the cache is broken (see :attr:`broken`):
+        the run goes on without it.
+        """
         with self._lock:
             rows, self._pending = self._pending, []
-            if not rows:
+            if not rows or not self._usable():
                 return
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, ValueError, OverflowError) as e:
+                self._break(f"cannot save answers ({e})")
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM answers").fetchone()[0])
+            if not self._usable():
+                return 0
+            try:
+                return int(
+                    self._db.execute("SELECT count(*) FROM answers").fetchone()[0]
+                )
+            except sqlite3.Error as e:
+                self._break(f"cannot read answers ({e})")
+                return 0
 
     def close(self) -> None:
-        """Write what is queued and close the file."""
+        """Write what is queued and close the file (idempotent; never raises)."""
         self.flush()
         with self._lock:
-            self._db.close()
+            if self._closed:
+                return
+            self._closed = True
+            self._pending = []
+            if self.broken is None:
+                with suppress(sqlite3.Error):
+                    self._db.close()
+
+
+def _read_problem(error: sqlite3.Error) -> str:
+    """The problem SQLite met reading a file, in words."""
+    name = getattr(error, "sqlite_errorname", "")
+    if name == "SQLITE_NOTADB":
+        return f"not an SQLite database ({error}); give the cache a new file name"
+    if name == "SQLITE_CORRUPT":
+        return f"a damaged SQLite database ({error}); delete it or give a new file name"
+    return f"cannot read the file ({error})"

@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -91,6 +92,7 @@ def option_flags() -> list[inspect.Parameter]:
             "cache": Path | None,
             "output": Literal["content", "struct"],
             "on_error": Literal["null", "raise"],
+            "on_truncated": Literal["keep", "error"],
         },
         switches=frozenset({"progress"}),
     )
@@ -186,7 +188,7 @@ def run(
         partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
-            with _progress_logging(job._bar is not None):
+            with _progress_logging(job._bar is not None), _stops() as stopped_by:
                 _answer_parquet(
                     job, input_path, partial, column, output_column, options.output
                 )
@@ -194,6 +196,16 @@ def run(
             partial.unlink(missing_ok=True)
             typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            partial.unlink(missing_ok=True)
+            by = stopped_by[0]
+            kept = (
+                f"answers so far are in {options.cache}: run the same command to resume"
+                if options.cache is not None
+                else "nothing was kept: pass --cache FILE to resume after a stop"
+            )
+            typer.echo(f"interrupted by {by}; {kept}\n{job.summary()}", err=True)
+            raise typer.Exit(143 if by == "SIGTERM" else 130) from None
         wall = time.perf_counter() - started
         summary = job.summary()
         if summary.failed and options.on_error == "raise":
@@ -302,6 +314,22 @@ def _row_count(path: Path) -> int:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).split("\n\nThis error occurred", 1)[0].strip()
+
+
+@contextlib.contextmanager
+def _stops() -> Iterator[list[str]]:
+    """SIGTERM stops the job as Ctrl-C does; yields [what stopped it] for the message."""
+    stopped_by = ["Ctrl-C"]
+
+    def on_term(signum: int, frame: object) -> None:
+        stopped_by[0] = "SIGTERM"
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield stopped_by
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

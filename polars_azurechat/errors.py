@@ -11,13 +11,14 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │   └── MalformedResponseError  a 200 whose body is not a chat completion
     ├── APIStatusError              Azure answered with an error status
     │   ├── BadRequestError         400 (not retried)
-    │   │   ├── ContentFilterError      400 ``content_filter``
+    │   │   ├── ContentFilterError      400 ``content_filter`` (or an answer the output filter cut)
     │   │   └── ContextLengthError      400 ``context_length_exceeded``
     │   ├── AuthenticationError     401 / 403: wrong key or no access (stops the run)
     │   ├── NotFoundError           404: wrong deployment, endpoint or api-version (stops the run)
     │   ├── RateLimitError          429, with ``retry_after_s``
     │   └── ServerError             5xx
     ├── InputError                  one row's input cannot be sent (empty list, bad role, ...)
+    ├── TruncatedError              the answer was cut at ``max_tokens`` (``on_truncated="error"``)
     ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
     └── CompletionFailed            (also an ``ExceptionGroup``) rows failed with ``on_error="raise"``
 
@@ -45,7 +46,6 @@ __all__ = [
     "ContentFilterError",
     "ContextLengthError",
     "DeadlineExceededError",
-    "FailedRowsWarning",
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
@@ -53,6 +53,7 @@ __all__ = [
     "RequestError",
     "RowError",
     "ServerError",
+    "TruncatedError",
 ]
 
 
@@ -212,6 +213,10 @@ class ServerError(APIStatusError):
     """5xx (or 408 / 409): a transient server-side failure; retried."""
 
 
+class TruncatedError(AzureChatError):
+    """The answer was cut at ``max_tokens``; ``on_truncated="error"`` makes it an error."""
+
+
 class DeadlineExceededError(AzureChatError):
     """The run's ``deadline_s`` passed before this row got an answer."""
 
@@ -258,7 +263,3 @@ def _group_errors(message: str, errors: Sequence[RowError] | None) -> list[RowEr
     if original is not None:
         return list(original.exceptions)
     return [RowError(-1, "unknown row")]
-
-
-class FailedRowsWarning(UserWarning):
-    """Some rows failed with ``on_error="null"``: they are null (or carry ``error``)."""

@@ -6,17 +6,18 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 import polars as pl
 
+from polars_azurechat import _interrupt
 from polars_azurechat._convert import (
     check_dtype,
     results_to_series,
@@ -29,7 +30,6 @@ from polars_azurechat.errors import (
     AzureChatError,
     CompletionFailed,
     ConfigurationError,
-    FailedRowsWarning,
     RowError,
     remember_for_polars,
 )
@@ -255,13 +255,21 @@ class Completer:
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
                 "model's whole context per request; set max_tokens"
             )
-        transport = _transport(opts, config, client)
+        transport = _transport(
+            opts,
+            config,
+            client,
+            self.params.get("max_tokens", self.params.get("max_completion_tokens")),
+        )
         from polars_azurechat._engine import ChatEngine
         from polars_azurechat._ratelimit import RateLimiter
         from polars_azurechat.cache import SqliteCache
 
         self._prices = dict(prices or {})
         self._bar: _ProgressBar | None = None
+        #: What to log once per run: failed rows (with on_error="null") and truncated
+        #: answers (the CLI prints its summary instead).
+        self._reports = {"failed": opts.on_error == "null", "truncated": True}
         self.engine: ChatEngine = ChatEngine(
             transport,
             params=self.params,
@@ -273,11 +281,17 @@ class Completer:
                 tokens_per_minute=opts.tokens_per_minute,
             ),
             cache=SqliteCache(opts.cache) if opts.cache is not None else None,
+            on_truncated=opts.on_truncated,
         )
+        _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
+        engine = self.engine  # hooks must not hold the job (it would never die)
         if _show_progress(opts.progress):
-            engine = self.engine  # the bar must not hold the job (it would never die)
-            self._bar = _ProgressBar(lambda: engine.stats)
-            engine.progress = self._bar.update
+            bar = self._bar = _ProgressBar(
+                lambda: None if engine.last_run is None else engine.last_run.stats
+            )
+            engine.progress = bar.update
+        engine.on_run_start = functools.partial(_run_started, self._bar)
+        engine.on_run_end = functools.partial(_run_ended, self._bar, self._reports)
 
     def __repr__(self) -> str:
         t = self.engine.transport
@@ -298,7 +312,9 @@ class Completer:
         self.close()
 
     def close(self) -> None:
-        """Close the job's connections and cache (the job cannot be used after)."""
+        """Close the job's connections, cache and progress bar (it cannot be used after)."""
+        if self._bar is not None:
+            self._bar.close()
         self.engine.close()
 
     @property
@@ -345,7 +361,11 @@ class Completer:
         return out
 
     def summary(self, *, last_run: bool = False) -> RunSummary:
-        """What this job did: across every run, or in the last one only."""
+        """What this job did: across every run, or in the last one only.
+
+        A run still waiting for more chunks of its query is ended first.
+        """
+        self.engine.finish()
         if last_run:
             run = self.engine.last_run
             stats = _run_stats(run, self.engine.clock) if run is not None else None
@@ -450,20 +470,43 @@ class Completer:
                 f"first: {failed[0][1].error}"
             )
             raise CompletionFailed(msg, errors)
-        warnings.warn(
-            f"{len(failed)} of {total} rows failed and are null; first "
-            f"(row {failed[0][0]}): {failed[0][1].error}",
-            FailedRowsWarning,
-            stacklevel=3,
-        )
 
 
 Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc())
 
 
+def _run_started(bar: _ProgressBar | None, run: Run) -> None:
+    if bar is not None:
+        bar.start_run()
+
+
+def _run_ended(bar: _ProgressBar | None, reports: dict[str, bool], run: Run) -> None:
+    """The run is over: close its bar (at 100%), say once what went wrong."""
+    if bar is not None:
+        bar.close()
+    st = run.stats
+    total = st.rows + st.null_rows
+    if reports["failed"] and st.failed:
+        logger.warning(
+            "chat.complete: %d of %d rows failed and are null (first: %s); "
+            "output='struct' gives each row's error",
+            st.failed,
+            total,
+            st.first_error,
+        )
+    if reports["truncated"] and st.truncated:
+        logger.warning(
+            "chat.complete: %d of %d answers were cut at max_tokens "
+            "(finish_reason 'length'); raise max_tokens, or pass on_truncated='error'",
+            st.truncated,
+            total,
+        )
+
+
 def _transport(
-    opts: ChatOptions, config: ChatConfig | None, client: Any
+    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
 ) -> ChatTransport:
+    timeout_s = opts.attempt_timeout_s(max_tokens)
     if client is not None:
         from polars_azurechat._transport import SdkTransport
 
@@ -476,7 +519,7 @@ def _transport(
         if not deployment:
             msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
             raise ConfigurationError(msg)
-        return SdkTransport(client, deployment=deployment, timeout_s=opts.timeout_s)
+        return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
     from polars_azurechat._transport import Transport
 
     config = config if config is not None else ChatConfig.from_env()
@@ -485,7 +528,7 @@ def _transport(
         deployment=config.resolve_deployment(opts.deployment),
         api_version=config.api_version,
         auth_headers=config.auth_headers(),
-        timeout_s=opts.timeout_s,
+        timeout_s=timeout_s,
     )
 
 
@@ -511,37 +554,44 @@ def _show_progress(progress: bool | None) -> bool:
 
 
 class _ProgressBar:
-    """One tqdm bar for all chunks of a job.
+    """One tqdm bar per run, shared by every chunk of it, that ends at 100%.
 
     Its total is the known row count (the CLI reads it from the Parquet footer) or
-    grows as chunks arrive. The postfix shows tokens/s, retries and 429s so far.
+    grows as chunks arrive. The postfix shows the run's tokens/s, retries, 429s and
+    failures.
     """
 
-    def __init__(self, stats: Callable[[], RunStats], total: int | None = None) -> None:
+    def __init__(self, stats: Callable[[], RunStats | None]) -> None:
         self._lock = threading.Lock()
         self._bar: Any = None
         self._stats = stats
-        self.known_total = total
+        self.known_total: int | None = None
         self._shown_at = 0.0
 
+    def start_run(self) -> None:
+        """A new run: the previous bar is closed; the next rows open a new one."""
+        with self._lock:
+            self._close()
+
     def add_total(self, n: int) -> None:
+        """``n`` more rows are on their way."""
         from tqdm.auto import tqdm
 
         with self._lock:
-            if self._bar is None or self._bar.n >= (self._bar.total or 0):
-                if self._bar is not None:
-                    self._bar.close()
+            if self._bar is None:
                 self._bar = tqdm(
                     total=self.known_total or 0,
                     unit="row",
                     desc="chat.complete",
                     dynamic_ncols=True,
                 )
-            if self.known_total is None or self._bar.total < self._bar.n + n:
-                self._bar.total = max(self._bar.total, self._bar.n) + n
-            self._bar.refresh()
+            bar = self._bar
+            if self.known_total is None or bar.total < bar.n + n:
+                bar.total = max(bar.total, bar.n) + n
+            bar.refresh()
 
     def update(self, n: int) -> None:
+        """``n`` rows are done (called on the loop)."""
         with self._lock:
             bar = self._bar
             if bar is None or n <= 0:
@@ -550,12 +600,36 @@ class _ProgressBar:
             now = time.monotonic()
             if now - self._shown_at >= 0.5 or bar.n >= (bar.total or 0):
                 self._shown_at = now
-                st = self._stats()
-                elapsed = bar.format_dict.get("elapsed") or 0.0
-                tokens = st.prompt_tokens + st.completion_tokens
-                rate = tokens / elapsed if elapsed > 0 else 0.0
-                bar.set_postfix_str(
-                    f"tok/s={rate:,.0f} retries={st.retries} 429s={st.rate_limited} "
-                    f"failed={st.failed}",
-                    refresh=False,
-                )
+                self._postfix()
+
+    def idle(self) -> None:
+        """No batch is in flight: show the final state (every row so far is done)."""
+        with self._lock:
+            if self._bar is not None:
+                self._postfix()
+                self._bar.refresh()
+
+    def close(self) -> None:
+        """Close the bar."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._postfix()
+            self._bar.close()
+            self._bar = None
+
+    def _postfix(self) -> None:
+        st = self._stats()
+        if st is None:
+            return
+        bar = self._bar
+        elapsed = bar.format_dict.get("elapsed") or 0.0
+        tokens = st.prompt_tokens + st.completion_tokens
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        bar.set_postfix_str(
+            f"tok/s={rate:,.0f} retries={st.retries} 429s={st.rate_limited} "
+            f"failed={st.failed}",
+            refresh=False,
+        )

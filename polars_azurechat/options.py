@@ -23,10 +23,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args
 
-__all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OutputKind"]
+__all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OnTruncated", "OutputKind"]
 
 OutputKind = Literal["content", "struct"]
 OnError = Literal["null", "raise"]
+OnTruncated = Literal["keep", "error"]
 
 #: Chat-completions body fields a keyword may set (the openai SDK's
 #: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
@@ -129,7 +130,12 @@ class ChatOptions:
         "Attempts per row, the first included; 408/409/429/5xx, timeouts and dropped "
         "connections are retried.",
     )
-    timeout_s: float = _opt(60.0, "Time bound, in seconds, for one attempt.")
+    timeout_s: float | None = _opt(
+        None,
+        "Time bound, in seconds, for one attempt; ``None``: 10 s plus 1 s per 50 "
+        "tokens of ``max_tokens`` (4,096 when unset), time for a slow deployment to "
+        "write the longest answer allowed.",
+    )
     deadline_s: float | None = _opt(
         None,
         "Time bound, in seconds, for one run (a collect, a complete_many call, a CLI "
@@ -137,8 +143,15 @@ class ChatOptions:
     )
     on_error: OnError = _opt(
         "null",
-        "``null``: a failed row gives null and one FailedRowsWarning counts them; "
+        "``null``: a failed row gives null, and one warning per run (logged) counts "
+        "them; "
         "``raise``: every row runs, then CompletionFailed lists the failed rows.",
+    )
+    on_truncated: OnTruncated = _opt(
+        "keep",
+        "An answer cut at max_tokens (finish_reason 'length'): ``keep`` it (counted "
+        "as truncated in the summary and logged once per run) or make it an "
+        "``error`` (TruncatedError, not cached).",
     )
     cache: str | os.PathLike[str] | None = _opt(
         None, "Path to a SQLite file of answers; a rerun sends only what is missing."
@@ -159,8 +172,13 @@ class ChatOptions:
         _check_choice("on_error", self.on_error, OnError)
         _check_int("max_concurrency", self.max_concurrency)
         _check_int("max_attempts", self.max_attempts)
-        _check_positive("timeout_s", self.timeout_s)
-        for name in ("deadline_s", "requests_per_minute", "tokens_per_minute"):
+        _check_choice("on_truncated", self.on_truncated, OnTruncated)
+        for name in (
+            "timeout_s",
+            "deadline_s",
+            "requests_per_minute",
+            "tokens_per_minute",
+        ):
             value = getattr(self, name)
             if value is not None:
                 _check_positive(name, value)
@@ -170,6 +188,23 @@ class ChatOptions:
         if self.cache is not None and not isinstance(self.cache, str | os.PathLike):
             msg = f"cache must be a path, got {type(self.cache).__name__}"
             raise TypeError(msg)
+
+    def attempt_timeout_s(self, max_tokens: int | None) -> float:
+        """The time bound of one attempt: ``timeout_s``, or one that fits the answer.
+
+        Examples
+        --------
+        >>> ChatOptions().attempt_timeout_s(20), ChatOptions().attempt_timeout_s(None)
+        (10.4, 91.92)
+        >>> ChatOptions(timeout_s=5).attempt_timeout_s(1000)
+        5
+        """
+        if self.timeout_s is not None:
+            return self.timeout_s
+        reserved = (
+            DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
+        )
+        return round(10.0 + reserved / 50, 2)
 
     def replace(self, **changes: Any) -> ChatOptions:
         """A copy with ``changes`` applied (and validated)."""
@@ -272,6 +307,10 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
+#: Tokens Azure reserves for the answer when ``max_tokens`` is absent (a typical
+#: context); it decides the quota charge and the default attempt timeout.
+DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
+
 # ---------------------------------------------------------------------------------------
 # Signatures and docs of the entry points, generated from the one definition.
 
@@ -286,6 +325,7 @@ def option_parameters() -> list[inspect.Parameter]:
         "cache": "str | os.PathLike[str] | None",
         "output": "Literal['content', 'struct']",
         "on_error": "Literal['null', 'raise']",
+        "on_truncated": "Literal['keep', 'error']",
     }
     return [
         inspect.Parameter(

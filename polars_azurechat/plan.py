@@ -13,7 +13,11 @@ from polars_azurechat import _tokens
 from polars_azurechat._convert import rows_to_requests, series_to_requests
 from polars_azurechat._ratelimit import WINDOW_S
 from polars_azurechat.cache import request_key
-from polars_azurechat.options import ChatOptions, with_options
+from polars_azurechat.options import (
+    DEFAULT_RESERVED_COMPLETION_TOKENS,
+    ChatOptions,
+    with_options,
+)
 from polars_azurechat.summary import price_for
 
 __all__ = ["Plan", "plan"]
@@ -140,9 +144,7 @@ def plan(
     errors: list[str | None] = []
     unique: dict[str, int] = {}
     reserved = (
-        max_tokens
-        if max_tokens is not None
-        else _tokens.DEFAULT_RESERVED_COMPLETION_TOKENS
+        max_tokens if max_tokens is not None else DEFAULT_RESERVED_COMPLETION_TOKENS
     )
     for req in requests:
         if req is None or req.error is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import polars as pl
@@ -182,15 +183,15 @@ def test_struct_output_carries_usage_and_attempts(emulator: Emulator) -> None:
     assert emulator.stats()["statuses"] == {"200": 3, "500": 1}
 
 
-def test_empty_empty_list_and_nulls(emulator: Emulator) -> None:
+def test_empty_empty_list_and_nulls(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
     df = pl.DataFrame(
         {"m": [[], None, [{"role": "user", "content": "What is 1 + 1?"}]]},
         schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
     )
-    with pytest.warns(
-        pac.FailedRowsWarning, match="1 of 3 rows failed.*empty message list"
-    ):
-        out = df.select(pl.col("m").chat.complete(output="struct"))
+    out = df.select(pl.col("m").chat.complete(output="struct"))
+    assert re.search("1 of 3 rows failed.*empty message list", caplog.text)
     rows = out["m"].to_list()
     assert rows[0]["error"] == "InputError: empty message list"
     assert rows[1] is None
@@ -213,14 +214,14 @@ def test_empty_empty_list_and_nulls(emulator: Emulator) -> None:
     ],
 )
 def test_bad_messages_fail_their_row_only(
-    emulator: Emulator, row: list[object], reason: str
+    emulator: Emulator, row: list[object], reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     df = pl.DataFrame(
         {"m": [row, [{"role": "user", "content": "What is 2 + 2?"}]]},
         schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
     )
-    with pytest.warns(pac.FailedRowsWarning, match=reason):
-        out = df.select(pl.col("m").chat.complete())
+    out = df.select(pl.col("m").chat.complete())
+    assert re.search(reason, caplog.text)
     assert out["m"].to_list() == [None, "4"]
     assert emulator.stats()["requests"] == 1
 
@@ -260,12 +261,25 @@ def test_on_error_raise_runs_every_row_then_lists_failures(emulator: Emulator) -
     }  # all rows ran, no retry
 
 
-def test_on_error_null_warns_once_with_count(emulator: Emulator) -> None:
+def test_on_error_null_logs_once_per_run_with_the_runs_counts(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
     df = pl.DataFrame({"q": ["[emu:filter] no", "What is 3 + 3?", "[emu:filter] no 2"]})
-    with pytest.warns(pac.FailedRowsWarning) as record:
-        out = df.select(pl.col("q").chat.complete(output="struct"))
-    assert len(record) == 1
-    assert "2 of 3 rows failed" in str(record[0].message)
+    expr = pl.col("q").chat.complete(output="struct")
+    # four chunks in a streaming query, answered from Polars' threads in waves: one run
+    frame = pl.concat([df, df, df, df], rechunk=False).lazy().select(expr)
+    frame.collect(engine="streaming")
+    # an eager select hands the whole column over on this thread: a run of its own,
+    # which ends the one before (that one would otherwise end 0.2 s after its last wave)
+    out = df.select(expr)
+    failures = [r.getMessage() for r in caplog.records if "rows failed" in r.message]
+    assert failures[0].startswith("chat.complete: 8 of 12 rows failed"), caplog.text
+    assert failures[1].startswith("chat.complete: 2 of 3 rows failed"), caplog.text
+    assert len(failures) == 2
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    caplog.clear()
+    df.select(expr)  # the same again: said again (no warning filter hides it)
+    assert "2 of 3 rows failed" in caplog.text
     errors = out["q"].struct.field("error").to_list()
     assert (
         errors[0] is not None and "content filter (categories: violence)" in errors[0]

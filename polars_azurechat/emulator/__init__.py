@@ -16,7 +16,11 @@ message text:
     the first 2 requests with this exact prompt get a 500 (also ``503``, ``429``,
     ``408``, ``hang``, ``drop``, ``malformed``);
 ``[emu:filter]``
-    always a 400 content-filter error;
+    always a 400 content-filter error (the prompt was filtered);
+``[emu:filter_output]``
+    a 200 whose completion was cut by the output filter: half the answer,
+    ``finish_reason="content_filter"``, violence flagged in the choice's
+    ``content_filter_results``;
 ``[emu:delay=50]``
     50 ms more latency for this prompt.
 

@@ -58,6 +58,17 @@ def rate_limit_response(
     return response
 
 
+def output_filter_results(filtered: bool) -> dict[str, dict[str, object]]:
+    """A choice's ``content_filter_results``: violence filtered when ``filtered``."""
+    return {
+        name: {
+            "filtered": filtered and name == "violence",
+            "severity": "high" if filtered and name == "violence" else "safe",
+        }
+        for name in ("hate", "self_harm", "sexual", "violence")
+    }
+
+
 def content_filter_response() -> web.Response:
     """Azure's 400 ``content_filter`` body (violence filtered)."""
     categories = {

@@ -22,6 +22,7 @@ from polars_azurechat.emulator._errors import (
     ACCESS_DENIED,
     content_filter_response,
     error_response,
+    output_filter_results,
     rate_limit_response,
 )
 from polars_azurechat.emulator._faults import Dropped, Faults
@@ -196,6 +197,9 @@ class _App:
         finish = "stop"
         if isinstance(max_tokens, int) and st.tokens.text(answer) > max_tokens:
             answer, finish = st.tokens.truncate(answer, max_tokens), "length"
+        filtered = "filter_output" in directives
+        if filtered:  # the completion was cut by the output filter, as Azure does
+            answer, finish = answer[: max(1, len(answer) // 2)], "content_filter"
         completion_tokens = max(1, st.tokens.text(answer))
         with st.lock:
             st.prompt_tokens += prompt_tokens
@@ -216,6 +220,7 @@ class _App:
                     },
                     "finish_reason": finish,
                     "logprobs": None,
+                    "content_filter_results": output_filter_results(filtered),
                 }
             ],
             "usage": {

@@ -1,0 +1,101 @@
+"""Ctrl-C (and SIGTERM) reach running jobs at once. Not meant for outside use.
+
+Python runs signal handlers on the main thread, between bytecodes. When Polars answers a
+query on its own threads, the main thread waits inside Polars and the handler runs only
+once the query is over: a job would go on sending every request. But the C-level handler
+writes the signal number to the *wakeup fd* at once, whatever the main thread is doing.
+:func:`install` (from the main thread) points the wakeup fd at a socket the background
+loop reads: on SIGINT or SIGTERM every running job is interrupted (admission stops,
+requests in flight are cancelled, answers so far are committed to the cache) and the
+threads waiting for them raise :class:`KeyboardInterrupt`. Bytes are passed on to a
+wakeup fd installed before ours, so whoever relied on it still gets them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+
+from polars_azurechat import _loop
+
+__all__ = ["install", "register"]
+
+logger = logging.getLogger(__name__)
+
+_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+_lock = threading.Lock()
+_previous_fd = -1
+_sockets: tuple[socket.socket, socket.socket] | None = None
+_listeners: weakref.WeakSet[_Listener] = weakref.WeakSet()
+
+
+class _Listener:
+    """An object told about interrupts (the engine); kept weakly."""
+
+    interrupt: Callable[[str], None]
+
+
+def register(listener: object) -> None:
+    """Tell ``listener.interrupt(reason)`` (on the loop) when Ctrl-C or SIGTERM arrives."""
+    _listeners.add(listener)  # type: ignore[arg-type]
+
+
+def install() -> None:
+    """Watch for SIGINT/SIGTERM through the wakeup fd (main thread only; idempotent).
+
+    If someone else's wakeup fd is in place, ours replaces it and passes bytes on.
+    """
+    global _previous_fd, _sockets
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with _lock:
+        if _sockets is None:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            _sockets = (reader, writer)
+            loop = _loop.loop()
+            loop.call_soon_threadsafe(loop.add_reader, reader.fileno(), _on_wakeup)
+        ours = _sockets[1].fileno()
+        try:
+            previous = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+        except ValueError:  # pragma: no cover - not the main interpreter
+            return
+        if previous != ours:
+            _previous_fd = previous
+
+
+def _on_wakeup() -> None:
+    assert _sockets is not None  # noqa: S101 - only registered once they exist
+    try:
+        data = _sockets[0].recv(4096)
+    except BlockingIOError:
+        return
+    if _previous_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(_previous_fd, data)
+    received = {signal.Signals(b) for b in data if b in _SIGNALS}
+    if not received:
+        return
+    reason = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
+    for listener in list(_listeners):
+        try:
+            listener.interrupt(reason)
+        except Exception:
+            logger.exception("interrupting a job failed")
+
+
+def _forget_after_fork() -> None:
+    global _sockets, _lock, _previous_fd
+    _sockets = None
+    _previous_fd = -1
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

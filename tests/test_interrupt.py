@@ -1,0 +1,184 @@
+"""Ctrl-C and SIGTERM stop a job at once, on real subprocesses.
+
+Each test runs a 3,000-row job (200 ms latency, concurrency 16: about 37 s if left to
+run) in a child process against the emulator in this process, waits until the emulator
+has seen 40 requests, sends the signal, and checks how fast the child ended, what it said,
+and how many requests reached the emulator after the signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from polars_azurechat.cache import SqliteCache, request_key
+from polars_azurechat.emulator import Emulator
+
+ROWS = 3000
+CONCURRENCY = 16
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    import polars_azurechat as pac
+
+    mode, cache = sys.argv[1], sys.argv[2]
+    rows = [f"What is {i} + 1?" for i in range(3000)]
+    if mode == "complete_many":
+        pac.complete_many(rows, max_concurrency=16, cache=cache)
+    else:
+        df = pl.DataFrame({"q": rows})
+        expr = pac.complete("q", max_concurrency=16, cache=cache)
+        if mode == "eager":
+            df.select(expr)
+        else:
+            df.lazy().select(expr).collect(engine="streaming")
+    print("finished")
+    """
+)
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[tuple[Emulator, threading.Event]]:
+    seen_40 = threading.Event()
+
+    def on_request(n: int) -> None:
+        if n >= 40:
+            seen_40.set()
+
+    with Emulator(latency_ms=200, on_request=on_request) as emu:
+        yield emu, seen_40
+
+
+def _interrupt(
+    args: list[str], emu: Emulator, seen_40: threading.Event, sig: int
+) -> tuple[int, str, float, int]:
+    """Run ``args``, signal it after 40 requests; return rc, stderr, seconds, requests after."""
+    env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert seen_40.wait(60), "the child never reached 40 requests"
+        at_signal = emu.stats()["requests"]
+        sent = time.monotonic()
+        child.send_signal(sig)
+        _, stderr = child.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, stderr, elapsed, emu.stats()["requests"] - at_signal
+
+
+@pytest.mark.parametrize("mode", ["complete_many", "eager", "streaming"])
+def test_ctrl_c_stops_a_python_job_at_once_and_a_rerun_resumes(
+    slow_emulator: tuple[Emulator, threading.Event], mode: str, tmp_path: Path
+) -> None:
+    emu, seen_40 = slow_emulator
+    cache = tmp_path / "answers.sqlite"
+    args = [sys.executable, "-c", CHILD, mode, str(cache)]
+    rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, signal.SIGINT)
+    assert elapsed < 2.0, stderr
+    assert rc != 0 and "finished" not in stderr
+    assert "KeyboardInterrupt" in stderr
+    # at most what was on its way when the signal landed; nothing admitted after
+    assert after <= CONCURRENCY, after
+    sent_first = emu.stats()["requests"]
+    kept = _answers_in(cache)
+    assert kept > 0  # answers received before the signal were committed
+    if mode == "complete_many":
+        assert "interrupted by Ctrl-C" in stderr and str(cache) in stderr
+    # everything answered before the signal is reused: the rerun sends only the rest
+    reused = _cached_among_first(cache, emu, 60)
+    assert reused > 0
+    emu.reset()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD.replace("3000", "60"), mode, str(cache)],
+        env={**os.environ, **emu.env()},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "finished" in done.stdout
+    assert emu.stats()["requests"] == 60 - reused
+    assert sent_first >= kept
+
+
+def _answers_in(path: Path) -> int:
+    cache = SqliteCache(path)
+    try:
+        return len(cache)
+    finally:
+        cache.close()
+
+
+def _cached_among_first(path: Path, emu: Emulator, n: int) -> int:
+    """How many of the first ``n`` rows' requests the cache holds."""
+    keys = [
+        request_key(
+            host=emu.url.split("://")[1],
+            deployment="gpt-4o-mini",
+            api_version="2024-10-21",
+            messages=[{"role": "user", "content": f"What is {i} + 1?"}],
+            params={},
+        )
+        for i in range(n)
+    ]
+    cache = SqliteCache(path)
+    try:
+        return len(cache.get_many(keys))
+    finally:
+        cache.close()
+
+
+def _parquet(tmp_path: Path) -> Path:
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(ROWS)]}).write_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_stops_at_once_names_the_cache_and_exits_128_plus_signal(
+    slow_emulator: tuple[Emulator, threading.Event],
+    tmp_path: Path,
+    sig: int,
+    code: int,
+) -> None:
+    emu, seen_40 = slow_emulator
+    cache = tmp_path / "answers.sqlite"
+    out = tmp_path / "out.parquet"
+    args = [
+        sys.executable,
+        "-m",
+        "polars_azurechat",
+        "run",
+        str(_parquet(tmp_path)),
+        str(out),
+        "--column",
+        "q",
+        "--max-concurrency",
+        str(CONCURRENCY),
+        "--cache",
+        str(cache),
+    ]
+    rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, sig)
+    assert elapsed < 2.0, stderr
+    assert rc == code, stderr
+    assert after <= CONCURRENCY
+    assert "Traceback" not in stderr
+    name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert f"interrupted by {name}" in stderr and str(cache) in stderr
+    assert not out.exists() and not out.with_name("out.parquet.partial").exists()
+    assert _answers_in(cache) > 0
