@@ -522,11 +522,14 @@ class ChatEngine:
 
     def _interrupted_message(self, run: Run) -> str:
         st = run.stats
-        saved = (
-            f"; answers so far are in the cache {self.cache.path}, a rerun resumes"
-            if self.cache is not None
-            else "; pass cache= to resume after an interruption"
-        )
+        if self.cache is None:
+            saved = "; pass cache= to resume after an interruption"
+        elif self.cache.broken:
+            saved = f"; {self.cache.broken}, so nothing was kept"
+        else:
+            saved = (
+                f"; answers so far are in the cache {self.cache.path}, a rerun resumes"
+            )
         return (
             f"interrupted by {run.interrupted}: {st.answered:,} rows answered, "
             f"{st.requests:,} requests sent{saved}"
@@ -753,7 +756,7 @@ class ChatEngine:
             exc = AzureChatError("no answer and no error")
         if isinstance(exc, AuthenticationError | NotFoundError):
             if run.fatal is None:
-                logger.error("stopping the run: %s", exc)
+                logger.info("stopping the run: %s", exc)  # raised to the caller
                 run.fatal = exc
         elif isinstance(exc, ContextLengthError):
             estimate = _tokens.request_tokens(req.messages, self._max_tokens)

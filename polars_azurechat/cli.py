@@ -151,11 +151,8 @@ def run(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if output_path.exists() and not overwrite:
-        raise typer.BadParameter(
-            f"{output_path} exists; pass --overwrite to replace it"
-        )
     _check_input(input_path, column)
+    _check_output(input_path, output_path, overwrite)
     params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -183,6 +180,7 @@ def run(
             )
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
+        job._reports.update(failed=False, truncated=False)  # the summary says it
         if job._bar is not None:
             job._bar.known_total = _row_count(input_path)
         partial = output_path.with_name(output_path.name + ".partial")
@@ -199,11 +197,13 @@ def run(
         except KeyboardInterrupt:
             partial.unlink(missing_ok=True)
             by = stopped_by[0]
-            kept = (
-                f"answers so far are in {options.cache}: run the same command to resume"
-                if options.cache is not None
-                else "nothing was kept: pass --cache FILE to resume after a stop"
-            )
+            cache = job.engine.cache
+            if cache is None:
+                kept = "nothing was kept: pass --cache FILE to resume after a stop"
+            elif cache.broken:
+                kept = f"{cache.broken}, so nothing was kept"
+            else:
+                kept = f"answers so far are in {cache.path}: run the same command to resume"
             typer.echo(f"interrupted by {by}; {kept}\n{job.summary()}", err=True)
             raise typer.Exit(143 if by == "SIGTERM" else 130) from None
         wall = time.perf_counter() - started
@@ -263,6 +263,7 @@ def _answer_parquet(
         return df.with_columns(
             fields.field("content").alias(output_column),
             fields.field("error").alias(f"{output_column}_error"),
+            fields.field("finish_reason").alias(f"{output_column}_finish_reason"),
         )
 
     writer: pq.ParquetWriter | None = None
@@ -306,6 +307,30 @@ def _check_input(path: Path, column: str) -> None:
         check_dtype(schema[column])
     except TypeError as exc:
         raise typer.BadParameter(f"column {column!r}: {exc}") from None
+
+
+def _check_output(input_path: Path, path: Path, overwrite: bool) -> None:
+    """Refuse, before any request, an output that could not be written at the end."""
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory; give a file path")
+    if path.exists() and not overwrite:
+        raise typer.BadParameter(f"{path} exists; pass --overwrite to replace it")
+    if path.exists() and path.resolve() == input_path.resolve():
+        raise typer.BadParameter(f"{path} is the input file; write elsewhere")
+    parent = path.parent
+    if not parent.is_dir():
+        raise typer.BadParameter(f"the directory {parent} of {path} does not exist")
+    partial = path.with_name(path.name + ".partial")
+    if partial.is_dir():
+        raise typer.BadParameter(
+            f"{partial} is a directory; it is where {path} is written"
+        )
+    try:  # the real test of writability (permissions, read-only mounts, quotas)
+        partial.touch()
+        partial.unlink()
+    except OSError as exc:
+        msg = f"cannot write {partial} ({exc.strerror or exc}); {path} is written there first"
+        raise typer.BadParameter(msg) from None
 
 
 def _row_count(path: Path) -> int:

@@ -255,15 +255,18 @@ class Completer:
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
                 "model's whole context per request; set max_tokens"
             )
+        from polars_azurechat._engine import ChatEngine
+        from polars_azurechat._ratelimit import RateLimiter
+        from polars_azurechat.cache import SqliteCache
+
+        # the cache first: an unusable path is refused before anything else is built
+        cache = SqliteCache(opts.cache) if opts.cache is not None else None
         transport = _transport(
             opts,
             config,
             client,
             self.params.get("max_tokens", self.params.get("max_completion_tokens")),
         )
-        from polars_azurechat._engine import ChatEngine
-        from polars_azurechat._ratelimit import RateLimiter
-        from polars_azurechat.cache import SqliteCache
 
         self._prices = dict(prices or {})
         self._bar: _ProgressBar | None = None
@@ -280,7 +283,7 @@ class Completer:
                 requests_per_minute=opts.requests_per_minute,
                 tokens_per_minute=opts.tokens_per_minute,
             ),
-            cache=SqliteCache(opts.cache) if opts.cache is not None else None,
+            cache=cache,
             on_truncated=opts.on_truncated,
         )
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
@@ -378,7 +381,7 @@ class Completer:
 
             st = RunStats()
         minutes = st.wall_s / 60 if st.wall_s > 0 else None
-        limiter = self.engine.limiter
+        limiter, cache = self.engine.limiter, self.engine.cache
         window_per_minute = 60 / limiter.window_s
         budgets = limiter.learned()
         model = st.model or self.engine.transport.deployment
@@ -410,6 +413,8 @@ class Completer:
             estimated_cost_usd=estimate_cost(
                 model, st.prompt_tokens, st.completion_tokens, self._prices
             ),
+            truncated=st.truncated,
+            cache_broken=None if cache is None else cache.broken,
         )
 
     def _series(self, s: pl.Series) -> pl.Series:

@@ -70,7 +70,9 @@ class RunSummary:
     """What one ``complete()`` / :class:`Completer` did, across all its chunks.
 
     ``answered`` includes the rows served from the cache (``cached``) and the rows that
-    asked what another row asked (``deduplicated``): neither sent a request.
+    asked what another row asked (``deduplicated``): neither sent a request; and the
+    ``truncated`` ones, cut at ``max_tokens`` and kept. ``cache_broken`` says why the
+    cache stopped working during the run, if it did.
     ``failed_attempts`` counts failed attempts by error class; ``retries`` those that
     were retried. Rates are per minute of wall time; ``*_quota`` are the budgets in force
     at the end (given, or learned from Azure's headers), per minute.
@@ -95,6 +97,8 @@ class RunSummary:
     tokens_per_minute_quota: float | None
     model: str | None
     estimated_cost_usd: float | None
+    truncated: int = 0
+    cache_broken: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -109,10 +113,11 @@ class RunSummary:
             if self.estimated_cost_usd is not None
             else f"unknown (no price for model {self.model!r})"
         )
+        truncated = f" ({self.truncated:,} cut at max_tokens)" if self.truncated else ""
         lines = [
-            f"rows:      {self.rows + self.null_rows:,} ({self.answered:,} answered, "
-            f"{self.failed:,} failed, {self.null_rows:,} null; {self.cached:,} from "
-            f"cache, {self.deduplicated:,} deduplicated)",
+            f"rows:      {self.rows + self.null_rows:,} ({self.answered:,} answered"
+            f"{truncated}, {self.failed:,} failed, {self.null_rows:,} null; "
+            f"{self.cached:,} from cache, {self.deduplicated:,} deduplicated)",
             f"requests:  {self.requests:,} ({self.retries:,} retried, "
             f"{self.rate_limited:,} rate-limited)",
             f"tokens:    {self.prompt_tokens:,} prompt, {self.completion_tokens:,} "
@@ -123,6 +128,8 @@ class RunSummary:
             f"wall:      {self.wall_s:.2f} s",
             f"cost:      {cost}",
         ]
+        if self.cache_broken:
+            lines.append(f"cache:     {self.cache_broken}; the run went on without it")
         if self.failed_attempts:
             kinds = ", ".join(
                 f"{k} {v}" for k, v in sorted(self.failed_attempts.items())

@@ -31,7 +31,15 @@ def test_run_offline_answers_every_question(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     df = pl.read_parquet(out)
-    assert df.columns == ["id", "messages", "expected", "answer", "answer_error"]
+    assert df.columns == [
+        "id",
+        "messages",
+        "expected",
+        "answer",
+        "answer_error",
+        "answer_finish_reason",
+    ]
+    assert df["answer_finish_reason"].to_list() == ["stop"] * 100
     assert df.height == 100
     assert (df["answer"] == df["expected"]).all()
     assert df["answer_error"].null_count() == 100
@@ -196,5 +204,10 @@ def test_run_on_an_empty_file_writes_the_schema(
         assert emu.stats()["requests"] == 0
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(out).schema == pl.Schema(
-        {"q": pl.String, "answer": pl.String, "answer_error": pl.String}
+        {
+            "q": pl.String,
+            "answer": pl.String,
+            "answer_error": pl.String,
+            "answer_finish_reason": pl.String,
+        }
     )
