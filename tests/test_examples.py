@@ -23,13 +23,17 @@ from typing import Any
 
 import pytest
 
+try:
+    from ._kernel import KERNEL_NAME, kernel_spec_dir
+except ImportError:  # run as a script: python tests/test_examples.py --update-notebook
+    from _kernel import KERNEL_NAME, kernel_spec_dir  # type: ignore[no-redef,import-not-found]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 NOTEBOOK = EXAMPLES / "quickstart.ipynb"
 DATA = REPO / "data" / "questions.parquet"
 
 CELL_TIMEOUT_S = 60
-_KERNEL_NAME = "polars-azurechat-test"
 # What the kernel must not inherit: Azure/OpenAI settings (the notebook uses the
 # emulator) and a non-inline matplotlib backend (the plot must be an image/png output).
 _ENV_PREFIXES = ("AZURE_OPENAI_", "OPENAI_", "POLARS_AZURECHAT_")
@@ -95,19 +99,9 @@ def execute_notebook(nb: Any, workdir: Path, *, timeout: int = CELL_TIMEOUT_S) -
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
 
-    with tempfile.TemporaryDirectory(prefix="kernels-") as kernels:
-        spec = Path(kernels) / _KERNEL_NAME
-        spec.mkdir()
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        kernel_json = {
-            "argv": argv,
-            "display_name": "Python 3",
-            "language": "python",
-            "metadata": {"supported_encryption": ["curve"]},  # as ipykernel's own spec
-        }
-        (spec / "kernel.json").write_text(json.dumps(kernel_json))
+    with kernel_spec_dir() as kernels:
         km = AsyncKernelManager(
-            kernel_name=_KERNEL_NAME,
+            kernel_name=KERNEL_NAME,
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels]),
             transport_encryption="auto",  # CurveZMQ keys, as Jupyter's own servers do
         )

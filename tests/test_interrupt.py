@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -182,3 +183,70 @@ def test_cli_stops_at_once_names_the_cache_and_exits_128_plus_signal(
     assert f"interrupted by {name}" in stderr and str(cache) in stderr
     assert not out.exists() and not out.with_name("out.parquet.partial").exists()
     assert _answers_in(cache) > 0
+
+
+def test_a_notebook_user_interrupts_a_cell_and_reruns_it(
+    slow_emulator: tuple[Emulator, threading.Event],
+) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from ._kernel import KERNEL_NAME, kernel_spec_dir
+
+    emu, seen_40 = slow_emulator
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))
+    }
+    env.update(emu.env())
+    with kernel_spec_dir() as kernels:
+        km = KernelManager(
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels]),
+        )
+        km.start_kernel(env=env)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            setup = (
+                "import polars as pl, polars_azurechat as pac\n"
+                "df = pl.DataFrame({'q': [f'What is {i} + 1?' for i in range(3000)]})\n"
+                "job = pac.Completer(max_concurrency=16)"
+            )
+            assert (
+                kc.execute_interactive(setup, timeout=60)["content"]["status"] == "ok"
+            )
+            msg_id = kc.execute(
+                "out = df.lazy().select(job.expr('q')).collect(engine='streaming')"
+            )
+            assert seen_40.wait(60)
+            at_signal = emu.stats()["requests"]
+            sent = time.monotonic()
+            km.interrupt_kernel()
+            reply = kc.get_shell_msg(timeout=30)
+            elapsed = time.monotonic() - sent
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["status"] == "error"
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+            assert elapsed < 2.0
+            assert emu.stats()["requests"] - at_signal <= CONCURRENCY
+            # the same job, the same expression: a new run that answers every row
+            rerun = kc.execute_interactive(
+                "print(df.head(5).lazy().select(job.expr('q'))"
+                ".collect(engine='streaming')['q'].to_list())",
+                timeout=60,
+                output_hook=_collect_stdout,
+            )
+            assert rerun["content"]["status"] == "ok"
+            assert _STDOUT[-1].strip() == "['1', '2', '3', '4', '5']"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+
+
+_STDOUT: list[str] = []
+
+
+def _collect_stdout(msg: dict[str, Any]) -> None:
+    if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+        _STDOUT.append(msg["content"]["text"])
