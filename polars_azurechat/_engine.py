@@ -31,7 +31,11 @@ from typing import Any, TypeVar
 from polars_azurechat import _interrupt, _loop, _tokens
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
-from polars_azurechat._transport import ChatTransport, Completion
+from polars_azurechat._transport import (
+    ChatTransport,
+    Completion,
+    rate_limited_resource,
+)
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.errors import (
@@ -59,6 +63,9 @@ RUN_GRACE_S = 0.2
 WAIT_SLICE_S = 0.25
 #: How long a stopped pipeline waits for its cancelled batches to commit their answers.
 SETTLE_S = 1.0
+#: A row waits out 429s (which never use up ``max_attempts``) for at most this long in
+#: all; a server that never has room then fails it with its RateLimitError.
+MAX_RATE_LIMITED_S = 900.0
 
 
 @dataclasses.dataclass
@@ -676,19 +683,17 @@ class ChatEngine:
             self._max_tokens,
             exact=self.limiter.token_budget is not None,
         )
-        attempts = 1
+        sent = [0]  # requests sent for this row, 429s included
         completion: Completion | None = None
         failure: AzureChatError | None = None
         try:  # the first attempt outside tenacity: the common case stays cheap
-            completion = await self._send(run, body, cost)
+            completion = await self._send(run, body, cost, sent)
         except AzureChatError as first:
             failure = first
             if is_retryable(first) and self.max_attempts > 1:
-                completion, attempts, failure = await self._retry(
-                    run, body, cost, first
-                )
+                completion, failure = await self._retry(run, body, cost, first, sent)
         if failure is not None or completion is None:
-            return self._failed(run, failure, attempts, req)
+            return self._failed(run, failure, sent[0], req)
         st = run.stats
         st.prompt_tokens += completion.prompt_tokens or 0
         st.completion_tokens += completion.completion_tokens or 0
@@ -716,7 +721,7 @@ class ChatEngine:
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            attempts=attempts,
+            attempts=sent[0],
             exception=exception,
         )
 
@@ -726,28 +731,28 @@ class ChatEngine:
         body: Mapping[str, Any],
         cost: int,
         first: AzureChatError,
-    ) -> tuple[Completion | None, int, AzureChatError | None]:
+        sent: list[int],
+    ) -> tuple[Completion | None, AzureChatError | None]:
         """Run the remaining attempts under the tenacity policy.
 
         The first attempt's failure is replayed as tenacity's attempt 1, so waits, stop
-        and attempt numbers are exactly the policy's. Returns the completion (or
-        ``None``), the attempts made and the last failure (or ``None``).
+        and attempt numbers are exactly the policy's (429s, waited out in :meth:`_send`,
+        are not attempts). Returns the completion (or ``None``) and the last failure
+        (or ``None``).
         """
         replay: list[AzureChatError] = [first]
-        attempts = 0
         try:
             async for attempt in run.retrying.copy():
                 with attempt:
-                    attempts += 1
                     if replay:
                         raise replay.pop()
                     if run.fatal is not None:
                         raise run.fatal
                     run.check_deadline(self.clock())
-                    return await self._send(run, body, cost), attempts, None
+                    return await self._send(run, body, cost, sent), None
         except AzureChatError as exc:
-            return None, attempts, exc
-        return None, attempts, first  # pragma: no cover - tenacity re-raises or returns
+            return None, exc
+        return None, first  # pragma: no cover - tenacity re-raises or returns
 
     def _failed(
         self, run: Run, exc: AzureChatError | None, attempts: int, req: ChatRequest
@@ -774,15 +779,40 @@ class ChatEngine:
             return None
         return run.deadline - self.clock()
 
-    async def _send(self, run: Run, body: Mapping[str, Any], cost: int) -> Completion:
+    async def _send(
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: list[int]
+    ) -> Completion:
+        """One attempt; 429s are waited out here and do not count as attempts.
+
+        The limiter pauses admission until the time a 429 names; the row is sent again
+        then, until the run's deadline or :data:`MAX_RATE_LIMITED_S` of such waits.
+        """
+        waited = 0.0
+        while True:
+            try:
+                return await self._send_once(run, body, cost, sent)
+            except RateLimitError as exc:
+                waited += exc.retry_after_s or 1.0
+                if waited > MAX_RATE_LIMITED_S:
+                    raise
+                run.check_deadline(self.clock())
+
+    async def _send_once(
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: list[int]
+    ) -> Completion:
         st = run.stats
         async with self._semaphore:
-            admitted = await self.limiter.acquire(cost)
-            if run.fatal is not None:  # it may have arrived while this one waited
-                raise run.fatal
-            run.check_deadline(self.clock())
+            ticket = await self.limiter.acquire(cost)
+            try:
+                if run.fatal is not None:  # it may have arrived while this one waited
+                    raise run.fatal
+                run.check_deadline(self.clock())
+            except AzureChatError:
+                self.limiter.on_failure(ticket)  # not sent: release the admission
+                raise
             self._in_flight += 1
             st.requests += 1
+            sent[0] += 1
             if self._in_flight > st.peak_in_flight:
                 st.peak_in_flight = self._in_flight
             try:
@@ -793,13 +823,24 @@ class ChatEngine:
                     st.retries += 1
                 if isinstance(exc, RateLimitError):
                     st.rate_limited += 1
-                    self.limiter.on_rate_limited(exc.retry_after_s)
+                    self.limiter.on_rate_limited(
+                        exc.retry_after_s, ticket, rate_limited_resource(exc)
+                    )
+                else:
+                    self.limiter.on_failure(ticket)
                 logger.debug("attempt failed: %s", exc)
+                raise
+            except BaseException:
+                self.limiter.on_failure(ticket)
                 raise
             finally:
                 self._in_flight -= 1
             self.limiter.on_success(
-                admitted, completion.remaining_requests, completion.remaining_tokens
+                ticket,
+                completion.remaining_requests,
+                completion.remaining_tokens,
+                completion.limit_requests,
+                completion.limit_tokens,
             )
             return completion
 

@@ -66,6 +66,8 @@ class Completion:
     model: str | None = None
     #: Content-filter categories flagged on the completion (``content_filter_results``).
     filtered: tuple[str, ...] = ()
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
 
 
 class Transport:
@@ -205,6 +207,22 @@ def status_error(
     return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
 
 
+def rate_limited_resource(exc: APIStatusError) -> str | None:
+    """Which budget a 429 names: ``"tokens"``, ``"requests"``, or ``None`` (unsaid).
+
+    Azure's message says "token rate limit" or "call rate limit" (or "Requests to
+    ... have exceeded" for requests).
+    """
+    body = exc.body
+    err = body.get("error") if isinstance(body, dict) else None
+    text = str(err.get("message") if isinstance(err, dict) else "").lower()
+    if "token" in text:
+        return "tokens"
+    if "call rate" in text or "requests" in text or "request rate" in text:
+        return "requests"
+    return None
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The delay the server asked for: ``retry-after-ms`` first, then ``Retry-After``."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
@@ -268,6 +286,8 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
             model=body.get("model"),
             filtered=_flagged(choice.get("content_filter_results")),
+            limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+            limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"

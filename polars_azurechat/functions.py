@@ -382,7 +382,6 @@ class Completer:
             st = RunStats()
         minutes = st.wall_s / 60 if st.wall_s > 0 else None
         limiter, cache = self.engine.limiter, self.engine.cache
-        window_per_minute = 60 / limiter.window_s
         budgets = limiter.learned()
         model = st.model or self.engine.transport.deployment
         return RunSummary(
@@ -403,12 +402,10 @@ class Completer:
             tokens_per_minute=(
                 (st.prompt_tokens + st.completion_tokens) / minutes if minutes else 0.0
             ),
-            requests_per_minute_quota=(
-                budgets["requests"] * window_per_minute if budgets["requests"] else None
-            ),
-            tokens_per_minute_quota=(
-                budgets["tokens"] * window_per_minute if budgets["tokens"] else None
-            ),
+            requests_per_minute_quota=budgets["requests_per_minute"],
+            tokens_per_minute_quota=budgets["tokens_per_minute"],
+            request_window_s=budgets["request_window_s"],
+            token_window_s=budgets["token_window_s"],
             model=model,
             estimated_cost_usd=estimate_cost(
                 model, st.prompt_tokens, st.completion_tokens, self._prices

@@ -11,7 +11,6 @@ import polars as pl
 
 from polars_azurechat import _tokens
 from polars_azurechat._convert import rows_to_requests, series_to_requests
-from polars_azurechat._ratelimit import WINDOW_S
 from polars_azurechat.cache import request_key
 from polars_azurechat.options import (
     DEFAULT_RESERVED_COMPLETION_TOKENS,
@@ -21,6 +20,10 @@ from polars_azurechat.options import (
 from polars_azurechat.summary import price_for
 
 __all__ = ["Plan", "plan"]
+
+#: The window the estimate assumes a quota is enforced over (Azure's documentation:
+#: "typically 1 or 10 seconds"; a job learns the real one as it runs).
+WINDOW_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

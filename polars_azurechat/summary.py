@@ -74,8 +74,9 @@ class RunSummary:
     ``truncated`` ones, cut at ``max_tokens`` and kept. ``cache_broken`` says why the
     cache stopped working during the run, if it did.
     ``failed_attempts`` counts failed attempts by error class; ``retries`` those that
-    were retried. Rates are per minute of wall time; ``*_quota`` are the budgets in force
-    at the end (given, or learned from Azure's headers), per minute.
+    were retried. Rates are per minute of busy time; ``*_quota`` are the budgets in force
+    at the end (given, or learned from Azure's headers), per minute, and ``*_window_s``
+    the windows they are enforced over (learned).
     """
 
     rows: int
@@ -99,14 +100,19 @@ class RunSummary:
     estimated_cost_usd: float | None
     truncated: int = 0
     cache_broken: str | None = None
+    request_window_s: float | None = None
+    token_window_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        def quota(value: float | None) -> str:
-            return f" (quota {value:,.0f})" if value else ""
+        def quota(value: float | None, window: float | None) -> str:
+            if not value:
+                return ""
+            over = f" over {window:g}-s windows" if window else ""
+            return f" (quota {value:,.0f}{over})"
 
         cost = (
             f"${self.estimated_cost_usd:,.4f} ({self.model})"
@@ -123,8 +129,9 @@ class RunSummary:
             f"tokens:    {self.prompt_tokens:,} prompt, {self.completion_tokens:,} "
             "completion",
             f"rate:      {self.requests_per_minute:,.0f} requests/min"
-            f"{quota(self.requests_per_minute_quota)}, {self.tokens_per_minute:,.0f} "
-            f"tokens/min{quota(self.tokens_per_minute_quota)}",
+            f"{quota(self.requests_per_minute_quota, self.request_window_s)}, "
+            f"{self.tokens_per_minute:,.0f} tokens/min"
+            f"{quota(self.tokens_per_minute_quota, self.token_window_s)}",
             f"wall:      {self.wall_s:.2f} s",
             f"cost:      {cost}",
         ]

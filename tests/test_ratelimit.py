@@ -1,10 +1,24 @@
-"""Admission under a quota, with a fake clock: nothing waits for real."""
+"""Admission under the quota the server enforces, on a fake clock: nothing waits.
+
+The unit tests drive the limiter alone. The window-model tests run the engine against
+the emulator over HTTP with the emulator's quota windows on the same fake clock, so a
+minute of quota passes in a fraction of a second, and assert on what the emulator
+counted (requests, 429s) and on what the limiter learned.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
+
+from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import RateLimiter
+from polars_azurechat._transport import Transport
+from polars_azurechat._types import ChatRequest
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.errors import AuthenticationError
 
 from .conftest import FakeClock
 
@@ -19,7 +33,7 @@ def test_requests_fill_the_window_then_wait_for_the_oldest_to_leave(
     limiter = RateLimiter(
         requests_per_minute=60,
         window_s=10,
-        margin_s=0.5,
+        slow_start=False,
         clock=clock,
         sleep=clock.sleep,
     )
@@ -28,53 +42,68 @@ def test_requests_fill_the_window_then_wait_for_the_oldest_to_leave(
     async def go() -> None:
         for _ in range(25):
             await limiter.acquire()
-            admitted.append(clock.now - 1000)
+            admitted.append(round(clock.now - 1000, 3))
 
     _run(go())
     # 10 per 10-s window: the first ten at once, the next ten when the first leave
+    # (a margin of 2% of the window plus 20 ms for skew)
     assert admitted[:10] == [0.0] * 10
-    assert admitted[10:20] == [10.5] * 10
-    assert admitted[20:] == [21.0] * 5
+    assert admitted[10:20] == [10.22] * 10
+    assert admitted[20:] == [20.44] * 5
 
 
 def test_tokens_bind_when_requests_do_not(clock: FakeClock) -> None:
     limiter = RateLimiter(
-        tokens_per_minute=6000, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep
+        tokens_per_minute=6000,
+        window_s=10,
+        slow_start=False,
+        clock=clock,
+        sleep=clock.sleep,
     )
-
-    async def go() -> list[float]:
-        times = []
-        for _ in range(4):
-            await limiter.acquire(400)  # budget: 1000 tokens per window
-            times.append(clock.now - 1000)
-        return times
-
     times: list[float] = []
 
-    async def collect() -> None:
-        times.extend(await go())
-
-    _run(collect())
-    assert times == [0.0, 0.0, 10.0, 10.0]
-
-
-def test_a_429_pauses_all_admissions(clock: FakeClock) -> None:
-    limiter = RateLimiter(clock=clock, sleep=clock.sleep)  # no quota: only the cooldown
-    limiter.on_rate_limited(2.5)
-
     async def go() -> None:
-        await asyncio.gather(*(limiter.acquire() for _ in range(5)))
+        for _ in range(4):
+            await limiter.acquire(400)  # budget: 1000 tokens per window
+            times.append(round(clock.now - 1000, 3))
 
     _run(go())
-    assert clock.now - 1000 == 2.5
-    assert sum(clock.sleeps) == 2.5  # one waiter slept; the others found it open
-    limiter.on_rate_limited(None)
-    assert limiter.delay() == 1.0  # a 429 with no delay named pauses for 1 s
+    assert times == [0.0, 0.0, 10.22, 10.22]
 
 
-def test_request_larger_than_the_budget_is_admitted_alone(clock: FakeClock) -> None:
+def test_a_429_pauses_all_admissions_and_its_request_stops_counting(
+    clock: FakeClock,
+) -> None:
     limiter = RateLimiter(
-        tokens_per_minute=600, window_s=10, margin_s=0, clock=clock, sleep=clock.sleep
+        requests_per_minute=12,
+        window_s=10,
+        slow_start=False,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+    async def go() -> None:
+        first = await limiter.acquire()
+        second = await limiter.acquire()  # the budget (2 per window) is now full
+        limiter.on_rate_limited(2.5, second, "requests")
+        assert limiter.delay() == 2.5  # paused; the 429'd request no longer counts
+        await limiter.acquire()
+        assert clock.now - 1000 == 2.5
+        limiter.on_success(first, None, None)
+
+    _run(go())
+    unlimited = RateLimiter(slow_start=False, clock=clock, sleep=clock.sleep)
+    unlimited.on_rate_limited(None)
+    assert unlimited.delay() == pytest.approx(1.0)  # no delay named: 1 s
+
+
+def test_a_request_larger_than_the_budget_is_admitted_alone(clock: FakeClock) -> None:
+    limiter = RateLimiter(
+        tokens_per_minute=600,
+        window_s=10,
+        slow_start=False,
+        clock=clock,
+        sleep=clock.sleep,
     )
 
     async def go() -> None:
@@ -82,34 +111,159 @@ def test_request_larger_than_the_budget_is_admitted_alone(clock: FakeClock) -> N
         await limiter.acquire(5000)
 
     _run(go())
-    assert clock.now - 1000 == 10.0
+    assert round(clock.now - 1000, 3) == 10.22
 
 
-def test_budget_is_learned_from_remaining_headers(clock: FakeClock) -> None:
-    limiter = RateLimiter(window_s=10, margin_s=0, clock=clock, sleep=clock.sleep)
-    admitted: list[float] = []
+def test_slow_start_sends_the_first_request_alone(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    order: list[str] = []
 
-    async def go() -> None:
-        first = await limiter.acquire(10)
-        # the server saw 1 request and 10 tokens and says 4 requests / 90 tokens remain
-        limiter.on_success(first, remaining_requests=4, remaining_tokens=90)
-        for _ in range(6):
-            await limiter.acquire(10)
-            admitted.append(clock.now - 1000)
-
-    _run(go())
-    assert limiter.learned() == {"requests": 5.0, "tokens": 100.0}
-    assert admitted == [0.0] * 4 + [10.0] * 2  # 5 per window, then the window turns
-
-
-def test_a_given_quota_is_only_lowered_by_the_server(clock: FakeClock) -> None:
-    limiter = RateLimiter(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    async def one(name: str) -> None:
+        ticket = await limiter.acquire()
+        order.append(f"sent {name}")
+        await asyncio.sleep(0)
+        if name == "a":
+            order.append("a answered")
+            limiter.on_success(ticket, None, None)
 
     async def go() -> None:
-        t = await limiter.acquire()
-        limiter.on_success(t, remaining_requests=1000, remaining_tokens=None)
-        assert limiter.request_budget == 10
-        limiter.on_success(t, remaining_requests=3, remaining_tokens=None)
-        assert limiter.request_budget == 4
+        await asyncio.gather(one("a"), one("b"), one("c"))
 
     _run(go())
+    assert order[:2] == ["sent a", "a answered"]
+    assert sorted(order[2:]) == ["sent b", "sent c"]
+
+
+def test_budget_is_learned_from_remaining_headers_and_is_stable(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(window_s=10, clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        tickets = [await limiter.acquire(10)]
+        # the server saw 1 request and says 4 requests / 90 tokens remain
+        limiter.on_success(tickets[0], remaining_requests=4, remaining_tokens=90)
+        for remaining in (3, 2, 1):
+            t = await limiter.acquire(10)
+            limiter.on_success(t, remaining_requests=remaining, remaining_tokens=None)
+
+    _run(go())
+    learned = limiter.learned()
+    assert learned["requests_per_minute"] == pytest.approx(5 * 6)
+    assert learned["tokens_per_minute"] == pytest.approx(100 * 6)
+    assert limiter.delay() == 0  # 4 of 5 used
+    _run(limiter.acquire())
+    assert limiter.delay() > 9  # the window is full: 5 of 5
+
+
+class NetworkClock(FakeClock):
+    """A fake clock that moves only when no request is on the wire.
+
+    Requests take no (fake) time; a sleep first lets those in flight land, so the
+    emulator and the limiter see the same instants.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine: ChatEngine | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        while self.engine is not None and self.engine._in_flight:
+            await asyncio.sleep(0.0005)  # I/O completing, not time passing
+        await super().sleep(seconds)
+
+
+@pytest.fixture
+def net_clock() -> NetworkClock:
+    return NetworkClock()
+
+
+def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
+    transport = Transport(
+        endpoint=emu.url,
+        deployment="gpt-4o-mini",
+        api_version="2024-10-21",
+        auth_headers={"api-key": emu.api_key},
+        timeout_s=5,
+    )
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep, **limits)
+    engine = ChatEngine(
+        transport,
+        limiter=limiter,
+        sleep=clock.sleep,
+        clock=clock,
+        max_concurrency=64,
+        params={"max_tokens": 10},
+    )
+    if isinstance(clock, NetworkClock):
+        clock.engine = engine
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("server", "given"),
+    [
+        ({"request_window_s": 10.0}, {}),
+        ({"request_window_s": 1.0}, {}),
+        ({"request_window_s": 60.0}, {}),
+        ({"request_window_s": 1.0}, {"requests_per_minute": 600}),
+        ({"request_window_s": 10.0, "window_kind": "fixed"}, {}),
+    ],
+    ids=["10s", "1s", "60s", "1s-given", "10s-fixed"],
+)
+def test_the_request_window_is_learned_and_429s_stay_rare(
+    net_clock: NetworkClock, server: dict[str, Any], given: dict[str, Any]
+) -> None:
+    clock = net_clock
+    with Emulator(requests_per_minute=600, clock=clock, **server) as emu:
+        engine = _engine(emu, clock, **given)
+        rows = [
+            ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
+            for i in range(400)
+        ]
+        results = engine.run(rows)
+        stats = emu.stats()
+    assert [r.content for r in results if r] == [str(i + 1) for i in range(400)]
+    n429 = stats["statuses"].get("429", 0)
+    assert n429 <= 0.03 * stats["requests"], stats
+    learned = engine.limiter.learned()
+    assert learned["requests_per_minute"] == pytest.approx(600, rel=0.05)
+    if server.get("window_kind") != "fixed":
+        assert learned["request_window_s"] == server["request_window_s"]
+    # 400 rows at 600 per minute: at least 40 s of (fake) time, and not much more
+    assert clock.now - 1000 <= 40 * 1.1 + server["request_window_s"], clock.now - 1000
+
+
+def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> None:
+    clock = net_clock
+    # 10,000 tokens per 60 s; each request costs about 1,000 (max_tokens) + its prompt
+    with Emulator(tokens_per_minute=10_000, token_window_s=60.0, clock=clock) as emu:
+        engine = _engine(emu, clock, tokens_per_minute=10_000)
+        engine.params["max_tokens"] = 1000
+        engine._max_tokens = 1000
+        rows = [
+            ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
+            for i in range(40)
+        ]
+        results = engine.run(rows)
+        stats = emu.stats()
+    assert all(r is not None and r.exception is None for r in results)
+    learned = engine.limiter.learned()
+    assert learned["token_window_s"] == 60.0
+    # ~9 requests per minute fit: 40 rows take about 4 minutes, not 6x that
+    assert clock.now - 1000 <= 1.15 * 60 * (40 * 1013 / 10_000) + 60, clock.now - 1000
+    assert stats["statuses"].get("429", 0) <= 3
+
+
+def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
+    with Emulator(requests_per_minute=600, clock=clock) as emu:
+        engine = _engine(emu, clock)
+        emu.settings.api_key = "not-this-one"  # the engine holds the old one
+        rows = [
+            ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
+            for i in range(200)
+        ]
+        with pytest.raises(AuthenticationError):
+            engine.run(rows)
+        stats = emu.stats()
+    assert stats["requests"] == 1
