@@ -48,6 +48,7 @@ from polars_azurechat.errors import (
     RateLimitError,
     TruncatedError,
 )
+from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
 __all__ = ["ChatEngine", "Run", "RunStats"]
 
@@ -270,6 +271,7 @@ class ChatEngine:
         self._in_flight = 0
         self._sending: dict[str, asyncio.Future[ChatResult]] = {}
         self._flush_scheduled = False
+        self._warned_max_tokens = False
         # runs: touched by callers' threads under the lock, counters on the loop only
         self._lock = threading.Lock()
         self._active = 0
@@ -835,6 +837,18 @@ class ChatEngine:
                 raise
             finally:
                 self._in_flight -= 1
+            if (
+                completion.remaining_tokens is not None
+                and self._max_tokens is None
+                and not self._warned_max_tokens
+            ):
+                self._warned_max_tokens = True
+                logger.warning(
+                    "the deployment limits tokens per minute and max_tokens is not set: "
+                    "Azure then counts %d tokens per request against the quota for the "
+                    "answer alone; set max_tokens",
+                    DEFAULT_RESERVED_COMPLETION_TOKENS,
+                )
             self.limiter.on_success(
                 ticket,
                 completion.remaining_requests,

@@ -14,6 +14,7 @@ from polars_azurechat.errors import (
     APITimeoutError,
     ContentFilterError,
     ContextLengthError,
+    DeadlineExceededError,
     MalformedResponseError,
     ServerError,
 )
@@ -207,3 +208,33 @@ def test_fault_matrix_every_row_answered_and_every_fault_accounted(
     assert seen["APIConnectionError"] == faults["drop"]
     assert seen["MalformedResponseError"] == faults["malformed"]
     assert stats["requests"] == 600 + sum(faults.values())
+
+
+def test_429s_do_not_use_up_attempts(clock: FakeClock) -> None:
+    with Emulator(retry_after_ms=1500) as emu:
+        engine = _engine(emu, clock, max_attempts=3)
+        [r] = engine.run([_req("[emu:429*8] What is 4 + 4?")])
+    assert r is not None and r.content == "8"
+    assert r.attempts == 9  # every request sent for the row, 429s included
+    assert emu.stats()["statuses"] == {"200": 1, "429": 8}
+    assert clock.now - 1000 == pytest.approx(8 * 1.5)  # waited what was asked
+
+
+def test_a_row_the_server_never_serves_ends_at_the_deadline(clock: FakeClock) -> None:
+    with Emulator(retry_after_ms=1500) as emu:
+        engine = _engine(emu, clock, max_attempts=3, deadline_s=10.0)
+        [r] = engine.run([_req("[emu:429*999] What is 4 + 4?")])
+    assert r is not None and r.content is None
+    assert isinstance(r.exception, DeadlineExceededError)
+    assert clock.now - 1000 <= 10.0 + 1.5
+    assert emu.stats()["statuses"] == {"429": 7}
+
+
+def test_a_token_quota_without_max_tokens_is_warned_about_once(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Emulator(tokens_per_minute=10_000_000) as emu:
+        engine = _engine(emu, clock)
+        engine.run([_req(f"What is {i} + 4?") for i in range(5)])
+    warnings = [r for r in caplog.records if "max_tokens is not set" in r.message]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
