@@ -59,6 +59,10 @@ KEEP_ESTIMATES = 48
 MIN_ESTIMATES = 6
 RESOURCES = ("requests", "tokens")
 
+#: Endpoints (hashes of host, deployment, api-version and credential) that answered a
+#: request in this process: a new job on one of them skips slow start.
+_VERIFIED: set[str] = set()
+
 
 @dataclasses.dataclass(slots=True)
 class Ticket:
@@ -206,6 +210,9 @@ class RateLimiter:
         The enforcement window, if known (both resources; tests and benchmarks).
     slow_start
         Send the first request alone, and the others once it is answered.
+    endpoint_key
+        A hash naming the endpoint and credential: once one job of the process had an
+        answer from it, later jobs skip slow start.
     clock, sleep
         Monotonic clock and awaitable sleep (injected in tests).
     """
@@ -217,6 +224,7 @@ class RateLimiter:
         tokens_per_minute: float | None = None,
         window_s: float | None = None,
         slow_start: bool = True,
+        endpoint_key: str | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -230,7 +238,9 @@ class RateLimiter:
         self._sleep = sleep
         self._cooldown_until = 0.0
         self._lock: asyncio.Lock | None = None
-        self._started = not slow_start  # the first answer has come back
+        # slow start until the first answer, unless this endpoint already answered
+        self._endpoint_key = endpoint_key
+        self._started = not slow_start or endpoint_key in _VERIFIED
         self._first_sent = False
         self._probe: Ticket | None = None
         self._blocked_since: float | None = None
@@ -298,9 +308,14 @@ class RateLimiter:
                 self._first_answer.set()
         return self._first_answer
 
-    def _start(self) -> None:
-        """The first answer is back: admission opens."""
+    def _start(self, *, verified: bool) -> None:
+        """The first answer is back: admission opens.
+
+        ``verified``: the server took the credential (a 200 or a 429).
+        """
         self._started = True
+        if verified and self._endpoint_key is not None:
+            _VERIFIED.add(self._endpoint_key)
         if self._first_answer is not None:
             self._first_answer.set()
 
@@ -342,7 +357,7 @@ class RateLimiter:
     ) -> None:
         """An answer: learn from ``x-ratelimit-remaining-*`` (and ``-limit-*``)."""
         ticket.answered = True
-        self._start()
+        self._start(verified=True)
         for name, remaining, limit in (
             ("requests", remaining_requests, limit_requests),
             ("tokens", remaining_tokens, limit_tokens),
@@ -358,7 +373,7 @@ class RateLimiter:
     def on_failure(self, ticket: Ticket) -> None:
         """An answer that was neither a success nor a 429 (the server counted it)."""
         ticket.answered = True
-        self._start()
+        self._start(verified=False)
 
     def on_rate_limited(
         self,
@@ -378,7 +393,7 @@ class RateLimiter:
                 ticket.rejected = True
                 for w in self._windows.values():
                     w.reject(ticket)
-            self._start()
+            self._start(verified=True)
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         if now + wait > self._cooldown_until:
             logger.debug("429: pausing admissions for %.3f s", wait)

@@ -7,6 +7,7 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import threading
@@ -261,6 +262,8 @@ class Completer:
 
         # the cache first: an unusable path is refused before anything else is built
         cache = SqliteCache(opts.cache) if opts.cache is not None else None
+        if client is None and config is None:
+            config = ChatConfig.from_env()
         transport = _transport(
             opts,
             config,
@@ -282,6 +285,7 @@ class Completer:
             limiter=RateLimiter(
                 requests_per_minute=opts.requests_per_minute,
                 tokens_per_minute=opts.tokens_per_minute,
+                endpoint_key=_endpoint_key(transport, config, client),
             ),
             cache=cache,
             on_truncated=opts.on_truncated,
@@ -477,6 +481,20 @@ class Completer:
 Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc())
 
 
+def _endpoint_key(
+    transport: ChatTransport, config: ChatConfig | None, client: Any
+) -> str:
+    """A hash naming where requests go and with which credential (never the key)."""
+    import hashlib
+
+    if client is not None or config is None:
+        who = f"client {id(client)}"
+    else:
+        who = json.dumps(sorted(config.auth_headers().items()))
+    text = f"{transport.endpoint_host}|{transport.deployment}|{transport.api_version}|{who}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _run_started(bar: _ProgressBar | None, run: Run) -> None:
     if bar is not None:
         bar.start_run()
@@ -524,7 +542,7 @@ def _transport(
         return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
     from polars_azurechat._transport import Transport
 
-    config = config if config is not None else ChatConfig.from_env()
+    assert config is not None  # noqa: S101 - resolved by the caller
     return Transport(
         endpoint=config.azure_endpoint,
         deployment=config.resolve_deployment(opts.deployment),

@@ -267,3 +267,19 @@ def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
             engine.run(rows)
         stats = emu.stats()
     assert stats["requests"] == 1
+
+
+def test_a_job_on_an_endpoint_that_answered_skips_slow_start(clock: FakeClock) -> None:
+    first = RateLimiter(endpoint_key="k-test-1", clock=clock, sleep=clock.sleep)
+    assert first.delay() == 0 and not first._started
+
+    async def go() -> None:
+        ticket = await first.acquire()
+        first.on_failure(ticket)  # a 401 or a 5xx proves nothing about the key
+        assert not RateLimiter(endpoint_key="k-test-1")._started
+        ticket = await first.acquire()
+        first.on_success(ticket, None, None)
+
+    _run(go())
+    assert RateLimiter(endpoint_key="k-test-1")._started
+    assert not RateLimiter(endpoint_key="k-test-2")._started
