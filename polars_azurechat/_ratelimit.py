@@ -109,6 +109,20 @@ class _Window:
             self.requests -= 1
             self.tokens -= ticket.tokens
 
+    def exact(self, now: float) -> tuple[int, int]:
+        """Requests and tokens inside the window proper (without the margin) at ``now``.
+
+        This is what the server counts; the margin is for admission only.
+        """
+        requests, tokens = self.requests, self.tokens
+        for t in self.tickets:
+            if t.sent_at + self.length > now:
+                break
+            if not t.rejected:
+                requests -= 1
+                tokens -= t.tokens
+        return requests, tokens
+
     def used(self, resource: str) -> int:
         return self.requests if resource == "requests" else self.tokens
 
@@ -180,6 +194,9 @@ class _Resource:
             return
         # the window whose estimates agree; on a tie the longest (the safest)
         best = min(spreads, key=lambda w: (round(spreads[w], 2), -w))
+        clear = spreads[best] <= 0.1 and spreads[self.window] >= 0.3
+        if best < self.window and not clear:
+            return  # a shorter window floods the server if wrong: only when clear
         if best != self.window:
             logger.debug("%s: the window looks like %g s", self.name, best)
             self.window = best
@@ -340,7 +357,7 @@ class RateLimiter:
         ticket = Ticket(self._clock(), tokens, probe=probe)
         for w in self._windows.values():
             w.add(ticket)
-            ticket.used[w.length] = (w.requests, w.tokens)
+            ticket.used[w.length] = w.exact(ticket.sent_at)
         if probe:
             self._blocked_since = None
         return ticket

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from polars_azurechat._auth import KeyAuth, TokenAuth
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -73,8 +74,8 @@ class Completion:
 class Transport:
     """Posts chat-completions bodies to one Azure deployment.
 
-    The credential lives only in the session's default headers; nothing here logs or
-    formats it.
+    The credential comes from ``auth`` per request (a key, or an Entra ID token kept
+    fresh); nothing here logs or formats it.
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class Transport:
         endpoint: str,
         deployment: str,
         api_version: str,
-        auth_headers: Mapping[str, str],
+        auth: KeyAuth | TokenAuth,
         timeout_s: float,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
@@ -91,7 +92,8 @@ class Transport:
         self.url = f"{self.endpoint}/openai/deployments/{deployment}/chat/completions"
         self.api_version = api_version
         self._query = {"api-version": api_version}
-        self._headers = {"Content-Type": "application/json", **auth_headers}
+        self._headers = {"Content-Type": "application/json"}
+        self.auth = auth
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,24 +130,37 @@ class Transport:
         timeout = self._timeout
         if timeout_s is not None and timeout_s < (timeout.total or float("inf")):
             timeout = aiohttp.ClientTimeout(total=max(0.001, timeout_s))
+        auth = await self.auth.headers()
+        status, headers, raw = await self._post(session, data, timeout, auth)
+        if status == 401 and self.auth.refreshable and await self.auth.refresh(auth):
+            # the token may have expired on the way: once more with a fresh one
+            logger.info("401 with an Entra ID token: refreshed it, sending again")
+            auth = await self.auth.headers()
+            status, headers, raw = await self._post(session, data, timeout, auth)
+        if status != 200:
+            raise status_error(
+                status, headers, raw, self.deployment, self.endpoint_host
+            )
+        return parse_completion(raw, headers)
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        data: bytes,
+        timeout: aiohttp.ClientTimeout,
+        auth: Mapping[str, str],
+    ) -> tuple[int, Mapping[str, str], bytes]:
         try:
             async with session.post(
-                self.url, params=self._query, data=data, timeout=timeout
+                self.url, params=self._query, data=data, timeout=timeout, headers=auth
             ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
+                return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
             msg = f"no answer within {timeout.total:.3g} s"
             raise APITimeoutError(msg) from exc
         except aiohttp.ClientError as exc:
             msg = f"connection to {self.endpoint_host} failed: {type(exc).__name__}"
             raise APIConnectionError(msg) from exc
-        if status != 200:
-            raise status_error(
-                status, headers, raw, self.deployment, self.endpoint_host
-            )
-        return parse_completion(raw, headers)
 
     @property
     def endpoint_host(self) -> str:
@@ -163,6 +178,8 @@ def status_error(
     except ValueError:
         body = None
     err = body.get("error") if isinstance(body, dict) else None
+    if err is None and isinstance(body, dict) and "statusCode" in body:
+        err = body  # Entra ID's own shape: {"statusCode": 401, "message": ...}
     err = err if isinstance(err, dict) else {}
     code = err.get("code")
     code = str(code) if code is not None else None
@@ -179,6 +196,21 @@ def status_error(
         server_msg = f"{server_msg} (request id {kw['request_id']})"
     if status == 429:
         return RateLimitError(f"429 rate limited on {where}: {server_msg}", **kw)
+    if status == 403 and code == "AuthenticationTypeDisabled":
+        return AuthenticationError(
+            f"403 key authentication is disabled on {where}: use Microsoft Entra ID "
+            "(ChatConfig(credential=...) or azure_ad_token_provider=..., or install "
+            "'polars-azurechat[azure]' and leave AZURE_OPENAI_API_KEY unset for "
+            f"DefaultAzureCredential). Azure said: {server_msg}",
+            **kw,
+        )
+    if status == 401 and "statusCode" in (body or {}):
+        return AuthenticationError(
+            f"401 the Entra ID token was refused by {where} even after a refresh: "
+            "check that the identity has the 'Cognitive Services OpenAI User' role "
+            f"on this resource. Azure said: {server_msg}",
+            **kw,
+        )
     if status in (401, 403):
         return AuthenticationError(
             f"{status} access denied by {where}: check AZURE_OPENAI_API_KEY "

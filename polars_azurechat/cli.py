@@ -420,7 +420,7 @@ def _emulator_flags() -> list[inspect.Parameter]:
     return dataclass_flags(
         EmulatorSettings,
         docs=_attribute_docs(EmulatorSettings),
-        switches=frozenset({"limit_headers"}),
+        switches=frozenset({"limit_headers", "key_auth"}),
         skip=frozenset({"deployments", "clock"}),
     )
 

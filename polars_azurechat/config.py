@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values, find_dotenv
 
+from polars_azurechat._auth import KeyAuth, TokenAuth
 from polars_azurechat.errors import ConfigurationError
 
 __all__ = ["DEFAULT_API_VERSION", "ChatConfig"]
@@ -30,8 +34,10 @@ class ChatConfig:
     """Where and how to reach an Azure OpenAI resource.
 
     Build it with :meth:`from_env`, which fills what is not given from the environment and
-    a ``.env`` file. Exactly one of ``api_key`` and ``azure_ad_token`` is used; neither
-    appears in ``repr`` or in any log line or error.
+    a ``.env`` file. Exactly one credential is used: a key, a fixed token, a token
+    provider or an azure-identity credential (with none given, ``from_env`` uses
+    ``DefaultAzureCredential`` when ``polars-azurechat[azure]`` is installed). Keys and
+    tokens never appear in ``repr`` or in any log line or error.
 
     Parameters
     ----------
@@ -45,6 +51,14 @@ class ChatConfig:
         A Microsoft Entra ID token, sent as ``Authorization: Bearer``, instead of a key.
     deployment
         The default deployment for calls that do not name one.
+    azure_ad_token_provider
+        A callable returning a Microsoft Entra ID token (as the openai SDK's, e.g.
+        azure-identity's ``get_bearer_token_provider(credential, scope)``); called off
+        the event loop, its token cached and fetched again when due or refused.
+    credential
+        An azure-identity ``TokenCredential`` (sync or async); its tokens (scope
+        ``https://cognitiveservices.azure.com/.default``) are refreshed before
+        ``expires_on``.
 
     Examples
     --------
@@ -58,6 +72,10 @@ class ChatConfig:
     api_version: str = DEFAULT_API_VERSION
     azure_ad_token: str | None = dataclasses.field(default=None, repr=False)
     deployment: str | None = None
+    azure_ad_token_provider: Callable[[], Any] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    credential: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.azure_endpoint)
@@ -67,13 +85,38 @@ class ChatConfig:
                 f"https://<resource>.openai.azure.com (set {ENV_ENDPOINT})"
             )
             raise ConfigurationError(msg)
-        if not self.api_key and not self.azure_ad_token:
+        given = [
+            name
+            for name in (
+                "api_key",
+                "azure_ad_token",
+                "azure_ad_token_provider",
+                "credential",
+            )
+            if getattr(self, name)
+        ]
+        if not given:
             msg = (
-                f"no credential: pass api_key= or set {ENV_API_KEY} (or {ENV_AD_TOKEN})"
+                f"no credential: pass api_key= (or set {ENV_API_KEY}), or an Entra ID "
+                "credential= / azure_ad_token_provider= (or install the extra "
+                f"'polars-azurechat[azure]' for DefaultAzureCredential, or set {ENV_AD_TOKEN})"
             )
             raise ConfigurationError(msg)
-        if self.api_key and self.azure_ad_token:
-            msg = "api_key and azure_ad_token are mutually exclusive; give only one"
+        if len(given) > 1:
+            msg = f"{' and '.join(given)} are mutually exclusive; give only one"
+            raise ConfigurationError(msg)
+        if self.azure_ad_token_provider is not None and not callable(
+            self.azure_ad_token_provider
+        ):
+            msg = "azure_ad_token_provider must be a callable returning a token"
+            raise ConfigurationError(msg)
+        if self.credential is not None and not callable(
+            getattr(self.credential, "get_token", None)
+        ):
+            msg = (
+                "credential must be an azure-identity TokenCredential (with get_token), "
+                f"not {type(self.credential).__name__}"
+            )
             raise ConfigurationError(msg)
         if not self.api_version:
             msg = f"api_version is empty: pass api_version= or set {ENV_API_VERSION}"
@@ -82,10 +125,15 @@ class ChatConfig:
     def __repr__(self) -> str:
         key = "'***'" if self.api_key else "None"
         token = "'***'" if self.azure_ad_token else "None"
+        extra = ""
+        if self.azure_ad_token_provider is not None:
+            extra += ", azure_ad_token_provider=<callable>"
+        if self.credential is not None:
+            extra += f", credential=<{type(self.credential).__name__}>"
         return (
             f"ChatConfig(azure_endpoint={self.azure_endpoint!r}, api_key={key}, "
             f"api_version={self.api_version!r}, azure_ad_token={token}, "
-            f"deployment={self.deployment!r})"
+            f"deployment={self.deployment!r}{extra})"
         )
 
     @property
@@ -102,6 +150,8 @@ class ChatConfig:
         api_version: str | None = None,
         azure_ad_token: str | None = None,
         deployment: str | None = None,
+        azure_ad_token_provider: Callable[[], Any] | None = None,
+        credential: Any = None,
         dotenv_path: str | os.PathLike[str] | None = None,
     ) -> ChatConfig:
         """Resolve every setting: argument, then environment variable, then ``.env``.
@@ -136,17 +186,21 @@ class ChatConfig:
             raise ConfigurationError(msg)
         key: str | None
         token: str | None
-        if azure_ad_token:
-            key, token = api_key, azure_ad_token  # both given: __post_init__ refuses
+        if azure_ad_token or azure_ad_token_provider or credential:
+            key, token = api_key, azure_ad_token  # several given: __post_init__ refuses
         else:
             key = pick(api_key, ENV_API_KEY)
             token = None if key else pick(None, ENV_AD_TOKEN)
+            if not key and not token:
+                credential = _default_credential()
         return cls(
             azure_endpoint=endpoint.rstrip("/"),
             api_key=key,
             api_version=pick(api_version, ENV_API_VERSION) or DEFAULT_API_VERSION,
             azure_ad_token=token,
             deployment=pick(deployment, ENV_DEPLOYMENT),
+            azure_ad_token_provider=azure_ad_token_provider,
+            credential=credential,
         )
 
     def resolve_deployment(self, deployment: str | None) -> str:
@@ -158,10 +212,44 @@ class ChatConfig:
         return name
 
     def auth_headers(self) -> Mapping[str, str]:
-        """The HTTP header that carries the credential."""
+        """The HTTP header of a static credential (a key, or a fixed token).
+
+        Raises ``ConfigurationError`` for a provider or a credential: their tokens are
+        fetched as needed (see :meth:`auth`).
+        """
         if self.api_key:
             return {"api-key": self.api_key}
-        return {"Authorization": f"Bearer {self.azure_ad_token}"}
+        if self.azure_ad_token:
+            return {"Authorization": f"Bearer {self.azure_ad_token}"}
+        msg = "this configuration fetches Entra ID tokens as needed; use auth()"
+        raise ConfigurationError(msg)
+
+    def auth(self) -> KeyAuth | TokenAuth:
+        """What each request carries: a static header, or tokens kept fresh."""
+        if self.api_key or self.azure_ad_token:
+            return KeyAuth(self.auth_headers())
+        return TokenAuth(
+            provider=self.azure_ad_token_provider, credential=self.credential
+        )
+
+    def identity(self) -> str:
+        """Who the requests come from, as a hash (never the secret itself)."""
+        if self.api_key or self.azure_ad_token:
+            secret = json.dumps(sorted(self.auth_headers().items()))
+        else:
+            source = self.credential or self.azure_ad_token_provider
+            secret = f"{type(source).__name__}:{id(source)}"
+        text = f"{self.azure_endpoint}|{secret}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _default_credential() -> Any:
+    """azure-identity's ``DefaultAzureCredential`` when the extra is installed, else None."""
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        return None
+    return DefaultAzureCredential()
 
 
 def _read_dotenv(path: str | os.PathLike[str] | None) -> dict[str, str | None]:

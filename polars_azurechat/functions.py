@@ -7,7 +7,6 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import threading
@@ -490,7 +489,7 @@ def _endpoint_key(
     if client is not None or config is None:
         who = f"client {id(client)}"
     else:
-        who = json.dumps(sorted(config.auth_headers().items()))
+        who = config.identity()
     text = f"{transport.endpoint_host}|{transport.deployment}|{transport.api_version}|{who}"
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -547,7 +546,7 @@ def _transport(
         endpoint=config.azure_endpoint,
         deployment=config.resolve_deployment(opts.deployment),
         api_version=config.api_version,
-        auth_headers=config.auth_headers(),
+        auth=config.auth(),
         timeout_s=timeout_s,
     )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -62,6 +63,7 @@ def test_explicit_dotenv_path(tmp_path: Path) -> None:
 def test_missing_setting_names_the_variable(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], missing: str
 ) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # the extra is absent
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(pac.ConfigurationError, match=missing):
@@ -92,3 +94,32 @@ def test_secrets_stay_out_of_repr() -> None:
     assert "sk-very-secret" not in repr(cfg)
     assert "sk-very-secret" not in str(cfg)
     assert cfg.host == "r.example"
+
+
+def test_without_a_key_the_azure_extra_gives_default_azure_credential(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.identity import DefaultAzureCredential
+
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "http://x.example")
+    cfg = ChatConfig.from_env()
+    assert isinstance(cfg.credential, DefaultAzureCredential)
+    assert cfg.api_key is None and "credential=<DefaultAzureCredential>" in repr(cfg)
+
+
+def test_without_the_extra_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity", None)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "http://x.example")
+    with pytest.raises(pac.ConfigurationError, match=r"polars-azurechat\[azure\]"):
+        ChatConfig.from_env()
+
+
+def test_one_credential_only() -> None:
+    with pytest.raises(pac.ConfigurationError, match="mutually exclusive"):
+        ChatConfig(
+            azure_endpoint="http://x", api_key="k", azure_ad_token_provider=lambda: "t"
+        )
+    with pytest.raises(pac.ConfigurationError, match="TokenCredential"):
+        ChatConfig(azure_endpoint="http://x", credential=object())

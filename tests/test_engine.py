@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import Transport
@@ -29,7 +30,7 @@ def _engine(
         endpoint=emu.url,
         deployment="gpt-4o-mini",
         api_version="2024-10-21",
-        auth_headers={"api-key": emu.api_key},
+        auth=KeyAuth({"api-key": emu.api_key}),
         timeout_s=timeout_s,
     )
     limiter = RateLimiter(clock=clock, sleep=clock.sleep)
@@ -124,7 +125,7 @@ def test_connection_refused_is_a_connection_error(clock: FakeClock) -> None:
         endpoint=url,
         deployment="d",
         api_version="v",
-        auth_headers={"api-key": "k"},
+        auth=KeyAuth({"api-key": "k"}),
         timeout_s=1,
     )
     engine = ChatEngine(transport, max_attempts=2, sleep=clock.sleep)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import Transport
@@ -183,7 +184,7 @@ def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
         endpoint=emu.url,
         deployment="gpt-4o-mini",
         api_version="2024-10-21",
-        auth_headers={"api-key": emu.api_key},
+        auth=KeyAuth({"api-key": emu.api_key}),
         timeout_s=5,
     )
     limiter = RateLimiter(clock=clock, sleep=clock.sleep, **limits)

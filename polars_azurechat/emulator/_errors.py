@@ -9,8 +9,12 @@ from aiohttp import web
 
 __all__ = [
     "ACCESS_DENIED",
+    "ENTRA_UNAUTHORIZED",
+    "KEY_AUTH_DISABLED",
     "content_filter_response",
+    "entra_unauthorized_response",
     "error_response",
+    "key_auth_disabled_response",
     "rate_limit_response",
 ]
 
@@ -19,6 +23,14 @@ ACCESS_DENIED = (
     "provide a valid key for an active subscription and use a correct regional API "
     "endpoint for your resource."
 )
+
+
+ENTRA_UNAUTHORIZED = (
+    "Unauthorized. Access token is missing, invalid, audience is incorrect "
+    "(https://cognitiveservices.azure.com), or have expired."
+)
+
+KEY_AUTH_DISABLED = "Key based authentication is disabled for this resource."
 
 
 def error_response(
@@ -91,3 +103,19 @@ def content_filter_response() -> web.Response:
             "content_filter_result": categories,
         },
     )
+
+
+def entra_unauthorized_response() -> web.Response:
+    """Azure's 401 for a bad Entra ID token: ``{"statusCode": 401, "message": ...}``.
+
+    Not the usual ``{"error": ...}`` shape: Azure answers a missing, unknown or expired
+    bearer token this way.
+    """
+    return web.json_response(
+        {"statusCode": 401, "message": ENTRA_UNAUTHORIZED}, status=401
+    )
+
+
+def key_auth_disabled_response() -> web.Response:
+    """Azure's 403 ``AuthenticationTypeDisabled``: a key sent where only tokens are taken."""
+    return error_response(403, "AuthenticationTypeDisabled", KEY_AUTH_DISABLED)

