@@ -855,6 +855,16 @@ class ChatEngine:
                 completion.remaining_tokens,
                 completion.limit_requests,
                 completion.limit_tokens,
+                charged_tokens=(
+                    None
+                    if completion.prompt_tokens is None
+                    else completion.prompt_tokens
+                    + (
+                        DEFAULT_RESERVED_COMPLETION_TOKENS
+                        if self._max_tokens is None
+                        else self._max_tokens
+                    )
+                ),
             )
             return completion
 

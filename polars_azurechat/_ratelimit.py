@@ -50,6 +50,9 @@ DEFAULT_WINDOW_S = 60.0
 #: Extra time before an admission leaves a window: a share of the window, plus skew.
 MARGIN_SHARE = 0.02
 MARGIN_S = 0.02
+#: The share of a token budget used: a request's tokens are an estimate of the
+#: server's own estimate, and a burst at the budget's edge would meet a few 429s.
+TOKEN_SHARE = 0.97
 #: Cooldown after a 429 that names no delay.
 DEFAULT_COOLDOWN_S = 1.0
 #: A blocked limiter that does not know the window yet sends one probe after this long.
@@ -73,7 +76,8 @@ class Ticket:
     """
 
     sent_at: float
-    tokens: int
+    tokens: int  # as the server counts them (our estimate x the learned ratio)
+    estimate: int = 0  # our own estimate
     probe: bool = False
     rejected: bool = False
     answered: bool = False
@@ -165,6 +169,8 @@ class _Resource:
         learned = self.learned()
         if learned is not None:
             budgets.append(learned)
+        if self.name == "tokens":  # our count of a request's tokens is an estimate
+            budgets = [b * TOKEN_SHARE for b in budgets]
         if self.limit is not None:
             budgets.append(self.limit)
         return min(budgets) if budgets else None
@@ -175,7 +181,7 @@ class _Resource:
         if not est:
             return None
         ordered = sorted(est)
-        return max(1.0, ordered[len(ordered) // 5])
+        return max(1.0, ordered[len(ordered) // 20])
 
     def observe(self, remaining: float, used: dict[float, float]) -> None:
         """One answer said ``remaining``; ``used`` is the ledger up to it, per window."""
@@ -194,7 +200,11 @@ class _Resource:
             return
         # the window whose estimates agree; on a tie the longest (the safest)
         best = min(spreads, key=lambda w: (round(spreads[w], 2), -w))
-        clear = spreads[best] <= 0.1 and spreads[self.window] >= 0.3
+        # clear: the current window's estimates drift, the other's far less (token
+        # estimates are noisy: the server charges its own estimate, not ours)
+        clear = spreads[self.window] >= 0.3 and spreads[best] <= max(
+            0.1, spreads[self.window] / 3
+        )
         if best < self.window and not clear:
             return  # a shorter window floods the server if wrong: only when clear
         if best != self.window:
@@ -262,6 +272,9 @@ class RateLimiter:
         self._probe: Ticket | None = None
         self._blocked_since: float | None = None
         self._first_answer: asyncio.Event | None = None
+        #: the server's token count over ours (it estimates its own way)
+        self._ratios: collections.deque[float] = collections.deque(maxlen=64)
+        self.token_ratio = 1.0
 
     # -- what is known --------------------------------------------------------------------
 
@@ -288,7 +301,7 @@ class RateLimiter:
         for w in self._windows.values():
             w.expire(now)
         wait = self._cooldown_until - now
-        for name, cost in (("requests", 1), ("tokens", tokens)):
+        for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
             res = self.resources[name]
             budget = res.budget()
             if budget is not None:
@@ -353,8 +366,11 @@ class RateLimiter:
             and wait > PROBE_AFTER_S
         )
 
+    def _scaled(self, tokens: int) -> int:
+        return round(tokens * self.token_ratio)
+
     def _admit(self, tokens: int, *, probe: bool = False) -> Ticket:
-        ticket = Ticket(self._clock(), tokens, probe=probe)
+        ticket = Ticket(self._clock(), self._scaled(tokens), tokens, probe=probe)
         for w in self._windows.values():
             w.add(ticket)
             ticket.used[w.length] = w.exact(ticket.sent_at)
@@ -371,10 +387,18 @@ class RateLimiter:
         remaining_tokens: int | None,
         limit_requests: int | None = None,
         limit_tokens: int | None = None,
+        charged_tokens: int | None = None,
     ) -> None:
-        """An answer: learn from ``x-ratelimit-remaining-*`` (and ``-limit-*``)."""
+        """An answer: learn from ``x-ratelimit-remaining-*`` (and ``-limit-*``).
+
+        ``charged_tokens`` is what the server says the request cost (its prompt count
+        plus the reserved answer): it teaches the ratio of its count to ours.
+        """
         ticket.answered = True
         self._start(verified=True)
+        if charged_tokens and ticket.estimate:
+            self._ratios.append(charged_tokens / ticket.estimate)
+            self.token_ratio = statistics.median(self._ratios)
         for name, remaining, limit in (
             ("requests", remaining_requests, limit_requests),
             ("tokens", remaining_tokens, limit_tokens),

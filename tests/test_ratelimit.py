@@ -15,7 +15,7 @@ import pytest
 
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import RateLimiter
+from polars_azurechat._ratelimit import TOKEN_SHARE, RateLimiter
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
@@ -151,7 +151,7 @@ def test_budget_is_learned_from_remaining_headers_and_is_stable(
     _run(go())
     learned = limiter.learned()
     assert learned["requests_per_minute"] == pytest.approx(5 * 6)
-    assert learned["tokens_per_minute"] == pytest.approx(100 * 6)
+    assert learned["tokens_per_minute"] == pytest.approx(100 * 6 * TOKEN_SHARE)
     assert limiter.delay() == 0  # 4 of 5 used
     _run(limiter.acquire())
     assert limiter.delay() > 9  # the window is full: 5 of 5
@@ -284,3 +284,29 @@ def test_a_job_on_an_endpoint_that_answered_skips_slow_start(clock: FakeClock) -
     _run(go())
     assert RateLimiter(endpoint_key="k-test-1")._started
     assert not RateLimiter(endpoint_key="k-test-2")._started
+
+
+def test_a_token_window_is_learned_though_the_server_counts_tokens_its_own_way(
+    net_clock: NetworkClock,
+) -> None:
+    # the emulator charges its own estimate ("chars"), the client counts with tiktoken
+    pad = "Consider the following carefully. " * 4
+    with Emulator(
+        requests_per_minute=6000,
+        tokens_per_minute=28_800,
+        token_window_s=10.0,
+        clock=net_clock,
+    ) as emu:
+        engine = _engine(emu, net_clock)
+        rows = [
+            ChatRequest([{"role": "user", "content": f"{pad}What is {i} + 1?"}])
+            for i in range(300)
+        ]
+        results = engine.run(rows)
+        stats = emu.stats()
+        charged = stats["prompt_tokens"] / 300 + 10
+    assert all(r is not None and r.exception is None for r in results)
+    assert stats["statuses"].get("429", 0) <= 0.03 * stats["requests"], stats
+    assert engine.limiter.learned()["token_window_s"] == 10.0
+    fastest = 10.0 * (300 * charged / 4800 - 1)
+    assert net_clock.now - 1000 <= 1.15 * fastest + 10, (net_clock.now - 1000, fastest)
