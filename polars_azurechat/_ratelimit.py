@@ -194,16 +194,17 @@ class _Resource:
         spreads = {}
         for w, est in self.estimates.items():
             if len(est) >= MIN_ESTIMATES:
-                mid = statistics.median(est)
-                spreads[w] = (max(est) - min(est)) / max(1.0, mid)
+                # the interquartile range: one stray estimate does not hide agreement
+                q1, mid, q3 = statistics.quantiles(est, n=4, method="inclusive")
+                spreads[w] = (q3 - q1) / max(1.0, mid)
         if len(spreads) < len(CANDIDATE_WINDOWS):
             return
         # the window whose estimates agree; on a tie the longest (the safest)
         best = min(spreads, key=lambda w: (round(spreads[w], 2), -w))
         # clear: the current window's estimates drift, the other's far less (token
         # estimates are noisy: the server charges its own estimate, not ours)
-        clear = spreads[self.window] >= 0.3 and spreads[best] <= max(
-            0.1, spreads[self.window] / 3
+        clear = spreads[self.window] >= 0.15 and spreads[best] <= max(
+            0.05, spreads[self.window] / 2
         )
         if best < self.window and not clear:
             return  # a shorter window floods the server if wrong: only when clear
