@@ -13,7 +13,7 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   was admitted in the window up to it, is the window's budget. Each success gives one
   estimate per candidate window; the true window is the one whose estimates agree (as
   the others' drift while the window slides), and the budget is a low quantile of its
-  recent estimates: stable, not overwritten per response. A 429's Retry-After settles
+  recent estimates (the 5th percentile): stable, not overwritten per response. A 429's Retry-After settles
   the window at once: it names when the oldest admission leaves the true window.
   ``x-ratelimit-limit-*`` caps the budget when sent.
 - **Slow start**: a job's first request goes alone (a wrong key or deployment costs one
@@ -160,6 +160,8 @@ class _Resource:
         self.estimates: dict[float, collections.deque[float]] = {
             w: collections.deque(maxlen=KEEP_ESTIMATES) for w in CANDIDATE_WINDOWS
         }
+        self._learned: float | None = None
+        self._learned_for: tuple[float, int] | None = None
 
     def budget(self) -> float | None:
         """Budget per window now in force (given, learned, limit: the lowest)."""
@@ -176,17 +178,19 @@ class _Resource:
         return min(budgets) if budgets else None
 
     def learned(self) -> float | None:
-        """The learned budget of the current window: a low quantile of its estimates."""
-        est = self.estimates[self.window]
-        if not est:
-            return None
-        ordered = sorted(est)
-        return max(1.0, ordered[len(ordered) // 20])
+        """The learned budget of the current window: the 5th percentile of its estimates."""
+        if self._learned_for != (self.window, len(self.estimates[self.window])):
+            est = self.estimates[self.window]
+            ordered = sorted(est)
+            self._learned = max(1.0, ordered[len(ordered) // 20]) if est else None
+            self._learned_for = (self.window, len(est))
+        return self._learned
 
     def observe(self, remaining: float, used: dict[float, float]) -> None:
         """One answer said ``remaining``; ``used`` is the ledger up to it, per window."""
         for w in CANDIDATE_WINDOWS:
             self.estimates[w].append(remaining + used[w])
+        self._learned_for = None
         if not self.known:
             self._choose()
 
@@ -276,6 +280,7 @@ class RateLimiter:
         #: the server's token count over ours (it estimates its own way)
         self._ratios: collections.deque[float] = collections.deque(maxlen=64)
         self.token_ratio = 1.0
+        self._tracking = True  # keep the ledger (until a headerless answer says no)
 
     # -- what is known --------------------------------------------------------------------
 
@@ -372,6 +377,8 @@ class RateLimiter:
 
     def _admit(self, tokens: int, *, probe: bool = False) -> Ticket:
         ticket = Ticket(self._clock(), self._scaled(tokens), tokens, probe=probe)
+        if not self._tracking:  # nothing to learn and nothing to enforce: no ledger
+            return ticket
         for w in self._windows.values():
             w.add(ticket)
             ticket.used[w.length] = w.exact(ticket.sent_at)
@@ -397,6 +404,13 @@ class RateLimiter:
         """
         ticket.answered = True
         self._start(verified=True)
+        # a server that sends no rate-limit headers, with no quota given, leaves
+        # nothing to learn or enforce: the ledger is skipped until headers appear
+        self._tracking = (
+            remaining_requests is not None
+            or remaining_tokens is not None
+            or any(r.budget() is not None for r in self.resources.values())
+        )
         if charged_tokens and ticket.estimate:
             self._ratios.append(charged_tokens / ticket.estimate)
             self.token_ratio = statistics.median(self._ratios)
