@@ -86,7 +86,6 @@ class TokenAuth:
         self._expires_at = 0.0
         self._lock: asyncio.Lock | None = None
         self._background: asyncio.Task[None] | None = None
-        self.fetches = 0
 
     def __repr__(self) -> str:
         source = self._credential if self._credential is not None else self._provider
@@ -139,7 +138,6 @@ class TokenAuth:
             ):
                 return self._token
             token, expires_on = await self._get()
-            self.fetches += 1
             now = self._clock()
             if expires_on is None:
                 expires_on = _jwt_expiry(token)

@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import weakref
-from collections.abc import Callable
+from typing import Protocol
 
 from polars_azurechat import _loop
 
@@ -35,15 +35,15 @@ _sockets: tuple[socket.socket, socket.socket] | None = None
 _listeners: weakref.WeakSet[_Listener] = weakref.WeakSet()
 
 
-class _Listener:
+class _Listener(Protocol):
     """An object told about interrupts (the engine); kept weakly."""
 
-    interrupt: Callable[[str], None]
+    def interrupt(self, reason: str) -> None: ...
 
 
-def register(listener: object) -> None:
+def register(listener: _Listener) -> None:
     """Tell ``listener.interrupt(reason)`` (on the loop) when Ctrl-C or SIGTERM arrives."""
-    _listeners.add(listener)  # type: ignore[arg-type]
+    _listeners.add(listener)
 
 
 def install() -> None:

@@ -60,7 +60,6 @@ PROBE_AFTER_S = 1.0
 #: Estimates kept per candidate window; a window needs this many to be judged.
 KEEP_ESTIMATES = 48
 MIN_ESTIMATES = 6
-RESOURCES = ("requests", "tokens")
 
 #: Endpoints (hashes of host, deployment, api-version and credential) that answered a
 #: request in this process: a new job on one of them skips slow start.
