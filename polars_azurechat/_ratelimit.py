@@ -336,6 +336,50 @@ class RateLimiter:
                     return self._probe
                 await self._sleep(min(wait, PROBE_AFTER_S) if self._probing() else wait)
 
+    def try_acquire(self, tokens: int = 0) -> Ticket | None:
+        """Admit a request now if :meth:`acquire` would without waiting, else ``None``.
+
+        For a pool of deployments, which tries each in turn: the first request of slow
+        start and a probe are admitted as :meth:`acquire` admits them; a request is not
+        admitted ahead of callers already waiting in :meth:`acquire`.
+        """
+        if not self._started:
+            if self._first_sent:
+                return None
+            self._first_sent = True
+            return self._admit(tokens)
+        if self._lock is not None and self._lock.locked():
+            return None
+        wait = self.delay(tokens)
+        if wait <= 0:
+            self._blocked_since = None
+            return self._admit(tokens)
+        if self._may_probe(wait):
+            self._probe = self._admit(tokens, probe=True)
+            return self._probe
+        return None
+
+    def wait_hint(self, tokens: int = 0) -> float:
+        """Seconds after which :meth:`try_acquire` may succeed (an upper bound to poll at)."""
+        if not self._started:
+            return PROBE_AFTER_S  # the first answer wakes the pool sooner
+        wait = self.delay(tokens)
+        return min(wait, PROBE_AFTER_S) if self._probing() else wait
+
+    def headroom(self, tokens: int = 0) -> float:
+        """Share of the tightest budget still free now, after ``tokens`` (1.0: unknown)."""
+        now = self._clock()
+        free = 1.0
+        for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
+            res = self.resources[name]
+            budget = res.budget()
+            if budget is None or budget <= 0:
+                continue
+            window = self._windows[res.window]
+            window.expire(now)
+            free = min(free, 1.0 - (window.used(name) + cost) / budget)
+        return free
+
     def _answered(self) -> asyncio.Event:
         if self._first_answer is None:
             self._first_answer = asyncio.Event()
