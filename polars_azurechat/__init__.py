@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from polars_azurechat import namespace as _namespace  # registers `.chat`
 from polars_azurechat.config import ChatConfig
+from polars_azurechat.deployments import Deployment, load_deployments
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -28,6 +29,7 @@ from polars_azurechat.errors import (
     InputError,
     MalformedResponseError,
     NotFoundError,
+    PoolUnavailableError,
     RateLimitError,
     RequestError,
     RowError,
@@ -63,10 +65,12 @@ __all__ = [
     "ContentFilterError",
     "ContextLengthError",
     "DeadlineExceededError",
+    "Deployment",
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
     "Plan",
+    "PoolUnavailableError",
     "RateLimitError",
     "RequestError",
     "RowError",
@@ -76,5 +80,6 @@ __all__ = [
     "__version__",
     "complete",
     "complete_many",
+    "load_deployments",
     "plan",
 ]

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from typing import Any, TypeVar
 
 from polars_azurechat import _interrupt, _loop, _tokens
+from polars_azurechat._pool import Pool, Route
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
 from polars_azurechat._transport import (
@@ -99,6 +100,11 @@ class RunStats:
     model: str | None = None
     wall_s: float = 0.0
     first_error: str | None = None
+    #: per deployment of a pool: requests, rate_limited, failed_attempts,
+    #: prompt_tokens, completion_tokens
+    by_deployment: dict[str, collections.Counter[str]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def count(self, result: ChatResult) -> None:
         """Count one non-null row's outcome."""
@@ -122,6 +128,9 @@ class RunStats:
                 setattr(self, f.name, mine or theirs)
             elif f.name == "failures_by_kind":
                 mine.update(theirs)
+            elif f.name == "by_deployment":
+                for name, counts in theirs.items():
+                    mine.setdefault(name, collections.Counter()).update(counts)
             else:
                 setattr(self, f.name, mine + theirs)
 
@@ -135,6 +144,7 @@ class RunStats:
         """A plain dict (for logs and JSON)."""
         d = dataclasses.asdict(self)
         d["failures_by_kind"] = dict(self.failures_by_kind)
+        d["by_deployment"] = {k: dict(v) for k, v in self.by_deployment.items()}
         return d
 
 
@@ -210,6 +220,9 @@ class ChatEngine:
         :class:`DeadlineExceededError`.
     limiter
         Quota admission; shared by every run.
+    pool
+        Several deployments to spread requests over (each with its own transport and
+        limiter); ``transport`` and ``limiter`` are then its first deployment's.
     sleep, clock
         The awaitable sleep used for backoff and admission waits and the monotonic
         clock (both injected in tests).
@@ -242,6 +255,7 @@ class ChatEngine:
         progress: Callable[[int], None] | None = None,
         cache: SqliteCache | None = None,
         on_truncated: str = "keep",
+        pool: Pool | None = None,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -249,14 +263,19 @@ class ChatEngine:
         if max_attempts < 1:
             msg = f"max_attempts must be >= 1, got {max_attempts}"
             raise ValueError(msg)
-        self.transport = transport
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.clock = clock
+        if pool is None:
+            route = Route(transport.deployment, transport, limiter or RateLimiter())
+            pool = Pool([route], clock=clock, sleep=self.sleep)
+        self.pool = pool
+        #: the first deployment's: it names the cache key and the model
+        self.transport = pool.primary.transport
+        self.limiter = pool.primary.limiter
         self.params = dict(params or {})
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
-        self.limiter = limiter or RateLimiter()
-        self.sleep: Sleep = sleep or asyncio.sleep
-        self.clock = clock
         self.progress = progress
         self.cache = cache
         self.on_truncated = on_truncated
@@ -279,7 +298,9 @@ class ChatEngine:
         self._current: Run | None = None
         self._totals = RunStats()
         self.runs = 0
-        self._finalizer = weakref.finalize(self, _close, transport, cache)
+        self._finalizer = weakref.finalize(
+            self, _close, [r.transport for r in pool.routes], cache
+        )
         _interrupt.register(self)
 
     # -- runs ---------------------------------------------------------------------------
@@ -588,7 +609,8 @@ class ChatEngine:
         if self.progress is not None:
             self.progress(len(requests) - len(leaders) - len(followers))
         if leaders:
-            await self.transport.open(self.max_concurrency)
+            for route in self.pool.routes:
+                await route.transport.open(self.max_concurrency)
         todo = iter(leaders.items())
 
         async def worker() -> None:
@@ -683,9 +705,9 @@ class ChatEngine:
         cost = _tokens.request_tokens(
             req.messages,
             self._max_tokens,
-            exact=self.limiter.token_budget is not None,
+            exact=any(r.limiter.token_budget is not None for r in self.pool.routes),
         )
-        sent = [0]  # requests sent for this row, 429s included
+        sent = _Sent()
         completion: Completion | None = None
         failure: AzureChatError | None = None
         try:  # the first attempt outside tenacity: the common case stays cheap
@@ -695,7 +717,7 @@ class ChatEngine:
             if is_retryable(first) and self.max_attempts > 1:
                 completion, failure = await self._retry(run, body, cost, first, sent)
         if failure is not None or completion is None:
-            return self._failed(run, failure, sent[0], req)
+            return self._failed(run, failure, sent.count, req)
         st = run.stats
         st.prompt_tokens += completion.prompt_tokens or 0
         st.completion_tokens += completion.completion_tokens or 0
@@ -723,7 +745,7 @@ class ChatEngine:
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            attempts=sent[0],
+            attempts=sent.count,
             exception=exception,
         )
 
@@ -733,7 +755,7 @@ class ChatEngine:
         body: Mapping[str, Any],
         cost: int,
         first: AzureChatError,
-        sent: list[int],
+        sent: _Sent,
     ) -> tuple[Completion | None, AzureChatError | None]:
         """Run the remaining attempts under the tenacity policy.
 
@@ -782,7 +804,7 @@ class ChatEngine:
         return run.deadline - self.clock()
 
     async def _send(
-        self, run: Run, body: Mapping[str, Any], cost: int, sent: list[int]
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
     ) -> Completion:
         """One attempt; 429s are waited out here and do not count as attempts.
 
@@ -800,43 +822,58 @@ class ChatEngine:
                 run.check_deadline(self.clock())
 
     async def _send_once(
-        self, run: Run, body: Mapping[str, Any], cost: int, sent: list[int]
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
     ) -> Completion:
         st = run.stats
+        pool = self.pool
         async with self._semaphore:
-            ticket = await self.limiter.acquire(cost)
+            route, ticket = await pool.acquire(cost, sent.failed_on)
+            limiter = route.limiter
             try:
                 if run.fatal is not None:  # it may have arrived while this one waited
                     raise run.fatal
                 run.check_deadline(self.clock())
             except AzureChatError:
-                self.limiter.on_failure(ticket)  # not sent: release the admission
+                limiter.on_failure(ticket)  # not sent: release the admission
+                pool.released(route)
                 raise
             self._in_flight += 1
             st.requests += 1
-            sent[0] += 1
+            sent.count += 1
+            per = st.by_deployment.get(route.name)
+            if per is None:
+                per = st.by_deployment[route.name] = collections.Counter()
+            per["requests"] += 1
             if self._in_flight > st.peak_in_flight:
                 st.peak_in_flight = self._in_flight
             try:
-                completion = await self.transport.send(body, self._remaining_s(run))
+                completion = await route.transport.send(body, self._remaining_s(run))
             except AzureChatError as exc:
                 st.failures_by_kind[type(exc).__name__] += 1
+                per["failed_attempts"] += 1
                 if is_retryable(exc):
                     st.retries += 1
                 if isinstance(exc, RateLimitError):
                     st.rate_limited += 1
-                    self.limiter.on_rate_limited(
+                    per["rate_limited"] += 1
+                    limiter.on_rate_limited(
                         exc.retry_after_s, ticket, rate_limited_resource(exc)
                     )
                 else:
-                    self.limiter.on_failure(ticket)
-                logger.debug("attempt failed: %s", exc)
+                    limiter.on_failure(ticket)
+                    sent.failed_on = route
+                pool.done(route, exc)
+                logger.debug("attempt failed on %s: %s", route.name, exc)
                 raise
             except BaseException:
-                self.limiter.on_failure(ticket)
+                limiter.on_failure(ticket)
+                pool.released(route)
                 raise
             finally:
                 self._in_flight -= 1
+            pool.done(route)
+            per["prompt_tokens"] += completion.prompt_tokens or 0
+            per["completion_tokens"] += completion.completion_tokens or 0
             if (
                 completion.remaining_tokens is not None
                 and self._max_tokens is None
@@ -849,7 +886,7 @@ class ChatEngine:
                     "answer alone; set max_tokens",
                     DEFAULT_RESERVED_COMPLETION_TOKENS,
                 )
-            self.limiter.on_success(
+            limiter.on_success(
                 ticket,
                 completion.remaining_requests,
                 completion.remaining_tokens,
@@ -869,8 +906,17 @@ class ChatEngine:
             return completion
 
 
-def _close(transport: ChatTransport, cache: SqliteCache | None) -> None:
-    _loop.close_soon(transport.close())
+@dataclasses.dataclass(slots=True)
+class _Sent:
+    """One row's requests so far (429s included), and the route it last failed on."""
+
+    count: int = 0
+    failed_on: Route | None = None
+
+
+def _close(transports: Sequence[ChatTransport], cache: SqliteCache | None) -> None:
+    for transport in transports:
+        _loop.close_soon(transport.close())
     if cache is not None:
         cache.close()
 

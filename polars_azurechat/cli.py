@@ -90,6 +90,7 @@ def option_flags() -> list[inspect.Parameter]:
         docs={f.name: f.metadata["doc"] for f in dataclasses.fields(ChatOptions)},
         types={
             "cache": Path | None,
+            "deployments": Path | None,
             "output": Literal["content", "struct"],
             "on_error": Literal["null", "raise"],
             "on_truncated": Literal["keep", "error"],
@@ -116,6 +117,21 @@ def _with_flags(
         return command
 
     return decorate
+
+
+def _options(values: dict[str, Any]) -> ChatOptions:
+    """The job's options from the flags; ``--deployments`` is read as a TOML file."""
+    values = dict(values)
+    path = values.get("deployments")
+    try:
+        if path is not None:
+            from polars_azurechat.deployments import load_deployments
+
+            values["deployments"] = load_deployments(path)
+            values["deployment"] = None  # the file names them (the variable may be set)
+        return ChatOptions(**values)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command(no_args_is_help=True)
@@ -158,10 +174,7 @@ def run(
         params["max_tokens"] = max_tokens
     if temperature is not None:
         params["temperature"] = temperature
-    try:
-        options = ChatOptions(**option_values)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    options = _options(option_values)
 
     with contextlib.ExitStack() as stack:
         config = None
@@ -397,10 +410,7 @@ def plan(
     from polars_azurechat.plan import plan as make_plan
 
     _check_input(input_path, column)
-    try:
-        options = ChatOptions(**option_values)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    options = _options(option_values)
     series = pl.read_parquet(input_path, columns=[column]).to_series()
     body: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     estimate = make_plan(

@@ -17,6 +17,7 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │   ├── NotFoundError           404: wrong deployment, endpoint or api-version (stops the run)
     │   ├── RateLimitError          429, with ``retry_after_s``
     │   └── ServerError             5xx
+    │       └── PoolUnavailableError    every deployment of a pool is failing (circuits open)
     ├── InputError                  one row's input cannot be sent (empty list, bad role, ...)
     ├── TruncatedError              the answer was cut at ``max_tokens`` (``on_truncated="error"``)
     ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
@@ -49,6 +50,7 @@ __all__ = [
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
+    "PoolUnavailableError",
     "RateLimitError",
     "RequestError",
     "RowError",
@@ -211,6 +213,13 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     """5xx (or 408 / 409): a transient server-side failure; retried."""
+
+
+class PoolUnavailableError(ServerError):
+    """Every deployment of a pool has its circuit open; retried as a server error.
+
+    The message names each deployment and its last failure.
+    """
 
 
 class TruncatedError(AzureChatError):

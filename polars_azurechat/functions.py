@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     import openai
 
     from polars_azurechat._engine import ChatEngine, Run, RunStats
+    from polars_azurechat._pool import Pool
+    from polars_azurechat._ratelimit import RateLimiter
     from polars_azurechat._transport import ChatTransport
 
 __all__ = ["Completer", "complete", "complete_many"]
@@ -261,14 +263,23 @@ class Completer:
 
         # the cache first: an unusable path is refused before anything else is built
         cache = SqliteCache(opts.cache) if opts.cache is not None else None
-        if client is None and config is None:
-            config = ChatConfig.from_env()
-        transport = _transport(
-            opts,
-            config,
-            client,
-            self.params.get("max_tokens", self.params.get("max_completion_tokens")),
+        max_tokens = self.params.get(
+            "max_tokens", self.params.get("max_completion_tokens")
         )
+        if opts.deployments is not None:
+            pool = _pool(opts, config, client, max_tokens)
+        else:
+            if client is None and config is None:
+                config = ChatConfig.from_env()
+            transport = _transport(opts, config, client, max_tokens)
+            pool = _single(
+                transport,
+                RateLimiter(
+                    requests_per_minute=opts.requests_per_minute,
+                    tokens_per_minute=opts.tokens_per_minute,
+                    endpoint_key=_endpoint_key(transport, config, client),
+                ),
+            )
 
         self._prices = dict(prices or {})
         self._bar: _ProgressBar | None = None
@@ -276,16 +287,12 @@ class Completer:
         #: answers (the CLI prints its summary instead).
         self._reports = {"failed": opts.on_error == "null", "truncated": True}
         self.engine: ChatEngine = ChatEngine(
-            transport,
+            pool.primary.transport,
+            pool=pool,
             params=self.params,
             max_concurrency=opts.max_concurrency,
             max_attempts=opts.max_attempts,
             deadline_s=opts.deadline_s,
-            limiter=RateLimiter(
-                requests_per_minute=opts.requests_per_minute,
-                tokens_per_minute=opts.tokens_per_minute,
-                endpoint_key=_endpoint_key(transport, config, client),
-            ),
             cache=cache,
             on_truncated=opts.on_truncated,
         )
@@ -549,6 +556,73 @@ def _transport(
         auth=config.auth(),
         timeout_s=timeout_s,
     )
+
+
+def _single(transport: ChatTransport, limiter: RateLimiter) -> Pool:
+    import asyncio
+
+    from polars_azurechat._pool import Pool, Route
+
+    route = Route(transport.deployment, transport, limiter)
+    return Pool([route], clock=time.monotonic, sleep=asyncio.sleep)
+
+
+def _pool(
+    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
+) -> Pool:
+    """The routes of ``opts.deployments``: their transports and limiters.
+
+    Deployments without their own credential share the job's (one token cache).
+    """
+    import asyncio
+
+    from polars_azurechat._pool import Pool, Route
+    from polars_azurechat._ratelimit import RateLimiter
+    from polars_azurechat._transport import SdkTransport, Transport
+
+    deployments = opts.deployments or ()
+    timeout_s = opts.attempt_timeout_s(max_tokens)
+    routes = []
+    shared_auth = None
+    for d in deployments:
+        if client is not None:
+            if config is not None:
+                msg = "give config= or client=, not both"
+                raise ValueError(msg)
+            if d.endpoint is not None or d.has_credential:
+                msg = (
+                    f"Deployment {d.name!r}: with client=, deployments take the client's "
+                    "endpoint and credential (give config= to set them per deployment)"
+                )
+                raise ConfigurationError(msg)
+            transport: ChatTransport = SdkTransport(
+                client, deployment=d.name, timeout_s=timeout_s
+            )
+            cfg = None
+        else:
+            if config is None and (d.endpoint is None or not d.has_credential):
+                config = ChatConfig.from_env()
+            cfg = d.config(config)
+            if d.has_credential:
+                auth = cfg.auth()
+            else:
+                assert config is not None  # noqa: S101 - read above
+                shared_auth = shared_auth or config.auth()
+                auth = shared_auth
+            transport = Transport(
+                endpoint=cfg.azure_endpoint,
+                deployment=d.name,
+                api_version=cfg.api_version,
+                auth=auth,
+                timeout_s=timeout_s,
+            )
+        limiter = RateLimiter(
+            requests_per_minute=d.requests_per_minute,
+            tokens_per_minute=d.tokens_per_minute,
+            endpoint_key=_endpoint_key(transport, cfg, client),
+        )
+        routes.append(Route(d.name, transport, limiter, priority=d.priority))
+    return Pool(routes, clock=time.monotonic, sleep=asyncio.sleep)
 
 
 def _run_stats(run: Run, clock: Callable[[], float]) -> RunStats:

@@ -21,7 +21,10 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+
+if TYPE_CHECKING:
+    from polars_azurechat.deployments import Deployment
 
 __all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OnTruncated", "OutputKind"]
 
@@ -106,6 +109,12 @@ class ChatOptions:
         "The Azure deployment; default ``config.deployment`` / AZURE_OPENAI_DEPLOYMENT.",
         envvar="AZURE_OPENAI_DEPLOYMENT",
     )
+    deployments: tuple[Deployment, ...] | None = _opt(
+        None,
+        "Several deployments serving the job (a list of polars_azurechat.Deployment; "
+        "CLI: a TOML file): the lowest priority tier first, the next when it is full "
+        "or down. Instead of ``deployment`` and the job-wide quota options.",
+    )
     system: str | None = _opt(
         None, "For String prompts: a system message sent before each prompt."
     )
@@ -168,6 +177,21 @@ class ChatOptions:
             if value is not None and not isinstance(value, str):
                 msg = f"{name} must be a string, got {type(value).__name__}"
                 raise TypeError(msg)
+        if self.deployments is not None:
+            from polars_azurechat.deployments import as_deployments
+
+            object.__setattr__(self, "deployments", as_deployments(self.deployments))
+            given = [
+                n
+                for n in ("deployment", "requests_per_minute", "tokens_per_minute")
+                if getattr(self, n) is not None
+            ]
+            if given:
+                msg = (
+                    f"{' and '.join(given)} cannot be given with deployments=: each "
+                    "Deployment has its own name and quota"
+                )
+                raise ValueError(msg)
         _check_choice("output", self.output, OutputKind)
         _check_choice("on_error", self.on_error, OnError)
         _check_int("max_concurrency", self.max_concurrency)
@@ -321,6 +345,7 @@ def option_parameters() -> list[inspect.Parameter]:
     """Every option as a keyword-only parameter (for generated signatures)."""
     hints = {
         "deployment": "str | None",
+        "deployments": "Sequence[Deployment] | None",
         "system": "str | None",
         "cache": "str | os.PathLike[str] | None",
         "output": "Literal['content', 'struct']",

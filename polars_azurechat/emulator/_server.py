@@ -41,6 +41,48 @@ logger = logging.getLogger(__name__)
 DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
 
 AuthKind = Literal["key", "bearer"]
+Clock = Callable[[], float]
+
+
+class _Lane:
+    """One deployment: its settings, quota windows, counters, and whether it is down.
+
+    Deployments without settings of their own share the emulator's faults (so a
+    scripted ``[emu:500*2]`` counts across them) but never a quota.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: EmulatorSettings,
+        shared: Faults,
+        clock: Clock,
+        origin: float,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.clock = clock
+        if settings.per_deployment and name in settings.per_deployment:
+            self.settings = settings.for_deployment(name)
+            self.rng = random.Random(self.settings.seed)  # noqa: S311 - not secrets
+            self.faults = Faults(self.settings, self.rng)
+        else:
+            self.faults = shared
+            self.rng = shared.rng
+        self.quota = Quota(self.settings, clock)
+        self.quota.origin = origin  # fixed windows turn from the emulator's creation
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.statuses: collections.Counter[str] = collections.Counter()
+        after = self.settings.down_after_s
+        self.down_from = None if after is None else self.clock() + after
+        self.quota.reset()
+        self.faults.reset()
+
+    def is_down(self) -> bool:
+        return self.down_from is not None and self.clock() >= self.down_from
 
 
 class _State:
@@ -53,8 +95,9 @@ class _State:
         self.on_request: Callable[[int], None] | None = None
         self.tokens = estimator(settings.token_estimator)
         self.faults_injected = Faults(settings, self.rng)
-        self.quota = Quota(settings)
         self.clock = settings.clock or time.monotonic
+        self.origin = self.clock()
+        self.lanes: dict[str, _Lane] = {}
         # issued Entra ID tokens -> when they expire on ``clock``; kept by reset()
         self.issued: dict[str, float] = {}
         self.reset()
@@ -70,8 +113,23 @@ class _State:
             self.completion_tokens = 0
             self.tokens_issued = 0
             self.auth: collections.Counter[AuthKind] = collections.Counter()
+            lanes = list(self.lanes.values())
         self.faults_injected.reset()
-        self.quota.reset()
+        for lane in lanes:
+            lane.reset()
+
+    def lane(self, deployment: str) -> _Lane:
+        with self.lock:
+            lane = self.lanes.get(deployment)
+            if lane is None:
+                lane = self.lanes[deployment] = _Lane(
+                    deployment,
+                    self.settings,
+                    self.faults_injected,
+                    self.clock,
+                    self.origin,
+                )
+            return lane
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -85,6 +143,13 @@ class _State:
                 "completion_tokens": self.completion_tokens,
                 "tokens_issued": self.tokens_issued,
                 "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
+                "deployments": {
+                    name: {
+                        "requests": lane.requests,
+                        "statuses": dict(sorted(lane.statuses.items())),
+                    }
+                    for name, lane in sorted(self.lanes.items())
+                },
             }
 
     def issue_token(self, ttl_s: float) -> str:
@@ -154,7 +219,9 @@ class _App:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         st = self.state
+        lane = st.lane(request.match_info["deployment"])
         with st.lock:
+            lane.requests += 1
             st.requests += 1
             st.in_flight += 1
             st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
@@ -176,6 +243,7 @@ class _App:
             with st.lock:
                 st.in_flight -= 1
                 st.statuses[status] += 1
+                lane.statuses[status] += 1
 
     async def _chat(self, request: web.Request) -> web.Response:
         st = self.state
@@ -194,6 +262,15 @@ class _App:
                 "DeploymentNotFound",
                 "The API deployment for this resource does not exist. If you created the "
                 "deployment within the last 5 minutes, please wait a moment and try again.",
+            )
+        lane = st.lane(deployment)
+        s = lane.settings
+        if lane.is_down():
+            return error_response(
+                503,
+                "ServiceUnavailable",
+                "The service is temporarily unable to process your request. Please try "
+                "again later.",
             )
         try:
             body = await request.json(loads=json.loads)
@@ -220,13 +297,13 @@ class _App:
         delay_s = (
             s.latency_ms
             + float(directives.get("delay", 0))
-            + s.jitter_ms * st.rng.random()
+            + s.jitter_ms * lane.rng.random()
         ) / 1000
-        fault = st.faults_injected.choose(messages, directives)
+        fault = lane.faults.choose(messages, directives)
         if fault is not None:
             with st.lock:
                 st.faults[fault] += 1
-            return await st.faults_injected.respond(request, fault, delay_s)
+            return await lane.faults.respond(request, fault, delay_s)
         if "filter" in directives:
             return content_filter_response()
         if prompt_tokens + (max_tokens or 0) > s.context_tokens:
@@ -244,7 +321,7 @@ class _App:
             if not isinstance(max_tokens, int | float)
             else math.ceil(max_tokens)
         )
-        decision = st.quota.admit(prompt_tokens + reserved)
+        decision = lane.quota.admit(prompt_tokens + reserved)
         if not decision.admitted:
             return rate_limit_response(
                 max(1, ceil_ms(decision.wait_s)), decision.limited_by, decision.headers
@@ -428,6 +505,36 @@ class Emulator:
         Tokens issued afterwards are valid as usual.
         """
         self._state.revoke_tokens()
+
+    def take_down(self, deployment: str, *, after_s: float = 0.0) -> None:
+        """Make ``deployment`` answer every request with a 503 (from ``after_s`` on).
+
+        Parameters
+        ----------
+        deployment
+            The deployment name.
+        after_s
+            Seconds from now on the emulator's clock (0: at once).
+
+        Examples
+        --------
+        >>> from polars_azurechat import ChatConfig, Completer, Deployment
+        >>> with Emulator() as emu:
+        ...     emu.take_down("ptu")
+        ...     pool = [Deployment(name="ptu"), Deployment(name="paygo", priority=1)]
+        ...     config = ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
+        ...     with Completer(config=config, deployments=pool, max_attempts=2) as job:
+        ...         answers = job.run(["What is 2 + 2?"])
+        ...     per = emu.stats()["deployments"]
+        >>> answers, per["ptu"]["statuses"], per["paygo"]["statuses"]
+        (['4'], {'503': 1}, {'200': 1})
+        """
+        lane = self._state.lane(deployment)
+        lane.down_from = self._state.clock() + after_s
+
+    def bring_up(self, deployment: str) -> None:
+        """Undo :meth:`take_down` (and ``down_after_s``) for ``deployment``."""
+        self._state.lane(deployment).down_from = None
 
     def start(self) -> Self:
         """Start serving on a background thread; returns once the port is bound."""

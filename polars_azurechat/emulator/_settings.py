@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["DEFAULT_API_KEY", "EmulatorSettings", "TokenEstimator", "WindowKind"]
 
@@ -84,6 +84,15 @@ class EmulatorSettings:
         The model name reported in answers.
     seed
         Seed of the random faults and jitter.
+    down_after_s
+        Seconds after start (or ``reset()``) from which every request gets a 503, as
+        a deployment that went down (``None``: never). ``Emulator.take_down`` does it
+        on demand.
+    per_deployment
+        Settings of single deployments, ``{name: {field: value}}``, overriding the
+        fields above that describe a deployment (quota and windows, latency, faults,
+        ``context_tokens``, ``model``, ``down_after_s``) for that deployment. Every
+        deployment has its own quota windows and counters, as on Azure.
     """
 
     api_key: str = DEFAULT_API_KEY
@@ -109,6 +118,13 @@ class EmulatorSettings:
     context_tokens: int = 128_000
     model: str = "gpt-4o-mini"
     seed: int = 0
+    down_after_s: float | None = None
+    per_deployment: dict[str, dict[str, Any]] | None = None
+
+    def for_deployment(self, name: str) -> EmulatorSettings:
+        """The settings one deployment runs with (``per_deployment`` applied)."""
+        fields = (self.per_deployment or {}).get(name)
+        return dataclasses.replace(self, **fields) if fields else self
 
     def __post_init__(self) -> None:
         if self.window_kind not in ("sliding", "fixed"):
@@ -120,7 +136,41 @@ class EmulatorSettings:
                 "token_estimator must be 'chars' or 'tiktoken', "
                 f"not {self.token_estimator!r}"
             )
+        for deployment, fields in (self.per_deployment or {}).items():
+            unknown = sorted(set(fields) - DEPLOYMENT_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"per_deployment[{deployment!r}]: {', '.join(unknown)} cannot be "
+                    f"set per deployment (fields: {', '.join(sorted(DEPLOYMENT_FIELDS))})"
+                )
+            dataclasses.replace(self, **fields, per_deployment=None)  # validates
         for name in ("window_s", "request_window_s", "token_window_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+#: The fields ``per_deployment`` may set: those that describe one deployment.
+DEPLOYMENT_FIELDS = frozenset(
+    {
+        "latency_ms",
+        "jitter_ms",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "window_s",
+        "request_window_s",
+        "token_window_s",
+        "window_kind",
+        "limit_headers",
+        "error_rate",
+        "hang_rate",
+        "drop_rate",
+        "malformed_rate",
+        "hang_s",
+        "retry_after_ms",
+        "context_tokens",
+        "model",
+        "seed",
+        "down_after_s",
+    }
+)
