@@ -158,6 +158,7 @@ class Pool:
                 if r.breaker is None:
                     r.breaker = Breaker(clock)
         self._changed: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def acquire(
         self, tokens: int, avoid: Route | None = None
@@ -170,32 +171,46 @@ class Pool:
         if self.single:
             route = self.primary
             return route, await route.limiter.acquire(tokens)
-        while True:
-            up = [r for r in self.routes if r.breaker is None or r.breaker.allows()]
-            if not up:
-                raise self._all_down()
-            if avoid in up and len(up) > 1:
-                up.remove(avoid)
-            hint = min(
-                (
-                    r.breaker.opens_in()
-                    for r in self.routes
-                    if r not in up and r.breaker
-                ),
-                default=POLL_S,
-            )
-            for tier in self.tiers:
-                ready = [r for r in tier if r in up]
-                if len(ready) > 1:
-                    ready.sort(key=lambda r: -r.limiter.headroom(tokens))
-                for route in ready:
-                    ticket = route.limiter.try_acquire(tokens)
-                    if ticket is not None:
-                        if route.breaker is not None:
-                            route.breaker.admitted()
-                        return route, ticket
-                    hint = min(hint, route.limiter.wait_hint(tokens))
-            await self._wait(max(0.001, min(hint, POLL_S)))
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if not self._lock.locked():
+            admitted, _ = self._try(tokens, avoid)
+            if admitted is not None:
+                return admitted
+        async with self._lock:  # waiters in order, one of them sleeping
+            while True:
+                admitted, hint = self._try(tokens, avoid)
+                if admitted is not None:
+                    return admitted
+                await self._wait(max(0.001, min(hint, POLL_S)))
+
+    def _try(
+        self, tokens: int, avoid: Route | None
+    ) -> tuple[tuple[Route, Ticket] | None, float]:
+        """One pass over the tiers: an admission, or how long to wait before the next."""
+        up = [r for r in self.routes if r.breaker is None or r.breaker.allows()]
+        if not up:
+            raise self._all_down()
+        if avoid in up and len(up) > 1:
+            up.remove(avoid)
+        hint = min(
+            (r.breaker.opens_in() for r in self.routes if r not in up and r.breaker),
+            default=POLL_S,
+        )
+        for tier in self.tiers:
+            ready = [r for r in tier if r in up]
+            if len(ready) > 1:
+                ready.sort(key=lambda r: -r.limiter.headroom(tokens))
+            for route in ready:
+                ticket = route.limiter.try_acquire(tokens)
+                if ticket is not None:
+                    if route.breaker is not None:
+                        route.breaker.admitted()
+                    return (route, ticket), 0.0
+                hint = min(hint, route.limiter.wait_hint(tokens))
+            if any(r.limiter.starting for r in ready):
+                break  # its first answer says what it can take: not full yet
+        return None, hint
 
     def done(self, route: Route, exc: BaseException | None = None) -> None:
         """A request admitted to ``route`` is over (``exc``: how it failed)."""
@@ -250,4 +265,5 @@ class Pool:
             f"all {len(self.routes)} deployments are failing (circuits open; the next "
             f"probe in {math.ceil(soonest * 10) / 10:g} s): {detail}",
             status_code=503,
+            retry_after_s=max(soonest, 0.25),  # the next attempt is the probe
         )

@@ -359,6 +359,11 @@ class RateLimiter:
             return self._probe
         return None
 
+    @property
+    def starting(self) -> bool:
+        """Slow start's first request is out and not yet answered (the others wait)."""
+        return not self._started and self._first_sent
+
     def wait_hint(self, tokens: int = 0) -> float:
         """Seconds after which :meth:`try_acquire` may succeed (an upper bound to poll at)."""
         if not self._started:

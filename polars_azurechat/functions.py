@@ -391,9 +391,25 @@ class Completer:
 
             st = RunStats()
         minutes = st.wall_s / 60 if st.wall_s > 0 else None
-        limiter, cache = self.engine.limiter, self.engine.cache
-        budgets = limiter.learned()
+        pool, cache = self.engine.pool, self.engine.cache
+        budgets = _budgets([r.limiter.learned() for r in pool.routes])
         model = st.model or self.engine.transport.deployment
+        deployments: dict[str, dict[str, Any]] = {}
+        if not pool.single:
+            for route in pool.routes:
+                learned = route.limiter.learned()
+                deployments[route.name] = {
+                    "tier": route.priority,
+                    "requests": 0,
+                    "rate_limited": 0,
+                    "failed_attempts": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    **st.by_deployment.get(route.name, {}),
+                    "requests_per_minute_quota": learned["requests_per_minute"],
+                    "tokens_per_minute_quota": learned["tokens_per_minute"],
+                    "circuit": route.breaker.state if route.breaker else "closed",
+                }
         return RunSummary(
             rows=st.rows,
             answered=st.answered,
@@ -422,6 +438,7 @@ class Completer:
             ),
             truncated=st.truncated,
             cache_broken=None if cache is None else cache.broken,
+            deployments=deployments,
         )
 
     def _series(self, s: pl.Series) -> pl.Series:
@@ -556,6 +573,21 @@ def _transport(
         auth=config.auth(),
         timeout_s=timeout_s,
     )
+
+
+def _budgets(learned: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """The budgets of a pool: sums per minute (unknown if one is); windows if alike."""
+    if len(learned) == 1:
+        return learned[0]
+    out: dict[str, float | None] = {}
+    for key in learned[0]:
+        values = [d[key] for d in learned]
+        if key.endswith("_window_s"):
+            out[key] = values[0] if len(set(values)) == 1 else None
+        else:
+            known = [v for v in values if v is not None]
+            out[key] = sum(known) if len(known) == len(values) else None
+    return out
 
 
 def _single(transport: ChatTransport, limiter: RateLimiter) -> Pool:

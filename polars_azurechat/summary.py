@@ -76,7 +76,11 @@ class RunSummary:
     ``failed_attempts`` counts failed attempts by error class; ``retries`` those that
     were retried. Rates are per minute of busy time; ``*_quota`` are the budgets in force
     at the end (given, or learned from Azure's headers), per minute, and ``*_window_s``
-    the windows they are enforced over (learned).
+    the windows they are enforced over (learned); for a pool of deployments, the sums
+    over its deployments. ``deployments`` has, for a pool, one entry per deployment:
+    its ``tier``, ``requests``, ``rate_limited``, ``failed_attempts``, ``prompt_tokens``,
+    ``completion_tokens``, ``requests_per_minute_quota``, ``tokens_per_minute_quota``
+    and ``circuit`` (``"closed"``, ``"open"`` or ``"half-open"``).
     """
 
     rows: int
@@ -102,6 +106,7 @@ class RunSummary:
     cache_broken: str | None = None
     request_window_s: float | None = None
     token_window_s: float | None = None
+    deployments: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -135,6 +140,17 @@ class RunSummary:
             f"wall:      {self.wall_s:.2f} s",
             f"cost:      {cost}",
         ]
+        for name, d in self.deployments.items():
+            rpm = d.get("requests_per_minute_quota")
+            shown = f"; quota {rpm:,.0f} requests/min" if rpm else ""
+            circuit = d.get("circuit", "closed")
+            lines.append(
+                f"  {name} (tier {d.get('tier', 0)}): {d.get('requests', 0):,} requests, "
+                f"{d.get('rate_limited', 0):,} rate-limited, "
+                f"{d.get('failed_attempts', 0):,} failed, "
+                f"{d.get('prompt_tokens', 0) + d.get('completion_tokens', 0):,} tokens"
+                f"{shown}{'' if circuit == 'closed' else f'; circuit {circuit}'}"
+            )
         if self.cache_broken:
             lines.append(f"cache:     {self.cache_broken}; the run went on without it")
         if self.failed_attempts:

@@ -266,12 +266,15 @@ class _App:
         lane = st.lane(deployment)
         s = lane.settings
         if lane.is_down():
-            return error_response(
+            down = error_response(
                 503,
                 "ServiceUnavailable",
                 "The service is temporarily unable to process your request. Please try "
                 "again later.",
             )
+            if s.retry_after_ms is not None:
+                down.headers["retry-after-ms"] = str(s.retry_after_ms)
+            return down
         try:
             body = await request.json(loads=json.loads)
             messages = body["messages"]
