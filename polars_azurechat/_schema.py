@@ -370,6 +370,12 @@ _REFUSED_KEYWORDS: Final = (
 )
 
 
+#: Keys beside ``anyOf`` that are not merged into its branches.
+_UNION_IGNORED: Final = frozenset(
+    {"anyOf", "title", "description", "examples", "$comment", "type", "enum", "const"}
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Node:
     """One schema position: its dtype, its validator-converter, its converter."""
@@ -480,7 +486,18 @@ class _Compiler:
                     "only to make a value nullable)",
                 )
         if "anyOf" in schema:
-            return self.union(schema["anyOf"], path)
+            members = schema["anyOf"]
+            outer = {k: v for k, v in schema.items() if k not in _UNION_IGNORED}
+            if outer and isinstance(members, list):
+                # keywords beside anyOf (pydantic puts a field's format there) hold
+                # for every branch
+                members = [
+                    {**outer, **m}
+                    if isinstance(m, dict) and not _is_null_schema(m)
+                    else m
+                    for m in members
+                ]
+            return self.union(members, path)
         t = schema.get("type")
         nullable = False
         if isinstance(t, list):

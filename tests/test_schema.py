@@ -201,6 +201,10 @@ def test_struct_dtype_is_kept() -> None:
         ({"anyOf": [{"type": "null"}, {"type": "boolean"}]}, pl.Boolean()),
         ({"oneOf": [{"type": "string"}, {"type": "null"}]}, pl.String()),
         ({"allOf": [{"type": "integer"}]}, pl.Int64()),
+        (  # keywords beside anyOf hold for each branch (pydantic puts formats there)
+            {"anyOf": [{"type": "string"}, {"type": "null"}], "format": "date"},
+            pl.Date(),
+        ),
         (
             {"type": "object", "properties": {"x": {"type": "integer"}}},
             pl.Struct({"x": pl.Int64}),

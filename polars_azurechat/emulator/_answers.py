@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-__all__ = ["answer_for", "parse_directives"]
+__all__ = ["answer_for", "arithmetic", "parse_directives", "strip_directives"]
 
 _DIRECTIVE = re.compile(r"\[emu:([^\]]*)\]")
 _ARITH = re.compile(
@@ -37,23 +37,50 @@ def answer_for(prompt: str) -> str:
     >>> answer_for("Say hi")
     'Echo: Say hi'
     """
-    m = _ARITH.search(prompt)
-    if m is None:
-        return f"Echo: {_DIRECTIVE.sub('', prompt).strip()}"
-    a, op, b = Fraction(m.group(1)), m.group(2), Fraction(m.group(3))
-    if op == "+":
-        value = a + b
-    elif op == "-":
-        value = a - b
-    elif op in "*x\u00d7":
-        value = a * b
-    elif b == 0:
+    if _ARITH.search(prompt) is None:
+        return f"Echo: {strip_directives(prompt)}"
+    value = arithmetic(prompt)
+    if value is None:
         return "undefined"
-    else:
-        value = a / b
     if value.denominator == 1:
         return str(value.numerator)
     return f"{float(value):.6g}"
+
+
+def arithmetic(prompt: str) -> Fraction | None:
+    """The exact result of the prompt's arithmetic question, if it asks one.
+
+    ``None`` when there is no question, or it divides by zero.
+
+    Examples
+    --------
+    >>> arithmetic("What is 6 x 7?"), arithmetic("What is 7 / 2?"), arithmetic("hi")
+    (Fraction(42, 1), Fraction(7, 2), None)
+    """
+    m = _ARITH.search(prompt)
+    if m is None:
+        return None
+    a, op, b = Fraction(m.group(1)), m.group(2), Fraction(m.group(3))
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op in "*x\u00d7":
+        return a * b
+    if b == 0:
+        return None
+    return a / b
+
+
+def strip_directives(text: str) -> str:
+    """``text`` without its ``[emu:...]`` directives, stripped.
+
+    Examples
+    --------
+    >>> strip_directives("[emu:500*1] Say hi ")
+    'Say hi'
+    """
+    return _DIRECTIVE.sub("", text).strip()
 
 
 def parse_directives(text: str) -> dict[str, str]:

@@ -31,6 +31,13 @@ from polars_azurechat.emulator._errors import (
 from polars_azurechat.emulator._faults import Dropped, Faults
 from polars_azurechat.emulator._quota import Quota, ceil_ms
 from polars_azurechat.emulator._settings import EmulatorSettings
+from polars_azurechat.emulator._structured import (
+    REFUSAL,
+    ResponseFormatError,
+    broken_answer,
+    requested_schema,
+    structured_answer,
+)
 from polars_azurechat.emulator._tokens import estimator
 
 __all__ = ["Emulator", "serve"]
@@ -290,8 +297,20 @@ class _App:
                 type="invalid_request_error",
                 param="messages",
             )
+        try:  # structured outputs: the schema the answer must follow, if any
+            schema = requested_schema(body)
+        except ResponseFormatError as err:
+            return error_response(
+                400,
+                None,
+                str(err),
+                type="invalid_request_error",
+                param="response_format",
+            )
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         prompt_tokens = st.tokens.prompt(pairs)
+        if schema is not None:  # Azure counts the schema in the prompt
+            prompt_tokens += st.tokens.text(json.dumps(schema))
         last_user = next(
             (content for role, content in reversed(pairs) if role == "user"),
             pairs[-1][1],
@@ -331,7 +350,15 @@ class _App:
             )
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        answer = answer_for(last_user)
+        if schema is None:
+            answer = answer_for(last_user)
+        elif "bad_json" in directives:
+            answer = broken_answer(schema, last_user)
+        else:
+            answer = structured_answer(schema, last_user)
+        refused = "refuse" in directives  # the answer is the refusal's text
+        if refused:
+            answer = REFUSAL
         finish = "stop"
         if isinstance(max_tokens, int) and st.tokens.text(answer) > max_tokens:
             answer, finish = st.tokens.truncate(answer, max_tokens), "length"
@@ -353,8 +380,8 @@ class _App:
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": answer,
-                        "refusal": None,
+                        "content": None if refused else answer,
+                        "refusal": answer if refused else None,
                     },
                     "finish_reason": finish,
                     "logprobs": None,

@@ -1,0 +1,340 @@
+"""The emulator's answers to structured-output requests (``response_format`` json_schema).
+
+The emulator plays the independent server: it reads the request's JSON schema its own
+way (nothing here comes from the client's modules) and writes a compact JSON value that
+validates against it, deterministically from the prompt:
+
+- objects: every property, in schema order (strict mode requires them all);
+- ``$ref`` into ``$defs``/``definitions``: followed (a recursive type stops at null);
+- ``anyOf`` / type lists: the first type that is not null (the answer fills every
+  field it can);
+- ``enum``: one value chosen by a hash of the prompt and the field path; ``const``: it;
+- strings: the prompt's first words (directives left out); formats ``date``,
+  ``date-time`` (UTC, ``Z``), ``time``, ``email``, ``uuid`` get a value of that
+  format derived from the hash; ``minLength``/``maxLength`` are honoured, ``pattern``
+  is not (a limitation of the emulator);
+- integers and numbers: the result of the prompt's arithmetic question ("What is
+  6 x 7?" gives 42) when it asks one, else a small number from the hash; kept within
+  ``minimum``/``maximum``;
+- booleans: from the hash; arrays: 1 or 2 items (within ``minItems``/``maxItems``).
+
+:func:`broken_answer` gives an answer that breaks the schema (``[emu:bad_json]``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+from polars_azurechat.emulator._answers import arithmetic, strip_directives
+
+__all__ = [
+    "REFUSAL",
+    "ResponseFormatError",
+    "broken_answer",
+    "requested_schema",
+    "structured_answer",
+]
+
+#: ``message.refusal`` of a refused answer (``[emu:refuse]``).
+REFUSAL = "I'm sorry, I can't help with that."
+
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+#: Words of the prompt a string field gets.
+STRING_WORDS = 5
+#: The day the generated dates count from.
+EPOCH = dt.date(2024, 1, 1)
+
+
+class ResponseFormatError(ValueError):
+    """A request's ``response_format`` Azure refuses; the message is Azure's."""
+
+
+def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request's answer must follow, or ``None`` for free text.
+
+    Parameters
+    ----------
+    body
+        The request body.
+
+    Returns
+    -------
+    dict or None
+        ``response_format.json_schema.schema`` when ``response_format`` is of type
+        ``json_schema``; ``None`` without ``response_format`` or for ``text`` and
+        ``json_object``. ``strict`` is not required (a schema without
+        ``additionalProperties: false`` is accepted, as Azure does without strict).
+
+    Raises
+    ------
+    ResponseFormatError
+        The message of Azure's 400 (``param="response_format"``): a ``json_schema``
+        without ``json_schema``, ``schema`` or a valid ``name``, or an unknown type.
+
+    Examples
+    --------
+    >>> requested_schema(
+    ...     {"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}
+    ... )
+    Traceback (most recent call last):
+    ...
+    polars_azurechat.emulator._structured.ResponseFormatError: Missing required parameter: 'response_format.json_schema.schema'.
+    """
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("text", "json_object"):
+        return None
+    if kind != "json_schema":
+        msg = (
+            f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', "
+            "and 'json_schema'."
+        )
+        raise ResponseFormatError(msg)
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        msg = "Missing required parameter: 'response_format.json_schema'."
+        raise ResponseFormatError(msg)
+    name = spec.get("name")
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        msg = (
+            "Missing required parameter: 'response_format.json_schema.name'."
+            if name is None
+            else f"Invalid 'response_format.json_schema.name': {name!r} must match "
+            "^[a-zA-Z0-9_-]{1,64}$."
+        )
+        raise ResponseFormatError(msg)
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        msg = "Missing required parameter: 'response_format.json_schema.schema'."
+        raise ResponseFormatError(msg)
+    return schema
+
+
+def structured_answer(schema: dict[str, Any], prompt: str) -> str:
+    """A compact JSON answer to ``prompt`` that validates against ``schema``.
+
+    Parameters
+    ----------
+    schema
+        The request's ``response_format.json_schema.schema``.
+    prompt
+        The last user message.
+
+    Returns
+    -------
+    str
+        Compact JSON (no spaces), the same for the same schema and prompt.
+
+    Examples
+    --------
+    >>> schema = {
+    ...     "type": "object",
+    ...     "properties": {
+    ...         "question": {"type": "string"},
+    ...         "result": {"type": "integer"},
+    ...         "unit": {"type": ["string", "null"], "enum": ["m", None]},
+    ...     },
+    ...     "required": ["question", "result", "unit"],
+    ...     "additionalProperties": False,
+    ... }
+    >>> structured_answer(schema, "What is 6 x 7?")
+    '{"question":"What is 6 x 7?","result":42,"unit":"m"}'
+    """
+    value = _Writer(schema, prompt).value(schema, "", ())
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def broken_answer(schema: dict[str, Any], prompt: str) -> str:
+    """Valid JSON that breaks ``schema``: the valid answer less its first property.
+
+    When the root has no properties (not a strict schema), a JSON array is sent
+    instead of an object.
+
+    Examples
+    --------
+    >>> broken_answer(
+    ...     {
+    ...         "type": "object",
+    ...         "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}},
+    ...     },
+    ...     "What is 1 + 1?",
+    ... )
+    '{"b":true}'
+    """
+    writer = _Writer(schema, prompt)
+    value = writer.value(schema, "", ())
+    if isinstance(value, dict) and value:
+        del value[next(iter(value))]
+    else:
+        value = [value]
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Writer:
+    def __init__(self, root: dict[str, Any], prompt: str) -> None:
+        self.root = root
+        self.prompt = prompt
+        self.text = strip_directives(prompt)
+        self.number: Fraction | None = arithmetic(prompt)
+
+    def hash(self, path: str) -> int:
+        digest = hashlib.sha256(f"{path}\x00{self.prompt}".encode()).digest()
+        return int.from_bytes(digest[:8], "big")
+
+    def resolve(self, ref: str) -> Any:
+        node: Any = self.root
+        if not ref.startswith("#"):
+            return None
+        for part in ref.lstrip("#").split("/"):
+            if not part:
+                continue
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def value(self, schema: Any, path: str, refs: tuple[str, ...]) -> Any:
+        if not isinstance(schema, dict):
+            return None
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            if ref in refs:  # a recursive type: stop here
+                return None
+            return self.value(self.resolve(ref), path, (*refs, ref))
+        if "const" in schema:
+            return schema["const"]
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            values = [v for v in enum if v is not None] or enum
+            return values[self.hash(path) % len(values)]
+        for key in ("anyOf", "oneOf"):
+            members = schema.get(key)
+            if isinstance(members, list) and members:
+                chosen = next(
+                    (
+                        m
+                        for m in members
+                        if not (isinstance(m, dict) and m.get("type") == "null")
+                    ),
+                    members[0],
+                )
+                if isinstance(chosen, dict):
+                    # keywords beside anyOf (a format, bounds) hold for every branch
+                    outer = {
+                        k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")
+                    }
+                    chosen = {**outer, **chosen}
+                return self.value(chosen, path, refs)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object" or (kind is None and "properties" in schema):
+            props = schema.get("properties") or {}
+            return {
+                name: self.value(sub, f"{path}.{name}", refs)
+                for name, sub in props.items()
+            }
+        if kind == "array":
+            return self.array(schema, path, refs)
+        if kind == "string":
+            return self.string(schema, path)
+        if kind == "integer":
+            return self.integer(schema, path)
+        if kind == "number":
+            return self.real(schema, path)
+        if kind == "boolean":
+            return self.hash(path) % 2 == 0
+        return None
+
+    def array(
+        self, schema: dict[str, Any], path: str, refs: tuple[str, ...]
+    ) -> list[Any]:
+        count = 1 + self.hash(path) % 2
+        lowest, highest = schema.get("minItems"), schema.get("maxItems")
+        if isinstance(lowest, int):
+            count = max(count, lowest)
+        if isinstance(highest, int):
+            count = min(count, highest)
+        items = schema.get("items", {})
+        return [self.value(items, f"{path}[{i}]", refs) for i in range(count)]
+
+    def string(self, schema: dict[str, Any], path: str) -> str:
+        h = self.hash(path)
+        fmt = schema.get("format")
+        day = EPOCH + dt.timedelta(days=h % 366)
+        clock = dt.time(h % 24, (h >> 8) % 60, (h >> 16) % 60)
+        if fmt == "date":
+            text = day.isoformat()
+        elif fmt == "date-time":
+            text = f"{day.isoformat()}T{clock.isoformat()}Z"
+        elif fmt == "time":
+            text = clock.isoformat()
+        elif fmt == "email":
+            text = f"user{h % 1000}@example.com"
+        elif fmt == "uuid":
+            text = str(uuid.UUID(int=h << 64 | h))
+        else:
+            text = " ".join(self.text.split()[:STRING_WORDS]) or "answer"
+            longest = schema.get("maxLength")
+            if isinstance(longest, int):
+                text = text[:longest]
+            shortest = schema.get("minLength")
+            if isinstance(shortest, int) and len(text) < shortest:
+                text = text.ljust(shortest, ".")
+        return text
+
+    def integer(self, schema: dict[str, Any], path: str) -> int:
+        value = round(self.number) if self.number is not None else self.hash(path) % 100
+        lowest, highest = _bounds(schema)
+        if lowest is not None and value < lowest:
+            value = math.ceil(lowest)
+        if highest is not None and value > highest:
+            value = math.floor(highest)
+        return int(value)
+
+    def real(self, schema: dict[str, Any], path: str) -> float | int:
+        value: float | int
+        if self.number is not None:
+            value = (
+                self.number.numerator
+                if self.number.denominator == 1
+                else float(self.number)
+            )
+        else:
+            value = (self.hash(path) % 1000) / 10
+        lowest, highest = _bounds(schema)
+        if lowest is not None and value < lowest:
+            value = lowest
+        if highest is not None and value > highest:
+            value = highest
+        return value
+
+
+def _bounds(schema: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Inclusive bounds (exclusive ones moved in by a little)."""
+    lowest, highest = _number(schema.get("minimum")), _number(schema.get("maximum"))
+    low_x, high_x = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(low_x, int | float) and not isinstance(low_x, bool):
+        step = 1 if schema.get("type") == "integer" else 1e-6
+        lowest = low_x + step if lowest is None else max(lowest, low_x + step)
+    if isinstance(high_x, int | float) and not isinstance(high_x, bool):
+        step = 1 if schema.get("type") == "integer" else 1e-6
+        highest = high_x - step if highest is None else min(highest, high_x - step)
+    return lowest, highest
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return None
