@@ -430,6 +430,7 @@ def _emulator_flags() -> list[inspect.Parameter]:
     return dataclass_flags(
         EmulatorSettings,
         docs=_attribute_docs(EmulatorSettings),
+        types={"per_deployment": str | None},
         switches=frozenset({"limit_headers", "key_auth"}),
         skip=frozenset({"deployments", "clock"}),
     )
@@ -460,10 +461,17 @@ def emulator_command(
 ) -> None:
     """Serve the Azure-compatible emulator until interrupted (Ctrl-C).
 
-    --retry-after-ms -1 sends no retry-after-ms on injected faults.
+    --retry-after-ms -1 sends no retry-after-ms on injected faults. --per-deployment
+    takes JSON: '{"ptu": {"requests_per_minute": 1200, "down_after_s": 5}}'.
     """
     if settings.get("retry_after_ms") is not None and settings["retry_after_ms"] < 0:
         settings["retry_after_ms"] = None
+    if settings.get("per_deployment") is not None:
+        try:
+            settings["per_deployment"] = json.loads(settings["per_deployment"])
+        except ValueError as exc:
+            msg = f"--per-deployment is not JSON: {exc}"
+            raise typer.BadParameter(msg) from None
     typer.echo(
         f"emulator on http://{host}:{port}  "
         f"(AZURE_OPENAI_ENDPOINT=http://{host}:{port} AZURE_OPENAI_API_KEY=<its key>)",
