@@ -753,8 +753,15 @@ class _ProgressBar:
         elapsed = bar.format_dict.get("elapsed") or 0.0
         tokens = st.prompt_tokens + st.completion_tokens
         rate = tokens / elapsed if elapsed > 0 else 0.0
+        per = ""
+        if len(st.by_deployment) > 1:  # a pool: requests/429s/tokens per deployment
+            per = " " + " ".join(
+                f"{name}={c['requests']}/{c['rate_limited']}/"
+                f"{c['prompt_tokens'] + c['completion_tokens']:,}"
+                for name, c in st.by_deployment.items()
+            )
         bar.set_postfix_str(
             f"tok/s={rate:,.0f} retries={st.retries} 429s={st.rate_limited} "
-            f"failed={st.failed}",
+            f"failed={st.failed}{per}",
             refresh=False,
         )

@@ -383,3 +383,17 @@ def test_the_cli_runs_a_pool_from_a_toml_file(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 2
     assert "unknown key(s) nme" in " ".join(bad.output.split())
+
+
+def test_the_progress_bar_shows_each_deployment(
+    emulator: Emulator, config: ChatConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = [pac.Deployment(name="ptu"), pac.Deployment(name="paygo")]
+    with pac.Completer(config=config, deployments=pool, progress=True) as job:
+        job.run([f"What is {i} + 5?" for i in range(40)])
+    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in err if "40/40" in line][-1]
+    # requests/429s/tokens per deployment
+    assert "ptu=" in final and "paygo=" in final, final
+    by = job.engine.stats.by_deployment
+    assert f"ptu={by['ptu']['requests']}/0/" in final
