@@ -137,6 +137,11 @@ def plan(
         opts.requests_per_minute,
         opts.tokens_per_minute,
     )
+    if opts.deployments:  # a pool: the sum of its quotas, if each is given
+        rpms = [d.requests_per_minute for d in opts.deployments]
+        tpms = [d.tokens_per_minute for d in opts.deployments]
+        requests_per_minute = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
+        tokens_per_minute = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if isinstance(data, pl.Series):
         requests = series_to_requests(data, system=system)

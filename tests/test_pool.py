@@ -397,3 +397,16 @@ def test_the_progress_bar_shows_each_deployment(
     assert "ptu=" in final and "paygo=" in final, final
     by = job.engine.stats.by_deployment
     assert f"ptu={by['ptu']['requests']}/0/" in final
+
+
+def test_plan_sums_the_quotas_of_a_pool() -> None:
+    rows = pl.Series("q", [f"What is {i} + 6?" for i in range(1200)])
+    pool = [
+        pac.Deployment(name="a", requests_per_minute=1200),
+        pac.Deployment(name="b", requests_per_minute=600, priority=1),
+        pac.Deployment(name="c", requests_per_minute=600, priority=1),
+    ]
+    alone = pac.plan(rows, requests_per_minute=1200, latency_s=0.2, max_tokens=5)
+    pooled = pac.plan(rows, deployments=pool, latency_s=0.2, max_tokens=5)
+    assert pooled.estimated_wall_s < alone.estimated_wall_s
+    assert pooled.estimated_wall_s == pytest.approx(20.2, abs=0.5)  # 400 per 10 s
