@@ -11,6 +11,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from polars_azurechat import namespace as _namespace  # registers `.chat`
+from polars_azurechat._schema import OutputSchema
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.deployments import Deployment, load_deployments
 from polars_azurechat.errors import (
@@ -31,14 +32,17 @@ from polars_azurechat.errors import (
     NotFoundError,
     PoolUnavailableError,
     RateLimitError,
+    RefusalError,
     RequestError,
     RowError,
+    SchemaValidationError,
     ServerError,
     TruncatedError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
 from polars_azurechat.plan import Plan, plan
+from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 try:
@@ -69,17 +73,21 @@ __all__ = [
     "InputError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputSchema",
     "Plan",
     "PoolUnavailableError",
     "RateLimitError",
+    "RefusalError",
     "RequestError",
     "RowError",
     "RunSummary",
+    "SchemaValidationError",
     "ServerError",
     "TruncatedError",
     "__version__",
     "complete",
     "complete_many",
     "load_deployments",
+    "messages",
     "plan",
 ]

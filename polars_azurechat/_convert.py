@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from polars_azurechat._types import (
-    RESULT_DTYPE,
     ROLES,
     ChatRequest,
     ChatResult,
     OutputKind,
+    result_dtype,
 )
 from polars_azurechat.errors import InputError
+
+if TYPE_CHECKING:
+    from polars_azurechat._schema import OutputSchema
 
 __all__ = ["check_dtype", "results_to_series", "rows_to_requests", "series_to_requests"]
 
@@ -131,15 +134,54 @@ def _message_list(row: Any) -> ChatRequest:
 
 
 def results_to_series(
-    results: Sequence[ChatResult | None], *, output: OutputKind, name: str
+    results: Sequence[ChatResult | None],
+    *,
+    output: OutputKind,
+    name: str,
+    schema: OutputSchema | None = None,
 ) -> pl.Series:
-    """Build the result Series (one value per row, nulls where a row has no answer)."""
+    """Build the result Series (one value per row, nulls where a row has no answer).
+
+    With a ``schema`` (a typed answer), ``output="content"`` gives the parsed values
+    (the schema's Struct) and ``output="struct"`` carries them as its ``parsed`` field.
+    """
     if output == "struct":
-        return pl.Series(
-            name,
-            [None if r is None else r.as_row() for r in results],
-            dtype=RESULT_DTYPE,
-        )
+        return _struct_series(results, name, schema)
+    if schema is not None:
+        return schema.series([None if r is None else r.parsed for r in results], name)
     return pl.Series(
         name, [None if r is None else r.content for r in results], dtype=pl.String
     )
+
+
+def _struct_series(
+    results: Sequence[ChatResult | None], name: str, schema: OutputSchema | None
+) -> pl.Series:
+    """``output="struct"`` built column by column (fast for nested typed answers)."""
+    dtype = result_dtype(None if schema is None else schema.dtype)
+    columns: list[pl.Series] = []
+    for field in dtype.fields:
+        if field.name == "parsed":
+            assert schema is not None  # noqa: S101 - the field is there with a schema
+            parsed = [None if r is None else r.parsed for r in results]
+            columns.append(schema.series(parsed, "parsed"))
+        elif field.name == "content_filter":
+            flagged = [
+                None
+                if r is None or r.content_filter is None
+                else list(r.content_filter)
+                for r in results
+            ]
+            columns.append(pl.Series(field.name, flagged, dtype=field.dtype))
+        else:
+            values = [None if r is None else getattr(r, field.name) for r in results]
+            columns.append(pl.Series(field.name, values, dtype=field.dtype))
+    frame = pl.DataFrame(columns)
+    struct = pl.struct(pl.all())
+    if any(r is None for r in results):  # a null row is a null struct, not one of nulls
+        present = pl.Series([r is not None for r in results])
+        struct = pl.when(present).then(struct)
+    out = frame.select(struct.alias(name)).to_series()
+    if out.dtype != dtype:  # pragma: no cover - every column has its declared dtype
+        out = out.cast(dtype)
+    return out

@@ -26,19 +26,23 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import tenacity
+from tenacity.wait import wait_base
 
 from polars_azurechat import _interrupt, _loop, _tokens
 from polars_azurechat._pool import Pool, Route
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
+from polars_azurechat._schema import SchemaMismatchError
 from polars_azurechat._transport import (
     ChatTransport,
     Completion,
     rate_limited_resource,
 )
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import SqliteCache, request_key
+from polars_azurechat.cache import request_key
 from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
@@ -47,15 +51,34 @@ from polars_azurechat.errors import (
     DeadlineExceededError,
     NotFoundError,
     RateLimitError,
+    RefusalError,
+    SchemaValidationError,
     TruncatedError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
-__all__ = ["ChatEngine", "Run", "RunStats"]
+if TYPE_CHECKING:
+    from polars_azurechat._schema import OutputSchema
+
+__all__ = ["AnswerCache", "ChatEngine", "Run", "RunStats"]
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
+
+
+class AnswerCache(Protocol):
+    """Where answers are kept between runs: SQLite (``cache.py``) or Redis (``_redis.py``)."""
+
+    path: Any
+    broken: str | None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]: ...
+    def put(self, key: str, result: ChatResult) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
 Sleep = Callable[[float], Awaitable[None]]
 
 #: A chunk arriving this soon after the previous one ended belongs to the same run
@@ -234,6 +257,11 @@ class ChatEngine:
     on_truncated
         ``"keep"``: an answer cut at ``max_tokens`` is kept (and counted as
         truncated); ``"error"``: it is a :class:`TruncatedError`.
+    schema
+        The typed answer's schema (``response_format=Model``), or ``None``: each
+        answer is then parsed and validated (an invalid one is retried as an attempt,
+        then fails with :class:`SchemaValidationError`); a refusal is a
+        :class:`RefusalError` and a truncated answer a :class:`TruncatedError`.
 
     Notes
     -----
@@ -253,9 +281,10 @@ class ChatEngine:
         sleep: Sleep | None = None,
         clock: Callable[[], float] = time.monotonic,
         progress: Callable[[int], None] | None = None,
-        cache: SqliteCache | None = None,
+        cache: AnswerCache | None = None,
         on_truncated: str = "keep",
         pool: Pool | None = None,
+        schema: OutputSchema | None = None,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -279,6 +308,7 @@ class ChatEngine:
         self.progress = progress
         self.cache = cache
         self.on_truncated = on_truncated
+        self.schema = schema
         #: Called when a run starts (in the caller's thread) and once when it ends (in
         #: the caller's thread, or on the loop for a run of Polars' threads).
         self.on_run_start: Callable[[Run], None] | None = None
@@ -601,7 +631,7 @@ class ChatEngine:
                     leaders[key] = i
         answers: dict[str, ChatResult] = {}  # by key, for the followers
         if self.cache is not None and leaders:
-            answers = self.cache.get_many(leaders)
+            answers = self._typed_hits(self.cache.get_many(leaders))
             for key, hit in answers.items():
                 results[leaders.pop(key)] = hit
                 st.count(hit)
@@ -694,6 +724,27 @@ class ChatEngine:
 
         asyncio.get_running_loop().call_soon(flush)
 
+    def _typed_hits(self, hits: dict[str, ChatResult]) -> dict[str, ChatResult]:
+        """Parse cached typed answers; one that no longer validates is sent again.
+
+        (The schema is in the cache key, but a pydantic model's own validators are
+        not: a changed validator may refuse what an earlier run kept.)
+        """
+        schema = self.schema
+        if schema is None or not hits:
+            return hits
+        out: dict[str, ChatResult] = {}
+        for key, hit in hits.items():
+            try:
+                hit.parsed = schema.parse(hit.content or "")
+            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
+                logger.debug(
+                    "a cached answer no longer validates (%s): sent again", err
+                )
+                continue
+            out[key] = hit
+        return out
+
     async def _complete_one(self, run: Run, req: ChatRequest) -> ChatResult:
         if run.fatal is not None:
             return ChatResult(exception=run.fatal)
@@ -707,24 +758,36 @@ class ChatEngine:
             self._max_tokens,
             exact=any(r.limiter.token_budget is not None for r in self.pool.routes),
         )
+        if self.schema is not None:  # Azure counts the schema in the prompt
+            cost += self.schema.schema_tokens()
         sent = _Sent()
-        completion: Completion | None = None
+        answer: _Answer | None = None
         failure: AzureChatError | None = None
         try:  # the first attempt outside tenacity: the common case stays cheap
-            completion = await self._send(run, body, cost, sent)
+            answer = await self._attempt(run, body, cost, sent)
         except AzureChatError as first:
             failure = first
             if is_retryable(first) and self.max_attempts > 1:
-                completion, failure = await self._retry(run, body, cost, first, sent)
-        if failure is not None or completion is None:
+                answer, failure = await self._retry(run, body, cost, first, sent)
+        if failure is not None or answer is None:
             return self._failed(run, failure, sent.count, req)
+        completion, parsed = answer
         st = run.stats
         st.prompt_tokens += completion.prompt_tokens or 0
         st.completion_tokens += completion.completion_tokens or 0
         if completion.model and st.model is None:
             st.model = completion.model
+        return self._result(completion, parsed, sent.count)
+
+    def _result(
+        self, completion: Completion, parsed: dict[str, Any] | None, attempts: int
+    ) -> ChatResult:
+        """The row's result from its final answer (an error when the answer is not one)."""
         exception: AzureChatError | None = None
         content = completion.content
+        typed = self.schema is not None
+        rid = completion.request_id
+        said = f" (request id {rid})" if rid else ""
         if completion.finish_reason == "content_filter":
             shown = ", ".join(completion.filtered) or "unspecified"
             exception = ContentFilterError(
@@ -732,6 +795,19 @@ class ChatEngine:
                 f"content filter (categories: {shown})",
                 status_code=200,
                 categories=completion.filtered,
+                request_id=rid,
+            )
+        elif completion.refusal is not None:
+            exception = RefusalError(
+                "the model refused to answer (message.refusal is set; the refusal's "
+                f"text is not shown here){said}",
+                request_id=rid,
+            )
+        elif completion.finish_reason == "length" and typed:
+            exception = TruncatedError(
+                f"the typed answer was cut at max_tokens={self._max_tokens} "
+                f"(finish_reason='length'), so its JSON is incomplete; raise "
+                f"max_tokens{said}"
             )
         elif completion.finish_reason == "length" and self.on_truncated == "error":
             exception = TruncatedError(
@@ -739,15 +815,55 @@ class ChatEngine:
                 "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
             )
         if exception is not None:
-            content = None
+            content = parsed = None
         return ChatResult(
             content=content,
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            attempts=sent.count,
+            attempts=attempts,
             exception=exception,
+            parsed=parsed,
+            request_id=rid,
+            model=completion.model,
+            system_fingerprint=completion.system_fingerprint,
+            deployment=completion.deployment,
+            latency_ms=completion.latency_ms,
+            content_filter=completion.filtered,
         )
+
+    async def _attempt(
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
+    ) -> _Answer:
+        """One attempt (429s waited out in :meth:`_send`), a typed answer validated.
+
+        An answer that is not valid JSON for the schema raises
+        :class:`SchemaValidationError` (retryable: it counts as an attempt). A refusal,
+        a truncated answer and a filtered one are not validated: they are the row's
+        error (see :meth:`_result`), not retried.
+        """
+        completion = await self._send(run, body, cost, sent)
+        schema = self.schema
+        if (
+            schema is None
+            or completion.refusal is not None
+            or completion.finish_reason in ("length", "content_filter")
+        ):
+            return completion, None
+        try:
+            if completion.content is None:
+                raise SchemaMismatchError("the answer has no content", json_error=True)  # noqa: TRY301
+            return completion, schema.parse(completion.content)
+        except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
+            exc = _invalid(schema.name, err, completion.request_id)
+        st = run.stats
+        # the attempt was answered and charged: its tokens count
+        st.prompt_tokens += completion.prompt_tokens or 0
+        st.completion_tokens += completion.completion_tokens or 0
+        st.failures_by_kind[type(exc).__name__] += 1
+        st.retries += 1
+        logger.debug("attempt %d gave an invalid typed answer: %s", sent.count, exc)
+        raise exc
 
     async def _retry(
         self,
@@ -756,24 +872,31 @@ class ChatEngine:
         cost: int,
         first: AzureChatError,
         sent: _Sent,
-    ) -> tuple[Completion | None, AzureChatError | None]:
+    ) -> tuple[_Answer | None, AzureChatError | None]:
         """Run the remaining attempts under the tenacity policy.
 
         The first attempt's failure is replayed as tenacity's attempt 1, so waits, stop
         and attempt numbers are exactly the policy's (429s, waited out in :meth:`_send`,
-        are not attempts). Returns the completion (or ``None``) and the last failure
-        (or ``None``).
+        are not attempts). An invalid typed answer is sent again at once (it is not the
+        server's load). Returns the answer (or ``None``) and the last failure (or
+        ``None``).
         """
         replay: list[AzureChatError] = [first]
+        retrying = run.retrying
+        retrying = (
+            retrying.copy()
+            if self.schema is None
+            else retrying.copy(wait=_NoWaitAfterInvalid(retrying.wait))
+        )
         try:
-            async for attempt in run.retrying.copy():
+            async for attempt in retrying:
                 with attempt:
                     if replay:
                         raise replay.pop()
                     if run.fatal is not None:
                         raise run.fatal
                     run.check_deadline(self.clock())
-                    return await self._send(run, body, cost, sent), None
+                    return await self._attempt(run, body, cost, sent), None
         except AzureChatError as exc:
             return None, exc
         return None, first  # pragma: no cover - tenacity re-raises or returns
@@ -906,6 +1029,60 @@ class ChatEngine:
             return completion
 
 
+#: An answer and its typed value (``None`` without a schema).
+_Answer = tuple[Completion, dict[str, Any] | None]
+
+
+def _invalid(
+    name: str, err: Exception, request_id: str | None
+) -> SchemaValidationError:
+    """The attempt's error for an answer that is not valid for the schema ``name``.
+
+    The message names where and what did not validate, never the answer's values.
+    """
+    said = f" (request id {request_id})" if request_id else ""
+    if not isinstance(err, SchemaMismatchError):
+        problem = f"{type(err).__name__} raised while validating"
+        return SchemaValidationError(
+            f"the answer could not be validated against the schema {name!r}: "
+            f"{problem}{said}",
+            problem=problem,
+            request_id=request_id,
+        )
+    if err.json_error:
+        return SchemaValidationError(
+            f"the answer is not valid JSON for the schema {name!r} "
+            f"({err.safe_problem}){said}",
+            problem=err.safe_problem,
+            request_id=request_id,
+        )
+    where = err.path or "<root>"
+    return SchemaValidationError(
+        f"the answer does not match the schema {name!r}: {where}: "
+        f"{err.safe_problem}{said}",
+        path=err.path,
+        problem=err.safe_problem,
+        request_id=request_id,
+    )
+
+
+class _NoWaitAfterInvalid(wait_base):
+    """No wait after an invalid typed answer; else the policy's own wait."""
+
+    def __init__(
+        self, fallback: Callable[[tenacity.RetryCallState], float | int]
+    ) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        """The delay before the next attempt."""
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, SchemaValidationError):
+            return 0.0
+        return float(self.fallback(retry_state))
+
+
 @dataclasses.dataclass(slots=True)
 class _Sent:
     """One row's requests so far (429s included), and the route it last failed on."""
@@ -914,7 +1091,7 @@ class _Sent:
     failed_on: Route | None = None
 
 
-def _close(transports: Sequence[ChatTransport], cache: SqliteCache | None) -> None:
+def _close(transports: Sequence[ChatTransport], cache: AnswerCache | None) -> None:
     for transport in transports:
         _loop.close_soon(transport.close())
     if cache is not None:

@@ -100,10 +100,18 @@ class SchemaMismatchError(ValueError):
         ``""`` for the whole answer (invalid JSON, a non-object).
     problem : str
         What did not validate there (``"'urgent' is not one of ['low', 'high']"``).
+    safe_problem : str
+        The same without the answer's values (``"a string of 6 characters is not one
+        of ['low', 'high']"``), for messages that must not carry the answer's text.
     """
 
     def __init__(
-        self, problem: str, *, path: str = "", json_error: bool = False
+        self,
+        problem: str,
+        *,
+        path: str = "",
+        json_error: bool = False,
+        safe: str | None = None,
     ) -> None:
         if json_error:
             message = f"answer is not valid JSON ({problem}); was it cut at max_tokens?"
@@ -113,6 +121,9 @@ class SchemaMismatchError(ValueError):
         self.path = path
         self.problem = problem
         self.json_error = json_error
+        #: ``problem`` with the answer's values replaced by their kind (``"a string of
+        #: 6 characters is not one of ['low', 'high']"``): what a per-row error shows
+        self.safe_problem = problem if safe is None else safe
 
 
 def _join(path: str, key: str | int) -> str:
@@ -127,6 +138,32 @@ def _where(path: str) -> str:
 
 def _unsupported(path: str, what: str) -> TypeError:
     return TypeError(f"output schema: {_where(path)}: {what}")
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, without its content (for messages that must not show it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _bad(value: Any, rest: str, path: str) -> SchemaMismatchError:
+    """``<value> <rest>`` at ``path``; the safe problem names the value's kind only."""
+    return SchemaMismatchError(
+        f"{_show(value)} {rest}", path=path, safe=f"{_kind(value)} {rest}"
+    )
 
 
 def _show(value: Any) -> str:
@@ -397,7 +434,7 @@ def _nullable_node(node: _Node) -> _Node:
 
 
 def _type_error(path: str, value: Any, kind: str) -> SchemaMismatchError:
-    return SchemaMismatchError(f"{_show(value)} is not of type {kind!r}", path=path)
+    return _bad(value, f"is not of type {kind!r}", path)
 
 
 def _numeric_limits(
@@ -426,26 +463,20 @@ def _numeric_limits(
     def check(value: float) -> None:
         for key, bound in limits:
             if key == "minimum" and value < bound:
-                problem = f"{_show(value)} is less than the minimum of {bound}"
+                rest = f"is less than the minimum of {bound}"
             elif key == "maximum" and value > bound:
-                problem = f"{_show(value)} is greater than the maximum of {bound}"
+                rest = f"is greater than the maximum of {bound}"
             elif key == "exclusiveMinimum" and value <= bound:
-                problem = (
-                    f"{_show(value)} is less than or equal to the minimum of {bound}"
-                )
+                rest = f"is less than or equal to the minimum of {bound}"
             elif key == "exclusiveMaximum" and value >= bound:
-                problem = (
-                    f"{_show(value)} is greater than or equal to the maximum of {bound}"
-                )
+                rest = f"is greater than or equal to the maximum of {bound}"
             else:
                 continue
-            raise SchemaMismatchError(problem, path=path)
+            raise _bad(value, rest, path)
         if multiple is not None:
             quotient = value / multiple
             if not math.isfinite(quotient) or int(quotient) != quotient:
-                raise SchemaMismatchError(
-                    f"{_show(value)} is not a multiple of {multiple}", path=path
-                )
+                raise _bad(value, f"is not a multiple of {multiple}", path)
 
     return check
 
@@ -568,16 +599,18 @@ class _Compiler:
             checks = [n.check for n in nodes]
 
             def check(value: Any) -> Any:
-                problems = []
+                problems, safe = [], []
                 for c in checks:
                     try:
                         return c(value)
                     except SchemaMismatchError as err:
                         problems.append(err.problem)
+                        safe.append(err.safe_problem)
+                rest = "is not valid under any of the given schemas"
                 raise SchemaMismatchError(
-                    f"{_show(value)} is not valid under any of the given schemas "
-                    f"({'; '.join(problems)})",
+                    f"{_show(value)} {rest} ({'; '.join(problems)})",
                     path=path,
+                    safe=f"{_kind(value)} {rest} ({'; '.join(safe)})",
                 )
 
             node = _Node(node.dtype, check, node.conv)
@@ -596,7 +629,7 @@ class _Compiler:
             def check_str(value: Any) -> Any:
                 if type(value) is str and value in allowed:
                     return value
-                raise SchemaMismatchError(f"{_show(value)} {shown}", path=path)
+                raise _bad(value, shown, path)
 
             return _Node(pl.Enum(list(dict.fromkeys(present))), check_str, None)
         # JSON equality: 1 == 1.0, but true is not 1
@@ -622,7 +655,7 @@ class _Compiler:
         def check(value: Any) -> Any:
             if value is not None and matches(value):
                 return value if final is None else final(value)
-            raise SchemaMismatchError(f"{_show(value)} {shown}", path=path)
+            raise _bad(value, shown, path)
 
         return _Node(dtype, check, conv)
 
@@ -655,26 +688,17 @@ class _Compiler:
                 raise _type_error(path, value, "string")
             if not plain:
                 if shortest is not None and len(value) < shortest:
-                    raise SchemaMismatchError(
-                        f"{_show(value)} is shorter than {shortest} characters",
-                        path=path,
-                    )
+                    raise _bad(value, f"is shorter than {shortest} characters", path)
                 if longest is not None and len(value) > longest:
-                    raise SchemaMismatchError(
-                        f"{_show(value)} is longer than {longest} characters", path=path
-                    )
+                    raise _bad(value, f"is longer than {longest} characters", path)
                 if regex is not None and regex.search(value) is None:
-                    raise SchemaMismatchError(
-                        f"{_show(value)} does not match {pattern!r}", path=path
-                    )
+                    raise _bad(value, f"does not match {pattern!r}", path)
             if parse is None:
                 return value
             try:
                 return parse(value)
             except ValueError:
-                raise SchemaMismatchError(
-                    f"{_show(value)} is not a valid {fmt}", path=path
-                ) from None
+                raise _bad(value, f"is not a valid {fmt}", path) from None
 
         return _Node(dtype, check, None if parse is None else _nullable_conv(parse))
 
@@ -731,19 +755,13 @@ class _Compiler:
             if type(value) is not list:
                 raise _type_error(path, value, "array")
             if fewest is not None and len(value) < fewest:
-                raise SchemaMismatchError(
-                    f"{_show(value)} has fewer than {fewest} items", path=path
-                )
+                raise _bad(value, f"has fewer than {fewest} items", path)
             if most is not None and len(value) > most:
-                raise SchemaMismatchError(
-                    f"{_show(value)} has more than {most} items", path=path
-                )
+                raise _bad(value, f"has more than {most} items", path)
             if unique:
                 seen = {json.dumps(v, sort_keys=True) for v in value}
                 if len(seen) < len(value):
-                    raise SchemaMismatchError(
-                        f"{_show(value)} has non-unique elements", path=path
-                    )
+                    raise _bad(value, "has non-unique elements", path)
             out = []
             for i, v in enumerate(value):
                 try:
@@ -751,7 +769,9 @@ class _Compiler:
                 except SchemaMismatchError as err:
                     # name the item: "tags[]..." -> "tags[2]..."
                     where = _join(path, i) + err.path[len(prefix) :]
-                    raise SchemaMismatchError(err.problem, path=where) from None
+                    raise SchemaMismatchError(
+                        err.problem, path=where, safe=err.safe_problem
+                    ) from None
             return out
 
         return _Node(pl.List(inner.dtype), check, _list_conv(inner.conv))
@@ -787,10 +807,13 @@ class _Compiler:
                     raise SchemaMismatchError(
                         f"{missing[0]!r} is a required property", path=path
                     )
-                extra = ", ".join(repr(k) for k in value if k not in keys)
+                unexpected = [k for k in value if k not in keys]
+                extra = ", ".join(repr(k) for k in unexpected)
                 raise SchemaMismatchError(
                     f"additional properties are not allowed ({extra} unexpected)",
                     path=path,
+                    safe=f"additional properties are not allowed ({len(unexpected)} "
+                    "unexpected)",
                 )
             return {name: c(value[name]) for name, c in checks}
 
@@ -1252,12 +1275,15 @@ class OutputSchema:
             path = ""
             for key in first.get("loc", ()):
                 path = _join(path, key)
-            problem = f"{first.get('msg')}"
+            problem = safe = f"{first.get('msg')}"
             if first.get("type") != "missing":
                 problem += f" (got {_show(first.get('input'))})"
+                safe += f" (got {_kind(first.get('input'))})"
             if len(errors) > 1:
-                problem += f" (and {len(errors) - 1} more)"
-            raise SchemaMismatchError(problem, path=path) from None
+                more = f" (and {len(errors) - 1} more)"
+                problem += more
+                safe += more
+            raise SchemaMismatchError(problem, path=path, safe=safe) from None
         conv = self._node.conv
         assert conv is not None  # noqa: S101 - the root is a Struct
         dumped = obj.model_dump(mode="json", by_alias=True)
@@ -1265,7 +1291,9 @@ class OutputSchema:
             out: dict[str, Any] = conv(dumped)
         except (ValueError, TypeError, AttributeError) as err:
             # a custom serializer dumped what the schema does not say
-            raise SchemaMismatchError(f"{type(err).__name__}: {err}") from None
+            raise SchemaMismatchError(
+                f"{type(err).__name__}: {err}", safe=type(err).__name__
+            ) from None
         return out
 
     def series(

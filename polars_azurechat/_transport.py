@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -69,6 +70,15 @@ class Completion:
     filtered: tuple[str, ...] = ()
     limit_requests: int | None = None
     limit_tokens: int | None = None
+    #: ``message.refusal``: the model refused a structured-output request
+    refusal: str | None = None
+    #: Azure's ``apim-request-id`` (or ``x-request-id``) header
+    request_id: str | None = None
+    system_fingerprint: str | None = None
+    #: the deployment that answered (set by the transport)
+    deployment: str | None = None
+    #: the successful attempt's time on the wire, in milliseconds
+    latency_ms: float | None = None
 
 
 class Transport:
@@ -131,17 +141,23 @@ class Transport:
         if timeout_s is not None and timeout_s < (timeout.total or float("inf")):
             timeout = aiohttp.ClientTimeout(total=max(0.001, timeout_s))
         auth = await self.auth.headers()
+        started = time.perf_counter()
         status, headers, raw = await self._post(session, data, timeout, auth)
         if status == 401 and self.auth.refreshable and await self.auth.refresh(auth):
             # the token may have expired on the way: once more with a fresh one
             logger.info("401 with an Entra ID token: refreshed it, sending again")
             auth = await self.auth.headers()
+            started = time.perf_counter()
             status, headers, raw = await self._post(session, data, timeout, auth)
+        latency_ms = (time.perf_counter() - started) * 1000
         if status != 200:
             raise status_error(
                 status, headers, raw, self.deployment, self.endpoint_host
             )
-        return parse_completion(raw, headers)
+        completion = parse_completion(raw, headers)
+        completion.deployment = self.deployment
+        completion.latency_ms = round(latency_ms, 3)
+        return completion
 
     async def _post(
         self,
@@ -309,6 +325,8 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError("content is not a string")  # noqa: TRY301
+        refusal = message.get("refusal")
+        fingerprint = body.get("system_fingerprint")
         return Completion(
             content=content,
             finish_reason=choice.get("finish_reason"),
@@ -320,6 +338,9 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             filtered=_flagged(choice.get("content_filter_results")),
             limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
             limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
+            refusal=refusal if isinstance(refusal, str) else None,
+            request_id=headers.get("apim-request-id") or headers.get("x-request-id"),
+            system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
@@ -380,6 +401,7 @@ class SdkTransport:
 
     def _send_blocking(self, body: Mapping[str, Any]) -> Completion:
         openai = self._openai
+        started = time.perf_counter()
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self.deployment, **body
@@ -399,4 +421,8 @@ class SdkTransport:
                 self.deployment,
                 self.endpoint_host,
             ) from exc
-        return parse_completion(raw.content, raw.headers)
+        latency_ms = (time.perf_counter() - started) * 1000
+        completion = parse_completion(raw.content, raw.headers)
+        completion.deployment = self.deployment
+        completion.latency_ms = round(latency_ms, 3)
+        return completion

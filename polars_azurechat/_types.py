@@ -15,16 +15,43 @@ OnError = Literal["null", "raise"]
 #: Roles a message may carry.
 ROLES = frozenset({"system", "user", "assistant", "developer"})
 
-RESULT_DTYPE = pl.Struct(
-    {
-        "content": pl.String,
-        "finish_reason": pl.String,
-        "prompt_tokens": pl.Int64,
-        "completion_tokens": pl.Int64,
-        "attempts": pl.Int32,
-        "error": pl.String,
-    }
-)
+#: The fields of ``output="struct"`` before provenance (their names never change).
+BASE_FIELDS: dict[str, pl.DataType] = {
+    "content": pl.String(),
+    "finish_reason": pl.String(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "attempts": pl.Int32(),
+    "error": pl.String(),
+}
+#: Provenance of ``output="struct"``: who answered, and how (null when no request was
+#: answered for the row: a cache hit, a row that failed before an answer).
+PROVENANCE_FIELDS: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "model": pl.String(),
+    "system_fingerprint": pl.String(),
+    "deployment": pl.String(),
+    "latency_ms": pl.Float64(),
+    "content_filter": pl.List(pl.String()),
+}
+
+
+def result_dtype(parsed: pl.DataType | None = None) -> pl.Struct:
+    """The dtype of ``output="struct"``; ``parsed`` is a typed answer's Struct, if any.
+
+    Examples
+    --------
+    >>> list(result_dtype(pl.Struct({"n": pl.Int64})).to_schema())[:8]
+    ['content', 'finish_reason', 'prompt_tokens', 'completion_tokens', 'attempts', 'error', 'parsed', 'request_id']
+    """
+    fields = dict(BASE_FIELDS)
+    if parsed is not None:
+        fields["parsed"] = parsed
+    fields.update(PROVENANCE_FIELDS)
+    return pl.Struct(fields)
+
+
+RESULT_DTYPE = result_dtype()
 
 
 @dataclasses.dataclass(slots=True)
@@ -46,6 +73,15 @@ class ChatResult:
     attempts: int = 0
     exception: AzureChatError | None = None
     cached: bool = False
+    #: the typed answer (``response_format=...``), parsed and validated
+    parsed: dict[str, Any] | None = None
+    request_id: str | None = None
+    model: str | None = None
+    system_fingerprint: str | None = None
+    deployment: str | None = None
+    latency_ms: float | None = None
+    #: content-filter categories flagged on the answer (``()``: none)
+    content_filter: tuple[str, ...] | None = None
 
     @property
     def error(self) -> str | None:
@@ -54,9 +90,9 @@ class ChatResult:
             return None
         return f"{type(self.exception).__name__}: {self.exception}"
 
-    def as_row(self) -> dict[str, Any]:
-        """The struct value for ``output="struct"``."""
-        return {
+    def as_row(self, *, typed: bool = False) -> dict[str, Any]:
+        """The struct value for ``output="struct"`` (with ``parsed`` when ``typed``)."""
+        row: dict[str, Any] = {
             "content": self.content,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
@@ -64,3 +100,16 @@ class ChatResult:
             "attempts": self.attempts,
             "error": self.error,
         }
+        if typed:
+            row["parsed"] = self.parsed
+        row.update(
+            request_id=self.request_id,
+            model=self.model,
+            system_fingerprint=self.system_fingerprint,
+            deployment=self.deployment,
+            latency_ms=self.latency_ms,
+            content_filter=(
+                None if self.content_filter is None else list(self.content_filter)
+            ),
+        )
+        return row

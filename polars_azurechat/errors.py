@@ -8,7 +8,8 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     ├── RequestError                the request did not get a usable answer
     │   ├── APIConnectionError      connection refused, reset or dropped
     │   ├── APITimeoutError         no answer within ``timeout_s``
-    │   └── MalformedResponseError  a 200 whose body is not a chat completion
+    │   ├── MalformedResponseError  a 200 whose body is not a chat completion
+    │   └── SchemaValidationError   a typed answer is not valid JSON for the schema (retried)
     ├── APIStatusError              Azure answered with an error status
     │   ├── BadRequestError         400 (not retried)
     │   │   ├── ContentFilterError      400 ``content_filter`` (or an answer the output filter cut)
@@ -19,7 +20,9 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │   └── ServerError             5xx
     │       └── PoolUnavailableError    every deployment of a pool is failing (circuits open)
     ├── InputError                  one row's input cannot be sent (empty list, bad role, ...)
-    ├── TruncatedError              the answer was cut at ``max_tokens`` (``on_truncated="error"``)
+    ├── TruncatedError              the answer was cut at ``max_tokens`` (``on_truncated="error"``,
+    │                               or always for a typed answer)
+    ├── RefusalError                the model refused to give a typed answer (``message.refusal``)
     ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
     └── CompletionFailed            (also an ``ExceptionGroup``) rows failed with ``on_error="raise"``
 
@@ -52,8 +55,10 @@ __all__ = [
     "NotFoundError",
     "PoolUnavailableError",
     "RateLimitError",
+    "RefusalError",
     "RequestError",
     "RowError",
+    "SchemaValidationError",
     "ServerError",
     "TruncatedError",
 ]
@@ -143,6 +148,39 @@ class MalformedResponseError(RequestError):
     """The server answered 200 with a body that is not a chat completion."""
 
 
+class SchemaValidationError(RequestError):
+    """A typed answer (``response_format=...``) is not valid JSON, or breaks the schema.
+
+    Retried like a malformed response (it counts as an attempt; ``max_attempts`` bounds
+    it, and no backoff is waited); the row fails with it once attempts run out. The
+    message names where and what did not validate (``"priority: a string is not one of
+    ['low', 'high']"``), never the answer's text.
+
+    Attributes
+    ----------
+    path
+        Where the first problem is (``"customer.address.city"``, ``"tags[1]"``), ``""``
+        for the whole answer.
+    problem
+        What did not validate there, without the answer's values.
+    request_id
+        Azure's request id of the answer, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        problem: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        self.path = path
+        self.problem = problem
+        self.request_id = request_id
+        super().__init__(message)
+
+
 class APIStatusError(AzureChatError):
     """Azure answered with an error status.
 
@@ -224,6 +262,19 @@ class PoolUnavailableError(ServerError):
 
 class TruncatedError(AzureChatError):
     """The answer was cut at ``max_tokens``; ``on_truncated="error"`` makes it an error."""
+
+
+class RefusalError(AzureChatError):
+    """The model refused to answer a typed request (``message.refusal`` was set).
+
+    Not retried (the same request is refused again) and never cached. The refusal's
+    text is not in the message (it may quote the prompt); ``request_id`` names the
+    answer.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(message)
 
 
 class DeadlineExceededError(AzureChatError):

@@ -24,7 +24,7 @@ from polars_azurechat._convert import (
     rows_to_requests,
     series_to_requests,
 )
-from polars_azurechat._types import RESULT_DTYPE, ChatResult
+from polars_azurechat._types import ChatResult, result_dtype
 from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
@@ -35,8 +35,8 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.options import (
     ChatOptions,
-    flatten_body,
     options_doc,
+    typed_body,
     with_options,
 )
 from polars_azurechat.summary import RunSummary, estimate_cost
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from polars_azurechat._engine import ChatEngine, Run, RunStats
     from polars_azurechat._pool import Pool
     from polars_azurechat._ratelimit import RateLimiter
+    from polars_azurechat._schema import OutputSchema
     from polars_azurechat._transport import ChatTransport
 
 __all__ = ["Completer", "complete", "complete_many"]
@@ -92,12 +93,22 @@ def complete(
     **params
         Chat-completions body fields: ``max_tokens``, ``temperature``, ``top_p``,
         ``seed``, ``stop``, ``response_format``, ... (checked against the fields the
-        API knows; custom ones go in ``extra_body={...}``).
+        API knows; custom ones go in ``extra_body={...}``). ``response_format`` may
+        be the answer's type: a pydantic model, a JSON-schema dict or a ``pl.Struct``
+        (typed answers: Azure's strict structured outputs; each answer is parsed and
+        validated, an invalid one is sent again as an attempt, then fails with
+        :class:`SchemaValidationError`; a refusal is a :class:`RefusalError`, a
+        truncated answer a :class:`TruncatedError`). ``{"type": "json_object"}``
+        keeps String answers.
 
     Returns
     -------
     pl.Expr
-        String (``output="content"``) or Struct (``output="struct"``), one value per row.
+        String (``output="content"``), or the typed answer's Struct with a schema
+        ``response_format``; Struct (``output="struct"``): content, finish_reason,
+        usage, attempts, error, ``parsed`` (typed answers), and provenance
+        (request_id, model, system_fingerprint, deployment, latency_ms,
+        content_filter). The dtype is known before any request.
 
     Raises
     ------
@@ -141,6 +152,21 @@ def complete(
     │ What is 6 * 7?   ┆ 42     │
     │ null             ┆ null   │
     └──────────────────┴────────┘
+
+    Typed answers: give the answer's type as ``response_format``; the column is a
+    Struct of its fields (``unnest`` it for columns):
+
+    >>> from typing import Literal
+    >>> from pydantic import BaseModel
+    >>> class Sum(BaseModel):
+    ...     total: int
+    ...     size: Literal["small", "large"]
+    >>> typed = pac.complete("prompt", response_format=Sum, max_tokens=50)
+    >>> out = df.select(answer=typed)
+    >>> out.schema["answer"]
+    Struct({'total': Int64, 'size': Enum(categories=['small', 'large'])})
+    >>> out.unnest("answer")["total"].to_list()
+    [106, 42, None]
     """
     return Completer(config=config, client=client, options=options, **params).expr(expr)
 
@@ -182,7 +208,8 @@ def complete_many(
     Returns
     -------
     list
-        One answer per row: a string (``output="content"``) or a dict
+        One answer per row: a string (``output="content"``; a dict of the typed
+        answer's fields with a schema ``response_format``) or a dict
         (``output="struct"``); ``None`` for a null or failed row.
 
     Examples
@@ -251,7 +278,9 @@ class Completer:
     ) -> None:
         opts, body = ChatOptions.split(params, base=options)
         self.options = opts
-        self.params = flatten_body(body)
+        #: The typed answer's schema (``response_format=Model``), or ``None``.
+        self.output_schema: OutputSchema | None
+        self.output_schema, self.params = typed_body(body)
         if self.params.get("max_tokens") is None and opts.tokens_per_minute is not None:
             logger.warning(
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
@@ -295,6 +324,7 @@ class Completer:
             deadline_s=opts.deadline_s,
             cache=cache,
             on_truncated=opts.on_truncated,
+            schema=self.output_schema,
         )
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
         engine = self.engine  # hooks must not hold the job (it would never die)
@@ -349,7 +379,10 @@ class Completer:
 
     @property
     def _return_dtype(self) -> pl.DataType:
-        return RESULT_DTYPE if self.options.output == "struct" else pl.String()
+        schema = self.output_schema
+        if self.options.output == "struct":
+            return result_dtype(None if schema is None else schema.dtype)
+        return pl.String() if schema is None else schema.dtype
 
     def run(self, rows: Rows) -> list[Any]:
         """Answer a list of message lists or prompts as one run (see :func:`complete_many`)."""
@@ -361,8 +394,11 @@ class Completer:
             except AzureChatError as exc:
                 run.error = exc
                 raise
+        typed = self.output_schema is not None
         if self.options.output == "struct":
-            return [None if r is None else r.as_row() for r in results]
+            return [None if r is None else r.as_row(typed=typed) for r in results]
+        if typed:
+            return [None if r is None else r.parsed for r in results]
         return [None if r is None else r.content for r in results]
 
     def _answer_all(self, requests: Sequence[Any]) -> list[ChatResult | None]:
@@ -466,7 +502,12 @@ class Completer:
             ):
                 failed.extend((offset + i, r) for i, r in _failures(results))
                 parts.append(
-                    results_to_series(results, output=self.options.output, name=s.name)
+                    results_to_series(
+                        results,
+                        output=self.options.output,
+                        name=s.name,
+                        schema=self.output_schema,
+                    )
                 )
             self._apply_policy(failed, len(s))
         except AzureChatError as exc:

@@ -20,10 +20,11 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 if TYPE_CHECKING:
+    from polars_azurechat._schema import OutputSchema
     from polars_azurechat.deployments import Deployment
 
 __all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OnTruncated", "OutputKind"]
@@ -109,7 +110,7 @@ class ChatOptions:
         "The Azure deployment; default ``config.deployment`` / AZURE_OPENAI_DEPLOYMENT.",
         envvar="AZURE_OPENAI_DEPLOYMENT",
     )
-    deployments: tuple[Deployment, ...] | None = _opt(
+    deployments: Sequence[Deployment] | None = _opt(
         None,
         "Several deployments serving the job (a list of polars_azurechat.Deployment; "
         "CLI: a TOML file): the lowest priority tier first, the next when it is full "
@@ -120,8 +121,11 @@ class ChatOptions:
     )
     output: OutputKind = _opt(
         "content",
-        "``content``: the answers as String; ``struct``: content, finish_reason, "
-        "prompt_tokens, completion_tokens, attempts, error.",
+        "``content``: the answers as String (with ``response_format=Model``: the "
+        "typed answers, a Struct); ``struct``: content, finish_reason, "
+        "prompt_tokens, completion_tokens, attempts, error, parsed (typed answers "
+        "only), then provenance: request_id, model, system_fingerprint, deployment, "
+        "latency_ms, content_filter.",
     )
     max_concurrency: int = _opt(
         64, "Requests in flight at once, across every chunk and run of the job."
@@ -285,6 +289,8 @@ def check_body(body: Mapping[str, Any]) -> None:
         msg = f"extra_body must be a mapping, got {type(extra).__name__}"
         raise TypeError(msg)
     for key, value in body.items():
+        if key == "response_format" and output_schema(value) is not None:
+            continue  # a typed answer's type: checked (and made JSON) by OutputSchema
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -297,6 +303,52 @@ def check_body(body: Mapping[str, Any]) -> None:
         ):
             msg = f"{key} must be a positive integer, got {value!r}"
             raise ValueError(msg)
+
+
+def output_schema(response_format: Any) -> OutputSchema | None:
+    """The typed answer a ``response_format`` asks for, or ``None`` for text answers.
+
+    A pydantic model, a JSON-schema dict (or OpenAI's ``{"type": "json_schema", ...}``)
+    or a ``pl.Struct`` is a typed answer; ``None``, ``{"type": "text"}`` and
+    ``{"type": "json_object"}`` are not (the answer stays a String).
+
+    Raises
+    ------
+    TypeError, ValueError
+        The value is none of these, or its schema has no Polars dtype (the message
+        names the field).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> output_schema({"type": "json_object"}) is None
+    True
+    >>> output_schema(pl.Struct({"n": pl.Int64})).dtype
+    Struct({'n': Int64})
+    """
+    if response_format is None:
+        return None
+    if isinstance(response_format, Mapping) and response_format.get("type") in (
+        "text",
+        "json_object",
+    ):
+        return None
+    from polars_azurechat._schema import OutputSchema
+
+    return OutputSchema.from_user(response_format)
+
+
+def typed_body(body: Mapping[str, Any]) -> tuple[OutputSchema | None, dict[str, Any]]:
+    """The output schema of ``body`` (flattened), and the body as sent.
+
+    ``response_format`` is replaced by the schema's strict ``json_schema`` dict, so the
+    body is JSON and the cache key holds the schema.
+    """
+    out = flatten_body(body)
+    schema = output_schema(out.get("response_format"))
+    if schema is not None:
+        out["response_format"] = schema.response_format
+    return schema, out
 
 
 def flatten_body(body: Mapping[str, Any]) -> dict[str, Any]:

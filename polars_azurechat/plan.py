@@ -15,6 +15,7 @@ from polars_azurechat.cache import request_key
 from polars_azurechat.options import (
     DEFAULT_RESERVED_COMPLETION_TOKENS,
     ChatOptions,
+    typed_body,
     with_options,
 )
 from polars_azurechat.summary import price_for
@@ -112,7 +113,9 @@ def plan(
     {options}
     **params
         Body fields, as for :func:`complete`; ``max_tokens`` is what Azure reserves
-        for each answer.
+        for each answer. A typed answer's ``response_format`` adds its schema's
+        tokens (:meth:`OutputSchema.schema_tokens`) to each request's prompt, as
+        Azure counts them.
 
     Examples
     --------
@@ -125,6 +128,13 @@ def plan(
     ... )
     >>> p.requests, p.rows["prompt_tokens"].to_list()
     (1, [15, 15, None])
+    >>> typed = plan(
+    ...     pl.Series(["What is 1 + 1?"]),
+    ...     max_tokens=10,
+    ...     response_format=pl.Struct({"n": pl.Int64}),
+    ... )
+    >>> typed.rows["prompt_tokens"].to_list()  # 15 + the schema's 45
+    [60]
     >>> print(p)  # doctest: +NORMALIZE_WHITESPACE
     rows:      3 (1 requests; 0 cannot be sent, 0 over the context)
     tokens:    30 prompt, 50 counted against the quota
@@ -143,6 +153,9 @@ def plan(
         requests_per_minute = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
         tokens_per_minute = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    schema, _ = typed_body(body)
+    # a typed answer's schema is part of each request's prompt (Azure counts it)
+    schema_tokens = 0 if schema is None else schema.schema_tokens()
     if isinstance(data, pl.Series):
         requests = series_to_requests(data, system=system)
     else:
@@ -160,7 +173,7 @@ def plan(
             counted.append(None)
             errors.append(None if req is None else str(req.error))
             continue
-        p = _tokens.prompt_tokens(req.messages)
+        p = _tokens.prompt_tokens(req.messages) + schema_tokens
         prompt.append(p)
         counted.append(p + reserved)
         errors.append(None)
