@@ -212,5 +212,5 @@ class RedisCache:
             self._closed = True
             try:
                 self._client.close()
-            except Exception:  # noqa: BLE001 - closing must not raise
+            except Exception:  # closing must not raise
                 logger.debug("closing the Redis connection failed", exc_info=True)

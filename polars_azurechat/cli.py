@@ -89,7 +89,7 @@ def option_flags() -> list[inspect.Parameter]:
         ChatOptions,
         docs={f.name: f.metadata["doc"] for f in dataclasses.fields(ChatOptions)},
         types={
-            "cache": Path | None,
+            "cache": str | None,  # a path, or redis:// (a Path would fold the //)
             "deployments": Path | None,
             "output": Literal["content", "struct"],
             "on_error": Literal["null", "raise"],

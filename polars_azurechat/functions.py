@@ -44,7 +44,7 @@ from polars_azurechat.summary import RunSummary, estimate_cost
 if TYPE_CHECKING:
     import openai
 
-    from polars_azurechat._engine import ChatEngine, Run, RunStats
+    from polars_azurechat._engine import AnswerCache, ChatEngine, Run, RunStats
     from polars_azurechat._pool import Pool
     from polars_azurechat._ratelimit import RateLimiter
     from polars_azurechat._schema import OutputSchema
@@ -288,10 +288,17 @@ class Completer:
             )
         from polars_azurechat._engine import ChatEngine
         from polars_azurechat._ratelimit import RateLimiter
+        from polars_azurechat._redis import is_redis_url
         from polars_azurechat.cache import SqliteCache
 
         # the cache first: an unusable path is refused before anything else is built
-        cache = SqliteCache(opts.cache) if opts.cache is not None else None
+        cache: AnswerCache | None = None
+        if is_redis_url(opts.cache):
+            from polars_azurechat._redis import RedisCache
+
+            cache = RedisCache(str(opts.cache))
+        elif opts.cache is not None:
+            cache = SqliteCache(opts.cache)
         max_tokens = self.params.get(
             "max_tokens", self.params.get("max_completion_tokens")
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,39 @@ def test_a_server_lost_mid_run_breaks_the_cache_once(
 
 def test_the_password_never_shows() -> None:
     assert shown_url("rediss://u:p4ss@h:1/3") == "rediss://u@h:1/3"
+
+
+def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -> None:
+    import polars as pl
+    from typer.testing import CliRunner
+
+    import polars_azurechat as pac
+    from polars_azurechat.cli import app
+
+    prompts = [f"What is {i} + 11?" for i in range(8)]
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pl.DataFrame({"q": prompts}).write_parquet(src)
+    with Emulator() as emu:
+        config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
+        with pac.Completer(config=config, deployment="d", cache=redis_url) as job:
+            assert job.run(prompts) == [str(i + 11) for i in range(8)]
+            assert "redis://" in repr(job.engine.cache)
+        assert emu.stats()["requests"] == 8
+        # another job (the CLI) on the same deployment: every answer from Redis
+        result = CliRunner(env=emu.env(deployment="d")).invoke(
+            app,
+            [
+                "run",
+                str(src),
+                str(dst),
+                "--column",
+                "q",
+                "--cache",
+                redis_url,
+                "--no-progress",
+            ],
+        )
+        assert emu.stats()["requests"] == 8
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(dst)["answer"].to_list() == [str(i + 11) for i in range(8)]
+    assert "8 from cache" in result.output
