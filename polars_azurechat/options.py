@@ -167,7 +167,9 @@ class ChatOptions:
         "``error`` (TruncatedError, not cached).",
     )
     cache: str | os.PathLike[str] | None = _opt(
-        None, "Path to a SQLite file of answers; a rerun sends only what is missing."
+        None,
+        "Path to a SQLite file of answers, or a ``redis://`` URL shared by every "
+        "worker; a rerun sends only what is missing.",
     )
     progress: bool | None = _opt(
         None,
