@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 from aiohttp import web
 
 from polars_azurechat.emulator._answers import answer_for, parse_directives
+from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.emulator._errors import (
     ACCESS_DENIED,
     content_filter_response,
@@ -208,7 +209,7 @@ class _State:
 
 
 class _App:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, batches: BatchService | None = None) -> None:
         self.state = state
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post(
@@ -216,12 +217,18 @@ class _App:
         )
         self.app.router.add_get("/stats", self.get_stats)
         self.app.router.add_post("/stats/reset", self.reset_stats)
+        # the files and batches endpoints (emulator/_batch.py)
+        self.batches = batches if batches is not None else BatchService()
+        self.batches.attach(self)
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state.snapshot())
+        return web.json_response(
+            {**self.state.snapshot(), "batch": self.batches.snapshot()}
+        )
 
     async def reset_stats(self, request: web.Request) -> web.Response:
         self.state.reset()
+        self.batches.reset()
         return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -284,6 +291,28 @@ class _App:
             return down
         try:
             body = await request.json(loads=json.loads)
+        except ValueError:
+            body = None  # answered with the 400 on 'messages'
+        return await self.answer(lane, body, request=request)
+
+    async def answer(
+        self,
+        lane: _Lane,
+        body: Any,
+        *,
+        request: web.Request | None = None,
+        n: int | None = None,
+    ) -> web.Response:
+        """Answer one chat-completions ``body`` on ``lane``, as the chat endpoint does.
+
+        ``request`` is ``None`` for a line of a batch (``emulator/_batch.py``): then
+        no online quota is charged, no latency is waited, and a fault that needs a
+        connection (hang, drop, malformed) is a 500. ``n`` numbers the answer's id
+        (default: the request count).
+        """
+        st = self.state
+        s = lane.settings
+        try:
             messages = body["messages"]
             if not isinstance(messages, list) or not messages:
                 raise ValueError("messages")  # noqa: TRY301
@@ -325,6 +354,11 @@ class _App:
         if fault is not None:
             with st.lock:
                 st.faults[fault] += 1
+            if request is None:  # a batch line: no connection to hang or drop
+                code = int(fault) if fault.isdigit() else 500
+                return error_response(
+                    code, str(code), "The server had an error processing the request."
+                )
             return await lane.faults.respond(request, fault, delay_s)
         if "filter" in directives:
             return content_filter_response()
@@ -343,13 +377,18 @@ class _App:
             if not isinstance(max_tokens, int | float)
             else math.ceil(max_tokens)
         )
-        decision = lane.quota.admit(prompt_tokens + reserved)
-        if not decision.admitted:
-            return rate_limit_response(
-                max(1, ceil_ms(decision.wait_s)), decision.limited_by, decision.headers
-            )
-        if delay_s > 0:
-            await asyncio.sleep(delay_s)
+        quota_headers: dict[str, str] = {}
+        if request is not None:  # a batch line is not charged to the online quota
+            decision = lane.quota.admit(prompt_tokens + reserved)
+            if not decision.admitted:
+                return rate_limit_response(
+                    max(1, ceil_ms(decision.wait_s)),
+                    decision.limited_by,
+                    decision.headers,
+                )
+            quota_headers = decision.headers
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
         if schema is None:
             answer = answer_for(last_user)
         elif "bad_json" in directives:
@@ -369,7 +408,8 @@ class _App:
         with st.lock:
             st.prompt_tokens += prompt_tokens
             st.completion_tokens += completion_tokens
-            n = st.requests
+            if n is None:
+                n = st.requests
         payload = {
             "id": f"chatcmpl-emu-{n}",
             "object": "chat.completion",
@@ -395,7 +435,7 @@ class _App:
             },
             "system_fingerprint": "fp_emulator",
         }
-        headers = {"apim-request-id": f"emu-{n}", **decision.headers}
+        headers = {"apim-request-id": f"emu-{n}", **quota_headers}
         return web.json_response(payload, headers=headers)
 
 
@@ -419,6 +459,10 @@ class Emulator:
         Monotonic seconds for the quota windows and token expiry (overrides
         ``settings.clock``; default ``time.monotonic``). A test passes a fake clock and
         moves it instead of sleeping.
+    batches
+        The files and batches endpoints' behaviour (pace, limits, quota of enqueued
+        tokens, clock): a :class:`~polars_azurechat.emulator._batch.BatchService`;
+        default ``BatchService()``.
     **overrides
         Fields of :class:`EmulatorSettings` to override.
 
@@ -432,6 +476,7 @@ class Emulator:
         port: int = 0,
         on_request: Callable[[int], None] | None = None,
         clock: Callable[[], float] | None = None,
+        batches: BatchService | None = None,
         **overrides: Any,
     ) -> None:
         if clock is not None:
@@ -441,6 +486,7 @@ class Emulator:
         self.port = port
         self._state = _State(self.settings)
         self._state.on_request = on_request
+        self.batches = batches if batches is not None else BatchService()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -473,16 +519,19 @@ class Emulator:
         Also ``tokens_issued`` (by :meth:`issue_token`) and ``auth``: the requests
         authenticated with the key (``"key"``: an ``api-key`` header, or the key sent
         as a bearer) and with an issued token (``"bearer"``), as
-        ``{"key": n, "bearer": n}``.
+        ``{"key": n, "bearer": n}``, and ``batch``: the files and batches counters
+        (:meth:`~polars_azurechat.emulator._batch.BatchService.snapshot`).
         """
-        return self._state.snapshot()
+        return {**self._state.snapshot(), "batch": self.batches.snapshot()}
 
     def reset(self) -> None:
         """Zero the counters and empty the rate-limit windows.
 
-        Issued tokens stay valid (:meth:`revoke_tokens` ends them).
+        Issued tokens stay valid (:meth:`revoke_tokens` ends them); uploaded files and
+        batches stay, only their counters are zeroed.
         """
         self._state.reset()
+        self.batches.reset()
 
     def issue_token(self, ttl_s: float = 3600.0) -> str:
         """Issue a new Microsoft Entra ID (Azure AD) bearer token.
@@ -579,7 +628,7 @@ class Emulator:
 
     async def _start(self) -> None:
         self._runner = web.AppRunner(
-            _App(self._state).app, access_log=None, shutdown_timeout=0.1
+            _App(self._state, self.batches).app, access_log=None, shutdown_timeout=0.1
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)

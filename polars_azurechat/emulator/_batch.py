@@ -1,0 +1,902 @@
+"""Azure OpenAI's files and batches endpoints (the Global Batch API), emulated.
+
+Paths, bodies and statuses are Azure's (the openai SDK's ``files`` and ``batches``
+resources work against them unchanged), every call needs ``?api-version=`` and the
+same key or Entra ID token as the chat endpoint:
+
+``POST /openai/files``
+    multipart upload (``purpose``, ``file``); a ``batch`` file must be named
+    ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
+    ``processed``.
+``GET /openai/files`` (``purpose``, ``limit``, ``after``, ``order``), ``GET|DELETE
+/openai/files/{id}``, ``GET /openai/files/{id}/content``
+    list, retrieve, delete, download.
+``POST /openai/batches``
+    ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
+    metadata}``; the file must be a processed ``batch`` file.
+``GET /openai/batches`` (``limit``, ``after``; newest first), ``GET
+/openai/batches/{id}``, ``POST /openai/batches/{id}/cancel``
+    list, retrieve, cancel.
+
+A batch is ``validating`` for ``validating_s``; then it ``failed`` (``errors.data``
+names each reason: ``empty_batch``, ``too_many_tasks``, ``file_too_large``,
+``invalid_json_line``, ``invalid_request``, ``duplicate_custom_id``,
+``url_mismatch``, ``model_mismatch``: every line must name the first line's model,
+``model_not_found``, and ``token_limit_exceeded`` when the tokens it would enqueue
+take its deployment past ``enqueued_tokens_limit``), or goes ``in_progress``. Its
+lines are then answered one after the other, ``line_s`` each, in a deterministic
+shuffled order, by the chat endpoint's own code (:meth:`_App.answer`; without the
+online quota and latency, and outside the chat request counters); then it is
+``finalizing`` for ``finalizing_s``, then ``completed``. Output lines are
+``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error":
+null}``; lines answered with an error status go to the error file, which exists even
+when empty (``empty_error_file``). ``cancel`` makes it ``cancelling`` for
+``cancelling_s``, then ``cancelled``, with what was answered before; a batch not done
+within ``completion_window_s`` is ``expired`` the same way. The lines never answered
+are in the error file with ``"response": null, "error": {"code": "batch_cancelled"
+| "batch_expired", ...}``.
+
+Directives in a line's last user message script a batch:
+
+``[emu:batch_slow=30]``
+    this line takes 30 s more (of the clock) to answer;
+``[emu:batch_expire]``
+    this line is never answered: the batch answers the others, then expires at the
+    end of its completion window.
+
+The chat directives work per line too (``[emu:500*1]``, ``[emu:filter]``, ...).
+
+Time is read from ``clock`` (default: the emulator's clock), so a test with a fake
+clock moves a batch through its statuses without sleeping: every request on these
+endpoints first brings the batches up to the clock's time, and a background task on
+the emulator's loop does it every ``tick_s`` seconds as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import BodyPartReader, web
+
+from polars_azurechat.emulator._answers import parse_directives
+from polars_azurechat.emulator._errors import error_response
+
+if TYPE_CHECKING:
+    from polars_azurechat.emulator._server import _App
+
+__all__ = ["MAX_FILE_BYTES", "MAX_FILE_LINES", "BatchService"]
+
+logger = logging.getLogger(__name__)
+
+#: Azure's limits on one batch input file: requests, and bytes (200 MB).
+MAX_FILE_LINES = 100_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+#: The statuses a batch ends in.
+TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+#: The statuses whose tokens count as enqueued on their deployment.
+ENQUEUED = frozenset({"in_progress", "finalizing"})
+
+_PURPOSES = frozenset(
+    {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
+)
+_CHAT = "/chat/completions"
+_NOT_ANSWERED = {
+    "cancelled": (
+        "batch_cancelled",
+        "This request could not be executed before the batch was cancelled.",
+    ),
+    "expired": (
+        "batch_expired",
+        "This request could not be executed before the completion window expired.",
+    ),
+}
+
+
+def _endpoint(url: Any) -> str | None:
+    """``/chat/completions`` for either spelling of it, else ``None``."""
+    if url in (_CHAT, "/v1" + _CHAT):
+        return _CHAT
+    return None
+
+
+@dataclasses.dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+    ready: float  # processed from this time on the clock
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed" if now >= self.ready else "pending",
+            "status_details": None,
+        }
+
+
+@dataclasses.dataclass
+class _Line:
+    custom_id: str
+    body: Any
+    seconds: float  # time to answer it, on the clock
+    expire: bool  # never answered: the batch expires
+
+
+@dataclasses.dataclass
+class _Batch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    metadata: dict[str, str] | None
+    created: float  # on the clock
+    model: str | None
+    lines: list[_Line]
+    order: list[int]
+    tokens: int
+    problems: list[dict[str, Any]]
+    status: str = "validating"
+    times: dict[str, float] = dataclasses.field(default_factory=dict)
+    done: int = 0  # positions of ``order`` handled
+    due: float = 0.0  # when the last answered line ended, on the clock
+    answered: set[int] = dataclasses.field(default_factory=set)
+    output: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    completed: int = 0
+    failed: int = 0
+    error_data: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+class BatchService:
+    """The files and batches endpoints of one emulator, and how fast batches run.
+
+    Give one to :class:`~polars_azurechat.emulator.Emulator` (``batches=``); every
+    argument has a default, so ``Emulator()`` serves them too.
+
+    Parameters
+    ----------
+    validating_s, finalizing_s, cancelling_s
+        Seconds a batch spends ``validating``, ``finalizing`` and ``cancelling``.
+    line_s
+        Seconds to answer one line (``[emu:batch_slow=N]`` adds ``N``).
+    file_processing_s
+        Seconds an uploaded file stays ``pending`` before it is ``processed``.
+    completion_window_s
+        A batch not done this long after its creation expires (Azure: 24 h).
+    max_lines, max_bytes
+        The largest input file a batch takes (Azure: 100,000 lines, 200 MB).
+    enqueued_tokens_limit
+        The enqueued-token quota of each deployment (``None``: none): a batch whose
+        estimated prompt tokens, added to those of the deployment's batches
+        ``in_progress`` or ``finalizing``, exceed it fails validation with
+        ``token_limit_exceeded``.
+    empty_error_file
+        Create an error file even when no line failed, as Azure may.
+    clock
+        Monotonic seconds (default: the emulator's clock). Timestamps in the
+        answers move with it.
+    tick_s
+        How often (real seconds) the background task brings batches up to the clock.
+    seed
+        Seeds the shuffle of output lines (with the input file's content).
+    """
+
+    def __init__(
+        self,
+        *,
+        validating_s: float = 1.0,
+        line_s: float = 0.001,
+        finalizing_s: float = 1.0,
+        cancelling_s: float = 1.0,
+        file_processing_s: float = 0.5,
+        completion_window_s: float = 24 * 3600.0,
+        max_lines: int = MAX_FILE_LINES,
+        max_bytes: int = MAX_FILE_BYTES,
+        enqueued_tokens_limit: int | None = None,
+        empty_error_file: bool = True,
+        clock: Callable[[], float] | None = None,
+        tick_s: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("validating_s", validating_s),
+            ("line_s", line_s),
+            ("finalizing_s", finalizing_s),
+            ("cancelling_s", cancelling_s),
+            ("file_processing_s", file_processing_s),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, not {value!r}")
+        if not completion_window_s > 0 or not tick_s > 0:
+            raise ValueError("completion_window_s and tick_s must be positive")
+        self.validating_s = validating_s
+        self.line_s = line_s
+        self.finalizing_s = finalizing_s
+        self.cancelling_s = cancelling_s
+        self.file_processing_s = file_processing_s
+        self.completion_window_s = completion_window_s
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.enqueued_tokens_limit = enqueued_tokens_limit
+        self.empty_error_file = empty_error_file
+        self.tick_s = tick_s
+        self.seed = seed
+        self._given_clock = clock
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._clock0 = self.clock()
+        self._wall0 = time.time()
+        self._app: _App | None = None
+        self._files: dict[str, _File] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._lock = threading.Lock()  # counters: read from other threads
+        self._lines = 0
+        self.reset()
+
+    # -- wiring ------------------------------------------------------------------
+
+    def attach(self, app: _App) -> None:
+        """Serve the endpoints on ``app`` (called by the emulator's app)."""
+        self._app = app
+        if self._given_clock is None:
+            self.clock = app.state.clock
+            self._clock0 = self.clock()
+            self._wall0 = time.time()
+        router = app.app.router
+        router.add_post("/openai/files", self.upload)
+        router.add_get("/openai/files", self.list_files)
+        router.add_get("/openai/files/{file_id}", self.get_file)
+        router.add_delete("/openai/files/{file_id}", self.delete_file)
+        router.add_get("/openai/files/{file_id}/content", self.file_content)
+        router.add_post("/openai/batches", self.create_batch)
+        router.add_get("/openai/batches", self.list_batches)
+        router.add_get("/openai/batches/{batch_id}", self.get_batch)
+        router.add_post("/openai/batches/{batch_id}/cancel", self.cancel_batch)
+        app.app.cleanup_ctx.append(self._ticking)
+
+    def reset(self) -> None:
+        """Zero the counters (files and batches stay)."""
+        with self._lock:
+            self.files_uploaded = 0
+            self.files_deleted = 0
+            self.batches_created = 0
+            self.cancels = 0
+            self.lines_answered = 0
+            self.lines_failed = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters, and the batches by status.
+
+        ``files_uploaded``, ``files_deleted``, ``batches_created``, ``cancels`` (cancel
+        calls that took effect), ``lines_answered`` (every line answered, whatever
+        its status) and ``lines_failed`` (those answered with an error status).
+        """
+        statuses: dict[str, int] = {}
+        for batch in list(self._batches.values()):
+            statuses[batch.status] = statuses.get(batch.status, 0) + 1
+        with self._lock:
+            return {
+                "files_uploaded": self.files_uploaded,
+                "files_deleted": self.files_deleted,
+                "batches_created": self.batches_created,
+                "cancels": self.cancels,
+                "lines_answered": self.lines_answered,
+                "lines_failed": self.lines_failed,
+                "batches": dict(sorted(statuses.items())),
+            }
+
+    def _epoch(self, t: float) -> int:
+        """A time on the clock as Unix seconds."""
+        return int(self._wall0 + (t - self._clock0))
+
+    async def _guard(self, request: web.Request) -> web.Response | None:
+        """The answer refusing ``request`` (no api-version, bad credential), if any.
+
+        An accepted request first brings every batch up to the clock's time.
+        """
+        if not request.query.get("api-version"):
+            return error_response(404, "404", "Resource not found")
+        assert self._app is not None  # noqa: S101 - attach() runs first
+        auth = self._app.state.authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
+        await self._advance_all()
+        return None
+
+    # -- files -------------------------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """``POST /openai/files``: a multipart upload."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        purpose: str | None = None
+        filename: str | None = None
+        data: bytes | None = None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "purpose":
+                    purpose = (await part.text()).strip()
+                elif part.name == "file":
+                    filename = part.filename or ""
+                    data = bytes(await part.read())
+        except (AssertionError, ValueError, KeyError):
+            purpose = None
+        if purpose is None or data is None:
+            return error_response(
+                400,
+                "invalidPayload",
+                "A multipart body with the fields 'purpose' and 'file' is required.",
+            )
+        if purpose not in _PURPOSES:
+            return error_response(
+                400, "invalidPayload", f"The purpose '{purpose}' is not supported."
+            )
+        if purpose == "batch" and not (filename or "").endswith(".jsonl"):
+            return error_response(
+                400,
+                "invalidPayload",
+                "A file for batch must be a JSON Lines file named '*.jsonl'.",
+            )
+        now = self.clock()
+        file = _File(
+            id=f"file-{uuid.uuid4().hex}",
+            filename=filename or "",
+            purpose=purpose,
+            data=data,
+            created_at=self._epoch(now),
+            ready=now + self.file_processing_s,
+        )
+        self._files[file.id] = file
+        with self._lock:
+            self.files_uploaded += 1
+        logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
+        return web.json_response(file.as_json(now), status=201)
+
+    def _file(self, request: web.Request) -> _File | web.Response:
+        file_id = request.match_info["file_id"]
+        file = self._files.get(file_id)
+        if file is None:
+            return error_response(404, "fileNotFound", f"File {file_id} not found.")
+        return file
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """``GET /openai/files``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        now = self.clock()
+        purpose = request.query.get("purpose")
+        files = [f for f in self._files.values() if purpose in (None, f.purpose)]
+        if request.query.get("order", "desc") == "desc":
+            files.reverse()
+        return self._page(request, [f.as_json(now) for f in files], 10_000)
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        """``GET /openai/files/{id}``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        return web.json_response(file.as_json(self.clock()))
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        """``DELETE /openai/files/{id}``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        del self._files[file.id]
+        with self._lock:
+            self.files_deleted += 1
+        return web.json_response({"id": file.id, "object": "file", "deleted": True})
+
+    async def file_content(self, request: web.Request) -> web.Response:
+        """``GET /openai/files/{id}/content``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        return web.Response(body=file.data, content_type="application/octet-stream")
+
+    @staticmethod
+    def _page(
+        request: web.Request, items: list[dict[str, Any]], default_limit: int
+    ) -> web.Response:
+        """One page of a list, with the cursor (``after``) and ``limit`` the SDK sends."""
+        after = request.query.get("after")
+        if after is not None:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        try:
+            limit = max(1, int(request.query.get("limit", default_limit)))
+        except ValueError:
+            limit = default_limit
+        page, more = items[:limit], len(items) > limit
+        return web.json_response(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": more,
+            }
+        )
+
+    # -- batches -----------------------------------------------------------------
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        """``POST /openai/batches``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("body")  # noqa: TRY301
+        except (ValueError, TypeError):
+            return error_response(
+                400, "invalidPayload", "The body must be a JSON object."
+            )
+        file_id = body.get("input_file_id")
+        file = self._files.get(file_id) if isinstance(file_id, str) else None
+        now = self.clock()
+        problem = None
+        if file is None:
+            problem = f"The input file '{file_id}' does not exist."
+        elif file.purpose != "batch":
+            problem = f"The input file '{file_id}' was not uploaded for 'batch'."
+        elif now < file.ready:
+            problem = (
+                f"The input file '{file_id}' is not processed yet (status 'pending'); "
+                "wait until it is 'processed'."
+            )
+        elif _endpoint(body.get("endpoint")) is None:
+            problem = f"The endpoint '{body.get('endpoint')}' is not supported."
+        elif body.get("completion_window") != "24h":
+            problem = "The completion_window must be '24h'."
+        elif not _metadata_ok(body.get("metadata")):
+            problem = (
+                "metadata must be at most 16 string pairs (keys up to 64 characters, "
+                "values up to 512)."
+            )
+        if problem is not None or file is None:
+            return error_response(400, "invalidPayload", problem or "")
+        batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)
+        self._batches[batch.id] = batch
+        with self._lock:
+            self.batches_created += 1
+        logger.debug("batch %s created (%d lines)", batch.id, len(batch.lines))
+        return web.json_response(self._batch_json(batch))
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """``GET /openai/batches``: newest first."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        batches = [self._batch_json(b) for b in reversed(self._batches.values())]
+        return self._page(request, batches, 20)
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        """``GET /openai/batches/{id}``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        batch = self._batch(request)
+        if isinstance(batch, web.Response):
+            return batch
+        return web.json_response(self._batch_json(batch))
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        """``POST /openai/batches/{id}/cancel``."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        batch = self._batch(request)
+        if isinstance(batch, web.Response):
+            return batch
+        async with batch.lock:
+            if batch.status in TERMINAL:
+                return error_response(
+                    409,
+                    "invalidState",
+                    f"Cannot cancel a batch with status '{batch.status}'.",
+                )
+            if batch.status != "cancelling":
+                batch.status = "cancelling"
+                batch.times["cancelling"] = self.clock()
+                with self._lock:
+                    self.cancels += 1
+        return web.json_response(self._batch_json(batch))
+
+    def _batch(self, request: web.Request) -> _Batch | web.Response:
+        batch_id = request.match_info["batch_id"]
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return error_response(404, "batchNotFound", f"Batch {batch_id} not found.")
+        return batch
+
+    def _batch_json(self, b: _Batch) -> dict[str, Any]:
+        def at(name: str) -> int | None:
+            t = b.times.get(name)
+            return None if t is None else self._epoch(t)
+
+        validated = b.status != "validating" and b.error_data is None
+        return {
+            "id": b.id,
+            "object": "batch",
+            "endpoint": b.endpoint,
+            "errors": (
+                None
+                if b.error_data is None
+                else {"object": "list", "data": b.error_data}
+            ),
+            "input_file_id": b.input_file_id,
+            "completion_window": "24h",
+            "status": b.status,
+            "output_file_id": b.output_file_id,
+            "error_file_id": b.error_file_id,
+            "created_at": self._epoch(b.created),
+            "in_progress_at": at("in_progress"),
+            "expires_at": self._epoch(b.created + self.completion_window_s),
+            "finalizing_at": at("finalizing"),
+            "completed_at": at("completed"),
+            "failed_at": at("failed"),
+            "expired_at": at("expired"),
+            "cancelling_at": at("cancelling"),
+            "cancelled_at": at("cancelled"),
+            "request_counts": {
+                "total": len(b.lines) if validated else 0,
+                "completed": b.completed,
+                "failed": b.failed,
+            },
+            "metadata": b.metadata,
+        }
+
+    def _parse(self, file: _File, endpoint: str, metadata: Any, now: float) -> _Batch:
+        """The batch of ``file``: its lines, token estimate and validation problems."""
+        problems: list[dict[str, Any]] = []
+
+        def problem(code: str, message: str, line: int | None = None) -> None:
+            if len(problems) < 50:
+                problems.append(
+                    {"code": code, "message": message, "param": None, "line": line}
+                )
+
+        lines: list[_Line] = []
+        tokens = 0
+        model: str | None = None
+        raw = file.data.splitlines()
+        while raw and not raw[-1].strip():
+            raw.pop()
+        if len(file.data) > self.max_bytes:
+            problem(
+                "file_too_large",
+                f"The input file is {len(file.data)} bytes; a batch file may be at "
+                f"most {self.max_bytes} bytes.",
+            )
+        elif not raw:
+            problem("empty_batch", "The input file has no requests.")
+        elif len(raw) > self.max_lines:
+            problem(
+                "too_many_tasks",
+                f"The input file has {len(raw)} requests; a batch takes at most "
+                f"{self.max_lines}.",
+            )
+        else:
+            assert self._app is not None  # noqa: S101 - attach() runs first
+            estimate = self._app.state.tokens
+            seen: set[str] = set()
+            for number, text in enumerate(raw, start=1):
+                try:
+                    item = json.loads(text)
+                except ValueError:
+                    problem("invalid_json_line", f"Line {number} is not JSON.", number)
+                    continue
+                if not isinstance(item, dict) or not isinstance(
+                    item.get("custom_id"), str
+                ):
+                    problem(
+                        "invalid_request",
+                        f"Line {number} has no string 'custom_id'.",
+                        number,
+                    )
+                    continue
+                body = item.get("body")
+                if item.get("method") != "POST" or not isinstance(body, dict):
+                    problem(
+                        "invalid_request",
+                        f"Line {number} must have method 'POST' and an object 'body'.",
+                        number,
+                    )
+                    continue
+                if _endpoint(item.get("url")) != _endpoint(endpoint):
+                    problem(
+                        "url_mismatch",
+                        f"The url '{item.get('url')}' of line {number} does not match "
+                        f"the batch's endpoint '{endpoint}'.",
+                        number,
+                    )
+                    continue
+                line_model = body.get("model")
+                if model is None:
+                    model = str(line_model)
+                elif line_model != model:
+                    problem(
+                        "model_mismatch",
+                        f"Line {number} names the model '{line_model}' but line 1 "
+                        f"names '{model}': every line of a file must name the same "
+                        "deployment.",
+                        number,
+                    )
+                    continue
+                custom_id = item["custom_id"]
+                if custom_id in seen:
+                    problem(
+                        "duplicate_custom_id",
+                        f"The custom_id '{custom_id}' of line {number} is not unique.",
+                        number,
+                    )
+                    continue
+                seen.add(custom_id)
+                pairs, last_user = _pairs(body)
+                tokens += estimate.prompt(pairs) if pairs else 0
+                directives = parse_directives(last_user)
+                try:
+                    slow = float(directives.get("batch_slow") or 0)
+                except ValueError:
+                    slow = 0.0
+                lines.append(
+                    _Line(
+                        custom_id=custom_id,
+                        body=body,
+                        seconds=self.line_s + max(0.0, slow),
+                        expire="batch_expire" in directives,
+                    )
+                )
+            deployments = self._app.state.settings.deployments
+            if (
+                model is not None
+                and deployments is not None
+                and model not in deployments
+            ):
+                problem(
+                    "model_not_found",
+                    f"The deployment '{model}' does not exist.",
+                )
+        digest = hashlib.sha256(f"{self.seed}:".encode() + file.data).digest()
+        order = list(range(len(lines)))
+        random.Random(digest).shuffle(order)  # noqa: S311 - not secrets
+        return _Batch(
+            id=f"batch_{uuid.uuid4().hex}",
+            input_file_id=file.id,
+            endpoint=endpoint,
+            metadata=metadata,
+            created=now,
+            model=model,
+            lines=lines,
+            order=order,
+            tokens=tokens,
+            problems=problems,
+        )
+
+    # -- progress ------------------------------------------------------------------
+
+    async def _ticking(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._tick())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self._advance_all()
+            except Exception:
+                logger.exception("the emulator's batches could not progress")
+
+    async def _advance_all(self) -> None:
+        """Bring every unfinished batch up to the clock, oldest first."""
+        now = self.clock()
+        for batch in list(self._batches.values()):
+            if batch.status not in TERMINAL:
+                await self._advance(batch, now)
+
+    async def _advance(self, b: _Batch, now: float) -> None:
+        async with b.lock:
+            if b.status == "validating":
+                start = b.created + self.validating_s
+                if now < start:
+                    return
+                if not self._validate(b, start):
+                    return
+            end_of_window = b.created + self.completion_window_s
+            if b.status == "in_progress":
+                await self._answer_due(b, min(now, end_of_window))
+                if b.done == len(b.order) and len(b.answered) == len(b.lines):
+                    b.status = "finalizing"
+                    b.times["finalizing"] = b.due
+                elif now >= end_of_window:
+                    self._finish(b, "expired", end_of_window)
+                    return
+            if b.status == "finalizing":
+                end = b.times["finalizing"] + self.finalizing_s
+                if now >= end:
+                    self._finish(b, "completed", end)
+            elif b.status == "cancelling":
+                end = b.times["cancelling"] + self.cancelling_s
+                if now >= end:
+                    self._finish(b, "cancelled", end)
+
+    def _validate(self, b: _Batch, at: float) -> bool:
+        """End validation at ``at``: ``in_progress``, or ``failed`` (returns False)."""
+        limit = self.enqueued_tokens_limit
+        if not b.problems and limit is not None:
+            enqueued = sum(
+                other.tokens
+                for other in self._batches.values()
+                if other is not b
+                and other.model == b.model
+                and other.status in ENQUEUED
+            )
+            if enqueued + b.tokens > limit:
+                b.problems.append(
+                    {
+                        "code": "token_limit_exceeded",
+                        "message": "The number of enqueued tokens has surpassed the "
+                        f"configured limit of {limit} for the deployment "
+                        f"'{b.model}'. Please either increase the limit or try again "
+                        "once the current jobs have finished.",
+                        "param": None,
+                        "line": None,
+                    }
+                )
+        if b.problems:
+            b.status = "failed"
+            b.times["failed"] = at
+            b.error_data = b.problems
+            logger.debug("batch %s failed: %s", b.id, b.problems[0]["code"])
+            return False
+        b.status = "in_progress"
+        b.times["in_progress"] = at
+        b.due = at
+        return True
+
+    async def _answer_due(self, b: _Batch, until: float) -> None:
+        """Answer the lines whose time has come by ``until``, in the batch's order."""
+        assert self._app is not None  # noqa: S101 - attach() runs first
+        while b.done < len(b.order):
+            index = b.order[b.done]
+            line = b.lines[index]
+            if line.expire:  # never answered
+                b.done += 1
+                continue
+            end = b.due + line.seconds
+            if end > until:
+                return
+            with self._lock:
+                self._lines += 1
+                n = self._lines
+            lane = self._app.state.lane(str(b.model))
+            response = await self._app.answer(lane, line.body, n=n)
+            status = response.status
+            out = {
+                "id": f"batch_req_{uuid.uuid4().hex}",
+                "custom_id": line.custom_id,
+                "response": {
+                    "status_code": status,
+                    "request_id": f"emu-batch-{n}",
+                    "body": json.loads(response.text or "null"),
+                },
+                "error": None,
+            }
+            if status == 200:
+                b.output.append(out)
+                b.completed += 1
+            else:
+                b.errors.append(out)
+                b.failed += 1
+            with self._lock:
+                self.lines_answered += 1
+                self.lines_failed += status != 200
+            b.answered.add(index)
+            b.due = end
+            b.done += 1
+
+    def _finish(self, b: _Batch, status: str, at: float) -> None:
+        """End ``b`` with ``status`` at ``at``: write its output and error files."""
+        code_message = _NOT_ANSWERED.get(status)
+        if code_message is not None:
+            code, message = code_message
+            for index, line in enumerate(b.lines):
+                if index not in b.answered:
+                    b.errors.append(
+                        {
+                            "id": f"batch_req_{uuid.uuid4().hex}",
+                            "custom_id": line.custom_id,
+                            "response": None,
+                            "error": {"code": code, "message": message},
+                        }
+                    )
+                    b.failed += 1
+        b.output_file_id = self._output_file(b.id, "output", b.output, at)
+        if b.errors or self.empty_error_file:
+            b.error_file_id = self._output_file(b.id, "error", b.errors, at)
+        b.status = status
+        b.times[status] = at
+        logger.debug("batch %s %s", b.id, status)
+
+    def _output_file(
+        self, batch_id: str, kind: str, lines: list[dict[str, Any]], at: float
+    ) -> str:
+        data = "".join(
+            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
+            for line in lines
+        ).encode()
+        file = _File(
+            id=f"file-{uuid.uuid4().hex}",
+            filename=f"{batch_id}_{kind}.jsonl",
+            purpose="batch_output",
+            data=data,
+            created_at=self._epoch(at),
+            ready=at,
+        )
+        self._files[file.id] = file
+        return file.id
+
+
+def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
+    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable)."""
+    try:
+        pairs = [(str(m["role"]), str(m["content"])) for m in body["messages"]]
+    except (KeyError, TypeError):
+        return [], ""
+    last_user = next(
+        (content for role, content in reversed(pairs) if role == "user"),
+        pairs[-1][1] if pairs else "",
+    )
+    return pairs, last_user
+
+
+def _metadata_ok(metadata: Any) -> bool:
+    if metadata is None:
+        return True
+    return (
+        isinstance(metadata, dict)
+        and len(metadata) <= 16
+        and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    )
