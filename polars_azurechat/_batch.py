@@ -1,0 +1,1069 @@
+"""Answer requests through Azure OpenAI's Batch API, resumably. Not meant for outside use.
+
+:class:`BatchRunner` takes ``(cache key, ChatRequest)`` pairs and gives a
+:class:`~polars_azurechat._types.ChatResult` per key, through the openai SDK's
+``files`` and ``batches`` resources (an ``openai.AzureOpenAI`` client, or an
+``AsyncAzureOpenAI`` one, whose calls then run on the process's background loop):
+
+1. one JSONL line per distinct request: ``custom_id`` = the cache key, ``method`` =
+   ``POST``, ``url`` = ``/chat/completions``, ``body`` = the body parameters, the
+   messages and ``model`` = the batch deployment. Lines are sorted by key and cut
+   into files of at most ``max_lines`` lines and ``max_bytes`` bytes (Azure: 100,000
+   and 200 MB), and of at most the enqueued-token limit when one is known;
+2. each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a
+   batch created from it (``completion_window="24h"``). With an enqueued-token limit
+   (given, or learned from a batch that failed for ``token_limit_exceeded``), a
+   batch is created only while the tokens of the batches running stay under it:
+   later ones are submitted as earlier ones finish;
+3. the batches are polled with backoff (``poll_interval_s``, growing by ``backoff``
+   while nothing changes, up to ``max_poll_interval_s``), and ``progress`` is called
+   with their statuses and request counts;
+4. a finished batch's output and error files are downloaded and every line joined
+   back to its key by ``custom_id`` (the order of lines is not the input's). A
+   line's ``response.body`` is read as the online path reads a body
+   (:func:`~polars_azurechat._transport.parse_completion`), an error status as
+   :func:`~polars_azurechat._transport.status_error` maps it. Rows an expired or
+   cancelled batch never answered get a :class:`BatchIncompleteError`; rows of a
+   batch that failed (validation, a quota it can never fit) get a
+   :class:`BatchFailedError` naming Azure's reason.
+
+Every step is written to a :class:`~polars_azurechat._batch_state.BatchStateStore`
+before it happens (the protocol is in that module's docstring), so a rerun after a
+crash attaches to the files and batches that exist and never submits a request twice.
+``on_results`` receives each batch's results before its chunk is marked done: the
+place to write them to the answer cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from polars_azurechat import _loop, _tokens
+from polars_azurechat._batch_state import BatchStateStore, NewChunk, Phase
+from polars_azurechat._transport import parse_completion, status_error
+from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AzureChatError,
+    ConfigurationError,
+    ContentFilterError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TruncatedError,
+)
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_FILE_LINES",
+    "BatchFailedError",
+    "BatchIncompleteError",
+    "BatchProgress",
+    "BatchRunner",
+    "BatchStatus",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Azure's limits on one batch input file: requests, and bytes (200 MB).
+MAX_FILE_LINES = 100_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+#: The url of every line, and the batch's endpoint.
+BATCH_URL = "/chat/completions"
+#: Input files are named ``polars-azurechat-<sha256 of the content>.jsonl``.
+FILE_PREFIX = "polars-azurechat-"
+#: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
+META_CHUNK = "polars_azurechat_chunk"
+META_ATTEMPT = "polars_azurechat_attempt"
+#: Structured outputs in batches need this api-version or a later one.
+STRUCTURED_API_VERSION = "2024-08-01"
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+_INCOMPLETE_CODES = frozenset({"batch_expired", "batch_cancelled"})
+_TRANSIENT = (APIConnectionError, APITimeoutError, RateLimitError, ServerError)
+
+
+class BatchIncompleteError(AzureChatError):
+    """The row's batch expired or was cancelled before the row was answered.
+
+    Attributes
+    ----------
+    batch_id
+        The batch.
+    status
+        ``"expired"`` or ``"cancelled"``.
+    """
+
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, status: str | None = None
+    ) -> None:
+        self.batch_id = batch_id
+        self.status = status
+        super().__init__(message)
+
+
+class BatchFailedError(AzureChatError):
+    """The row's batch failed, or its line failed without an answer.
+
+    A batch fails validation (a bad line, a file too large, the enqueued-token quota)
+    or its input file cannot be used.
+
+    Attributes
+    ----------
+    batch_id
+        The batch, if one was created.
+    code
+        Azure's error code (``"model_mismatch"``, ``"token_limit_exceeded"``, ...).
+    line
+        The line of the input file Azure named, if any (1-based).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_id: str | None = None,
+        code: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.batch_id = batch_id
+        self.code = code
+        self.line = line
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """One batch of a run, as last seen."""
+
+    chunk: str
+    batch_id: str | None
+    #: The batch's status, or the step before it exists (``"uploading"``, ...).
+    status: str
+    lines: int
+    completed: int
+    failed: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """What ``progress`` receives: every batch of the run."""
+
+    batches: tuple[BatchStatus, ...]
+
+    @property
+    def lines(self) -> int:
+        """Requests in all batches."""
+        return sum(b.lines for b in self.batches)
+
+    @property
+    def completed(self) -> int:
+        """Requests answered so far (``request_counts.completed``)."""
+        return sum(b.completed for b in self.batches)
+
+    @property
+    def failed(self) -> int:
+        """Requests failed so far (``request_counts.failed``)."""
+        return sum(b.failed for b in self.batches)
+
+    @property
+    def finished(self) -> int:
+        """Batches that ended."""
+        return sum(b.status in TERMINAL for b in self.batches)
+
+
+@dataclasses.dataclass(slots=True)
+class _Chunk:
+    name: str
+    keys: list[str]
+    tokens: int
+    lines: int
+    phase: Phase
+    file_name: str
+    file_id: str | None = None
+    batch_id: str | None = None
+    data: bytes | None = None
+    status: str | None = None
+    completed: int = 0
+    failed: int = 0
+
+    def view(self) -> BatchStatus:
+        return BatchStatus(
+            chunk=self.name,
+            batch_id=self.batch_id,
+            status=self.status or self.phase,
+            lines=self.lines,
+            completed=self.completed,
+            failed=self.failed,
+        )
+
+
+class BatchRunner:
+    """Answer ``(key, ChatRequest)`` pairs through Azure's Batch API.
+
+    Parameters
+    ----------
+    client
+        An ``openai.AzureOpenAI`` (or ``AsyncAzureOpenAI``) client of the resource.
+    deployment
+        The batch deployment (a Global Batch one): every line's ``model``.
+    state
+        Where the files and batches are recorded before each step.
+    params
+        The body parameters of every request (``max_tokens``, ``temperature``, ...).
+    host
+        The endpoint's host, recorded with the chunks (default: the client's).
+    enqueued_tokens_limit
+        The deployment's enqueued-token quota (``None``: unknown until a batch fails
+        with ``token_limit_exceeded``). Files are cut to fit it, and batches are
+        submitted so that those running stay under it.
+    max_lines, max_bytes
+        The largest file (Azure: 100,000 requests, 200 MB).
+    on_truncated
+        ``"error"`` makes an answer cut at ``max_tokens`` a :class:`TruncatedError`.
+    poll_interval_s, max_poll_interval_s, backoff
+        Polling: the first wait, the longest, and the growth while nothing changes.
+    file_poll_s
+        The wait between looks at a file that is still ``pending``.
+    progress
+        Called with a :class:`BatchProgress` after each round of polls.
+    on_results
+        Called with each finished batch's results (every key it holds) before its
+        chunk is marked done: write them to the cache here.
+    hook
+        Called as ``hook(step, chunk)`` at each step (``"planned"``, ``"uploading"``,
+        ``"uploaded"``, ``"file_recorded"``, ``"file_processed"``, ``"creating"``,
+        ``"created"``, ``"batch_recorded"``, ``"polled"``, ``"collected"``,
+        ``"done"``). ``"uploaded"`` and ``"created"`` come after the call returned and
+        before its id is written. Tests raise from it to stand for a crash.
+    sleep, clock
+        How to wait and what time it is (tests pass a fake clock).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        deployment: str,
+        state: BatchStateStore,
+        params: Mapping[str, Any] | None = None,
+        host: str | None = None,
+        enqueued_tokens_limit: int | None = None,
+        max_lines: int = MAX_FILE_LINES,
+        max_bytes: int = MAX_FILE_BYTES,
+        on_truncated: Literal["keep", "error"] = "keep",
+        poll_interval_s: float = 5.0,
+        max_poll_interval_s: float = 60.0,
+        backoff: float = 1.5,
+        file_poll_s: float = 1.0,
+        progress: Callable[[BatchProgress], None] | None = None,
+        on_results: Callable[[Mapping[str, ChatResult]], None] | None = None,
+        hook: Callable[[str, str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_lines < 1 or max_bytes < 1:
+            raise ConfigurationError("max_lines and max_bytes must be positive")
+        if enqueued_tokens_limit is not None and enqueued_tokens_limit < 1:
+            raise ConfigurationError("enqueued_tokens_limit must be positive")
+        if not 0 < poll_interval_s <= max_poll_interval_s or backoff < 1:
+            raise ConfigurationError(
+                "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
+            )
+        self._api = _Api(client, deployment)
+        self.deployment = deployment
+        self.state = state
+        self.params = dict(params or {})
+        self.host = host or self._api.host
+        self.enqueued_tokens_limit = enqueued_tokens_limit
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.on_truncated = on_truncated
+        self.poll_interval_s = poll_interval_s
+        self.max_poll_interval_s = max_poll_interval_s
+        self.backoff = backoff
+        self.file_poll_s = file_poll_s
+        self.progress = progress
+        self.on_results = on_results
+        self.hook = hook
+        self.sleep = sleep
+        self.clock = clock
+        self._max_tokens = self.params.get(
+            "max_tokens", self.params.get("max_completion_tokens")
+        )
+        #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
+        self.learned_limit: int | None = None
+        self._check_api_version()
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(
+        self,
+        requests: Iterable[tuple[str, ChatRequest]],
+        *,
+        cached: Collection[str] = (),
+    ) -> dict[str, ChatResult]:
+        """Answer every request; returns a result per key (of the keys given).
+
+        Parameters
+        ----------
+        requests
+            ``(cache key, request)`` pairs; a key given twice is sent once. A
+            request with an input error is not sent: its result carries the error.
+        cached
+            The keys of the job found in the answer cache (not given as requests).
+            A live chunk they hold entirely is marked done: a crash came after its
+            results were cached and before the chunk was marked.
+
+        Returns
+        -------
+        dict
+            Every key given, to its :class:`ChatResult`.
+        """
+        items: dict[str, ChatRequest] = {}
+        results: dict[str, ChatResult] = {}
+        for key, req in requests:
+            if req.error is not None:
+                results[key] = ChatResult(exception=req.error)
+            else:
+                items.setdefault(key, req)
+        self._settle(items, cached)
+        if not items:
+            return results
+        chunks = self._plan(items, results)
+        pending = deque(c for c in chunks if c.phase != "submitted")
+        active = [c for c in chunks if c.phase == "submitted"]
+        interval = self.poll_interval_s
+        logger.info(
+            "batch mode: %d requests in %d batch(es) (%d already submitted)",
+            sum(c.lines for c in chunks),
+            len(chunks),
+            len(active),
+        )
+        while pending or active:
+            while pending and self._fits(pending[0], active):
+                chunk = pending.popleft()
+                if self._submit(chunk, items, results):
+                    active.append(chunk)
+            self._report(chunks)
+            if not active:
+                continue
+            self.sleep(interval)
+            changed = False
+            for chunk in list(active):
+                before = (chunk.status, chunk.completed, chunk.failed)
+                outcome = self._poll(chunk, active, items, results)
+                changed |= outcome != "running" or before != (
+                    chunk.status,
+                    chunk.completed,
+                    chunk.failed,
+                )
+                if outcome == "requeue":
+                    active.remove(chunk)
+                    pending.appendleft(chunk)
+                elif outcome == "ended":
+                    active.remove(chunk)
+            self._report(chunks)
+            interval = (
+                self.poll_interval_s
+                if changed
+                else min(self.max_poll_interval_s, interval * self.backoff)
+            )
+        return results
+
+    def cancel(self) -> list[str]:
+        """Cancel every batch of this deployment and host the state holds as running.
+
+        Returns
+        -------
+        list of str
+            The ids of the batches asked to cancel.
+        """
+        cancelled = []
+        for record in self.state.live(self.host, self.deployment):
+            if record.phase == "submitted" and record.batch_id is not None:
+                batch = self._api.cancel(record.batch_id)
+                if batch is not None:
+                    self.state.seen(record.chunk, record.batch_id, str(batch.status))
+                    cancelled.append(record.batch_id)
+        return cancelled
+
+    @property
+    def limit(self) -> int | None:
+        """The enqueued-token limit in force: the given one, or the learned one."""
+        known = [x for x in (self.enqueued_tokens_limit, self.learned_limit) if x]
+        return min(known) if known else None
+
+    # -- planning ------------------------------------------------------------------
+
+    def _settle(self, wanted: Collection[str], cached: Collection[str]) -> None:
+        """Mark done the live chunks whose every answer is already in the cache."""
+        if not cached:
+            return
+        for record in self.state.live(self.host, self.deployment):
+            keys = self.state.keys(record.chunk)
+            if all(key in cached and key not in wanted for key in keys):
+                logger.info(
+                    "batch chunk %s: every answer is in the cache; marked done",
+                    record.chunk[:12],
+                )
+                self.state.done(
+                    record.chunk, record.status or "unknown", "answers in the cache"
+                )
+
+    def _plan(
+        self, items: dict[str, ChatRequest], results: dict[str, ChatResult]
+    ) -> list[_Chunk]:
+        """Attach to the live chunks holding these keys; cut the rest into new ones."""
+        wanted = set(items)
+        covered: set[str] = set()
+        chunks: list[_Chunk] = []
+        for record in self.state.live(self.host, self.deployment):
+            keys = self.state.keys(record.chunk)
+            if wanted.isdisjoint(keys):
+                continue
+            chunk = _Chunk(
+                name=record.chunk,
+                keys=keys,
+                tokens=record.tokens,
+                lines=record.lines,
+                phase=record.phase,
+                file_name=record.file_name,
+                file_id=record.file_id,
+                batch_id=record.batch_id,
+                status=record.status,
+            )
+            if chunk.phase in ("planned", "uploading") and chunk.file_id is None:
+                data = self._rebuild(keys, items)
+                if data is not None and _digest(data) == chunk.name:
+                    chunk.data = data
+                else:
+                    found = (
+                        self._find_file(chunk) if chunk.phase == "uploading" else None
+                    )
+                    if found is None:
+                        logger.info(
+                            "batch chunk %s was never uploaded and cannot be rebuilt "
+                            "from this run's requests: cut anew",
+                            chunk.name[:12],
+                        )
+                        self.state.abandon(chunk.name, "not rebuilt on a rerun")
+                        continue
+                    self.state.uploaded(chunk.name, found)
+                    chunk.phase, chunk.file_id = "uploaded", found
+            logger.info(
+                "attaching to batch chunk %s (%s%s)",
+                chunk.name[:12],
+                chunk.phase,
+                f", batch {chunk.batch_id}" if chunk.batch_id else "",
+            )
+            covered.update(keys)
+            chunks.append(chunk)
+        fresh = self._cut(
+            [(key, items[key]) for key in sorted(wanted - covered)], results
+        )
+        if fresh:
+            records = self.state.add_chunks(
+                NewChunk(
+                    chunk=c.name,
+                    host=self.host,
+                    deployment=self.deployment,
+                    file_name=c.file_name,
+                    lines=c.lines,
+                    bytes=len(c.data or b""),
+                    tokens=c.tokens,
+                    keys=c.keys,
+                )
+                for c in fresh
+            )
+            by_name = {r.chunk: r for r in records}
+            for c in fresh:
+                stored = by_name.get(c.name)
+                if stored is not None and stored.phase != "planned":  # pragma: no cover
+                    # the same chunk is live in another process: follow it there
+                    c.phase, c.file_id, c.batch_id = (
+                        stored.phase,
+                        stored.file_id,
+                        stored.batch_id,
+                    )
+                elif stored is not None:
+                    c.file_id = stored.file_id  # kept from an earlier, done run
+                if self.hook is not None:
+                    self.hook("planned", c.name)
+            chunks.extend(fresh)
+        return chunks
+
+    def _line(self, key: str, req: ChatRequest) -> bytes:
+        body = {**self.params, "model": self.deployment, "messages": req.messages}
+        line = {"custom_id": key, "method": "POST", "url": BATCH_URL, "body": body}
+        return (
+            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
+        ).encode()
+
+    def _rebuild(
+        self, keys: Sequence[str], items: Mapping[str, ChatRequest]
+    ) -> bytes | None:
+        """A recorded chunk's file again, if this run has every request of it."""
+        if any(key not in items for key in keys):
+            return None
+        return b"".join(self._line(key, items[key]) for key in keys)
+
+    def _cut(
+        self,
+        pairs: Sequence[tuple[str, ChatRequest]],
+        results: dict[str, ChatResult],
+    ) -> list[_Chunk]:
+        """Cut sorted requests into files within the line, byte and token limits."""
+        limit = self.limit
+        out: list[_Chunk] = []
+        keys: list[str] = []
+        lines: list[bytes] = []
+        size = tokens = 0
+
+        def close() -> None:
+            if keys:
+                data = b"".join(lines)
+                name = _digest(data)
+                out.append(
+                    _Chunk(
+                        name=name,
+                        keys=list(keys),
+                        tokens=tokens,
+                        lines=len(keys),
+                        phase="planned",
+                        file_name=f"{FILE_PREFIX}{name}.jsonl",
+                        data=data,
+                    )
+                )
+
+        for key, req in pairs:
+            line = self._line(key, req)
+            cost = _tokens.prompt_tokens(req.messages)
+            if len(line) > self.max_bytes:
+                results[key] = ChatResult(
+                    exception=BatchFailedError(
+                        f"the request is {len(line)} bytes as a batch line, more than "
+                        f"a batch file may hold ({self.max_bytes})",
+                        code="file_too_large",
+                    )
+                )
+                continue
+            if limit is not None and cost > limit:
+                results[key] = ChatResult(
+                    exception=BatchFailedError(
+                        f"the request's ~{cost} prompt tokens exceed the enqueued-token "
+                        f"limit of {limit} of deployment {self.deployment!r}",
+                        code="token_limit_exceeded",
+                    )
+                )
+                continue
+            if keys and (
+                len(keys) >= self.max_lines
+                or size + len(line) > self.max_bytes
+                or (limit is not None and tokens + cost > limit)
+            ):
+                close()
+                keys, lines, size, tokens = [], [], 0, 0
+            keys.append(key)
+            lines.append(line)
+            size += len(line)
+            tokens += cost
+        close()
+        return out
+
+    def _fits(self, chunk: _Chunk, active: Sequence[_Chunk]) -> bool:
+        """Whether ``chunk`` may be submitted now under the enqueued-token limit."""
+        limit = self.limit
+        if limit is None or not active:
+            return True
+        return sum(c.tokens for c in active) + chunk.tokens <= limit
+
+    # -- submitting ----------------------------------------------------------------
+
+    def _submit(
+        self,
+        chunk: _Chunk,
+        items: Mapping[str, ChatRequest],
+        results: dict[str, ChatResult],
+    ) -> bool:
+        """Upload (or find) the file, wait until processed, create (or find) the batch.
+
+        Returns whether a batch is running; if not, the chunk's rows have their errors.
+        """
+        state = self.state
+        for _ in range(3):  # a file the server refuses is uploaded at most 3 times
+            if chunk.phase == "planned" and chunk.file_id is not None:
+                # cut again with the same content: the earlier upload may still serve
+                state.uploaded(chunk.name, chunk.file_id)
+                chunk.phase = "uploaded"
+            if chunk.phase in ("planned", "uploading"):
+                resumed = chunk.phase == "uploading"  # the upload may have happened
+                state.uploading(chunk.name)
+                chunk.phase = "uploading"
+                self._step("uploading", chunk)
+                found = self._find_file(chunk) if resumed else None
+                if found is None:
+                    data = chunk.data or self._rebuild(chunk.keys, items)
+                    if data is None:
+                        return self._give_up(
+                            chunk,
+                            results,
+                            "its input file is gone from the server and this run "
+                            "does not hold all of its requests to upload it again",
+                        )
+                    found = str(self._api.upload(chunk.file_name, data).id)
+                    logger.info("uploaded %s as %s", chunk.file_name, found)
+                    self._step("uploaded", chunk)
+                chunk.file_id = found
+                state.uploaded(chunk.name, found)
+                chunk.phase = "uploaded"
+                self._step("file_recorded", chunk)
+            resumed = chunk.phase == "creating"  # the create may have happened
+            if chunk.phase == "uploaded":
+                assert chunk.file_id is not None  # noqa: S101 - set with the phase
+                problem = self._wait_processed(chunk.file_id)
+                if problem is not None:
+                    logger.warning(
+                        "batch file %s: %s; uploading it again", chunk.file_id, problem
+                    )
+                    state.reupload(chunk.name, problem)
+                    chunk.phase, chunk.file_id = "planned", None
+                    continue
+                self._step("file_processed", chunk)
+            assert chunk.file_id is not None  # noqa: S101 - recorded before creating
+            attempt = state.creating(chunk.name)
+            chunk.phase = "creating"
+            self._step("creating", chunk)
+            batch = self._find_batch(chunk.name, attempt) if resumed else None
+            if batch is None:
+                batch = self._api.create(
+                    chunk.file_id,
+                    {META_CHUNK: chunk.name, META_ATTEMPT: str(attempt)},
+                )
+                logger.info(
+                    "created batch %s for %s (attempt %d)",
+                    batch.id,
+                    chunk.file_name,
+                    attempt,
+                )
+                self._step("created", chunk)
+            else:
+                logger.info("found batch %s created before a crash", batch.id)
+            chunk.batch_id, chunk.status = str(batch.id), str(batch.status)
+            state.submitted(chunk.name, chunk.batch_id, chunk.status)
+            chunk.phase = "submitted"
+            self._step("batch_recorded", chunk)
+            return True
+        return self._give_up(chunk, results, "the server refused its input file")
+
+    def _wait_processed(self, file_id: str) -> str | None:
+        """Wait until the file is ``processed``; else why it cannot be used."""
+        wait = self.file_poll_s
+        while True:
+            file = self._api.file(file_id)
+            if file is None:
+                return "its input file is gone from the server"
+            status = str(file.status)
+            if status == "processed":
+                return None
+            if status in ("error", "deleted", "deleting"):
+                details = getattr(file, "status_details", None)
+                return f"its input file is in status {status!r}" + (
+                    f" ({details})" if details else ""
+                )
+            self.sleep(wait)
+            wait = min(wait * self.backoff, 10 * self.file_poll_s)
+
+    def _find_file(self, chunk: _Chunk) -> str | None:
+        """The id of this chunk's file if an earlier run uploaded it (by its name)."""
+        for file in self._api.files():
+            if str(file.filename) == chunk.file_name and str(file.status) not in (
+                "error",
+                "deleted",
+                "deleting",
+            ):
+                logger.info("found %s uploaded before a crash", chunk.file_name)
+                return str(file.id)
+        return None
+
+    def _find_batch(self, chunk: str, attempt: int) -> Any | None:
+        """The batch an earlier run created for this chunk and attempt, if any."""
+        for batch in self._api.batches():
+            metadata = batch.metadata or {}
+            if metadata.get(META_CHUNK) == chunk and metadata.get(META_ATTEMPT) == str(
+                attempt
+            ):
+                return batch
+        return None
+
+    def _give_up(self, chunk: _Chunk, results: dict[str, ChatResult], why: str) -> bool:
+        error = BatchFailedError(f"batch mode could not submit this request: {why}")
+        self._deliver(
+            chunk, {key: ChatResult(exception=error) for key in chunk.keys}, results
+        )
+        self.state.done(chunk.name, "failed", why)
+        chunk.status = "failed"
+        return False
+
+    # -- polling -------------------------------------------------------------------
+
+    def _poll(
+        self,
+        chunk: _Chunk,
+        active: Sequence[_Chunk],
+        items: Mapping[str, ChatRequest],
+        results: dict[str, ChatResult],
+    ) -> Literal["running", "ended", "requeue"]:
+        assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
+        try:
+            batch = self._api.batch(chunk.batch_id)
+        except _TRANSIENT as exc:
+            logger.warning(
+                "polling batch %s failed (%s); retrying", chunk.batch_id, exc
+            )
+            return "running"
+        if batch is None:
+            batch_error = BatchFailedError(
+                f"batch {chunk.batch_id} is gone from the server",
+                batch_id=chunk.batch_id,
+            )
+            self._end(chunk, "failed", dict.fromkeys(chunk.keys, batch_error), results)
+            return "ended"
+        status = str(batch.status)
+        counts = batch.request_counts
+        chunk.completed = int(counts.completed) if counts else 0
+        chunk.failed = int(counts.failed) if counts else 0
+        if status != chunk.status:
+            logger.info("batch %s: %s", chunk.batch_id, status)
+            self.state.seen(chunk.name, chunk.batch_id, status)
+        chunk.status = status
+        self._step("polled", chunk)
+        if status not in TERMINAL:
+            return "running"
+        if status == "failed":
+            errors = list(batch.errors.data or []) if batch.errors else []
+            if any(e.code == "token_limit_exceeded" for e in errors):
+                others = [c for c in active if c is not chunk]
+                if others:
+                    enqueued = sum(c.tokens for c in others)
+                    self.learned_limit = min(self.learned_limit or enqueued, enqueued)
+                    logger.info(
+                        "batch %s refused: the enqueued-token quota of %r is full; "
+                        "resubmitting once fewer tokens are enqueued (limit taken as %d)",
+                        chunk.batch_id,
+                        self.deployment,
+                        self.learned_limit,
+                    )
+                    self.state.requeue(chunk.name, "token_limit_exceeded")
+                    chunk.phase, chunk.batch_id, chunk.status = "uploaded", None, None
+                    chunk.completed = chunk.failed = 0
+                    return "requeue"
+            self._end(
+                chunk, status, self._failed_rows(chunk, batch.id, errors), results
+            )
+            return "ended"
+        per_key = self._collect(chunk, batch, status)
+        self._end(chunk, status, per_key, results)
+        return "ended"
+
+    def _failed_rows(
+        self, chunk: _Chunk, batch_id: str, errors: Sequence[Any]
+    ) -> dict[str, AzureChatError | ChatResult]:
+        """Each row's error for a batch that failed: its own line's, else the batch's."""
+        described = (
+            "; ".join(
+                f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "")
+                for e in errors[:3]
+            )
+            or "no reason given"
+        )
+        first = errors[0] if errors else None
+        out: dict[str, AzureChatError | ChatResult] = {}
+        for key in chunk.keys:
+            out[key] = BatchFailedError(
+                f"batch {batch_id} failed validation: {described}",
+                batch_id=batch_id,
+                code=str(first.code) if first is not None else None,
+            )
+        for e in errors:
+            line = getattr(e, "line", None)
+            if isinstance(line, int) and 1 <= line <= len(chunk.keys):
+                out[chunk.keys[line - 1]] = BatchFailedError(
+                    f"batch {batch_id} failed validation at this row's line {line}: "
+                    f"{e.code}: {e.message}",
+                    batch_id=batch_id,
+                    code=str(e.code),
+                    line=line,
+                )
+        return out
+
+    def _collect(
+        self, chunk: _Chunk, batch: Any, status: str
+    ) -> dict[str, AzureChatError | ChatResult]:
+        """Join the output and error files' lines back to the chunk's keys."""
+        batch_id = str(batch.id)
+        found: dict[str, AzureChatError | ChatResult] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            for raw in self._api.content(str(file_id)).splitlines():
+                if not raw.strip():
+                    continue
+                try:
+                    line = json.loads(raw)
+                    custom_id = line["custom_id"]
+                except (ValueError, KeyError, TypeError):
+                    logger.warning("batch %s: an unreadable output line", batch_id)
+                    continue
+                found[str(custom_id)] = self._line_result(line, batch_id)
+        for key in chunk.keys:
+            if key in found:
+                continue
+            if status in ("expired", "cancelled"):
+                found[key] = BatchIncompleteError(
+                    f"batch {batch_id} {status} before this request was answered",
+                    batch_id=batch_id,
+                    status=status,
+                )
+            else:
+                found[key] = BatchFailedError(
+                    f"batch {batch_id} {status} without a line for this request",
+                    batch_id=batch_id,
+                )
+        return found
+
+    def _line_result(self, line: Any, batch_id: str) -> AzureChatError | ChatResult:
+        """One output or error line as a result (or the error it carries)."""
+        response = line.get("response") if isinstance(line, dict) else None
+        error = line.get("error") if isinstance(line, dict) else None
+        if isinstance(response, dict):
+            code = response.get("status_code")
+            request_id = response.get("request_id")
+            headers = {"apim-request-id": str(request_id)} if request_id else {}
+            raw = json.dumps(response.get("body")).encode()
+            if code == 200:
+                try:
+                    completion = parse_completion(raw, headers)
+                except MalformedResponseError as exc:
+                    return exc
+                return self._answer(completion)
+            if isinstance(code, int):
+                return status_error(code, headers, raw, self.deployment, self.host)
+        if isinstance(error, dict):
+            code_text = str(error.get("code"))
+            message = str(error.get("message"))
+            if code_text in _INCOMPLETE_CODES:
+                status = code_text.removeprefix("batch_")
+                return BatchIncompleteError(
+                    f"batch {batch_id} {status} before this request was answered "
+                    f"({message})",
+                    batch_id=batch_id,
+                    status=status,
+                )
+            return BatchFailedError(
+                f"batch {batch_id}: the request failed ({code_text}): {message}",
+                batch_id=batch_id,
+                code=code_text,
+            )
+        return MalformedResponseError(
+            f"batch {batch_id}: an output line without a response or an error"
+        )
+
+    def _answer(self, completion: Any) -> ChatResult:
+        """A completion as a row's result (the online path's rules)."""
+        exception: AzureChatError | None = None
+        content = completion.content
+        if completion.finish_reason == "content_filter":
+            shown = ", ".join(completion.filtered) or "unspecified"
+            exception = ContentFilterError(
+                f"the answer was {'cut' if content else 'withheld'} by Azure's output "
+                f"content filter (categories: {shown})",
+                status_code=200,
+                categories=completion.filtered,
+            )
+        elif completion.finish_reason == "length" and self.on_truncated == "error":
+            exception = TruncatedError(
+                f"the answer was cut at max_tokens={self._max_tokens} "
+                "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
+            )
+        return ChatResult(
+            content=None if exception is not None else content,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            attempts=1,
+            exception=exception,
+        )
+
+    def _end(
+        self,
+        chunk: _Chunk,
+        status: str,
+        per_key: Mapping[str, AzureChatError | ChatResult],
+        results: dict[str, ChatResult],
+    ) -> None:
+        chunk_results = {
+            key: value if isinstance(value, ChatResult) else ChatResult(exception=value)
+            for key, value in per_key.items()
+        }
+        self._step("collected", chunk)
+        self._deliver(chunk, chunk_results, results)
+        failed = sum(r.exception is not None for r in chunk_results.values())
+        self.state.done(
+            chunk.name,
+            status,
+            f"{failed} of {len(chunk_results)} failed" if failed else None,
+        )
+        chunk.status = status
+        self._step("done", chunk)
+
+    def _deliver(
+        self,
+        chunk: _Chunk,
+        chunk_results: Mapping[str, ChatResult],
+        results: dict[str, ChatResult],
+    ) -> None:
+        if self.on_results is not None:
+            self.on_results(chunk_results)
+        results.update(chunk_results)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _step(self, step: str, chunk: _Chunk) -> None:
+        if self.hook is not None:
+            self.hook(step, chunk.name)
+
+    def _report(self, chunks: Sequence[_Chunk]) -> None:
+        if self.progress is not None:
+            self.progress(BatchProgress(tuple(c.view() for c in chunks)))
+
+    def _check_api_version(self) -> None:
+        version = self._api.api_version
+        schema = self.params.get("response_format")
+        if (
+            version
+            and isinstance(schema, Mapping)
+            and schema.get("type") == "json_schema"
+            and version[:10] < STRUCTURED_API_VERSION
+        ):
+            raise ConfigurationError(
+                f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
+                f"or later; the client uses {version}"
+            )
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Api:
+    """The SDK calls batch mode makes, sync or async client alike, errors mapped."""
+
+    def __init__(self, client: Any, deployment: str) -> None:
+        import openai
+
+        self._openai = openai
+        self.client = client
+        self.deployment = deployment
+        self.is_async = isinstance(client, openai.AsyncOpenAI)
+        self.host = str(client.base_url.host)
+        version = getattr(client, "_api_version", None)
+        self.api_version = str(version) if version else None
+
+    def _run(self, call: Callable[[], Any]) -> Any:
+        openai = self._openai
+        try:
+            result = call()
+            if self.is_async:
+                result = _loop.call(_awaited(result))
+        except openai.APIStatusError as exc:
+            response = exc.response
+            raise status_error(
+                response.status_code,
+                response.headers,
+                response.content,
+                self.deployment,
+                self.host,
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise APITimeoutError(f"no answer from {self.host} in time") from exc
+        except openai.APIConnectionError as exc:
+            msg = f"connection to {self.host} failed: {type(exc).__name__}"
+            raise APIConnectionError(msg) from exc
+        return result
+
+    def upload(self, name: str, data: bytes) -> Any:
+        return self._run(
+            lambda: self.client.files.create(file=(name, data), purpose="batch")
+        )
+
+    def file(self, file_id: str) -> Any | None:
+        try:
+            return self._run(lambda: self.client.files.retrieve(file_id))
+        except NotFoundError:
+            return None
+
+    def files(self) -> list[Any]:
+        return self._list(lambda: self.client.files.list(purpose="batch"))
+
+    def content(self, file_id: str) -> bytes:
+        if self.is_async:
+            return bytes(self._run(lambda: _async_content(self.client, file_id)))
+        return bytes(self._run(lambda: self.client.files.content(file_id).content))
+
+    def create(self, file_id: str, metadata: dict[str, str]) -> Any:
+        return self._run(
+            lambda: self.client.batches.create(
+                input_file_id=file_id,
+                endpoint=BATCH_URL,
+                completion_window="24h",
+                metadata=metadata,
+            )
+        )
+
+    def batch(self, batch_id: str) -> Any | None:
+        try:
+            return self._run(lambda: self.client.batches.retrieve(batch_id))
+        except NotFoundError:
+            return None
+
+    def batches(self) -> list[Any]:
+        return self._list(lambda: self.client.batches.list(limit=100))
+
+    def cancel(self, batch_id: str) -> Any | None:
+        try:
+            return self._run(lambda: self.client.batches.cancel(batch_id))
+        except NotFoundError:
+            return None
+        except APIStatusError as exc:
+            if exc.status_code == 409:  # it ended meanwhile
+                return None
+            raise
+
+    def _list(self, make: Callable[[], Any]) -> list[Any]:
+        if self.is_async:
+            return list(self._run(lambda: _async_list(make())))
+        return list(self._run(lambda: list(make())))
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+async def _async_list(pager: Any) -> list[Any]:
+    return [item async for item in pager]
+
+
+async def _async_content(client: Any, file_id: str) -> bytes:
+    response = await client.files.content(file_id)
+    return bytes(response.content)

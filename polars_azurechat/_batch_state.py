@@ -1,0 +1,449 @@
+"""What batch mode submitted, kept in SQLite, so a rerun attaches instead of paying twice.
+
+A job's distinct requests are cut into *chunks*, one input file and one batch each. A
+chunk is named by the sha256 of its JSONL (so the same requests cut the same way give
+the same name), and its file is uploaded as ``polars-azurechat-<sha256>.jsonl``, with
+the batch created with ``metadata={"polars_azurechat_chunk": <sha256>,
+"polars_azurechat_attempt": <n>}``. Those two names make each step findable on the
+server when a process died before it could write down what the step returned.
+
+The protocol (:class:`~polars_azurechat._batch.BatchRunner` follows it; each write is
+committed before the step it announces, or right after the step that returned the id):
+
+1. **planned**: every new chunk and the cache keys it holds (in line order) are
+   written in one transaction before anything is uploaded.
+2. **uploading** is written, then the file is uploaded; its id is written at once
+   (**uploaded**). A rerun that finds a chunk *uploading* without a file id first
+   lists the files (purpose ``batch``) for the chunk's file name and adopts the one
+   it finds: the upload happened, only its id was lost.
+3. Once the file is ``processed``, **creating** is written with the attempt number
+   ``n`` (one more than the last), then the batch is created; its id is written at
+   once (**submitted**, with a row in ``batch_jobs``). A rerun that finds a chunk
+   *creating* lists the batches for one whose metadata names the chunk and ``n``,
+   and adopts it: the batch exists, only its id was lost.
+4. While it runs, its last status is written as it is seen. A batch that failed for
+   ``token_limit_exceeded`` sends the chunk back to *uploaded* (its file is kept)
+   and the next create is attempt ``n + 1``.
+5. When the batch ended and its results were handed over (to the cache), the chunk
+   is **done**. A chunk whose file cannot be rebuilt on a rerun (its requests are
+   no longer asked for) and was never uploaded is **abandoned**: nothing was sent.
+
+So whichever step a ``kill -9`` interrupts, a rerun with the same requests finds the
+chunks still *live* (not done or abandoned) that hold any of its keys, attaches to
+them at the step they reached, and cuts new chunks only from the keys no live chunk
+holds: no request is uploaded or submitted twice. A done chunk cut again with the same
+content (every row of it failed, and the rerun asks for them again) starts over as
+*planned*, keeping its attempt count and its file if the server still has it.
+
+The tables are ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs``, with their
+own connection, so they can live in the answer cache's file or in a file of their own.
+(Today :class:`~polars_azurechat.cache.SqliteCache` refuses a file holding tables it
+did not create: its schema check must accept ``batch_*`` ones before the two share.)
+The file is created owner-only (0600). Nothing secret is written: ids, hashes, counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+__all__ = [
+    "LIVE_PHASES",
+    "BatchJobRecord",
+    "BatchStateStore",
+    "ChunkRecord",
+    "NewChunk",
+    "Phase",
+]
+
+logger = logging.getLogger(__name__)
+
+Phase = Literal[
+    "planned", "uploading", "uploaded", "creating", "submitted", "done", "abandoned"
+]
+#: The phases of a chunk that still has work (or a batch) on the server.
+LIVE_PHASES: tuple[Phase, ...] = (
+    "planned",
+    "uploading",
+    "uploaded",
+    "creating",
+    "submitted",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_chunks (
+    chunk TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    file_id TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
+    status TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_chunk_keys (
+    chunk TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (chunk, line)
+);
+CREATE INDEX IF NOT EXISTS batch_chunk_keys_by_key ON batch_chunk_keys (key);
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    batch_id TEXT PRIMARY KEY,
+    chunk TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+_CHUNK_COLUMNS = (
+    "chunk, host, deployment, file_name, lines, bytes, tokens, phase, file_id, "
+    "attempt, batch_id, status, error, created_at, updated_at"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """One chunk as stored: its file, its current batch, and how far it got."""
+
+    chunk: str
+    host: str
+    deployment: str
+    file_name: str
+    lines: int
+    bytes: int
+    tokens: int
+    phase: Phase
+    file_id: str | None
+    attempt: int
+    batch_id: str | None
+    status: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def live(self) -> bool:
+        """Whether the chunk still has work, or a batch, on the server."""
+        return self.phase in LIVE_PHASES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchJobRecord:
+    """One batch created for a chunk (a chunk may have several attempts)."""
+
+    batch_id: str
+    chunk: str
+    attempt: int
+    status: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewChunk:
+    """A chunk to record before anything is uploaded."""
+
+    chunk: str
+    host: str
+    deployment: str
+    file_name: str
+    lines: int
+    bytes: int
+    tokens: int
+    keys: Sequence[str]
+
+
+class BatchStateStore:
+    """The batch-mode state in one SQLite file; safe to share between threads.
+
+    Parameters
+    ----------
+    path
+        The database file (the answer cache's file may be used: the tables are
+        others). Created owner-only if missing.
+    clock
+        Wall-clock seconds for the ``created_at``/``updated_at`` columns.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "state.sqlite"
+    >>> with BatchStateStore(path) as store:
+    ...     new = NewChunk("c1", "h", "d", "f.jsonl", 2, 100, 10, ["k1", "k2"])
+    ...     _ = store.add_chunks([new])
+    ...     store.uploading("c1")
+    ...     store.uploaded("c1", "file-1")
+    ...     attempt = store.creating("c1")
+    ...     store.submitted("c1", "batch_1", "validating")
+    ...     live = [(c.phase, c.file_id, c.batch_id) for c in store.live("h", "d")]
+    >>> attempt, live
+    (1, [('submitted', 'file-1', 'batch_1')])
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.close(
+                    os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                )
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------
+
+    def chunk(self, chunk: str) -> ChunkRecord | None:
+        """The chunk named ``chunk``, or ``None``."""
+        rows = self._query(
+            f"SELECT {_CHUNK_COLUMNS} FROM batch_chunks WHERE chunk = ?",  # noqa: S608 - our columns
+            (chunk,),
+        )
+        return _chunk(rows[0]) if rows else None
+
+    def chunks(
+        self, host: str | None = None, *, live_only: bool = False
+    ) -> list[ChunkRecord]:
+        """Every chunk (of ``host``, if given), oldest first."""
+        sql = f"SELECT {_CHUNK_COLUMNS} FROM batch_chunks"  # noqa: S608 - our columns
+        where, args = [], []
+        if host is not None:
+            where.append("host = ?")
+            args.append(host)
+        if live_only:
+            where.append(f"phase IN ({', '.join('?' * len(LIVE_PHASES))})")
+            args.extend(LIVE_PHASES)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, rowid"
+        return [_chunk(row) for row in self._query(sql, args)]
+
+    def live(self, host: str, deployment: str) -> list[ChunkRecord]:
+        """The live chunks of ``deployment`` at ``host``, oldest first."""
+        return [
+            c for c in self.chunks(host, live_only=True) if c.deployment == deployment
+        ]
+
+    def keys(self, chunk: str) -> list[str]:
+        """The cache keys ``chunk`` holds, in line order."""
+        rows = self._query(
+            "SELECT key FROM batch_chunk_keys WHERE chunk = ? ORDER BY line", (chunk,)
+        )
+        return [str(row[0]) for row in rows]
+
+    def jobs(self, chunk: str | None = None) -> list[BatchJobRecord]:
+        """The batches created (of ``chunk``, if given), oldest first."""
+        sql = (
+            "SELECT batch_id, chunk, attempt, status, created_at, updated_at "
+            "FROM batch_jobs"
+        )
+        args: tuple[Any, ...] = ()
+        if chunk is not None:
+            sql += " WHERE chunk = ?"
+            args = (chunk,)
+        rows = self._query(sql + " ORDER BY created_at, rowid", args)
+        return [BatchJobRecord(*row) for row in rows]
+
+    # -- writing -------------------------------------------------------------------
+
+    def add_chunks(self, new: Iterable[NewChunk]) -> list[ChunkRecord]:
+        """Record new chunks and their keys, all in one transaction (step 1).
+
+        A chunk that exists and is live is left as it is; one that is done or
+        abandoned starts over as *planned* (its attempt count and file id kept).
+        """
+        now = self._clock()
+        names: list[str] = []
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for c in new:
+                    names.append(c.chunk)
+                    db.execute(
+                        "INSERT INTO batch_chunks (chunk, host, deployment, file_name, "
+                        "lines, bytes, tokens, phase, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?) "
+                        "ON CONFLICT (chunk) DO UPDATE SET phase = 'planned', "
+                        "batch_id = NULL, status = NULL, error = NULL, "
+                        "updated_at = excluded.updated_at "
+                        "WHERE batch_chunks.phase IN ('done', 'abandoned')",
+                        (
+                            c.chunk,
+                            c.host,
+                            c.deployment,
+                            c.file_name,
+                            c.lines,
+                            c.bytes,
+                            c.tokens,
+                            now,
+                            now,
+                        ),
+                    )
+                    db.executemany(
+                        "INSERT OR IGNORE INTO batch_chunk_keys (chunk, line, key) "
+                        "VALUES (?, ?, ?)",
+                        ((c.chunk, i, key) for i, key in enumerate(c.keys)),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        records = [self.chunk(name) for name in names]
+        return [r for r in records if r is not None]
+
+    def uploading(self, chunk: str) -> None:
+        """The file of ``chunk`` is about to be uploaded (step 2)."""
+        self._set(chunk, phase="uploading")
+
+    def uploaded(self, chunk: str, file_id: str) -> None:
+        """The file of ``chunk`` was uploaded as ``file_id`` (or found on the server)."""
+        self._set(chunk, phase="uploaded", file_id=file_id)
+
+    def reupload(self, chunk: str, reason: str) -> None:
+        """The file of ``chunk`` is gone or broken: upload it again."""
+        self._set(chunk, phase="planned", file_id=None, error=reason)
+
+    def creating(self, chunk: str) -> int:
+        """A batch is about to be created for ``chunk`` (step 3); returns its attempt.
+
+        Called again while *creating* (a rerun), it returns the same attempt.
+        """
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT phase, attempt FROM batch_chunks WHERE chunk = ?", (chunk,)
+                ).fetchone()
+                if row is None:
+                    raise KeyError(chunk)  # noqa: TRY301 - rolled back below
+                phase, attempt = str(row[0]), int(row[1])
+                if phase != "creating":
+                    attempt += 1
+                    db.execute(
+                        "UPDATE batch_chunks SET phase = 'creating', attempt = ?, "
+                        "batch_id = NULL, status = NULL, updated_at = ? WHERE chunk = ?",
+                        (attempt, self._clock(), chunk),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return attempt
+
+    def submitted(self, chunk: str, batch_id: str, status: str | None) -> None:
+        """The batch ``batch_id`` was created for ``chunk`` (or found on the server)."""
+        now = self._clock()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "UPDATE batch_chunks SET phase = 'submitted', batch_id = ?, "
+                    "status = ?, error = NULL, updated_at = ? WHERE chunk = ?",
+                    (batch_id, status, now, chunk),
+                )
+                db.execute(
+                    "INSERT INTO batch_jobs (batch_id, chunk, attempt, status, "
+                    "created_at, updated_at) SELECT ?, chunk, attempt, ?, ?, ? "
+                    "FROM batch_chunks WHERE chunk = ? ON CONFLICT (batch_id) DO "
+                    "UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                    (batch_id, status, now, now, chunk),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def seen(self, chunk: str, batch_id: str, status: str) -> None:
+        """The batch of ``chunk`` was last seen with ``status`` (step 4)."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute(
+                "UPDATE batch_chunks SET status = ?, updated_at = ? "
+                "WHERE chunk = ? AND batch_id = ?",
+                (status, now, chunk, batch_id),
+            )
+            self._db.execute(
+                "UPDATE batch_jobs SET status = ?, updated_at = ? WHERE batch_id = ?",
+                (status, now, batch_id),
+            )
+
+    def requeue(self, chunk: str, reason: str) -> None:
+        """The batch of ``chunk`` was refused for now: create another from its file."""
+        self._set(chunk, phase="uploaded", batch_id=None, error=reason)
+
+    def done(self, chunk: str, status: str, error: str | None = None) -> None:
+        """The batch of ``chunk`` ended and its results were handed over (step 5)."""
+        self._set(chunk, phase="done", status=status, error=error)
+
+    def abandon(self, chunk: str, reason: str) -> None:
+        """``chunk`` was never uploaded and will not be: forget it."""
+        self._set(chunk, phase="abandoned", error=reason)
+
+    def _set(self, chunk: str, **fields: Any) -> None:
+        fields["updated_at"] = self._clock()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE batch_chunks SET {assignments} WHERE chunk = ?",  # noqa: S608 - names are ours
+                (*fields.values(), chunk),
+            )
+        if cursor.rowcount != 1:
+            raise KeyError(chunk)
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(args)).fetchall())
+
+
+def _chunk(row: tuple[Any, ...]) -> ChunkRecord:
+    return ChunkRecord(*row)
