@@ -13,14 +13,30 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   was admitted in the window up to it, is the window's budget. Each success gives one
   estimate per candidate window; the true window is the one whose estimates agree (as
   the others' drift while the window slides), and the budget is a low quantile of its
-  recent estimates (the 5th percentile): stable, not overwritten per response. A 429's Retry-After settles
-  the window at once: it names when the oldest admission leaves the true window.
-  ``x-ratelimit-limit-*`` caps the budget when sent.
+  recent estimates (the 5th percentile): stable, not overwritten per response. A 429's
+  Retry-After settles the window at once: it names when the oldest admission leaves
+  the true window. ``x-ratelimit-limit-*`` caps the budget when sent.
+- One answer can be **decisive**. While nothing has left any candidate window, every
+  candidate gives the same estimate: those readings are the **reference** budget. An
+  answer whose estimate for the assumed window exceeds the reference (the server took
+  more than that window allows) proves the window too long: the longest shorter
+  candidate whose estimate matches the reference is taken at once (the shortest is
+  then known). An estimate is used only where it is not ambiguous: the server counts
+  a request on arrival, a little after we send it, so admissions within the margin of
+  a window's edge may or may not still be inside it.
+- An admission leaves a window after its length plus a **margin** (2% of it, at least
+  20 ms). A 429 that names a wait shorter than a tenth of a known window means the
+  server took our requests in later than the margin allows (a burst queued at the
+  server): that window's margin grows by what it was short.
+- The ledger holds what the server charged once a request is answered (its usage);
+  while it is in flight, a prediction from what the server charged for requests we
+  estimated alike, with a reserve when that is a guess.
 - **Slow start**: a job's first request goes alone (a wrong key or deployment costs one
   request); its answer tells what remains before any burst.
-- While the window is not known and the model says wait longer than
-  :data:`PROBE_AFTER_S`, one request at a time may go early as a **probe**: its answer
-  (200 with what remains, or a 429 with the true wait) teaches the window.
+- While the window is not known and a shorter candidate window would admit a request
+  the assumed one holds back, one request at a time goes early as a **probe**: its
+  answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
+  no shorter candidate would, a probe goes after :data:`PROBE_AFTER_S` blocked.)
 - A 429 pauses every admission until the time it names.
 
 Clock and sleep are injected, so tests never wait.
@@ -29,9 +45,11 @@ Clock and sleep are injected, so tests never wait.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
 import logging
+import math
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -47,16 +65,28 @@ CANDIDATE_WINDOWS = (1.0, 10.0, 60.0)
 #: over too long a window only slows a job down, while one assumed over too short a
 #: window floods the server when the window turns. A probe (or a 429) corrects it.
 DEFAULT_WINDOW_S = 60.0
-#: Extra time before an admission leaves a window: a share of the window, plus skew.
+#: Extra time before an admission leaves a window: a share of the window, and at least
+#: enough for the skew between our clock at sending and the server's at arrival.
 MARGIN_SHARE = 0.02
 MARGIN_S = 0.02
-#: The share of a token budget used: a request's tokens are an estimate of the
-#: server's own estimate, and a burst at the budget's edge would meet a few 429s.
+#: The margin grows (after 429s naming short waits) up to this share of the window.
+MAX_MARGIN_SHARE = 0.1
+#: A request's charge is predicted from what the server charged for requests we
+#: estimated alike (exactly, for an estimate already answered); a prediction from
+#: another estimate counts 1 / TOKEN_SHARE of it, as it may be a little low.
 TOKEN_SHARE = 0.97
 #: Cooldown after a 429 that names no delay.
 DEFAULT_COOLDOWN_S = 1.0
-#: A blocked limiter that does not know the window yet sends one probe after this long.
+#: A blocked limiter that does not know the window yet, and whose shorter candidate
+#: windows are full too, sends one probe after this long.
 PROBE_AFTER_S = 1.0
+#: While a probe is out, waiters look again this often (its answer may open the way).
+PROBE_POLL_S = 0.05
+#: An estimate this close to the reference budget agrees with it: requests are counted
+#: exactly (only reordering in flight blurs them), tokens are partly estimated. A quiet
+#: answer (nothing else in flight when it went or while it was out) is exact.
+TOLERANCE = {"requests": (1.5, 0.10), "tokens": (2.0, 0.10)}
+QUIET_TOLERANCE = {"requests": (0.5, 0.0), "tokens": (2.0, 0.02)}
 #: Estimates kept per candidate window; a window needs this many to be judged.
 KEEP_ESTIMATES = 48
 MIN_ESTIMATES = 6
@@ -71,16 +101,22 @@ class Ticket:
     """One admission: when it went, what it cost, and whether the server took it.
 
     ``used`` is what the ledger held in each candidate window when it went (itself
-    included): requests and tokens, for the budget estimates its answer makes.
+    included): requests and tokens, for the budget estimates its answer makes; ``low``
+    and ``high`` the same without the admissions within the margin of the window's
+    edge, and with them (the server, counting on arrival, saw something in between).
     """
 
     sent_at: float
-    tokens: int  # as the server counts them (our estimate x the learned ratio)
+    tokens: int  # as the server counts them (predicted; its charge once answered)
+    reserve: int = 0  # more held back while the prediction is uncertain
     estimate: int = 0  # our own estimate
     probe: bool = False
     rejected: bool = False
     answered: bool = False
+    quiet: bool = False  # nothing else was in flight when it went
     used: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    low: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    high: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 class _Window:
@@ -88,10 +124,14 @@ class _Window:
 
     def __init__(self, length: float) -> None:
         self.length = length
-        self.span = length * (1 + MARGIN_SHARE) + MARGIN_S
+        self.margin = 0.0
+        self.span = length
+        self.widen(max(MARGIN_S, MARGIN_SHARE * length))
+        self._base, self._widened_at = self.margin, -math.inf
         self.tickets: collections.deque[Ticket] = collections.deque()
         self.requests = 0
         self.tokens = 0
+        self.reserve = 0  # tokens held back for predictions not yet answered
 
     def expire(self, now: float) -> None:
         q = self.tickets
@@ -100,34 +140,67 @@ class _Window:
             if not t.rejected:
                 self.requests -= 1
                 self.tokens -= t.tokens
+                self.reserve -= t.reserve
 
     def add(self, ticket: Ticket) -> None:
         self.tickets.append(ticket)
         self.requests += 1
         self.tokens += ticket.tokens
+        self.reserve += ticket.reserve
+
+    def widen(self, margin: float) -> None:
+        """Keep admissions ``margin`` s past the window (at most a tenth of it more)."""
+        self.margin = min(max(self.margin, margin), MAX_MARGIN_SHARE * self.length)
+        self.span = self.length + self.margin
+
+    def fell_short(self, ticket: Ticket, short: float, now: float) -> None:
+        """``ticket`` went ``short`` s too early: widen the margin it went under by that.
+
+        The 429s of one burst widen it once (by the most any of them fell short).
+        """
+        if ticket.sent_at > self._widened_at:  # it went under the margin now in force
+            self._base, self._widened_at = self.margin, now
+        self.widen(self._base + short)
+
+    def _holds(self, ticket: Ticket) -> bool:
+        return bool(self.tickets) and self.tickets[0].sent_at <= ticket.sent_at
 
     def reject(self, ticket: Ticket) -> None:
         """``ticket`` was refused: it no longer counts (if it is still inside)."""
-        if self.tickets and self.tickets[0].sent_at <= ticket.sent_at:
+        if self._holds(ticket):
             self.requests -= 1
             self.tokens -= ticket.tokens
+            self.reserve -= ticket.reserve
 
-    def exact(self, now: float) -> tuple[int, int]:
-        """Requests and tokens inside the window proper (without the margin) at ``now``.
+    def recharge(self, ticket: Ticket, tokens: int) -> None:
+        """``ticket`` costs ``tokens`` after all (what the server charged)."""
+        if not ticket.rejected and self._holds(ticket):
+            self.tokens += tokens - ticket.tokens
+            self.reserve -= ticket.reserve
 
-        This is what the server counts; the margin is for admission only.
+    def counts(self, now: float) -> tuple[tuple[int, int], ...]:
+        """Requests and tokens inside the window at ``now``: (low, exact, high).
+
+        Exact: inside the window proper (what the server counts, were it to count on
+        our clock); low: without the admissions within the margin before the window's
+        edge; high: with those within the margin after it (the margin is for skew).
         """
-        requests, tokens = self.requests, self.tokens
+        high = requests, tokens = self.requests, self.tokens
+        exact = None
         for t in self.tickets:
-            if t.sent_at + self.length > now:
+            if t.sent_at + self.length - self.margin > now:
                 break
+            if exact is None and t.sent_at + self.length > now:
+                exact = requests, tokens
             if not t.rejected:
                 requests -= 1
                 tokens -= t.tokens
-        return requests, tokens
+        low = requests, tokens
+        return low, (low if exact is None else exact), high
 
     def used(self, resource: str) -> int:
-        return self.requests if resource == "requests" else self.tokens
+        """What admission counts: requests, or tokens and their reserve."""
+        return self.requests if resource == "requests" else self.tokens + self.reserve
 
     def wait_for(self, resource: str, budget: float, cost: int, now: float) -> float:
         """Seconds until ``cost`` more fits under ``budget`` (0: now)."""
@@ -138,7 +211,7 @@ class _Window:
         for t in self.tickets:
             if t.rejected:
                 continue
-            freed += 1 if resource == "requests" else t.tokens
+            freed += 1 if resource == "requests" else t.tokens + t.reserve
             if freed >= need:
                 return t.sent_at + self.span - now
         return self.tickets[-1].sent_at + self.span - now
@@ -159,39 +232,104 @@ class _Resource:
         self.estimates: dict[float, collections.deque[float]] = {
             w: collections.deque(maxlen=KEEP_ESTIMATES) for w in CANDIDATE_WINDOWS
         }
-        self._learned: float | None = None
-        self._learned_for: tuple[float, int] | None = None
+        #: estimates made while every candidate window agreed (nothing had left one)
+        self.agreed: collections.deque[float] = collections.deque(maxlen=KEEP_ESTIMATES)
+        self._learned: dict[float, tuple[int, float | None]] = {}
 
-    def budget(self) -> float | None:
-        """Budget per window now in force (given, learned, limit: the lowest)."""
+    def budget(self, window: float | None = None) -> float | None:
+        """Budget per window in force (given, learned, limit: the lowest).
+
+        ``window``: the budget were the window this candidate (default: the current).
+        """
+        window = self.window if window is None else window
         budgets = []
         if self.per_minute is not None:
-            budgets.append(max(1.0, self.per_minute * self.window / 60.0))
-        learned = self.learned()
+            budgets.append(max(1.0, self.per_minute * window / 60.0))
+        learned = self.learned(window)
         if learned is not None:
             budgets.append(learned)
-        if self.name == "tokens":  # our count of a request's tokens is an estimate
-            budgets = [b * TOKEN_SHARE for b in budgets]
         if self.limit is not None:
             budgets.append(self.limit)
         return min(budgets) if budgets else None
 
-    def learned(self) -> float | None:
-        """The learned budget of the current window: the 5th percentile of its estimates."""
-        if self._learned_for != (self.window, len(self.estimates[self.window])):
-            est = self.estimates[self.window]
+    def learned(self, window: float | None = None) -> float | None:
+        """The learned budget of a window: the 5th percentile of its estimates."""
+        window = self.window if window is None else window
+        est = self.estimates.get(window)
+        if est is None:
+            return None
+        cached = self._learned.get(window)
+        if cached is None or cached[0] != len(est):
             ordered = sorted(est)
-            self._learned = max(1.0, ordered[len(ordered) // 20]) if est else None
-            self._learned_for = (self.window, len(est))
-        return self._learned
+            value = max(1.0, ordered[len(ordered) // 20]) if est else None
+            cached = self._learned[window] = (len(est), value)
+        return cached[1]
 
-    def observe(self, remaining: float, used: dict[float, float]) -> None:
-        """One answer said ``remaining``; ``used`` is the ledger up to it, per window."""
+    def reference(self) -> float | None:
+        """The budget as read while all candidate windows agreed (their median)."""
+        return statistics.median(self.agreed) if self.agreed else None
+
+    def tolerance(self, budget: float, quiet: bool) -> float:
+        floor, share = (QUIET_TOLERANCE if quiet else TOLERANCE)[self.name]
+        return max(floor, share * budget)
+
+    def observe(
+        self,
+        remaining: float,
+        used: dict[float, float],
+        low: dict[float, float],
+        high: dict[float, float],
+        quiet: bool,
+    ) -> None:
+        """One answer said ``remaining``; the ledger up to it held ``used`` per window.
+
+        ``low`` and ``high`` bound what the server may have counted (admissions near a
+        window's edge); an estimate is kept only where they agree within tolerance.
+        """
+        est = {w: remaining + used[w] for w in CANDIDATE_WINDOWS}
+        tol = self.tolerance(self.reference() or max(est.values()), quiet)
+        clear = {w: high[w] - low[w] <= tol for w in CANDIDATE_WINDOWS}
         for w in CANDIDATE_WINDOWS:
-            self.estimates[w].append(remaining + used[w])
-        self._learned_for = None
+            if clear[w]:
+                self.estimates[w].append(est[w])
+        if all(clear.values()) and max(est.values()) - min(est.values()) <= tol:
+            self.agreed.append(est[self.window])
+        if self.known:
+            return
+        ref = self.reference()
+        if ref is not None:
+            lows = {w: remaining + low[w] for w in CANDIDATE_WINDOWS}
+            highs = {w: remaining + high[w] for w in CANDIDATE_WINDOWS}
+            self._refute(ref, lows, highs, tol)
         if not self.known:
             self._choose()
+
+    def _refute(
+        self, ref: float, low: dict[float, float], high: dict[float, float], tol: float
+    ) -> None:
+        """What one answer rules out (``low``/``high``: its estimates' bounds).
+
+        Only a window too long is ruled out so: the server cannot take more than a
+        window allows, whereas it may count more than a window holds when it is slow
+        to take requests in (a burst waits in its queue, and leaves the window late).
+        """
+        if low[self.window] > ref + tol:
+            # the server took more than the window allows: it is shorter
+            fits = [
+                v
+                for v in CANDIDATE_WINDOWS
+                if v < self.window and low[v] - tol <= ref <= high[v] + tol
+            ]
+            if fits:
+                logger.debug(
+                    "%s: an answer rules out a %g-s window; taking %g s",
+                    self.name,
+                    self.window,
+                    max(fits),
+                )
+                self.window = max(fits)
+                if self.window == CANDIDATE_WINDOWS[0]:  # no shorter one to rule out
+                    self.known = True
 
     def _choose(self) -> None:
         spreads = {}
@@ -277,8 +415,12 @@ class RateLimiter:
         self._blocked_since: float | None = None
         self._first_answer: asyncio.Event | None = None
         #: the server's token count over ours (it estimates its own way)
-        self._ratios: collections.deque[float] = collections.deque(maxlen=64)
-        self.token_ratio = 1.0
+        #: what the server charged for a request we estimated at so many tokens (rows
+        #: of one shape have one estimate; the ratio differs between shapes)
+        self._charged: dict[int, int] = {}
+        self._estimates: list[int] = []  # its keys, sorted
+        self._open = 0  # admitted, not yet answered
+        self._last: Ticket | None = None
         self._tracking = True  # keep the ledger (until a headerless answer says no)
 
     # -- what is known --------------------------------------------------------------------
@@ -331,10 +473,10 @@ class RateLimiter:
                 if wait <= 0:
                     self._blocked_since = None
                     return self._admit(tokens)
-                if self._may_probe(wait):
+                if self._may_probe(wait, tokens):
                     self._probe = self._admit(tokens, probe=True)
                     return self._probe
-                await self._sleep(min(wait, PROBE_AFTER_S) if self._probing() else wait)
+                await self._sleep(self._next_look(wait, tokens))
 
     def try_acquire(self, tokens: int = 0) -> Ticket | None:
         """Admit a request now if :meth:`acquire` would without waiting, else ``None``.
@@ -354,7 +496,7 @@ class RateLimiter:
         if wait <= 0:
             self._blocked_since = None
             return self._admit(tokens)
-        if self._may_probe(wait):
+        if self._may_probe(wait, tokens):
             self._probe = self._admit(tokens, probe=True)
             return self._probe
         return None
@@ -369,7 +511,7 @@ class RateLimiter:
         if not self._started:
             return PROBE_AFTER_S  # the first answer wakes the pool sooner
         wait = self.delay(tokens)
-        return min(wait, PROBE_AFTER_S) if self._probing() else wait
+        return self._next_look(wait, tokens) if wait > 0 else 0.0
 
     def headroom(self, tokens: int = 0) -> float:
         """Share of the tightest budget still free now, after ``tokens`` (1.0: unknown)."""
@@ -408,31 +550,110 @@ class RateLimiter:
             not r.known and r.budget() is not None for r in self.resources.values()
         )
 
-    def _may_probe(self, wait: float) -> bool:
+    def _probe_in(self, tokens: int, now: float) -> float | None:
+        """Seconds until a probe may go (``None``: none will).
+
+        None goes while one is out, or while a known window holds the request back. A
+        probe goes when, for each resource whose window holds the request back, a
+        shorter candidate window would admit it (the answer then tells which is right);
+        with no shorter candidate, after :data:`PROBE_AFTER_S` blocked.
+        """
+        if self._probe is not None and not self._probe.answered:
+            return None
+        due = 0.0
+        blocked = False
+        for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
+            res = self.resources[name]
+            budget = res.budget()
+            if budget is None:
+                continue
+            wait = self._windows[res.window].wait_for(name, budget, cost, now)
+            if wait <= 0:
+                continue
+            if res.known:
+                return None
+            blocked = True
+            options = [
+                self._windows[v].wait_for(name, b, cost, now)
+                for v in CANDIDATE_WINDOWS
+                if v < res.window and (b := res.budget(v)) is not None
+            ]
+            if not options and wait > PROBE_AFTER_S:  # no candidate: blocked so long
+                since = now if self._blocked_since is None else self._blocked_since
+                options.append(since + PROBE_AFTER_S - now)
+            if not options:
+                return None
+            due = max(due, min(options))
+        if not blocked:
+            return None
+        return max(due, self._cooldown_until - now, 0.0)
+
+    def _may_probe(self, wait: float, tokens: int = 0) -> bool:
         now = self._clock()
         if self._blocked_since is None:
             self._blocked_since = now
-        return (
-            self._probing()
-            and now >= self._cooldown_until
-            and (self._probe is None or self._probe.answered)
-            and now - self._blocked_since >= PROBE_AFTER_S
-            and wait > PROBE_AFTER_S
-        )
+        due = self._probe_in(tokens, now)
+        return due is not None and due <= 0 and wait > 0
+
+    def _next_look(self, wait: float, tokens: int) -> float:
+        """How long a blocked waiter sleeps before it looks again."""
+        if not self._probing():
+            return wait
+        if self._probe is not None and not self._probe.answered:
+            return min(wait, PROBE_POLL_S)  # its answer may open the way
+        due = self._probe_in(tokens, self._clock())
+        return wait if due is None else max(0.0, min(wait, due))
+
+    def _predict(self, tokens: int) -> tuple[int, int]:
+        """The server's charge for a request we estimate at ``tokens``; a reserve.
+
+        The reserve is held back besides while the charge is a guess.
+        """
+        charged = self._charged.get(tokens)
+        if charged is not None:
+            return charged, 0
+        ratio = 1.0
+        keys = self._estimates
+        if keys:  # the ratio of the nearest estimate answered
+            i = bisect.bisect_left(keys, tokens)
+            near = min(keys[max(0, i - 1) : i + 1], key=lambda k: abs(k - tokens))
+            ratio = self._charged[near] / near
+        guess = round(tokens * ratio)
+        return guess, math.ceil(guess / TOKEN_SHARE) - guess
 
     def _scaled(self, tokens: int) -> int:
-        return round(tokens * self.token_ratio)
+        """The tokens an admission of a request we estimate at ``tokens`` counts."""
+        charge, reserve = self._predict(tokens)
+        return charge + reserve
 
     def _admit(self, tokens: int, *, probe: bool = False) -> Ticket:
-        ticket = Ticket(self._clock(), self._scaled(tokens), tokens, probe=probe)
+        charge, reserve = self._predict(tokens)
+        ticket = Ticket(
+            self._clock(), charge, reserve=reserve, estimate=tokens, probe=probe
+        )
         if not self._tracking:  # nothing to learn and nothing to enforce: no ledger
             return ticket
+        ticket.quiet = self._open == 0
+        self._open += 1
+        self._last = ticket
         for w in self._windows.values():
             w.add(ticket)
-            ticket.used[w.length] = w.exact(ticket.sent_at)
+            low, exact, high = w.counts(ticket.sent_at)
+            ticket.used[w.length] = exact
+            ticket.low[w.length] = low
+            ticket.high[w.length] = high
         if probe:
             self._blocked_since = None
         return ticket
+
+    def _close(self, ticket: Ticket) -> bool:
+        """``ticket`` is answered; ``True`` if it was quiet throughout."""
+        quiet = ticket.quiet and self._last is ticket
+        if not ticket.answered:
+            ticket.answered = True
+            if ticket.used:
+                self._open -= 1
+        return quiet
 
     # -- what the server said ---------------------------------------------------------------
 
@@ -450,7 +671,7 @@ class RateLimiter:
         ``charged_tokens`` is what the server says the request cost (its prompt count
         plus the reserved answer): it teaches the ratio of its count to ours.
         """
-        ticket.answered = True
+        quiet = self._close(ticket)
         self._start(verified=True)
         # a server that sends no rate-limit headers, with no quota given, leaves
         # nothing to learn or enforce: the ledger is skipped until headers appear
@@ -459,9 +680,19 @@ class RateLimiter:
             or remaining_tokens is not None
             or any(r.budget() is not None for r in self.resources.values())
         )
+        own = 0  # what the server charged beyond what the ledger held for it
         if charged_tokens and ticket.estimate:
-            self._ratios.append(charged_tokens / ticket.estimate)
-            self.token_ratio = statistics.median(self._ratios)
+            if len(self._charged) >= 4096:
+                self._charged.clear()
+                self._estimates.clear()
+            if ticket.estimate not in self._charged:
+                bisect.insort(self._estimates, ticket.estimate)
+            self._charged[ticket.estimate] = charged_tokens
+            if ticket.used:
+                own = charged_tokens - ticket.tokens
+                for w in self._windows.values():
+                    w.recharge(ticket, charged_tokens)
+            ticket.tokens, ticket.reserve = charged_tokens, 0
         for name, remaining, limit in (
             ("requests", remaining_requests, limit_requests),
             ("tokens", remaining_tokens, limit_tokens),
@@ -469,14 +700,19 @@ class RateLimiter:
             res = self.resources[name]
             if limit is not None:
                 res.limit = float(limit)
-            if remaining is not None:
-                k = 0 if name == "requests" else 1
-                used = {w: float(ticket.used[w][k]) for w in CANDIDATE_WINDOWS}
-                res.observe(float(remaining), used)
+            if remaining is not None and ticket.used:
+                k, extra = (0, 0) if name == "requests" else (1, own)
+                res.observe(
+                    float(remaining),
+                    {w: ticket.used[w][k] + extra for w in CANDIDATE_WINDOWS},
+                    {w: ticket.low[w][k] + extra for w in CANDIDATE_WINDOWS},
+                    {w: ticket.high[w][k] + extra for w in CANDIDATE_WINDOWS},
+                    quiet,
+                )
 
     def on_failure(self, ticket: Ticket) -> None:
         """An answer that was neither a success nor a 429 (the server counted it)."""
-        ticket.answered = True
+        self._close(ticket)
         self._start(verified=False)
 
     def on_rate_limited(
@@ -492,7 +728,7 @@ class RateLimiter:
         """
         now = self._clock()
         if ticket is not None:
-            ticket.answered = True
+            self._close(ticket)
             if not ticket.rejected:
                 ticket.rejected = True
                 for w in self._windows.values():
@@ -503,7 +739,27 @@ class RateLimiter:
             logger.debug("429: pausing admissions for %.3f s", wait)
             self._cooldown_until = now + wait
         if retry_after_s is not None and resource in self.resources:
-            self._learn_window(self.resources[resource], now + retry_after_s)
+            res = self.resources[resource]
+            window = self._windows.get(res.window)
+            if (
+                res.known
+                and ticket is not None
+                and window is not None
+                and retry_after_s < MAX_MARGIN_SHARE * res.window
+            ):
+                # our ledger let it go that much too early: the server took the
+                # admissions it waits for in later than our margin allows
+                short = now + retry_after_s - ticket.sent_at
+                window.fell_short(ticket, short, now)
+                logger.debug(
+                    "%s: a 429 %.3f s early; margin of the %g-s window now %.3f s",
+                    resource,
+                    short,
+                    window.length,
+                    window.margin,
+                )
+            else:
+                self._learn_window(res, now + retry_after_s)
 
     def _learn_window(self, res: _Resource, frees_at: float) -> None:
         """Settle the window that frees capacity when the server says it will."""
