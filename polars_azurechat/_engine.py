@@ -20,7 +20,9 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
 import threading
 import time
@@ -42,7 +44,7 @@ from polars_azurechat._transport import (
     rate_limited_resource,
 )
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import request_key
+from polars_azurechat.cache import request_key_parts
 from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
@@ -673,15 +675,30 @@ class ChatEngine:
             self.progress(len(followers))
         return results
 
+    #: ``_key``'s parameters (a shallow copy) and the canonical JSON around messages
+    _key_cache: tuple[dict[str, Any], bytes, bytes] | None = None
+
     def _key(self, req: ChatRequest) -> str:
-        t = self.transport
-        return request_key(
-            host=t.endpoint_host,
-            deployment=t.deployment,
-            api_version=t.api_version,
-            messages=req.messages,
-            params=self.params,
-        )
+        """:func:`~polars_azurechat.cache.request_key` of the request, the same digest.
+
+        The canonical JSON around the messages is encoded once per job (a typed
+        answer's schema is in every request's parameters: encoding it for each row
+        cost more than the rest of the key).
+        """
+        cached = self._key_cache
+        if cached is None or cached[0] != self.params:
+            t = self.transport
+            head, tail = request_key_parts(
+                host=t.endpoint_host,
+                deployment=t.deployment,
+                api_version=t.api_version,
+                params=self.params,
+            )
+            cached = self._key_cache = (dict(self.params), head, tail)
+        messages = json.dumps(
+            req.messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        return hashlib.sha256(cached[1] + messages + cached[2]).hexdigest()
 
     async def _answer(self, run: Run, key: str, req: ChatRequest) -> ChatResult:
         """Answer one request, sharing the answer with another batch sending it now."""
@@ -787,7 +804,6 @@ class ChatEngine:
         content = completion.content
         typed = self.schema is not None
         rid = completion.request_id
-        said = f" (request id {rid})" if rid else ""
         if completion.finish_reason == "content_filter":
             shown = ", ".join(completion.filtered) or "unspecified"
             exception = ContentFilterError(
@@ -800,14 +816,14 @@ class ChatEngine:
         elif completion.refusal is not None:
             exception = RefusalError(
                 "the model refused to answer (message.refusal is set; the refusal's "
-                f"text is not shown here){said}",
+                f"text is not shown here){_said(rid)}",
                 request_id=rid,
             )
         elif completion.finish_reason == "length" and typed:
             exception = TruncatedError(
                 f"the typed answer was cut at max_tokens={self._max_tokens} "
                 f"(finish_reason='length'), so its JSON is incomplete; raise "
-                f"max_tokens{said}"
+                f"max_tokens{_said(rid)}"
             )
         elif completion.finish_reason == "length" and self.on_truncated == "error":
             exception = TruncatedError(
@@ -1033,6 +1049,10 @@ class ChatEngine:
 _Answer = tuple[Completion, dict[str, Any] | None]
 
 
+def _said(request_id: str | None) -> str:
+    return f" (request id {request_id})" if request_id else ""
+
+
 def _invalid(
     name: str, err: Exception, request_id: str | None
 ) -> SchemaValidationError:
@@ -1040,7 +1060,7 @@ def _invalid(
 
     The message names where and what did not validate, never the answer's values.
     """
-    said = f" (request id {request_id})" if request_id else ""
+    said = _said(request_id)
     if not isinstance(err, SchemaMismatchError):
         problem = f"{type(err).__name__} raised while validating"
         return SchemaValidationError(

@@ -106,6 +106,10 @@ class Transport:
         self.auth = auth
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        # the body's fields other than messages, encoded once: a typed answer's
+        # schema is the same in every request and its JSON is most of the body
+        self._fixed: tuple[tuple[str, Any], ...] = ()
+        self._fixed_json = b""
 
     async def open(self, limit: int) -> None:
         """Create the shared session on the running loop, unless it is open."""
@@ -136,7 +140,7 @@ class Transport:
         """
         session = self._session
         assert session is not None  # noqa: S101 - open() runs first
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = self._encode(body)
         timeout = self._timeout
         if timeout_s is not None and timeout_s < (timeout.total or float("inf")):
             timeout = aiohttp.ClientTimeout(total=max(0.001, timeout_s))
@@ -158,6 +162,33 @@ class Transport:
         completion.deployment = self.deployment
         completion.latency_ms = round(latency_ms, 3)
         return completion
+
+    def _encode(self, body: Mapping[str, Any]) -> bytes:
+        """The request body as JSON; the fields besides ``messages`` encoded once.
+
+        They are the job's parameters, the same objects in every request (the engine
+        never changes them): while each is the very object seen before, its encoding
+        is reused.
+        """
+        if "messages" not in body:
+            return _dumps(body)
+        fixed = self._fixed
+        n = 0
+        for key, value in body.items():
+            if key == "messages":
+                continue
+            if n >= len(fixed) or fixed[n][0] != key or fixed[n][1] is not value:
+                break
+            n += 1
+        else:
+            if n == len(fixed) and self._fixed_json:
+                return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+        # first use, or other parameters: encode them (and keep the objects alive,
+        # so their identity cannot be taken by another object)
+        self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
+        head = _dumps(dict(self._fixed))[:-1]  # without the closing brace
+        self._fixed_json = head + (b',"messages":' if self._fixed else b'"messages":')
+        return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
 
     async def _post(
         self,
@@ -182,6 +213,10 @@ class Transport:
     def endpoint_host(self) -> str:
         """Host part of the endpoint (safe to show)."""
         return self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def status_error(

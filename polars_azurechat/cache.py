@@ -31,7 +31,7 @@ from typing import Any
 from polars_azurechat._types import ChatResult
 from polars_azurechat.errors import CacheError
 
-__all__ = ["SqliteCache", "request_key"]
+__all__ = ["SqliteCache", "request_key", "request_key_parts"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,19 +93,54 @@ def request_key(
     ... )
     True
     """
-    canonical = json.dumps(
-        {
-            "host": host,
-            "deployment": deployment,
-            "api_version": api_version,
-            "messages": messages,
-            "params": params,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+    head, tail = request_key_parts(
+        host=host, deployment=deployment, api_version=api_version, params=params
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(head + _canonical(messages) + tail).hexdigest()
+
+
+def request_key_parts(
+    *, host: str, deployment: str, api_version: str, params: Mapping[str, Any]
+) -> tuple[bytes, bytes]:
+    """The canonical JSON of :func:`request_key` before and after the messages.
+
+    A job's parts are the same for every row: the engine encodes them once (a typed
+    answer's schema is in ``params``) and hashes ``head + messages + tail``.
+
+    Examples
+    --------
+    >>> head, tail = request_key_parts(
+    ...     host="h", deployment="d", api_version="v", params={"b": 2, "a": 1}
+    ... )
+    >>> head + b"[]" + tail
+    b'{"api_version":"v","deployment":"d","host":"h","messages":[],"params":{"a":1,"b":2}}'
+    >>> import hashlib
+    >>> hashlib.sha256(head + b"[]" + tail).hexdigest() == request_key(
+    ...     host="h",
+    ...     deployment="d",
+    ...     api_version="v",
+    ...     messages=[],
+    ...     params={"a": 1, "b": 2},
+    ... )
+    True
+    """
+    # the keys in sorted order: the canonical JSON of the whole dict, byte for byte
+    head = (
+        b'{"api_version":'
+        + _canonical(api_version)
+        + b',"deployment":'
+        + _canonical(deployment)
+        + b',"host":'
+        + _canonical(host)
+        + b',"messages":'
+    )
+    return head, b',"params":' + _canonical(params) + b"}"
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 def _schema_problem(db: sqlite3.Connection) -> str | None:

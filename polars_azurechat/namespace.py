@@ -42,12 +42,14 @@ class ChatNamespace:
             As for :func:`polars_azurechat.complete`.
         {options}
         **params
-            Chat-completions body fields (``max_tokens``, ``temperature``, ...).
+            Chat-completions body fields (``max_tokens``, ``temperature``, ...);
+            ``response_format`` may be the answer's type (a pydantic model, a
+            JSON-schema dict or a ``pl.Struct``): typed answers.
 
         Returns
         -------
         pl.Expr
-            The answers, one per row.
+            The answers, one per row: String, or the typed answer's Struct.
 
         Examples
         --------

@@ -46,6 +46,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
     [
         ("questions_offline.py", "correct: 100 of 100"),
         ("plain_python.py", "{'input': 'What is 53 + 53?', 'content': '106'}"),
+        ("typed_tickets.py", "answered 12 of 12 tickets with 12 requests; failed: 0"),
     ],
 )
 def test_offline_example_runs(script: str, expect: str) -> None:
@@ -147,6 +148,8 @@ def _check_outputs(nb: Any) -> None:
     assert "100 of 100 answers correct" in _stdout(_cell(nb, "pac.Completer("))
     assert "(100 answered, 0 failed, 0 null;" in _stdout(_cell(nb, "job.summary()"))
     assert "rows:      100 (" in _stdout(_cell(nb, "pac.plan("))
+    # typed answers: the Struct's fields are columns, known before any request
+    assert "('value', Int64)" in _stdout(_cell(nb, "response_format=Answer"))
     plot = _cell(nb, "plt.show()")
     pngs = [
         base64.b64decode(o.data["image/png"])

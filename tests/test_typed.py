@@ -602,3 +602,24 @@ def test_invalid_attempts_are_logged_at_debug_only(
     invalid = [r for r in caplog.records if "invalid typed answer" in r.getMessage()]
     assert [r.levelno for r in invalid] == [logging.DEBUG] * 2
     assert secret not in caplog.text
+
+
+def test_the_engine_key_is_the_cache_key(config: ChatConfig) -> None:
+    from polars_azurechat._types import ChatRequest
+    from polars_azurechat.cache import request_key
+
+    with pac.Completer(config=config, response_format=Sum, max_tokens=9) as job:
+        engine = job.engine
+        t = engine.transport
+        for text in ["é ü", 'quote " and \\ backslash', "What is 1 + 1?"]:
+            messages = [{"role": "user", "content": text}]
+            assert engine._key(ChatRequest(messages)) == request_key(
+                host=t.endpoint_host,
+                deployment=t.deployment,
+                api_version=t.api_version,
+                messages=messages,
+                params=job.params,
+            )
+        before = engine._key(ChatRequest([{"role": "user", "content": "x"}]))
+        engine.params["max_tokens"] = 10  # parameters changed: the key follows
+        assert engine._key(ChatRequest([{"role": "user", "content": "x"}])) != before
