@@ -154,16 +154,24 @@ def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
     )
     schema = lf.collect_schema()
     assert schema["a"] == pl.String
-    assert schema["s"] == pl.Struct(
-        {
-            "content": pl.String,
-            "finish_reason": pl.String,
-            "prompt_tokens": pl.Int64,
-            "completion_tokens": pl.Int64,
-            "attempts": pl.Int32,
-            "error": pl.String,
-        }
-    )
+    fields = schema["s"].to_schema()
+    assert dict(list(fields.items())[:6]) == {
+        "content": pl.String,
+        "finish_reason": pl.String,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "attempts": pl.Int32,
+        "error": pl.String,
+    }
+    # then provenance: which request, model and deployment answered, how fast
+    assert list(fields)[6:] == [
+        "request_id",
+        "model",
+        "system_fingerprint",
+        "deployment",
+        "latency_ms",
+        "content_filter",
+    ]
     lf.explain()
     assert emulator.stats()["requests"] == 0
 
