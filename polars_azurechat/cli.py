@@ -156,6 +156,13 @@ def run(
         list[str] | None,
         typer.Option(help="Extra body field KEY=VALUE (JSON); repeatable."),
     ] = None,
+    response_format: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON-schema file: each answer is validated against it and written "
+            "as typed columns (a struct)."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
     ] = False,
@@ -174,6 +181,8 @@ def run(
         params["max_tokens"] = max_tokens
     if temperature is not None:
         params["temperature"] = temperature
+    if response_format is not None:
+        params["response_format"] = _schema_file(response_format)
     options = _options(option_values)
 
     with contextlib.ExitStack() as stack:
@@ -269,12 +278,15 @@ def _answer_parquet(
             yield df, series_to_requests(df[column], system=system)
 
     def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
-        struct = results_to_series(results, output="struct", name=output_column)
+        struct = results_to_series(
+            results, output="struct", name=output_column, schema=job.output_schema
+        )
         if output == "struct":
             return df.with_columns(struct)
         fields = struct.struct
+        answer = "content" if job.output_schema is None else "parsed"
         return df.with_columns(
-            fields.field("content").alias(output_column),
+            fields.field(answer).alias(output_column),
             fields.field("error").alias(f"{output_column}_error"),
             fields.field("finish_reason").alias(f"{output_column}_finish_reason"),
         )
@@ -292,6 +304,26 @@ def _answer_parquet(
     if writer is None:  # an empty file: write the output schema with no rows
         empty = pl.DataFrame(pl.from_arrow(reader.schema_arrow.empty_table()))
         answered(empty, []).write_parquet(dst)
+
+
+def _schema_file(path: Path) -> Any:
+    """The JSON schema in ``path`` (refused before any request if it is not one)."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        msg = f"--response-format {path}: cannot be read ({exc.strerror or exc})"
+        raise typer.BadParameter(msg) from None
+    except ValueError as exc:
+        msg = f"--response-format {path}: not JSON ({exc})"
+        raise typer.BadParameter(msg) from None
+    from polars_azurechat._schema import OutputSchema
+
+    try:
+        OutputSchema.from_user(schema)
+    except (TypeError, ValueError) as exc:
+        msg = f"--response-format {path}: {exc}"
+        raise typer.BadParameter(msg) from None
+    return schema
 
 
 def _write(writer: Any, dst: Path, table: Any) -> Any:
@@ -393,6 +425,10 @@ def plan(
         str, typer.Option(help="The deployment's model, for prices.")
     ] = "gpt-4o-mini",
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    response_format: Annotated[
+        Path | None,
+        typer.Option(help="A JSON-schema file (its tokens count in every request)."),
+    ] = None,
     latency_s: Annotated[
         float, typer.Option(help="Expected time of one request.")
     ] = 1.0,
@@ -413,6 +449,8 @@ def plan(
     options = _options(option_values)
     series = pl.read_parquet(input_path, columns=[column]).to_series()
     body: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+    if response_format is not None:
+        body["response_format"] = _schema_file(response_format)
     estimate = make_plan(
         series,
         model=model,

@@ -211,3 +211,37 @@ def test_run_on_an_empty_file_writes_the_schema(
             "answer_finish_reason": pl.String,
         }
     )
+
+
+def test_run_with_a_schema_file_writes_typed_columns(tmp_path: Path) -> None:
+    import json
+
+    src, dst, schema = (
+        tmp_path / "in.parquet",
+        tmp_path / "out.parquet",
+        tmp_path / "sum.json",
+    )
+    pl.DataFrame({"q": ["What is 2 + 3?", "What is 40 + 2?"]}).write_parquet(src)
+    schema.write_text(
+        json.dumps(
+            {
+                "title": "Sum",
+                "type": "object",
+                "properties": {"total": {"type": "integer"}},
+                "required": ["total"],
+            }
+        )
+    )
+    args = ["run", str(src), str(dst), "--column", "q", "--emulator", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--response-format", str(schema)])
+    assert result.exit_code == 0, result.output
+    out = pl.read_parquet(dst)
+    assert out.schema["answer"] == pl.Struct({"total": pl.Int64})
+    assert out["answer"].struct.field("total").to_list() == [5, 42]
+
+    schema.write_text("{not json")
+    bad = CliRunner().invoke(
+        app, [*args, "--overwrite", "--response-format", str(schema)]
+    )
+    assert bad.exit_code == 2
+    assert "not JSON" in " ".join(bad.output.replace("│", " ").split())
