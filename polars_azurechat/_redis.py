@@ -1,4 +1,4 @@
-"""State shared through Redis: the answer cache. Not meant for outside use.
+"""State shared through Redis: the answer cache and the quota. Not meant for outside use.
 
 ``cache="redis://host:6379/0"`` makes every worker (processes, machines, Ray workers)
 read and write one set of answers: they deduplicate and resume together. An answer is
@@ -10,23 +10,47 @@ Failing fast: a Redis that cannot be reached when the job is built is a
 A Redis that fails during a run breaks the cache as a failing SQLite file does: one
 warning, and the run goes on without it.
 
+``limiter="redis://..."`` makes every process sending to one deployment (keyed by
+endpoint host and deployment) admit its requests against one ledger in Redis: a sorted
+set of admissions (time from Redis' own clock, and tokens), one 429 cooldown, and the
+budgets and windows learned from Azure's headers. :class:`RedisLimiter` is the
+process's :class:`~polars_azurechat._ratelimit.RateLimiter` (slow start, probes,
+learning) with one more gate: before a request goes, a server-side script admits it
+into the shared ledger atomically if the shared windows have room, or says how long
+to wait. The counts it returns (what every process had admitted in each candidate
+window) are what the local learning sees, so budgets learned from
+``x-ratelimit-remaining-*`` are the deployment's, not one process's share. A 429
+leaves the shared ledger and pauses every process until the time it names. Processes
+may join and leave at any time: the ledger holds only the last minute.
+
 The client is redis-py's synchronous one, called on the engine's event loop: one
-``MGET`` per batch of rows and one pipelined write per loop turn, each a sub-millisecond
-round trip on a nearby server.
+``MGET`` per batch of rows and one pipelined write per loop turn for the cache, one
+script call per request for the limiter, each a sub-millisecond round trip on a
+nearby server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from polars_azurechat._ratelimit import (
+    CANDIDATE_WINDOWS,
+    DEFAULT_COOLDOWN_S,
+    MARGIN_S,
+    MARGIN_SHARE,
+    RateLimiter,
+    Ticket,
+)
 from polars_azurechat._types import ChatResult
-from polars_azurechat.errors import CacheError
+from polars_azurechat.errors import CacheError, LimiterError
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +84,23 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def connect(url: str, what: str) -> Any:
+def connect(url: str, what: str, error: type[Exception] = CacheError) -> Any:
     """A redis-py client for ``url``, checked with a PING; raise naming the server."""
     try:
         import redis
     except ImportError:
         msg = f"{what} {shown_url(url)}: needs redis-py: pip install 'polars-azurechat[redis]'"
-        raise CacheError(msg) from None
+        raise error(msg) from None
     try:
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_timeout=5.0
+            url.split("?", 1)[0], socket_connect_timeout=2.0, socket_timeout=5.0
         )
         client.ping()
     except (redis.RedisError, ValueError) as exc:
         msg = (
             f"{what} {shown_url(url)}: cannot reach Redis ({type(exc).__name__}: {exc})"
         )
-        raise CacheError(_scrub(msg, url)) from None
+        raise error(_scrub(msg, url)) from None
     return client
 
 
@@ -214,3 +238,308 @@ class RedisCache:
                 self._client.close()
             except Exception:  # closing must not raise
                 logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+# -- the shared limiter ---------------------------------------------------------------
+
+#: Admit one request into the shared ledger, or say how long to wait.
+#: KEYS: ledger (zset "seq:tokens" scored by admission time), cooldown, sequence,
+#: learned budgets (hash). ARGV: tokens, request budget and window, token budget and
+#: window (-1: none), margin share, margin seconds, candidate windows, now. Returns {1, member, then requests
+#: and tokens inside each candidate window} or {0, wait seconds as a string}.
+ADMIT = """
+local now = tonumber(ARGV[9])
+local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cool > now then return {0, tostring(cool - now)} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. tostring(now - 62))
+local cost = tonumber(ARGV[1])
+local rb, rw = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tb, tw = tonumber(ARGV[4]), tonumber(ARGV[5])
+local share, margin = tonumber(ARGV[6]), tonumber(ARGV[7])
+if rb < 0 then
+  local v = redis.call('HMGET', KEYS[4], 'rb', 'rw')
+  if v[1] then rb, rw = tonumber(v[1]), tonumber(v[2]) end
+end
+if tb < 0 then
+  local v = redis.call('HMGET', KEYS[4], 'tb', 'tw')
+  if v[1] then tb, tw = tonumber(v[1]), tonumber(v[2]) end
+end
+local function tokens(m) return tonumber(string.match(m, ':(%d+)$')) end
+local function wait_for(budget, window, by_tokens)
+  if budget < 0 then return 0 end
+  local span = window * (1 + share) + margin
+  local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. tostring(now - span), '+inf', 'WITHSCORES')
+  if #items == 0 then return 0 end
+  local used = 0
+  for i = 1, #items, 2 do used = used + (by_tokens and tokens(items[i]) or 1) end
+  local need = used + (by_tokens and cost or 1) - budget
+  if need <= 0 then return 0 end
+  local freed = 0
+  for i = 1, #items, 2 do
+    freed = freed + (by_tokens and tokens(items[i]) or 1)
+    if freed >= need then return tonumber(items[i + 1]) + span - now end
+  end
+  return tonumber(items[#items]) + span - now
+end
+local wait = math.max(wait_for(rb, rw, false), wait_for(tb, tw, true))
+if wait > 0 then return {0, tostring(wait)} end
+local member = redis.call('INCR', KEYS[3]) .. ':' .. cost
+redis.call('ZADD', KEYS[1], now, member)
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], 600) end
+local out = {1, member}
+for w in string.gmatch(ARGV[8], '[^,]+') do
+  local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. tostring(now - tonumber(w)), '+inf')
+  local toks = 0
+  for _, m in ipairs(items) do toks = toks + tokens(m) end
+  table.insert(out, #items)
+  table.insert(out, toks)
+end
+return out
+"""
+
+#: Pause every process until ``ARGV[2] + ARGV[1]`` (never shortening a longer pause).
+COOL = """
+local until_ = tonumber(ARGV[2]) + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > cur then redis.call('SET', KEYS[1], tostring(until_), 'EX', 600) end
+return 1
+"""
+
+#: How often a process publishes what it learned (seconds).
+PUBLISH_EVERY_S = 1.0
+#: Longest sleep between looks at a full shared window (others may free room).
+SHARED_POLL_S = 0.25
+
+
+def shared_limiter(
+    url: str,
+    *,
+    scope: str,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    endpoint_key: str | None = None,
+) -> RateLimiter:
+    """The limiter of ``limiter=url``: shared through Redis, or local on fallback.
+
+    ``?fallback=local`` at the end of the URL: an unreachable server logs a warning and
+    the job limits itself alone; otherwise it raises :class:`LimiterError`.
+    """
+    fallback = url.endswith("?fallback=local")
+    try:
+        return RedisLimiter(
+            url,
+            scope=scope,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            endpoint_key=endpoint_key,
+        )
+    except LimiterError as exc:
+        if not fallback:
+            raise
+        logger.warning("%s; limiting this job alone (fallback=local)", exc)
+        return RateLimiter(
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            endpoint_key=endpoint_key,
+        )
+
+
+class RedisLimiter(RateLimiter):
+    """A :class:`RateLimiter` whose admissions also go through a ledger in Redis.
+
+    Parameters
+    ----------
+    url
+        The Redis server.
+    scope
+        What shares the quota: ``"<endpoint host>/<deployment>"``.
+    shared_clock
+        The clock of the shared ledger: wall-clock seconds (``time.time``), which
+        processes on several machines agree on (NTP); injected in tests.
+    **kw
+        As for :class:`RateLimiter`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scope: str,
+        shared_clock: Callable[[], float] = time.time,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self._now = shared_clock
+        self.url = shown_url(url)
+        self._raw_url = url
+        self._client = connect(url, "limiter", LimiterError)
+        digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+        base = f"{PREFIX}quota:{digest}:"
+        self._keys = [base + k for k in ("ledger", "cool", "seq", "learned")]
+        self._admit_script = self._client.register_script(ADMIT)
+        self._cool_script = self._client.register_script(COOL)
+        self._members: dict[int, str] = {}  # id(ticket) -> its ledger member
+        self._gate: asyncio.Lock | None = None
+        self._published = 0.0
+        self._windows_arg = ",".join(f"{w:g}" for w in CANDIDATE_WINDOWS)
+
+    def __repr__(self) -> str:
+        return f"RedisLimiter({self.url!r})"
+
+    # -- admission: the shared gate, then the local limiter ------------------------------
+
+    async def acquire(self, tokens: int = 0) -> Ticket:
+        """Wait for the local limiter, then for room in the shared windows.
+
+        The shared ledger records the request when it really goes (after any local
+        wait), as the server counts it on arrival. One waiter per process polls it.
+        """
+        ticket = await super().acquire(tokens)
+        if self._gate is None:
+            self._gate = asyncio.Lock()
+        admitted = None if self._gate.locked() else self._shared(tokens)
+        if not isinstance(admitted, list):
+            async with self._gate:
+                while True:
+                    admitted = self._shared(tokens)
+                    if isinstance(admitted, list):
+                        break
+                    await self._sleep(min(admitted, SHARED_POLL_S))
+        self._attach(ticket, admitted)
+        return ticket
+
+    def try_acquire(self, tokens: int = 0) -> Ticket | None:
+        """Admit now if both the shared windows and the local limiter allow."""
+        if self.starting:
+            return None
+        admitted = self._shared(tokens)
+        if not isinstance(admitted, list):
+            return None
+        ticket = super().try_acquire(tokens)
+        if ticket is None:
+            self._forget(admitted[1])
+            return None
+        self._attach(ticket, admitted)
+        return ticket
+
+    def wait_hint(self, tokens: int = 0) -> float:
+        return min(super().wait_hint(tokens), SHARED_POLL_S)
+
+    def _budget_args(self) -> list[float]:
+        out: list[float] = []
+        for name in ("requests", "tokens"):
+            res = self.resources[name]
+            budget = res.budget()
+            out += [-1.0, 60.0] if budget is None else [budget, res.window]
+        return out
+
+    def _shared(self, tokens: int) -> list[Any] | float:
+        """Admit into the shared ledger: its reply, or seconds to wait."""
+        import redis
+
+        cost = round(tokens * getattr(self, "token_ratio", 1.0))
+        args = [
+            cost,
+            *self._budget_args(),
+            MARGIN_SHARE,
+            MARGIN_S,
+            self._windows_arg,
+            self._now(),
+        ]
+        try:
+            reply = self._admit_script(keys=self._keys, args=args)
+        except redis.RedisError as exc:
+            raise self._lost(exc) from None
+        if int(reply[0]) == 1:
+            return list(reply)
+        return max(0.001, float(reply[1]))
+
+    def _attach(self, ticket: Ticket, reply: list[Any]) -> None:
+        """What every process had admitted, per window, is what learning sees."""
+        self._members[id(ticket)] = _text(reply[1])
+        counts = [int(x) for x in reply[2:]]
+        shared = {
+            w: (counts[2 * i], counts[2 * i + 1])
+            for i, w in enumerate(CANDIDATE_WINDOWS)
+        }
+        for field in ("used", "low", "high"):
+            if getattr(ticket, field, None):  # the local ledger keeps it
+                setattr(ticket, field, dict(shared))
+
+    def _forget(self, member: Any) -> None:
+        import redis
+
+        try:
+            self._client.zrem(self._keys[0], _text(member))
+        except redis.RedisError as exc:
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: Exception) -> LimiterError:
+        msg = _scrub(
+            f"limiter {self.url}: Redis failed during the run "
+            f"({type(exc).__name__}: {exc}); the request was not sent",
+            self._raw_url,
+        )
+        return LimiterError(msg)
+
+    # -- what the server said ---------------------------------------------------------------
+
+    def on_success(self, ticket: Ticket, *args: Any, **kw: Any) -> None:
+        self._members.pop(id(ticket), None)
+        super().on_success(ticket, *args, **kw)
+        now = self._clock()
+        if now - self._published >= PUBLISH_EVERY_S:
+            self._published = now
+            self._publish()
+
+    def on_failure(self, ticket: Ticket) -> None:
+        self._members.pop(id(ticket), None)
+        super().on_failure(ticket)
+
+    def on_rate_limited(
+        self,
+        retry_after_s: float | None,
+        ticket: Ticket | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """A 429: it leaves the shared ledger, and every process pauses."""
+        import redis
+
+        super().on_rate_limited(retry_after_s, ticket, resource)
+        member = None if ticket is None else self._members.pop(id(ticket), None)
+        wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
+        try:
+            if member is not None:
+                self._client.zrem(self._keys[0], member)
+            self._cool_script(keys=[self._keys[1]], args=[wait, self._now()])
+        except redis.RedisError as exc:
+            logger.warning("%s", self._lost(exc))
+
+    def _publish(self) -> None:
+        """Share the budgets this process learned (a joining process starts with them)."""
+        import redis
+
+        fields: dict[str, float] = {}
+        for prefix, name in (("r", "requests"), ("t", "tokens")):
+            res = self.resources[name]
+            learned = res.learned() if hasattr(res, "learned") else None
+            if learned is not None and res.known:
+                fields[prefix + "b"] = float(learned)
+                fields[prefix + "w"] = float(res.window)
+        if not fields:
+            return
+        try:
+            self._client.hset(self._keys[3], mapping=fields)
+        except redis.RedisError as exc:
+            logger.warning("%s", self._lost(exc))
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self._client.close()
+        except Exception:  # closing must not raise
+            logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,7 +4,8 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
 
     AzureChatError
     ├── ConfigurationError          a setting is missing or invalid (names the variable)
-    │   └── CacheError              the cache file cannot be used (names the path and why)
+    │   ├── CacheError              the cache file cannot be used (names the path and why)
+    │   └── LimiterError            the shared limiter's Redis cannot be reached (names it)
     ├── RequestError                the request did not get a usable answer
     │   ├── APIConnectionError      connection refused, reset or dropped
     │   ├── APITimeoutError         no answer within ``timeout_s``
@@ -51,6 +52,7 @@ __all__ = [
     "ContextLengthError",
     "DeadlineExceededError",
     "InputError",
+    "LimiterError",
     "MalformedResponseError",
     "NotFoundError",
     "PoolUnavailableError",
@@ -126,6 +128,15 @@ class ConfigurationError(AzureChatError, ValueError):
 
 class CacheError(ConfigurationError):
     """The cache file cannot be used: the message names the path and the problem."""
+
+
+class LimiterError(ConfigurationError):
+    """The Redis server of ``limiter="redis://..."`` cannot be reached.
+
+    Raised when the job is built, before any request; during a run, the rows that
+    could not be admitted fail with it (no request goes out unaccounted for, which
+    could overrun the shared quota). The message names the server, never its password.
+    """
 
 
 class InputError(AzureChatError, ValueError):

@@ -287,7 +287,6 @@ class Completer:
                 "model's whole context per request; set max_tokens"
             )
         from polars_azurechat._engine import ChatEngine
-        from polars_azurechat._ratelimit import RateLimiter
         from polars_azurechat._redis import is_redis_url
         from polars_azurechat.cache import SqliteCache
 
@@ -310,10 +309,12 @@ class Completer:
             transport = _transport(opts, config, client, max_tokens)
             pool = _single(
                 transport,
-                RateLimiter(
-                    requests_per_minute=opts.requests_per_minute,
-                    tokens_per_minute=opts.tokens_per_minute,
-                    endpoint_key=_endpoint_key(transport, config, client),
+                _limiter(
+                    opts.limiter,
+                    transport,
+                    opts.requests_per_minute,
+                    opts.tokens_per_minute,
+                    _endpoint_key(transport, config, client),
                 ),
             )
 
@@ -638,6 +639,33 @@ def _budgets(learned: list[dict[str, float | None]]) -> dict[str, float | None]:
     return out
 
 
+def _limiter(
+    url: str | None,
+    transport: ChatTransport,
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
+    endpoint_key: str,
+) -> RateLimiter:
+    """The deployment's limiter: this process's own, or one shared through Redis."""
+    from polars_azurechat._ratelimit import RateLimiter
+
+    if url is None:
+        return RateLimiter(
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            endpoint_key=endpoint_key,
+        )
+    from polars_azurechat._redis import shared_limiter
+
+    return shared_limiter(
+        url,
+        scope=f"{transport.endpoint_host}/{transport.deployment}",
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        endpoint_key=endpoint_key,
+    )
+
+
 def _single(transport: ChatTransport, limiter: RateLimiter) -> Pool:
     import asyncio
 
@@ -657,7 +685,6 @@ def _pool(
     import asyncio
 
     from polars_azurechat._pool import Pool, Route
-    from polars_azurechat._ratelimit import RateLimiter
     from polars_azurechat._transport import SdkTransport, Transport
 
     deployments = opts.deployments or ()
@@ -696,10 +723,12 @@ def _pool(
                 auth=auth,
                 timeout_s=timeout_s,
             )
-        limiter = RateLimiter(
-            requests_per_minute=d.requests_per_minute,
-            tokens_per_minute=d.tokens_per_minute,
-            endpoint_key=_endpoint_key(transport, cfg, client),
+        limiter = _limiter(
+            opts.limiter,
+            transport,
+            d.requests_per_minute,
+            d.tokens_per_minute,
+            _endpoint_key(transport, cfg, client),
         )
         routes.append(Route(d.name, transport, limiter, priority=d.priority))
     return Pool(routes, clock=time.monotonic, sleep=asyncio.sleep)

@@ -171,6 +171,13 @@ class ChatOptions:
         "Path to a SQLite file of answers, or a ``redis://`` URL shared by every "
         "worker; a rerun sends only what is missing.",
     )
+    limiter: str | None = _opt(
+        None,
+        "A ``redis://`` URL: every process sending to the same deployment shares one "
+        "quota through it (windows, learned budgets, 429 cooldown). An unreachable "
+        "server stops the job before any request, unless the URL ends in "
+        "``?fallback=local`` (then the job limits itself alone).",
+    )
     progress: bool | None = _opt(
         None,
         "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
@@ -215,6 +222,12 @@ class ChatOptions:
         if self.progress is not None and not isinstance(self.progress, bool):
             msg = f"progress must be True, False or None, got {self.progress!r}"
             raise TypeError(msg)
+        if self.limiter is not None and not (
+            isinstance(self.limiter, str)
+            and self.limiter.split("://", 1)[0] in ("redis", "rediss")
+        ):
+            msg = f"limiter must be a redis:// URL, got {self.limiter!r}"
+            raise ValueError(msg)
         if self.cache is not None and not isinstance(self.cache, str | os.PathLike):
             msg = f"cache must be a path, got {type(self.cache).__name__}"
             raise TypeError(msg)

@@ -1,7 +1,8 @@
-"""State shared through a real redis-server: the answer cache (and, later, the limiter)."""
+"""State shared through a real redis-server: the answer cache and the limiter."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +159,152 @@ def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(dst)["answer"].to_list() == [str(i + 11) for i in range(8)]
     assert "8 from cache" in result.output
+
+
+# -- the shared limiter --------------------------------------------------------------
+
+
+def _limited_engine(
+    emu: Emulator, url: str, clock: Any, scope: str, **limits: Any
+) -> ChatEngine:
+    from polars_azurechat._redis import RedisLimiter
+
+    transport = Transport(
+        endpoint=emu.url,
+        deployment="gpt-4o-mini",
+        api_version="2024-10-21",
+        auth=KeyAuth({"api-key": emu.api_key}),
+        timeout_s=5,
+    )
+    limiter = RedisLimiter(
+        url,
+        scope=scope,
+        shared_clock=clock,
+        clock=clock,
+        sleep=clock.sleep,
+        window_s=10.0,
+        **limits,
+    )
+    engine = ChatEngine(
+        transport,
+        limiter=limiter,
+        sleep=clock.sleep,
+        clock=clock,
+        params={"max_tokens": 10},
+    )
+    clock.engine = engine
+    return engine
+
+
+def _questions(n: int, start: int = 0) -> list[ChatRequest | None]:
+    return [
+        ChatRequest([{"role": "user", "content": f"What is {i} + 12?"}])
+        for i in range(start, start + n)
+    ]
+
+
+class _TwoJobsClock:
+    """A NetworkClock for two engines: time moves only when neither has a request out."""
+
+    def __new__(cls) -> Any:
+        from .test_pool import NetworkClock
+
+        class Clock(NetworkClock):
+            engines: tuple[ChatEngine, ...] = ()
+
+            async def sleep(self, seconds: float) -> None:
+                while any(e._in_flight for e in self.engines):
+                    await asyncio.sleep(0.0005)
+                await super().sleep(seconds)
+
+        return Clock()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "each-alone"])
+def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
+    import threading
+
+    from polars_azurechat._ratelimit import RateLimiter
+
+    clock = _TwoJobsClock()
+    scope = f"shared-quota-test-{shared}"
+    with Emulator(clock=clock, requests_per_minute=600, request_window_s=10.0) as emu:
+        jobs = [
+            _limited_engine(emu, redis_url, clock, scope, requests_per_minute=600)
+            for _ in range(2)
+        ]
+        clock.engine = None
+        clock.engines = tuple(jobs)
+        if not shared:  # the contrast: each job believes it owns the quota
+            for job in jobs:
+                job.pool.primary.limiter = job.limiter = RateLimiter(
+                    requests_per_minute=600,
+                    window_s=10.0,
+                    clock=clock,
+                    sleep=clock.sleep,
+                )
+        out: list[Any] = [None, None]
+
+        def work(k: int) -> None:
+            out[k] = jobs[k].run(_questions(100, start=100 * k))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = emu.stats()
+    answers = [r.content if r else None for r in out[0] + out[1]]
+    assert answers == [str(i + 12) for i in range(200)]
+    n429 = stats["statuses"].get("429", 0)
+    if shared:  # 200 rows at 100 per 10 s: one window turn, almost no 429
+        assert n429 <= 4, stats
+        assert clock.now - 1000 >= 10.0
+    else:  # both burst into the same window
+        assert n429 >= 50, stats
+
+
+def test_a_429_pauses_every_job(redis_url: str) -> None:
+    from polars_azurechat._redis import RedisLimiter
+
+    from .conftest import FakeClock
+
+    clock = FakeClock()
+
+    def make() -> RedisLimiter:
+        return RedisLimiter(
+            redis_url,
+            scope="cooldown-test",
+            shared_clock=clock,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+
+    a, b = make(), make()
+    a._started = b._started = True  # past slow start: only the shared gate matters
+    ticket = asyncio.run(a.acquire())
+    a.on_rate_limited(3.0, ticket, "requests")
+    assert b.try_acquire() is None  # paused by a's 429
+    clock.now += 3.01
+    assert b.try_acquire() is not None
+
+
+def test_an_unreachable_limiter_stops_the_job_before_any_request(
+    emulator: Emulator, config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import polars_azurechat as pac
+
+    with pytest.raises(
+        pac.LimiterError, match=r"limiter redis://127.0.0.1:9/0: cannot reach"
+    ):
+        pac.Completer(config=config, limiter="redis://:pw@127.0.0.1:9/0")
+    with caplog.at_level(logging.WARNING, logger="polars_azurechat"):
+        job = pac.Completer(
+            config=config, limiter="redis://127.0.0.1:9/0?fallback=local"
+        )
+    assert "fallback=local" in caplog.text
+    assert job.run(["What is 1 + 12?"]) == ["13"]
+    job.close()
+    assert emulator.stats()["requests"] == 1
+    with pytest.raises(ValueError, match="redis:// URL"):
+        pac.Completer(config=config, limiter="localhost:6379")
