@@ -43,7 +43,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat import _loop, _tokens
 from polars_azurechat._batch_state import BatchStateStore, NewChunk, Phase
@@ -54,14 +54,20 @@ from polars_azurechat.errors import (
     APIStatusError,
     APITimeoutError,
     AzureChatError,
+    BatchFailedError,
+    BatchIncompleteError,
     ConfigurationError,
     ContentFilterError,
     MalformedResponseError,
     NotFoundError,
     RateLimitError,
+    RefusalError,
     ServerError,
     TruncatedError,
 )
+
+if TYPE_CHECKING:
+    from polars_azurechat._schema import OutputSchema
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -91,55 +97,6 @@ STRUCTURED_API_VERSION = "2024-08-01"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _INCOMPLETE_CODES = frozenset({"batch_expired", "batch_cancelled"})
 _TRANSIENT = (APIConnectionError, APITimeoutError, RateLimitError, ServerError)
-
-
-class BatchIncompleteError(AzureChatError):
-    """The row's batch expired or was cancelled before the row was answered.
-
-    Attributes
-    ----------
-    batch_id
-        The batch.
-    status
-        ``"expired"`` or ``"cancelled"``.
-    """
-
-    def __init__(
-        self, message: str, *, batch_id: str | None = None, status: str | None = None
-    ) -> None:
-        self.batch_id = batch_id
-        self.status = status
-        super().__init__(message)
-
-
-class BatchFailedError(AzureChatError):
-    """The row's batch failed, or its line failed without an answer.
-
-    A batch fails validation (a bad line, a file too large, the enqueued-token quota)
-    or its input file cannot be used.
-
-    Attributes
-    ----------
-    batch_id
-        The batch, if one was created.
-    code
-        Azure's error code (``"model_mismatch"``, ``"token_limit_exceeded"``, ...).
-    line
-        The line of the input file Azure named, if any (1-based).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        batch_id: str | None = None,
-        code: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        self.batch_id = batch_id
-        self.code = code
-        self.line = line
-        super().__init__(message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,6 +205,9 @@ class BatchRunner:
         before its id is written. Tests raise from it to stand for a crash.
     sleep, clock
         How to wait and what time it is (tests pass a fake clock).
+    schema
+        The typed answer's schema (``response_format=Model``), or ``None``: each
+        answer is then parsed and validated, as online.
     """
 
     def __init__(
@@ -271,6 +231,7 @@ class BatchRunner:
         hook: Callable[[str, str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        schema: OutputSchema | None = None,
     ) -> None:
         if max_lines < 1 or max_bytes < 1:
             raise ConfigurationError("max_lines and max_bytes must be positive")
@@ -298,6 +259,7 @@ class BatchRunner:
         self.hook = hook
         self.sleep = sleep
         self.clock = clock
+        self.schema = schema
         self._max_tokens = self.params.get(
             "max_tokens", self.params.get("max_completion_tokens")
         )
@@ -880,9 +842,20 @@ class BatchRunner:
         )
 
     def _answer(self, completion: Any) -> ChatResult:
-        """A completion as a row's result (the online path's rules)."""
+        """A completion as a row's result (the online path's rules), with provenance.
+
+        A filtered answer is a :class:`ContentFilterError`, a refusal a
+        :class:`RefusalError`, a truncated typed answer (or any truncated one with
+        ``on_truncated="error"``) a :class:`TruncatedError`, and a typed answer that
+        does not validate a :class:`SchemaValidationError` (not sent again: a batch
+        line has one attempt).
+        """
         exception: AzureChatError | None = None
         content = completion.content
+        parsed: dict[str, Any] | None = None
+        rid = completion.request_id
+        said = f" (request id {rid})" if rid else ""
+        schema = self.schema
         if completion.finish_reason == "content_filter":
             shown = ", ".join(completion.filtered) or "unspecified"
             exception = ContentFilterError(
@@ -890,19 +863,47 @@ class BatchRunner:
                 f"content filter (categories: {shown})",
                 status_code=200,
                 categories=completion.filtered,
+                request_id=rid,
+            )
+        elif completion.refusal is not None:
+            exception = RefusalError(
+                "the model refused to answer (message.refusal is set; the refusal's "
+                f"text is not shown here){said}",
+                request_id=rid,
+            )
+        elif completion.finish_reason == "length" and schema is not None:
+            exception = TruncatedError(
+                f"the typed answer was cut at max_tokens={self._max_tokens} "
+                f"(finish_reason='length'), so its JSON is incomplete; raise "
+                f"max_tokens{said}"
             )
         elif completion.finish_reason == "length" and self.on_truncated == "error":
             exception = TruncatedError(
                 f"the answer was cut at max_tokens={self._max_tokens} "
                 "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
             )
+        elif schema is not None:
+            from polars_azurechat._engine import _invalid
+
+            try:
+                parsed = schema.parse(_content_of(content))
+            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
+                exception = _invalid(schema.name, err, rid)
+        if exception is not None:
+            content = parsed = None
         return ChatResult(
-            content=None if exception is not None else content,
+            content=content,
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             attempts=1,
             exception=exception,
+            parsed=parsed,
+            request_id=rid,
+            model=completion.model,
+            system_fingerprint=completion.system_fingerprint,
+            deployment=self.deployment,
+            content_filter=completion.filtered,
         )
 
     def _end(
@@ -960,6 +961,15 @@ class BatchRunner:
                 f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
                 f"or later; the client uses {version}"
             )
+
+
+def _content_of(content: str | None) -> str:
+    """A typed answer's text; no content at all is a mismatch (as online)."""
+    if content is None:
+        from polars_azurechat._schema import SchemaMismatchError
+
+        raise SchemaMismatchError("the answer has no content", json_error=True)
+    return content
 
 
 def _digest(data: bytes) -> str:

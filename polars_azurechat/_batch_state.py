@@ -35,10 +35,11 @@ holds: no request is uploaded or submitted twice. A done chunk cut again with th
 content (every row of it failed, and the rerun asks for them again) starts over as
 *planned*, keeping its attempt count and its file if the server still has it.
 
-The tables are ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs``, with their
-own connection, so they can live in the answer cache's file or in a file of their own.
-(Today :class:`~polars_azurechat.cache.SqliteCache` refuses a file holding tables it
-did not create: its schema check must accept ``batch_*`` ones before the two share.)
+The tables are ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` (and the
+index ``batch_chunk_keys_by_key``), with their own connection, so they live in the
+answer cache's file (batch mode keeps them there; :class:`~polars_azurechat.cache.SqliteCache`
+accepts exactly these objects, with exactly these columns, beside its own) or in a
+file of their own.
 The file is created owner-only (0600). Nothing secret is written: ids, hashes, counts.
 """
 
@@ -113,6 +114,38 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     updated_at REAL NOT NULL
 );
 """
+
+#: The state's tables and their columns, in order (the answer cache accepts exactly
+#: these beside its own), and its index.
+TABLES: dict[str, tuple[str, ...]] = {
+    "batch_chunks": (
+        "chunk",
+        "host",
+        "deployment",
+        "file_name",
+        "lines",
+        "bytes",
+        "tokens",
+        "phase",
+        "file_id",
+        "attempt",
+        "batch_id",
+        "status",
+        "error",
+        "created_at",
+        "updated_at",
+    ),
+    "batch_chunk_keys": ("chunk", "line", "key"),
+    "batch_jobs": (
+        "batch_id",
+        "chunk",
+        "attempt",
+        "status",
+        "created_at",
+        "updated_at",
+    ),
+}
+INDEXES = frozenset({"batch_chunk_keys_by_key"})
 
 _CHUNK_COLUMNS = (
     "chunk, host, deployment, file_name, lines, bytes, tokens, phase, file_id, "

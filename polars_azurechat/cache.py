@@ -28,6 +28,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from polars_azurechat._batch_state import INDEXES as BATCH_INDEXES
+from polars_azurechat._batch_state import TABLES as BATCH_TABLES
 from polars_azurechat._types import ChatResult
 from polars_azurechat.errors import CacheError
 
@@ -147,16 +149,27 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
     """Why an SQLite database is not one of our caches, or None if it is (or is empty).
 
     The rule: the database may hold nothing (a new or empty file, which is then
-    migrated), or only our two tables, ``_migrations`` (columns ``name, applied_at``)
-    and ``answers`` (the columns of ``m001_initial``), where ``_migrations`` records
-    only migrations this version knows and records ``m001_initial`` exactly when
-    ``answers`` exists. SQLite's own objects (``sqlite_*``) are ignored.
+    migrated), or only our objects: the tables ``_migrations`` (columns ``name,
+    applied_at``) and ``answers`` (the columns of ``m001_initial``), where
+    ``_migrations`` records only migrations this version knows and records
+    ``m001_initial`` exactly when ``answers`` exists; and batch mode's state, the
+    tables ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` with exactly the
+    columns :data:`polars_azurechat._batch_state.TABLES` lists and the index
+    ``batch_chunk_keys_by_key``. SQLite's own objects (``sqlite_*``) are ignored.
     """
     objects = dict(
         db.execute(
             "SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
         ).fetchall()
     )
+    problem = _batch_problem(db, objects)
+    if problem is not None:
+        return problem
+    objects = {
+        name: kind
+        for name, kind in objects.items()
+        if name not in BATCH_TABLES and name not in BATCH_INDEXES
+    }
     if not objects:
         return None
     other = sorted(name for name in objects if name not in ("_migrations", "answers"))
@@ -211,6 +224,28 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
                 f"({', '.join(columns)}), not ({', '.join(_ANSWERS_COLUMNS)})); "
                 "give the cache a new file name"
             )
+    return None
+
+
+def _batch_problem(db: sqlite3.Connection, objects: Mapping[str, str]) -> str | None:
+    """Why the batch-state objects of the database are not ours, or None."""
+    for name, kind in sorted(objects.items()):
+        expected = "table" if name in BATCH_TABLES else "index"
+        if name not in BATCH_TABLES and name not in BATCH_INDEXES:
+            continue
+        if kind != expected:
+            return (
+                f"an SQLite database of another program (its {name!r} is a {kind}, "
+                f"not a {expected}); give the cache a new file name"
+            )
+        if name in BATCH_TABLES:
+            columns = _columns(db, name)
+            if columns != BATCH_TABLES[name]:
+                return (
+                    f"an SQLite database of another program (its {name!r} table has "
+                    f"columns ({', '.join(columns)}), not "
+                    f"({', '.join(BATCH_TABLES[name])})); give the cache a new file name"
+                )
     return None
 
 
@@ -270,8 +305,12 @@ class SqliteCache:
     and ``answers`` (columns ``key, content, finish_reason, prompt_tokens,
     completion_tokens, created_at``, in this order), every migration recorded in
     ``_migrations`` is known to this version, and ``answers`` exists exactly when
-    ``m001_initial`` is recorded. Anything else is another program's file (or a damaged
-    or newer cache) and is refused, never modified.
+    ``m001_initial`` is recorded; besides them, batch mode's state may be there (it
+    lives in the cache file): the tables ``batch_chunks``, ``batch_chunk_keys`` and
+    ``batch_jobs``, each with exactly its columns, and the index
+    ``batch_chunk_keys_by_key``. Anything else (another table, a ``batch_*`` table
+    with other columns, ...) is another program's file (or a damaged or newer cache)
+    and is refused, never modified.
 
     Examples
     --------

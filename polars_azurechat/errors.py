@@ -25,6 +25,9 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │                               or always for a typed answer)
     ├── RefusalError                the model refused to give a typed answer (``message.refusal``)
     ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
+    ├── SpendingCapError            sending the row could take the job past ``max_cost_usd``
+    ├── BatchIncompleteError        (batch mode) the row's batch expired or was cancelled first
+    ├── BatchFailedError            (batch mode) the row's batch failed (validation, quota, ...)
     └── CompletionFailed            (also an ``ExceptionGroup``) rows failed with ``on_error="raise"``
 
 ``CompletionFailed`` gathers one :class:`RowError` per failed row; each has ``row_index`` and its
@@ -45,6 +48,8 @@ __all__ = [
     "AuthenticationError",
     "AzureChatError",
     "BadRequestError",
+    "BatchFailedError",
+    "BatchIncompleteError",
     "CacheError",
     "CompletionFailed",
     "ConfigurationError",
@@ -62,6 +67,7 @@ __all__ = [
     "RowError",
     "SchemaValidationError",
     "ServerError",
+    "SpendingCapError",
     "TruncatedError",
 ]
 
@@ -290,6 +296,89 @@ class RefusalError(AzureChatError):
 
 class DeadlineExceededError(AzureChatError):
     """The run's ``deadline_s`` passed before this row got an answer."""
+
+
+class SpendingCapError(AzureChatError):
+    """The row was not sent: its worst-case cost would take the job past ``max_cost_usd``.
+
+    The worst case is the prompt's estimated tokens plus ``max_tokens`` at the price
+    table (the batch price in batch mode). The row is not cached: a rerun with a higher
+    cap sends it (and only the rows like it).
+
+    Attributes
+    ----------
+    max_cost_usd
+        The cap.
+    worst_case_usd
+        The row's worst-case cost.
+    committed_usd
+        What the job had spent or held for requests in flight when the row was refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        max_cost_usd: float | None = None,
+        worst_case_usd: float | None = None,
+        committed_usd: float | None = None,
+    ) -> None:
+        self.max_cost_usd = max_cost_usd
+        self.worst_case_usd = worst_case_usd
+        self.committed_usd = committed_usd
+        super().__init__(message)
+
+
+class BatchIncompleteError(AzureChatError):
+    """(Batch mode) The row's batch expired or was cancelled before the row was answered.
+
+    ``batch_fallback="online"`` sends such rows online instead.
+
+    Attributes
+    ----------
+    batch_id
+        The batch.
+    status
+        ``"expired"`` or ``"cancelled"``.
+    """
+
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, status: str | None = None
+    ) -> None:
+        self.batch_id = batch_id
+        self.status = status
+        super().__init__(message)
+
+
+class BatchFailedError(AzureChatError):
+    """(Batch mode) The row's batch failed, or its line failed without an answer.
+
+    A batch fails validation (a bad line, a file too large, the enqueued-token quota)
+    or its input file cannot be used. ``batch_fallback="online"`` sends such rows
+    online instead.
+
+    Attributes
+    ----------
+    batch_id
+        The batch, if one was created.
+    code
+        Azure's error code (``"model_mismatch"``, ``"token_limit_exceeded"``, ...).
+    line
+        The line of the input file Azure named, if any (1-based).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_id: str | None = None,
+        code: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.batch_id = batch_id
+        self.code = code
+        self.line = line
+        super().__init__(message)
 
 
 class RowError(AzureChatError):

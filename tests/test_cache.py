@@ -226,6 +226,25 @@ def test_a_damaged_sqlite_file_is_refused(
             id="answers-not-recorded",
         ),
         pytest.param(
+            ["CREATE TABLE batch_jobs (id INTEGER, payload TEXT)"],
+            "an SQLite database of another program (its 'batch_jobs' table has "
+            "columns (id, payload), not (batch_id, chunk, attempt, status, created_at, "
+            "updated_at))",
+            id="batch-table-of-another-shape",
+        ),
+        pytest.param(
+            ["CREATE TABLE batch_things (id INTEGER)"],
+            "an SQLite database of another program (it holds 'batch_things', which "
+            "polars_azurechat does not create)",
+            id="another-batch-name",
+        ),
+        pytest.param(
+            ["CREATE VIEW batch_chunks AS SELECT 1 AS one"],
+            "an SQLite database of another program (its 'batch_chunks' is a view, "
+            "not a table)",
+            id="batch-name-not-a-table",
+        ),
+        pytest.param(
             [
                 "CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)",
                 "INSERT INTO _migrations VALUES ('m001_initial', 0)",
@@ -281,6 +300,33 @@ def test_a_cache_of_the_first_version_is_ours(tmp_path: Path) -> None:
     assert cache.get_many(["k"])["k"].completion_tokens == 1
     assert len(cache) == 1
     cache.close()
+
+
+@pytest.mark.parametrize("first", ["cache", "batch-state"])
+def test_the_batch_state_shares_the_cache_file(tmp_path: Path, first: str) -> None:
+    """Batch mode keeps its state in the cache file: its tables are ours."""
+    from polars_azurechat._batch_state import BatchStateStore, NewChunk
+
+    path = tmp_path / "answers.sqlite"
+    if first == "cache":
+        SqliteCache(path).close()
+    with BatchStateStore(path) as store:
+        store.add_chunks([NewChunk("c1", "h", "d", "f.jsonl", 1, 10, 5, ["k"])])
+    cache = SqliteCache(path)
+    cache.put("k", _answer())
+    cache.close()
+    cache = SqliteCache(path)  # opened again with both sets of tables
+    assert cache.get_many(["k"])["k"].content == "106"
+    cache.close()
+    with BatchStateStore(path) as store:
+        assert [c.chunk for c in store.chunks()] == ["c1"]
+    # one more table beside them: another program's file again
+    _other_database(path, "CREATE TABLE users (id INTEGER)")
+    _refused(
+        path,
+        "an SQLite database of another program (it holds 'users', which "
+        "polars_azurechat does not create)",
+    )
 
 
 @ROOT_WRITES_ANYWAY
