@@ -243,58 +243,115 @@ class RedisCache:
 # -- the shared limiter ---------------------------------------------------------------
 
 #: Admit one request into the shared ledger, or say how long to wait.
-#: KEYS: ledger (zset "seq:tokens" scored by admission time), cooldown, sequence,
-#: learned budgets (hash). ARGV: tokens, request budget and window, token budget and
-#: window (-1: none), margin share, margin seconds, candidate windows, now. Returns {1, member, then requests
-#: and tokens inside each candidate window} or {0, wait seconds as a string}.
+#:
+#: KEYS: ledger (zset of admissions "seq:tokens:cumulative tokens", scored by time),
+#: rejected (zset "seq:tokens" of admissions a 429 refused, scored by their admission
+#: time), cooldown, token counter, learned budgets (hash), base (the cumulative count
+#: of the last admission trimmed away). ARGV: tokens, request budget and window, token
+#: budget and window (-1: none), margin share, margin seconds, candidate windows
+#: ("1,10,60"), now. Returns {1, member, then requests and tokens inside each candidate
+#: window} or {0, wait seconds as a string}.
+#:
+#: Every count is O(log n): requests by ZCOUNT, tokens as a difference of cumulative
+#: counts (the running total now, less the total just before the window), less the
+#: rejected ones inside it (429s are rare). Only a wait on the token budget walks the
+#: window's admissions, and the token budget then bounds how many there are.
 ADMIT = """
 local now = tonumber(ARGV[9])
-local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cool > now then return {0, tostring(cool - now)} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. tostring(now - 62))
+local ledger, rejected, cool, counter, learned, base = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if tonumber(redis.call('GET', cool) or '0') > now then
+  return {0, tostring(tonumber(redis.call('GET', cool)) - now)}
+end
+local function cum(member) return tonumber(string.match(member, ':(%d+)$')) end
+local function tokens(member) return tonumber(string.match(member, '^%d+:(%d+)')) end
+local old = now - 62
+local last_old = redis.call('ZREVRANGEBYSCORE', ledger, old, '-inf', 'LIMIT', 0, 1)
+if #last_old > 0 then
+  redis.call('SET', base, cum(last_old[1]), 'EX', 600)
+  redis.call('ZREMRANGEBYSCORE', ledger, '-inf', old)
+  redis.call('ZREMRANGEBYSCORE', rejected, '-inf', old)
+end
+local total = tonumber(redis.call('GET', counter) or '0')
+local function cum_before(t)
+  local m = redis.call('ZREVRANGEBYSCORE', ledger, t, '-inf', 'LIMIT', 0, 1)
+  if #m > 0 then return cum(m[1]) end
+  return tonumber(redis.call('GET', base) or '0')
+end
+local function used(t)  -- requests and tokens admitted after t, less the rejected
+  local n = redis.call('ZCOUNT', ledger, '(' .. t, '+inf')
+  local toks = total - cum_before(t)
+  local rej = redis.call('ZRANGEBYSCORE', rejected, '(' .. t, '+inf')
+  for _, m in ipairs(rej) do toks = toks - tokens(m) end
+  return n - #rej, toks
+end
 local cost = tonumber(ARGV[1])
 local rb, rw = tonumber(ARGV[2]), tonumber(ARGV[3])
 local tb, tw = tonumber(ARGV[4]), tonumber(ARGV[5])
 local share, margin = tonumber(ARGV[6]), tonumber(ARGV[7])
 if rb < 0 then
-  local v = redis.call('HMGET', KEYS[4], 'rb', 'rw')
+  local v = redis.call('HMGET', learned, 'rb', 'rw')
   if v[1] then rb, rw = tonumber(v[1]), tonumber(v[2]) end
 end
 if tb < 0 then
-  local v = redis.call('HMGET', KEYS[4], 'tb', 'tw')
+  local v = redis.call('HMGET', learned, 'tb', 'tw')
   if v[1] then tb, tw = tonumber(v[1]), tonumber(v[2]) end
 end
-local function tokens(m) return tonumber(string.match(m, ':(%d+)$')) end
-local function wait_for(budget, window, by_tokens)
-  if budget < 0 then return 0 end
-  local span = window * (1 + share) + margin
-  local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. tostring(now - span), '+inf', 'WITHSCORES')
-  if #items == 0 then return 0 end
-  local used = 0
-  for i = 1, #items, 2 do used = used + (by_tokens and tokens(items[i]) or 1) end
-  local need = used + (by_tokens and cost or 1) - budget
-  if need <= 0 then return 0 end
-  local freed = 0
-  for i = 1, #items, 2 do
-    freed = freed + (by_tokens and tokens(items[i]) or 1)
-    if freed >= need then return tonumber(items[i + 1]) + span - now end
+local wait = 0
+if rb >= 0 then
+  local span = rw * (1 + share) + margin
+  local n = used(now - span)
+  local need = n + 1 - rb
+  if need > 0 and n > 0 then
+    local m = redis.call('ZRANGEBYSCORE', ledger, '(' .. (now - span), '+inf', 'WITHSCORES', 'LIMIT', need - 1, 1)
+    if #m > 0 then wait = math.max(wait, tonumber(m[2]) + span - now) end
   end
-  return tonumber(items[#items]) + span - now
 end
-local wait = math.max(wait_for(rb, rw, false), wait_for(tb, tw, true))
+if tb >= 0 then
+  local span = tw * (1 + share) + margin
+  local n, toks = used(now - span)
+  local need = toks + cost - tb
+  if need > 0 and n > 0 then
+    local items = redis.call('ZRANGEBYSCORE', ledger, '(' .. (now - span), '+inf', 'WITHSCORES')
+    local freed, found = 0, false
+    for i = 1, #items, 2 do
+      freed = freed + tokens(items[i])
+      if freed >= need then
+        wait = math.max(wait, tonumber(items[i + 1]) + span - now)
+        found = true
+        break
+      end
+    end
+    if not found and #items > 0 then
+      wait = math.max(wait, tonumber(items[#items]) + span - now)
+    end
+  end
+end
 if wait > 0 then return {0, tostring(wait)} end
-local member = redis.call('INCR', KEYS[3]) .. ':' .. cost
-redis.call('ZADD', KEYS[1], now, member)
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], 600) end
+total = redis.call('INCRBY', counter, cost)
+local member = redis.call('INCR', counter .. ':seq') .. ':' .. cost .. ':' .. total
+redis.call('ZADD', ledger, now, member)
+for _, k in ipairs({ledger, rejected, counter, counter .. ':seq', learned}) do
+  redis.call('EXPIRE', k, 600)
+end
 local out = {1, member}
 for w in string.gmatch(ARGV[8], '[^,]+') do
-  local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. tostring(now - tonumber(w)), '+inf')
-  local toks = 0
-  for _, m in ipairs(items) do toks = toks + tokens(m) end
-  table.insert(out, #items)
+  local n, toks = used(now - tonumber(w))
+  table.insert(out, n)
   table.insert(out, toks)
 end
 return out
+"""
+
+#: A 429 refused an admission: it stops counting (it stays in the ledger, which keeps
+#: the cumulative counts whole, and is listed as rejected). KEYS: ledger, rejected.
+#: ARGV: member.
+REJECT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+local seq, toks = string.match(ARGV[1], '^(%d+):(%d+)')
+redis.call('ZADD', KEYS[2], score, seq .. ':' .. toks)
+redis.call('EXPIRE', KEYS[2], 600)
+return 1
 """
 
 #: Pause every process until ``ARGV[2] + ARGV[1]`` (never shortening a longer pause).
@@ -375,8 +432,12 @@ class RedisLimiter(RateLimiter):
         self._client = connect(url, "limiter", LimiterError)
         digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
         base = f"{PREFIX}quota:{digest}:"
-        self._keys = [base + k for k in ("ledger", "cool", "seq", "learned")]
+        names = ("ledger", "rejected", "cool", "tokens", "learned", "base")
+        self._keys = [base + k for k in names]
+        self._ledger, self._rejected, self._cool = self._keys[:3]
+        self._learned_key = self._keys[4]
         self._admit_script = self._client.register_script(ADMIT)
+        self._reject_script = self._client.register_script(REJECT)
         self._cool_script = self._client.register_script(COOL)
         self._members: dict[int, str] = {}  # id(ticket) -> its ledger member
         self._gate: asyncio.Lock | None = None
@@ -467,10 +528,13 @@ class RedisLimiter(RateLimiter):
                 setattr(ticket, field, dict(shared))
 
     def _forget(self, member: Any) -> None:
+        """An admission that will not be sent after all: it stops counting."""
         import redis
 
         try:
-            self._client.zrem(self._keys[0], _text(member))
+            self._reject_script(
+                keys=[self._ledger, self._rejected], args=[_text(member)]
+            )
         except redis.RedisError as exc:
             raise self._lost(exc) from None
 
@@ -510,8 +574,8 @@ class RedisLimiter(RateLimiter):
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         try:
             if member is not None:
-                self._client.zrem(self._keys[0], member)
-            self._cool_script(keys=[self._keys[1]], args=[wait, self._now()])
+                self._reject_script(keys=[self._ledger, self._rejected], args=[member])
+            self._cool_script(keys=[self._cool], args=[wait, self._now()])
         except redis.RedisError as exc:
             logger.warning("%s", self._lost(exc))
 
@@ -529,7 +593,7 @@ class RedisLimiter(RateLimiter):
         if not fields:
             return
         try:
-            self._client.hset(self._keys[3], mapping=fields)
+            self._client.hset(self._learned_key, mapping=fields)
         except redis.RedisError as exc:
             logger.warning("%s", self._lost(exc))
 

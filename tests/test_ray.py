@@ -80,3 +80,38 @@ def test_a_wrong_keyword_fails_before_anything_runs() -> None:
 
     with pytest.raises(TypeError, match="max_tokens"):
         pac_ray.complete(object(), max_token=5)  # type: ignore[arg-type]
+
+
+def test_workers_share_one_quota_and_cache_through_redis(local_ray: Any) -> None:
+    import polars_azurechat.ray as pac_ray
+
+    from ._redis import redis_server
+
+    rows = [{"id": i, "q": f"What is {i} + 20?"} for i in range(300)]
+    with (
+        redis_server() as redis_url,
+        Emulator(latency_ms=5, requests_per_minute=6000, request_window_s=1.0) as emu,
+    ):
+        config = ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key, deployment="d")
+
+        def run() -> list[dict[str, Any]]:
+            return pac_ray.complete(
+                local_ray.data.from_items(rows),
+                column="q",
+                config=config,
+                workers=2,
+                batch_size=50,
+                max_tokens=5,
+                requests_per_minute=6000,
+                limiter=redis_url,
+                cache=redis_url,
+            ).take_all()
+
+        out = run()
+        first = emu.stats()
+        again = run()  # every answer now comes from the shared cache
+        second = emu.stats()
+    assert all(r["answer"] == str(r["id"] + 20) for r in out + again)
+    # 100 per 1-s window shared by both workers: no storm
+    assert first["statuses"].get("429", 0) <= 0.02 * first["requests"], first
+    assert second["requests"] == first["requests"]  # nothing sent the second time

@@ -308,3 +308,46 @@ def test_an_unreachable_limiter_stops_the_job_before_any_request(
     assert emulator.stats()["requests"] == 1
     with pytest.raises(ValueError, match="redis:// URL"):
         pac.Completer(config=config, limiter="localhost:6379")
+
+
+def test_a_job_joining_mid_run_shares_what_is_left(redis_url: str) -> None:
+    import threading
+
+    clock = _TwoJobsClock()
+    scope = "joining-test"
+    with Emulator(clock=clock, requests_per_minute=600, request_window_s=10.0) as emu:
+        jobs = [
+            _limited_engine(emu, redis_url, clock, scope, requests_per_minute=600)
+            for _ in range(2)
+        ]
+        clock.engine = None
+        clock.engines = tuple(jobs)
+        out: list[Any] = [None, None]
+        joined = threading.Event()
+
+        times: dict[str, float] = {}
+
+        def first() -> None:
+            out[0] = jobs[0].run(_questions(250))
+            times["first_done"] = clock.now
+
+        def second() -> None:
+            while clock.now < 1005.0:  # joins once the first is well under way
+                threading.Event().wait(0.001)
+            joined.set()
+            times["second_start"] = clock.now
+            out[1] = jobs[1].run(_questions(100, start=250))
+
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = emu.stats()
+    assert joined.is_set()
+    assert times["second_start"] < times["first_done"]  # it joined mid-run
+    answers = [r.content if r else None for r in out[0] + out[1]]
+    assert answers == [str(i + 12) for i in range(350)]
+    # 350 rows at 100 per 10 s: 4 windows; the joiner took its share, no storm
+    assert stats["statuses"].get("429", 0) <= 4, stats
+    assert clock.now - 1000 >= 30.0
