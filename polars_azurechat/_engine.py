@@ -61,6 +61,7 @@ from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
 if TYPE_CHECKING:
     from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.summary import SpendingCap
 
 __all__ = ["AnswerCache", "ChatEngine", "Run", "RunStats"]
 
@@ -762,6 +763,9 @@ class ChatEngine:
             out[key] = hit
         return out
 
+    #: The job's spending cap (``max_cost_usd``), set by the job; ``None``: no cap.
+    spending_cap: SpendingCap | None = None
+
     async def _complete_one(self, run: Run, req: ChatRequest) -> ChatResult:
         if run.fatal is not None:
             return ChatResult(exception=run.fatal)
@@ -777,15 +781,33 @@ class ChatEngine:
         )
         if self.schema is not None:  # Azure counts the schema in the prompt
             cost += self.schema.schema_tokens()
+        cap = self.spending_cap
+        worst = spent = 0.0
+        if cap is not None:  # admitted only if its worst case stays under the cap
+            prompt = _tokens.prompt_tokens(req.messages)
+            if self.schema is not None:
+                prompt += self.schema.schema_tokens()
+            worst = cap.worst_case(prompt, self._max_tokens)
+            refused = cap.reserve(worst)
+            if refused is not None:
+                return ChatResult(exception=refused)
         sent = _Sent()
         answer: _Answer | None = None
         failure: AzureChatError | None = None
-        try:  # the first attempt outside tenacity: the common case stays cheap
-            answer = await self._attempt(run, body, cost, sent)
-        except AzureChatError as first:
-            failure = first
-            if is_retryable(first) and self.max_attempts > 1:
-                answer, failure = await self._retry(run, body, cost, first, sent)
+        try:
+            try:  # the first attempt outside tenacity: the common case stays cheap
+                answer = await self._attempt(run, body, cost, sent)
+            except AzureChatError as first:
+                failure = first
+                if is_retryable(first) and self.max_attempts > 1:
+                    answer, failure = await self._retry(run, body, cost, first, sent)
+            if answer is not None and cap is not None:
+                spent = cap.cost(
+                    answer[0].prompt_tokens or 0, answer[0].completion_tokens or 0
+                )
+        finally:
+            if cap is not None:
+                cap.settle(worst, spent)
         if failure is not None or answer is None:
             return self._failed(run, failure, sent.count, req)
         completion, parsed = answer

@@ -6,6 +6,7 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -24,10 +25,12 @@ from polars_azurechat._convert import (
     rows_to_requests,
     series_to_requests,
 )
-from polars_azurechat._types import ChatResult, result_dtype
+from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
 from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
+    BatchFailedError,
+    BatchIncompleteError,
     CompletionFailed,
     ConfigurationError,
     RowError,
@@ -39,11 +42,19 @@ from polars_azurechat.options import (
     typed_body,
     with_options,
 )
-from polars_azurechat.summary import RunSummary, estimate_cost
+from polars_azurechat.summary import (
+    RunSummary,
+    SpendingCap,
+    batch_price,
+    estimate_cost,
+    price_for,
+)
 
 if TYPE_CHECKING:
     import openai
 
+    from polars_azurechat._batch import BatchProgress, BatchRunner
+    from polars_azurechat._batch_state import BatchStateStore
     from polars_azurechat._engine import AnswerCache, ChatEngine, Run, RunStats
     from polars_azurechat._pool import Pool
     from polars_azurechat._ratelimit import RateLimiter
@@ -319,6 +330,7 @@ class Completer:
             )
 
         self._prices = dict(prices or {})
+        self._config, self._client = config, client
         self._bar: _ProgressBar | None = None
         #: What to log once per run: failed rows (with on_error="null") and truncated
         #: answers (the CLI prints its summary instead).
@@ -334,6 +346,13 @@ class Completer:
             on_truncated=opts.on_truncated,
             schema=self.output_schema,
         )
+        #: The spending cap (``max_cost_usd``), shared by every run of the job.
+        self.spending_cap: SpendingCap | None = None
+        if opts.max_cost_usd is not None:
+            self.spending_cap = self.engine.spending_cap = _spending_cap(
+                opts.max_cost_usd, self.engine.transport.deployment, self._prices
+            )
+        self._batch = _BatchMode() if opts.mode == "batch" else None
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
         engine = self.engine  # hooks must not hold the job (it would never die)
         if _show_progress(opts.progress):
@@ -366,6 +385,8 @@ class Completer:
         """Close the job's connections, cache and progress bar (it cannot be used after)."""
         if self._bar is not None:
             self._bar.close()
+        if self._batch is not None:
+            self._batch.close()
         self.engine.close()
 
     @property
@@ -381,8 +402,12 @@ class Completer:
     def expr(self, column: str | pl.Expr) -> pl.Expr:
         """The expression answering every row of ``column`` (see :func:`complete`)."""
         column = pl.col(column) if isinstance(column, str) else column
+        # batch mode gathers the column: Polars then hands it over whole (streaming
+        # too), so one collect is one set of batches
         return column.map_batches(
-            self._series, return_dtype=self._return_dtype, is_elementwise=True
+            self._series,
+            return_dtype=self._return_dtype,
+            is_elementwise=self._batch is None,
         )
 
     @property
@@ -410,6 +435,8 @@ class Completer:
         return [None if r is None else r.content for r in results]
 
     def _answer_all(self, requests: Sequence[Any]) -> list[ChatResult | None]:
+        if self._batch is not None:
+            return self._answer_batch(requests)
         if self._bar is not None:
             self._bar.add_total(len(requests))
         out: list[ChatResult | None] = []
@@ -423,17 +450,29 @@ class Completer:
         A run still waiting for more chunks of its query is ended first.
         """
         self.engine.finish()
+        batch = self._batch
         if last_run:
             run = self.engine.last_run
             stats = _run_stats(run, self.engine.clock) if run is not None else None
-            return self._summarize(stats)
-        return self._summarize(self.engine.stats)
+            counts = (
+                batch.counts.get(run.id)
+                if batch is not None and run is not None
+                else None
+            )
+            return self._summarize(stats, counts)
+        return self._summarize(
+            self.engine.stats, None if batch is None else batch.total()
+        )
 
-    def _summarize(self, st: RunStats | None) -> RunSummary:
+    def _summarize(
+        self, st: RunStats | None, counts: _BatchCounts | None = None
+    ) -> RunSummary:
         if st is None:
             from polars_azurechat._engine import RunStats
 
             st = RunStats()
+        counts = counts or _BatchCounts()
+        cap = self.spending_cap
         minutes = st.wall_s / 60 if st.wall_s > 0 else None
         pool, cache = self.engine.pool, self.engine.cache
         budgets = _budgets([r.limiter.learned() for r in pool.routes])
@@ -477,12 +516,17 @@ class Completer:
             request_window_s=budgets["request_window_s"],
             token_window_s=budgets["token_window_s"],
             model=model,
-            estimated_cost_usd=estimate_cost(
-                model, st.prompt_tokens, st.completion_tokens, self._prices
-            ),
+            estimated_cost_usd=_cost(model, st, counts, self._prices),
             truncated=st.truncated,
             cache_broken=None if cache is None else cache.broken,
             deployments=deployments,
+            mode=self.options.mode,
+            batches=counts.batches,
+            batch_lines=counts.lines,
+            batch_answered=counts.answered,
+            max_cost_usd=None if cap is None else cap.max_cost_usd,
+            spent_usd=None if cap is None else cap.spent_usd,
+            capped=0 if cap is None else cap.refused,
         )
 
     def _series(self, s: pl.Series) -> pl.Series:
@@ -494,6 +538,8 @@ class Completer:
         """
         check_dtype(s.dtype)
         system, bar = self.options.system, self._bar
+        if self._batch is not None:
+            return self._batch_series(s)
 
         def slices() -> Iterator[tuple[int, list[Any]]]:
             for offset in range(0, len(s), SLICE_ROWS):
@@ -532,6 +578,247 @@ class Completer:
             raise AssertionError(msg)
         return out
 
+    # -- batch mode ---------------------------------------------------------------
+
+    def _batch_series(self, s: pl.Series) -> pl.Series:
+        """Batch mode's ``map_batches`` function: the whole column, one set of batches."""
+        requests = series_to_requests(s, system=self.options.system)
+        try:
+            results = self._answer_batch(requests)
+            self._apply_policy(list(_failures(results)), len(s))
+        except AzureChatError as exc:
+            run = self.engine.last_run
+            if run is not None and run.error is None:
+                run.error = exc
+            remember_for_polars(exc)
+            raise
+        return results_to_series(
+            results, output=self.options.output, name=s.name, schema=self.output_schema
+        )
+
+    def _answer_batch(
+        self, requests: Sequence[ChatRequest | None]
+    ) -> list[ChatResult | None]:
+        """Answer ``requests`` through Azure's Batch API, as (part of) one run.
+
+        Null rows stay null, unsendable rows keep their input error, identical
+        requests are sent once, cache hits first; under a spending cap, the rows
+        whose worst case (at the batch price) does not fit fail with
+        :class:`SpendingCapError`; the rest go to a
+        :class:`~polars_azurechat._batch.BatchRunner` whose state is in the cache
+        file. With ``batch_fallback="online"`` the rows it left unanswered go
+        through the engine online, in the same run.
+        """
+        batch = self._batch
+        assert batch is not None  # noqa: S101 - batch mode only
+        engine = self.engine
+        with batch.lock:  # one set of batches at a time per job
+            run = engine._enter()
+            try:
+                return self._batch_run(run, requests)
+            except KeyboardInterrupt:
+                if run.interrupted is None:
+                    run.interrupted = "Ctrl-C"
+                cache = self.options.cache
+                message = (
+                    f"interrupted by {run.interrupted}: the batches submitted keep "
+                    f"running on the server and are recorded in {cache}; run the same "
+                    "job again to collect their answers (nothing is submitted twice), "
+                    f"or 'polars-azurechat batches --cache {cache} --cancel' to cancel "
+                    "them"
+                )
+                run.error = KeyboardInterrupt(message)
+                raise run.error from None
+            except BaseException as exc:
+                if run.error is None and isinstance(exc, AzureChatError):
+                    run.error = exc
+                raise
+            finally:
+                engine._leave(run)
+
+    def _batch_run(
+        self, run: Run, requests: Sequence[ChatRequest | None]
+    ) -> list[ChatResult | None]:
+        from polars_azurechat import _tokens
+        from polars_azurechat._retry import is_retryable
+
+        batch = self._batch
+        assert batch is not None  # noqa: S101 - batch mode only
+        engine, bar, cap = self.engine, self._bar, self.spending_cap
+        st = run.stats
+        counts = batch.counts_for(run.id)
+        if bar is not None:
+            bar.add_total(len(requests))
+        results: list[ChatResult | None] = [None] * len(requests)
+        leaders: dict[str, int] = {}  # key -> first row asking it
+        followers: list[tuple[int, str]] = []
+        done = 0
+        for i, req in enumerate(requests):
+            if req is None:
+                st.null_rows += 1
+                done += 1
+            elif req.error is not None:
+                results[i] = unsendable = ChatResult(exception=req.error)
+                st.count(unsendable)
+                done += 1
+            else:
+                key = engine._key(req)
+                if key in leaders:
+                    followers.append((i, key))
+                else:
+                    leaders[key] = i
+        answers: dict[str, ChatResult] = {}
+        cache = engine.cache
+        hits = engine._typed_hits(cache.get_many(leaders)) if cache and leaders else {}
+        for key, hit in hits.items():
+            results[leaders.pop(key)] = answers[key] = hit
+            st.count(hit)
+            st.cached += 1
+            done += 1
+        held: dict[str, float] = {}  # key -> worst case held under the cap
+        if cap is not None:
+            schema = self.output_schema
+            extra = 0 if schema is None else schema.schema_tokens()
+            max_tokens = self.params.get(
+                "max_tokens", self.params.get("max_completion_tokens")
+            )
+            for key, i in list(leaders.items()):
+                req = requests[i]
+                assert req is not None  # noqa: S101 - leaders are sendable rows
+                worst = cap.worst_case(
+                    _tokens.prompt_tokens(req.messages) + extra, max_tokens, batch=True
+                )
+                refused = cap.reserve(worst)
+                if refused is None:
+                    held[key] = worst
+                    continue
+                results[leaders.pop(key)] = answers[key] = capped = ChatResult(
+                    exception=refused
+                )
+                st.count(capped)
+                done += 1
+        if bar is not None:
+            bar.update(done)
+        fallback: list[str] = []
+        if leaders:
+
+            def on_results(chunk: Mapping[str, ChatResult]) -> None:
+                for key, r in chunk.items():
+                    if cache is not None and r.exception is None:
+                        cache.put(key, r)
+                    worst = held.pop(key, None)
+                    if cap is not None and worst is not None:
+                        spent = cap.cost(
+                            r.prompt_tokens or 0, r.completion_tokens or 0, batch=True
+                        )
+                        cap.settle(worst, spent)
+                if cache is not None:
+                    cache.flush()
+
+            shown = [0]
+
+            def progress(p: BatchProgress) -> None:
+                counts.batches = max(counts.batches, len(p.batches))
+                counts.lines = max(counts.lines, p.lines)
+                if bar is None:
+                    return
+                step = min(p.completed + p.failed, len(leaders)) - shown[0]
+                if step > 0:
+                    shown[0] += step
+                    bar.update(step)
+                bar.batch_status(_batch_text(p))
+
+            runner = self._batch_runner(run, on_results, progress)
+            out = runner.run(
+                [(key, requests[i]) for key, i in leaders.items()],  # type: ignore[misc]
+                cached=hits.keys(),
+            )
+            if cap is not None:  # rows that never reached a batch spent nothing
+                for worst in held.values():
+                    cap.settle(worst, 0.0)
+                held.clear()
+            online = self.options.batch_fallback == "online"
+            for key, i in leaders.items():
+                r = out[key]
+                exc = r.exception
+                if (
+                    online
+                    and exc is not None
+                    and (
+                        isinstance(exc, BatchIncompleteError | BatchFailedError)
+                        or is_retryable(exc)
+                    )
+                ):
+                    fallback.append(key)
+                    continue
+                results[i] = answers[key] = r
+                st.count(r)
+                st.prompt_tokens += r.prompt_tokens or 0
+                st.completion_tokens += r.completion_tokens or 0
+                counts.prompt_tokens += r.prompt_tokens or 0
+                counts.completion_tokens += r.completion_tokens or 0
+                if r.exception is None:
+                    counts.answered += 1
+                if r.model and st.model is None:
+                    st.model = r.model
+            if bar is not None:
+                bar.update(len(leaders) - len(fallback) - shown[0])
+        if fallback:
+            logger.info(
+                "batch mode: %d requests a batch left unanswered are sent online "
+                "(batch_fallback='online')",
+                len(fallback),
+            )
+            again = [requests[leaders[key]] for key in fallback]
+            for _, online_results in engine.pipeline([(None, again)]):
+                for key, sent in zip(fallback, online_results, strict=True):
+                    assert sent is not None  # noqa: S101 - sendable rows
+                    results[leaders[key]] = answers[key] = sent
+        for i, key in followers:
+            results[i] = follower = dataclasses.replace(answers[key], attempts=0)
+            st.count(follower)
+            st.deduplicated += 1
+        if bar is not None and followers:
+            bar.update(len(followers))
+        return results
+
+    def _batch_runner(
+        self,
+        run: Run,
+        on_results: Callable[[Mapping[str, ChatResult]], None],
+        progress: Callable[[BatchProgress], None],
+    ) -> BatchRunner:
+        from polars_azurechat._batch import BatchRunner
+        from polars_azurechat._batch_state import BatchStateStore
+
+        batch, opts = self._batch, self.options
+        assert batch is not None  # noqa: S101 - batch mode only
+        assert opts.cache is not None  # noqa: S101 - checked by ChatOptions
+        if batch.state is None:
+            batch.state = BatchStateStore(opts.cache)
+        if batch.client is None:
+            assert self._config is not None or self._client is not None  # noqa: S101
+            batch.client = self._client or _batch_client(self._config)  # type: ignore[arg-type]
+        settings = dict(batch.settings)  # tests: sleep, clock, hook, max_lines, ...
+        sleep = settings.pop("sleep", time.sleep)
+        poll = opts.batch_poll_s
+        settings.setdefault("file_poll_s", min(1.0, poll))
+        return BatchRunner(
+            batch.client,
+            deployment=self.engine.transport.deployment,
+            state=batch.state,
+            params=self.params,
+            enqueued_tokens_limit=opts.enqueued_tokens_limit,
+            on_truncated=opts.on_truncated,
+            poll_interval_s=poll,
+            max_poll_interval_s=max(60.0, poll),
+            progress=progress,
+            on_results=on_results,
+            sleep=functools.partial(_batch_sleep, run, sleep),
+            schema=self.output_schema,
+            **settings,
+        )
+
     def _apply_policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
         if not failed:
             return
@@ -551,6 +838,146 @@ class Completer:
 
 
 Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc())
+
+
+def _cost(
+    model: str | None,
+    st: RunStats,
+    counts: _BatchCounts,
+    prices: Mapping[str, tuple[float, float]],
+) -> float | None:
+    """The run's cost: online tokens at the online price, batch ones at the batch price."""
+    online = estimate_cost(
+        model,
+        st.prompt_tokens - counts.prompt_tokens,
+        st.completion_tokens - counts.completion_tokens,
+        prices,
+    )
+    price = price_for(model, prices)
+    if online is None or price is None:
+        return None
+    cheap = batch_price(price)
+    return (
+        online
+        + (counts.prompt_tokens * cheap[0] + counts.completion_tokens * cheap[1])
+        / 1_000_000
+    )
+
+
+def _spending_cap(
+    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, float]]
+) -> SpendingCap:
+    """The job's cap, priced by its deployment's name (refused without a price)."""
+    price = price_for(deployment, prices)
+    if price is None:
+        msg = (
+            f"max_cost_usd needs the price of deployment {deployment!r}, and its name "
+            "starts with no model of the price table (polars_azurechat.summary.PRICES): "
+            f"give Completer(prices={{{deployment!r}: (input, output)}}) in USD per "
+            "million tokens"
+        )
+        raise ConfigurationError(msg)
+    return SpendingCap(max_cost_usd, price, deployment)
+
+
+@dataclasses.dataclass
+class _BatchCounts:
+    """Batch mode's counters of one run: batches followed, lines, rows, tokens."""
+
+    batches: int = 0
+    lines: int = 0
+    answered: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: _BatchCounts) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class _BatchMode:
+    """What a job in batch mode keeps: its state store, client, counters, lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state: BatchStateStore | None = None
+        self.client: Any = None
+        #: BatchRunner keywords (tests: sleep, clock, hook, max_lines, max_bytes)
+        self.settings: dict[str, Any] = {}
+        self.counts: dict[int, _BatchCounts] = {}
+
+    def counts_for(self, run_id: int) -> _BatchCounts:
+        return self.counts.setdefault(run_id, _BatchCounts())
+
+    def total(self) -> _BatchCounts:
+        out = _BatchCounts()
+        for c in self.counts.values():
+            out.add(c)
+        return out
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+
+def _batch_text(p: BatchProgress) -> str:
+    """The bar's batch part: batches by status, and request counts."""
+    statuses: dict[str, int] = {}
+    for b in p.batches:
+        statuses[b.status] = statuses.get(b.status, 0) + 1
+    shown = " ".join(f"{status}={n}" for status, n in sorted(statuses.items()))
+    return f"batches: {shown}; requests {p.completed + p.failed:,}/{p.lines:,}" + (
+        f" ({p.failed:,} failed)" if p.failed else ""
+    )
+
+
+def _batch_sleep(run: Run, sleep: Callable[[float], None], seconds: float) -> None:
+    """Wait between polls; a Ctrl-C (or SIGTERM) that stopped the run ends the wait."""
+    if sleep is not time.sleep:
+        if run.interrupted is not None:
+            raise KeyboardInterrupt(run.interrupted)
+        sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while True:
+        if run.interrupted is not None:
+            raise KeyboardInterrupt(run.interrupted)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.25))
+
+
+def _batch_client(config: ChatConfig) -> Any:
+    """An ``openai.AzureOpenAI`` client of ``config`` for the files and batches APIs.
+
+    A key or a fixed token is passed as is; a token provider or an azure-identity
+    credential gives the client a provider whose tokens are kept fresh by the same
+    code as the online path's (:class:`~polars_azurechat._auth.TokenAuth`).
+    """
+    import openai
+
+    kwargs: dict[str, Any] = {
+        "azure_endpoint": config.azure_endpoint,
+        "api_version": config.api_version,
+    }
+    if config.api_key:
+        kwargs["api_key"] = config.api_key
+    elif config.azure_ad_token:
+        kwargs["azure_ad_token"] = config.azure_ad_token
+    else:
+        kwargs["azure_ad_token_provider"] = functools.partial(
+            _entra_token, config.auth()
+        )
+    return openai.AzureOpenAI(**kwargs)
+
+
+def _entra_token(auth: Any) -> str:
+    from polars_azurechat import _loop
+
+    headers = _loop.call(auth.headers())
+    return str(headers["Authorization"]).removeprefix("Bearer ")
 
 
 def _endpoint_key(
@@ -769,6 +1196,7 @@ class _ProgressBar:
         self._stats = stats
         self.known_total: int | None = None
         self._shown_at = 0.0
+        self._batch_text: str | None = None
 
     def start_run(self) -> None:
         """A new run: the previous bar is closed; the next rows open a new one."""
@@ -804,6 +1232,14 @@ class _ProgressBar:
                 self._shown_at = now
                 self._postfix()
 
+    def batch_status(self, text: str) -> None:
+        """Batch mode: show the batches' statuses and request counts."""
+        with self._lock:
+            self._batch_text = text
+            if self._bar is not None:
+                self._postfix()
+                self._bar.refresh()
+
     def idle(self) -> None:
         """No batch is in flight: show the final state (every row so far is done)."""
         with self._lock:
@@ -821,12 +1257,16 @@ class _ProgressBar:
             self._postfix()
             self._bar.close()
             self._bar = None
+        self._batch_text = None
 
     def _postfix(self) -> None:
         st = self._stats()
         if st is None:
             return
         bar = self._bar
+        if self._batch_text is not None:
+            bar.set_postfix_str(f"{self._batch_text} failed={st.failed}", refresh=False)
+            return
         elapsed = bar.format_dict.get("elapsed") or 0.0
         tokens = st.prompt_tokens + st.completion_tokens
         rate = tokens / elapsed if elapsed > 0 else 0.0

@@ -27,11 +27,21 @@ if TYPE_CHECKING:
     from polars_azurechat._schema import OutputSchema
     from polars_azurechat.deployments import Deployment
 
-__all__ = ["BODY_FIELDS", "ChatOptions", "OnError", "OnTruncated", "OutputKind"]
+__all__ = [
+    "BODY_FIELDS",
+    "BatchFallback",
+    "ChatOptions",
+    "Mode",
+    "OnError",
+    "OnTruncated",
+    "OutputKind",
+]
 
 OutputKind = Literal["content", "struct"]
 OnError = Literal["null", "raise"]
 OnTruncated = Literal["keep", "error"]
+Mode = Literal["online", "batch"]
+BatchFallback = Literal["online"]
 
 #: Chat-completions body fields a keyword may set (the openai SDK's
 #: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
@@ -183,6 +193,38 @@ class ChatOptions:
         "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
         "(in a notebook too), ``False`` never.",
     )
+    mode: Mode = _opt(
+        "online",
+        "``online``: one chat-completions request per distinct row; ``batch``: the "
+        "rows go through Azure's Batch API (a Global Batch deployment: half the price, "
+        "answered within 24 h), the whole column as one job, same result column and "
+        "per-row errors. Batch mode needs ``cache`` (a file): the submitted batches "
+        "are recorded there before anything is sent, so a rerun attaches to them.",
+    )
+    batch_fallback: BatchFallback | None = _opt(
+        None,
+        "Batch mode: ``online`` sends the rows a batch left unanswered (expired, "
+        "cancelled, failed, or a line with a retryable error) as online requests; "
+        "``None``: they keep their BatchIncompleteError / BatchFailedError.",
+    )
+    enqueued_tokens_limit: int | None = _opt(
+        None,
+        "Batch mode: the deployment's enqueued-token quota; files are cut to fit it "
+        "and batches submitted as earlier ones finish (``None``: learned from Azure's "
+        "token_limit_exceeded).",
+    )
+    batch_poll_s: float = _opt(
+        5.0,
+        "Batch mode: the first wait between looks at the batches, in seconds; it "
+        "grows 1.5x while nothing changes, up to 60 s (or this, if larger).",
+    )
+    max_cost_usd: float | None = _opt(
+        None,
+        "A spending cap for the job, in USD: no request is sent whose worst-case cost "
+        "(prompt estimate + max_tokens, at the price table; the batch price in batch "
+        "mode) would take the job past it; those rows fail with SpendingCapError and "
+        "are not cached, so a rerun with a higher cap sends only them.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("deployment", "system"):
@@ -231,6 +273,48 @@ class ChatOptions:
         if self.cache is not None and not isinstance(self.cache, str | os.PathLike):
             msg = f"cache must be a path, got {type(self.cache).__name__}"
             raise TypeError(msg)
+        self._check_batch()
+        if self.max_cost_usd is not None:
+            _check_positive("max_cost_usd", self.max_cost_usd)
+
+    def _check_batch(self) -> None:
+        _check_choice("mode", self.mode, Mode)
+        if self.batch_fallback is not None:
+            _check_choice("batch_fallback", self.batch_fallback, BatchFallback)
+        _check_positive("batch_poll_s", self.batch_poll_s)
+        if self.enqueued_tokens_limit is not None:
+            _check_int("enqueued_tokens_limit", self.enqueued_tokens_limit)
+        if self.mode != "batch":
+            given = [
+                n
+                for n in ("batch_fallback", "enqueued_tokens_limit")
+                if getattr(self, n) is not None
+            ]
+            if given:
+                verb = "is" if len(given) == 1 else "are"
+                msg = f"{' and '.join(given)} {verb} for mode='batch' only"
+                raise ValueError(msg)
+            return
+        if self.cache is None:
+            msg = (
+                "mode='batch' needs cache=FILE (an SQLite file): the submitted batches "
+                "are recorded there before anything is sent, so a rerun (after a "
+                "crash, or to collect a batch still running) attaches to them instead "
+                "of paying twice, and their answers are kept there"
+            )
+            raise ValueError(msg)
+        if str(self.cache).split("://", 1)[0] in ("redis", "rediss"):
+            msg = (
+                "mode='batch' keeps its batches' state in an SQLite cache file; "
+                "give cache=FILE, not a redis:// URL"
+            )
+            raise ValueError(msg)
+        if self.deployments is not None:
+            msg = (
+                "mode='batch' sends to one (Global Batch) deployment: give deployment=, "
+                "not deployments="
+            )
+            raise ValueError(msg)
 
     def attempt_timeout_s(self, max_tokens: int | None) -> float:
         """The time bound of one attempt: ``timeout_s``, or one that fits the answer.
@@ -418,6 +502,8 @@ def option_parameters() -> list[inspect.Parameter]:
         "output": "Literal['content', 'struct']",
         "on_error": "Literal['null', 'raise']",
         "on_truncated": "Literal['keep', 'error']",
+        "mode": "Literal['online', 'batch']",
+        "batch_fallback": "Literal['online'] | None",
     }
     return [
         inspect.Parameter(

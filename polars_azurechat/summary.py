@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PRICES", "RunSummary", "estimate_cost", "price_for"]
+from polars_azurechat.errors import SpendingCapError
+from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+
+__all__ = [
+    "BATCH_DISCOUNT",
+    "PRICES",
+    "RunSummary",
+    "SpendingCap",
+    "batch_price",
+    "estimate_cost",
+    "price_for",
+]
 
 #: List prices in USD per million tokens, (input, output), for common Azure OpenAI models
 #: (global standard deployments, as published in 2025). Prices change and differ by
@@ -52,6 +64,23 @@ def price_for(
     return table[max(matches, key=len)] if matches else None
 
 
+#: The rule for batch prices: Azure's Global Batch deployments cost this share of the
+#: online (global standard) price, input and output alike. It applies to ``prices=``
+#: overrides too: give online prices, batch ones are derived.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_price(price: tuple[float, float]) -> tuple[float, float]:
+    """The batch price of an online ``(input, output)`` price (:data:`BATCH_DISCOUNT`).
+
+    Examples
+    --------
+    >>> batch_price(price_for("gpt-4o-mini"))
+    (0.075, 0.3)
+    """
+    return (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT)
+
+
 def estimate_cost(
     model: str | None,
     prompt_tokens: int,
@@ -63,6 +92,94 @@ def estimate_cost(
     if price is None:
         return None
     return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+
+class SpendingCap:
+    """A job's spending cap (``max_cost_usd``): what was spent, what is held.
+
+    A request is admitted only if its worst case (prompt estimate plus ``max_tokens``,
+    or 4,096 tokens without it, at ``price``) added to what the job spent and what the
+    requests in flight may still cost stays within the cap; once answered, its worst
+    case is released and its real cost (the usage Azure reports) is spent. Safe to use
+    from several threads.
+
+    Parameters
+    ----------
+    max_cost_usd
+        The cap.
+    price
+        ``(input, output)`` USD per million tokens, online; ``batch=True`` prices at
+        :func:`batch_price` of it.
+    model
+        The name the price was found for (for messages).
+
+    Examples
+    --------
+    >>> cap = SpendingCap(0.001, (1.0, 2.0))
+    >>> worst = cap.worst_case(100, 200)  # 100 * 1 + 200 * 2 per million
+    >>> worst, cap.reserve(worst) is None
+    (0.0005, True)
+    >>> print(cap.reserve(worst))  # a second one would hold 0.001: still within
+    None
+    >>> print(cap.reserve(worst))  # a third would not fit
+    not sent: its worst-case cost $0.000500 (prompt estimate + max_tokens) would take the job past max_cost_usd=$0.001000 ($0.001000 spent or held by requests in flight); a rerun with a higher max_cost_usd sends it
+    >>> cap.settle(worst, 0.0001)
+    >>> round(cap.spent_usd, 6), round(cap.committed_usd, 6), cap.refused
+    (0.0001, 0.0005, 1)
+    """
+
+    def __init__(
+        self, max_cost_usd: float, price: tuple[float, float], model: str = ""
+    ) -> None:
+        self.max_cost_usd = max_cost_usd
+        self.price = price
+        self.model = model
+        self.spent_usd = 0.0
+        self.committed_usd = 0.0
+        #: rows refused so far
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False
+    ) -> float:
+        """The USD cost of these tokens at the cap's price (online, or batch)."""
+        price = batch_price(self.price) if batch else self.price
+        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+    def worst_case(
+        self, prompt_tokens: int, max_tokens: int | None, *, batch: bool = False
+    ) -> float:
+        """A request's worst-case cost: its prompt estimate and a full answer."""
+        completion = (
+            DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
+        )
+        return self.cost(prompt_tokens, completion, batch=batch)
+
+    def reserve(self, worst: float) -> SpendingCapError | None:
+        """Hold ``worst`` for a request; or the error saying why it may not be sent."""
+        with self._lock:
+            held = self.spent_usd + self.committed_usd
+            # a relative margin: float sums must not refuse what exactly fits
+            if held + worst <= self.max_cost_usd * (1 + 1e-9):
+                self.committed_usd += worst
+                return None
+            self.refused += 1
+        return SpendingCapError(
+            f"not sent: its worst-case cost ${worst:.6f} (prompt estimate + "
+            f"max_tokens) would take the job past max_cost_usd=${self.max_cost_usd:.6f} "
+            f"(${held:.6f} spent or held by requests in flight); a rerun with a higher "
+            "max_cost_usd sends it",
+            max_cost_usd=self.max_cost_usd,
+            worst_case_usd=worst,
+            committed_usd=held,
+        )
+
+    def settle(self, worst: float, spent: float) -> None:
+        """A request held ``worst`` ended: release it and spend ``spent``."""
+        with self._lock:
+            self.committed_usd = max(0.0, self.committed_usd - worst)
+            self.spent_usd += spent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +198,15 @@ class RunSummary:
     its ``tier``, ``requests``, ``rate_limited``, ``failed_attempts``, ``prompt_tokens``,
     ``completion_tokens``, ``requests_per_minute_quota``, ``tokens_per_minute_quota``
     and ``circuit`` (``"closed"``, ``"open"`` or ``"half-open"``).
+
+    Batch mode (``mode="batch"``): ``batches`` batches were followed (submitted, or
+    attached to after a rerun), holding ``batch_lines`` requests;
+    ``batch_answered`` rows were answered through them, their tokens priced at the
+    batch price (:data:`BATCH_DISCOUNT` of the online one) in ``estimated_cost_usd``;
+    ``requests`` counts online requests only (``batch_fallback="online"``).
+    With a spending cap: ``max_cost_usd``, ``spent_usd`` (the real cost of the
+    answers the job paid for, under the cap's rule) and ``capped`` (rows refused
+    with :class:`~polars_azurechat.errors.SpendingCapError`).
     """
 
     rows: int
@@ -107,6 +233,13 @@ class RunSummary:
     request_window_s: float | None = None
     token_window_s: float | None = None
     deployments: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    mode: str = "online"
+    batches: int = 0
+    batch_lines: int = 0
+    batch_answered: int = 0
+    max_cost_usd: float | None = None
+    spent_usd: float | None = None
+    capped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -119,8 +252,13 @@ class RunSummary:
             over = f" over {window:g}-s windows" if window else ""
             return f" (quota {value:,.0f}{over})"
 
+        at_batch = (
+            f"; {self.batch_answered:,} rows at the batch price"
+            if self.batch_answered
+            else ""
+        )
         cost = (
-            f"${self.estimated_cost_usd:,.4f} ({self.model})"
+            f"${self.estimated_cost_usd:,.4f} ({self.model}{at_batch})"
             if self.estimated_cost_usd is not None
             else f"unknown (no price for model {self.model!r})"
         )
@@ -140,6 +278,22 @@ class RunSummary:
             f"wall:      {self.wall_s:.2f} s",
             f"cost:      {cost}",
         ]
+        if self.mode == "batch":
+            lines.insert(
+                2,
+                f"batches:   {self.batches:,} ({self.batch_lines:,} lines; "
+                f"{self.batch_answered:,} rows answered through them)",
+            )
+        if self.max_cost_usd is not None:
+            refused = (
+                f"; {self.capped:,} rows not sent (SpendingCapError)"
+                if self.capped
+                else ""
+            )
+            lines.append(
+                f"cap:       ${self.spent_usd or 0.0:,.4f} spent of "
+                f"max_cost_usd=${self.max_cost_usd:,.4f}{refused}"
+            )
         for name, d in self.deployments.items():
             rpm = d.get("requests_per_minute_quota")
             shown = f"; quota {rpm:,.0f} requests/min" if rpm else ""
