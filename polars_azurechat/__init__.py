@@ -21,6 +21,8 @@ from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
     BadRequestError,
+    BatchFailedError,
+    BatchIncompleteError,
     CacheError,
     CompletionFailed,
     ConfigurationError,
@@ -38,6 +40,7 @@ from polars_azurechat.errors import (
     RowError,
     SchemaValidationError,
     ServerError,
+    SpendingCapError,
     TruncatedError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
@@ -61,6 +64,8 @@ __all__ = [
     "AuthenticationError",
     "AzureChatError",
     "BadRequestError",
+    "BatchFailedError",
+    "BatchIncompleteError",
     "CacheError",
     "ChatConfig",
     "ChatOptions",
@@ -85,6 +90,7 @@ __all__ = [
     "RunSummary",
     "SchemaValidationError",
     "ServerError",
+    "SpendingCapError",
     "TruncatedError",
     "__version__",
     "complete",

@@ -1,4 +1,8 @@
-"""The ``polars-azurechat`` command: ``run`` a Parquet job, ``emulator`` for a local server."""
+"""The ``polars-azurechat`` command: ``run``, ``plan``, ``batches``, ``emulator``.
+
+``run`` answers a Parquet job, ``plan`` estimates it, ``batches`` lists or cancels a
+batch-mode job's batches, ``emulator`` serves a local Azure-compatible server.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +26,23 @@ import typer
 from polars_azurechat._convert import check_dtype, results_to_series, series_to_requests
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
+from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions
+
+#: ``run --emulator --mode batch``: the emulator's batches take a fraction of a second,
+#: and the job looks at them this often (unless --batch-poll-s is given).
+EMULATOR_BATCH_PACE: dict[str, Any] = {
+    "validating_s": 0.05,
+    "line_s": 0.0005,
+    "finalizing_s": 0.05,
+    "cancelling_s": 0.05,
+    "file_processing_s": 0.02,
+    "tick_s": 0.01,
+}
+EMULATOR_BATCH_POLL_S = 0.05
+DEFAULT_BATCH_POLL_S = ChatOptions().batch_poll_s
 
 app = typer.Typer(
     name="polars-azurechat",
@@ -188,7 +206,12 @@ def run(
     with contextlib.ExitStack() as stack:
         config = None
         if emulator:
-            emu = stack.enter_context(Emulator())
+            batches = None
+            if options.mode == "batch":  # a batch takes a fraction of a second here
+                batches = BatchService(**EMULATOR_BATCH_PACE)
+                if options.batch_poll_s == DEFAULT_BATCH_POLL_S:
+                    options = options.replace(batch_poll_s=EMULATOR_BATCH_POLL_S)
+            emu = stack.enter_context(Emulator(batches=batches))
             config = ChatConfig(
                 azure_endpoint=emu.url,
                 api_key=emu.api_key,
@@ -222,6 +245,13 @@ def run(
             cache = job.engine.cache
             if cache is None:
                 kept = "nothing was kept: pass --cache FILE to resume after a stop"
+            elif options.mode == "batch":
+                kept = (
+                    f"the batches submitted keep running and are recorded in "
+                    f"{cache.path}: run the same command to collect them (nothing is "
+                    f"submitted twice), or 'polars-azurechat batches --cache "
+                    f"{cache.path} --cancel' to cancel them"
+                )
             elif cache.broken:
                 kept = f"{cache.broken}, so nothing was kept"
             else:
@@ -273,7 +303,7 @@ def _answer_parquet(
     def batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
         for batch in reader.iter_batches(batch_size=BATCH_ROWS):
             df = pl.DataFrame(pl.from_arrow(batch))
-            if bar is not None:
+            if bar is not None and job.options.mode != "batch":
                 bar.add_total(df.height)
             yield df, series_to_requests(df[column], system=system)
 
@@ -294,10 +324,22 @@ def _answer_parquet(
     writer: pq.ParquetWriter | None = None
     try:
         with job.engine.run_scope():
-            for df, results in job.engine.pipeline(
-                batches(), read_ahead=BATCHES_IN_FLIGHT
-            ):
-                writer = _write(writer, dst, answered(df, results).to_arrow())
+            if job.options.mode == "batch":  # the whole column is one set of batches
+                frames, requests = [], []
+                for df, reqs in batches():
+                    frames.append(df)
+                    requests.extend(reqs)
+                results = job._answer_batch(requests)
+                offset = 0
+                for df in frames:
+                    part = results[offset : offset + df.height]
+                    writer = _write(writer, dst, answered(df, part).to_arrow())
+                    offset += df.height
+            else:
+                for df, results in job.engine.pipeline(
+                    batches(), read_ahead=BATCHES_IN_FLIGHT
+                ):
+                    writer = _write(writer, dst, answered(df, results).to_arrow())
     finally:
         if writer is not None:
             writer.close()
@@ -462,6 +504,92 @@ def plan(
     if rows_out is not None:
         estimate.rows.write_parquet(rows_out)
     typer.echo(str(estimate))
+
+
+@app.command("batches", no_args_is_help=True)
+def batches_command(
+    *,
+    cache: Annotated[
+        Path,
+        typer.Option(
+            help="The job's cache file (batch mode records its batches there)."
+        ),
+    ],
+    cancel: Annotated[
+        bool,
+        typer.Option(
+            "--cancel",
+            help="Cancel the batches still running (at the endpoint of "
+            "AZURE_OPENAI_ENDPOINT / .env, with its credential); a rerun of the job "
+            "then gives their unanswered rows BatchIncompleteError (or sends them "
+            "online with --batch-fallback online).",
+        ),
+    ] = False,
+) -> None:
+    """List the batches of a batch-mode job (from its cache file), or cancel them."""
+    from polars_azurechat._batch_state import BatchStateStore
+    from polars_azurechat.cache import SqliteCache
+
+    if not cache.is_file():
+        raise typer.BadParameter(f"{cache} does not exist or is not a file")
+    try:  # refuses another program's file before the state store touches it
+        SqliteCache(cache).close()
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with BatchStateStore(cache) as state:
+        if cancel:
+            _cancel_batches(state)
+        chunks = state.chunks()
+        if not chunks:
+            typer.echo(f"{cache}: no batches")
+            return
+        typer.echo(
+            f"{'batch':<40} {'status':<11} {'phase':<10} {'lines':>7} "
+            f"{'deployment':<20} host"
+        )
+        for c in chunks:
+            typer.echo(
+                f"{c.batch_id or '-':<40} {c.status or '-':<11} {c.phase:<10} "
+                f"{c.lines:>7,} {c.deployment:<20} {c.host}"
+            )
+        live = sum(c.live for c in chunks)
+        typer.echo(
+            f"{len(chunks)} chunk(s), {live} still live (a rerun of the job attaches "
+            "to them)"
+        )
+
+
+def _cancel_batches(state: Any) -> None:
+    """Cancel the live batches the state holds at the configured endpoint."""
+    from polars_azurechat._batch import BatchRunner
+    from polars_azurechat.functions import _batch_client
+
+    try:
+        config = ChatConfig.from_env()
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    client = _batch_client(config)
+    host = str(client.base_url.host)
+    live = [c for c in state.chunks(live_only=True) if c.batch_id is not None]
+    elsewhere = [c for c in live if c.host != host]
+    cancelled: list[str] = []
+    try:
+        for deployment in sorted({c.deployment for c in live if c.host == host}):
+            runner = BatchRunner(client, deployment=deployment, state=state)
+            cancelled.extend(runner.cancel())
+    except AzureChatError as exc:
+        typer.echo(f"error: {_first_line(exc)}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"cancelled {len(cancelled)} batch(es)"
+        + (f": {', '.join(cancelled)}" if cancelled else "")
+    )
+    if elsewhere:
+        hosts = ", ".join(sorted({c.host for c in elsewhere}))
+        typer.echo(
+            f"{len(elsewhere)} batch(es) at {hosts} were not cancelled: the "
+            f"configured endpoint is {host}"
+        )
 
 
 def _emulator_flags() -> list[inspect.Parameter]:

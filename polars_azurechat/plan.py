@@ -18,7 +18,7 @@ from polars_azurechat.options import (
     typed_body,
     with_options,
 )
-from polars_azurechat.summary import price_for
+from polars_azurechat.summary import batch_price, price_for
 
 __all__ = ["Plan", "plan"]
 
@@ -39,6 +39,10 @@ class Plan:
         for rows that cannot be sent; null for null rows.
     requests
         Requests the job would send (identical rows are sent once).
+    estimated_cost_usd, estimated_batch_cost_usd
+        The cost online and in batch mode (the batch price:
+        :data:`~polars_azurechat.summary.BATCH_DISCOUNT` of the online one), with
+        every answer at ``max_tokens`` (an upper bound), or ``None`` without a price.
     """
 
     rows: pl.DataFrame
@@ -52,10 +56,12 @@ class Plan:
     estimated_cost_usd: float | None
     estimated_wall_s: float
     bound_by: str
+    estimated_batch_cost_usd: float | None = None
 
     def __str__(self) -> str:
         cost = (
-            f"${self.estimated_cost_usd:,.4f} ({self.model}"
+            f"${self.estimated_cost_usd:,.4f} online, "
+            f"${self.estimated_batch_cost_usd or 0.0:,.4f} batch ({self.model}"
             + (
                 ", completion at max_tokens: an upper bound)"
                 if self.max_completion_tokens
@@ -138,8 +144,14 @@ def plan(
     >>> print(p)  # doctest: +NORMALIZE_WHITESPACE
     rows:      3 (1 requests; 0 cannot be sent, 0 over the context)
     tokens:    30 prompt, 50 counted against the quota
-    cost:      $0.0000 (gpt-4o-mini, completion at max_tokens: an upper bound)
+    cost:      $0.0000 online, $0.0000 batch (gpt-4o-mini, completion at max_tokens: an upper bound)
     wall:      ~1.0 s (bound by concurrency)
+
+    Online and batch cost side by side (the batch price is half the online one):
+
+    >>> big = plan(pl.Series(["Summarise this text. " * 50] * 1000), max_tokens=200)
+    >>> round(big.estimated_cost_usd, 4), round(big.estimated_batch_cost_usd, 4)
+    (0.1662, 0.0831)
     """
     opts, body = ChatOptions.split(params, base=options)
     system, max_concurrency = opts.system, opts.max_concurrency
@@ -203,12 +215,14 @@ def plan(
     bound_by = max(bounds, key=lambda k: bounds[k])
     price = price_for(model, prices)
     prompt_total = int(rows["prompt_tokens"].sum() or 0)
-    cost = None
+    cost = batch_cost = None
     if price is not None:
         completion = (max_tokens or 0) * (
             rows.height - rows["prompt_tokens"].null_count()
         )
         cost = (prompt_total * price[0] + completion * price[1]) / 1_000_000
+        cheap = batch_price(price)
+        batch_cost = (prompt_total * cheap[0] + completion * cheap[1]) / 1_000_000
     return Plan(
         rows=rows,
         requests=n,
@@ -221,4 +235,5 @@ def plan(
         estimated_cost_usd=cost,
         estimated_wall_s=bounds[bound_by],
         bound_by=bound_by,
+        estimated_batch_cost_usd=batch_cost,
     )

@@ -291,8 +291,8 @@ class RunSummary:
                 else ""
             )
             lines.append(
-                f"cap:       ${self.spent_usd or 0.0:,.4f} spent of "
-                f"max_cost_usd=${self.max_cost_usd:,.4f}{refused}"
+                f"cap:       {_usd(self.spent_usd or 0.0)} spent of "
+                f"max_cost_usd={_usd(self.max_cost_usd)}{refused}"
             )
         for name, d in self.deployments.items():
             rpm = d.get("requests_per_minute_quota")
@@ -313,3 +313,8 @@ class RunSummary:
             )
             lines.append(f"failed attempts: {kinds}")
         return "\n".join(lines)
+
+
+def _usd(value: float) -> str:
+    """Dollars with 4 decimals, or 6 below a cent (a small cap must not read $0.0000)."""
+    return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
