@@ -143,6 +143,9 @@ def complete(
     - With ``on_error="raise"`` the row indices are positions within the chunk that
       failed.
     - Under ``group_by``/``over`` the function sees the whole column, not each group.
+    - With ``mode="batch"`` the expression gathers the whole column (Polars hands it
+      over at once, streaming engine included): one collect is one set of batches,
+      and the collect returns when they have ended.
     - Each use of the expression in a query sends its requests again (Polars does not
       deduplicate Python functions): compute it once with ``with_columns`` and reuse the
       column, or set ``cache``.
@@ -255,7 +258,9 @@ class Completer:
     Parameters
     ----------
     config, client, options
-        As for :func:`complete`.
+        As for :func:`complete`. In batch mode the files and batches go through
+        ``client`` (an ``openai.AzureOpenAI``), else through one built from
+        ``config`` (its key, token, token provider or credential).
     {options}
     prices
         ``{model name prefix: (input, output)}`` in USD per million tokens, merged over
@@ -275,6 +280,20 @@ class Completer:
     >>> (s.answered, s.requests, s.deduplicated)
     (3, 2, 1)
     >>> job.close()
+
+    Batch mode: the same rows through Azure's Batch API (a Global Batch deployment,
+    half the price, answered within 24 h). The batches are recorded in the cache file
+    before anything is sent, so a rerun after a crash attaches to them, and a rerun
+    of a finished job sends nothing; ``max_cost_usd`` caps the job's spending:
+
+    >>> with pac.Completer(
+    ...     mode="batch", cache="answers.sqlite", max_tokens=20, batch_poll_s=0.2
+    ... ) as job:
+    ...     job.run(["What is 1 + 1?", "What is 2 + 3?"])
+    ...     s = job.summary()
+    ['2', '5']
+    >>> (s.mode, s.batches, s.batch_answered, s.requests)
+    ('batch', 1, 2, 0)
     """
 
     @with_options(before=("self", "config", "client", "options"), after=("prices",))

@@ -207,6 +207,32 @@ def test_a_streaming_collect_is_one_set_of_batches(
     assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
 
 
+def test_batch_mode_with_an_entra_token_provider(tmp_path: Path) -> None:
+    issued: list[str] = []
+    with Emulator(key_auth=False, batches=BatchService(**FAST)) as emu:
+
+        def provider() -> str:
+            issued.append(emu.issue_token(ttl_s=600))
+            return issued[-1]
+
+        config = pac.ChatConfig(
+            azure_endpoint=emu.url,
+            azure_ad_token_provider=provider,
+            deployment=DEPLOYMENT,
+        )
+        with pac.Completer(
+            config=config,
+            mode="batch",
+            cache=str(tmp_path / "c.sqlite"),
+            batch_poll_s=0.05,
+            progress=False,
+        ) as job:
+            # key auth is off: every files/batches call carried the token
+            assert job.run(_arith(3)) == ["1000", "1001", "1002"]
+        assert emu.stats()["batch"]["batches_created"] == 1
+    assert len(issued) == 1  # one token, cached by the job
+
+
 def test_batch_mode_needs_a_cache_file() -> None:
     with pytest.raises(ValueError, match=r"mode='batch' needs cache=FILE"):
         pac.Completer(mode="batch")
