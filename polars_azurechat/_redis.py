@@ -46,6 +46,7 @@ from polars_azurechat._ratelimit import (
     DEFAULT_COOLDOWN_S,
     MARGIN_S,
     MARGIN_SHARE,
+    PROBE_AFTER_S,
     RateLimiter,
     Ticket,
 )
@@ -470,6 +471,7 @@ class RedisLimiter(RateLimiter):
         self._last_counts: tuple[float, bool, list[int]] | None = None
         self._pending: list[tuple[Ticket, int]] = []
         self._granted = 0
+        self._shared_probe: Ticket | None = None
         self._reject_script = self._client.register_script(REJECT)
         self._cool_script = self._client.register_script(COOL)
         self._members: dict[int, str] = {}  # id(ticket) -> its ledger member
@@ -504,10 +506,17 @@ class RedisLimiter(RateLimiter):
             admitted = self._shared(tokens)
         if not isinstance(admitted, list):
             async with self._gate:
+                since = self._clock()
                 while True:
                     admitted = self._shared(tokens)
                     if isinstance(admitted, list):
                         break
+                    if self._may_probe_shared(admitted, since):
+                        admitted = self._shared(tokens, probe=True)
+                        if isinstance(admitted, list):
+                            ticket.probe = True
+                            self._shared_probe = ticket
+                            break
                     await self._sleep(min(admitted, SHARED_POLL_S))
         self._attach(ticket, admitted)
         return ticket
@@ -562,6 +571,21 @@ class RedisLimiter(RateLimiter):
             return list(reply)
         return max(0.001, float(reply[1]))
 
+    def _may_probe_shared(self, wait: float, since: float) -> bool:
+        """Blocked at the shared gate long enough, with a window not yet known: probe.
+
+        (The local limiter's own probes see only this process's admissions.)
+        """
+        probe = self._shared_probe
+        return (
+            wait > PROBE_AFTER_S
+            and self._clock() - since >= PROBE_AFTER_S
+            and (probe is None or probe.answered)
+            and any(
+                not r.known and r.budget() is not None for r in self.resources.values()
+            )
+        )
+
     def _cost(self, tokens: int) -> int:
         return round(tokens * getattr(self, "token_ratio", 1.0))
 
@@ -590,7 +614,11 @@ class RedisLimiter(RateLimiter):
         for i in range(len(CANDIDATE_WINDOWS)):
             counts[2 * i] += 1
             counts[2 * i + 1] += cost
-        self._set_used(ticket, counts)
+        # its counts miss what other processes admitted since the last script call:
+        # its answer teaches nothing (an estimate from it would be too low)
+        for field in ("used", "low", "high"):
+            if getattr(ticket, field, None):
+                setattr(ticket, field, {})
         self._pending.append((ticket, cost))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._record)
@@ -675,15 +703,44 @@ class RedisLimiter(RateLimiter):
         """A 429: it leaves the shared ledger, and every process pauses."""
         import redis
 
-        super().on_rate_limited(retry_after_s, ticket, resource)
+        # the window is learned from the shared ledger below, not the local one
+        super().on_rate_limited(retry_after_s, ticket, None)
         member = None if ticket is None else self._members.pop(id(ticket), None)
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         try:
             if member is not None:
                 self._reject_script(keys=[self._ledger, self._rejected], args=[member])
             self._cool_script(keys=[self._cool], args=[wait, self._now()])
+            if retry_after_s is not None and resource in self.resources:
+                self._settle(self.resources[resource], retry_after_s)
         except redis.RedisError as exc:
             logger.warning("%s", self._lost(exc))
+
+    def _settle(self, res: Any, retry_after_s: float) -> None:
+        """Settle the window a 429 names, from the shared ledger.
+
+        Capacity frees when the oldest admission of any process still inside the true
+        window leaves it.
+        """
+        now = self._now()
+        frees_at = now + retry_after_s
+        best, best_err = None, float("inf")
+        for length in CANDIDATE_WINDOWS:
+            oldest = self._client.zrangebyscore(
+                self._ledger,
+                f"({now - length}",
+                "+inf",
+                start=0,
+                num=1,
+                withscores=True,
+            )
+            if not oldest:
+                continue
+            err = abs(float(oldest[0][1]) + length - frees_at)
+            if err < best_err:
+                best, best_err = length, err
+        if best is not None and best_err <= max(0.25, 0.1 * best):
+            res.settle(best)
 
     def _publish(self) -> None:
         """Share the budgets this process learned (a joining process starts with them)."""
