@@ -78,7 +78,11 @@ def test_body_fields_are_the_sdks() -> None:
 
 @pytest.mark.parametrize(
     ("keyword", "hint"),
-    [("max_token", "max_tokens"), ("limiter", None), ("temprature", "temperature")],
+    [
+        ("max_token", "max_tokens"),
+        ("rate_limiter", "limiter"),
+        ("temprature", "temperature"),
+    ],
 )
 def test_unknown_keyword_is_refused_before_any_request(
     emulator: Emulator, keyword: str, hint: str | None

@@ -201,7 +201,7 @@ def test_text_and_json_object_stay_strings(
         assert out.schema["q"] == pl.String
         assert out["q"].to_list() == ["2"]
     struct = df.select(pac.complete("q", config=config, output="struct"))
-    assert "parsed" not in struct.schema["q"].to_schema()  # type: ignore[attr-defined]
+    assert "parsed" not in struct.schema["q"].to_schema()
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_the_request_carries_the_strict_schema(
         assert fmt["json_schema"]["name"] == "Sum"
         assert fmt["json_schema"]["schema"]["additionalProperties"] is False
         assert job.output_schema is not None and job.output_schema.dtype == SUM_DTYPE
-        assert job.run(["What is 5 + 5?"])[0]["total"] == 10  # type: ignore[index]
+        assert job.run(["What is 5 + 5?"])[0]["total"] == 10
         # Azure counts the schema in the prompt: the emulator does too
         typed_prompt = job.summary().prompt_tokens
     with pac.Completer(config=config) as plain:
@@ -319,7 +319,7 @@ def test_the_error_names_the_problem_not_the_answer(
         config=config, response_format=Strict, output="struct", max_attempts=2
     ) as job:
         rows = job.run([f"Summarise {secret}"])
-    error = rows[0]["error"]  # type: ignore[index]
+    error = rows[0]["error"]
     assert error.startswith(
         "SchemaValidationError: the answer does not match the schema 'Strict': "
         "title: Value error, titles are refused here (got a string of "
@@ -430,8 +430,8 @@ def test_provenance_names_the_deployment_of_a_pool_that_answered(
     ) as job:
         rows = job.run([f"What is {i} + 1?" for i in range(4)])
     assert all(r is not None for r in rows)
-    assert [r["deployment"] for r in rows] == ["paygo"] * 4  # type: ignore[index]
-    assert [r["parsed"]["total"] for r in rows] == [1, 2, 3, 4]  # type: ignore[index]
+    assert [r["deployment"] for r in rows] == ["paygo"] * 4
+    assert [r["parsed"]["total"] for r in rows] == [1, 2, 3, 4]
 
 
 def test_provenance_through_the_sdk_client(emulator: Emulator) -> None:
@@ -508,7 +508,7 @@ def test_complete_many_and_namespace_agree(
 ) -> None:
     prompts = ["What is 4 + 4?", None, "What is 6 + 6?"]
     many = pac.complete_many(prompts, config=config, response_format=Sum)
-    assert [m and m["total"] for m in many] == [8, None, 12]  # type: ignore[index]
+    assert [m and m["total"] for m in many] == [8, None, 12]  # type: ignore[index,comparison-overlap]
     col = pl.DataFrame({"q": prompts}).select(
         pl.col("q").chat.complete(config=config, response_format=Sum)
     )
