@@ -539,10 +539,21 @@ class RedisLimiter(RateLimiter):
         return min(super().wait_hint(tokens), SHARED_POLL_S)
 
     def _budget_args(self) -> list[float]:
+        """The budgets the shared gate enforces, per resource: (budget, window).
+
+        A given quota, once its window is known, is the budget itself: estimates from
+        the headers scatter more when several processes send at once (each answer's
+        count lags the others' requests in flight), and their low quantile would
+        leave part of the quota unused. ``x-ratelimit-limit-*`` still caps it.
+        """
         out: list[float] = []
         for name in ("requests", "tokens"):
             res = self.resources[name]
             budget = res.budget()
+            if res.per_minute is not None and res.known:
+                budget = max(1.0, res.per_minute * res.window / 60.0)
+                if res.limit is not None:
+                    budget = min(budget, res.limit)
             out += [-1.0, 60.0] if budget is None else [budget, res.window]
         return out
 
