@@ -57,13 +57,10 @@ from polars_azurechat.errors import (
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
-    ContentFilterError,
     MalformedResponseError,
     NotFoundError,
     RateLimitError,
-    RefusalError,
     ServerError,
-    TruncatedError,
 )
 
 if TYPE_CHECKING:
@@ -850,61 +847,23 @@ class BatchRunner:
         does not validate a :class:`SchemaValidationError` (not sent again: a batch
         line has one attempt).
         """
-        exception: AzureChatError | None = None
-        content = completion.content
+        from polars_azurechat._engine import _invalid, answer_error, completed
+
         parsed: dict[str, Any] | None = None
         rid = completion.request_id
-        said = f" (request id {rid})" if rid else ""
         schema = self.schema
-        if completion.finish_reason == "content_filter":
-            shown = ", ".join(completion.filtered) or "unspecified"
-            exception = ContentFilterError(
-                f"the answer was {'cut' if content else 'withheld'} by Azure's output "
-                f"content filter (categories: {shown})",
-                status_code=200,
-                categories=completion.filtered,
-                request_id=rid,
-            )
-        elif completion.refusal is not None:
-            exception = RefusalError(
-                "the model refused to answer (message.refusal is set; the refusal's "
-                f"text is not shown here){said}",
-                request_id=rid,
-            )
-        elif completion.finish_reason == "length" and schema is not None:
-            exception = TruncatedError(
-                f"the typed answer was cut at max_tokens={self._max_tokens} "
-                f"(finish_reason='length'), so its JSON is incomplete; raise "
-                f"max_tokens{said}"
-            )
-        elif completion.finish_reason == "length" and self.on_truncated == "error":
-            exception = TruncatedError(
-                f"the answer was cut at max_tokens={self._max_tokens} "
-                "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
-            )
-        elif schema is not None:
-            from polars_azurechat._engine import _invalid
-
+        exception = answer_error(
+            completion,
+            typed=schema is not None,
+            max_tokens=self._max_tokens,
+            on_truncated=self.on_truncated,
+        )
+        if exception is None and schema is not None:
             try:
-                parsed = schema.parse(_content_of(content))
+                parsed = schema.parse(_content_of(completion.content))
             except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
                 exception = _invalid(schema.name, err, rid)
-        if exception is not None:
-            content = parsed = None
-        return ChatResult(
-            content=content,
-            finish_reason=completion.finish_reason,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            attempts=1,
-            exception=exception,
-            parsed=parsed,
-            request_id=rid,
-            model=completion.model,
-            system_fingerprint=completion.system_fingerprint,
-            deployment=self.deployment,
-            content_filter=completion.filtered,
-        )
+        return completed(completion, parsed, 1, exception, deployment=self.deployment)
 
     def _end(
         self,

@@ -822,53 +822,13 @@ class ChatEngine:
         self, completion: Completion, parsed: dict[str, Any] | None, attempts: int
     ) -> ChatResult:
         """The row's result from its final answer (an error when the answer is not one)."""
-        exception: AzureChatError | None = None
-        content = completion.content
-        typed = self.schema is not None
-        rid = completion.request_id
-        if completion.finish_reason == "content_filter":
-            shown = ", ".join(completion.filtered) or "unspecified"
-            exception = ContentFilterError(
-                f"the answer was {'cut' if content else 'withheld'} by Azure's output "
-                f"content filter (categories: {shown})",
-                status_code=200,
-                categories=completion.filtered,
-                request_id=rid,
-            )
-        elif completion.refusal is not None:
-            exception = RefusalError(
-                "the model refused to answer (message.refusal is set; the refusal's "
-                f"text is not shown here){_said(rid)}",
-                request_id=rid,
-            )
-        elif completion.finish_reason == "length" and typed:
-            exception = TruncatedError(
-                f"the typed answer was cut at max_tokens={self._max_tokens} "
-                f"(finish_reason='length'), so its JSON is incomplete; raise "
-                f"max_tokens{_said(rid)}"
-            )
-        elif completion.finish_reason == "length" and self.on_truncated == "error":
-            exception = TruncatedError(
-                f"the answer was cut at max_tokens={self._max_tokens} "
-                "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
-            )
-        if exception is not None:
-            content = parsed = None
-        return ChatResult(
-            content=content,
-            finish_reason=completion.finish_reason,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            attempts=attempts,
-            exception=exception,
-            parsed=parsed,
-            request_id=rid,
-            model=completion.model,
-            system_fingerprint=completion.system_fingerprint,
-            deployment=completion.deployment,
-            latency_ms=completion.latency_ms,
-            content_filter=completion.filtered,
+        exception = answer_error(
+            completion,
+            typed=self.schema is not None,
+            max_tokens=self._max_tokens,
+            on_truncated=self.on_truncated,
         )
+        return completed(completion, parsed, attempts, exception)
 
     async def _attempt(
         self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
@@ -1145,3 +1105,70 @@ def _wait(future: concurrent.futures.Future[Any]) -> Any:
     while not future.done():
         concurrent.futures.wait([future], timeout=WAIT_SLICE_S)
     return future.result()
+
+
+def answer_error(
+    completion: Completion, *, typed: bool, max_tokens: Any, on_truncated: str
+) -> AzureChatError | None:
+    """Why an answer Azure sent is not the row's answer (``None``: it is).
+
+    A filtered answer is a :class:`ContentFilterError`, a refusal a
+    :class:`RefusalError`, a truncated typed answer (or any truncated one with
+    ``on_truncated="error"``) a :class:`TruncatedError`. Shared by the online and the
+    batch paths.
+    """
+    rid = completion.request_id
+    if completion.finish_reason == "content_filter":
+        shown = ", ".join(completion.filtered) or "unspecified"
+        return ContentFilterError(
+            f"the answer was {'cut' if completion.content else 'withheld'} by Azure's "
+            f"output content filter (categories: {shown})",
+            status_code=200,
+            categories=completion.filtered,
+            request_id=rid,
+        )
+    if completion.refusal is not None:
+        return RefusalError(
+            "the model refused to answer (message.refusal is set; the refusal's "
+            f"text is not shown here){_said(rid)}",
+            request_id=rid,
+        )
+    if completion.finish_reason == "length" and typed:
+        return TruncatedError(
+            f"the typed answer was cut at max_tokens={max_tokens} "
+            f"(finish_reason='length'), so its JSON is incomplete; raise "
+            f"max_tokens{_said(rid)}"
+        )
+    if completion.finish_reason == "length" and on_truncated == "error":
+        return TruncatedError(
+            f"the answer was cut at max_tokens={max_tokens} "
+            "(finish_reason='length'; raise max_tokens, or on_truncated='keep')"
+        )
+    return None
+
+
+def completed(
+    completion: Completion,
+    parsed: dict[str, Any] | None,
+    attempts: int,
+    exception: AzureChatError | None,
+    *,
+    deployment: str | None = None,
+) -> ChatResult:
+    """A row's result from an answer: its content, usage and provenance, or the error."""
+    ok = exception is None
+    return ChatResult(
+        content=completion.content if ok else None,
+        finish_reason=completion.finish_reason,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        attempts=attempts,
+        exception=exception,
+        parsed=parsed if ok else None,
+        request_id=completion.request_id,
+        model=completion.model,
+        system_fingerprint=completion.system_fingerprint,
+        deployment=deployment or completion.deployment,
+        latency_ms=completion.latency_ms,
+        content_filter=completion.filtered,
+    )

@@ -80,6 +80,8 @@ def complete(
     if workers < 1:
         msg = f"workers must be >= 1, got {workers}"
         raise ValueError(msg)
+    from ray.data import ActorPoolStrategy
+
     return dataset.map_batches(
         _Worker,
         fn_constructor_kwargs={
@@ -90,7 +92,7 @@ def complete(
         },
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=workers,
+        compute=ActorPoolStrategy(size=workers),
     )
 
 
