@@ -87,6 +87,13 @@ def size(full: int, quick: int) -> int:
 @contextlib.contextmanager
 def emulator_process(**flags: Any) -> Iterator[str]:
     """Start ``polars-azurechat emulator`` in a subprocess; yield its URL."""
+    with emulator_process_pid(**flags) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def emulator_process_pid(**flags: Any) -> Iterator[tuple[str, int]]:
+    """:func:`emulator_process`, yielding its process id too (to read its CPU)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -104,7 +111,7 @@ def emulator_process(**flags: Any) -> Iterator[str]:
                 time.sleep(0.05)
         else:
             raise RuntimeError("emulator did not start")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait()

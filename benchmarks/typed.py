@@ -21,15 +21,9 @@ request, writing JSON that follows it) is in the typed figure, as Azure's would 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import (
     DEPLOYMENT,
+    emulator_process_pid,
     emulator_stats,
     timed,
     verdict,
@@ -59,33 +54,6 @@ class Ticket(BaseModel):
     priority: Literal["low", "normal", "high"]
     urgent: bool
     tags: list[str]
-
-
-@contextlib.contextmanager
-def emulator_process() -> Iterator[tuple[str, int]]:
-    """``polars-azurechat emulator`` in a subprocess; yield its URL and process id.
-
-    (bench.py's, with the pid: the emulator's CPU is read from ``/proc``.)
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "polars_azurechat", "emulator", "--port", str(port)]
-    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/stats", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("emulator did not start")
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def process_cpu_s(pid: int) -> float:
@@ -143,7 +111,7 @@ def main(argv: list[str] | None = None) -> bool:
     best: dict[str, float] = {}
     client_cpu: dict[str, float] = {}
     ok = True
-    with emulator_process() as (url, pid):
+    with emulator_process_pid() as (url, pid):
         for kw, _ in ways.values():  # warm imports and first-use costs (Arrow too)
             run(url, df.head(1_100), **kw)
         for r in range(rounds):
