@@ -26,7 +26,21 @@ message text:
     ``finish_reason="content_filter"``, violence flagged in the choice's
     ``content_filter_results``;
 ``[emu:delay=50]``
-    50 ms more latency for this prompt.
+    50 ms more latency for this prompt;
+``[emu:refuse]``
+    a refusal (``message.refusal`` set, content null);
+``[emu:bad_json]``
+    with a ``json_schema`` response format, JSON that breaks the schema;
+``[emu:batch_slow=N]``, ``[emu:batch_expire]``
+    in a batch line: a slow line, or a batch that expires.
+
+Structured outputs: a request with ``response_format`` of type ``json_schema`` gets
+deterministic JSON that follows the schema, read the emulator's own way (arithmetic
+questions fill number fields). Every deployment name has its own quota windows and
+counters; ``per_deployment`` gives one its own settings, and
+:meth:`Emulator.take_down` / :meth:`Emulator.bring_up` (or ``down_after_s``) make it
+answer 503s. ``Emulator(batches=...)`` shapes the files and batches endpoints
+(``/openai/files``, ``/openai/batches``) of Azure's Batch API.
 
 Directives can be combined: ``[emu:429*1,delay=5]``. Every request is counted: by status,
 faults by kind, and the peak number in flight, from Python (:meth:`Emulator.stats`) or over
