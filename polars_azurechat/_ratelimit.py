@@ -23,7 +23,9 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   candidate whose estimate matches the reference is taken at once (the shortest is
   then known). An estimate is used only where it is not ambiguous: the server counts
   a request on arrival, a little after we send it, so admissions within the margin of
-  a window's edge may or may not still be inside it.
+  a window's edge may or may not still be inside it; and requests sent within
+  :data:`REORDER_S` of each other (a burst) may arrive in either order, so an answer
+  from amid a burst does not say which of its neighbours were counted before it.
 - An admission leaves a window after its length plus a **margin** (2% of it, at least
   20 ms). A 429 that names a wait shorter than a tenth of a known window means the
   server took our requests in later than the margin allows (a burst queued at the
@@ -69,6 +71,9 @@ DEFAULT_WINDOW_S = 60.0
 #: enough for the skew between our clock at sending and the server's at arrival.
 MARGIN_SHARE = 0.02
 MARGIN_S = 0.02
+#: Requests sent this close together may reach the server in either order: an answer
+#: sent amid a burst does not say which of its neighbours the server had counted.
+REORDER_S = MARGIN_S
 #: The margin grows (after 429s naming short waits) up to this share of the window.
 MAX_MARGIN_SHARE = 0.1
 #: A request's charge is predicted from what the server charged for requests we
@@ -114,6 +119,12 @@ class Ticket:
     rejected: bool = False
     answered: bool = False
     quiet: bool = False  # nothing else was in flight when it went
+    seq: int = 0  # admissions before it, and their tokens before and through it
+    cum: int = 0
+    end: int = 0
+    #: admissions within REORDER_S before and after it (requests, tokens)
+    before: tuple[int, int] = (0, 0)
+    after: tuple[int, int] | None = None
     used: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
     low: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
     high: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
@@ -420,6 +431,9 @@ class RateLimiter:
         self._charged: dict[int, int] = {}
         self._estimates: list[int] = []  # its keys, sorted
         self._open = 0  # admitted, not yet answered
+        self._seq = 0  # admissions so far, and their tokens
+        self._cum = 0
+        self._recent: collections.deque[Ticket] = collections.deque()  # in REORDER_S
         self._last: Ticket | None = None
         self._tracking = True  # keep the ledger (until a headerless answer says no)
 
@@ -636,6 +650,7 @@ class RateLimiter:
         ticket.quiet = self._open == 0
         self._open += 1
         self._last = ticket
+        self._neighbours(ticket)
         for w in self._windows.values():
             w.add(ticket)
             low, exact, high = w.counts(ticket.sent_at)
@@ -645,6 +660,29 @@ class RateLimiter:
         if probe:
             self._blocked_since = None
         return ticket
+
+    def _neighbours(self, ticket: Ticket) -> None:
+        """Count the admissions sent within :data:`REORDER_S` before ``ticket``.
+
+        Those after it are counted when it leaves the recent ones (or is answered).
+        """
+        recent = self._recent
+        while recent and recent[0].sent_at < ticket.sent_at - REORDER_S:
+            old = recent.popleft()
+            old.after = self._after(old)
+        ticket.seq, ticket.cum = self._seq, self._cum
+        if recent:
+            ticket.before = (self._seq - recent[0].seq, self._cum - recent[0].cum)
+        self._seq += 1
+        self._cum += ticket.tokens
+        ticket.end = self._cum
+        recent.append(ticket)
+
+    def _after(self, ticket: Ticket) -> tuple[int, int]:
+        """Admissions after ``ticket`` within :data:`REORDER_S` (so far, if recent)."""
+        if ticket.after is not None:
+            return ticket.after
+        return (self._seq - ticket.seq - 1, self._cum - ticket.end)
 
     def _close(self, ticket: Ticket) -> bool:
         """``ticket`` is answered; ``True`` if it was quiet throughout."""
@@ -702,11 +740,13 @@ class RateLimiter:
                 res.limit = float(limit)
             if remaining is not None and ticket.used:
                 k, extra = (0, 0) if name == "requests" else (1, own)
+                # the server may have taken its neighbours in before or after it
+                early, late = ticket.before[k], self._after(ticket)[k]
                 res.observe(
                     float(remaining),
                     {w: ticket.used[w][k] + extra for w in CANDIDATE_WINDOWS},
-                    {w: ticket.low[w][k] + extra for w in CANDIDATE_WINDOWS},
-                    {w: ticket.high[w][k] + extra for w in CANDIDATE_WINDOWS},
+                    {w: ticket.low[w][k] + extra - early for w in CANDIDATE_WINDOWS},
+                    {w: ticket.high[w][k] + extra + late for w in CANDIDATE_WINDOWS},
                     quiet,
                 )
 

@@ -392,6 +392,37 @@ def test_estimates_near_a_window_edge_do_not_lower_the_budget(clock: FakeClock) 
     assert limiter.learned()["requests_per_minute"] == pytest.approx(600)
 
 
+def test_a_burst_answered_out_of_order_does_not_lower_the_budget(
+    clock: FakeClock,
+) -> None:
+    # 100 per 10 s, given. 60 go at one instant and reach the server in the reverse
+    # order: the last sent was counted first. Paired with its own send rank each answer
+    # would read a budget from 41 to 159; none is kept, as the order is not knowable
+    limiter = RateLimiter(
+        requests_per_minute=600, window_s=10, slow_start=False, clock=clock
+    )
+
+    async def go() -> None:
+        tickets = [await limiter.acquire() for _ in range(60)]
+        for i, t in enumerate(reversed(tickets)):
+            limiter.on_success(t, remaining_requests=99 - i, remaining_tokens=None)
+
+    _run(go())
+    assert limiter.resources["requests"].learned(10.0) is None
+    assert limiter.learned()["requests_per_minute"] == pytest.approx(600)
+
+    async def spaced() -> None:  # sent 0.5 s apart, the order is known: they count
+        for _ in range(10):
+            await clock.sleep(0.5)
+            t = await limiter.acquire()
+            used = limiter._windows[10.0].requests
+            limiter.on_success(t, remaining_requests=90 - used, remaining_tokens=None)
+
+    _run(spaced())
+    assert limiter.resources["requests"].learned(10.0) == pytest.approx(90)
+    assert limiter.learned()["requests_per_minute"] == pytest.approx(540)
+
+
 def test_the_ledger_holds_what_the_server_charged(clock: FakeClock) -> None:
     limiter = RateLimiter(
         tokens_per_minute=60_000,
