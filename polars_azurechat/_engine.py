@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import tenacity
 from tenacity.wait import wait_base
 
-from polars_azurechat import _interrupt, _loop, _tokens
+from polars_azurechat import _gc, _interrupt, _loop, _tokens
 from polars_azurechat._pool import Pool, Route
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
@@ -480,6 +480,14 @@ class ChatEngine:
         cancels what is in flight.
         """
         _interrupt.install()
+        with _gc.fewer_collections():
+            yield from self._pipeline(batches, read_ahead)
+
+    def _pipeline(
+        self,
+        batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
+        read_ahead: int,
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
         run = self._enter()
         pending: collections.deque[
             tuple[K, concurrent.futures.Future[list[ChatResult | None]]]

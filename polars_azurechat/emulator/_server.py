@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
 import random
 import secrets
 import threading
@@ -102,6 +103,8 @@ class _State:
         self.rng = random.Random(settings.seed)  # noqa: S311 - faults, not secrets
         self.on_request: Callable[[int], None] | None = None
         self.tokens = estimator(settings.token_estimator)
+        #: structured-output schemas seen (pickled) -> their JSON text and tokens
+        self.schemas: dict[bytes, tuple[str, int]] = {}
         self.faults_injected = Faults(settings, self.rng)
         self.clock = settings.clock or time.monotonic
         self.origin = self.clock()
@@ -109,6 +112,21 @@ class _State:
         # issued Entra ID tokens -> when they expire on ``clock``; kept by reset()
         self.issued: dict[str, float] = {}
         self.reset()
+
+    def schema(self, schema: dict[str, Any]) -> tuple[str, int]:
+        """A structured-output schema's JSON text and tokens.
+
+        Kept per schema (by its pickle, several times cheaper than its JSON): a job
+        sends the same one with every request.
+        """
+        key = pickle.dumps(schema, protocol=pickle.HIGHEST_PROTOCOL)
+        known = self.schemas.get(key)
+        if known is None:
+            if len(self.schemas) >= 256:
+                self.schemas.clear()
+            text = json.dumps(schema)
+            known = self.schemas[key] = (text, self.tokens.text(text))
+        return known
 
     def reset(self) -> None:
         with self.lock:
@@ -338,8 +356,10 @@ class _App:
             )
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         prompt_tokens = st.tokens.prompt(pairs)
+        schema_text = None
         if schema is not None:  # Azure counts the schema in the prompt
-            prompt_tokens += st.tokens.text(json.dumps(schema))
+            schema_text, schema_tokens = st.schema(schema)
+            prompt_tokens += schema_tokens
         last_user = next(
             (content for role, content in reversed(pairs) if role == "user"),
             pairs[-1][1],
@@ -394,7 +414,7 @@ class _App:
         elif "bad_json" in directives:
             answer = broken_answer(schema, last_user)
         else:
-            answer = structured_answer(schema, last_user)
+            answer = structured_answer(schema, last_user, schema_text=schema_text)
         refused = "refuse" in directives  # the answer is the refusal's text
         if refused:
             answer = REFUSAL

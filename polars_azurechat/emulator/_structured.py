@@ -2,7 +2,8 @@
 
 The emulator plays the independent server: it reads the request's JSON schema its own
 way (nothing here comes from the client's modules) and writes a compact JSON value that
-validates against it, deterministically from the prompt:
+validates against it, deterministically from the prompt. A schema is compiled once (per
+JSON text) into a writer of nested closures, as a job sends the same one each time:
 
 - objects: every property, in schema order (strict mode requires them all);
 - ``$ref`` into ``$defs``/``definitions``: followed (a recursive type stops at null);
@@ -23,13 +24,14 @@ validates against it, deterministically from the prompt:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -120,7 +122,9 @@ def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
     return schema
 
 
-def structured_answer(schema: dict[str, Any], prompt: str) -> str:
+def structured_answer(
+    schema: dict[str, Any], prompt: str, *, schema_text: str | None = None
+) -> str:
     """A compact JSON answer to ``prompt`` that validates against ``schema``.
 
     Parameters
@@ -129,6 +133,9 @@ def structured_answer(schema: dict[str, Any], prompt: str) -> str:
         The request's ``response_format.json_schema.schema``.
     prompt
         The last user message.
+    schema_text
+        ``json.dumps(schema)``, when the caller has it: the schema is compiled once
+        per text (computed here otherwise).
 
     Returns
     -------
@@ -150,7 +157,7 @@ def structured_answer(schema: dict[str, Any], prompt: str) -> str:
     >>> structured_answer(schema, "What is 6 x 7?")
     '{"question":"What is 6 x 7?","result":42,"unit":"m"}'
     """
-    value = _Writer(schema, prompt).value(schema, "", ())
+    value = _plan(schema, schema_text)(_Prompt(prompt))
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -171,8 +178,7 @@ def broken_answer(schema: dict[str, Any], prompt: str) -> str:
     ... )
     '{"b":true}'
     """
-    writer = _Writer(schema, prompt)
-    value = writer.value(schema, "", ())
+    value = _plan(schema)(_Prompt(prompt))
     if isinstance(value, dict) and value:
         del value[next(iter(value))]
     else:
@@ -180,16 +186,50 @@ def broken_answer(schema: dict[str, Any], prompt: str) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class _Writer:
-    def __init__(self, root: dict[str, Any], prompt: str) -> None:
-        self.root = root
-        self.prompt = prompt
+#: A compiled schema: the answer's value for one prompt.
+_Fill = Callable[["_Prompt"], Any]
+#: Compiled schemas by their JSON text (a job sends one schema with every request).
+_PLANS: dict[str, _Fill] = {}
+_MAX_PLANS = 256
+
+
+def _plan(schema: dict[str, Any], text: str | None = None) -> _Fill:
+    """The compiled writer of ``schema`` (compiled once per schema text)."""
+    key = json.dumps(schema) if text is None else text
+    fill = _PLANS.get(key)
+    if fill is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        fill = _PLANS[key] = _Compiler(schema).compile(schema, "", ())
+    return fill
+
+
+class _Prompt:
+    """What an answer is derived from: the prompt, its words and its arithmetic."""
+
+    __slots__ = ("number", "raw", "text")
+
+    def __init__(self, prompt: str) -> None:
+        self.raw = prompt.encode()
         self.text = strip_directives(prompt)
         self.number: Fraction | None = arithmetic(prompt)
 
-    def hash(self, path: str) -> int:
-        digest = hashlib.sha256(f"{path}\x00{self.prompt}".encode()).digest()
-        return int.from_bytes(digest[:8], "big")
+    def hash(self, seed: Any) -> int:
+        """A 64-bit hash of the field (``seed``: its path, hashed) and the prompt."""
+        h = seed.copy()
+        h.update(self.raw)
+        return int.from_bytes(h.digest()[:8], "big")
+
+
+def _seed(path: str) -> Any:
+    return hashlib.sha256(f"{path}\x00".encode())
+
+
+class _Compiler:
+    """Turns a schema into nested closures, each filling one node for a prompt."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
 
     def resolve(self, ref: str) -> Any:
         node: Any = self.root
@@ -204,20 +244,23 @@ class _Writer:
             node = node[part]
         return node
 
-    def value(self, schema: Any, path: str, refs: tuple[str, ...]) -> Any:
+    def compile(self, schema: Any, path: str, refs: tuple[str, ...]) -> _Fill:
         if not isinstance(schema, dict):
-            return None
+            return _constant(None)
         ref = schema.get("$ref")
         if isinstance(ref, str):
             if ref in refs:  # a recursive type: stop here
-                return None
-            return self.value(self.resolve(ref), path, (*refs, ref))
+                return _constant(None)
+            return self.compile(self.resolve(ref), path, (*refs, ref))
         if "const" in schema:
-            return schema["const"]
+            return _constant(schema["const"])
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
             values = [v for v in enum if v is not None] or enum
-            return values[self.hash(path) % len(values)]
+            seed = _seed(path)
+            if any(isinstance(v, dict | list) for v in values):
+                return lambda p: copy.deepcopy(values[p.hash(seed) % len(values)])
+            return lambda p: values[p.hash(seed) % len(values)]
         for key in ("anyOf", "oneOf"):
             members = schema.get(key)
             if isinstance(members, list) and members:
@@ -235,90 +278,120 @@ class _Writer:
                         k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")
                     }
                     chosen = {**outer, **chosen}
-                return self.value(chosen, path, refs)
+                return self.compile(chosen, path, refs)
         kind = schema.get("type")
         if isinstance(kind, list):
             kind = next((k for k in kind if k != "null"), "null")
         if kind == "object" or (kind is None and "properties" in schema):
             props = schema.get("properties") or {}
-            return {
-                name: self.value(sub, f"{path}.{name}", refs)
+            fields = [
+                (name, self.compile(sub, f"{path}.{name}", refs))
                 for name, sub in props.items()
-            }
+            ]
+            return lambda p: {name: fill(p) for name, fill in fields}
         if kind == "array":
             return self.array(schema, path, refs)
         if kind == "string":
-            return self.string(schema, path)
+            return _string(schema, path)
         if kind == "integer":
-            return self.integer(schema, path)
+            return _integer(schema, path)
         if kind == "number":
-            return self.real(schema, path)
+            return _real(schema, path)
         if kind == "boolean":
-            return self.hash(path) % 2 == 0
-        return None
+            seed = _seed(path)
+            return lambda p: p.hash(seed) % 2 == 0
+        return _constant(None)
 
-    def array(
-        self, schema: dict[str, Any], path: str, refs: tuple[str, ...]
-    ) -> list[Any]:
-        count = 1 + self.hash(path) % 2
+    def array(self, schema: dict[str, Any], path: str, refs: tuple[str, ...]) -> _Fill:
         lowest, highest = schema.get("minItems"), schema.get("maxItems")
-        if isinstance(lowest, int):
-            count = max(count, lowest)
-        if isinstance(highest, int):
-            count = min(count, highest)
+        lowest = lowest if isinstance(lowest, int) else None
+        highest = highest if isinstance(highest, int) else None
+        most = 2 if lowest is None else max(2, lowest)
+        if highest is not None:
+            most = min(most, highest)
         items = schema.get("items", {})
-        return [self.value(items, f"{path}[{i}]", refs) for i in range(count)]
+        fills = [self.compile(items, f"{path}[{i}]", refs) for i in range(most)]
+        seed = _seed(path)
 
-    def string(self, schema: dict[str, Any], path: str) -> str:
-        h = self.hash(path)
-        fmt = schema.get("format")
-        day = EPOCH + dt.timedelta(days=h % 366)
-        clock = dt.time(h % 24, (h >> 8) % 60, (h >> 16) % 60)
-        if fmt == "date":
-            text = day.isoformat()
-        elif fmt == "date-time":
-            text = f"{day.isoformat()}T{clock.isoformat()}Z"
-        elif fmt == "time":
-            text = clock.isoformat()
-        elif fmt == "email":
-            text = f"user{h % 1000}@example.com"
-        elif fmt == "uuid":
-            text = str(uuid.UUID(int=h << 64 | h))
-        else:
-            text = " ".join(self.text.split()[:STRING_WORDS]) or "answer"
-            longest = schema.get("maxLength")
-            if isinstance(longest, int):
-                text = text[:longest]
-            shortest = schema.get("minLength")
-            if isinstance(shortest, int) and len(text) < shortest:
-                text = text.ljust(shortest, ".")
+        def fill(p: _Prompt) -> list[Any]:
+            count = 1 + p.hash(seed) % 2
+            if lowest is not None:
+                count = max(count, lowest)
+            if highest is not None:
+                count = min(count, highest)
+            return [f(p) for f in fills[:count]]
+
+        return fill
+
+
+def _constant(value: Any) -> _Fill:
+    if isinstance(value, dict | list):  # each answer gets its own
+        return lambda p: copy.deepcopy(value)
+    return lambda p: value
+
+
+def _string(schema: dict[str, Any], path: str) -> _Fill:
+    seed = _seed(path)
+    fmt = schema.get("format")
+    longest, shortest = schema.get("maxLength"), schema.get("minLength")
+
+    def fill(p: _Prompt) -> str:
+        if fmt in ("date", "date-time", "time", "email", "uuid"):
+            h = p.hash(seed)
+            day = EPOCH + dt.timedelta(days=h % 366)
+            clock = dt.time(h % 24, (h >> 8) % 60, (h >> 16) % 60)
+            if fmt == "date":
+                return day.isoformat()
+            if fmt == "date-time":
+                return f"{day.isoformat()}T{clock.isoformat()}Z"
+            if fmt == "time":
+                return clock.isoformat()
+            if fmt == "email":
+                return f"user{h % 1000}@example.com"
+            return str(uuid.UUID(int=h << 64 | h))
+        text = " ".join(p.text.split()[:STRING_WORDS]) or "answer"
+        if isinstance(longest, int):
+            text = text[:longest]
+        if isinstance(shortest, int) and len(text) < shortest:
+            text = text.ljust(shortest, ".")
         return text
 
-    def integer(self, schema: dict[str, Any], path: str) -> int:
-        value = round(self.number) if self.number is not None else self.hash(path) % 100
-        lowest, highest = _bounds(schema)
+    return fill
+
+
+def _integer(schema: dict[str, Any], path: str) -> _Fill:
+    seed = _seed(path)
+    lowest, highest = _bounds(schema)
+
+    def fill(p: _Prompt) -> int:
+        value = round(p.number) if p.number is not None else p.hash(seed) % 100
         if lowest is not None and value < lowest:
             value = math.ceil(lowest)
         if highest is not None and value > highest:
             value = math.floor(highest)
         return int(value)
 
-    def real(self, schema: dict[str, Any], path: str) -> float | int:
+    return fill
+
+
+def _real(schema: dict[str, Any], path: str) -> _Fill:
+    seed = _seed(path)
+    lowest, highest = _bounds(schema)
+
+    def fill(p: _Prompt) -> float | int:
         value: float | int
-        if self.number is not None:
-            value = (
-                self.number.numerator
-                if self.number.denominator == 1
-                else float(self.number)
-            )
+        number = p.number
+        if number is not None:
+            value = number.numerator if number.denominator == 1 else float(number)
         else:
-            value = (self.hash(path) % 1000) / 10
-        lowest, highest = _bounds(schema)
+            value = (p.hash(seed) % 1000) / 10
         if lowest is not None and value < lowest:
             value = lowest
         if highest is not None and value > highest:
             value = highest
         return value
+
+    return fill
 
 
 def _bounds(schema: dict[str, Any]) -> tuple[float | None, float | None]:
