@@ -269,8 +269,8 @@ class _Resource:
         est = self.estimates.get(window)
         if est is None:
             return None
-        cached = self._learned.get(window)
-        if cached is None or cached[0] != len(est):
+        cached = self._learned.get(window)  # (dropped when an estimate is added)
+        if cached is None:
             ordered = sorted(est)
             value = max(1.0, ordered[len(ordered) // 20]) if est else None
             cached = self._learned[window] = (len(est), value)
@@ -303,6 +303,7 @@ class _Resource:
         for w in CANDIDATE_WINDOWS:
             if clear[w]:
                 self.estimates[w].append(est[w])
+                self._learned.pop(w, None)
         if all(clear.values()) and max(est.values()) - min(est.values()) <= tol:
             self.agreed.append(est[self.window])
         if self.known:
