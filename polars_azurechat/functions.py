@@ -584,10 +584,7 @@ class Completer:
                 )
             self._apply_policy(failed, len(s))
         except AzureChatError as exc:
-            run = self.engine.last_run
-            if run is not None and run.error is None:
-                run.error = exc
-            remember_for_polars(exc)
+            self._failed(exc)
             raise
         if not parts:
             return pl.Series(s.name, [], dtype=self._return_dtype)
@@ -596,6 +593,13 @@ class Completer:
             msg = f"internal error: {len(out)} results for {len(s)} rows"
             raise AssertionError(msg)
         return out
+
+    def _failed(self, exc: AzureChatError) -> None:
+        """A job-wide error: the run's error, and what Polars re-raises keeps it."""
+        run = self.engine.last_run
+        if run is not None and run.error is None:
+            run.error = exc
+        remember_for_polars(exc)
 
     # -- batch mode ---------------------------------------------------------------
 
@@ -606,10 +610,7 @@ class Completer:
             results = self._answer_batch(requests)
             self._apply_policy(list(_failures(results)), len(s))
         except AzureChatError as exc:
-            run = self.engine.last_run
-            if run is not None and run.error is None:
-                run.error = exc
-            remember_for_polars(exc)
+            self._failed(exc)
             raise
         return results_to_series(
             results, output=self.options.output, name=s.name, schema=self.output_schema
