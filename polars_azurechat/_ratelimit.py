@@ -245,7 +245,8 @@ class _Resource:
         }
         #: estimates made while every candidate window agreed (nothing had left one)
         self.agreed: collections.deque[float] = collections.deque(maxlen=KEEP_ESTIMATES)
-        self._learned: dict[float, tuple[int, float | None]] = {}
+        #: learned budgets per window (dropped when the window gets an estimate)
+        self._learned: dict[float, float | None] = {}
 
     def budget(self, window: float | None = None) -> float | None:
         """Budget per window in force (given, learned, limit: the lowest).
@@ -269,12 +270,12 @@ class _Resource:
         est = self.estimates.get(window)
         if est is None:
             return None
-        cached = self._learned.get(window)  # (dropped when an estimate is added)
-        if cached is None:
+        if window not in self._learned:
             ordered = sorted(est)
-            value = max(1.0, ordered[len(ordered) // 20]) if est else None
-            cached = self._learned[window] = (len(est), value)
-        return cached[1]
+            self._learned[window] = (
+                max(1.0, ordered[len(ordered) // 20]) if est else None
+            )
+        return self._learned[window]
 
     def reference(self) -> float | None:
         """The budget as read while all candidate windows agreed (their median)."""
