@@ -3,11 +3,19 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
-from typing import Any, Literal
+import logging
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import pytest
-from pydantic import BaseModel, Field, computed_field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    computed_field,
+    field_serializer,
+    field_validator,
+)
 
 from polars_azurechat._schema import OutputSchema, SchemaMismatchError
 
@@ -574,6 +582,131 @@ def test_integer_valued_float_is_an_int() -> None:
     value = schema.parse('{"n": 3.0}')
     assert value == {"n": 3}
     assert type(value["n"]) is int
+
+
+READER_LOG = "answers go through model_dump"
+
+
+def test_plain_model_values_match_the_schema_walker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain model is read from its instances; the dict schema's walker agrees."""
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat._schema"):
+        model = OutputSchema.from_user(Ticket)
+    assert READER_LOG not in caplog.text  # no validator or serializer: read directly
+    walker = OutputSchema.from_user(model.response_format)  # the dict path, no pydantic
+    answers = [
+        TICKET_ANSWER,
+        {**TICKET_ANSWER, "seen_at": "2024-03-01T23:30:00-01:00", "score": 2},
+        {**TICKET_ANSWER, "seen_at": "2024-03-01T10:00:00", "note": None},
+        {**TICKET_ANSWER, "seen_at": "2024-03-01T10:00:00Z", "tags": [], "level": 1},
+        {**TICKET_ANSWER, "address": {"city": "Oslo", "zip": None}, "history": []},
+    ]
+    for answer in answers:
+        text = json.dumps(answer)
+        got = model.parse(text)
+        assert got == walker.parse(text)
+        assert type(got["priority"]) is str
+        assert type(got["level"]) is int
+        assert got["seen_at"].tzinfo is not None
+    rows = [model.parse(json.dumps(a)) for a in answers]
+    assert model.series(rows).to_list() == walker.series(rows).to_list()
+
+
+class Shade(enum.Enum):
+    dark = "dark"
+    light = "light"
+
+
+class Plain(BaseModel):
+    model_config = {"use_enum_values": True}
+
+    shade: Shade
+    shades: list[Shade]
+    when: dt.time
+    maybe: Address | None
+    sizes: list[Annotated[int, Field(ge=0)]]
+    name: Annotated[str, Field(max_length=20)] = Field(alias="fullName")
+
+
+def test_plain_model_reader_covers_enum_values_times_and_nested_nulls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat._schema"):
+        schema = OutputSchema.from_user(Plain)
+    assert READER_LOG not in caplog.text
+    text = json.dumps(
+        {
+            "shade": "dark",
+            "shades": ["light", "dark"],
+            "when": "10:30:00+02:00",
+            "maybe": None,
+            "sizes": [1, 2],
+            "fullName": "Ada",
+        }
+    )
+    value = schema.parse(text)
+    assert value == {
+        "shade": "dark",
+        "shades": ["light", "dark"],
+        "when": dt.time(10, 30),
+        "maybe": None,
+        "sizes": [1, 2],
+        "fullName": "Ada",
+    }
+    assert value == OutputSchema.from_user(schema.response_format).parse(text)
+
+
+def _shout(text: str) -> str:
+    return text.upper()
+
+
+class Validated(BaseModel):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class Serialized(BaseModel):
+    name: str
+
+    @field_serializer("name")
+    def lower(self, value: str) -> str:
+        return value.lower()
+
+
+class InAnnotated(BaseModel):
+    name: Annotated[str, AfterValidator(_shout)]
+
+
+class Renamed(BaseModel):
+    name: str = Field(validation_alias="nom", serialization_alias="nom")
+
+
+@pytest.mark.parametrize(
+    ("model", "answer", "expected"),
+    [
+        (Validated, '{"name": "  Ada "}', {"name": "Ada"}),
+        (Serialized, '{"name": "Ada"}', {"name": "ada"}),
+        (InAnnotated, '{"name": "Ada"}', {"name": "ADA"}),
+        (Renamed, '{"nom": "Ada"}', {"nom": "Ada"}),
+    ],
+    ids=["field_validator", "field_serializer", "AfterValidator", "validation_alias"],
+)
+def test_models_with_own_code_keep_their_dump(
+    model: type[BaseModel],
+    answer: str,
+    expected: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a model's own code makes of a value is what the column gets."""
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat._schema"):
+        schema = OutputSchema.from_user(model)
+    assert READER_LOG in caplog.text
+    assert schema.parse(answer) == expected
 
 
 @pytest.mark.parametrize(
