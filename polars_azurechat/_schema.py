@@ -42,9 +42,11 @@ Date-times: every ``date-time`` answer becomes an aware UTC value in a
 answer without one is taken as UTC. (A ``pl.Struct`` input keeps its own ``Datetime``
 unit and time zone; a naive ``Datetime`` there gets the UTC wall time.)
 
-pydantic models are dumped to JSON values (``model_dump(mode="json", by_alias=True)``)
-after pydantic validated them, then converted by the same rules, so a pydantic model
-and the equivalent dict schema give the same column.
+pydantic validates a pydantic model's answers. A plain model (no validator or
+serializer of its own, only the types of the table) has its values read straight from
+the validated instance; any other model is dumped to JSON values
+(``model_dump(mode="json", by_alias=True)``) and converted by the same rules. Either
+way a pydantic model and the equivalent dict schema give the same column.
 """
 
 from __future__ import annotations
