@@ -55,6 +55,7 @@ from polars_azurechat.errors import (
     RateLimitError,
     RefusalError,
     SchemaValidationError,
+    SpendingCapError,
     TruncatedError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
@@ -789,17 +790,18 @@ class ChatEngine:
         )
         if self.schema is not None:  # Azure counts the schema in the prompt
             cost += self.schema.schema_tokens()
+        sent = _Sent()
         cap = self.spending_cap
-        worst = spent = 0.0
         if cap is not None:  # admitted only if its worst case stays under the cap
             prompt = _tokens.prompt_tokens(req.messages)
             if self.schema is not None:
                 prompt += self.schema.schema_tokens()
-            worst = cap.worst_case(prompt, self._max_tokens)
-            refused = cap.reserve(worst)
-            if refused is not None:
+            sent.cap = cap
+            sent.worst = cap.worst_case(prompt, self._max_tokens)
+            try:
+                sent.hold()
+            except SpendingCapError as refused:
                 return ChatResult(exception=refused)
-        sent = _Sent()
         answer: _Answer | None = None
         failure: AzureChatError | None = None
         try:
@@ -809,13 +811,9 @@ class ChatEngine:
                 failure = first
                 if is_retryable(first) and self.max_attempts > 1:
                     answer, failure = await self._retry(run, body, cost, first, sent)
-            if answer is not None and cap is not None:
-                spent = cap.cost(
-                    answer[0].prompt_tokens or 0, answer[0].completion_tokens or 0
-                )
         finally:
             if cap is not None:
-                cap.settle(worst, spent)
+                sent.spend(None if answer is None else answer[0])
         if failure is not None or answer is None:
             return self._failed(run, failure, sent.count, req)
         completion, parsed = answer
@@ -862,6 +860,7 @@ class ChatEngine:
             return completion, schema.parse(completion.content)
         except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
             exc = _invalid(schema.name, err, completion.request_id)
+        sent.spend(completion)  # Azure charged it: a resend holds its worst case again
         st = run.stats
         # the attempt was answered and charged: its tokens count
         st.prompt_tokens += completion.prompt_tokens or 0
@@ -902,6 +901,7 @@ class ChatEngine:
                     if run.fatal is not None:
                         raise run.fatal
                     run.check_deadline(self.clock())
+                    sent.hold()  # after an invalid answer: the cap may refuse a resend
                     return await self._attempt(run, body, cost, sent), None
         except AzureChatError as exc:
             return None, exc
@@ -1095,10 +1095,46 @@ class _NoWaitAfterInvalid(wait_base):
 
 @dataclasses.dataclass(slots=True)
 class _Sent:
-    """One row's requests so far (429s included), and the route it last failed on."""
+    """One row's requests so far, its last failed route, its hold under the cap.
+
+    ``count`` includes 429s. Every answered attempt is charged, an invalid typed answer sent again too: the
+    hold (the worst case of one attempt) is settled with each answer's cost, and taken
+    again before a resend.
+    """
 
     count: int = 0
     failed_on: Route | None = None
+    cap: SpendingCap | None = None
+    worst: float = 0.0
+    held: bool = False
+
+    def hold(self) -> None:
+        """Hold the worst case of the next attempt (no-op if held or no cap).
+
+        Raises :class:`SpendingCapError` when it does not fit under the cap.
+        """
+        if self.cap is None or self.held:
+            return
+        refused = self.cap.reserve(self.worst)
+        if refused is not None:
+            raise refused
+        self.held = True
+
+    def spend(self, completion: Completion | None) -> None:
+        """Release the hold, spending what ``completion`` cost (``None``: nothing)."""
+        cap = self.cap
+        if cap is None:
+            return
+        spent = (
+            0.0
+            if completion is None
+            else cap.cost(
+                completion.prompt_tokens or 0, completion.completion_tokens or 0
+            )
+        )
+        if self.held or spent:
+            cap.settle(self.worst if self.held else 0.0, spent)
+        self.held = False
 
 
 def _close(transports: Sequence[ChatTransport], cache: AnswerCache | None) -> None:

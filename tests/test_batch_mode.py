@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 import polars_azurechat as pac
@@ -355,6 +356,59 @@ def test_the_cap_online(emu: Emulator, tmp_path: Path) -> None:
     with _job(emu, cache, max_cost_usd=1.0) as job:  # only the refused rows are sent
         assert job.run(prompts) == [str(i + 1000) for i in range(10)]
     assert emu.stats()["requests"] == 10
+
+
+class Total(BaseModel):
+    total: int
+
+
+def test_the_cap_charges_every_answered_attempt(emu: Emulator, tmp_path: Path) -> None:
+    """An invalid typed answer sent again was charged by Azure: the cap counts each."""
+    prompts = ["[emu:bad_json] What is 2 + 2?"]
+    with _job(
+        emu,
+        tmp_path / "c.sqlite",
+        max_cost_usd=1.0,
+        response_format=Total,
+        max_attempts=3,
+        output="struct",
+    ) as job:
+        out = job.run(prompts)
+        summary = job.summary()
+        cap = job.spending_cap
+    assert out[0] is not None and out[0]["attempts"] == 3
+    assert _kind(out[0]) == "SchemaValidationError"
+    stats = emu.stats()
+    assert stats["requests"] == 3
+    assert cap is not None and cap.committed_usd == pytest.approx(0.0, abs=1e-12)
+    charged = cap.cost(stats["prompt_tokens"], stats["completion_tokens"])
+    assert summary.spent_usd == pytest.approx(charged)
+    assert charged > 0
+
+
+def test_the_cap_may_refuse_a_resend(emu: Emulator, tmp_path: Path) -> None:
+    """After an invalid answer, the resend must fit under the cap like a first send."""
+    prompt = "[emu:bad_json] What is 2 + 2?"
+    price = PRICES["gpt-4o-mini"]
+    probe = SpendingCap(1.0, price)
+    schema_tokens = pac.OutputSchema.from_user(Total).schema_tokens()
+    tokens = _tokens.prompt_tokens([{"role": "user", "content": prompt}])
+    worst = probe.worst_case(tokens + schema_tokens, 20)
+    # room for one worst case; after one answer is spent, not for a second
+    with _job(
+        emu,
+        tmp_path / "c.sqlite",
+        max_cost_usd=worst * 1.01,
+        response_format=Total,
+        max_attempts=3,
+        output="struct",
+    ) as job:
+        out = job.run([prompt])
+        summary = job.summary()
+    assert emu.stats()["requests"] == 1
+    assert out[0] is not None and _kind(out[0]) == "SpendingCapError"
+    assert out[0]["attempts"] == 1
+    assert summary.spent_usd is not None and 0 < summary.spent_usd <= worst * 1.01
 
 
 def test_a_cap_needs_a_price() -> None:
