@@ -52,7 +52,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -336,8 +336,7 @@ class BatchStateStore:
         names: list[str] = []
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 for c in new:
                     names.append(c.chunk)
                     db.execute(
@@ -365,10 +364,6 @@ class BatchStateStore:
                         "VALUES (?, ?, ?)",
                         ((c.chunk, i, key) for i, key in enumerate(c.keys)),
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         records = [self.chunk(name) for name in names]
         return [r for r in records if r is not None]
 
@@ -391,13 +386,12 @@ class BatchStateStore:
         """
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 row = db.execute(
                     "SELECT phase, attempt FROM batch_chunks WHERE chunk = ?", (chunk,)
                 ).fetchone()
                 if row is None:
-                    raise KeyError(chunk)  # noqa: TRY301 - rolled back below
+                    raise KeyError(chunk)  # rolled back by _transaction
                 phase, attempt = str(row[0]), int(row[1])
                 if phase != "creating":
                     attempt += 1
@@ -406,10 +400,6 @@ class BatchStateStore:
                         "batch_id = NULL, status = NULL, updated_at = ? WHERE chunk = ?",
                         (attempt, self._clock(), chunk),
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         return attempt
 
     def submitted(self, chunk: str, batch_id: str, status: str | None) -> None:
@@ -417,8 +407,7 @@ class BatchStateStore:
         now = self._clock()
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 db.execute(
                     "UPDATE batch_chunks SET phase = 'submitted', batch_id = ?, "
                     "status = ?, error = NULL, updated_at = ? WHERE chunk = ?",
@@ -431,10 +420,6 @@ class BatchStateStore:
                     "UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
                     (batch_id, status, now, now, chunk),
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
     def seen(self, chunk: str, batch_id: str, status: str) -> None:
         """The batch of ``chunk`` was last seen with ``status`` (step 4)."""
@@ -476,6 +461,24 @@ class BatchStateStore:
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._db.execute(sql, tuple(args)).fetchall())
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed, or rolled back if anything is raised.
+
+    A Ctrl-C may land anywhere, also just after ``COMMIT``: there is then nothing
+    to roll back, and the interrupt goes on as it is (a ``ROLLBACK`` outside a
+    transaction would replace it with an ``OperationalError``).
+    """
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _chunk(row: tuple[Any, ...]) -> ChunkRecord:

@@ -30,7 +30,7 @@ from polars_azurechat._batch import (
     BatchProgress,
     BatchRunner,
 )
-from polars_azurechat._batch_state import BatchStateStore
+from polars_azurechat._batch_state import BatchStateStore, _transaction
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.cache import request_key
 from polars_azurechat.emulator import Emulator
@@ -650,3 +650,26 @@ def test_a_real_kill_9_then_a_rerun_sends_no_request_twice(
         )
     else:
         assert "attaching to batch chunk" in rerun.stderr
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_an_interrupt_in_a_state_transaction_stays_an_interrupt(
+    tmp_path: Path, after_commit: bool
+) -> None:
+    """Ctrl-C inside a write: rolled back; just after its COMMIT: kept. Either way the
+    KeyboardInterrupt goes on (a ROLLBACK with no transaction used to replace it)."""
+    db = sqlite3.connect(tmp_path / "s.sqlite", isolation_level=None)
+    db.execute("CREATE TABLE t (x INTEGER)")
+
+    def write() -> None:
+        with _transaction(db):
+            db.execute("INSERT INTO t VALUES (1)")
+            if after_commit:
+                db.execute("COMMIT")  # the interrupt lands right after the commit
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert not db.in_transaction
+    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == int(after_commit)
+    db.close()

@@ -3,9 +3,9 @@
 Against the emulator over HTTP. Where waiting matters the emulator and the job's
 BatchRunner share one fake clock that moves only when the runner sleeps (as in
 tests/test_batch.py), so a batch's hours pass in milliseconds. The CLI tests run on
-the real clock against an emulator at a fast batch pace; one kills a child process
-running ``run --mode batch`` with SIGKILL and checks that the rerun submits nothing
-twice.
+the real clock against an emulator at a fast batch pace; child processes running
+``run --mode batch`` are killed with SIGKILL, or interrupted with SIGINT or SIGTERM,
+and the rerun must submit nothing twice.
 """
 
 from __future__ import annotations
@@ -543,3 +543,54 @@ def test_a_kill_9_of_run_mode_batch_then_a_rerun_submits_nothing_twice(
     assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
     assert stats["lines_answered"] == 40 and stats["requests"] == 0
     assert "attaching to batch chunk" in rerun.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_of_run_mode_batch_keeps_the_batches_for_a_rerun(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C while a batch runs: a prompt exit that says how to resume, then a rerun
+    that attaches (no upload, no batch created, nothing online)."""
+    src, out, cache = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "c"
+    pl.DataFrame({"q": _arith(40)}).write_parquet(src)
+    service = BatchService(**{**FAST, "line_s": 0.05})  # 2 s in progress
+    args = [sys.executable, "-m", "polars_azurechat", "run", str(src), str(out)]
+    args += ["--column", "q", "--mode", "batch", "--cache", str(cache)]
+    args += ["--batch-poll-s", "0.05", "--no-progress", "-v"]
+    with Emulator(batches=service) as emu:
+        env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1"}
+        child = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stderr is not None
+            for line in child.stderr:
+                if "created batch" in line:
+                    child.send_signal(sig)
+                    break
+            rest = child.stderr.read()
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if child.stderr is not None:
+                child.stderr.close()
+        first = emu.stats()["batch"]
+        interrupted_output = out.exists()
+        rerun = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        stats = _batch_stats(emu)
+    assert child.returncode == code, rest
+    assert "the batches submitted keep running" in rest
+    assert f"--cache {cache} --cancel" in rest
+    assert not interrupted_output
+    assert (first["files_uploaded"], first["batches_created"]) == (1, 1)
+    assert first["cancels"] == 0  # an interrupt leaves the batch to finish
+    assert rerun.returncode == 0, rerun.stderr
+    assert pl.read_parquet(out)["answer"].to_list() == [
+        str(i + 1000) for i in range(40)
+    ]
+    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
+    assert stats["lines_answered"] == 40 and stats["requests"] == 0
