@@ -812,8 +812,7 @@ class ChatEngine:
                 if is_retryable(first) and self.max_attempts > 1:
                     answer, failure = await self._retry(run, body, cost, first, sent)
         finally:
-            if cap is not None:
-                sent.spend(None if answer is None else answer[0])
+            sent.spend(None if answer is None else answer[0])
         if failure is not None or answer is None:
             return self._failed(run, failure, sent.count, req)
         completion, parsed = answer
@@ -1097,9 +1096,9 @@ class _NoWaitAfterInvalid(wait_base):
 class _Sent:
     """One row's requests so far, its last failed route, its hold under the cap.
 
-    ``count`` includes 429s. Every answered attempt is charged, an invalid typed answer sent again too: the
-    hold (the worst case of one attempt) is settled with each answer's cost, and taken
-    again before a resend.
+    ``count`` includes 429s. Azure charges every answered attempt, an invalid typed
+    answer sent again too: the hold (the worst case of one attempt) is settled with
+    each answer's cost, and taken again before a resend.
     """
 
     count: int = 0

@@ -919,9 +919,11 @@ class _NotPlain(Exception):  # noqa: N818 - internal signal, never escapes
     """The model needs its dump: a custom validator or serializer, or another type."""
 
 
-#: Modules whose ``Annotated`` metadata only constrains (never changes) a value.
-_CONSTRAINT_MODULES: Final = frozenset(
-    {"annotated_types", "pydantic.fields", "pydantic.types"}
+#: pydantic's ``Annotated`` metadata that only constrains a value (with every class of
+#: the ``annotated_types`` module): others (``GetPydanticSchema``, ``EncodedStr``, a
+#: validator or serializer) may change it, and keep the dump.
+_CONSTRAINTS: Final = frozenset(
+    {"FieldInfo", "Strict", "StringConstraints", "AllowInfNan"}
 )
 
 
@@ -982,8 +984,12 @@ def _model_reader(model: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv:
 
 def _check_metadata(metadata: Sequence[Any], where: str) -> None:
     for m in metadata:
-        if type(m).__module__ not in _CONSTRAINT_MODULES:
-            raise _NotPlain(f"{where}: {type(m).__name__}")
+        kind = type(m)
+        if kind.__module__ == "annotated_types":
+            continue
+        if kind.__module__.startswith("pydantic.") and kind.__name__ in _CONSTRAINTS:
+            continue
+        raise _NotPlain(f"{where}: {kind.__name__}")
 
 
 def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv | None:

@@ -10,7 +10,9 @@ import polars as pl
 import pytest
 from pydantic import (
     AfterValidator,
+    Base64Encoder,
     BaseModel,
+    EncodedStr,
     Field,
     computed_field,
     field_serializer,
@@ -686,6 +688,11 @@ class Renamed(BaseModel):
     name: str = Field(validation_alias="nom", serialization_alias="nom")
 
 
+class Encoded(BaseModel):
+    # validated: the decoded text; dumped: encoded again
+    name: Annotated[str, EncodedStr(encoder=Base64Encoder)]
+
+
 @pytest.mark.parametrize(
     ("model", "answer", "expected"),
     [
@@ -693,8 +700,15 @@ class Renamed(BaseModel):
         (Serialized, '{"name": "Ada"}', {"name": "ada"}),
         (InAnnotated, '{"name": "Ada"}', {"name": "ADA"}),
         (Renamed, '{"nom": "Ada"}', {"nom": "Ada"}),
+        (Encoded, '{"name": "QWRh"}', {"name": "QWRh"}),
     ],
-    ids=["field_validator", "field_serializer", "AfterValidator", "validation_alias"],
+    ids=[
+        "field_validator",
+        "field_serializer",
+        "AfterValidator",
+        "validation_alias",
+        "EncodedStr",
+    ],
 )
 def test_models_with_own_code_keep_their_dump(
     model: type[BaseModel],
