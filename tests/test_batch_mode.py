@@ -501,56 +501,17 @@ def test_cli_batches_lists_and_cancels(
     assert 1 <= stats["requests"] <= 4  # the rows the cancel left, online
 
 
-def test_a_kill_9_of_run_mode_batch_then_a_rerun_submits_nothing_twice(
-    tmp_path: Path,
-) -> None:
-    src, out, cache = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "c"
-    pl.DataFrame({"q": _arith(40)}).write_parquet(src)
-    service = BatchService(**{**FAST, "line_s": 0.05})  # 2 s in progress
-    args = [sys.executable, "-m", "polars_azurechat", "run", str(src), str(out)]
-    args += ["--column", "q", "--mode", "batch", "--cache", str(cache)]
-    args += ["--batch-poll-s", "0.05", "--no-progress", "-v"]
-    with Emulator(batches=service) as emu:
-        env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1"}
-        child = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            assert child.stderr is not None
-            for line in child.stderr:
-                if "created batch" in line:
-                    child.send_signal(signal.SIGKILL)
-                    break
-            child.wait(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            if child.stderr is not None:
-                child.stderr.close()
-        assert child.returncode == -signal.SIGKILL
-        assert not out.exists()
-        first = emu.stats()["batch"]
-        assert (first["files_uploaded"], first["batches_created"]) == (1, 1)
-        rerun = subprocess.run(
-            args, env=env, capture_output=True, text=True, timeout=120, check=False
-        )
-        stats = _batch_stats(emu)
-    assert rerun.returncode == 0, rerun.stderr
-    assert pl.read_parquet(out)["answer"].to_list() == [
-        str(i + 1000) for i in range(40)
-    ]
-    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
-    assert stats["lines_answered"] == 40 and stats["requests"] == 0
-    assert "attaching to batch chunk" in rerun.stderr
-
-
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_of_run_mode_batch_keeps_the_batches_for_a_rerun(
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130), (signal.SIGTERM, 143)],
+    ids=["kill-9", "ctrl-c", "sigterm"],
+)
+def test_a_stopped_run_mode_batch_then_a_rerun_submits_nothing_twice(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
-    """Ctrl-C while a batch runs: a prompt exit that says how to resume, then a rerun
-    that attaches (no upload, no batch created, nothing online)."""
+    """A kill -9, a Ctrl-C or a SIGTERM while the batch runs, then a rerun that
+    attaches to it (no upload, no batch created, nothing online). Interrupted, the
+    job exits at once and says how to resume; it never cancels the batch."""
     src, out, cache = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "c"
     pl.DataFrame({"q": _arith(40)}).write_parquet(src)
     service = BatchService(**{**FAST, "line_s": 0.05})  # 2 s in progress
@@ -569,28 +530,29 @@ def test_ctrl_c_of_run_mode_batch_keeps_the_batches_for_a_rerun(
                     child.send_signal(sig)
                     break
             rest = child.stderr.read()
-            child.wait(timeout=30)
+            child.wait(timeout=60)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
             if child.stderr is not None:
                 child.stderr.close()
+        assert child.returncode == code, rest
+        assert not out.exists()
         first = emu.stats()["batch"]
-        interrupted_output = out.exists()
+        assert (first["files_uploaded"], first["batches_created"]) == (1, 1)
+        assert first["cancels"] == 0
         rerun = subprocess.run(
             args, env=env, capture_output=True, text=True, timeout=120, check=False
         )
         stats = _batch_stats(emu)
-    assert child.returncode == code, rest
-    assert "the batches submitted keep running" in rest
-    assert f"--cache {cache} --cancel" in rest
-    assert not interrupted_output
-    assert (first["files_uploaded"], first["batches_created"]) == (1, 1)
-    assert first["cancels"] == 0  # an interrupt leaves the batch to finish
+    if sig != signal.SIGKILL:
+        assert "the batches submitted keep running" in rest
+        assert f"--cache {cache} --cancel" in rest
     assert rerun.returncode == 0, rerun.stderr
     assert pl.read_parquet(out)["answer"].to_list() == [
         str(i + 1000) for i in range(40)
     ]
     assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
     assert stats["lines_answered"] == 40 and stats["requests"] == 0
+    assert "attaching to batch chunk" in rerun.stderr
