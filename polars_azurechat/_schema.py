@@ -185,11 +185,7 @@ def _parse_datetime(time_zone: str | None) -> Callable[[str], dt.datetime]:
     aware = time_zone is not None
 
     def parse(text: str) -> dt.datetime:
-        stamp = dt.datetime.fromisoformat(text)
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=dt.UTC)
-        else:
-            stamp = stamp.astimezone(dt.UTC)
+        stamp = _utc(dt.datetime.fromisoformat(text))
         return stamp if aware else stamp.replace(tzinfo=None)
 
     return parse
@@ -1047,7 +1043,7 @@ def _enum_value(value: Any) -> Any:
 
 
 def _utc(stamp: dt.datetime) -> dt.datetime:
-    # as _parse_datetime("UTC"): an answer without an offset is taken as UTC
+    # an answer without an offset is taken as UTC
     if stamp.tzinfo is None:
         return stamp.replace(tzinfo=dt.UTC)
     return stamp.astimezone(dt.UTC)
