@@ -33,8 +33,14 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
 - The ledger holds what the server charged once a request is answered (its usage);
   while it is in flight, a prediction from what the server charged for requests we
   estimated alike, with a reserve when that is a guess.
-- **Slow start**: a job's first request goes alone (a wrong key or deployment costs one
-  request); its answer tells what remains before any burst.
+- **Slow start**, as a ramp in time: until the first answer, admissions double every
+  :data:`RAMP_S` (the first alone, 2 by then, 4, ...), so a job reaches a concurrency
+  of 100 in 7 steps (35 ms) and pays no latency before it. What the server answers at
+  once, before any model work (a 401 for a wrong key, a 404 for a wrong deployment, a
+  429 when the quota is full), arrives while the ramp has sent a few: on loopback, 1
+  or 2; against Azure, 2 ** (round trip / RAMP_S) at most (8 at 15 ms). The first
+  answer ends the ramp: a 200 tells what remains, a 429 pauses admission and names
+  the window, a 401/403/404 stops the run.
 - While the window is not known and a shorter candidate window would admit a request
   the assumed one holds back, one request at a time goes early as a **probe**: its
   answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
@@ -50,11 +56,13 @@ import asyncio
 import bisect
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,8 @@ DEFAULT_COOLDOWN_S = 1.0
 #: A blocked limiter that does not know the window yet, and whose shorter candidate
 #: windows are full too, sends one probe after this long.
 PROBE_AFTER_S = 1.0
+#: Before the first answer, admissions double every RAMP_S (slow start as a ramp).
+RAMP_S = 0.005
 #: While a probe is out, waiters look again this often (its answer may open the way).
 PROBE_POLL_S = 0.05
 #: An estimate this close to the reference budget agrees with it: requests are counted
@@ -96,9 +106,12 @@ QUIET_TOLERANCE = {"requests": (0.5, 0.0), "tokens": (2.0, 0.02)}
 KEEP_ESTIMATES = 48
 MIN_ESTIMATES = 6
 
-#: Endpoints (hashes of host, deployment, api-version and credential) that answered a
-#: request in this process: a new job on one of them skips slow start.
-_VERIFIED: set[str] = set()
+
+_NO_COUNTS: Mapping[float, tuple[int, int]] = types.MappingProxyType({})
+
+
+def _no_counts() -> Mapping[float, tuple[int, int]]:
+    return _NO_COUNTS
 
 
 @dataclasses.dataclass(slots=True)
@@ -125,13 +138,36 @@ class Ticket:
     #: admissions within REORDER_S before and after it (requests, tokens)
     before: tuple[int, int] = (0, 0)
     after: tuple[int, int] | None = None
-    used: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    low: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    high: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    #: the ledger counted it (it holds nothing to learn from or enforce otherwise)
+    tracked: bool = False
+    #: per window; dropped once the answer has been learned from (a window of 60 s
+    #: holds every admission of the last minute: a job sending thousands a second
+    #: kept a few hundred MB of these)
+    used: Mapping[float, tuple[int, int]] = dataclasses.field(
+        default_factory=_no_counts
+    )
+    low: Mapping[float, tuple[int, int]] = dataclasses.field(default_factory=_no_counts)
+    high: Mapping[float, tuple[int, int]] = dataclasses.field(
+        default_factory=_no_counts
+    )
+
+    def forget_counts(self) -> None:
+        """The answer was learned from: the per-window counts are not needed."""
+        self.used = self.low = self.high = _NO_COUNTS
 
 
 class _Window:
-    """Admissions still inside one candidate window, with running sums."""
+    """Admissions still inside one candidate window, with running sums.
+
+    The admissions are kept in three queues by age, each with its own sums, so that
+    what the window holds at its edge costs O(1) amortised (each admission moves
+    forward at most three times), however many the window holds:
+
+    - ``core``: well inside (younger than the length less the margin);
+    - ``inner``: within the margin before the window's edge;
+    - ``outer``: past the edge but within the margin after it (the server, counting
+      on arrival, may still hold them).
+    """
 
     def __init__(self, length: float) -> None:
         self.length = length
@@ -139,22 +175,64 @@ class _Window:
         self.span = length
         self.widen(max(MARGIN_S, MARGIN_SHARE * length))
         self._base, self._widened_at = self.margin, -math.inf
-        self.tickets: collections.deque[Ticket] = collections.deque()
+        self.core: collections.deque[Ticket] = collections.deque()
+        self.inner: collections.deque[Ticket] = collections.deque()
+        self.outer: collections.deque[Ticket] = collections.deque()
         self.requests = 0
         self.tokens = 0
         self.reserve = 0  # tokens held back for predictions not yet answered
+        #: requests and tokens of the inner and outer queues (rejected ones left out)
+        self._edge = [[0, 0], [0, 0]]
+        self._now = -math.inf
+
+    @property
+    def tickets(self) -> Iterator[Ticket]:
+        """Every admission still held, oldest first."""
+        return itertools.chain(self.outer, self.inner, self.core)
+
+    def _first(self) -> Ticket | None:
+        for q in (self.outer, self.inner, self.core):
+            if q:
+                return q[0]
+        return None
+
+    def _last(self) -> Ticket | None:
+        for q in (self.core, self.inner, self.outer):
+            if q:
+                return q[-1]
+        return None
 
     def expire(self, now: float) -> None:
-        q = self.tickets
-        while q and q[0].sent_at + self.span <= now:
-            t = q.popleft()
+        """Move admissions on to the queue their age puts them in; drop the old."""
+        self._now = now
+        core, inner, outer = self.core, self.inner, self.outer
+        inner_sums, outer_sums = self._edge
+        edge = now - self.length
+        while core and core[0].sent_at - self.margin <= edge:
+            t = core.popleft()
+            inner.append(t)
             if not t.rejected:
+                inner_sums[0] += 1
+                inner_sums[1] += t.tokens
+        while inner and inner[0].sent_at <= edge:
+            t = inner.popleft()
+            outer.append(t)
+            if not t.rejected:
+                inner_sums[0] -= 1
+                inner_sums[1] -= t.tokens
+                outer_sums[0] += 1
+                outer_sums[1] += t.tokens
+        while outer and outer[0].sent_at + self.span <= now:
+            t = outer.popleft()
+            if not t.rejected:
+                outer_sums[0] -= 1
+                outer_sums[1] -= t.tokens
                 self.requests -= 1
                 self.tokens -= t.tokens
                 self.reserve -= t.reserve
 
     def add(self, ticket: Ticket) -> None:
-        self.tickets.append(ticket)
+        self.core.append(ticket)
         self.requests += 1
         self.tokens += ticket.tokens
         self.reserve += ticket.reserve
@@ -173,8 +251,20 @@ class _Window:
             self._base, self._widened_at = self.margin, now
         self.widen(self._base + short)
 
+    def _sums_of(self, ticket: Ticket) -> list[int] | None:
+        """The edge sums of the queue holding ``ticket`` (``None``: core, or gone)."""
+        first = self._first()
+        if first is None or ticket.sent_at < first.sent_at:
+            return None  # left the window already
+        if self.core and ticket.sent_at >= self.core[0].sent_at:
+            return None
+        if self.inner and ticket.sent_at >= self.inner[0].sent_at:
+            return self._edge[0]
+        return self._edge[1]
+
     def _holds(self, ticket: Ticket) -> bool:
-        return bool(self.tickets) and self.tickets[0].sent_at <= ticket.sent_at
+        first = self._first()
+        return first is not None and first.sent_at <= ticket.sent_at
 
     def reject(self, ticket: Ticket) -> None:
         """``ticket`` was refused: it no longer counts (if it is still inside)."""
@@ -182,12 +272,19 @@ class _Window:
             self.requests -= 1
             self.tokens -= ticket.tokens
             self.reserve -= ticket.reserve
+            sums = self._sums_of(ticket)
+            if sums is not None:
+                sums[0] -= 1
+                sums[1] -= ticket.tokens
 
     def recharge(self, ticket: Ticket, tokens: int) -> None:
         """``ticket`` costs ``tokens`` after all (what the server charged)."""
         if not ticket.rejected and self._holds(ticket):
             self.tokens += tokens - ticket.tokens
             self.reserve -= ticket.reserve
+            sums = self._sums_of(ticket)
+            if sums is not None:
+                sums[1] += tokens - ticket.tokens
 
     def counts(self, now: float) -> tuple[tuple[int, int], ...]:
         """Requests and tokens inside the window at ``now``: (low, exact, high).
@@ -196,18 +293,13 @@ class _Window:
         our clock); low: without the admissions within the margin before the window's
         edge; high: with those within the margin after it (the margin is for skew).
         """
-        high = requests, tokens = self.requests, self.tokens
-        exact = None
-        for t in self.tickets:
-            if t.sent_at + self.length - self.margin > now:
-                break
-            if exact is None and t.sent_at + self.length > now:
-                exact = requests, tokens
-            if not t.rejected:
-                requests -= 1
-                tokens -= t.tokens
-        low = requests, tokens
-        return low, (low if exact is None else exact), high
+        if now != self._now:
+            self.expire(now)
+        (in_r, in_t), (out_r, out_t) = self._edge
+        high = self.requests, self.tokens
+        exact = high[0] - out_r, high[1] - out_t
+        low = exact[0] - in_r, exact[1] - in_t
+        return low, exact, high
 
     def used(self, resource: str) -> int:
         """What admission counts: requests, or tokens and their reserve."""
@@ -216,7 +308,8 @@ class _Window:
     def wait_for(self, resource: str, budget: float, cost: int, now: float) -> float:
         """Seconds until ``cost`` more fits under ``budget`` (0: now)."""
         need = self.used(resource) + cost - budget
-        if need <= 0 or not self.tickets:  # fits (or more than a window: alone)
+        last = self._last()
+        if need <= 0 or last is None:  # fits (or more than a window: alone)
             return 0.0
         freed = 0
         for t in self.tickets:
@@ -225,7 +318,7 @@ class _Window:
             freed += 1 if resource == "requests" else t.tokens + t.reserve
             if freed >= need:
                 return t.sent_at + self.span - now
-        return self.tickets[-1].sent_at + self.span - now
+        return last.sent_at + self.span - now
 
     def oldest(self) -> Ticket | None:
         return next((t for t in self.tickets if not t.rejected), None)
@@ -391,10 +484,8 @@ class RateLimiter:
     window_s
         The enforcement window, if known (both resources; tests and benchmarks).
     slow_start
-        Send the first request alone, and the others once it is answered.
-    endpoint_key
-        A hash naming the endpoint and credential: once one job of the process had an
-        answer from it, later jobs skip slow start.
+        Until the first answer, let admissions double every :data:`RAMP_S` (the first
+        goes alone) rather than all at once.
     clock, sleep
         Monotonic clock and awaitable sleep (injected in tests).
     """
@@ -406,7 +497,6 @@ class RateLimiter:
         tokens_per_minute: float | None = None,
         window_s: float | None = None,
         slow_start: bool = True,
-        endpoint_key: str | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -420,10 +510,11 @@ class RateLimiter:
         self._sleep = sleep
         self._cooldown_until = 0.0
         self._lock: asyncio.Lock | None = None
-        # slow start until the first answer, unless this endpoint already answered
-        self._endpoint_key = endpoint_key
-        self._started = not slow_start or endpoint_key in _VERIFIED
+        # slow start (the ramp) until the first answer
+        self._started = not slow_start
         self._first_sent = False
+        self._ramp_from = 0.0  # when the first request went
+        self._ramped = 0  # admissions before the first answer
         self._probe: Ticket | None = None
         self._blocked_since: float | None = None
         self._first_answer: asyncio.Event | None = None
@@ -474,17 +565,18 @@ class RateLimiter:
 
     async def acquire(self, tokens: int = 0) -> Ticket:
         """Wait until the request may go, then record it (waiters go in order)."""
-        if not self._started:
-            if not self._first_sent:  # slow start: the first request goes alone
-                self._first_sent = True
-                return self._admit(tokens)
-            await self._answered().wait()
+        if not self._started and not self._first_sent:
+            return self._admit_first(tokens)
         if self._lock is None:
             self._lock = asyncio.Lock()
-        if not self._lock.locked() and self.delay(tokens) <= 0:
+        if not self._lock.locked() and self._ramp_in() <= 0 and self.delay(tokens) <= 0:
             return self._admit(tokens)
         async with self._lock:
             while True:
+                ramp = self._ramp_in()
+                if ramp > 0:  # the next step of the ramp, or the first answer
+                    await self._sleep_or_answer(ramp)
+                    continue
                 wait = self.delay(tokens)
                 if wait <= 0:
                     self._blocked_since = None
@@ -501,12 +593,9 @@ class RateLimiter:
         start and a probe are admitted as :meth:`acquire` admits them; a request is not
         admitted ahead of callers already waiting in :meth:`acquire`.
         """
-        if not self._started:
-            if self._first_sent:
-                return None
-            self._first_sent = True
-            return self._admit(tokens)
-        if self._lock is not None and self._lock.locked():
+        if not self._started and not self._first_sent:
+            return self._admit_first(tokens)
+        if self._ramp_in() > 0 or (self._lock is not None and self._lock.locked()):
             return None
         wait = self.delay(tokens)
         if wait <= 0:
@@ -519,13 +608,14 @@ class RateLimiter:
 
     @property
     def starting(self) -> bool:
-        """Slow start's first request is out and not yet answered (the others wait)."""
+        """The first request is out and not yet answered (admission ramps up)."""
         return not self._started and self._first_sent
 
     def wait_hint(self, tokens: int = 0) -> float:
         """Seconds after which :meth:`try_acquire` may succeed (an upper bound to poll at)."""
-        if not self._started:
-            return PROBE_AFTER_S  # the first answer wakes the pool sooner
+        ramp = self._ramp_in()
+        if ramp > 0:
+            return ramp  # the first answer wakes the pool sooner
         wait = self.delay(tokens)
         return self._next_look(wait, tokens) if wait > 0 else 0.0
 
@@ -543,6 +633,36 @@ class RateLimiter:
             free = min(free, 1.0 - (window.used(name) + cost) / budget)
         return free
 
+    def _admit_first(self, tokens: int) -> Ticket:
+        """Slow start: the first request goes alone, and the ramp starts."""
+        self._first_sent = True
+        self._ramp_from = self._clock()
+        return self._admit(tokens)
+
+    def _ramp_in(self) -> float:
+        """Seconds until the ramp admits one more (0: now, or the ramp is over).
+
+        Before the first answer, ``2 ** (t / RAMP_S)`` admissions may have gone ``t``
+        s after the first.
+        """
+        if self._started:
+            return 0.0
+        due = self._ramp_from + RAMP_S * math.log2(self._ramped + 1)
+        return max(0.0, due - self._clock())
+
+    async def _sleep_or_answer(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the first answer comes meanwhile."""
+        answered = self._answered()
+        if answered.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waiter = asyncio.ensure_future(answered.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
     def _answered(self) -> asyncio.Event:
         if self._first_answer is None:
             self._first_answer = asyncio.Event()
@@ -550,14 +670,9 @@ class RateLimiter:
                 self._first_answer.set()
         return self._first_answer
 
-    def _start(self, *, verified: bool) -> None:
-        """The first answer is back: admission opens.
-
-        ``verified``: the server took the credential (a 200 or a 429).
-        """
+    def _start(self) -> None:
+        """The first answer is back: the ramp is over."""
         self._started = True
-        if verified and self._endpoint_key is not None:
-            _VERIFIED.add(self._endpoint_key)
         if self._first_answer is not None:
             self._first_answer.set()
 
@@ -643,6 +758,8 @@ class RateLimiter:
         return charge + reserve
 
     def _admit(self, tokens: int, *, probe: bool = False) -> Ticket:
+        if not self._started:
+            self._ramped += 1
         charge, reserve = self._predict(tokens)
         ticket = Ticket(
             self._clock(), charge, reserve=reserve, estimate=tokens, probe=probe
@@ -653,12 +770,15 @@ class RateLimiter:
         self._open += 1
         self._last = ticket
         self._neighbours(ticket)
+        ticket.tracked = True
+        used, lows, highs = {}, {}, {}
         for w in self._windows.values():
             w.add(ticket)
             low, exact, high = w.counts(ticket.sent_at)
-            ticket.used[w.length] = exact
-            ticket.low[w.length] = low
-            ticket.high[w.length] = high
+            used[w.length] = exact
+            lows[w.length] = low
+            highs[w.length] = high
+        ticket.used, ticket.low, ticket.high = used, lows, highs
         if probe:
             self._blocked_since = None
         return ticket
@@ -691,7 +811,7 @@ class RateLimiter:
         quiet = ticket.quiet and self._last is ticket
         if not ticket.answered:
             ticket.answered = True
-            if ticket.used:
+            if ticket.tracked:
                 self._open -= 1
         return quiet
 
@@ -712,7 +832,7 @@ class RateLimiter:
         plus the reserved answer): it teaches the ratio of its count to ours.
         """
         quiet = self._close(ticket)
-        self._start(verified=True)
+        self._start()
         # a server that sends no rate-limit headers, with no quota given, leaves
         # nothing to learn or enforce: the ledger is skipped until headers appear
         self._tracking = (
@@ -728,7 +848,7 @@ class RateLimiter:
             if ticket.estimate not in self._charged:
                 bisect.insort(self._estimates, ticket.estimate)
             self._charged[ticket.estimate] = charged_tokens
-            if ticket.used:
+            if ticket.tracked:
                 own = charged_tokens - ticket.tokens
                 for w in self._windows.values():
                     w.recharge(ticket, charged_tokens)
@@ -740,7 +860,7 @@ class RateLimiter:
             res = self.resources[name]
             if limit is not None:
                 res.limit = float(limit)
-            if remaining is not None and ticket.used:
+            if remaining is not None and ticket.used:  # else: nothing to learn
                 k, extra = (0, 0) if name == "requests" else (1, own)
                 # the server may have taken its neighbours in before or after it
                 early, late = ticket.before[k], self._after(ticket)[k]
@@ -751,11 +871,13 @@ class RateLimiter:
                     {w: ticket.high[w][k] + extra + late for w in CANDIDATE_WINDOWS},
                     quiet,
                 )
+        ticket.forget_counts()
 
     def on_failure(self, ticket: Ticket) -> None:
         """An answer that was neither a success nor a 429 (the server counted it)."""
         self._close(ticket)
-        self._start(verified=False)
+        ticket.forget_counts()
+        self._start()
 
     def on_rate_limited(
         self,
@@ -771,11 +893,12 @@ class RateLimiter:
         now = self._clock()
         if ticket is not None:
             self._close(ticket)
+            ticket.forget_counts()
             if not ticket.rejected:
                 ticket.rejected = True
                 for w in self._windows.values():
                     w.reject(ticket)
-            self._start(verified=True)
+            self._start()
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         if now + wait > self._cooldown_until:
             logger.debug("429: pausing admissions for %.3f s", wait)

@@ -403,7 +403,6 @@ def shared_limiter(
     scope: str,
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
-    endpoint_key: str | None = None,
 ) -> RateLimiter:
     """The limiter of ``limiter=url``: shared through Redis, or local on fallback.
 
@@ -417,7 +416,6 @@ def shared_limiter(
             scope=scope,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
-            endpoint_key=endpoint_key,
         )
     except LimiterError as exc:
         if not fallback:
@@ -426,7 +424,6 @@ def shared_limiter(
         return RateLimiter(
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
-            endpoint_key=endpoint_key,
         )
 
 
@@ -627,9 +624,7 @@ class RedisLimiter(RateLimiter):
             counts[2 * i + 1] += cost
         # its counts miss what other processes admitted since the last script call:
         # its answer teaches nothing (an estimate from it would be too low)
-        for field in ("used", "low", "high"):
-            if getattr(ticket, field, None):
-                setattr(ticket, field, {})
+        ticket.forget_counts()
         self._pending.append((ticket, cost))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._record)

@@ -344,7 +344,6 @@ class Completer:
                     transport,
                     opts.requests_per_minute,
                     opts.tokens_per_minute,
-                    _endpoint_key(transport, config, client),
                 ),
             )
 
@@ -1000,20 +999,6 @@ def _entra_token(auth: Any) -> str:
     return str(headers["Authorization"]).removeprefix("Bearer ")
 
 
-def _endpoint_key(
-    transport: ChatTransport, config: ChatConfig | None, client: Any
-) -> str:
-    """A hash naming where requests go and with which credential (never the key)."""
-    import hashlib
-
-    if client is not None or config is None:
-        who = f"client {id(client)}"
-    else:
-        who = config.identity()
-    text = f"{transport.endpoint_host}|{transport.deployment}|{transport.api_version}|{who}"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _run_started(bar: _ProgressBar | None, run: Run) -> None:
     if bar is not None:
         bar.start_run()
@@ -1091,7 +1076,6 @@ def _limiter(
     transport: ChatTransport,
     requests_per_minute: float | None,
     tokens_per_minute: float | None,
-    endpoint_key: str,
 ) -> RateLimiter:
     """The deployment's limiter: this process's own, or one shared through Redis."""
     from polars_azurechat._ratelimit import RateLimiter
@@ -1100,7 +1084,6 @@ def _limiter(
         return RateLimiter(
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
-            endpoint_key=endpoint_key,
         )
     from polars_azurechat._redis import shared_limiter
 
@@ -1109,7 +1092,6 @@ def _limiter(
         scope=f"{transport.endpoint_host}/{transport.deployment}",
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
-        endpoint_key=endpoint_key,
     )
 
 
@@ -1175,7 +1157,6 @@ def _pool(
             transport,
             d.requests_per_minute,
             d.tokens_per_minute,
-            _endpoint_key(transport, cfg, client),
         )
         routes.append(Route(d.name, transport, limiter, priority=d.priority))
     return Pool(routes, clock=time.monotonic, sleep=asyncio.sleep)

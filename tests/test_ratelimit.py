@@ -16,7 +16,7 @@ import pytest
 
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import TOKEN_SHARE, RateLimiter
+from polars_azurechat._ratelimit import RAMP_S, TOKEN_SHARE, RateLimiter
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
@@ -257,7 +257,9 @@ def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> 
     assert stats["statuses"].get("429", 0) <= 3
 
 
-def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
+def test_a_wrong_key_costs_one_request(net_clock: NetworkClock) -> None:
+    # the 401 comes back before the ramp's next step (no time passes on the wire)
+    clock = net_clock
     with Emulator(requests_per_minute=600, clock=clock) as emu:
         engine = _engine(emu, clock)
         emu.settings.api_key = "not-this-one"  # the engine holds the old one
@@ -271,20 +273,48 @@ def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
     assert stats["requests"] == 1
 
 
-def test_a_job_on_an_endpoint_that_answered_skips_slow_start(clock: FakeClock) -> None:
-    first = RateLimiter(endpoint_key="k-test-1", clock=clock, sleep=clock.sleep)
-    assert first.delay() == 0 and not first._started
+def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    sent: list[float] = []
 
     async def go() -> None:
-        ticket = await first.acquire()
-        first.on_failure(ticket)  # a 401 or a 5xx proves nothing about the key
-        assert not RateLimiter(endpoint_key="k-test-1")._started
-        ticket = await first.acquire()
-        first.on_success(ticket, None, None)
+        first = await limiter.acquire()
+        sent.append(clock.now - 1000)
+        for _ in range(7):
+            await limiter.acquire()
+            sent.append(round(clock.now - 1000, 6))
+        limiter.on_success(first, None, None)  # the ramp is over: no more waiting
+        for _ in range(20):
+            await limiter.acquire()
+        sent.append(round(clock.now - 1000, 6))
 
     _run(go())
-    assert RateLimiter(endpoint_key="k-test-1")._started
-    assert not RateLimiter(endpoint_key="k-test-2")._started
+    # 2 ** (t / RAMP_S) admissions by t: the 2nd at 5 ms, the 4th at 10 ms, the 8th 15
+    step = RAMP_S
+    assert sent[0] == 0.0
+    assert sent[1] == pytest.approx(step)
+    assert sent[3] == pytest.approx(2 * step)
+    assert sent[7] == pytest.approx(3 * step)
+    assert sent[8] == sent[7]  # 20 more at once after the answer
+
+
+def test_the_first_answer_ends_the_ramp_without_waiting_for_its_step() -> None:
+    # a real clock far from the next step: the waiter wakes on the answer, not on time
+    limiter = RateLimiter()
+
+    async def go() -> tuple[float, bool]:
+        first = await limiter.acquire()
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        pending = not waiter.done()
+        limiter.on_failure(first)  # e.g. a 401: the run stops; admission is open
+        await asyncio.wait_for(waiter, timeout=5)
+        return limiter.delay(), pending
+
+    delay, pending = asyncio.run(go())
+    assert pending and delay == 0
 
 
 def test_a_token_window_is_learned_though_the_server_counts_tokens_its_own_way(
