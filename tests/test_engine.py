@@ -20,7 +20,7 @@ from polars_azurechat.errors import (
     ServerError,
 )
 
-from .conftest import FakeClock
+from .fakes import FakeClock
 
 
 def _engine(

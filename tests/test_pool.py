@@ -7,7 +7,6 @@ assert on what the emulator counted per deployment.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,34 +31,7 @@ from polars_azurechat.errors import (
     ServerError,
 )
 
-from .conftest import FakeClock
-
-
-class NetworkClock(FakeClock):
-    """A fake clock that moves only when no request is on the wire.
-
-    Time jumps to the earliest wake-up among the sleepers (many rows may sleep at
-    once: their backoffs overlap in time, they do not add up).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.engine: ChatEngine | None = None
-        self.pending: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        target = self.now + seconds
-        self.pending.append(target)
-        try:
-            while target > self.now:
-                while self.engine is not None and self.engine._in_flight:
-                    await asyncio.sleep(0.0005)  # I/O completing, not time passing
-                await asyncio.sleep(0.0005)  # let the other sleepers register
-                if target > self.now and target <= min(self.pending):
-                    self.now = target
-        finally:
-            self.pending.remove(target)
+from .fakes import FakeClock, NetworkClock
 
 
 def _engine(
@@ -90,7 +62,7 @@ def _engine(
         params={"max_tokens": 10},
         **kw,
     )
-    clock.engine = engine
+    clock.watch(engine)
     return engine
 
 

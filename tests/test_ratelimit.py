@@ -22,7 +22,7 @@ from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.errors import AuthenticationError
 
-from .conftest import FakeClock
+from .fakes import FakeClock, NetworkClock
 
 
 def _run(coro: object) -> None:
@@ -158,23 +158,6 @@ def test_budget_is_learned_from_remaining_headers_and_is_stable(
     assert limiter.delay() > 9  # the window is full: 5 of 5
 
 
-class NetworkClock(FakeClock):
-    """A fake clock that moves only when no request is on the wire.
-
-    Requests take no (fake) time; a sleep first lets those in flight land, so the
-    emulator and the limiter see the same instants.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.engine: ChatEngine | None = None
-
-    async def sleep(self, seconds: float) -> None:
-        while self.engine is not None and self.engine._in_flight:
-            await asyncio.sleep(0.0005)  # I/O completing, not time passing
-        await super().sleep(seconds)
-
-
 @pytest.fixture
 def net_clock() -> NetworkClock:
     return NetworkClock()
@@ -198,7 +181,7 @@ def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
         params={"max_tokens": 10},
     )
     if isinstance(clock, NetworkClock):
-        clock.engine = engine
+        clock.watch(engine)
     return engine
 
 
