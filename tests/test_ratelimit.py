@@ -21,6 +21,7 @@ from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.errors import AuthenticationError
+from polars_azurechat.testing import MemoryTransport, error_response
 
 from .fakes import FakeClock, NetworkClock
 
@@ -241,17 +242,20 @@ def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> 
 
 
 def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
-    with Emulator(requests_per_minute=600, clock=clock) as emu:
-        engine = _engine(emu, clock)
-        emu.settings.api_key = "not-this-one"  # the engine holds the old one
-        rows = [
-            ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
-            for i in range(200)
-        ]
-        with pytest.raises(AuthenticationError):
-            engine.run(rows)
-        stats = emu.stats()
-    assert stats["requests"] == 1
+    # the server refuses the key: slow start sends one request, its 401 stops the run
+    transport = MemoryTransport(lambda request: error_response(401, "wrong key"))
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    engine = ChatEngine(
+        transport, limiter=limiter, sleep=clock.sleep, clock=clock, max_concurrency=64
+    )
+    rows: list[ChatRequest | None] = [
+        ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
+        for i in range(200)
+    ]
+    with pytest.raises(AuthenticationError):
+        engine.run(rows)
+    assert len(transport.requests) == 1
+    assert transport.peak_in_flight == 1
 
 
 def test_a_job_on_an_endpoint_that_answered_skips_slow_start(clock: FakeClock) -> None:
