@@ -580,6 +580,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["created", "polling"])
 def test_a_real_kill_9_then_a_rerun_sends_no_request_twice(
     tmp_path: Path, kill_at: str

@@ -495,6 +495,7 @@ def test_cli_batches_lists_and_cancels(
     [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130), (signal.SIGTERM, 143)],
     ids=["kill-9", "ctrl-c", "sigterm"],
 )
+@pytest.mark.slow
 def test_a_stopped_run_mode_batch_then_a_rerun_submits_nothing_twice(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:

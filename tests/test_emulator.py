@@ -468,6 +468,7 @@ with Emulator(token_estimator="tiktoken") as emu:
 """
 
 
+@pytest.mark.slow
 def test_tiktoken_mode_works_offline(tmp_path: Path) -> None:
     env = {
         **os.environ,

@@ -25,6 +25,8 @@ import pytest
 from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.emulator import Emulator
 
+pytestmark = pytest.mark.slow  # every test runs a child process
+
 ROWS = 3000
 CONCURRENCY = 16
 

@@ -39,6 +39,7 @@ def _engine(emu: Emulator, cache: RedisCache) -> ChatEngine:
     return ChatEngine(transport, cache=cache, params={"max_tokens": 10})
 
 
+@pytest.mark.slow
 def test_answers_round_trip(redis_url: str) -> None:
     cache = RedisCache(redis_url)
     key = request_key(
@@ -76,6 +77,7 @@ def test_answers_round_trip(redis_url: str) -> None:
     cache.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_two_workers_share_answers(redis_url: str) -> None:
     rows = [
         ChatRequest([{"role": "user", "content": f"What is {i} + 9?"}])
@@ -107,6 +109,7 @@ def test_an_unreachable_server_is_refused_before_any_request() -> None:
     assert "s3cret" not in message
 
 
+@pytest.mark.slow
 def test_a_server_lost_mid_run_breaks_the_cache_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -126,6 +129,7 @@ def test_the_password_never_shows() -> None:
     assert shown_url("rediss://u:p4ss@h:1/3") == "rediss://u@h:1/3"
 
 
+@pytest.mark.slow
 def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -> None:
     import polars as pl
     from typer.testing import CliRunner
@@ -204,6 +208,7 @@ def _questions(n: int, start: int = 0) -> list[ChatRequest | None]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "each-alone"])
 def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
     import threading
@@ -250,6 +255,7 @@ def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
         assert n429 >= 20, stats
 
 
+@pytest.mark.slow
 def test_a_429_pauses_every_job(redis_url: str) -> None:
     from polars_azurechat._redis import RedisLimiter
 
@@ -294,6 +300,7 @@ def test_an_unreachable_limiter_stops_the_job_before_any_request(
         pac.Completer(config=config, limiter="localhost:6379")
 
 
+@pytest.mark.slow
 def test_a_job_joining_mid_run_shares_what_is_left(redis_url: str) -> None:
     import threading
 
