@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -460,21 +461,37 @@ def test_batches_progress_in_the_background_on_the_real_clock() -> None:
             endpoint=CHAT,
             completion_window="24h",
         )
+        # only the background task moves it: stats() reads without advancing. The
+        # deadline is a generous bound on a wait for real progress (about 0.05 s), not
+        # a timing assertion: this test is about the real clock
         deadline = time.monotonic() + 5
-        # only the background task moves it: stats() reads without advancing
         while emu.stats()["batch"]["batches"] != {"completed": 1}:
             assert time.monotonic() < deadline, emu.stats()["batch"]
             time.sleep(0.01)
         assert emu.stats()["batch"]["lines_answered"] == 1
 
 
-def test_batch_lines_skip_the_online_quota_and_latency(clock: FakeClock) -> None:
+def test_batch_lines_skip_the_online_quota_and_latency(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the online latency is a real asyncio.sleep in the emulator: count those sleeps
+    latency_waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, result: Any = None) -> Any:
+        if delay >= 5:  # the latency below (the batch service ticks every few ms)
+            latency_waits.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
     with Emulator(clock=clock, requests_per_minute=1, latency_ms=5000) as emu:
         client = _client(emu)
         batch_id = _submit(client, clock, [_line(f"r{i}", f"q{i}") for i in range(5)])
-        started = time.monotonic()
         clock.advance(5)
         batch = client.batches.retrieve(batch_id)
-        assert time.monotonic() - started < 2
+        stats = emu.stats()
     assert batch.status == "completed" and batch.request_counts is not None
+    # five lines under a quota of one request a minute: none was refused
     assert batch.request_counts.completed == 5
+    assert stats["statuses"] == {} and stats["requests"] == 0
+    assert latency_waits == []  # and none waited the online latency
