@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 import polars_azurechat as pac
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
-from polars_azurechat._pool import BREAKER_THRESHOLD, Breaker, Pool, Route
+from polars_azurechat._pool import (
+    BREAKER_MAX_OPEN_S,
+    BREAKER_OPEN_S,
+    BREAKER_THRESHOLD,
+    Breaker,
+    Pool,
+    Route,
+)
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
@@ -195,9 +202,29 @@ def test_all_deployments_down_fail_every_row_within_its_attempts() -> None:
     )
     assert "all 2 deployments are failing" in str(down.exception)
     assert "a: 503" in str(down.exception) and "b: 503" in str(down.exception)
-    # each row tried at most max_attempts times; the circuits keep requests few
+    elapsed = clock.now - 1000
+    assert elapsed < 120  # nothing hung
+    # each row tried at most max_attempts times; the circuits keep requests far fewer
+    # (30 * 4 would be true without them): a deployment takes the failures that open
+    # its circuit, what was on the wire with the last of them, then only one probe at
+    # the end of each open period
+    most = BREAKER_THRESHOLD + engine.stats.peak_in_flight - 1 + _most_probes(elapsed)
+    for name in ("a", "b"):
+        assert stats["deployments"][name]["requests"] <= most, (stats, most)
     assert stats["requests"] <= 30 * 4
-    assert clock.now - 1000 < 120  # nothing hung
+
+
+def _most_probes(elapsed: float) -> int:
+    """Probes an open circuit sends in ``elapsed`` s when every probe fails.
+
+    One at the end of each open period: 2 s, then twice as long each time, up to 30 s.
+    """
+    probes, t, open_s = 0, 0.0, BREAKER_OPEN_S
+    while t + open_s <= elapsed:
+        probes += 1
+        t += open_s
+        open_s = min(2 * open_s, BREAKER_MAX_OPEN_S)
+    return probes
 
 
 def test_the_breaker_opens_probes_and_closes(clock: FakeClock) -> None:
