@@ -124,12 +124,14 @@ def test_a_full_first_tier_spills_to_the_next() -> None:
         stats = emu.stats()
     assert _answers(results) == [str(i + 1) for i in range(300)]
     ptu, paygo = stats["deployments"]["ptu"], stats["deployments"]["paygo"]
-    # both quotas together: 200 per 10 s; the first tier is used before the second
-    assert ptu["statuses"].get("200", 0) >= 140, stats
-    assert paygo["statuses"].get("200", 0) >= 100, stats
+    # both quotas together: 200 per 10 s; the first tier is used before the second:
+    # ptu takes its window's 100 twice, paygo the 100 left over (and 5% of slack)
+    assert ptu["statuses"].get("200", 0) >= 190, stats
+    assert paygo["statuses"].get("200", 0) >= 95, stats
     assert stats["statuses"].get("429", 0) <= 0.02 * stats["requests"], stats
-    # 300 rows at 200 per 10 s: 10 s at best; learning the windows costs a little
-    assert clock.now - 1000 <= 30, clock.now - 1000
+    # 300 rows at 200 per 10 s: one turn of the windows (10 s and the limiter's margin
+    # of 0.2 s) at best; learning the windows may cost a little
+    assert clock.now - 1000 <= 1.05 * 10.2, clock.now - 1000
 
 
 def test_within_a_tier_deployments_fill_in_proportion_to_their_quotas() -> None:
@@ -152,7 +154,7 @@ def test_within_a_tier_deployments_fill_in_proportion_to_their_quotas() -> None:
     big = stats["deployments"]["big"]["statuses"].get("200", 0)
     small = stats["deployments"]["small"]["statuses"].get("200", 0)
     assert big + small == 600
-    assert 1.6 <= big / small <= 2.4, (big, small)
+    assert 1.9 <= big / small <= 2.1, (big, small)  # quotas of 2 to 1, within 5%
     assert stats["statuses"].get("429", 0) <= 0.02 * stats["requests"], stats
 
 
