@@ -154,12 +154,9 @@ class Transport:
             started = time.perf_counter()
             status, headers, raw = await self._post(session, data, timeout, auth)
         latency_ms = (time.perf_counter() - started) * 1000
-        if status != 200:
-            raise status_error(
-                status, headers, raw, self.deployment, self.endpoint_host
-            )
-        completion = parse_completion(raw, headers)
-        completion.deployment = self.deployment
+        completion = read_answer(
+            status, headers, raw, self.deployment, self.endpoint_host
+        )
         completion.latency_ms = round(latency_ms, 3)
         return completion
 
@@ -217,6 +214,22 @@ class Transport:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def read_answer(
+    status: int, headers: Mapping[str, str], raw: bytes, deployment: str, host: str
+) -> Completion:
+    """Map one HTTP answer to a :class:`Completion`, or raise one of our errors.
+
+    The one reading of an answer (status, headers, body) shared by the aiohttp
+    transport and :class:`polars_azurechat.testing.MemoryTransport`; ``headers`` are
+    looked up by lower-case name.
+    """
+    if status != 200:
+        raise status_error(status, headers, raw, deployment, host)
+    completion = parse_completion(raw, headers)
+    completion.deployment = deployment
+    return completion
 
 
 def status_error(

@@ -7,6 +7,8 @@ import pytest
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator
 
+from .fakes import FakeClock
+
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
@@ -24,21 +26,7 @@ def config(emulator: Emulator) -> ChatConfig:
     )
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the fake sleep is awaited."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
+    """A :class:`~tests.fakes.FakeClock` at its usual start."""
     return FakeClock()

@@ -43,24 +43,11 @@ from polars_azurechat.errors import (
     TruncatedError,
 )
 
+from .fakes import FakeClock
+
 DEPLOYMENT = "gpt-4o-mini-batch"
 API_VERSION = "2024-10-21"
 PARAMS = {"max_tokens": 50}
-
-
-class Clock:
-    """Monotonic seconds that move only when ``sleep`` is called."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-        self.slept = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.slept += seconds
 
 
 class Killed(BaseException):
@@ -68,12 +55,12 @@ class Killed(BaseException):
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(10_000.0)
 
 
 @pytest.fixture
-def emu(clock: Clock) -> Iterator[Emulator]:
+def emu(clock: FakeClock) -> Iterator[Emulator]:
     with Emulator(clock=clock) as emulator:
         yield emulator
 
@@ -111,7 +98,7 @@ def _rows(emu: Emulator, prompts: list[str]) -> list[tuple[str, ChatRequest]]:
 
 
 def _runner(
-    emu: Emulator, clock: Clock, state: BatchStateStore, **kw: Any
+    emu: Emulator, clock: FakeClock, state: BatchStateStore, **kw: Any
 ) -> BatchRunner:
     options: dict[str, Any] = {
         "deployment": DEPLOYMENT,
@@ -120,7 +107,7 @@ def _runner(
         "poll_interval_s": 1.0,
         "max_poll_interval_s": 20.0,
         "file_poll_s": 0.25,
-        "sleep": clock.sleep,
+        "sleep": clock.blocking_sleep,
         "clock": clock,
         **kw,
     }
@@ -138,7 +125,7 @@ def _arith(n: int) -> list[str]:
 
 
 def test_rows_come_back_in_order_from_shuffled_output(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     prompts = _arith(25) + _arith(5)  # 5 asked twice: one line each
     rows = _rows(emu, prompts)
@@ -183,7 +170,7 @@ def test_rows_come_back_in_order_from_shuffled_output(
 
 
 def test_a_job_past_the_file_limits_is_split(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, _arith(23))
     results = _runner(emu, clock, state, max_lines=5).run(rows)
@@ -202,7 +189,7 @@ def test_a_job_past_the_file_limits_is_split(
 
 
 def test_per_line_errors_become_row_errors(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     prompts = [
         "What is 2 + 2?",
@@ -226,7 +213,7 @@ def test_per_line_errors_become_row_errors(
 
 
 def test_an_expired_batch_gives_errors_for_the_rows_it_never_answered(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     with Emulator(clock=clock, batches=BatchService(completion_window_s=3600)) as emu:
         rows = _rows(emu, [*_arith(4), "[emu:batch_expire] What is 1 + 1?"])
@@ -242,7 +229,7 @@ def test_an_expired_batch_gives_errors_for_the_rows_it_never_answered(
 
 
 def test_a_cancelled_batch_keeps_what_was_answered(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, [f"[emu:batch_slow=30] What is {i} + 1?" for i in range(6)])
     cancelled: list[str] = []
@@ -264,7 +251,7 @@ def test_a_cancelled_batch_keeps_what_was_answered(
 
 
 def test_a_batch_that_fails_validation_names_the_reason(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     with Emulator(clock=clock, deployments=frozenset({"gpt-4o-mini"})) as emu:
         rows = _rows(emu, _arith(3))
@@ -279,7 +266,7 @@ def test_a_batch_that_fails_validation_names_the_reason(
 
 
 def test_a_line_named_by_a_validation_error_gets_its_own_message(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, _arith(3))
     runner = _runner(emu, clock, state)
@@ -309,7 +296,7 @@ def _peak_enqueued(seen: list[BatchProgress]) -> int:
 
 
 def test_a_given_enqueued_token_limit_submits_batches_one_after_another(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     service = BatchService(enqueued_tokens_limit=200, line_s=1.0)
     with Emulator(clock=clock, batches=service) as emu:
@@ -328,7 +315,7 @@ def test_a_given_enqueued_token_limit_submits_batches_one_after_another(
 
 
 def test_the_limit_is_learned_from_token_limit_exceeded(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     service = BatchService(enqueued_tokens_limit=100, line_s=1.0)
     with Emulator(clock=clock, batches=service) as emu:
@@ -351,7 +338,7 @@ def test_the_limit_is_learned_from_token_limit_exceeded(
 
 
 def test_a_file_alone_over_the_quota_fails_with_the_reason(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     with Emulator(clock=clock, batches=BatchService(enqueued_tokens_limit=20)) as emu:
         rows = _rows(emu, _arith(5))
@@ -362,7 +349,7 @@ def test_a_file_alone_over_the_quota_fails_with_the_reason(
 
 
 def test_a_request_over_the_given_limit_is_refused_before_sending(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, ["word " * 100, "What is 1 + 1?"])
     results = _runner(emu, clock, state, enqueued_tokens_limit=50).run(rows)
@@ -388,7 +375,7 @@ def test_structured_outputs_need_a_recent_api_version(
 
 
 def test_an_async_client_works_too(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     client = openai.AsyncAzureOpenAI(
         azure_endpoint=emu.url,
@@ -403,7 +390,7 @@ def test_an_async_client_works_too(
         state=state,
         params=PARAMS,
         poll_interval_s=1,
-        sleep=clock.sleep,
+        sleep=clock.blocking_sleep,
         clock=clock,
     )
     try:
@@ -433,7 +420,7 @@ STEPS = [
 @pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("which", [0, 1])
 def test_a_rerun_after_a_crash_at_any_step_submits_nothing_twice(
-    emu: Emulator, clock: Clock, tmp_path: Path, step: str, which: int
+    emu: Emulator, clock: FakeClock, tmp_path: Path, step: str, which: int
 ) -> None:
     """Crash at ``step`` of the first or second of two chunks, then rerun."""
     rows = _rows(emu, _arith(8))
@@ -479,7 +466,7 @@ def test_a_rerun_after_a_crash_at_any_step_submits_nothing_twice(
 
 
 def test_a_rerun_of_a_finished_job_sends_nothing(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, _arith(4))
     cache: dict[str, ChatResult] = {}
@@ -490,7 +477,7 @@ def test_a_rerun_of_a_finished_job_sends_nothing(
 
 
 def test_rows_that_failed_are_sent_again_reusing_the_file(
-    clock: Clock, state: BatchStateStore
+    clock: FakeClock, state: BatchStateStore
 ) -> None:
     with Emulator(clock=clock, batches=BatchService(completion_window_s=100)) as emu:
         rows = _rows(emu, _arith(3))
@@ -515,7 +502,7 @@ def test_rows_that_failed_are_sent_again_reusing_the_file(
 
 
 def test_a_chunk_never_uploaded_and_no_longer_asked_for_is_abandoned(
-    emu: Emulator, clock: Clock, state: BatchStateStore
+    emu: Emulator, clock: FakeClock, state: BatchStateStore
 ) -> None:
     rows = _rows(emu, _arith(4))
 
@@ -533,7 +520,7 @@ def test_a_chunk_never_uploaded_and_no_longer_asked_for_is_abandoned(
 
 
 def test_the_state_file_is_private_and_holds_no_secret(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     path = tmp_path / "state.sqlite"
     with BatchStateStore(path) as store:
@@ -593,6 +580,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["created", "polling"])
 def test_a_real_kill_9_then_a_rerun_sends_no_request_twice(
     tmp_path: Path, kill_at: str

@@ -30,6 +30,8 @@ from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.summary import PRICES, SpendingCap, price_for
 
+from .fakes import FakeClock
+
 DEPLOYMENT = "gpt-4o-mini-batch"
 FAST: dict[str, Any] = {
     "validating_s": 0.05,
@@ -42,36 +44,23 @@ FAST: dict[str, Any] = {
 cli = CliRunner()
 
 
-class Clock:
-    """Monotonic seconds that move only when ``sleep`` is called."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Killed(BaseException):
     """Stands for a crash of the job: nothing after it runs."""
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(10_000.0)
 
 
 @pytest.fixture
-def emu(clock: Clock) -> Iterator[Emulator]:
+def emu(clock: FakeClock) -> Iterator[Emulator]:
     with Emulator(clock=clock) as emulator:
         yield emulator
 
 
 def _job(
-    emu: Emulator, cache: Path, clock: Clock | None = None, **kw: Any
+    emu: Emulator, cache: Path, clock: FakeClock | None = None, **kw: Any
 ) -> pac.Completer:
     config = pac.ChatConfig(
         azure_endpoint=emu.url, api_key=emu.api_key, deployment=DEPLOYMENT
@@ -81,7 +70,7 @@ def _job(
         options.setdefault("batch_poll_s", 1.0)
     job = pac.Completer(config=config, cache=str(cache), **options)
     if clock is not None and job._batch is not None:
-        job._batch.settings.update(sleep=clock.sleep, clock=clock)
+        job._batch.settings.update(sleep=clock.blocking_sleep, clock=clock)
     return job
 
 
@@ -104,7 +93,7 @@ def _kind(row: dict[str, Any] | None) -> str | None:
 
 
 def test_batch_mode_gives_the_same_rows_and_errors_as_online(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     rows: list[Any] = [
         "What is 2 + 2?",
@@ -158,7 +147,7 @@ def test_batch_mode_gives_the_same_rows_and_errors_as_online(
 
 
 def test_the_expression_in_batch_mode_equals_online(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     df = pl.DataFrame({"q": [*_arith(6), None, "[emu:filter] no"]})
     with _job(emu, tmp_path / "o.sqlite") as job:
@@ -179,7 +168,7 @@ def test_the_expression_in_batch_mode_equals_online(
 
 
 def test_typed_answers_in_batch_mode(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     typed: dict[str, Any] = {
         "response_format": pl.Struct({"total": pl.Int64}),
@@ -197,7 +186,7 @@ def test_typed_answers_in_batch_mode(
 
 
 def test_a_streaming_collect_is_one_set_of_batches(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     parts = [pl.DataFrame({"q": _arith(50, start)}) for start in (0, 50, 100)]
     lf = pl.concat(parts, rechunk=False).lazy()
@@ -247,7 +236,7 @@ def test_batch_mode_needs_a_cache_file() -> None:
 
 
 def test_cache_hits_are_not_resubmitted_and_a_finished_job_sends_nothing(
-    emu: Emulator, clock: Clock, tmp_path: Path
+    emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     cache = tmp_path / "c.sqlite"
     with _job(emu, cache) as job:  # online, the same deployment: the same keys
@@ -270,7 +259,7 @@ def test_cache_hits_are_not_resubmitted_and_a_finished_job_sends_nothing(
     assert _batch_stats(emu) == first
 
 
-def test_an_expired_batch_falls_back_online(clock: Clock, tmp_path: Path) -> None:
+def test_an_expired_batch_falls_back_online(clock: FakeClock, tmp_path: Path) -> None:
     cache = tmp_path / "c.sqlite"
     rows = [*_arith(4), "[emu:batch_expire] What is 3 + 3?"]
     service = BatchService(completion_window_s=3600)
@@ -307,7 +296,7 @@ def _worst(prompts: list[str], *, batch: bool) -> list[float]:
     ]
 
 
-def test_the_cap_in_batch_mode(emu: Emulator, clock: Clock, tmp_path: Path) -> None:
+def test_the_cap_in_batch_mode(emu: Emulator, clock: FakeClock, tmp_path: Path) -> None:
     cache = tmp_path / "c.sqlite"
     prompts = _arith(10)
     cap = sum(_worst(prompts, batch=True)[:4]) * 1.000001  # four fit, the fifth not
@@ -506,6 +495,7 @@ def test_cli_batches_lists_and_cancels(
     [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130), (signal.SIGTERM, 143)],
     ids=["kill-9", "ctrl-c", "sigterm"],
 )
+@pytest.mark.slow
 def test_a_stopped_run_mode_batch_then_a_rerun_submits_nothing_twice(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:

@@ -124,6 +124,7 @@ def test_bad_input_is_a_usage_error(
     assert not (tmp_path / "o.parquet").exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_shows_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "polars_azurechat", "--help"],

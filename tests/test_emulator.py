@@ -15,6 +15,8 @@ import pytest
 
 from polars_azurechat.emulator import Emulator, EmulatorSettings, answer_for
 
+from .fakes import FakeClock
+
 
 def _post(
     emu: Emulator, body: object, *, key: str | None = None, path: str | None = None
@@ -132,19 +134,6 @@ def test_random_faults_are_counted() -> None:
 # --- quota windows, driven by a fake clock -------------------------------------------
 
 
-class Clock:
-    """A fake monotonic clock for the emulator's quota windows; moves only when told."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def _ask(
     max_tokens: int | None = 5, content: str = "What is 1 + 1?"
 ) -> dict[str, object]:
@@ -184,7 +173,7 @@ def test_chars_estimate_is_what_usage_reports() -> None:
 
 
 def test_requests_per_second_window() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     with Emulator(requests_per_minute=120, request_window_s=1, clock=clock) as emu:
         assert _status(emu) == 200  # t=0
         clock.advance(0.25)
@@ -199,7 +188,7 @@ def test_requests_per_second_window() -> None:
 
 
 def test_requests_per_ten_seconds_window() -> None:
-    clock = Clock(500.0)
+    clock = FakeClock(500.0)
     with Emulator(requests_per_minute=30, clock=clock) as emu:  # 5 per 10 s
         for i in range(5):
             status, headers, _ = _post(emu, _ask())
@@ -217,7 +206,7 @@ def test_requests_per_ten_seconds_window() -> None:
 
 
 def test_tokens_per_minute_window() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     with Emulator(tokens_per_minute=1000, token_window_s=60, clock=clock) as emu:
         for i in range(5):  # 200 tokens each at t=0, 10, .., 40
             status, headers, _ = _post(emu, _BODY_200)
@@ -234,7 +223,7 @@ def test_tokens_per_minute_window() -> None:
 
 
 def test_tokens_without_max_tokens_reserve_4096() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     # "hi": 8 prompt tokens; + 4096 reserved = 4104 = the whole 10-s budget
     with Emulator(tokens_per_minute=4104 * 6, clock=clock) as emu:
         status, headers, _ = _post(emu, _ask(None, "hi"))
@@ -243,7 +232,7 @@ def test_tokens_without_max_tokens_reserve_4096() -> None:
 
 
 def test_a_request_bigger_than_the_budget_waits_for_an_empty_window() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     with Emulator(tokens_per_minute=600, clock=clock) as emu:  # 100 per 10 s
         assert _status(emu, _ask(10, "hi")) == 200  # 18 tokens at t=0
         clock.advance(4)
@@ -254,7 +243,9 @@ def test_a_request_bigger_than_the_budget_waits_for_an_empty_window() -> None:
 
 @pytest.mark.parametrize("kind", ["sliding", "fixed"])
 def test_sliding_versus_fixed_window(kind: str) -> None:
-    clock = Clock(100.0)  # fixed windows start when the emulator is made: 100, 110, ..
+    clock = FakeClock(
+        100.0
+    )  # fixed windows start when the emulator is made: 100, 110, ..
     with Emulator(requests_per_minute=12, window_kind=kind, clock=clock) as emu:
         clock.now = 105.0
         assert _status(emu) == 200
@@ -279,7 +270,7 @@ def test_sliding_versus_fixed_window(kind: str) -> None:
 
 
 def test_both_windows_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     with Emulator(
         requests_per_minute=60,  # 1 per 1-s window
         request_window_s=1,
@@ -320,7 +311,7 @@ def test_both_windows_at_once() -> None:
 def test_limit_and_reset_headers(
     kind: Literal["sliding", "fixed"], reset_requests: str, reset_tokens: str
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     settings = EmulatorSettings(
         requests_per_minute=18,  # 3 per 10 s
         tokens_per_minute=1000,  # 1000 per 60 s
@@ -374,7 +365,7 @@ def test_limit_and_reset_headers(
     ],
 )
 def test_retry_after_is_the_true_wait(kind: str, quota: dict[str, Any]) -> None:
-    clock = Clock(7.0)
+    clock = FakeClock(7.0)
     steps = [0.125, 0.3, 0.0, 1.7, 0.05, 2.0, 0.0, 0.6]  # irregular arrivals
     with Emulator(window_kind=kind, clock=clock, **quota) as emu:
         rejected = 0
@@ -477,6 +468,7 @@ with Emulator(token_estimator="tiktoken") as emu:
 """
 
 
+@pytest.mark.slow
 def test_tiktoken_mode_works_offline(tmp_path: Path) -> None:
     env = {
         **os.environ,

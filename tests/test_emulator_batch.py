@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -15,22 +16,11 @@ import pytest
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._batch import BatchService
 
+from .fakes import FakeClock
+
 #: Azure's endpoint for batches (the SDK's type names OpenAI's ``/v1/...`` ones)
 CHAT: Any = "/chat/completions"
 ONE_HOUR: Any = "1h"
-
-
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _line(
@@ -67,18 +57,18 @@ def _client(emu: Emulator, key: str | None = None) -> openai.AzureOpenAI:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(5000.0)
 
 
 @pytest.fixture
-def emu(clock: Clock) -> Iterator[Emulator]:
+def emu(clock: FakeClock) -> Iterator[Emulator]:
     with Emulator(clock=clock) as emulator:
         yield emulator
 
 
 def _submit(
-    client: openai.AzureOpenAI, clock: Clock, lines: list[dict[str, Any]]
+    client: openai.AzureOpenAI, clock: FakeClock, lines: list[dict[str, Any]]
 ) -> str:
     """Upload ``lines``, wait until processed, create the batch; its id."""
     file = client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
@@ -96,7 +86,7 @@ def _lines_of(client: openai.AzureOpenAI, file_id: str | None) -> list[dict[str,
 
 
 def test_a_batch_goes_through_its_statuses_and_answers_every_line(
-    emu: Emulator, clock: Clock
+    emu: Emulator, clock: FakeClock
 ) -> None:
     client = _client(emu)
     lines = [_line(f"row-{i}", f"What is {i} + 100?") for i in range(20)]
@@ -158,7 +148,7 @@ def test_a_batch_goes_through_its_statuses_and_answers_every_line(
     }
 
 
-def test_the_output_order_is_a_deterministic_shuffle(clock: Clock) -> None:
+def test_the_output_order_is_a_deterministic_shuffle(clock: FakeClock) -> None:
     orders = []
     for _ in range(2):
         with Emulator(clock=clock) as emu:
@@ -175,7 +165,7 @@ def test_the_output_order_is_a_deterministic_shuffle(clock: Clock) -> None:
     assert orders[0] != [f"r{i}" for i in range(10)]
 
 
-def test_failed_lines_go_to_the_error_file(emu: Emulator, clock: Clock) -> None:
+def test_failed_lines_go_to_the_error_file(emu: Emulator, clock: FakeClock) -> None:
     client = _client(emu)
     lines = [
         _line("ok", "What is 1 + 1?"),
@@ -201,7 +191,7 @@ def test_failed_lines_go_to_the_error_file(emu: Emulator, clock: Clock) -> None:
     assert emu.stats()["batch"]["lines_failed"] == 3
 
 
-def test_no_empty_error_file_when_told(clock: Clock) -> None:
+def test_no_empty_error_file_when_told(clock: FakeClock) -> None:
     with Emulator(clock=clock, batches=BatchService(empty_error_file=False)) as emu:
         client = _client(emu)
         batch_id = _submit(client, clock, [_line("a", "hi")])
@@ -225,7 +215,7 @@ def test_no_empty_error_file_when_told(clock: Clock) -> None:
     ],
 )
 def test_validation_failures_name_the_reason(
-    clock: Clock, case: str, code: str, line: int | None
+    clock: FakeClock, case: str, code: str, line: int | None
 ) -> None:
     lines = [_line("a", "hi"), _line("b", "ho"), _line("c", "hu")]
     data = b""
@@ -270,7 +260,9 @@ def test_validation_failures_name_the_reason(
     assert batch.output_file_id is None and stats["lines_answered"] == 0
 
 
-def test_create_and_upload_refuse_bad_arguments(emu: Emulator, clock: Clock) -> None:
+def test_create_and_upload_refuse_bad_arguments(
+    emu: Emulator, clock: FakeClock
+) -> None:
     client = _client(emu)
     with pytest.raises(openai.BadRequestError, match=r"\*\.jsonl"):
         client.files.create(file=("in.txt", b"{}\n"), purpose="batch")
@@ -314,7 +306,7 @@ def test_create_and_upload_refuse_bad_arguments(emu: Emulator, clock: Clock) -> 
 
 
 def test_the_enqueued_token_quota_fails_a_batch_that_would_pass_it(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     # "q 0" is 8 prompt tokens by the emulator's estimate: 10 lines are 80
     service = BatchService(enqueued_tokens_limit=100, line_s=1.0)
@@ -346,7 +338,7 @@ def test_the_enqueued_token_quota_fails_a_batch_that_would_pass_it(
         assert client.batches.retrieve(third).status == "in_progress"
 
 
-def test_an_expire_directive_leaves_the_batch_to_expire(clock: Clock) -> None:
+def test_an_expire_directive_leaves_the_batch_to_expire(clock: FakeClock) -> None:
     service = BatchService(completion_window_s=600)
     with Emulator(clock=clock, batches=service) as emu:
         client = _client(emu)
@@ -371,7 +363,7 @@ def test_an_expire_directive_leaves_the_batch_to_expire(clock: Clock) -> None:
 
 
 def test_a_slow_line_holds_the_batch_and_cancel_keeps_what_was_answered(
-    emu: Emulator, clock: Clock
+    emu: Emulator, clock: FakeClock
 ) -> None:
     client = _client(emu)
     lines = [_line(f"r{i}", f"[emu:batch_slow=10] What is {i} + 1?") for i in range(6)]
@@ -398,7 +390,7 @@ def test_a_slow_line_holds_the_batch_and_cancel_keeps_what_was_answered(
         client.batches.retrieve("batch_nope")
 
 
-def test_lists_page_and_files_can_be_deleted(emu: Emulator, clock: Clock) -> None:
+def test_lists_page_and_files_can_be_deleted(emu: Emulator, clock: FakeClock) -> None:
     client = _client(emu)
     ids = [_submit(client, clock, [_line(f"{n}", f"q{n}")]) for n in range(3)]
     assert [b.id for b in client.batches.list(limit=1)] == ids[::-1]  # newest first
@@ -437,7 +429,7 @@ def test_the_endpoints_need_the_key_and_an_api_version(emu: Emulator) -> None:
     info.value.close()
 
 
-def test_stats_over_http_and_reset(emu: Emulator, clock: Clock) -> None:
+def test_stats_over_http_and_reset(emu: Emulator, clock: FakeClock) -> None:
     client = _client(emu)
     _submit(client, clock, [_line("a", "hi")])
     with urllib.request.urlopen(emu.url + "/stats") as resp:
@@ -469,21 +461,37 @@ def test_batches_progress_in_the_background_on_the_real_clock() -> None:
             endpoint=CHAT,
             completion_window="24h",
         )
+        # only the background task moves it: stats() reads without advancing. The
+        # deadline is a generous bound on a wait for real progress (about 0.05 s), not
+        # a timing assertion: this test is about the real clock
         deadline = time.monotonic() + 5
-        # only the background task moves it: stats() reads without advancing
         while emu.stats()["batch"]["batches"] != {"completed": 1}:
             assert time.monotonic() < deadline, emu.stats()["batch"]
             time.sleep(0.01)
         assert emu.stats()["batch"]["lines_answered"] == 1
 
 
-def test_batch_lines_skip_the_online_quota_and_latency(clock: Clock) -> None:
+def test_batch_lines_skip_the_online_quota_and_latency(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the online latency is a real asyncio.sleep in the emulator: count those sleeps
+    latency_waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, result: Any = None) -> Any:
+        if delay >= 5:  # the latency below (the batch service ticks every few ms)
+            latency_waits.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
     with Emulator(clock=clock, requests_per_minute=1, latency_ms=5000) as emu:
         client = _client(emu)
         batch_id = _submit(client, clock, [_line(f"r{i}", f"q{i}") for i in range(5)])
-        started = time.monotonic()
         clock.advance(5)
         batch = client.batches.retrieve(batch_id)
-        assert time.monotonic() - started < 2
+        stats = emu.stats()
     assert batch.status == "completed" and batch.request_counts is not None
+    # five lines under a quota of one request a minute: none was refused
     assert batch.request_counts.completed == 5
+    assert stats["statuses"] == {} and stats["requests"] == 0
+    assert latency_waits == []  # and none waited the online latency

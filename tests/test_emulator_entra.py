@@ -14,7 +14,7 @@ import pytest
 
 from polars_azurechat.emulator import Emulator
 
-from .conftest import FakeClock
+from .fakes import FakeClock
 
 ENTRA_401 = {
     "statusCode": 401,

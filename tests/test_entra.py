@@ -20,7 +20,7 @@ import polars_azurechat as pac
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator
 
-from .conftest import FakeClock
+from .fakes import FakeClock
 
 ROWS = [f"What is {i} + 1?" for i in range(30)]
 ANSWERS = [str(i + 1) for i in range(30)]

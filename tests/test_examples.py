@@ -49,6 +49,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         ("typed_tickets.py", "answered 12 of 12 tickets with 12 requests; failed: 0"),
     ],
 )
+@pytest.mark.slow
 def test_offline_example_runs(script: str, expect: str) -> None:
     import subprocess
 
@@ -162,6 +163,7 @@ def _check_outputs(nb: Any) -> None:
     assert any(o.output_type == "execute_result" for o in plot.outputs)
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_in_a_kernel() -> None:
     """Execute examples/quickstart.ipynb in ipykernel; the committed file is untouched."""
     nbformat = pytest.importorskip("nbformat")

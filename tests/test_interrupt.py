@@ -25,8 +25,15 @@ import pytest
 from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.emulator import Emulator
 
+pytestmark = pytest.mark.slow  # every test runs a child process
+
 ROWS = 3000
 CONCURRENCY = 16
+#: The one wall-clock bound of the suite's own tests, kept on purpose: how soon a real
+#: child process ends after a real signal is what a user feels, and no counter can
+#: stand for it. It is generous (a stopped job needs milliseconds; left alone it runs
+#: about 37 s); the counted bound beside it is ``after <= CONCURRENCY`` requests.
+STOPS_WITHIN_S = 2.0
 
 CHILD = textwrap.dedent(
     """
@@ -90,7 +97,7 @@ def test_ctrl_c_stops_a_python_job_at_once_and_a_rerun_resumes(
     cache = tmp_path / "answers.sqlite"
     args = [sys.executable, "-c", CHILD, mode, str(cache)]
     rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, signal.SIGINT)
-    assert elapsed < 2.0, stderr
+    assert elapsed < STOPS_WITHIN_S, stderr
     assert rc != 0 and "finished" not in stderr
     assert "KeyboardInterrupt" in stderr
     # at most what was on its way when the signal landed; nothing admitted after
@@ -175,7 +182,7 @@ def test_cli_stops_at_once_names_the_cache_and_exits_128_plus_signal(
         str(cache),
     ]
     rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, sig)
-    assert elapsed < 2.0, stderr
+    assert elapsed < STOPS_WITHIN_S, stderr
     assert rc == code, stderr
     assert after <= CONCURRENCY
     assert "Traceback" not in stderr
@@ -228,7 +235,7 @@ def test_a_notebook_user_interrupts_a_cell_and_reruns_it(
             assert reply["parent_header"]["msg_id"] == msg_id
             assert reply["content"]["status"] == "error"
             assert reply["content"]["ename"] == "KeyboardInterrupt"
-            assert elapsed < 2.0
+            assert elapsed < STOPS_WITHIN_S
             assert emu.stats()["requests"] - at_signal <= CONCURRENCY
             # the same job, the same expression: a new run that answers every row
             rerun = kc.execute_interactive(

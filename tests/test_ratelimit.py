@@ -21,8 +21,9 @@ from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.errors import AuthenticationError
+from polars_azurechat.testing import MemoryTransport, error_response
 
-from .conftest import FakeClock
+from .fakes import FakeClock, NetworkClock
 
 
 def _run(coro: object) -> None:
@@ -158,23 +159,6 @@ def test_budget_is_learned_from_remaining_headers_and_is_stable(
     assert limiter.delay() > 9  # the window is full: 5 of 5
 
 
-class NetworkClock(FakeClock):
-    """A fake clock that moves only when no request is on the wire.
-
-    Requests take no (fake) time; a sleep first lets those in flight land, so the
-    emulator and the limiter see the same instants.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.engine: ChatEngine | None = None
-
-    async def sleep(self, seconds: float) -> None:
-        while self.engine is not None and self.engine._in_flight:
-            await asyncio.sleep(0.0005)  # I/O completing, not time passing
-        await super().sleep(seconds)
-
-
 @pytest.fixture
 def net_clock() -> NetworkClock:
     return NetworkClock()
@@ -198,8 +182,19 @@ def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
         params={"max_tokens": 10},
     )
     if isinstance(clock, NetworkClock):
-        clock.engine = engine
+        clock.watch(engine)
     return engine
+
+
+def _fastest(rows: int, per_minute: float, window_s: float) -> float:
+    """The fake seconds ``rows`` take at best under ``per_minute``, counted per window.
+
+    A window's worth goes at once; each further turn waits the window and the margin
+    after which the limiter lets an admission leave it (2% of it, at least 20 ms).
+    """
+    per_window = per_minute * window_s / 60
+    margin = max(0.02, 0.02 * window_s)
+    return (math.ceil(rows / per_window) - 1) * (window_s + margin)
 
 
 @pytest.mark.parametrize(
@@ -232,8 +227,10 @@ def test_the_request_window_is_learned_and_429s_stay_rare(
     assert learned["requests_per_minute"] == pytest.approx(600, rel=0.05)
     if server.get("window_kind") != "fixed":
         assert learned["request_window_s"] == server["request_window_s"]
-    # 400 rows at 600 per minute: at least 40 s of (fake) time, and not much more
-    assert clock.now - 1000 <= 40 * 1.1 + server["request_window_s"], clock.now - 1000
+    # 400 rows at 600 per minute: a window's worth at a time, each turn of the window
+    # one window plus the margin after which admissions leave it (2%, at least 20 ms)
+    fastest = _fastest(400, 600, server["request_window_s"])
+    assert clock.now - 1000 <= 1.05 * fastest + 0.1, (clock.now - 1000, fastest)
 
 
 def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> None:
@@ -252,25 +249,27 @@ def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> 
     assert all(r is not None and r.exception is None for r in results)
     learned = engine.limiter.learned()
     assert learned["token_window_s"] == 60.0
-    # ~9 requests per minute fit: 40 rows take about 4 minutes, not 6x that
-    assert clock.now - 1000 <= 1.15 * 60 * (40 * 1013 / 10_000) + 60, clock.now - 1000
+    # 9 requests of ~1,013 tokens fit in a minute: 40 rows take 4 turns of the window
+    fastest = _fastest(40, 10_000 // 1013, 60.0)
+    assert clock.now - 1000 <= 1.05 * fastest, (clock.now - 1000, fastest)
     assert stats["statuses"].get("429", 0) <= 3
 
 
-def test_a_wrong_key_costs_one_request(net_clock: NetworkClock) -> None:
-    # the 401 comes back before the ramp's next step (no time passes on the wire)
-    clock = net_clock
-    with Emulator(requests_per_minute=600, clock=clock) as emu:
-        engine = _engine(emu, clock)
-        emu.settings.api_key = "not-this-one"  # the engine holds the old one
-        rows = [
-            ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
-            for i in range(200)
-        ]
-        with pytest.raises(AuthenticationError):
-            engine.run(rows)
-        stats = emu.stats()
-    assert stats["requests"] == 1
+def test_a_wrong_key_costs_one_request(clock: FakeClock) -> None:
+    # the server refuses the key: slow start sends one request, its 401 stops the run
+    transport = MemoryTransport(lambda request: error_response(401, "wrong key"))
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    engine = ChatEngine(
+        transport, limiter=limiter, sleep=clock.sleep, clock=clock, max_concurrency=64
+    )
+    rows: list[ChatRequest | None] = [
+        ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
+        for i in range(200)
+    ]
+    with pytest.raises(AuthenticationError):
+        engine.run(rows)
+    assert len(transport.requests) == 1
+    assert transport.peak_in_flight == 1
 
 
 def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
@@ -339,8 +338,8 @@ def test_a_token_window_is_learned_though_the_server_counts_tokens_its_own_way(
     assert all(r is not None and r.exception is None for r in results)
     assert stats["statuses"].get("429", 0) <= 0.03 * stats["requests"], stats
     assert engine.limiter.learned()["token_window_s"] == 10.0
-    fastest = 10.0 * (300 * charged / 4800 - 1)
-    assert net_clock.now - 1000 <= 1.15 * fastest + 10, (net_clock.now - 1000, fastest)
+    fastest = _fastest(300, 4800 / charged * 6, 10.0)
+    assert net_clock.now - 1000 <= 1.05 * fastest, (net_clock.now - 1000, fastest)
 
 
 def _burst(

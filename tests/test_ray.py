@@ -32,6 +32,7 @@ def local_ray() -> Iterator[Any]:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_dataset_is_answered_row_by_row(local_ray: Any) -> None:
     import polars_azurechat.ray as pac_ray
 
@@ -51,6 +52,7 @@ def test_a_dataset_is_answered_row_by_row(local_ray: Any) -> None:
     assert stats["statuses"] == {"200": 400}
 
 
+@pytest.mark.slow
 def test_failed_rows_carry_their_error(local_ray: Any) -> None:
     import polars_azurechat.ray as pac_ray
 
@@ -82,6 +84,7 @@ def test_a_wrong_keyword_fails_before_anything_runs() -> None:
         pac_ray.complete(object(), max_token=5)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_workers_share_one_quota_and_cache_through_redis(local_ray: Any) -> None:
     import polars_azurechat.ray as pac_ray
 

@@ -19,6 +19,7 @@ from polars_azurechat.emulator import Emulator
 from polars_azurechat.errors import CacheError, ServerError
 
 from ._redis import redis_server
+from .fakes import FakeClock, NetworkClock
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def _engine(emu: Emulator, cache: RedisCache) -> ChatEngine:
     return ChatEngine(transport, cache=cache, params={"max_tokens": 10})
 
 
+@pytest.mark.slow
 def test_answers_round_trip(redis_url: str) -> None:
     cache = RedisCache(redis_url)
     key = request_key(
@@ -75,6 +77,7 @@ def test_answers_round_trip(redis_url: str) -> None:
     cache.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_two_workers_share_answers(redis_url: str) -> None:
     rows = [
         ChatRequest([{"role": "user", "content": f"What is {i} + 9?"}])
@@ -106,6 +109,7 @@ def test_an_unreachable_server_is_refused_before_any_request() -> None:
     assert "s3cret" not in message
 
 
+@pytest.mark.slow
 def test_a_server_lost_mid_run_breaks_the_cache_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -125,6 +129,7 @@ def test_the_password_never_shows() -> None:
     assert shown_url("rediss://u:p4ss@h:1/3") == "rediss://u@h:1/3"
 
 
+@pytest.mark.slow
 def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -> None:
     import polars as pl
     from typer.testing import CliRunner
@@ -192,7 +197,7 @@ def _limited_engine(
         clock=clock,
         params={"max_tokens": 10},
     )
-    clock.engine = engine
+    clock.watch(engine)
     return engine
 
 
@@ -203,42 +208,21 @@ def _questions(n: int, start: int = 0) -> list[ChatRequest | None]:
     ]
 
 
-class _TwoJobsClock:
-    """A NetworkClock for two engines: time moves only when neither has a request out
-    (and, with ``together``, once both have started: a job must not pass its windows
-    alone while the other one's thread has not yet begun)."""
-
-    def __new__(cls, *, together: bool = False) -> Any:
-        from .test_pool import NetworkClock
-
-        class Clock(NetworkClock):
-            engines: tuple[ChatEngine, ...] = ()
-
-            async def sleep(self, seconds: float) -> None:
-                while any(e._in_flight for e in self.engines) or (
-                    together and not all(e.runs for e in self.engines)
-                ):
-                    await asyncio.sleep(0.0005)
-                await super().sleep(seconds)
-
-        return Clock()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "each-alone"])
 def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
     import threading
 
     from polars_azurechat._ratelimit import RateLimiter
 
-    clock = _TwoJobsClock(together=True)
+    clock = NetworkClock(together=True)
     scope = f"shared-quota-test-{shared}"
     with Emulator(clock=clock, requests_per_minute=600, request_window_s=10.0) as emu:
         jobs = [
             _limited_engine(emu, redis_url, clock, scope, requests_per_minute=600)
             for _ in range(2)
         ]
-        clock.engine = None
-        clock.engines = tuple(jobs)
+        clock.watch(*jobs)
         if not shared:  # the contrast: each job believes it owns the quota
             for job in jobs:
                 job.pool.primary.limiter = job.limiter = RateLimiter(
@@ -271,10 +255,9 @@ def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
         assert n429 >= 20, stats
 
 
+@pytest.mark.slow
 def test_a_429_pauses_every_job(redis_url: str) -> None:
     from polars_azurechat._redis import RedisLimiter
-
-    from .conftest import FakeClock
 
     clock = FakeClock()
 
@@ -317,18 +300,18 @@ def test_an_unreachable_limiter_stops_the_job_before_any_request(
         pac.Completer(config=config, limiter="localhost:6379")
 
 
+@pytest.mark.slow
 def test_a_job_joining_mid_run_shares_what_is_left(redis_url: str) -> None:
     import threading
 
-    clock = _TwoJobsClock()
+    clock = NetworkClock()
     scope = "joining-test"
     with Emulator(clock=clock, requests_per_minute=600, request_window_s=10.0) as emu:
         jobs = [
             _limited_engine(emu, redis_url, clock, scope, requests_per_minute=600)
             for _ in range(2)
         ]
-        clock.engine = None
-        clock.engines = tuple(jobs)
+        clock.watch(*jobs)
         out: list[Any] = [None, None]
         joined = threading.Event()
 

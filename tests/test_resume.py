@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from polars_azurechat.emulator import Emulator
+
+pytestmark = pytest.mark.slow  # every test runs a child process
 
 ROWS = 400
 CONCURRENCY = 8

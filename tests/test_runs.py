@@ -156,6 +156,7 @@ def test_connections_stay_open_across_collects(emulator: Emulator) -> None:
     assert session.closed
 
 
+@pytest.mark.slow
 def test_import_loads_no_network_or_arrow_stack() -> None:
     code = (
         "import sys, polars_azurechat; "

@@ -1,0 +1,308 @@
+"""Answer requests in memory, for tests: no server, no sockets, no waiting.
+
+:class:`MemoryTransport` takes the place of the HTTP transport (the pattern of httpx's
+``MockTransport``): each request the engine sends is handed to a function of yours,
+which returns the status, headers and JSON body the server would have. The answer is
+then read by the very code that reads a real HTTP answer, so statuses become the
+package's errors (a 429 a :class:`~polars_azurechat.errors.RateLimitError` with its
+``retry-after``, a 400 with ``content_filter`` a
+:class:`~polars_azurechat.errors.ContentFilterError`, ...), and usage,
+``finish_reason`` and the ``x-ratelimit-*`` headers reach the engine as they would.
+The transport also counts what it was sent: every request in order, and the most
+requests that were ever in flight at once.
+
+This module is not imported by ``import polars_azurechat``.
+
+Examples
+--------
+A handler that answers every question in capitals, and the engine that sends to it
+(:class:`~polars_azurechat.Completer` does not take a transport yet: tests drive the
+engine directly):
+
+>>> from polars_azurechat._engine import ChatEngine
+>>> from polars_azurechat._types import ChatRequest
+>>> from polars_azurechat.testing import MemoryTransport, chat_completion
+>>> def handler(request):
+...     return chat_completion(request.prompt.upper(), prompt_tokens=3)
+>>> transport = MemoryTransport(handler)
+>>> engine = ChatEngine(transport, params={"max_tokens": 5})
+>>> rows = [ChatRequest([{"role": "user", "content": q}]) for q in ("hi", "yo", "hi")]
+>>> [r.content for r in engine.run(rows)]
+['HI', 'YO', 'HI']
+>>> len(transport.requests)  # the repeated question went once
+2
+>>> transport.requests[0].body
+{'max_tokens': 5, 'messages': [{'role': 'user', 'content': 'hi'}]}
+>>> engine.close()
+
+An error status is the package's error, read from Azure's error body:
+
+>>> import asyncio
+>>> from polars_azurechat.testing import error_response
+>>> refusing = MemoryTransport(
+...     lambda request: error_response(429, "slow down", headers={"retry-after": "2"})
+... )
+>>> try:
+...     asyncio.run(refusing.send({"messages": []}))
+... except Exception as exc:
+...     print(type(exc).__name__, exc.retry_after_s)
+RateLimitError 2.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from polars_azurechat._transport import Completion, read_answer
+
+__all__ = [
+    "Handler",
+    "MemoryRequest",
+    "MemoryResponse",
+    "MemoryTransport",
+    "chat_completion",
+    "error_response",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemoryRequest:
+    """One request as a server would receive it.
+
+    Attributes
+    ----------
+    body
+        The JSON body, decoded (a copy: changing it changes nothing in the engine).
+    deployment
+        The deployment named in the URL.
+    headers
+        The request's headers (lower-case names).
+    timeout_s
+        The time bound the engine gave this attempt (``None``: the transport's own).
+    """
+
+    body: dict[str, Any]
+    deployment: str
+    headers: Mapping[str, str]
+    timeout_s: float | None
+
+    @property
+    def prompt(self) -> str:
+        """The last message's text (``""`` when it is not a string)."""
+        messages = self.body.get("messages") or [{}]
+        content = messages[-1].get("content")
+        return content if isinstance(content, str) else ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemoryResponse:
+    """What the handler answers: a status, headers and a JSON body.
+
+    Attributes
+    ----------
+    status
+        The HTTP status.
+    json
+        The body, encoded as JSON.
+    headers
+        Response headers, such as ``retry-after`` or ``x-ratelimit-remaining-tokens``
+        (names in any case).
+    content
+        Raw body bytes sent instead of ``json`` (for a body that is not JSON).
+    """
+
+    status: int = 200
+    json: Any = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    content: bytes | None = None
+
+
+#: A handler: one request in, one answer out (a function or a coroutine function).
+#: It may also raise :class:`~polars_azurechat.errors.APITimeoutError` or
+#: :class:`~polars_azurechat.errors.APIConnectionError`, as a network would.
+Handler = Callable[[MemoryRequest], "MemoryResponse | Awaitable[MemoryResponse]"]
+
+
+def chat_completion(
+    content: str | None,
+    *,
+    finish_reason: str = "stop",
+    prompt_tokens: int = 10,
+    completion_tokens: int | None = None,
+    model: str = "gpt-4o-mini",
+    refusal: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> MemoryResponse:
+    """A 200 answer in Azure's chat-completion shape, with one choice.
+
+    Parameters
+    ----------
+    content
+        The answer's text.
+    finish_reason
+        ``"stop"``, ``"length"`` (cut at ``max_tokens``) or ``"content_filter"``.
+    prompt_tokens, completion_tokens
+        The usage reported (``completion_tokens`` defaults to the words of ``content``).
+    model
+        The model named in the body.
+    refusal
+        ``message.refusal`` (a refused structured-output request).
+    headers
+        Response headers.
+
+    Returns
+    -------
+    MemoryResponse
+        The answer.
+
+    Examples
+    --------
+    >>> chat_completion("4").json["choices"][0]["message"]
+    {'role': 'assistant', 'content': '4'}
+    """
+    if completion_tokens is None:
+        completion_tokens = len((content or "").split())
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if refusal is not None:
+        message["refusal"] = refusal
+    body = {
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+    return MemoryResponse(200, body, dict(headers or {}))
+
+
+def error_response(
+    status: int,
+    message: str = "error",
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **error: Any,
+) -> MemoryResponse:
+    """An error answer in Azure's shape: ``{"error": {"code", "message", ...}}``.
+
+    Parameters
+    ----------
+    status
+        The HTTP status (429, 500, ...).
+    message
+        The error's message.
+    code
+        The error's code (``"content_filter"``, ``"context_length_exceeded"``, ...);
+        defaults to the status.
+    headers
+        Response headers (``retry-after``, ``retry-after-ms``, ...).
+    **error
+        More fields of the error object (``innererror=...``).
+
+    Returns
+    -------
+    MemoryResponse
+        The answer.
+
+    Examples
+    --------
+    >>> error_response(500, "boom").json
+    {'error': {'code': '500', 'message': 'boom'}}
+    """
+    body = {"error": {"code": code or str(status), "message": message, **error}}
+    return MemoryResponse(status, body, dict(headers or {}))
+
+
+class MemoryTransport:
+    """A transport that hands every request to ``handler`` and reads its answer.
+
+    Parameters
+    ----------
+    handler
+        Called with a :class:`MemoryRequest` for each request, on the event loop; a
+        coroutine function may await (other requests then proceed: that is how
+        requests come to be in flight together).
+    deployment
+        The deployment the requests are for.
+    api_version
+        The API version (part of the cache key, as with a real endpoint).
+    endpoint
+        The endpoint named in the cache key and in error messages.
+    api_key
+        The ``api-key`` header the handler sees.
+
+    Attributes
+    ----------
+    requests
+        Every request received, in order.
+    in_flight, peak_in_flight
+        Requests inside the handler now, and the most there ever were at once.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        deployment: str = "gpt-4o-mini",
+        api_version: str = "2024-10-21",
+        endpoint: str = "https://memory.openai.azure.com",
+        api_key: str = "memory-key",
+    ) -> None:
+        self.handler = handler
+        self.deployment = deployment
+        self.api_version = api_version
+        self.endpoint = endpoint.rstrip("/")
+        self._headers = {"content-type": "application/json", "api-key": api_key}
+        self.requests: list[MemoryRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    @property
+    def endpoint_host(self) -> str:
+        """Host part of the endpoint."""
+        return self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+
+    async def open(self, limit: int) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def send(
+        self, body: Mapping[str, Any], timeout_s: float | None = None
+    ) -> Completion:
+        """Hand the request to the handler; return its answer as a real one would be."""
+        request = MemoryRequest(
+            json.loads(json.dumps(body)), self.deployment, self._headers, timeout_s
+        )
+        self.requests.append(request)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        started = time.perf_counter()
+        try:
+            answer = self.handler(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        finally:
+            self.in_flight -= 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        if not isinstance(answer, MemoryResponse):
+            msg = f"the handler returned {type(answer).__name__}, not a MemoryResponse"
+            raise TypeError(msg)
+        raw = answer.content
+        if raw is None:
+            raw = json.dumps(answer.json).encode()
+        headers = {name.lower(): value for name, value in answer.headers.items()}
+        completion = read_answer(
+            answer.status, headers, raw, self.deployment, self.endpoint_host
+        )
+        completion.latency_ms = round(latency_ms, 3)
+        return completion
