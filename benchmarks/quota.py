@@ -17,6 +17,8 @@ Scenarios and targets (the issue's):
   (``requests_per_minute=`` / ``tokens_per_minute=``: 429s <= 1%, wall <= 1.05x);
 - ``tokenbound``: ``max_tokens=1000`` under requests/10 s (generous) + tokens/60 s, the
   quota given: wall <= 1.15x the fastest schedule;
+- ``small``: 300 rows at 60 RPM counted per 10 s, no quota given: 429s <= 3%, wall
+  <= 1.1x the fastest schedule (about 5 minutes: 30 windows);
 - ``wrongkey``: a wrong key against an emulator with a quota, 500 rows: at most 2
   requests reach the server (no quota given, and quota given).
 
@@ -314,7 +316,12 @@ def window_model(
     request_window: float,
     tpm: float | None,
     token_window: float | None,
+    runs: Sequence[tuple[bool, float, float]] = (
+        (False, 0.03, 1.1),
+        (True, 0.01, 1.05),
+    ),
 ) -> bool:
+    """Run ``df`` under the windows; ``runs``: (quota given, max 429 share, max ratio)."""
     max_tokens = 20
     n = df.height
     emu: dict[str, Any] = {
@@ -343,7 +350,7 @@ def window_model(
     print_fastest(costs, limits, fastest, n)
     print(HEADER)
     ok = True
-    for quota_given, max_share, max_ratio in ((False, 0.03, 1.1), (True, 0.01, 1.05)):
+    for quota_given, max_share, max_ratio in runs:
         run = run_once(
             name,
             df,
@@ -409,6 +416,28 @@ def r1() -> bool:
         request_window=1,
         tpm=None,
         token_window=None,
+    )
+
+
+def small() -> bool:
+    """A small deployment: 60 requests a minute, counted per 10 s (10 per window).
+
+    Slow start is a ramp (admissions double every 5 ms until the first answer): a
+    short or latency-bound job starts at full speed, yet the burst into a small quota
+    it does not know stays small, because the server answers a 429 at once.
+    """
+    n = size(300, 40)
+    df, expected = arithmetic(n)
+    return window_model(
+        "small",
+        "requests/10 s, 60 RPM (10 per window), quota not given",
+        df,
+        expected,
+        rpm=60,
+        request_window=10,
+        tpm=None,
+        token_window=None,
+        runs=((False, 0.03, 1.1),),
     )
 
 
@@ -501,6 +530,7 @@ SCENARIOS: dict[str, Callable[[], bool]] = {
     "r10t10": r10t10,
     "r10t60": r10t60,
     "r1": r1,
+    "small": small,
     "tokenbound": tokenbound,
     "wrongkey": wrongkey,
 }
