@@ -320,15 +320,15 @@ def test_unknown_deployment_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_bad_arguments_fail_before_any_request(emulator: Emulator) -> None:
     with pytest.raises(ValueError, match="output must be"):
-        pac.complete("q", output="text")
+        pac.complete("q", output="text")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_error must be"):
-        pac.complete("q", on_error="ignore")
+        pac.complete("q", on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_concurrency must be an integer >= 1"):
         pac.complete("q", max_concurrency=0)
     with pytest.raises(ValueError, match="temperature=nan"):
         pac.complete("q", temperature=float("nan"))
     with pytest.raises(ValueError, match="messages cannot be passed"):
-        pac.complete("q", messages=[])
+        pac.complete("q", messages=[])  # type: ignore[call-arg]
     assert emulator.stats()["requests"] == 0
 
 
