@@ -191,20 +191,20 @@ def complete(
 def complete_many(
     rows: Rows,
     *,
+    output: Literal["content"] = ...,
     config: ChatConfig | None = ...,
     client: openai.AzureOpenAI | None = ...,
     options: ChatOptions | None = ...,
-    output: Literal["content"] = ...,
     **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[str | None]: ...
 @overload
 def complete_many(
     rows: Rows,
     *,
+    output: Literal["struct"],
     config: ChatConfig | None = ...,
     client: openai.AzureOpenAI | None = ...,
     options: ChatOptions | None = ...,
-    output: Literal["struct"],
     **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[dict[str, Any] | None]: ...
 @with_options(before=("rows", "config", "client", "options"))
