@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +125,29 @@ pac.Completer(cache="answers.sqlite", seed=1, response_format={"type": "json_obj
 def test_a_type_checker_flags_a_misspelt_option_and_a_wrong_type(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    from mypy import api
-
     snippet = tmp_path / "snippet.py"
     snippet.write_text(SNIPPET)
     cache = request.config.cache
     cache_dir = cache.mkdir("mypy") if cache is not None else tmp_path / "mypy"
-    out, err, status = api.run(
-        ["--strict", "--cache-dir", str(cache_dir), str(snippet)]
+    # in a process of its own: mypy retunes the garbage collector of the process
+    # it runs in (gc.set_threshold, gc.freeze), which would change the later tests
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(cache_dir),
+            snippet,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
-    assert status == 1, out + err
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
     lines = [line.split(": ", 1)[1] for line in out.splitlines() if ".py:" in line]
     assert lines == [
         'error: Unexpected keyword argument "max_token" for "complete"; '
