@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat import _loop, _tokens
 from polars_azurechat._batch_state import BatchStateStore, NewChunk, Phase
-from polars_azurechat._transport import parse_completion, status_error
+from polars_azurechat._transport import parse_completion, sdk_errors, status_error
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.errors import (
     APIConnectionError,
@@ -941,7 +941,6 @@ class _Api:
     def __init__(self, client: Any, deployment: str) -> None:
         import openai
 
-        self._openai = openai
         self.client = client
         self.deployment = deployment
         self.is_async = isinstance(client, openai.AsyncOpenAI)
@@ -950,25 +949,10 @@ class _Api:
         self.api_version = str(version) if version else None
 
     def _run(self, call: Callable[[], Any]) -> Any:
-        openai = self._openai
-        try:
+        with sdk_errors(self.deployment, self.host):
             result = call()
             if self.is_async:
                 result = _loop.call(_awaited(result))
-        except openai.APIStatusError as exc:
-            response = exc.response
-            raise status_error(
-                response.status_code,
-                response.headers,
-                response.content,
-                self.deployment,
-                self.host,
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise APITimeoutError(f"no answer from {self.host} in time") from exc
-        except openai.APIConnectionError as exc:
-            msg = f"connection to {self.host} failed: {type(exc).__name__}"
-            raise APIConnectionError(msg) from exc
         return result
 
     def upload(self, name: str, data: bytes) -> Any:

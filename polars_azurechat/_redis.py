@@ -35,7 +35,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,6 +50,7 @@ from polars_azurechat._ratelimit import (
     Ticket,
 )
 from polars_azurechat._types import ChatResult
+from polars_azurechat.cache import BufferedCache
 from polars_azurechat.errors import CacheError, LimiterError
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class RedisCache:
+class RedisCache(BufferedCache[tuple[str, bytes]]):
     """Answers kept in Redis, shared by every worker pointing at the same server.
 
     The same interface as :class:`~polars_azurechat.cache.SqliteCache`.
@@ -129,13 +129,10 @@ class RedisCache:
     """
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.path = shown_url(url)
         self._url = url
         self._client = connect(url, "cache")
-        self._lock = threading.Lock()
-        self._pending: list[tuple[str, bytes]] = []
-        self._closed = False
-        self.broken: str | None = None
 
     def __repr__(self) -> str:
         return f"RedisCache({self.path!r})"
@@ -146,9 +143,6 @@ class RedisCache:
         self.broken = _scrub(f"cache {self.path}: {problem}", self._url)
         self._pending = []
         logger.warning("%s; the run goes on without the cache", self.broken)
-
-    def _usable(self) -> bool:
-        return self.broken is None and not self._closed
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
         """The hits among ``keys`` (empty once broken or closed; never raises)."""
@@ -176,7 +170,7 @@ class RedisCache:
                             cached=True,
                         )
             except (redis.RedisError, ValueError, KeyError, TypeError) as exc:
-                self._break(f"cannot read answers ({type(exc).__name__}: {exc})")
+                self._break(f"cannot read answers ({self._problem(exc)})")
                 return {}
         return out
 
@@ -198,47 +192,29 @@ class RedisCache:
         with self._lock:
             self._pending.append((PREFIX + "answer:" + key, value))
 
-    def flush(self) -> None:
-        """Write the queued answers in one pipelined round trip; never raises."""
+    def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
         import redis
 
-        with self._lock:
-            rows, self._pending = self._pending, []
-            if not rows or not self._usable():
-                return
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for key, value in rows:
-                    pipe.set(key, value)
-                pipe.execute()
-            except redis.RedisError as exc:
-                self._break(f"cannot save answers ({type(exc).__name__}: {exc})")
+        return (redis.RedisError,)
 
-    def __len__(self) -> int:
-        import redis
+    def _problem(self, error: Exception) -> str:
+        return f"{type(error).__name__}: {error}"
 
-        with self._lock:
-            if not self._usable():
-                return 0
-            try:
-                return sum(
-                    1 for _ in self._client.scan_iter(PREFIX + "answer:*", count=1000)
-                )
-            except redis.RedisError as exc:
-                self._break(f"cannot read answers ({type(exc).__name__}: {exc})")
-                return 0
+    def _write(self, rows: list[tuple[str, bytes]]) -> None:
+        """Write ``rows`` in one pipelined round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in rows:
+            pipe.set(key, value)
+        pipe.execute()
 
-    def close(self) -> None:
-        """Write what is queued and close the connection (idempotent; never raises)."""
-        self.flush()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                self._client.close()
-            except Exception:  # closing must not raise
-                logger.debug("closing the Redis connection failed", exc_info=True)
+    def _count(self) -> int:
+        return sum(1 for _ in self._client.scan_iter(PREFIX + "answer:*", count=1000))
+
+    def _disconnect(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing must not raise
+            logger.debug("closing the Redis connection failed", exc_info=True)
 
 
 # -- the shared limiter ---------------------------------------------------------------

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -303,6 +304,50 @@ def status_error(
     return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
 
 
+@contextlib.contextmanager
+def sdk_errors(
+    deployment: str, host: str, *, timeout_s: float | None = None
+) -> Iterator[None]:
+    """Raise ours for the openai SDK's errors raised inside the block.
+
+    The one mapping from the SDK's errors to ours, for a user's own client (online
+    with ``client=``, and batch mode): a status error as :func:`status_error` maps
+    the status and Azure's body, a timeout as :class:`APITimeoutError`, any other
+    connection failure as :class:`APIConnectionError`; each chained to the SDK's.
+    Other exceptions go through unchanged.
+
+    Parameters
+    ----------
+    deployment, host
+        Named in the messages (the host is safe to show).
+    timeout_s
+        The time bound the client was given, named by a timeout's message.
+    """
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        response = exc.response
+        raise status_error(
+            response.status_code,
+            response.headers,
+            response.content,
+            deployment,
+            host,
+        ) from exc
+    except openai.APITimeoutError as exc:
+        msg = (
+            f"no answer within {timeout_s} s"
+            if timeout_s is not None
+            else f"no answer from {host} in time"
+        )
+        raise APITimeoutError(msg) from exc
+    except openai.APIConnectionError as exc:
+        msg = f"connection to {host} failed: {type(exc).__name__}"
+        raise APIConnectionError(msg) from exc
+
+
 def rate_limited_resource(exc: APIStatusError) -> str | None:
     """Which budget a 429 names: ``"tokens"``, ``"requests"``, or ``None`` (unsaid).
 
@@ -413,7 +458,6 @@ class SdkTransport:
                 f"not {type(client).__name__}"
             )
             raise TypeError(msg)
-        self._openai = openai
         self._client = client.with_options(max_retries=0, timeout=timeout_s)
         self.deployment = deployment
         self.api_version = str(client._api_version)
@@ -448,27 +492,11 @@ class SdkTransport:
         return await loop.run_in_executor(self._pool, self._send_blocking, body)
 
     def _send_blocking(self, body: Mapping[str, Any]) -> Completion:
-        openai = self._openai
         started = time.perf_counter()
-        try:
+        with sdk_errors(self.deployment, self._host, timeout_s=self._timeout_s):
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self.deployment, **body
             )
-        except openai.APITimeoutError as exc:
-            msg = f"no answer within {self._timeout_s} s"
-            raise APITimeoutError(msg) from exc
-        except openai.APIConnectionError as exc:
-            msg = f"connection to {self.endpoint_host} failed: {type(exc).__name__}"
-            raise APIConnectionError(msg) from exc
-        except openai.APIStatusError as exc:
-            response = exc.response
-            raise status_error(
-                response.status_code,
-                response.headers,
-                response.content,
-                self.deployment,
-                self.endpoint_host,
-            ) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         completion = parse_completion(raw.content, raw.headers)
         completion.deployment = self.deployment

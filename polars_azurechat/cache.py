@@ -16,6 +16,7 @@ without it.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -26,14 +27,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from polars_azurechat._batch_state import INDEXES as BATCH_INDEXES
 from polars_azurechat._batch_state import TABLES as BATCH_TABLES
 from polars_azurechat._types import ChatResult
 from polars_azurechat.errors import CacheError
 
-__all__ = ["SqliteCache", "request_key", "request_key_parts"]
+__all__ = ["BufferedCache", "SqliteCache", "request_key", "request_key_parts"]
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,93 @@ def _dir_writable(directory: Path) -> bool:
     return os.access(directory, mode)  # pragma: no cover - platforms without euid
 
 
-class SqliteCache:
+Row = TypeVar("Row")
+
+
+class BufferedCache(abc.ABC, Generic[Row]):
+    """What the answer caches share: answers queued, written in one go, never raising.
+
+    A subclass queues rows in ``_pending`` (under ``_lock``) and says how to write
+    them (:meth:`_write`), count the answers (:meth:`_count`), disconnect
+    (:meth:`_disconnect`) and give up (:meth:`_break`, one warning); its store's
+    errors (:meth:`_errors`) break the cache instead of raising.
+
+    Attributes
+    ----------
+    broken
+        None while the cache works; the one-line reason once it failed during a run.
+    """
+
+    def __init__(self) -> None:
+        self.broken: str | None = None
+        self._lock = threading.Lock()
+        self._pending: list[Row] = []
+        self._closed = False
+
+    @abc.abstractmethod
+    def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
+        """The errors of the store that break the cache, in a write or a read."""
+
+    @abc.abstractmethod
+    def _write(self, rows: list[Row]) -> None:
+        """Write ``rows`` at once (the lock is held)."""
+
+    @abc.abstractmethod
+    def _count(self) -> int:
+        """How many answers the store holds (the lock is held)."""
+
+    @abc.abstractmethod
+    def _disconnect(self) -> None:
+        """Close the connection; never raises (the lock is held)."""
+
+    @abc.abstractmethod
+    def _break(self, problem: str) -> None:
+        """Give up on the store: set :attr:`broken`, warn once (the lock is held)."""
+
+    def _problem(self, error: Exception) -> str:
+        """A store error, in words for :attr:`broken`."""
+        return str(error)
+
+    def _usable(self) -> bool:
+        return self.broken is None and not self._closed
+
+    def flush(self) -> None:
+        """Write the queued answers in one go; never raises.
+
+        If the write fails, one warning naming the cache and the problem is logged and
+        the cache is broken (see :attr:`broken`): the run goes on without it.
+        """
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if not rows or not self._usable():
+                return
+            try:
+                self._write(rows)
+            except self._errors(writing=True) as e:
+                self._break(f"cannot save answers ({self._problem(e)})")
+
+    def __len__(self) -> int:
+        with self._lock:
+            if not self._usable():
+                return 0
+            try:
+                return self._count()
+            except self._errors(writing=False) as e:
+                self._break(f"cannot read answers ({self._problem(e)})")
+                return 0
+
+    def close(self) -> None:
+        """Write what is queued and disconnect (idempotent; never raises)."""
+        self.flush()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending = []
+            self._disconnect()
+
+
+class SqliteCache(BufferedCache[tuple[Any, ...]]):
     """Answers stored in one SQLite file; safe to share between threads.
 
     Parameters
@@ -334,12 +421,9 @@ class SqliteCache:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = Path(path)
-        self.broken: str | None = None
         self._shown = str(self.path.absolute())
-        self._lock = threading.Lock()
-        self._pending: list[tuple[Any, ...]] = []
-        self._closed = False
         created = self._check_path()
         try:
             self._db = self._open()
@@ -484,9 +568,6 @@ class SqliteCache:
             self._db.close()
         logger.warning("%s; the run goes on without the cache", self.broken)
 
-    def _usable(self) -> bool:
-        return self.broken is None and not self._closed
-
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
         """Look up many keys at once.
 
@@ -560,49 +641,26 @@ class SqliteCache:
             )
         )
 
-    def flush(self) -> None:
-        """Commit queued answers in one transaction; never raises.
+    def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
+        return (
+            (sqlite3.Error, ValueError, OverflowError) if writing else (sqlite3.Error,)
+        )
 
-        If the commit fails, the transaction is rolled back, one warning naming the
-        path and the problem is logged and the cache is broken (see :attr:`broken`):
-        the run goes on without it.
-        """
-        with self._lock:
-            rows, self._pending = self._pending, []
-            if not rows or not self._usable():
-                return
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
-                )
-                self._db.execute("COMMIT")
-            except (sqlite3.Error, ValueError, OverflowError) as e:
-                self._break(f"cannot save answers ({e})")
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Commit ``rows`` in one transaction (rolled back by :meth:`_break`)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+        self._db.execute("COMMIT")
 
-    def __len__(self) -> int:
-        with self._lock:
-            if not self._usable():
-                return 0
-            try:
-                return int(
-                    self._db.execute("SELECT count(*) FROM answers").fetchone()[0]
-                )
-            except sqlite3.Error as e:
-                self._break(f"cannot read answers ({e})")
-                return 0
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM answers").fetchone()[0])
 
-    def close(self) -> None:
-        """Write what is queued and close the file (idempotent; never raises)."""
-        self.flush()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._pending = []
-            if self.broken is None:
-                with suppress(sqlite3.Error):
-                    self._db.close()
+    def _disconnect(self) -> None:
+        if self.broken is None:  # a broken cache closed its connection
+            with suppress(sqlite3.Error):
+                self._db.close()
 
 
 def _read_problem(error: sqlite3.Error) -> str:

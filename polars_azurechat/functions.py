@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, Unpack, overload
 
 import polars as pl
 
@@ -38,6 +38,8 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.options import (
     ChatOptions,
+    ChatOptionsDict,
+    ChatOptionsDictNoOutput,
     options_doc,
     typed_body,
     with_options,
@@ -80,7 +82,7 @@ def complete(
     config: ChatConfig | None = None,
     client: openai.AzureOpenAI | None = None,
     options: ChatOptions | None = None,
-    **params: Any,
+    **params: Unpack[ChatOptionsDict],
 ) -> pl.Expr:
     """Answer every row of a column of chat messages (or prompts) with Azure OpenAI.
 
@@ -187,11 +189,23 @@ def complete(
 
 @overload
 def complete_many(
-    rows: Rows, *, output: Literal["content"] = ..., **kwargs: Any
+    rows: Rows,
+    *,
+    output: Literal["content"] = ...,
+    config: ChatConfig | None = ...,
+    client: openai.AzureOpenAI | None = ...,
+    options: ChatOptions | None = ...,
+    **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[str | None]: ...
 @overload
 def complete_many(
-    rows: Rows, *, output: Literal["struct"], **kwargs: Any
+    rows: Rows,
+    *,
+    output: Literal["struct"],
+    config: ChatConfig | None = ...,
+    client: openai.AzureOpenAI | None = ...,
+    options: ChatOptions | None = ...,
+    **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[dict[str, Any] | None]: ...
 @with_options(before=("rows", "config", "client", "options"))
 def complete_many(
@@ -200,7 +214,7 @@ def complete_many(
     config: ChatConfig | None = None,
     client: openai.AzureOpenAI | None = None,
     options: ChatOptions | None = None,
-    **params: Any,
+    **params: Unpack[ChatOptionsDict],
 ) -> list[str | None] | list[dict[str, Any] | None]:
     """Answer a plain list of message lists (or prompts), in input order, without Polars.
 
@@ -304,7 +318,7 @@ class Completer:
         client: openai.AzureOpenAI | None = None,
         options: ChatOptions | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
-        **params: Any,
+        **params: Unpack[ChatOptionsDict],
     ) -> None:
         opts, body = ChatOptions.split(params, base=options)
         self.options = opts

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
 import polars as pl
 
 from polars_azurechat import functions
-from polars_azurechat.options import with_options
+from polars_azurechat.options import ChatOptionsDict, with_options
 
 if TYPE_CHECKING:
     import openai
@@ -32,7 +32,7 @@ class ChatNamespace:
         config: ChatConfig | None = None,
         client: openai.AzureOpenAI | None = None,
         options: ChatOptions | None = None,
-        **params: Any,
+        **params: Unpack[ChatOptionsDict],
     ) -> pl.Expr:
         """Answer every row with Azure OpenAI; see :func:`polars_azurechat.complete`.
 

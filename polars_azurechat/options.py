@@ -4,7 +4,8 @@
 validation and one-line doc live. :func:`polars_azurechat.complete`,
 ``pl.col(c).chat.complete``, :func:`polars_azurechat.complete_many`,
 :class:`polars_azurechat.Completer` and the ``polars-azurechat run`` flags are all built
-from it: adding an option means adding one field here (plus its tests and docs).
+from it: adding an option means adding one field here, and its typed line in
+:class:`ChatOptionsDict` for type checkers (plus its tests and docs).
 
 Keywords that are not options are chat-completions body fields (``max_tokens``,
 ``temperature``, ``seed``, ...), checked against the list the openai SDK types; anything
@@ -21,16 +22,21 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, get_args
 
 if TYPE_CHECKING:
+    import polars as pl
+    from pydantic import BaseModel
+
     from polars_azurechat._schema import OutputSchema
     from polars_azurechat.deployments import Deployment
 
 __all__ = [
     "BODY_FIELDS",
     "BatchFallback",
+    "ChatBodyDict",
     "ChatOptions",
+    "ChatOptionsDict",
     "Mode",
     "OnError",
     "OnTruncated",
@@ -368,6 +374,104 @@ class ChatOptions:
         return (base.replace(**options) if options else base), body
 
 
+class ChatBodyDict(TypedDict, total=False):
+    """The chat-completions body fields an entry point takes, for type checkers.
+
+    One key per name of :data:`BODY_FIELDS`, typed as the openai SDK's
+    ``CompletionCreateParams`` types them (its nested TypedDicts as ``Mapping``), plus
+    ``extra_body``. ``response_format`` may also be a typed answer's type: a pydantic
+    model, a ``pl.Struct`` or an :class:`~polars_azurechat.OutputSchema`. The values
+    are checked again at run time (:func:`check_body`).
+    """
+
+    audio: Mapping[str, Any] | None
+    data_sources: Sequence[Mapping[str, Any]]
+    frequency_penalty: float | None
+    function_call: Literal["none", "auto"] | Mapping[str, Any]
+    functions: Sequence[Mapping[str, Any]]
+    logit_bias: Mapping[str, int] | None
+    logprobs: bool | None
+    max_completion_tokens: int | None
+    max_tokens: int | None
+    metadata: Mapping[str, str] | None
+    modalities: Sequence[Literal["text", "audio"]] | None
+    moderation: Mapping[str, Any] | None
+    parallel_tool_calls: bool
+    prediction: Mapping[str, Any] | None
+    presence_penalty: float | None
+    prompt_cache_key: str | None
+    prompt_cache_options: Mapping[str, Any]
+    prompt_cache_retention: Literal["in_memory", "24h"] | None
+    reasoning_effort: (
+        Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None
+    )
+    response_format: (
+        type[BaseModel] | Mapping[str, Any] | pl.Struct | OutputSchema | None
+    )
+    safety_identifier: str | None
+    seed: int | None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None
+    stop: str | Sequence[str] | None
+    store: bool | None
+    stream_options: Mapping[str, Any] | None
+    temperature: float | None
+    tool_choice: Literal["none", "auto", "required"] | Mapping[str, Any]
+    tools: Sequence[Mapping[str, Any]]
+    top_logprobs: int | None
+    top_p: float | None
+    user: str
+    verbosity: Literal["low", "medium", "high"] | None
+    web_search_options: Mapping[str, Any]
+    #: Custom body fields, merged into the body at the top level.
+    extra_body: Mapping[str, Any] | None
+
+
+class ChatOptionsDictNoOutput(ChatBodyDict, total=False):
+    """Every keyword of :class:`ChatOptionsDict` but ``output`` (for overloads on it)."""
+
+    deployment: str | None
+    deployments: Sequence[Deployment] | None
+    system: str | None
+    max_concurrency: int
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    max_attempts: int
+    timeout_s: float | None
+    deadline_s: float | None
+    on_error: OnError
+    on_truncated: OnTruncated
+    cache: str | os.PathLike[str] | None
+    limiter: str | None
+    progress: bool | None
+    mode: Mode
+    batch_fallback: BatchFallback | None
+    enqueued_tokens_limit: int | None
+    batch_poll_s: float
+    max_cost_usd: float | None
+
+
+class ChatOptionsDict(ChatOptionsDictNoOutput, total=False):
+    """Every keyword an entry point takes, with its type, for type checkers.
+
+    Each option of :class:`ChatOptions` and each body field of :class:`ChatBodyDict`.
+    The entry points take ``**params: Unpack[ChatOptionsDict]``, so a type checker
+    flags a misspelt keyword or a value of the wrong type. It only types the keywords:
+    at run time :meth:`ChatOptions.split` refuses an unknown keyword (naming the
+    closest match) and validates every value. A test keeps its keys equal to the
+    options' names, :data:`BODY_FIELDS` and ``extra_body``.
+
+    Examples
+    --------
+    >>> from typing import Unpack
+    >>> def job(**params: Unpack[ChatOptionsDict]) -> ChatOptions:
+    ...     return ChatOptions.split(params)[0]
+    >>> job(max_concurrency=8, max_tokens=20).max_concurrency
+    8
+    """
+
+    output: OutputKind
+
+
 def check_body(body: Mapping[str, Any]) -> None:
     """Refuse body fields the engine owns, unknown fields and values JSON cannot carry."""
     for key in body:
@@ -542,7 +646,9 @@ def with_options(
             *option_parameters(),
             *(own[n] for n in after),
             inspect.Parameter(
-                "params", inspect.Parameter.VAR_KEYWORD, annotation="Any"
+                "params",
+                inspect.Parameter.VAR_KEYWORD,
+                annotation="Unpack[ChatBodyDict]",
             ),
         ]
         func.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

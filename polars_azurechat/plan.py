@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import polars as pl
 
@@ -15,6 +15,7 @@ from polars_azurechat.cache import request_key
 from polars_azurechat.options import (
     DEFAULT_RESERVED_COMPLETION_TOKENS,
     ChatOptions,
+    ChatOptionsDict,
     typed_body,
     with_options,
 )
@@ -94,7 +95,7 @@ def plan(
     context_tokens: int = 128_000,
     prices: Mapping[str, tuple[float, float]] | None = None,
     options: ChatOptions | None = None,
-    **params: Any,
+    **params: Unpack[ChatOptionsDict],
 ) -> Plan:
     """Estimate a job without sending anything: tokens, cost and wall time.
 

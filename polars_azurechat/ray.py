@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from polars_azurechat.config import ChatConfig
-from polars_azurechat.options import ChatOptions
+from polars_azurechat.options import ChatOptions, ChatOptionsDict
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +35,7 @@ def complete(
     config: ChatConfig | None = None,
     workers: int = 2,
     batch_size: int | None = 4096,
-    **params: Any,
+    **params: Unpack[ChatOptionsDict],
 ) -> ray.data.Dataset:
     """Add ``output_column`` with the answer to each row's ``column``.
 

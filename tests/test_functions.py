@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import polars as pl
 import pytest
@@ -320,15 +322,15 @@ def test_unknown_deployment_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_bad_arguments_fail_before_any_request(emulator: Emulator) -> None:
     with pytest.raises(ValueError, match="output must be"):
-        pac.complete("q", output="text")
+        pac.complete("q", output="text")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_error must be"):
-        pac.complete("q", on_error="ignore")
+        pac.complete("q", on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_concurrency must be an integer >= 1"):
         pac.complete("q", max_concurrency=0)
     with pytest.raises(ValueError, match="temperature=nan"):
         pac.complete("q", temperature=float("nan"))
     with pytest.raises(ValueError, match="messages cannot be passed"):
-        pac.complete("q", messages=[])
+        pac.complete("q", messages=[])  # type: ignore[call-arg]
     assert emulator.stats()["requests"] == 0
 
 
@@ -398,6 +400,66 @@ def test_own_sdk_client_errors_are_ours(emulator: Emulator) -> None:
     assert emulator.stats()["requests"] <= 2
     with pytest.raises(TypeError, match=r"openai\.AzureOpenAI"):
         pac.complete("q", client=object(), deployment="d")  # type: ignore[arg-type]
+
+
+def _sdk_error(kind: type[Exception], **attrs: Any) -> Exception:
+    """One of the SDK's exceptions, without its HTTP library's request and response."""
+    error = kind.__new__(kind)
+    error.__dict__.update(attrs)
+    return error
+
+
+def test_the_sdks_errors_map_to_ours_for_both_users_of_a_client() -> None:
+    """``sdk_errors`` serves ``client=`` online (a timeout names the time bound) and
+    batch mode (no time bound)."""
+    import openai
+
+    from polars_azurechat._transport import sdk_errors
+
+    response = SimpleNamespace(
+        status_code=429,
+        headers={"retry-after": "3"},
+        content=b'{"error": {"code": "429", "message": "slow down"}}',
+    )
+    cases: list[tuple[Exception, float | None, type[Exception], str]] = [
+        (
+            _sdk_error(openai.RateLimitError, response=response),
+            None,
+            pac.RateLimitError,
+            "429 rate limited on deployment 'd' at res.example: slow down",
+        ),
+        (
+            _sdk_error(openai.APITimeoutError),
+            7.5,
+            pac.APITimeoutError,
+            "no answer within 7.5 s",
+        ),
+        (
+            _sdk_error(openai.APITimeoutError),
+            None,
+            pac.APITimeoutError,
+            "no answer from res.example in time",
+        ),
+        (
+            _sdk_error(openai.APIConnectionError),
+            None,
+            pac.APIConnectionError,
+            "connection to res.example failed: APIConnectionError",
+        ),
+    ]
+    mapped = []
+    for error, timeout_s, ours, message in cases:
+        with (
+            pytest.raises(ours, match=f"^{re.escape(message)}$") as info,
+            sdk_errors("d", "res.example", timeout_s=timeout_s),
+        ):
+            raise error
+        assert info.value.__cause__ is error
+        mapped.append(info.value)
+    assert isinstance(mapped[0], pac.RateLimitError)
+    assert (mapped[0].status_code, mapped[0].retry_after_s) == (429, 3.0)
+    with pytest.raises(KeyError), sdk_errors("d", "res.example"):
+        raise KeyError("not the SDK's")
 
 
 def test_large_chunks_convert_through_arrow_to_the_same_requests() -> None:

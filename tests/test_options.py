@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -14,7 +17,13 @@ import typer.main
 import polars_azurechat as pac
 from polars_azurechat.cli import app
 from polars_azurechat.emulator import Emulator
-from polars_azurechat.options import BODY_FIELDS, RESERVED_FIELDS, ChatOptions
+from polars_azurechat.options import (
+    BODY_FIELDS,
+    RESERVED_FIELDS,
+    ChatBodyDict,
+    ChatOptions,
+    ChatOptionsDict,
+)
 
 OPTIONS = {f.name: f for f in dataclasses.fields(ChatOptions)}
 
@@ -74,6 +83,81 @@ def test_body_fields_are_the_sdks() -> None:
 
     sdk = set(completion_create_params.CompletionCreateParamsBase.__annotations__)
     assert sdk - RESERVED_FIELDS == BODY_FIELDS - {"data_sources"}
+
+
+def test_the_typed_keywords_are_the_options_and_the_body_fields() -> None:
+    keys = ChatOptionsDict.__optional_keys__
+    assert not ChatOptionsDict.__required_keys__
+    assert keys == {*OPTIONS, *BODY_FIELDS, "extra_body"}
+    assert ChatBodyDict.__optional_keys__ == {*BODY_FIELDS, "extra_body"}
+    for name, f in OPTIONS.items():  # each option with the dataclass's type
+        hint = ChatOptionsDict.__annotations__[name]
+        assert hint.__forward_arg__ == f.type, name
+
+
+def test_every_entry_point_types_its_keywords() -> None:
+    import polars_azurechat.ray as pac_ray
+    from polars_azurechat.namespace import ChatNamespace
+
+    for func in (
+        pac.complete,
+        pac.complete_many,
+        pac.Completer.__init__,
+        ChatNamespace.complete,
+        pac.plan,
+        pac_ray.complete,
+    ):
+        assert func.__annotations__["params"] == "Unpack[ChatOptionsDict]", func
+
+
+SNIPPET = """
+import polars_azurechat as pac
+
+pac.complete("q", max_token=20)
+pac.complete("q", max_concurrency="8")
+reveal_type(pac.complete_many(["q"], output="struct", max_tokens=5))
+reveal_type(pac.complete_many(["q"], temperature=0.2, stop=["\\n"]))
+pac.Completer(cache="answers.sqlite", seed=1, response_format={"type": "json_object"})
+"""
+
+
+@pytest.mark.slow  # 10-30 s with a cold mypy cache, 1 s after
+def test_a_type_checker_flags_a_misspelt_option_and_a_wrong_type(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(SNIPPET)
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    cache_dir = cache.mkdir("mypy") if cache is not None else tmp_path / "mypy"
+    # in a process of its own: mypy retunes the garbage collector of the process
+    # it runs in (gc.set_threshold, gc.freeze), which would change the later tests
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(cache_dir),
+            snippet,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
+    lines = [line.split(": ", 1)[1] for line in out.splitlines() if ".py:" in line]
+    assert lines == [
+        'error: Unexpected keyword argument "max_token" for "complete"; '
+        'did you mean "max_tokens"?  [call-arg]',
+        'note: "complete" defined in "polars_azurechat.functions"',
+        'error: Argument "max_concurrency" to "complete" has incompatible type '
+        '"str"; expected "int"  [arg-type]',
+        'note: Revealed type is "list[dict[str, Any] | None]"',
+        'note: Revealed type is "list[str | None]"',
+    ], out
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_a_wrong_keyword_fails_before_anything_runs() -> None:
     import polars_azurechat.ray as pac_ray
 
     with pytest.raises(TypeError, match="max_tokens"):
-        pac_ray.complete(object(), max_token=5)  # type: ignore[arg-type]
+        pac_ray.complete(object(), max_token=5)  # type: ignore[arg-type, call-arg]
 
 
 @pytest.mark.slow
