@@ -33,14 +33,16 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
 - The ledger holds what the server charged once a request is answered (its usage);
   while it is in flight, a prediction from what the server charged for requests we
   estimated alike, with a reserve when that is a guess.
-- **Slow start**, as a ramp in time: until the first answer, admissions double every
-  :data:`RAMP_S` (the first alone, 2 by then, 4, ...), so a job reaches a concurrency
-  of 100 in 7 steps (35 ms) and pays no latency before it. What the server answers at
-  once, before any model work (a 401 for a wrong key, a 404 for a wrong deployment, a
-  429 when the quota is full), arrives while the ramp has sent a few: on loopback, 1
-  or 2; against Azure, 2 ** (round trip / RAMP_S) at most (8 at 15 ms). The first
-  answer ends the ramp: a 200 tells what remains, a 429 pauses admission and names
-  the window, a 401/403/404 stops the run.
+- **Slow start**, as a ramp in time: the first request goes alone for
+  :data:`RAMP_QUIET_S` (longer than :data:`REORDER_S`, so its answer tells exactly
+  what the server had counted: the budget), then, until the first answer, admissions
+  double every :data:`RAMP_S` (2, 4, 8, ...): a job reaches a concurrency of 100 in
+  about 50 ms and pays no latency before it. What the server answers at once, before
+  any model work (a 401 for a wrong key, a 404 for a wrong deployment, a 429 when the
+  quota is full), arrives while the ramp has sent a few: on loopback, 1; against
+  Azure, 2 ** ((round trip - RAMP_QUIET_S) / RAMP_S) at most (4 at a 33-ms round
+  trip). The first answer ends the ramp: a 200 tells what remains, a 429 pauses
+  admission and names the window, a 401/403/404 stops the run.
 - While the window is not known and a shorter candidate window would admit a request
   the assumed one holds back, one request at a time goes early as a **probe**: its
   answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
@@ -93,8 +95,11 @@ DEFAULT_COOLDOWN_S = 1.0
 #: A blocked limiter that does not know the window yet, and whose shorter candidate
 #: windows are full too, sends one probe after this long.
 PROBE_AFTER_S = 1.0
-#: Before the first answer, admissions double every RAMP_S (slow start as a ramp).
-RAMP_S = 0.005
+#: Slow start as a ramp: the first request goes alone for RAMP_QUIET_S (its answer
+#: then reads the budget exactly: no neighbour the server may have counted first);
+#: then, until the first answer, admissions double every RAMP_S.
+RAMP_QUIET_S = REORDER_S + 0.005
+RAMP_S = 0.004
 #: While a probe is out, waiters look again this often (its answer may open the way).
 PROBE_POLL_S = 0.05
 #: An estimate this close to the reference budget agrees with it: requests are counted
@@ -484,8 +489,9 @@ class RateLimiter:
     window_s
         The enforcement window, if known (both resources; tests and benchmarks).
     slow_start
-        Until the first answer, let admissions double every :data:`RAMP_S` (the first
-        goes alone) rather than all at once.
+        Until the first answer, ramp admissions up (the first alone for
+        :data:`RAMP_QUIET_S`, then doubling every :data:`RAMP_S`) rather than all at
+        once.
     clock, sleep
         Monotonic clock and awaitable sleep (injected in tests).
     """
@@ -642,12 +648,13 @@ class RateLimiter:
     def _ramp_in(self) -> float:
         """Seconds until the ramp admits one more (0: now, or the ramp is over).
 
-        Before the first answer, ``2 ** (t / RAMP_S)`` admissions may have gone ``t``
-        s after the first.
+        Before the first answer, ``1 + 2 ** ((t - RAMP_QUIET_S) / RAMP_S)``
+        admissions may have gone ``t`` s after the first (``t >= RAMP_QUIET_S``).
         """
         if self._started:
             return 0.0
-        due = self._ramp_from + RAMP_S * math.log2(self._ramped + 1)
+        n = self._ramped
+        due = self._ramp_from + (0.0 if n < 1 else RAMP_QUIET_S + RAMP_S * math.log2(n))
         return max(0.0, due - self._clock())
 
     async def _sleep_or_answer(self, seconds: float) -> None:

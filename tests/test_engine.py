@@ -17,7 +17,7 @@ import pytest
 
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import RAMP_S, RateLimiter
+from polars_azurechat._ratelimit import RAMP_QUIET_S, RateLimiter
 from polars_azurechat._transport import ChatTransport, Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator, answer_for
@@ -177,7 +177,7 @@ def test_content_filter_and_context_errors_are_not_retried(clock: FakeClock) -> 
     assert "estimated request tokens: " in str(r2.exception)
     assert server.statuses == {"400": 2}
     assert len(transport.requests) == 2
-    assert max(clock.sleeps, default=0) <= RAMP_S  # the ramp's step; no backoff
+    assert max(clock.sleeps, default=0) <= RAMP_QUIET_S  # the ramp; no backoff
 
 
 def test_engine_is_reusable_after_a_run(clock: FakeClock) -> None:

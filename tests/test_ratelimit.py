@@ -16,7 +16,13 @@ import pytest
 
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import RAMP_S, TOKEN_SHARE, RateLimiter
+from polars_azurechat._ratelimit import (
+    RAMP_QUIET_S,
+    RAMP_S,
+    REORDER_S,
+    TOKEN_SHARE,
+    RateLimiter,
+)
 from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
@@ -290,12 +296,14 @@ def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
         sent.append(round(clock.now - 1000, 6))
 
     _run(go())
-    # 2 ** (t / RAMP_S) admissions by t: the 2nd at 5 ms, the 4th at 10 ms, the 8th 15
-    step = RAMP_S
+    # the first alone for RAMP_QUIET_S, then 1 + 2 ** ((t - RAMP_QUIET_S) / RAMP_S)
+    # admissions by t: the 2nd at RAMP_QUIET_S, the 3rd one step later, the 5th two
+    quiet, step = RAMP_QUIET_S, RAMP_S
     assert sent[0] == 0.0
-    assert sent[1] == pytest.approx(step)
-    assert sent[3] == pytest.approx(2 * step)
-    assert sent[7] == pytest.approx(3 * step)
+    assert sent[1] == pytest.approx(quiet)
+    assert sent[2] == pytest.approx(quiet + step)
+    assert sent[4] == pytest.approx(quiet + 2 * step)
+    assert quiet > REORDER_S  # the first answer is not amid a burst
     assert sent[8] == sent[7]  # 20 more at once after the answer
 
 
