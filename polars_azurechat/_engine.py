@@ -20,20 +20,19 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import itertools
-import json
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
 
-from polars_azurechat import _gc, _interrupt, _loop, _tokens
+from polars_azurechat import _gc, _interrupt, _loop
+from polars_azurechat._frontdoor import AnswerCache, FrontDoor, RequestShape
 from polars_azurechat._pool import Pool, Route
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying, is_retryable
@@ -44,7 +43,6 @@ from polars_azurechat._transport import (
     rate_limited_resource,
 )
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import request_key_parts
 from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
@@ -69,18 +67,6 @@ __all__ = ["AnswerCache", "ChatEngine", "Run", "RunStats"]
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
-
-
-class AnswerCache(Protocol):
-    """Where answers are kept between runs: SQLite (``cache.py``) or Redis (``_redis.py``)."""
-
-    path: Any
-    broken: str | None
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]: ...
-    def put(self, key: str, result: ChatResult) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -289,6 +275,7 @@ class ChatEngine:
         on_truncated: str = "keep",
         pool: Pool | None = None,
         schema: OutputSchema | None = None,
+        spending_cap: SpendingCap | None = None,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -305,21 +292,29 @@ class ChatEngine:
         #: the first deployment's: it names the cache key and the model
         self.transport = pool.primary.transport
         self.limiter = pool.primary.limiter
-        self.params = dict(params or {})
+        #: what every request carries besides its messages (its key, body, tokens)
+        self.shape = RequestShape(
+            params or {},
+            schema,
+            host=self.transport.endpoint_host,
+            deployment=self.transport.deployment,
+            api_version=self.transport.api_version,
+        )
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
-        self.progress = progress
         self.cache = cache
+        self.door = FrontDoor(
+            self.shape, cache, progress=progress, on_put=self._schedule_flush
+        )
         self.on_truncated = on_truncated
         self.schema = schema
+        #: the job's spending cap (``max_cost_usd``), or ``None``
+        self.spending_cap = spending_cap
         #: Called when a run starts (in the caller's thread) and once when it ends (in
         #: the caller's thread, or on the loop for a run of Polars' threads).
         self.on_run_start: Callable[[Run], None] | None = None
         self.on_run_end: Callable[[Run], None] | None = None
-        self._max_tokens = self.params.get(
-            "max_tokens", self.params.get("max_completion_tokens")
-        )
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._in_flight = 0
         self._sending: dict[str, asyncio.Future[ChatResult]] = {}
@@ -336,6 +331,20 @@ class ChatEngine:
             self, _close, [r.transport for r in pool.routes], cache
         )
         _interrupt.register(self)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The body fields sent with every request (the request shape's)."""
+        return self.shape.params
+
+    @property
+    def progress(self) -> Callable[[int], None] | None:
+        """Called with the number of rows just finished, or ``None``."""
+        return self.door.progress
+
+    @progress.setter
+    def progress(self, value: Callable[[int], None] | None) -> None:
+        self.door.progress = value
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -355,18 +364,18 @@ class ChatEngine:
                 out.wall_s += current.busy_s(self.clock()) - current.stats.wall_s
         return out
 
-    def _enter(self, *, new: bool = False) -> Run:
+    def enter(self, *, new: bool = False) -> Run:
         """A batch starts: join the current run or start a new one.
+
+        Every :meth:`enter` is paired with a :meth:`leave` (``run_scope`` and the
+        pipeline do it; batch mode calls both).
 
         A run is explicit (``run_scope``, or a chunk that Polars hands over on the
         thread that called ``collect``: the whole column at once) and ends when its
         last batch does; or it is made of the chunks Polars' own threads hand over, in
         waves, and ends :data:`RUN_GRACE_S` after the last wave, unless another joins.
         """
-        explicit = new or not isinstance(
-            threading.current_thread(),
-            threading._DummyThread,
-        )
+        explicit = new or not _foreign_thread()
         previous: Run | None = None
         with self._lock:
             now = self.clock()
@@ -410,7 +419,8 @@ class ChatEngine:
             self.on_run_start(run)
         return run
 
-    def _leave(self, run: Run) -> None:
+    def leave(self, run: Run) -> None:
+        """A batch of ``run`` ended (see :meth:`enter`)."""
         with self._lock:
             self._active -= 1
             idle = self._active == 0
@@ -459,11 +469,11 @@ class ChatEngine:
     @contextlib.contextmanager
     def run_scope(self) -> Iterator[Run]:
         """One explicit run: every batch answered inside belongs to it."""
-        run = self._enter(new=True)
+        run = self.enter(new=True)
         try:
             yield run
         finally:
-            self._leave(run)
+            self.leave(run)
 
     # -- the one entry point --------------------------------------------------------------
 
@@ -489,7 +499,7 @@ class ChatEngine:
         batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
         read_ahead: int,
     ) -> Iterator[tuple[K, list[ChatResult | None]]]:
-        run = self._enter()
+        run = self.enter()
         pending: collections.deque[
             tuple[K, concurrent.futures.Future[list[ChatResult | None]]]
         ] = collections.deque()
@@ -535,7 +545,7 @@ class ChatEngine:
             raise
         finally:
             self._settle(run, pending)
-            self._leave(run)
+            self.leave(run)
 
     def run(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
         """Answer one list of requests as one run; ``None`` in, ``None`` out."""
@@ -619,54 +629,30 @@ class ChatEngine:
     async def _run_batch(
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> list[ChatResult | None]:
+        """The online sender: the front door settles what it can, workers send the rest."""
         if run.interrupted is not None:
             raise asyncio.CancelledError
         task = asyncio.current_task()
         if task is not None:
             run.tasks.add(task)
             task.add_done_callback(run.tasks.discard)
-        st = run.stats
-        results: list[ChatResult | None] = [None] * len(requests)
-        leaders: dict[str, int] = {}  # key -> first row asking it
-        followers: list[tuple[int, str]] = []  # rows asking what an earlier row asks
-        for i, req in enumerate(requests):
-            if req is None:
-                st.null_rows += 1
-            elif req.error is not None:
-                results[i] = unsendable = ChatResult(exception=req.error)
-                st.count(unsendable)
-            else:
-                key = self._key(req)
-                if key in leaders:
-                    followers.append((i, key))
-                else:
-                    leaders[key] = i
-        answers: dict[str, ChatResult] = {}  # by key, for the followers
-        if self.cache is not None and leaders:
-            answers = self._typed_hits(self.cache.get_many(leaders))
-            for key, hit in answers.items():
-                results[leaders.pop(key)] = hit
-                st.count(hit)
-            st.cached += len(answers)
-        if self.progress is not None:
-            self.progress(len(requests) - len(leaders) - len(followers))
-        if leaders:
+        st, door = run.stats, self.door
+        intake = door.take(requests, st)
+        if intake.todo:
             for route in self.pool.routes:
                 await route.transport.open(self.max_concurrency)
-        todo = iter(leaders.items())
+        todo = iter(intake.todo.items())
 
         async def worker() -> None:
             for key, i in todo:  # one loop thread: workers never race on next()
                 req = requests[i]
                 assert req is not None  # noqa: S101 - leaders are sendable rows
-                results[i] = result = await self._answer(run, key, req)
-                st.count(result)
-                if self.progress is not None:
-                    self.progress(1)
+                result, kept = await self._answer(run, key, req)
+                door.deliver(intake, key, result, st, kept=kept)
 
         workers = [
             asyncio.ensure_future(worker())
-            for _ in range(min(self.max_concurrency, len(leaders)))
+            for _ in range(min(self.max_concurrency, len(intake.todo)))
         ]
         try:
             await asyncio.gather(*workers)
@@ -675,43 +661,15 @@ class ChatEngine:
                 w.cancel()
             if self.cache is not None:
                 self.cache.flush()
-        for key, i in leaders.items():
-            answers[key] = results[i]  # type: ignore[assignment]
-        for i, key in followers:
-            results[i] = follower = dataclasses.replace(answers[key], attempts=0)
-            st.count(follower)
-            st.deduplicated += 1
-        if self.progress is not None and followers:
-            self.progress(len(followers))
-        return results
+        return door.finish(intake, st)
 
-    #: ``_key``'s parameters (a shallow copy) and the canonical JSON around messages
-    _key_cache: tuple[dict[str, Any], bytes, bytes] | None = None
+    async def _answer(
+        self, run: Run, key: str, req: ChatRequest
+    ) -> tuple[ChatResult, bool]:
+        """Answer one request, sharing the answer with another batch sending it now.
 
-    def _key(self, req: ChatRequest) -> str:
-        """:func:`~polars_azurechat.cache.request_key` of the request, the same digest.
-
-        The canonical JSON around the messages is encoded once per job (a typed
-        answer's schema is in every request's parameters: encoding it for each row
-        cost more than the rest of the key).
+        Also says whether the answer is another batch's (it keeps it in the cache).
         """
-        cached = self._key_cache
-        if cached is None or cached[0] != self.params:
-            t = self.transport
-            head, tail = request_key_parts(
-                host=t.endpoint_host,
-                deployment=t.deployment,
-                api_version=t.api_version,
-                params=self.params,
-            )
-            cached = self._key_cache = (dict(self.params), head, tail)
-        messages = json.dumps(
-            req.messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-        return hashlib.sha256(cached[1] + messages + cached[2]).hexdigest()
-
-    async def _answer(self, run: Run, key: str, req: ChatRequest) -> ChatResult:
-        """Answer one request, sharing the answer with another batch sending it now."""
         shared = self._sending.get(key)
         if shared is not None:
             try:
@@ -722,7 +680,7 @@ class ChatEngine:
                 # the row sending it was cancelled (its batch was): send it here
             else:
                 run.stats.deduplicated += 1
-                return dataclasses.replace(answer, attempts=0)
+                return dataclasses.replace(answer, attempts=0), True
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._sending[key] = future
         try:
@@ -733,10 +691,7 @@ class ChatEngine:
         finally:
             self._sending.pop(key, None)
         future.set_result(result)
-        if self.cache is not None and result.exception is None:
-            self.cache.put(key, result)
-            self._schedule_flush()
-        return result
+        return result, False
 
     def _schedule_flush(self) -> None:
         # one commit per loop turn: answers that arrive together are written together
@@ -751,30 +706,6 @@ class ChatEngine:
 
         asyncio.get_running_loop().call_soon(flush)
 
-    def _typed_hits(self, hits: dict[str, ChatResult]) -> dict[str, ChatResult]:
-        """Parse cached typed answers; one that no longer validates is sent again.
-
-        (The schema is in the cache key, but a pydantic model's own validators are
-        not: a changed validator may refuse what an earlier run kept.)
-        """
-        schema = self.schema
-        if schema is None or not hits:
-            return hits
-        out: dict[str, ChatResult] = {}
-        for key, hit in hits.items():
-            try:
-                hit.parsed = schema.parse(hit.content or "")
-            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
-                logger.debug(
-                    "a cached answer no longer validates (%s): sent again", err
-                )
-                continue
-            out[key] = hit
-        return out
-
-    #: The job's spending cap (``max_cost_usd``), set by the job; ``None``: no cap.
-    spending_cap: SpendingCap | None = None
-
     async def _complete_one(self, run: Run, req: ChatRequest) -> ChatResult:
         if run.fatal is not None:
             return ChatResult(exception=run.fatal)
@@ -782,22 +713,16 @@ class ChatEngine:
             run.check_deadline(self.clock())
         except DeadlineExceededError as exc:
             return ChatResult(exception=exc, attempts=0)
-        body = {**self.params, "messages": req.messages}
-        cost = _tokens.request_tokens(
-            req.messages,
-            self._max_tokens,
-            exact=any(r.limiter.token_budget is not None for r in self.pool.routes),
+        shape = self.shape
+        body = shape.body(req)
+        cost = shape.quota_tokens(
+            req, exact=any(r.limiter.token_budget is not None for r in self.pool.routes)
         )
-        if self.schema is not None:  # Azure counts the schema in the prompt
-            cost += self.schema.schema_tokens()
         sent = _Sent()
         cap = self.spending_cap
         if cap is not None:  # admitted only if its worst case stays under the cap
-            prompt = _tokens.prompt_tokens(req.messages)
-            if self.schema is not None:
-                prompt += self.schema.schema_tokens()
             sent.cap = cap
-            sent.worst = cap.worst_case(prompt, self._max_tokens)
+            sent.worst = shape.worst_cost(req, cap)
             try:
                 sent.hold()
             except SpendingCapError as refused:
@@ -830,7 +755,7 @@ class ChatEngine:
         exception = answer_error(
             completion,
             typed=self.schema is not None,
-            max_tokens=self._max_tokens,
+            max_tokens=self.shape.max_tokens,
             on_truncated=self.on_truncated,
         )
         return completed(completion, parsed, attempts, exception)
@@ -916,7 +841,7 @@ class ChatEngine:
                 logger.info("stopping the run: %s", exc)  # raised to the caller
                 run.fatal = exc
         elif isinstance(exc, ContextLengthError):
-            estimate = _tokens.request_tokens(req.messages, self._max_tokens)
+            estimate = self.shape.quota_tokens(req)
             exc = ContextLengthError(
                 f"{exc} (estimated request tokens: {estimate}, max_tokens included)",
                 status_code=exc.status_code,
@@ -1004,7 +929,7 @@ class ChatEngine:
             per["completion_tokens"] += completion.completion_tokens or 0
             if (
                 completion.remaining_tokens is not None
-                and self._max_tokens is None
+                and self.shape.max_tokens is None
                 and not self._warned_max_tokens
             ):
                 self._warned_max_tokens = True
@@ -1023,12 +948,7 @@ class ChatEngine:
                 charged_tokens=(
                     None
                     if completion.prompt_tokens is None
-                    else completion.prompt_tokens
-                    + (
-                        DEFAULT_RESERVED_COMPLETION_TOKENS
-                        if self._max_tokens is None
-                        else self._max_tokens
-                    )
+                    else completion.prompt_tokens + self.shape.reserved
                 ),
             )
             return completion
@@ -1134,6 +1054,14 @@ class _Sent:
         if self.held or spent:
             cap.settle(self.worst if self.held else 0.0, spent)
         self.held = False
+
+
+def _foreign_thread() -> bool:
+    """The calling thread was not started by Python (one of Polars' own threads).
+
+    ``threading`` gives such threads a stand-in object named ``Dummy-N``.
+    """
+    return threading.current_thread().name.startswith("Dummy-")
 
 
 def _close(transports: Sequence[ChatTransport], cache: AnswerCache | None) -> None:

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import polars as pl
 import typer
 
-from polars_azurechat._convert import check_dtype, results_to_series, series_to_requests
+from polars_azurechat._convert import check_dtype, results_to_series
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
 from polars_azurechat.emulator._batch import BatchService
@@ -225,13 +225,13 @@ def run(
             )
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
-        job._reports.update(failed=False, truncated=False)  # the summary says it
-        if job._bar is not None:
-            job._bar.known_total = _row_count(input_path)
+        job.log_problems(failed=False, truncated=False)  # the summary says it
+        if job.shows_progress:
+            job.expect_rows(_row_count(input_path))
         partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
-            with _progress_logging(job._bar is not None), _stops() as stopped_by:
+            with _progress_logging(job.shows_progress), _stops() as stopped_by:
                 _answer_parquet(
                     job, input_path, partial, column, output_column, options.output
                 )
@@ -291,21 +291,18 @@ def _answer_parquet(
 ) -> None:
     """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
 
-    The batches go through the engine's pipeline (at most ``BATCHES_IN_FLIGHT`` read
-    ahead) as one run; each is written as soon as it and those before it are answered.
+    The batches go through the job (at most ``BATCHES_IN_FLIGHT`` read ahead online;
+    in batch mode, the whole column is one set of batches) as one run; each is
+    written as soon as it and those before it are answered.
     """
     import pyarrow.parquet as pq
 
     reader = pq.ParquetFile(src)
-    system = job.options.system
-    bar = job._bar
 
     def batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
         for batch in reader.iter_batches(batch_size=BATCH_ROWS):
             df = pl.DataFrame(pl.from_arrow(batch))
-            if bar is not None and job.options.mode != "batch":
-                bar.add_total(df.height)
-            yield df, series_to_requests(df[column], system=system)
+            yield df, job.requests(df[column])
 
     def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
         struct = results_to_series(
@@ -323,23 +320,11 @@ def _answer_parquet(
 
     writer: pq.ParquetWriter | None = None
     try:
-        with job.engine.run_scope():
-            if job.options.mode == "batch":  # the whole column is one set of batches
-                frames, requests = [], []
-                for df, reqs in batches():
-                    frames.append(df)
-                    requests.extend(reqs)
-                results = job._answer_batch(requests)
-                offset = 0
-                for df in frames:
-                    part = results[offset : offset + df.height]
-                    writer = _write(writer, dst, answered(df, part).to_arrow())
-                    offset += df.height
-            else:
-                for df, results in job.engine.pipeline(
-                    batches(), read_ahead=BATCHES_IN_FLIGHT
-                ):
-                    writer = _write(writer, dst, answered(df, results).to_arrow())
+        with job.run_scope():
+            for df, results in job.answer_batches(
+                batches(), read_ahead=BATCHES_IN_FLIGHT
+            ):
+                writer = _write(writer, dst, answered(df, results).to_arrow())
     finally:
         if writer is not None:
             writer.close()
@@ -562,13 +547,13 @@ def batches_command(
 def _cancel_batches(state: Any) -> None:
     """Cancel the live batches the state holds at the configured endpoint."""
     from polars_azurechat._batch import BatchRunner
-    from polars_azurechat.functions import _batch_client
+    from polars_azurechat._batchmode import batch_client
 
     try:
         config = ChatConfig.from_env()
     except AzureChatError as exc:
         raise typer.BadParameter(str(exc)) from None
-    client = _batch_client(config)
+    client = batch_client(config)
     host = str(client.base_url.host)
     live = [c for c in state.chunks(live_only=True) if c.batch_id is not None]
     elsewhere = [c for c in live if c.host != host]

@@ -6,15 +6,13 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import logging
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
 
 import polars as pl
 
@@ -29,8 +27,6 @@ from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
 from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
-    BatchFailedError,
-    BatchIncompleteError,
     CompletionFailed,
     ConfigurationError,
     RowError,
@@ -55,10 +51,10 @@ from polars_azurechat.summary import (
 if TYPE_CHECKING:
     import openai
 
-    from polars_azurechat._batch import BatchProgress, BatchRunner
-    from polars_azurechat._batch_state import BatchStateStore
+    from polars_azurechat._batchmode import BatchCounts, BatchMode
     from polars_azurechat._engine import AnswerCache, ChatEngine, Run, RunStats
     from polars_azurechat._pool import Pool
+    from polars_azurechat._progress import ProgressBar
     from polars_azurechat._ratelimit import RateLimiter
     from polars_azurechat._schema import OutputSchema
     from polars_azurechat._transport import ChatTransport
@@ -66,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["Completer", "complete", "complete_many"]
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 #: Rows converted and answered at a time within one Polars chunk (bounds memory).
 SLICE_ROWS = 8192
@@ -324,8 +322,8 @@ class Completer:
         self.options = opts
         #: The typed answer's schema (``response_format=Model``), or ``None``.
         self.output_schema: OutputSchema | None
-        self.output_schema, self.params = typed_body(body)
-        if self.params.get("max_tokens") is None and opts.tokens_per_minute is not None:
+        self.output_schema, fields = typed_body(body)
+        if fields.get("max_tokens") is None and opts.tokens_per_minute is not None:
             logger.warning(
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
                 "model's whole context per request; set max_tokens"
@@ -342,9 +340,7 @@ class Completer:
             cache = RedisCache(str(opts.cache))
         elif opts.cache is not None:
             cache = SqliteCache(opts.cache)
-        max_tokens = self.params.get(
-            "max_tokens", self.params.get("max_completion_tokens")
-        )
+        max_tokens = fields.get("max_tokens", fields.get("max_completion_tokens"))
         if opts.deployments is not None:
             pool = _pool(opts, config, client, max_tokens)
         else:
@@ -362,38 +358,56 @@ class Completer:
             )
 
         self._prices = dict(prices or {})
-        self._config, self._client = config, client
-        self._bar: _ProgressBar | None = None
+        self._bar: ProgressBar | None = None
         #: What to log once per run: failed rows (with on_error="null") and truncated
         #: answers (the CLI prints its summary instead).
         self._reports = {"failed": opts.on_error == "null", "truncated": True}
+        #: The spending cap (``max_cost_usd``), shared by every run of the job.
+        self.spending_cap: SpendingCap | None = None
+        if opts.max_cost_usd is not None:
+            self.spending_cap = _spending_cap(
+                opts.max_cost_usd, pool.primary.transport.deployment, self._prices
+            )
         self.engine: ChatEngine = ChatEngine(
             pool.primary.transport,
             pool=pool,
-            params=self.params,
+            params=fields,
             max_concurrency=opts.max_concurrency,
             max_attempts=opts.max_attempts,
             deadline_s=opts.deadline_s,
             cache=cache,
             on_truncated=opts.on_truncated,
             schema=self.output_schema,
+            spending_cap=self.spending_cap,
         )
-        #: The spending cap (``max_cost_usd``), shared by every run of the job.
-        self.spending_cap: SpendingCap | None = None
-        if opts.max_cost_usd is not None:
-            self.spending_cap = self.engine.spending_cap = _spending_cap(
-                opts.max_cost_usd, self.engine.transport.deployment, self._prices
-            )
-        self._batch = _BatchMode() if opts.mode == "batch" else None
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
         engine = self.engine  # hooks must not hold the job (it would never die)
-        if _show_progress(opts.progress):
-            bar = self._bar = _ProgressBar(
+        from polars_azurechat._progress import (
+            ProgressBar,
+            run_ended,
+            run_started,
+            show_progress,
+        )
+
+        if show_progress(opts.progress):
+            bar = self._bar = ProgressBar(
                 lambda: None if engine.last_run is None else engine.last_run.stats
             )
             engine.progress = bar.update
-        engine.on_run_start = functools.partial(_run_started, self._bar)
-        engine.on_run_end = functools.partial(_run_ended, self._bar, self._reports)
+        engine.on_run_start = functools.partial(run_started, self._bar)
+        engine.on_run_end = functools.partial(run_ended, self._bar, self._reports)
+        self._batch: BatchMode | None = None
+        if opts.mode == "batch":
+            from polars_azurechat._batchmode import BatchMode
+
+            self._batch = BatchMode(
+                engine,
+                opts,
+                config=config,
+                client=client,
+                cap=self.spending_cap,
+                bar=self._bar,
+            )
 
     def __repr__(self) -> str:
         t = self.engine.transport
@@ -467,14 +481,116 @@ class Completer:
         return [None if r is None else r.content for r in results]
 
     def _answer_all(self, requests: Sequence[Any]) -> list[ChatResult | None]:
-        if self._batch is not None:
-            return self._answer_batch(requests)
-        if self._bar is not None:
-            self._bar.add_total(len(requests))
         out: list[ChatResult | None] = []
-        for _, results in self.engine.pipeline([(None, requests)]):
+        for _, results in self.answer_batches([(None, requests)]):
             out.extend(results)
         return out
+
+    def answer_batches(
+        self,
+        batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
+        *,
+        read_ahead: int = 3,
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
+        """Answer batches of requests; yield ``(key, results)`` in input order.
+
+        Online, at most ``read_ahead`` batches are being answered at once (the next
+        ones are not read until an earlier one is yielded), so memory follows the
+        read-ahead, not the input. In batch mode the batches are gathered and sent
+        as one set of Azure batches (the results still come back per batch, in
+        order). Use it inside :meth:`run_scope` to make the batches one run.
+
+        Parameters
+        ----------
+        batches
+            ``(key, requests)`` pairs; the key is handed back with the results
+            (for example the rows the requests came from).
+        read_ahead
+            Batches being answered at once (online).
+
+        Yields
+        ------
+        tuple
+            ``(key, results)``: one :class:`~polars_azurechat._types.ChatResult` per
+            request (``None`` for a ``None`` request).
+
+        Examples
+        --------
+        >>> import polars_azurechat as pac
+        >>> job = pac.Completer(max_tokens=20)
+        >>> batches = [
+        ...     ("a", job.requests(["What is 1 + 1?", "What is 2 + 3?"])),
+        ...     ("b", job.requests([None])),
+        ... ]
+        >>> with job.run_scope():
+        ...     out = [
+        ...         (k, [r and r.content for r in rs])
+        ...         for k, rs in job.answer_batches(batches)
+        ...     ]
+        >>> out
+        [('a', ['2', '5']), ('b', [None])]
+        >>> job.close()
+        """
+        bar = self._bar
+        if self._batch is not None:  # one set of Azure batches for them all
+            keys: list[K] = []
+            gathered: list[ChatRequest | None] = []
+            sizes: list[int] = []
+            for key, requests in batches:
+                keys.append(key)
+                sizes.append(len(requests))
+                gathered.extend(requests)
+            results = self._batch.answer(gathered)
+            offset = 0
+            for key, n in zip(keys, sizes, strict=True):
+                yield key, results[offset : offset + n]
+                offset += n
+            return
+
+        def counted() -> Iterator[tuple[K, Sequence[ChatRequest | None]]]:
+            for key, requests in batches:
+                if bar is not None:
+                    bar.add_total(len(requests))
+                yield key, requests
+
+        yield from self.engine.pipeline(counted(), read_ahead=read_ahead)
+
+    def requests(self, rows: pl.Series | Sequence[Any]) -> list[ChatRequest | None]:
+        """The job's requests for ``rows`` (a column, or prompts and message lists).
+
+        ``None`` for a null row; a row that cannot be sent carries its input error.
+        String prompts get the job's ``system`` message.
+        """
+        system = self.options.system
+        if isinstance(rows, pl.Series):
+            return series_to_requests(rows, system=system)
+        return rows_to_requests(list(rows), system=system)
+
+    def run_scope(self) -> contextlib.AbstractContextManager[Run]:
+        """One explicit run: every batch answered inside belongs to it."""
+        return self.engine.run_scope()
+
+    def expect_rows(self, n: int) -> None:
+        """Tell the progress bar the run's row count ahead (e.g. from a file's footer)."""
+        if self._bar is not None:
+            self._bar.known_total = n
+
+    @property
+    def shows_progress(self) -> bool:
+        """The job draws a progress bar."""
+        return self._bar is not None
+
+    def log_problems(self, *, failed: bool, truncated: bool) -> None:
+        """Whether each run logs a warning for failed rows and for truncated answers.
+
+        The CLI turns both off: its summary says it.
+        """
+        self._reports.update(failed=failed, truncated=truncated)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The body fields sent with every request."""
+        return self.engine.params
 
     def summary(self, *, last_run: bool = False) -> RunSummary:
         """What this job did: across every run, or in the last one only.
@@ -497,13 +613,16 @@ class Completer:
         )
 
     def _summarize(
-        self, st: RunStats | None, counts: _BatchCounts | None = None
+        self, st: RunStats | None, counts: BatchCounts | None = None
     ) -> RunSummary:
         if st is None:
             from polars_azurechat._engine import RunStats
 
             st = RunStats()
-        counts = counts or _BatchCounts()
+        if counts is None:
+            from polars_azurechat._batchmode import BatchCounts
+
+            counts = BatchCounts()
         cap = self.spending_cap
         minutes = st.wall_s / 60 if st.wall_s > 0 else None
         pool, cache = self.engine.pool, self.engine.cache
@@ -618,238 +737,16 @@ class Completer:
 
     def _batch_series(self, s: pl.Series) -> pl.Series:
         """Batch mode's ``map_batches`` function: the whole column, one set of batches."""
+        assert self._batch is not None  # noqa: S101 - batch mode only
         requests = series_to_requests(s, system=self.options.system)
         try:
-            results = self._answer_batch(requests)
+            results = self._batch.answer(requests)
             self._apply_policy(list(_failures(results)), len(s))
         except AzureChatError as exc:
             self._failed(exc)
             raise
         return results_to_series(
             results, output=self.options.output, name=s.name, schema=self.output_schema
-        )
-
-    def _answer_batch(
-        self, requests: Sequence[ChatRequest | None]
-    ) -> list[ChatResult | None]:
-        """Answer ``requests`` through Azure's Batch API, as (part of) one run.
-
-        Null rows stay null, unsendable rows keep their input error, identical
-        requests are sent once, cache hits first; under a spending cap, the rows
-        whose worst case (at the batch price) does not fit fail with
-        :class:`SpendingCapError`; the rest go to a
-        :class:`~polars_azurechat._batch.BatchRunner` whose state is in the cache
-        file. With ``batch_fallback="online"`` the rows it left unanswered go
-        through the engine online, in the same run.
-        """
-        batch = self._batch
-        assert batch is not None  # noqa: S101 - batch mode only
-        engine = self.engine
-        with batch.lock:  # one set of batches at a time per job
-            run = engine._enter()
-            try:
-                return self._batch_run(run, requests)
-            except KeyboardInterrupt:
-                if run.interrupted is None:
-                    run.interrupted = "Ctrl-C"
-                cache = self.options.cache
-                message = (
-                    f"interrupted by {run.interrupted}: the batches submitted keep "
-                    f"running on the server and are recorded in {cache}; run the same "
-                    "job again to collect their answers (nothing is submitted twice), "
-                    f"or 'polars-azurechat batches --cache {cache} --cancel' to cancel "
-                    "them"
-                )
-                run.error = KeyboardInterrupt(message)
-                raise run.error from None
-            except BaseException as exc:
-                if run.error is None and isinstance(exc, AzureChatError):
-                    run.error = exc
-                raise
-            finally:
-                engine._leave(run)
-
-    def _batch_run(
-        self, run: Run, requests: Sequence[ChatRequest | None]
-    ) -> list[ChatResult | None]:
-        from polars_azurechat import _tokens
-        from polars_azurechat._retry import is_retryable
-
-        batch = self._batch
-        assert batch is not None  # noqa: S101 - batch mode only
-        engine, bar, cap = self.engine, self._bar, self.spending_cap
-        st = run.stats
-        counts = batch.counts_for(run.id)
-        if bar is not None:
-            bar.add_total(len(requests))
-        results: list[ChatResult | None] = [None] * len(requests)
-        leaders: dict[str, int] = {}  # key -> first row asking it
-        followers: list[tuple[int, str]] = []
-        done = 0
-        for i, req in enumerate(requests):
-            if req is None:
-                st.null_rows += 1
-                done += 1
-            elif req.error is not None:
-                results[i] = unsendable = ChatResult(exception=req.error)
-                st.count(unsendable)
-                done += 1
-            else:
-                key = engine._key(req)
-                if key in leaders:
-                    followers.append((i, key))
-                else:
-                    leaders[key] = i
-        answers: dict[str, ChatResult] = {}
-        cache = engine.cache
-        hits = engine._typed_hits(cache.get_many(leaders)) if cache and leaders else {}
-        for key, hit in hits.items():
-            results[leaders.pop(key)] = answers[key] = hit
-            st.count(hit)
-            st.cached += 1
-            done += 1
-        held: dict[str, float] = {}  # key -> worst case held under the cap
-        if cap is not None:
-            schema = self.output_schema
-            extra = 0 if schema is None else schema.schema_tokens()
-            max_tokens = self.params.get(
-                "max_tokens", self.params.get("max_completion_tokens")
-            )
-            for key, i in list(leaders.items()):
-                req = requests[i]
-                assert req is not None  # noqa: S101 - leaders are sendable rows
-                worst = cap.worst_case(
-                    _tokens.prompt_tokens(req.messages) + extra, max_tokens, batch=True
-                )
-                refused = cap.reserve(worst)
-                if refused is None:
-                    held[key] = worst
-                    continue
-                results[leaders.pop(key)] = answers[key] = capped = ChatResult(
-                    exception=refused
-                )
-                st.count(capped)
-                done += 1
-        if bar is not None:
-            bar.update(done)
-        fallback: list[str] = []
-        if leaders:
-
-            def on_results(chunk: Mapping[str, ChatResult]) -> None:
-                for key, r in chunk.items():
-                    if cache is not None and r.exception is None:
-                        cache.put(key, r)
-                    worst = held.pop(key, None)
-                    if cap is not None and worst is not None:
-                        spent = cap.cost(
-                            r.prompt_tokens or 0, r.completion_tokens or 0, batch=True
-                        )
-                        cap.settle(worst, spent)
-                if cache is not None:
-                    cache.flush()
-
-            shown = [0]
-
-            def progress(p: BatchProgress) -> None:
-                counts.batches = max(counts.batches, len(p.batches))
-                counts.lines = max(counts.lines, p.lines)
-                if bar is None:
-                    return
-                step = min(p.completed + p.failed, len(leaders)) - shown[0]
-                if step > 0:
-                    shown[0] += step
-                    bar.update(step)
-                bar.batch_status(_batch_text(p))
-
-            runner = self._batch_runner(run, on_results, progress)
-            out = runner.run(
-                [(key, requests[i]) for key, i in leaders.items()],  # type: ignore[misc]
-                cached=hits.keys(),
-            )
-            if cap is not None:  # rows that never reached a batch spent nothing
-                for worst in held.values():
-                    cap.settle(worst, 0.0)
-                held.clear()
-            online = self.options.batch_fallback == "online"
-            for key, i in leaders.items():
-                r = out[key]
-                exc = r.exception
-                if (
-                    online
-                    and exc is not None
-                    and (
-                        isinstance(exc, BatchIncompleteError | BatchFailedError)
-                        or is_retryable(exc)
-                    )
-                ):
-                    fallback.append(key)
-                    continue
-                results[i] = answers[key] = r
-                st.count(r)
-                st.prompt_tokens += r.prompt_tokens or 0
-                st.completion_tokens += r.completion_tokens or 0
-                counts.prompt_tokens += r.prompt_tokens or 0
-                counts.completion_tokens += r.completion_tokens or 0
-                if r.exception is None:
-                    counts.answered += 1
-                if r.model and st.model is None:
-                    st.model = r.model
-            if bar is not None:
-                bar.update(len(leaders) - len(fallback) - shown[0])
-        if fallback:
-            logger.info(
-                "batch mode: %d requests a batch left unanswered are sent online "
-                "(batch_fallback='online')",
-                len(fallback),
-            )
-            again = [requests[leaders[key]] for key in fallback]
-            for _, online_results in engine.pipeline([(None, again)]):
-                for key, sent in zip(fallback, online_results, strict=True):
-                    assert sent is not None  # noqa: S101 - sendable rows
-                    results[leaders[key]] = answers[key] = sent
-        for i, key in followers:
-            results[i] = follower = dataclasses.replace(answers[key], attempts=0)
-            st.count(follower)
-            st.deduplicated += 1
-        if bar is not None and followers:
-            bar.update(len(followers))
-        return results
-
-    def _batch_runner(
-        self,
-        run: Run,
-        on_results: Callable[[Mapping[str, ChatResult]], None],
-        progress: Callable[[BatchProgress], None],
-    ) -> BatchRunner:
-        from polars_azurechat._batch import BatchRunner
-        from polars_azurechat._batch_state import BatchStateStore
-
-        batch, opts = self._batch, self.options
-        assert batch is not None  # noqa: S101 - batch mode only
-        assert opts.cache is not None  # noqa: S101 - checked by ChatOptions
-        if batch.state is None:
-            batch.state = BatchStateStore(opts.cache)
-        if batch.client is None:
-            assert self._config is not None or self._client is not None  # noqa: S101
-            batch.client = self._client or _batch_client(self._config)  # type: ignore[arg-type]
-        settings = dict(batch.settings)  # tests: sleep, clock, hook, max_lines, ...
-        sleep = settings.pop("sleep", time.sleep)
-        poll = opts.batch_poll_s
-        settings.setdefault("file_poll_s", min(1.0, poll))
-        return BatchRunner(
-            batch.client,
-            deployment=self.engine.transport.deployment,
-            state=batch.state,
-            params=self.params,
-            enqueued_tokens_limit=opts.enqueued_tokens_limit,
-            on_truncated=opts.on_truncated,
-            poll_interval_s=poll,
-            max_poll_interval_s=max(60.0, poll),
-            progress=progress,
-            on_results=on_results,
-            sleep=functools.partial(_batch_sleep, run, sleep),
-            schema=self.output_schema,
-            **settings,
         )
 
     def _apply_policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
@@ -876,7 +773,7 @@ Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc()
 def _cost(
     model: str | None,
     st: RunStats,
-    counts: _BatchCounts,
+    counts: BatchCounts,
     prices: Mapping[str, tuple[float, float]],
 ) -> float | None:
     """The run's cost: online tokens at the online price, batch ones at the batch price."""
@@ -911,134 +808,6 @@ def _spending_cap(
         )
         raise ConfigurationError(msg)
     return SpendingCap(max_cost_usd, price, deployment)
-
-
-@dataclasses.dataclass
-class _BatchCounts:
-    """Batch mode's counters of one run: batches followed, lines, rows, tokens."""
-
-    batches: int = 0
-    lines: int = 0
-    answered: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def add(self, other: _BatchCounts) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-class _BatchMode:
-    """What a job in batch mode keeps: its state store, client, counters, lock."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.state: BatchStateStore | None = None
-        self.client: Any = None
-        #: BatchRunner keywords (tests: sleep, clock, hook, max_lines, max_bytes)
-        self.settings: dict[str, Any] = {}
-        self.counts: dict[int, _BatchCounts] = {}
-
-    def counts_for(self, run_id: int) -> _BatchCounts:
-        return self.counts.setdefault(run_id, _BatchCounts())
-
-    def total(self) -> _BatchCounts:
-        out = _BatchCounts()
-        for c in self.counts.values():
-            out.add(c)
-        return out
-
-    def close(self) -> None:
-        if self.state is not None:
-            self.state.close()
-            self.state = None
-
-
-def _batch_text(p: BatchProgress) -> str:
-    """The bar's batch part: batches by status, and request counts."""
-    statuses: dict[str, int] = {}
-    for b in p.batches:
-        statuses[b.status] = statuses.get(b.status, 0) + 1
-    shown = " ".join(f"{status}={n}" for status, n in sorted(statuses.items()))
-    return f"batches: {shown}; requests {p.completed + p.failed:,}/{p.lines:,}" + (
-        f" ({p.failed:,} failed)" if p.failed else ""
-    )
-
-
-def _batch_sleep(run: Run, sleep: Callable[[float], None], seconds: float) -> None:
-    """Wait between polls; a Ctrl-C (or SIGTERM) that stopped the run ends the wait."""
-    if sleep is not time.sleep:
-        if run.interrupted is not None:
-            raise KeyboardInterrupt(run.interrupted)
-        sleep(seconds)
-        return
-    end = time.monotonic() + seconds
-    while True:
-        if run.interrupted is not None:
-            raise KeyboardInterrupt(run.interrupted)
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(left, 0.25))
-
-
-def _batch_client(config: ChatConfig) -> Any:
-    """An ``openai.AzureOpenAI`` client of ``config`` for the files and batches APIs.
-
-    A key or a fixed token is passed as is; a token provider or an azure-identity
-    credential gives the client a provider whose tokens are kept fresh by the same
-    code as the online path's (:class:`~polars_azurechat._auth.TokenAuth`).
-    """
-    import openai
-
-    kwargs: dict[str, Any] = {
-        "azure_endpoint": config.azure_endpoint,
-        "api_version": config.api_version,
-    }
-    if config.api_key:
-        kwargs["api_key"] = config.api_key
-    elif config.azure_ad_token:
-        kwargs["azure_ad_token"] = config.azure_ad_token
-    else:
-        kwargs["azure_ad_token_provider"] = functools.partial(
-            _entra_token, config.auth()
-        )
-    return openai.AzureOpenAI(**kwargs)
-
-
-def _entra_token(auth: Any) -> str:
-    from polars_azurechat import _loop
-
-    headers = _loop.call(auth.headers())
-    return str(headers["Authorization"]).removeprefix("Bearer ")
-
-
-def _run_started(bar: _ProgressBar | None, run: Run) -> None:
-    if bar is not None:
-        bar.start_run()
-
-
-def _run_ended(bar: _ProgressBar | None, reports: dict[str, bool], run: Run) -> None:
-    """The run is over: close its bar (at 100%), say once what went wrong."""
-    if bar is not None:
-        bar.close()
-    st = run.stats
-    total = st.rows + st.null_rows
-    if reports["failed"] and st.failed:
-        logger.warning(
-            "chat.complete: %d of %d rows failed and are null (first: %s); "
-            "output='struct' gives each row's error",
-            st.failed,
-            total,
-            st.first_error,
-        )
-    if reports["truncated"] and st.truncated:
-        logger.warning(
-            "chat.complete: %d of %d answers were cut at max_tokens "
-            "(finish_reason 'length'); raise max_tokens, or pass on_truncated='error'",
-            st.truncated,
-            total,
-        )
 
 
 def _transport(
@@ -1188,112 +957,3 @@ def _failures(
     for i, r in enumerate(results):
         if r is not None and r.exception is not None:
             yield i, r
-
-
-def _show_progress(progress: bool | None) -> bool:
-    if progress is not None:
-        return progress
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class _ProgressBar:
-    """One tqdm bar per run, shared by every chunk of it, that ends at 100%.
-
-    Its total is the known row count (the CLI reads it from the Parquet footer) or
-    grows as chunks arrive. The postfix shows the run's tokens/s, retries, 429s and
-    failures.
-    """
-
-    def __init__(self, stats: Callable[[], RunStats | None]) -> None:
-        self._lock = threading.Lock()
-        self._bar: Any = None
-        self._stats = stats
-        self.known_total: int | None = None
-        self._shown_at = 0.0
-        self._batch_text: str | None = None
-
-    def start_run(self) -> None:
-        """A new run: the previous bar is closed; the next rows open a new one."""
-        with self._lock:
-            self._close()
-
-    def add_total(self, n: int) -> None:
-        """``n`` more rows are on their way."""
-        from tqdm.auto import tqdm
-
-        with self._lock:
-            if self._bar is None:
-                self._bar = tqdm(
-                    total=self.known_total or 0,
-                    unit="row",
-                    desc="chat.complete",
-                    dynamic_ncols=True,
-                )
-            bar = self._bar
-            if self.known_total is None or bar.total < bar.n + n:
-                bar.total = max(bar.total, bar.n) + n
-            bar.refresh()
-
-    def update(self, n: int) -> None:
-        """``n`` rows are done (called on the loop)."""
-        with self._lock:
-            bar = self._bar
-            if bar is None or n <= 0:
-                return
-            bar.update(n)
-            now = time.monotonic()
-            if now - self._shown_at >= 0.5 or bar.n >= (bar.total or 0):
-                self._shown_at = now
-                self._postfix()
-
-    def batch_status(self, text: str) -> None:
-        """Batch mode: show the batches' statuses and request counts."""
-        with self._lock:
-            self._batch_text = text
-            if self._bar is not None:
-                self._postfix()
-                self._bar.refresh()
-
-    def idle(self) -> None:
-        """No batch is in flight: show the final state (every row so far is done)."""
-        with self._lock:
-            if self._bar is not None:
-                self._postfix()
-                self._bar.refresh()
-
-    def close(self) -> None:
-        """Close the bar."""
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._postfix()
-            self._bar.close()
-            self._bar = None
-        self._batch_text = None
-
-    def _postfix(self) -> None:
-        st = self._stats()
-        if st is None:
-            return
-        bar = self._bar
-        if self._batch_text is not None:
-            bar.set_postfix_str(f"{self._batch_text} failed={st.failed}", refresh=False)
-            return
-        elapsed = bar.format_dict.get("elapsed") or 0.0
-        tokens = st.prompt_tokens + st.completion_tokens
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        per = ""
-        if len(st.by_deployment) > 1:  # a pool: requests/429s/tokens per deployment
-            per = " " + " ".join(
-                f"{name}={c['requests']}/{c['rate_limited']}/"
-                f"{c['prompt_tokens'] + c['completion_tokens']:,}"
-                for name, c in st.by_deployment.items()
-            )
-        bar.set_postfix_str(
-            f"tok/s={rate:,.0f} retries={st.retries} 429s={st.rate_limited} "
-            f"failed={st.failed}{per}",
-            refresh=False,
-        )

@@ -170,7 +170,9 @@ def net_clock() -> NetworkClock:
     return NetworkClock()
 
 
-def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
+def _engine(
+    emu: Emulator, clock: FakeClock, max_tokens: int = 10, **limits: Any
+) -> ChatEngine:
     transport = Transport(
         endpoint=emu.url,
         deployment="gpt-4o-mini",
@@ -185,7 +187,7 @@ def _engine(emu: Emulator, clock: FakeClock, **limits: Any) -> ChatEngine:
         sleep=clock.sleep,
         clock=clock,
         max_concurrency=64,
-        params={"max_tokens": 10},
+        params={"max_tokens": max_tokens},
     )
     if isinstance(clock, NetworkClock):
         clock.watch(engine)
@@ -243,9 +245,7 @@ def test_a_token_quota_over_60_s_runs_at_full_speed(net_clock: NetworkClock) -> 
     clock = net_clock
     # 10,000 tokens per 60 s; each request costs about 1,000 (max_tokens) + its prompt
     with Emulator(tokens_per_minute=10_000, token_window_s=60.0, clock=clock) as emu:
-        engine = _engine(emu, clock, tokens_per_minute=10_000)
-        engine.params["max_tokens"] = 1000
-        engine._max_tokens = 1000
+        engine = _engine(emu, clock, max_tokens=1000, tokens_per_minute=10_000)
         rows = [
             ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}])
             for i in range(40)

@@ -605,21 +605,26 @@ def test_invalid_attempts_are_logged_at_debug_only(
 
 
 def test_the_engine_key_is_the_cache_key(config: ChatConfig) -> None:
+    from polars_azurechat._frontdoor import RequestShape
     from polars_azurechat._types import ChatRequest
     from polars_azurechat.cache import request_key
 
     with pac.Completer(config=config, response_format=Sum, max_tokens=9) as job:
-        engine = job.engine
-        t = engine.transport
+        shape = job.engine.shape
         for text in ["é ü", 'quote " and \\ backslash', "What is 1 + 1?"]:
             messages = [{"role": "user", "content": text}]
-            assert engine._key(ChatRequest(messages)) == request_key(
-                host=t.endpoint_host,
-                deployment=t.deployment,
-                api_version=t.api_version,
+            assert shape.key(ChatRequest(messages)) == request_key(
+                host=shape.host,
+                deployment=shape.deployment,
+                api_version=shape.api_version,
                 messages=messages,
                 params=job.params,
             )
-        before = engine._key(ChatRequest([{"role": "user", "content": "x"}]))
-        engine.params["max_tokens"] = 10  # parameters changed: the key follows
-        assert engine._key(ChatRequest([{"role": "user", "content": "x"}])) != before
+        x = ChatRequest([{"role": "user", "content": "x"}])
+        other = RequestShape(
+            {**job.params, "max_tokens": 10},
+            host=shape.host,
+            deployment=shape.deployment,
+            api_version=shape.api_version,
+        )
+        assert other.key(x) != shape.key(x)  # parameters changed: the key follows

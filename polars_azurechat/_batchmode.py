@@ -1,0 +1,354 @@
+"""Batch mode's sender: what the front door leaves goes to Azure's Batch API.
+
+Not meant for outside use. ``mode="batch"`` picks this sender instead of the online
+engine's; the rows go through the same front door
+(:class:`~polars_azurechat._frontdoor.FrontDoor`: nulls, unsendable rows, duplicates,
+cache hits, followers, counters), and the leaders are written to JSONL files, uploaded,
+batched, polled and joined back by :class:`~polars_azurechat._batch.BatchRunner`, whose
+every step is recorded in the cache file first. Under a spending cap each leader's worst
+case (at the batch price) is held before it is submitted. With
+``batch_fallback="online"``, the rows a batch left unanswered go through the online
+engine in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from polars_azurechat._frontdoor import FrontDoor, Intake
+from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.errors import AzureChatError
+
+if TYPE_CHECKING:
+    from polars_azurechat._batch import BatchProgress, BatchRunner
+    from polars_azurechat._batch_state import BatchStateStore
+    from polars_azurechat._engine import ChatEngine, Run, RunStats
+    from polars_azurechat._progress import ProgressBar
+    from polars_azurechat.config import ChatConfig
+    from polars_azurechat.options import ChatOptions
+    from polars_azurechat.summary import SpendingCap
+
+__all__ = ["BatchCounts", "BatchMode", "batch_client"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BatchCounts:
+    """Batch mode's counters of one run: batches followed, lines, rows, tokens."""
+
+    batches: int = 0
+    lines: int = 0
+    answered: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: BatchCounts) -> None:
+        """Add ``other``'s counts to these."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class BatchMode:
+    """A job's batch sender: its state store, client, counters and lock.
+
+    Parameters
+    ----------
+    engine
+        The job's engine: its runs, request shape, cache, and the online path of
+        ``batch_fallback="online"``.
+    options
+        The job's options (cache file, polling, fallback, enqueued-token limit).
+    config, client
+        Where the files and batches APIs are (``client``: the user's openai client).
+    cap
+        The job's spending cap, or ``None``.
+    bar
+        The job's progress bar, or ``None``.
+    """
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        options: ChatOptions,
+        *,
+        config: ChatConfig | None,
+        client: Any,
+        cap: SpendingCap | None,
+        bar: ProgressBar | None,
+    ) -> None:
+        self.engine = engine
+        self.options = options
+        self.cap = cap
+        self.bar = bar
+        self._config = config
+        self.lock = threading.Lock()
+        self.state: BatchStateStore | None = None
+        self.client: Any = client
+        #: BatchRunner keywords (tests: sleep, clock, hook, max_lines, max_bytes)
+        self.settings: dict[str, Any] = {}
+        self.counts: dict[int, BatchCounts] = {}
+        # the door of this sender: counts and shows what the engine's does, but it
+        # runs in the caller's thread (the cache is flushed per batch, not per turn)
+        self.door = FrontDoor(engine.shape, engine.cache)
+
+    def counts_for(self, run_id: int) -> BatchCounts:
+        """The counters of run ``run_id`` (made on first use)."""
+        return self.counts.setdefault(run_id, BatchCounts())
+
+    def total(self) -> BatchCounts:
+        """The counters over every run."""
+        out = BatchCounts()
+        for c in self.counts.values():
+            out.add(c)
+        return out
+
+    def close(self) -> None:
+        """Close the state store (the cache file's batch tables)."""
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+    def answer(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
+        """Answer ``requests`` through Azure's Batch API, as (part of) one run.
+
+        Null rows stay null, unsendable rows keep their input error, identical
+        requests are sent once, cache hits first; under a spending cap, the rows
+        whose worst case (at the batch price) does not fit fail with
+        :class:`~polars_azurechat.errors.SpendingCapError`; the rest go to a
+        :class:`~polars_azurechat._batch.BatchRunner` whose state is in the cache
+        file. With ``batch_fallback="online"`` the rows it left unanswered go
+        through the engine online, in the same run.
+        """
+        engine = self.engine
+        with self.lock:  # one set of batches at a time per job
+            run = engine.enter()
+            try:
+                return self._answer(run, requests)
+            except KeyboardInterrupt:
+                if run.interrupted is None:
+                    run.interrupted = "Ctrl-C"
+                cache = self.options.cache
+                message = (
+                    f"interrupted by {run.interrupted}: the batches submitted keep "
+                    f"running on the server and are recorded in {cache}; run the same "
+                    "job again to collect their answers (nothing is submitted twice), "
+                    f"or 'polars-azurechat batches --cache {cache} --cancel' to cancel "
+                    "them"
+                )
+                run.error = KeyboardInterrupt(message)
+                raise run.error from None
+            except BaseException as exc:
+                if run.error is None and isinstance(exc, AzureChatError):
+                    run.error = exc
+                raise
+            finally:
+                engine.leave(run)
+
+    def _answer(
+        self, run: Run, requests: Sequence[ChatRequest | None]
+    ) -> list[ChatResult | None]:
+        bar, cap, door, st = self.bar, self.cap, self.door, run.stats
+        if bar is not None:
+            bar.add_total(len(requests))
+        door.progress = None if bar is None else bar.update
+        intake = door.take(requests, st)
+        held = {} if cap is None else door.refuse_over_cap(intake, st, cap, batch=True)
+        if intake.todo:
+            fallback = self._submit(run, intake, held)
+            if fallback:
+                self._online(intake, fallback, st)
+        return door.finish(intake, st)
+
+    def _submit(self, run: Run, intake: Intake, held: dict[str, float]) -> list[str]:
+        """The leaders through the Batch API; returns the keys to send online."""
+        from polars_azurechat._batch import BatchFailedError, BatchIncompleteError
+        from polars_azurechat._retry import is_retryable
+
+        bar, cap, door, st = self.bar, self.cap, self.door, run.stats
+        counts = self.counts_for(run.id)
+        todo, requests = intake.todo, intake.requests
+
+        def on_results(chunk: Mapping[str, ChatResult]) -> None:
+            # before the chunk is marked done: what a rerun must not pay again
+            for key, r in chunk.items():
+                door.keep(key, r)
+                worst = held.pop(key, None)
+                if cap is not None and worst is not None:
+                    spent = cap.cost(
+                        r.prompt_tokens or 0, r.completion_tokens or 0, batch=True
+                    )
+                    cap.settle(worst, spent)
+            if door.cache is not None:
+                door.cache.flush()
+
+        shown = [0]
+
+        def progress(p: BatchProgress) -> None:
+            counts.batches = max(counts.batches, len(p.batches))
+            counts.lines = max(counts.lines, p.lines)
+            if bar is None:
+                return
+            step = min(p.completed + p.failed, len(todo)) - shown[0]
+            if step > 0:
+                shown[0] += step
+                bar.update(step)
+            bar.batch_status(_batch_text(p))
+
+        runner = self._runner(run, on_results, progress)
+        out = runner.run(
+            [(key, requests[i]) for key, i in todo.items()],  # type: ignore[misc]
+            cached=intake.answers.keys(),
+        )
+        if cap is not None:  # rows that never reached a batch spent nothing
+            for worst in held.values():
+                cap.settle(worst, 0.0)
+            held.clear()
+        online = self.options.batch_fallback == "online"
+        fallback: list[str] = []
+        for key in list(todo):
+            r = out[key]
+            exc = r.exception
+            if (
+                online
+                and exc is not None
+                and (
+                    isinstance(exc, BatchIncompleteError | BatchFailedError)
+                    or is_retryable(exc)
+                )
+            ):
+                fallback.append(key)
+                continue
+            door.deliver(intake, key, r, st, kept=True, shown=True)
+            _count(st, counts, r)
+        if bar is not None:
+            bar.update(len(todo) - len(fallback) - shown[0])
+        return fallback
+
+    def _online(self, intake: Intake, fallback: list[str], st: RunStats) -> None:
+        """``batch_fallback="online"``: the rows a batch left go through the engine."""
+        logger.info(
+            "batch mode: %d requests a batch left unanswered are sent online "
+            "(batch_fallback='online')",
+            len(fallback),
+        )
+        todo = intake.todo
+        again = [intake.requests[todo[key]] for key in fallback]
+        for _, online_results in self.engine.pipeline([(None, again)]):
+            for key, sent in zip(fallback, online_results, strict=True):
+                assert sent is not None  # noqa: S101 - sendable rows
+                # counted, kept and shown by the engine's own door
+                intake.results[todo[key]] = intake.answers[key] = sent
+
+    def _runner(
+        self,
+        run: Run,
+        on_results: Callable[[Mapping[str, ChatResult]], None],
+        progress: Callable[[BatchProgress], None],
+    ) -> BatchRunner:
+        from polars_azurechat._batch import BatchRunner
+        from polars_azurechat._batch_state import BatchStateStore
+
+        opts, shape = self.options, self.engine.shape
+        assert opts.cache is not None  # noqa: S101 - checked by ChatOptions
+        if self.state is None:
+            self.state = BatchStateStore(opts.cache)
+        if self.client is None:
+            assert self._config is not None  # noqa: S101 - a config or a client
+            self.client = batch_client(self._config)
+        settings = dict(self.settings)  # tests: sleep, clock, hook, max_lines, ...
+        sleep = settings.pop("sleep", time.sleep)
+        poll = opts.batch_poll_s
+        settings.setdefault("file_poll_s", min(1.0, poll))
+        return BatchRunner(
+            self.client,
+            deployment=shape.deployment,
+            state=self.state,
+            params=shape.params,
+            enqueued_tokens_limit=opts.enqueued_tokens_limit,
+            on_truncated=opts.on_truncated,
+            poll_interval_s=poll,
+            max_poll_interval_s=max(60.0, poll),
+            progress=progress,
+            on_results=on_results,
+            sleep=functools.partial(_batch_sleep, run, sleep),
+            schema=shape.schema,
+            **settings,
+        )
+
+
+def _count(st: RunStats, counts: BatchCounts, r: ChatResult) -> None:
+    """A batch's answer: its tokens, for the run and for batch mode's counters."""
+    st.prompt_tokens += r.prompt_tokens or 0
+    st.completion_tokens += r.completion_tokens or 0
+    counts.prompt_tokens += r.prompt_tokens or 0
+    counts.completion_tokens += r.completion_tokens or 0
+    if r.exception is None:
+        counts.answered += 1
+    if r.model and st.model is None:
+        st.model = r.model
+
+
+def _batch_text(p: BatchProgress) -> str:
+    """The bar's batch part: batches by status, and request counts."""
+    statuses: dict[str, int] = {}
+    for b in p.batches:
+        statuses[b.status] = statuses.get(b.status, 0) + 1
+    shown = " ".join(f"{status}={n}" for status, n in sorted(statuses.items()))
+    return f"batches: {shown}; requests {p.completed + p.failed:,}/{p.lines:,}" + (
+        f" ({p.failed:,} failed)" if p.failed else ""
+    )
+
+
+def _batch_sleep(run: Run, sleep: Callable[[float], None], seconds: float) -> None:
+    """Wait between polls; a Ctrl-C (or SIGTERM) that stopped the run ends the wait."""
+    if sleep is not time.sleep:
+        if run.interrupted is not None:
+            raise KeyboardInterrupt(run.interrupted)
+        sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while True:
+        if run.interrupted is not None:
+            raise KeyboardInterrupt(run.interrupted)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.25))
+
+
+def batch_client(config: ChatConfig) -> Any:
+    """An ``openai.AzureOpenAI`` client of ``config`` for the files and batches APIs.
+
+    A key or a fixed token is passed as is; a token provider or an azure-identity
+    credential gives the client a provider whose tokens are kept fresh by the same
+    code as the online path's (:class:`~polars_azurechat._auth.TokenAuth`).
+    """
+    import openai
+
+    kwargs: dict[str, Any] = {
+        "azure_endpoint": config.azure_endpoint,
+        "api_version": config.api_version,
+    }
+    if config.api_key:
+        kwargs["api_key"] = config.api_key
+    elif config.azure_ad_token:
+        kwargs["azure_ad_token"] = config.azure_ad_token
+    else:
+        kwargs["azure_ad_token_provider"] = functools.partial(
+            _entra_token, config.auth()
+        )
+    return openai.AzureOpenAI(**kwargs)
+
+
+def _entra_token(auth: Any) -> str:
+    from polars_azurechat import _loop
+
+    headers = _loop.call(auth.headers())
+    return str(headers["Authorization"]).removeprefix("Bearer ")

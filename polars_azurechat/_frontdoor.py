@@ -1,0 +1,330 @@
+"""The front door every request goes through, however it travels. Not meant for outside use.
+
+A batch of rows (a slice of a Polars chunk, a CLI batch, a list) comes in through
+:meth:`FrontDoor.take`, which does, once for every way of sending:
+
+- null rows stay null; a row that cannot be sent gets its input error;
+- each request is named by its cache key (:class:`RequestShape`), and identical
+  requests are sent once: the first row asking is the *leader*, the others follow;
+- cache hits are answered at the door (a typed answer is parsed again: a changed
+  validator may refuse what an earlier run kept, and it is then sent again).
+
+What is left (``Intake.todo``) goes to a *sender*: the online engine
+(:class:`~polars_azurechat._engine.ChatEngine`) or Azure's Batch API
+(:class:`~polars_azurechat._batchmode.BatchMode`). The sender hands each answer back
+through :meth:`FrontDoor.deliver` (counted, cached, shown) and
+:meth:`FrontDoor.finish` gives the followers their leader's answer and returns the
+results in row order.
+
+:class:`RequestShape` is what every request of a job carries besides its messages:
+the body fields, ``max_tokens``, the typed answer's schema and its tokens, and the
+canonical JSON around the messages that names the request. It is built once per job
+and shared by the engine, batch mode and :func:`~polars_azurechat.plan.plan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from polars_azurechat import _tokens
+from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.cache import request_key_parts
+from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+
+if TYPE_CHECKING:
+    from polars_azurechat._engine import RunStats
+    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.summary import SpendingCap
+
+__all__ = ["AnswerCache", "FrontDoor", "Intake", "RequestShape"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnswerCache(Protocol):
+    """Where answers are kept between runs (SQLite or Redis)."""
+
+    path: Any
+    broken: str | None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]: ...
+    def put(self, key: str, result: ChatResult) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class RequestShape:
+    """What every request of a job carries besides its messages.
+
+    Parameters
+    ----------
+    params
+        The body fields sent with every request (``max_tokens``, ``temperature``,
+        a typed answer's strict ``response_format``, ...).
+    schema
+        The typed answer's schema, or ``None``.
+    host, deployment, api_version
+        Where requests go: part of the cache key (a different deployment may answer
+        differently).
+
+    Examples
+    --------
+    >>> from polars_azurechat._types import ChatRequest
+    >>> shape = RequestShape({"max_tokens": 5}, host="h", deployment="d")
+    >>> req = ChatRequest([{"role": "user", "content": "hi"}])
+    >>> shape.body(req)
+    {'max_tokens': 5, 'messages': [{'role': 'user', 'content': 'hi'}]}
+    >>> shape.reserved, len(shape.key(req))
+    (5, 64)
+    """
+
+    __slots__ = (
+        "_head",
+        "_tail",
+        "api_version",
+        "deployment",
+        "host",
+        "max_tokens",
+        "params",
+        "reserved",
+        "schema",
+        "schema_tokens",
+    )
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        schema: OutputSchema | None = None,
+        *,
+        host: str = "",
+        deployment: str = "",
+        api_version: str = "",
+    ) -> None:
+        self.params: dict[str, Any] = dict(params)
+        self.schema = schema
+        self.host, self.deployment, self.api_version = host, deployment, api_version
+        #: ``max_tokens`` (or ``max_completion_tokens``), ``None`` if not set
+        self.max_tokens: Any = self.params.get(
+            "max_tokens", self.params.get("max_completion_tokens")
+        )
+        #: what Azure reserves for the answer when it counts a request on arrival
+        self.reserved: int = (
+            DEFAULT_RESERVED_COMPLETION_TOKENS
+            if self.max_tokens is None
+            else self.max_tokens
+        )
+        #: a typed answer's schema is part of each request's prompt (Azure counts it)
+        self.schema_tokens = 0 if schema is None else schema.schema_tokens()
+        # the canonical JSON around the messages, encoded once (the schema is most of
+        # it: encoding it per row cost more than the rest of the key)
+        self._head, self._tail = request_key_parts(
+            host=host, deployment=deployment, api_version=api_version, params=params
+        )
+
+    def key(self, req: ChatRequest) -> str:
+        """:func:`~polars_azurechat.cache.request_key` of ``req``, the same digest."""
+        messages = json.dumps(
+            req.messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        return hashlib.sha256(self._head + messages + self._tail).hexdigest()
+
+    def body(self, req: ChatRequest) -> dict[str, Any]:
+        """The chat-completions body of ``req``."""
+        return {**self.params, "messages": req.messages}
+
+    def prompt_tokens(self, req: ChatRequest) -> int:
+        """The prompt's tokens as estimated here, the schema's included."""
+        return _tokens.prompt_tokens(req.messages) + self.schema_tokens
+
+    def quota_tokens(self, req: ChatRequest, *, exact: bool = True) -> int:
+        """What Azure counts against the quota on arrival: prompt plus ``max_tokens``.
+
+        ``exact=False``: the prompt estimated from its length (no token quota to meet).
+        """
+        return (
+            _tokens.request_tokens(req.messages, self.max_tokens, exact=exact)
+            + self.schema_tokens
+        )
+
+    def worst_cost(
+        self, req: ChatRequest, cap: SpendingCap, *, batch: bool = False
+    ) -> float:
+        """The most one attempt of ``req`` can cost, at the online or the batch price."""
+        return cap.worst_case(self.prompt_tokens(req), self.max_tokens, batch=batch)
+
+    def parse_cached(self, hits: dict[str, ChatResult]) -> dict[str, ChatResult]:
+        """Parse cached typed answers; one that no longer validates is left out.
+
+        (The schema is in the cache key, but a pydantic model's own validators are
+        not: a changed validator may refuse what an earlier run kept.)
+        """
+        schema = self.schema
+        if schema is None or not hits:
+            return hits
+        out: dict[str, ChatResult] = {}
+        for key, hit in hits.items():
+            try:
+                hit.parsed = schema.parse(hit.content or "")
+            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
+                logger.debug(
+                    "a cached answer no longer validates (%s): sent again", err
+                )
+                continue
+            out[key] = hit
+        return out
+
+
+@dataclasses.dataclass(slots=True)
+class Intake:
+    """One batch of rows at the door: what is answered, and what the sender must do."""
+
+    requests: Sequence[ChatRequest | None]
+    results: list[ChatResult | None]
+    #: key -> the first row asking it, for the rows the sender answers
+    todo: dict[str, int]
+    #: rows asking what an earlier row of the batch asks: (row, key)
+    followers: list[tuple[int, str]]
+    #: answers by key (cache hits, then what the sender delivers), for the followers
+    answers: dict[str, ChatResult]
+
+
+class FrontDoor:
+    """Everything a batch of rows goes through that does not depend on how it travels.
+
+    Parameters
+    ----------
+    shape
+        The job's request shape: the key of each request.
+    cache
+        Where answers are looked up first and kept (``None``: no cache).
+    progress
+        Called with the number of rows just settled, or ``None``.
+    on_put
+        Called after an answer is put in the cache (to schedule a flush), or
+        ``None``.
+
+    Examples
+    --------
+    >>> from polars_azurechat._engine import RunStats
+    >>> from polars_azurechat._types import ChatRequest, ChatResult
+    >>> door = FrontDoor(RequestShape({}))
+    >>> hi = ChatRequest([{"role": "user", "content": "hi"}])
+    >>> stats = RunStats()
+    >>> intake = door.take([hi, None, hi], stats)
+    >>> list(intake.todo.values()), intake.followers[0][0]
+    ([0], 2)
+    >>> for key in list(intake.todo):
+    ...     door.deliver(intake, key, ChatResult(content="hello", attempts=1), stats)
+    >>> [r and r.content for r in door.finish(intake, stats)]
+    ['hello', None, 'hello']
+    >>> stats.answered, stats.deduplicated, stats.null_rows
+    (2, 1, 1)
+    """
+
+    def __init__(
+        self,
+        shape: RequestShape,
+        cache: AnswerCache | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_put: Callable[[], None] | None = None,
+    ) -> None:
+        self.shape = shape
+        self.cache = cache
+        self.progress = progress
+        self.on_put = on_put
+
+    def take(self, requests: Sequence[ChatRequest | None], stats: RunStats) -> Intake:
+        """Settle what the door can: nulls, unsendable rows, duplicates, cache hits."""
+        results: list[ChatResult | None] = [None] * len(requests)
+        todo: dict[str, int] = {}
+        followers: list[tuple[int, str]] = []
+        key = self.shape.key
+        for i, req in enumerate(requests):
+            if req is None:
+                stats.null_rows += 1
+            elif req.error is not None:
+                results[i] = unsendable = ChatResult(exception=req.error)
+                stats.count(unsendable)
+            else:
+                k = key(req)
+                if k in todo:
+                    followers.append((i, k))
+                else:
+                    todo[k] = i
+        answers: dict[str, ChatResult] = {}
+        if self.cache is not None and todo:
+            answers = self.shape.parse_cached(self.cache.get_many(todo))
+            for k, hit in answers.items():
+                results[todo.pop(k)] = hit
+                stats.count(hit)
+            stats.cached += len(answers)
+        if self.progress is not None:
+            self.progress(len(requests) - len(todo) - len(followers))
+        return Intake(requests, results, todo, followers, answers)
+
+    def keep(self, key: str, result: ChatResult) -> None:
+        """Put a good answer in the cache (an error is not kept: a rerun tries again)."""
+        if self.cache is not None and result.exception is None:
+            self.cache.put(key, result)
+            if self.on_put is not None:
+                self.on_put()
+
+    def deliver(
+        self,
+        intake: Intake,
+        key: str,
+        result: ChatResult,
+        stats: RunStats,
+        *,
+        kept: bool = False,
+        shown: bool = False,
+    ) -> None:
+        """The sender's answer for ``key``: the leader's result, counted and cached.
+
+        ``kept``: already in the cache (or another batch's answer, kept there);
+        ``shown``: already counted by the progress bar.
+        """
+        intake.results[intake.todo[key]] = intake.answers[key] = result
+        stats.count(result)
+        if not kept:
+            self.keep(key, result)
+        if self.progress is not None and not shown:
+            self.progress(1)
+
+    def refuse_over_cap(
+        self, intake: Intake, stats: RunStats, cap: SpendingCap, *, batch: bool
+    ) -> dict[str, float]:
+        """Hold each leader's worst case under ``cap``; the rows that do not fit fail.
+
+        For a sender that holds once per request (batch mode); the online engine
+        holds per attempt. Returns the worst case held per key.
+        """
+        held: dict[str, float] = {}
+        for key, i in list(intake.todo.items()):
+            req = intake.requests[i]
+            assert req is not None  # noqa: S101 - leaders are sendable rows
+            worst = self.shape.worst_cost(req, cap, batch=batch)
+            refused = cap.reserve(worst)
+            if refused is None:
+                held[key] = worst
+                continue
+            self.deliver(intake, key, ChatResult(exception=refused), stats)
+            del intake.todo[key]
+        return held
+
+    def finish(self, intake: Intake, stats: RunStats) -> list[ChatResult | None]:
+        """Give each follower its leader's answer; the results, in row order."""
+        results, answers = intake.results, intake.answers
+        for i, key in intake.followers:
+            results[i] = follower = dataclasses.replace(answers[key], attempts=0)
+            stats.count(follower)
+            stats.deduplicated += 1
+        if self.progress is not None and intake.followers:
+            self.progress(len(intake.followers))
+        return results
