@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from polars_azurechat._frontdoor import FrontDoor, Intake
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.errors import AzureChatError
 
 if TYPE_CHECKING:
     from polars_azurechat._batch import BatchProgress, BatchRunner
@@ -126,9 +125,7 @@ class BatchMode:
         file. With ``batch_fallback="online"`` the rows it left unanswered go
         through the engine online, in the same run.
         """
-        engine = self.engine
-        with self.lock:  # one set of batches at a time per job
-            run = engine.enter()
+        with self.lock, self.engine.entered() as run:  # one set of batches at a time
             try:
                 return self._answer(run, requests)
             except KeyboardInterrupt:
@@ -144,12 +141,6 @@ class BatchMode:
                 )
                 run.error = KeyboardInterrupt(message)
                 raise run.error from None
-            except BaseException as exc:
-                if run.error is None and isinstance(exc, AzureChatError):
-                    run.error = exc
-                raise
-            finally:
-                engine.leave(run)
 
     def _answer(
         self, run: Run, requests: Sequence[ChatRequest | None]

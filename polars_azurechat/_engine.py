@@ -182,12 +182,12 @@ class Run:
         self.interrupted: str | None = None
         self.explicit = False
         self.finished = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.futures: set[concurrent.futures.Future[Any]] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = RunStats()
         self.ended: float | None = None
-        self._busy_since: float | None = None
+        self.busy_since: float | None = None
         self.retrying = build_retrying(
             max_attempts=engine.max_attempts,
             sleep=engine.sleep,
@@ -200,7 +200,7 @@ class Run:
 
     def busy_s(self, now: float) -> float:
         """Busy seconds so far."""
-        extra = 0.0 if self._busy_since is None else now - self._busy_since
+        extra = 0.0 if self.busy_since is None else now - self.busy_since
         return self.stats.wall_s + extra
 
     def deadline_passed(self, now: float) -> bool:
@@ -408,9 +408,9 @@ class ChatEngine:
                 self.runs += 1
             assert run is not None  # noqa: S101 - set just above
             if self._active == 0:
-                run._busy_since = now
+                run.busy_since = now
             self._active += 1
-            timer, run._timer = run._timer, None
+            timer, run.timer = run.timer, None
         if timer is not None:
             _loop.loop().call_soon_threadsafe(timer.cancel)
         if previous is not None:
@@ -427,9 +427,9 @@ class ChatEngine:
             if idle:
                 now = self.clock()
                 run.ended = now
-                if run._busy_since is not None:
-                    run.stats.wall_s += now - run._busy_since
-                    run._busy_since = None
+                if run.busy_since is not None:
+                    run.stats.wall_s += now - run.busy_since
+                    run.busy_since = None
         if not idle:
             return
         if run.explicit or run.fatal or run.interrupted or run.error:
@@ -441,7 +441,7 @@ class ChatEngine:
     def _arm_timer(self, run: Run) -> None:
         with self._lock:
             if self._active == 0 and not run.finished:
-                run._timer = _loop.loop().call_later(
+                run.timer = _loop.loop().call_later(
                     RUN_GRACE_S, self._finish_if_idle, run
                 )
 
@@ -475,6 +475,22 @@ class ChatEngine:
         finally:
             self.leave(run)
 
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[Run]:
+        """A batch of the current run (or of a new one), between enter and leave.
+
+        A job-wide error raised inside becomes the run's error (``last_error``).
+        """
+        run = self.enter()
+        try:
+            yield run
+        except BaseException as exc:
+            if run.error is None and isinstance(exc, AzureChatError):
+                run.error = exc
+            raise
+        finally:
+            self.leave(run)
+
     # -- the one entry point --------------------------------------------------------------
 
     def pipeline(
@@ -499,7 +515,15 @@ class ChatEngine:
         batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
         read_ahead: int,
     ) -> Iterator[tuple[K, list[ChatResult | None]]]:
-        run = self.enter()
+        with self.entered() as run:
+            yield from self._answer_in_order(run, batches, read_ahead)
+
+    def _answer_in_order(
+        self,
+        run: Run,
+        batches: Iterable[tuple[K, Sequence[ChatRequest | None]]],
+        read_ahead: int,
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
         pending: collections.deque[
             tuple[K, concurrent.futures.Future[list[ChatResult | None]]]
         ] = collections.deque()
@@ -524,7 +548,7 @@ class ChatEngine:
                         raise
                     raise KeyboardInterrupt(self._interrupted_message(run)) from None
                 if run.fatal is not None:
-                    raise run.fatal  # noqa: TRY301 - recorded as the run's error below
+                    raise run.fatal
                 yield key, results
         except KeyboardInterrupt as exc:
             # Ctrl-C raised in this thread (or a batch cancelled by it): stop the
@@ -539,13 +563,8 @@ class ChatEngine:
             if str(exc) == message:
                 raise
             raise run.error from None
-        except BaseException as exc:
-            if run.error is None and isinstance(exc, AzureChatError):
-                run.error = exc
-            raise
         finally:
             self._settle(run, pending)
-            self.leave(run)
 
     def run(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
         """Answer one list of requests as one run; ``None`` in, ``None`` out."""

@@ -460,7 +460,7 @@ class SdkTransport:
             raise TypeError(msg)
         self._client = client.with_options(max_retries=0, timeout=timeout_s)
         self.deployment = deployment
-        self.api_version = str(client._api_version)
+        self.api_version = str(client.default_query.get("api-version", ""))
         self._host = str(client.base_url.host)
         self._timeout_s = timeout_s
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None

@@ -653,9 +653,8 @@ class Emulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
-        server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if self.port == 0 and self._runner.addresses:
+            self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
         """Stop serving and end the thread."""
