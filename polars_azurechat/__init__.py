@@ -7,11 +7,12 @@ Importing this package registers the ``chat`` expression namespace::
 
 from __future__ import annotations
 
+import importlib
 import logging
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
+from polars_azurechat import _warm
 from polars_azurechat import namespace as _namespace  # registers `.chat`
-from polars_azurechat._schema import OutputSchema
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.deployments import Deployment, load_deployments
 from polars_azurechat.errors import (
@@ -45,17 +46,47 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
-from polars_azurechat.plan import Plan, plan
 from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
-try:
-    __version__ = version("polars-azurechat")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.plan import Plan, plan
+
+    __version__: str
+
+#: Names loaded on first use (each costs import time a job may never need).
+_LAZY = {
+    "OutputSchema": "polars_azurechat._schema",
+    "Plan": "polars_azurechat.plan",
+    "plan": "polars_azurechat.plan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: Any = version("polars-azurechat")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, "__version__"])
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 del _namespace
+_warm.start()  # a job's heavier imports, on a daemon thread (POLARS_AZURECHAT_PREWARM=0)
 
 __all__ = [
     "APIConnectionError",

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
 
 import polars as pl
 
-from polars_azurechat import _interrupt
 from polars_azurechat._convert import (
     check_dtype,
     results_to_series,
@@ -380,6 +379,8 @@ class Completer:
             schema=self.output_schema,
             spending_cap=self.spending_cap,
         )
+        from polars_azurechat import _interrupt
+
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
         engine = self.engine  # hooks must not hold the job (it would never die)
         from polars_azurechat._progress import (

@@ -6,6 +6,7 @@ loop serves every job; the pipeline answers batches in order with bounded read-a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -163,7 +164,35 @@ def test_import_loads_no_network_or_arrow_stack() -> None:
         "print(sorted(m for m in ('openai', 'aiohttp', 'pyarrow', 'tiktoken', "
         "'tenacity', 'typer', 'tqdm') if m in sys.modules))"
     )
+    # the import itself, without the prewarm thread (which loads some of them after)
+    env = {**os.environ, "POLARS_AZURECHAT_PREWARM": "0"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_prewarm_loads_what_a_job_needs_off_the_importing_thread() -> None:
+    code = (
+        "import sys, threading, polars_azurechat\n"
+        "from polars_azurechat import _warm\n"
+        "names = [t.name for t in threading.enumerate()]\n"
+        "_warm.wait(60)\n"
+        "print('polars-azurechat-prewarm' in names, "
+        "sorted(m for m in ('aiohttp', 'tenacity', 'pyarrow', 'openai') "
+        "if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_AZURECHAT_PREWARM"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.strip() == "True ['aiohttp', 'tenacity']"
