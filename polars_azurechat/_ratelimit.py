@@ -63,8 +63,7 @@ import logging
 import math
 import statistics
 import time
-import types
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -112,21 +111,35 @@ KEEP_ESTIMATES = 48
 MIN_ESTIMATES = 6
 
 
-_NO_COUNTS: Mapping[float, tuple[int, int]] = types.MappingProxyType({})
+@dataclasses.dataclass(slots=True)
+class Learning:
+    """What an admission's answer is learned with; dropped once it has been.
 
+    ``used`` is what the ledger held in each candidate window when it went (itself
+    included): requests and tokens, for the budget estimates its answer makes; ``low``
+    and ``high`` the same without the admissions within the margin of the window's
+    edge, and with them (the server, counting on arrival, saw something in between).
+    """
 
-def _no_counts() -> Mapping[float, tuple[int, int]]:
-    return _NO_COUNTS
+    quiet: bool = False  # nothing else was in flight when it went
+    seq: int = 0  # admissions before it, and their tokens before and through it
+    cum: int = 0
+    end: int = 0
+    #: admissions within REORDER_S before and after it (requests, tokens)
+    before: tuple[int, int] = (0, 0)
+    after: tuple[int, int] | None = None
+    used: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    low: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    high: dict[float, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
 class Ticket:
     """One admission: when it went, what it cost, and whether the server took it.
 
-    ``used`` is what the ledger held in each candidate window when it went (itself
-    included): requests and tokens, for the budget estimates its answer makes; ``low``
-    and ``high`` the same without the admissions within the margin of the window's
-    edge, and with them (the server, counting on arrival, saw something in between).
+    A window of 60 s holds every admission of the last minute (a job sending
+    thousands a second holds hundreds of thousands): what the answer is learned with
+    is apart (:class:`Learning`) and dropped once it has been.
     """
 
     sent_at: float
@@ -136,29 +149,13 @@ class Ticket:
     probe: bool = False
     rejected: bool = False
     answered: bool = False
-    quiet: bool = False  # nothing else was in flight when it went
-    seq: int = 0  # admissions before it, and their tokens before and through it
-    cum: int = 0
-    end: int = 0
-    #: admissions within REORDER_S before and after it (requests, tokens)
-    before: tuple[int, int] = (0, 0)
-    after: tuple[int, int] | None = None
     #: the ledger counted it (it holds nothing to learn from or enforce otherwise)
     tracked: bool = False
-    #: per window; dropped once the answer has been learned from (a window of 60 s
-    #: holds every admission of the last minute: a job sending thousands a second
-    #: kept a few hundred MB of these)
-    used: Mapping[float, tuple[int, int]] = dataclasses.field(
-        default_factory=_no_counts
-    )
-    low: Mapping[float, tuple[int, int]] = dataclasses.field(default_factory=_no_counts)
-    high: Mapping[float, tuple[int, int]] = dataclasses.field(
-        default_factory=_no_counts
-    )
+    learning: Learning | None = None
 
     def forget_counts(self) -> None:
-        """The answer was learned from: the per-window counts are not needed."""
-        self.used = self.low = self.high = _NO_COUNTS
+        """Its answer teaches nothing more (or nothing at all): drop what it would."""
+        self.learning = None
 
 
 class _Window:
@@ -532,7 +529,8 @@ class RateLimiter:
         self._open = 0  # admitted, not yet answered
         self._seq = 0  # admissions so far, and their tokens
         self._cum = 0
-        self._recent: collections.deque[Ticket] = collections.deque()  # in REORDER_S
+        #: admissions within REORDER_S, with their seq and cum
+        self._recent: collections.deque[tuple[Ticket, int, int]] = collections.deque()
         self._last: Ticket | None = None
         self._tracking = True  # keep the ledger (until a headerless answer says no)
 
@@ -773,49 +771,50 @@ class RateLimiter:
         )
         if not self._tracking:  # nothing to learn and nothing to enforce: no ledger
             return ticket
-        ticket.quiet = self._open == 0
+        learning = ticket.learning = Learning(quiet=self._open == 0)
         self._open += 1
         self._last = ticket
-        self._neighbours(ticket)
+        self._neighbours(ticket, learning)
         ticket.tracked = True
-        used, lows, highs = {}, {}, {}
         for w in self._windows.values():
             w.add(ticket)
             low, exact, high = w.counts(ticket.sent_at)
-            used[w.length] = exact
-            lows[w.length] = low
-            highs[w.length] = high
-        ticket.used, ticket.low, ticket.high = used, lows, highs
+            learning.used[w.length] = exact
+            learning.low[w.length] = low
+            learning.high[w.length] = high
         if probe:
             self._blocked_since = None
         return ticket
 
-    def _neighbours(self, ticket: Ticket) -> None:
+    def _neighbours(self, ticket: Ticket, learning: Learning) -> None:
         """Count the admissions sent within :data:`REORDER_S` before ``ticket``.
 
         Those after it are counted when it leaves the recent ones (or is answered).
         """
         recent = self._recent
-        while recent and recent[0].sent_at < ticket.sent_at - REORDER_S:
-            old = recent.popleft()
-            old.after = self._after(old)
-        ticket.seq, ticket.cum = self._seq, self._cum
+        while recent and recent[0][0].sent_at < ticket.sent_at - REORDER_S:
+            old = recent.popleft()[0]
+            if old.learning is not None:  # its answer is still to be learned from
+                old.learning.after = self._after(old.learning)
+        learning.seq, learning.cum = self._seq, self._cum
         if recent:
-            ticket.before = (self._seq - recent[0].seq, self._cum - recent[0].cum)
+            _, seq, cum = recent[0]
+            learning.before = (self._seq - seq, self._cum - cum)
         self._seq += 1
         self._cum += ticket.tokens
-        ticket.end = self._cum
-        recent.append(ticket)
+        learning.end = self._cum
+        recent.append((ticket, learning.seq, learning.cum))
 
-    def _after(self, ticket: Ticket) -> tuple[int, int]:
-        """Admissions after ``ticket`` within :data:`REORDER_S` (so far, if recent)."""
-        if ticket.after is not None:
-            return ticket.after
-        return (self._seq - ticket.seq - 1, self._cum - ticket.end)
+    def _after(self, learning: Learning) -> tuple[int, int]:
+        """Admissions after a ticket within :data:`REORDER_S` (so far, if recent)."""
+        if learning.after is not None:
+            return learning.after
+        return (self._seq - learning.seq - 1, self._cum - learning.end)
 
     def _close(self, ticket: Ticket) -> bool:
         """``ticket`` is answered; ``True`` if it was quiet throughout."""
-        quiet = ticket.quiet and self._last is ticket
+        learning = ticket.learning
+        quiet = learning is not None and learning.quiet and self._last is ticket
         if not ticket.answered:
             ticket.answered = True
             if ticket.tracked:
@@ -867,15 +866,16 @@ class RateLimiter:
             res = self.resources[name]
             if limit is not None:
                 res.limit = float(limit)
-            if remaining is not None and ticket.used:  # else: nothing to learn
+            learning = ticket.learning
+            if remaining is not None and learning is not None:  # else: nothing to learn
                 k, extra = (0, 0) if name == "requests" else (1, own)
                 # the server may have taken its neighbours in before or after it
-                early, late = ticket.before[k], self._after(ticket)[k]
+                early, late = learning.before[k], self._after(learning)[k]
                 res.observe(
                     float(remaining),
-                    {w: ticket.used[w][k] + extra for w in CANDIDATE_WINDOWS},
-                    {w: ticket.low[w][k] + extra - early for w in CANDIDATE_WINDOWS},
-                    {w: ticket.high[w][k] + extra + late for w in CANDIDATE_WINDOWS},
+                    {w: learning.used[w][k] + extra for w in CANDIDATE_WINDOWS},
+                    {w: learning.low[w][k] + extra - early for w in CANDIDATE_WINDOWS},
+                    {w: learning.high[w][k] + extra + late for w in CANDIDATE_WINDOWS},
                     quiet,
                 )
         ticket.forget_counts()

@@ -639,9 +639,13 @@ class RedisLimiter(RateLimiter):
             w: (counts[2 * i], counts[2 * i + 1])
             for i, w in enumerate(CANDIDATE_WINDOWS)
         }
-        for field in ("used", "low", "high"):
-            if getattr(ticket, field, None):  # the local ledger keeps it
-                setattr(ticket, field, dict(shared))
+        learning = ticket.learning
+        if learning is not None:  # the local ledger keeps it
+            learning.used, learning.low, learning.high = (
+                dict(shared),
+                dict(shared),
+                dict(shared),
+            )
 
     def _forget(self, member: Any) -> None:
         """An admission that will not be sent after all: it stops counting."""
