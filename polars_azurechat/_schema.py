@@ -491,6 +491,46 @@ def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
     return value
 
 
+def _refuse_keywords(schema: dict[str, Any], path: str) -> None:
+    """Raise on the first keyword of :data:`_REFUSED_KEYWORDS` in ``schema``."""
+    for bad in _REFUSED_KEYWORDS:
+        if bad in schema:
+            raise _unsupported(
+                path,
+                f"the keyword {bad!r} is not supported (use plain types, and anyOf "
+                "only to make a value nullable)",
+            )
+
+
+def _union_members(schema: dict[str, Any]) -> Any:
+    """The ``anyOf`` members, each with the keywords beside ``anyOf`` merged in."""
+    members = schema["anyOf"]
+    outer = {k: v for k, v in schema.items() if k not in _UNION_IGNORED}
+    if outer and isinstance(members, list):
+        # keywords beside anyOf (pydantic puts a field's format there) hold for every
+        # branch
+        members = [
+            {**outer, **m} if isinstance(m, dict) and not _is_null_schema(m) else m
+            for m in members
+        ]
+    return members
+
+
+def _single_type(t: Any, path: str) -> tuple[Any, bool]:
+    """The one non-null kind of a ``type`` and whether it also allows null."""
+    if not isinstance(t, list):
+        return t, False
+    kinds = [k for k in t if k != "null"]
+    if not kinds:
+        raise _unsupported(path, "a value that is always null has no use")
+    if len(kinds) != 1:
+        raise _unsupported(
+            path,
+            f"type {t!r}: a value of several types has no single Polars dtype",
+        )
+    return kinds[0], len(kinds) < len(t)
+
+
 class _Compiler:
     """Strict schema -> :class:`_Node` tree.
 
@@ -510,63 +550,38 @@ class _Compiler:
             raise _unsupported(path, f"a schema must be an object, not {schema!r}")
         if "$ref" in schema:
             return self.ref(schema["$ref"], path)
-        for bad in _REFUSED_KEYWORDS:
-            if bad in schema:
-                raise _unsupported(
-                    path,
-                    f"the keyword {bad!r} is not supported (use plain types, and anyOf "
-                    "only to make a value nullable)",
-                )
+        _refuse_keywords(schema, path)
         if "anyOf" in schema:
-            members = schema["anyOf"]
-            outer = {k: v for k, v in schema.items() if k not in _UNION_IGNORED}
-            if outer and isinstance(members, list):
-                # keywords beside anyOf (pydantic puts a field's format there) hold
-                # for every branch
-                members = [
-                    {**outer, **m}
-                    if isinstance(m, dict) and not _is_null_schema(m)
-                    else m
-                    for m in members
-                ]
-            return self.union(members, path)
-        t = schema.get("type")
-        nullable = False
-        if isinstance(t, list):
-            kinds = [k for k in t if k != "null"]
-            nullable = len(kinds) < len(t)
-            if not kinds:
-                raise _unsupported(path, "a value that is always null has no use")
-            if len(kinds) != 1:
-                raise _unsupported(
-                    path,
-                    f"type {t!r}: a value of several types has no single Polars dtype",
-                )
-            t = kinds[0]
+            return self.union(_union_members(schema), path)
+        t, nullable = _single_type(schema.get("type"), path)
         if "enum" in schema or "const" in schema:
             values = schema["enum"] if "enum" in schema else [schema["const"]]
             node = self.enum(values, path)
             nullable = nullable or (isinstance(values, list) and None in values)
-        elif t == "string":
-            node = self.string(schema, path)
-        elif t == "integer":
-            node = self.number(schema, path, integer=True)
-        elif t == "number":
-            node = self.number(schema, path, integer=False)
-        elif t == "boolean":
-            node = self.boolean(path)
-        elif t == "array":
-            node = self.array(schema, path)
-        elif t == "object" or "properties" in schema:
-            node = self.object(schema, path)
-        elif t == "null":
-            raise _unsupported(path, "a value that is always null has no use")
         else:
-            raise _unsupported(
-                path,
-                f"no supported 'type' (got {t!r}); a value of any type has no dtype",
-            )
+            node = self.typed(schema, t, path)
         return _nullable_node(node) if nullable else node
+
+    def typed(self, schema: dict[str, Any], t: Any, path: str) -> _Node:
+        """The node of a schema by its (single, non-null) ``type`` ``t``."""
+        if t == "string":
+            return self.string(schema, path)
+        if t == "integer":
+            return self.number(schema, path, integer=True)
+        if t == "number":
+            return self.number(schema, path, integer=False)
+        if t == "boolean":
+            return self.boolean(path)
+        if t == "array":
+            return self.array(schema, path)
+        if t == "object" or "properties" in schema:
+            return self.object(schema, path)
+        if t == "null":
+            raise _unsupported(path, "a value that is always null has no use")
+        raise _unsupported(
+            path,
+            f"no supported 'type' (got {t!r}); a value of any type has no dtype",
+        )
 
     def ref(self, ref: Any, path: str) -> _Node:
         if ref not in self.defs:
@@ -844,13 +859,37 @@ def _from_dtype(
     dtype: Any, path: str, time_zones: dict[str, str | None]
 ) -> dict[str, Any]:
     """The strict schema of a dtype; ``time_zones`` collects each Datetime's zone."""
+    dtype = _dtype_instance(dtype, path)
+    schema = _scalar_schema(dtype, path, time_zones)
+    if schema is not None:
+        return schema
+    if isinstance(dtype, pl.List | pl.Array):
+        return _array_schema(dtype, path, time_zones)
+    if isinstance(dtype, pl.Struct):
+        return _struct_schema(dtype, path, time_zones)
+    raise _unsupported(
+        path,
+        f"{dtype} has no JSON-schema counterpart (use String, integers, floats, "
+        "Boolean, Enum, Date, Datetime, Time, List, Array or Struct)",
+    )
+
+
+def _dtype_instance(dtype: Any, path: str) -> Any:
+    """``dtype``, a bare class (``pl.String``, ``pl.Int64``) made its default."""
     if isinstance(dtype, type) and issubclass(dtype, pl.DataType):
         try:
-            dtype = dtype()  # pl.String, pl.Int64, ...: the class means its default
+            return dtype()  # pl.String, pl.Int64, ...: the class means its default
         except TypeError:
             raise _unsupported(
                 path, f"give {dtype.__name__} with its parameters, not the bare class"
             ) from None
+    return dtype
+
+
+def _scalar_schema(
+    dtype: Any, path: str, time_zones: dict[str, str | None]
+) -> dict[str, Any] | None:
+    """The strict schema of a dtype without inner dtypes, or ``None`` for others."""
     if dtype == pl.String or dtype == pl.Categorical:
         return {"type": "string"}
     if isinstance(dtype, pl.Enum):
@@ -871,32 +910,38 @@ def _from_dtype(
         return {"type": "string", "format": "date-time"}
     if dtype == pl.Time:
         return {"type": "string", "format": "time"}
-    if isinstance(dtype, pl.List | pl.Array):
-        schema: dict[str, Any] = {
-            "type": "array",
-            "items": _from_dtype(dtype.inner, f"{path}[]", time_zones),
-        }
-        if isinstance(dtype, pl.Array):
-            schema["minItems"] = schema["maxItems"] = dtype.size
-        return schema
-    if isinstance(dtype, pl.Struct):
-        if not dtype.fields:
-            raise _unsupported(path, "a Struct without fields has no use")
-        props = {
-            f.name: _from_dtype(f.dtype, _join(path, f.name), time_zones)
-            for f in dtype.fields
-        }
-        return {
-            "type": "object",
-            "properties": props,
-            "required": list(props),
-            "additionalProperties": False,
-        }
-    raise _unsupported(
-        path,
-        f"{dtype} has no JSON-schema counterpart (use String, integers, floats, "
-        "Boolean, Enum, Date, Datetime, Time, List, Array or Struct)",
-    )
+    return None
+
+
+def _array_schema(
+    dtype: pl.List | pl.Array, path: str, time_zones: dict[str, str | None]
+) -> dict[str, Any]:
+    """The strict schema of a List or Array: its items' schema, an Array's size."""
+    schema: dict[str, Any] = {
+        "type": "array",
+        "items": _from_dtype(dtype.inner, f"{path}[]", time_zones),
+    }
+    if isinstance(dtype, pl.Array):
+        schema["minItems"] = schema["maxItems"] = dtype.size
+    return schema
+
+
+def _struct_schema(
+    dtype: pl.Struct, path: str, time_zones: dict[str, str | None]
+) -> dict[str, Any]:
+    """The strict schema of a Struct: an object of its fields, all required."""
+    if not dtype.fields:
+        raise _unsupported(path, "a Struct without fields has no use")
+    props = {
+        f.name: _from_dtype(f.dtype, _join(path, f.name), time_zones)
+        for f in dtype.fields
+    }
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
 
 
 # ---------------------------------------------------------------------------------------

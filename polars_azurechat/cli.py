@@ -194,29 +194,13 @@ def run(
     )
     _check_input(input_path, column)
     _check_output(input_path, output_path, overwrite)
-    params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    if temperature is not None:
-        params["temperature"] = temperature
-    if response_format is not None:
-        params["response_format"] = _schema_file(response_format)
+    params = _body_params(param, max_tokens, temperature, response_format)
     options = _options(option_values)
 
     with contextlib.ExitStack() as stack:
         config = None
         if emulator:
-            batches = None
-            if options.mode == "batch":  # a batch takes a fraction of a second here
-                batches = BatchService(**EMULATOR_BATCH_PACE)
-                if options.batch_poll_s == DEFAULT_BATCH_POLL_S:
-                    options = options.replace(batch_poll_s=EMULATOR_BATCH_POLL_S)
-            emu = stack.enter_context(Emulator(batches=batches))
-            config = ChatConfig(
-                azure_endpoint=emu.url,
-                api_key=emu.api_key,
-                deployment=options.deployment or "gpt-4o-mini",
-            )
+            config, options = _start_emulator(stack, options)
         try:
             job = stack.enter_context(
                 Completer(
@@ -242,20 +226,7 @@ def run(
         except KeyboardInterrupt:
             partial.unlink(missing_ok=True)
             by = stopped_by[0]
-            cache = job.engine.cache
-            if cache is None:
-                kept = "nothing was kept: pass --cache FILE to resume after a stop"
-            elif options.mode == "batch":
-                kept = (
-                    f"the batches submitted keep running and are recorded in "
-                    f"{cache.path}: run the same command to collect them (nothing is "
-                    f"submitted twice), or 'polars-azurechat batches --cache "
-                    f"{cache.path} --cancel' to cancel them"
-                )
-            elif cache.broken:
-                kept = f"{cache.broken}, so nothing was kept"
-            else:
-                kept = f"answers so far are in {cache.path}: run the same command to resume"
+            kept = _kept_after_stop(job, options)
             typer.echo(f"interrupted by {by}; {kept}\n{job.summary()}", err=True)
             raise typer.Exit(143 if by == "SIGTERM" else 130) from None
         wall = time.perf_counter() - started
@@ -272,6 +243,58 @@ def run(
     typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _body_params(
+    param: list[str] | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    response_format: Path | None,
+) -> dict[str, Any]:
+    """The extra body fields of ``run``: ``--param`` and the flags that set one."""
+    params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    if temperature is not None:
+        params["temperature"] = temperature
+    if response_format is not None:
+        params["response_format"] = _schema_file(response_format)
+    return params
+
+
+def _start_emulator(
+    stack: contextlib.ExitStack, options: ChatOptions
+) -> tuple[ChatConfig, ChatOptions]:
+    """Start the emulator for ``run --emulator``: its config, and the options for it."""
+    batches = None
+    if options.mode == "batch":  # a batch takes a fraction of a second here
+        batches = BatchService(**EMULATOR_BATCH_PACE)
+        if options.batch_poll_s == DEFAULT_BATCH_POLL_S:
+            options = options.replace(batch_poll_s=EMULATOR_BATCH_POLL_S)
+    emu = stack.enter_context(Emulator(batches=batches))
+    config = ChatConfig(
+        azure_endpoint=emu.url,
+        api_key=emu.api_key,
+        deployment=options.deployment or "gpt-4o-mini",
+    )
+    return config, options
+
+
+def _kept_after_stop(job: Completer, options: ChatOptions) -> str:
+    """What an interrupted ``run`` kept, and how to resume or cancel it."""
+    cache = job.engine.cache
+    if cache is None:
+        return "nothing was kept: pass --cache FILE to resume after a stop"
+    if options.mode == "batch":
+        return (
+            f"the batches submitted keep running and are recorded in "
+            f"{cache.path}: run the same command to collect them (nothing is "
+            f"submitted twice), or 'polars-azurechat batches --cache "
+            f"{cache.path} --cancel' to cancel them"
+        )
+    if cache.broken:
+        return f"{cache.broken}, so nothing was kept"
+    return f"answers so far are in {cache.path}: run the same command to resume"
 
 
 #: Rows read, answered and written at a time by ``run``.

@@ -585,111 +585,23 @@ class BatchService:
     def _parse(self, file: _File, endpoint: str, metadata: Any, now: float) -> _Batch:
         """The batch of ``file``: its lines, token estimate and validation problems."""
         problems: list[dict[str, Any]] = []
-
-        def problem(code: str, message: str, line: int | None = None) -> None:
-            if len(problems) < 50:
-                problems.append(
-                    {"code": code, "message": message, "param": None, "line": line}
-                )
-
         lines: list[_Line] = []
         tokens = 0
         model: str | None = None
         raw = file.data.splitlines()
         while raw and not raw[-1].strip():
             raw.pop()
-        if len(file.data) > self.max_bytes:
-            problem(
-                "file_too_large",
-                f"The input file is {len(file.data)} bytes; a batch file may be at "
-                f"most {self.max_bytes} bytes.",
-            )
-        elif not raw:
-            problem("empty_batch", "The input file has no requests.")
-        elif len(raw) > self.max_lines:
-            problem(
-                "too_many_tasks",
-                f"The input file has {len(raw)} requests; a batch takes at most "
-                f"{self.max_lines}.",
-            )
-        else:
+        if self._file_fits(file, raw, problems):
             assert self._app is not None  # noqa: S101 - attach() runs first
-            estimate = self._app.state.tokens
-            seen: set[str] = set()
-            for number, text in enumerate(raw, start=1):
-                try:
-                    item = json.loads(text)
-                except ValueError:
-                    problem("invalid_json_line", f"Line {number} is not JSON.", number)
-                    continue
-                if not isinstance(item, dict) or not isinstance(
-                    item.get("custom_id"), str
-                ):
-                    problem(
-                        "invalid_request",
-                        f"Line {number} has no string 'custom_id'.",
-                        number,
-                    )
-                    continue
-                body = item.get("body")
-                if item.get("method") != "POST" or not isinstance(body, dict):
-                    problem(
-                        "invalid_request",
-                        f"Line {number} must have method 'POST' and an object 'body'.",
-                        number,
-                    )
-                    continue
-                if _endpoint(item.get("url")) != _endpoint(endpoint):
-                    problem(
-                        "url_mismatch",
-                        f"The url '{item.get('url')}' of line {number} does not match "
-                        f"the batch's endpoint '{endpoint}'.",
-                        number,
-                    )
-                    continue
-                line_model = body.get("model")
-                if model is None:
-                    model = str(line_model)
-                elif line_model != model:
-                    problem(
-                        "model_mismatch",
-                        f"Line {number} names the model '{line_model}' but line 1 "
-                        f"names '{model}': every line of a file must name the same "
-                        "deployment.",
-                        number,
-                    )
-                    continue
-                custom_id = item["custom_id"]
-                if custom_id in seen:
-                    problem(
-                        "duplicate_custom_id",
-                        f"The custom_id '{custom_id}' of line {number} is not unique.",
-                        number,
-                    )
-                    continue
-                seen.add(custom_id)
-                pairs, last_user = _pairs(body)
-                tokens += estimate.prompt(pairs) if pairs else 0
-                directives = parse_directives(last_user)
-                try:
-                    slow = float(directives.get("batch_slow") or 0)
-                except ValueError:
-                    slow = 0.0
-                lines.append(
-                    _Line(
-                        custom_id=custom_id,
-                        body=body,
-                        seconds=self.line_s + max(0.0, slow),
-                        expire="batch_expire" in directives,
-                    )
-                )
+            lines, tokens, model = self._read_lines(raw, endpoint, problems)
             deployments = self._app.state.settings.deployments
             if (
                 model is not None
                 and deployments is not None
                 and model not in deployments
             ):
-                problem(
+                _problem(
+                    problems,
                     "model_not_found",
                     f"The deployment '{model}' does not exist.",
                 )
@@ -707,6 +619,86 @@ class BatchService:
             order=order,
             tokens=tokens,
             problems=problems,
+        )
+
+    def _file_fits(
+        self, file: _File, raw: list[bytes], problems: list[dict[str, Any]]
+    ) -> bool:
+        """Whether ``file`` (``raw``: its lines) fits a batch; records why not."""
+        if len(file.data) > self.max_bytes:
+            _problem(
+                problems,
+                "file_too_large",
+                f"The input file is {len(file.data)} bytes; a batch file may be at "
+                f"most {self.max_bytes} bytes.",
+            )
+        elif not raw:
+            _problem(problems, "empty_batch", "The input file has no requests.")
+        elif len(raw) > self.max_lines:
+            _problem(
+                problems,
+                "too_many_tasks",
+                f"The input file has {len(raw)} requests; a batch takes at most "
+                f"{self.max_lines}.",
+            )
+        else:
+            return True
+        return False
+
+    def _read_lines(
+        self, raw: list[bytes], endpoint: str, problems: list[dict[str, Any]]
+    ) -> tuple[list[_Line], int, str | None]:
+        """The valid lines of a file, their prompts' tokens and the model they name."""
+        assert self._app is not None  # noqa: S101 - attach() runs first
+        estimate = self._app.state.tokens
+        lines: list[_Line] = []
+        tokens = 0
+        model: str | None = None
+        seen: set[str] = set()
+        for number, text in enumerate(raw, start=1):
+            request = _line_request(text, number, endpoint, problems)
+            if request is None:
+                continue
+            custom_id, body = request
+            line_model = body.get("model")
+            if model is None:
+                model = str(line_model)
+            elif line_model != model:
+                _problem(
+                    problems,
+                    "model_mismatch",
+                    f"Line {number} names the model '{line_model}' but line 1 "
+                    f"names '{model}': every line of a file must name the same "
+                    "deployment.",
+                    number,
+                )
+                continue
+            if custom_id in seen:
+                _problem(
+                    problems,
+                    "duplicate_custom_id",
+                    f"The custom_id '{custom_id}' of line {number} is not unique.",
+                    number,
+                )
+                continue
+            seen.add(custom_id)
+            pairs, last_user = _pairs(body)
+            tokens += estimate.prompt(pairs) if pairs else 0
+            lines.append(self._line(custom_id, body, last_user))
+        return lines, tokens, model
+
+    def _line(self, custom_id: str, body: dict[str, Any], last_user: str) -> _Line:
+        """A valid line, its time to answer and expiry set by its directives."""
+        directives = parse_directives(last_user)
+        try:
+            slow = float(directives.get("batch_slow") or 0)
+        except ValueError:
+            slow = 0.0
+        return _Line(
+            custom_id=custom_id,
+            body=body,
+            seconds=self.line_s + max(0.0, slow),
+            expire="batch_expire" in directives,
         )
 
     # -- progress ------------------------------------------------------------------
@@ -874,6 +866,52 @@ class BatchService:
         )
         self._files[file.id] = file
         return file.id
+
+
+def _problem(
+    problems: list[dict[str, Any]], code: str, message: str, line: int | None = None
+) -> None:
+    """Record a validation problem of a batch file (the first 50 are kept)."""
+    if len(problems) < 50:
+        problems.append({"code": code, "message": message, "param": None, "line": line})
+
+
+def _line_request(
+    text: bytes, number: int, endpoint: str, problems: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]] | None:
+    """A line's ``custom_id`` and body, or ``None`` (the problem recorded)."""
+    try:
+        item = json.loads(text)
+    except ValueError:
+        _problem(problems, "invalid_json_line", f"Line {number} is not JSON.", number)
+        return None
+    if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+        _problem(
+            problems,
+            "invalid_request",
+            f"Line {number} has no string 'custom_id'.",
+            number,
+        )
+        return None
+    body = item.get("body")
+    if item.get("method") != "POST" or not isinstance(body, dict):
+        _problem(
+            problems,
+            "invalid_request",
+            f"Line {number} must have method 'POST' and an object 'body'.",
+            number,
+        )
+        return None
+    if _endpoint(item.get("url")) != _endpoint(endpoint):
+        _problem(
+            problems,
+            "url_mismatch",
+            f"The url '{item.get('url')}' of line {number} does not match "
+            f"the batch's endpoint '{endpoint}'.",
+            number,
+        )
+        return None
+    return item["custom_id"], body
 
 
 def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:

@@ -332,28 +332,18 @@ class _App:
         s = lane.settings
         try:
             messages = body["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise ValueError("messages")  # noqa: TRY301
-            pairs = [(str(m["role"]), str(m["content"])) for m in messages]
+            pairs = _message_pairs(messages)
         except (ValueError, KeyError, TypeError):
-            return error_response(
-                400,
+            return _invalid_request(
                 None,
                 "'messages' is a required property and must be a non-empty list of "
                 "{role, content} objects",
-                type="invalid_request_error",
                 param="messages",
             )
         try:  # structured outputs: the schema the answer must follow, if any
             schema = requested_schema(body)
         except ResponseFormatError as err:
-            return error_response(
-                400,
-                None,
-                str(err),
-                type="invalid_request_error",
-                param="response_format",
-            )
+            return _invalid_request(None, str(err), param="response_format")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         prompt_tokens = st.tokens.prompt(pairs)
         schema_text = None
@@ -372,24 +362,15 @@ class _App:
         ) / 1000
         fault = lane.faults.choose(messages, directives)
         if fault is not None:
-            with st.lock:
-                st.faults[fault] += 1
-            if request is None:  # a batch line: no connection to hang or drop
-                code = int(fault) if fault.isdigit() else 500
-                return error_response(
-                    code, str(code), "The server had an error processing the request."
-                )
-            return await lane.faults.respond(request, fault, delay_s)
+            return await self._fault(lane, fault, delay_s, request)
         if "filter" in directives:
             return content_filter_response()
         if prompt_tokens + (max_tokens or 0) > s.context_tokens:
-            return error_response(
-                400,
+            return _invalid_request(
                 "context_length_exceeded",
                 f"This model's maximum context length is {s.context_tokens} tokens. "
                 f"However, your messages resulted in {prompt_tokens} tokens. Please "
                 "reduce the length of the messages.",
-                type="invalid_request_error",
                 param="messages",
             )
         reserved = (
@@ -409,12 +390,37 @@ class _App:
             quota_headers = decision.headers
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-        if schema is None:
-            answer = answer_for(last_user)
-        elif "bad_json" in directives:
-            answer = broken_answer(schema, last_user)
-        else:
-            answer = structured_answer(schema, last_user, schema_text=schema_text)
+        answer = _answer_text(schema, schema_text, directives, last_user)
+        return self._completion(
+            s, answer, directives, max_tokens, prompt_tokens, quota_headers, n
+        )
+
+    async def _fault(
+        self, lane: _Lane, fault: str, delay_s: float, request: web.Request | None
+    ) -> web.Response:
+        """Count the injected ``fault`` and answer with it (a batch line: a 5xx)."""
+        st = self.state
+        with st.lock:
+            st.faults[fault] += 1
+        if request is None:  # a batch line: no connection to hang or drop
+            code = int(fault) if fault.isdigit() else 500
+            return error_response(
+                code, str(code), "The server had an error processing the request."
+            )
+        return await lane.faults.respond(request, fault, delay_s)
+
+    def _completion(
+        self,
+        s: EmulatorSettings,
+        answer: str,
+        directives: dict[str, str],
+        max_tokens: Any,
+        prompt_tokens: int,
+        quota_headers: dict[str, str],
+        n: int | None,
+    ) -> web.Response:
+        """The chat completion of ``answer``: refused, cut and counted as asked."""
+        st = self.state
         refused = "refuse" in directives  # the answer is the refusal's text
         if refused:
             answer = REFUSAL
@@ -457,6 +463,32 @@ class _App:
         }
         headers = {"apim-request-id": f"emu-{n}", **quota_headers}
         return web.json_response(payload, headers=headers)
+
+
+def _message_pairs(messages: Any) -> list[tuple[str, str]]:
+    """Each message's ``(role, content)``; raises unless a non-empty list of them."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages")
+    return [(str(m["role"]), str(m["content"])) for m in messages]
+
+
+def _invalid_request(code: str | None, message: str, *, param: str) -> web.Response:
+    """A 400 ``invalid_request_error`` about ``param``."""
+    return error_response(400, code, message, type="invalid_request_error", param=param)
+
+
+def _answer_text(
+    schema: dict[str, Any] | None,
+    schema_text: str | None,
+    directives: dict[str, str],
+    last_user: str,
+) -> str:
+    """What the model says to ``last_user``: free text, or JSON following ``schema``."""
+    if schema is None:
+        return answer_for(last_user)
+    if "bad_json" in directives:
+        return broken_answer(schema, last_user)
+    return structured_answer(schema, last_user, schema_text=schema_text)
 
 
 class Emulator:

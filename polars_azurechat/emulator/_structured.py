@@ -256,39 +256,20 @@ class _Compiler:
             return _constant(schema["const"])
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            values = [v for v in enum if v is not None] or enum
-            seed = _seed(path)
-            if any(isinstance(v, dict | list) for v in values):
-                return lambda p: copy.deepcopy(values[p.hash(seed) % len(values)])
-            return lambda p: values[p.hash(seed) % len(values)]
+            return _enum(enum, path)
         for key in ("anyOf", "oneOf"):
             members = schema.get(key)
             if isinstance(members, list) and members:
-                chosen = next(
-                    (
-                        m
-                        for m in members
-                        if not (isinstance(m, dict) and m.get("type") == "null")
-                    ),
-                    members[0],
-                )
-                if isinstance(chosen, dict):
-                    # keywords beside anyOf (a format, bounds) hold for every branch
-                    outer = {
-                        k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")
-                    }
-                    chosen = {**outer, **chosen}
-                return self.compile(chosen, path, refs)
+                return self.compile(_union_branch(schema, members), path, refs)
+        return self.typed(schema, path, refs)
+
+    def typed(self, schema: dict[str, Any], path: str, refs: tuple[str, ...]) -> _Fill:
+        """The writer of a schema by its ``type`` (the first non-null one)."""
         kind = schema.get("type")
         if isinstance(kind, list):
             kind = next((k for k in kind if k != "null"), "null")
         if kind == "object" or (kind is None and "properties" in schema):
-            props = schema.get("properties") or {}
-            fields = [
-                (name, self.compile(sub, f"{path}.{name}", refs))
-                for name, sub in props.items()
-            ]
-            return lambda p: {name: fill(p) for name, fill in fields}
+            return self.object(schema, path, refs)
         if kind == "array":
             return self.array(schema, path, refs)
         if kind == "string":
@@ -301,6 +282,15 @@ class _Compiler:
             seed = _seed(path)
             return lambda p: p.hash(seed) % 2 == 0
         return _constant(None)
+
+    def object(self, schema: dict[str, Any], path: str, refs: tuple[str, ...]) -> _Fill:
+        """The writer of an object: each of its properties written in turn."""
+        props = schema.get("properties") or {}
+        fields = [
+            (name, self.compile(sub, f"{path}.{name}", refs))
+            for name, sub in props.items()
+        ]
+        return lambda p: {name: fill(p) for name, fill in fields}
 
     def array(self, schema: dict[str, Any], path: str, refs: tuple[str, ...]) -> _Fill:
         lowest, highest = schema.get("minItems"), schema.get("maxItems")
@@ -322,6 +312,28 @@ class _Compiler:
             return [f(p) for f in fills[:count]]
 
         return fill
+
+
+def _enum(enum: list[Any], path: str) -> _Fill:
+    """The writer of an enum: one of its values (not null, if another), by the prompt."""
+    values = [v for v in enum if v is not None] or enum
+    seed = _seed(path)
+    if any(isinstance(v, dict | list) for v in values):
+        return lambda p: copy.deepcopy(values[p.hash(seed) % len(values)])
+    return lambda p: values[p.hash(seed) % len(values)]
+
+
+def _union_branch(schema: dict[str, Any], members: list[Any]) -> Any:
+    """The member of an anyOf/oneOf an answer follows: the first non-null one."""
+    chosen = next(
+        (m for m in members if not (isinstance(m, dict) and m.get("type") == "null")),
+        members[0],
+    )
+    if isinstance(chosen, dict):
+        # keywords beside anyOf (a format, bounds) hold for every branch
+        outer = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+        chosen = {**outer, **chosen}
+    return chosen
 
 
 def _constant(value: Any) -> _Fill:
