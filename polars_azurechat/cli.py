@@ -298,7 +298,7 @@ def _kept_after_stop(job: Completer, options: ChatOptions) -> str:
 
 
 #: Rows read, answered and written at a time by ``run``.
-BATCH_ROWS = 16_384
+BATCH_ROWS = 8_192
 #: Batches being answered at once: while one waits for its slowest request, the
 #: others keep the engine busy.
 BATCHES_IN_FLIGHT = 4
