@@ -35,14 +35,15 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   estimated alike, with a reserve when that is a guess.
 - **Slow start**, as a ramp in time: the first request goes alone for
   :data:`RAMP_QUIET_S` (longer than :data:`REORDER_S`, so its answer tells exactly
-  what the server had counted: the budget), then, until the first answer, admissions
-  double every :data:`RAMP_S` (2, 4, 8, ...): a job reaches a concurrency of 100 in
-  about 50 ms and pays no latency before it. What the server answers at once, before
-  any model work (a 401 for a wrong key, a 404 for a wrong deployment, a 429 when the
-  quota is full), arrives while the ramp has sent a few: on loopback, 1; against
-  Azure, 2 ** ((round trip - RAMP_QUIET_S) / RAMP_S) at most (4 at a 33-ms round
-  trip). The first answer ends the ramp: a 200 tells what remains, a 429 pauses
-  admission and names the window, a 401/403/404 stops the run.
+  what the server had counted: the budget), then :data:`RAMP_FIRST` more may go, and
+  until the first answer their number doubles every :data:`RAMP_S` (8, 16, 32, ...):
+  a job reaches a concurrency of 100 about 36 ms after its first request and pays no
+  latency before it. What the server answers at once, before any model work (a 401
+  for a wrong key, a 404 for a wrong deployment, a 429 when the quota is full),
+  arrives while the ramp has sent few: on loopback, 1; against Azure, one round trip's
+  worth (9 at a 21-ms round trip, 17 at 25 ms). The first answer ends the ramp: a 200
+  tells what remains, a 429 pauses admission and names the window, a 401/403/404
+  stops the run.
 - While the window is not known and a shorter candidate window would admit a request
   the assumed one holds back, one request at a time goes early as a **probe**: its
   answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
@@ -96,8 +97,10 @@ DEFAULT_COOLDOWN_S = 1.0
 PROBE_AFTER_S = 1.0
 #: Slow start as a ramp: the first request goes alone for RAMP_QUIET_S (its answer
 #: then reads the budget exactly: no neighbour the server may have counted first);
-#: then, until the first answer, admissions double every RAMP_S.
-RAMP_QUIET_S = REORDER_S + 0.005
+#: then RAMP_FIRST more may go, and until the first answer their number doubles every
+#: RAMP_S.
+RAMP_QUIET_S = REORDER_S + 0.001
+RAMP_FIRST = 8
 RAMP_S = 0.004
 #: While a probe is out, waiters look again this often (its answer may open the way).
 PROBE_POLL_S = 0.05
@@ -646,13 +649,18 @@ class RateLimiter:
     def _ramp_in(self) -> float:
         """Seconds until the ramp admits one more (0: now, or the ramp is over).
 
-        Before the first answer, ``1 + 2 ** ((t - RAMP_QUIET_S) / RAMP_S)``
-        admissions may have gone ``t`` s after the first (``t >= RAMP_QUIET_S``).
+        Before the first answer, ``1 + RAMP_FIRST * 2 ** ((t - RAMP_QUIET_S) /
+        RAMP_S)`` admissions may have gone ``t`` s after the first (``t >=
+        RAMP_QUIET_S``).
         """
         if self._started:
             return 0.0
         n = self._ramped
-        due = self._ramp_from + (0.0 if n < 1 else RAMP_QUIET_S + RAMP_S * math.log2(n))
+        due = self._ramp_from + (
+            0.0
+            if n < 1
+            else RAMP_QUIET_S + RAMP_S * math.log2(max(1.0, n / RAMP_FIRST))
+        )
         return max(0.0, due - self._clock())
 
     async def _sleep_or_answer(self, seconds: float) -> None:

@@ -17,6 +17,7 @@ import pytest
 from polars_azurechat._auth import KeyAuth
 from polars_azurechat._engine import ChatEngine
 from polars_azurechat._ratelimit import (
+    RAMP_FIRST,
     RAMP_QUIET_S,
     RAMP_S,
     REORDER_S,
@@ -287,7 +288,7 @@ def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
     async def go() -> None:
         first = await limiter.acquire()
         sent.append(clock.now - 1000)
-        for _ in range(7):
+        for _ in range(2 * RAMP_FIRST):
             await limiter.acquire()
             sent.append(round(clock.now - 1000, 6))
         limiter.on_success(first, None, None)  # the ramp is over: no more waiting
@@ -296,15 +297,16 @@ def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
         sent.append(round(clock.now - 1000, 6))
 
     _run(go())
-    # the first alone for RAMP_QUIET_S, then 1 + 2 ** ((t - RAMP_QUIET_S) / RAMP_S)
-    # admissions by t: the 2nd at RAMP_QUIET_S, the 3rd one step later, the 5th two
+    # the first alone for RAMP_QUIET_S, then RAMP_FIRST at once, doubling every
+    # RAMP_S: the 2nd to the (RAMP_FIRST + 1)th at RAMP_QUIET_S, then one step later
     quiet, step = RAMP_QUIET_S, RAMP_S
     assert sent[0] == 0.0
     assert sent[1] == pytest.approx(quiet)
-    assert sent[2] == pytest.approx(quiet + step)
-    assert sent[4] == pytest.approx(quiet + 2 * step)
+    assert sent[RAMP_FIRST] == pytest.approx(quiet)
+    assert sent[RAMP_FIRST + 1] > quiet
+    assert sent[2 * RAMP_FIRST] == pytest.approx(quiet + step)
     assert quiet > REORDER_S  # the first answer is not amid a burst
-    assert sent[8] == sent[7]  # 20 more at once after the answer
+    assert sent[-1] == sent[-2]  # 20 more at once after the answer
 
 
 def test_the_first_answer_ends_the_ramp_without_waiting_for_its_step() -> None:
