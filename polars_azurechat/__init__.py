@@ -46,21 +46,19 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
+from polars_azurechat.plan import Plan, plan
 from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
     from polars_azurechat._schema import OutputSchema
-    from polars_azurechat.plan import Plan, plan
 
     __version__: str
 
 #: Names loaded on first use (each costs import time a job may never need).
-_LAZY = {
-    "OutputSchema": "polars_azurechat._schema",
-    "Plan": "polars_azurechat.plan",
-    "plan": "polars_azurechat.plan",
-}
+#: (``plan`` is not among them: importing the submodule ``polars_azurechat.plan``
+#: would set the package's ``plan`` to the module.)
+_LAZY = {"OutputSchema": "polars_azurechat._schema"}
 
 
 def __getattr__(name: str) -> Any:

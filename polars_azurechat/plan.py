@@ -9,11 +9,8 @@ from typing import Any, Unpack
 
 import polars as pl
 
-from polars_azurechat import _tokens
 from polars_azurechat._convert import rows_to_requests, series_to_requests
-from polars_azurechat.cache import request_key
 from polars_azurechat.options import (
-    DEFAULT_RESERVED_COMPLETION_TOKENS,
     ChatOptions,
     ChatOptionsDict,
     typed_body,
@@ -165,10 +162,12 @@ def plan(
         tpms = [d.tokens_per_minute for d in opts.deployments]
         requests_per_minute = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
         tokens_per_minute = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    schema, _ = typed_body(body)
-    # a typed answer's schema is part of each request's prompt (Azure counts it)
-    schema_tokens = 0 if schema is None else schema.schema_tokens()
+    from polars_azurechat._frontdoor import RequestShape  # (its cache import is lazy)
+
+    # the job's request shape: max_tokens, and a typed answer's schema, which is part
+    # of each request's prompt (Azure counts it)
+    shape = RequestShape(*reversed(typed_body(body)))
+    max_tokens = shape.max_tokens
     if isinstance(data, pl.Series):
         requests = series_to_requests(data, system=system)
     else:
@@ -177,23 +176,18 @@ def plan(
     counted: list[int | None] = []
     errors: list[str | None] = []
     unique: dict[str, int] = {}
-    reserved = (
-        max_tokens if max_tokens is not None else DEFAULT_RESERVED_COMPLETION_TOKENS
-    )
+    reserved = shape.reserved
     for req in requests:
         if req is None or req.error is not None:
             prompt.append(None)
             counted.append(None)
             errors.append(None if req is None else str(req.error))
             continue
-        p = _tokens.prompt_tokens(req.messages) + schema_tokens
+        p = shape.prompt_tokens(req)
         prompt.append(p)
         counted.append(p + reserved)
         errors.append(None)
-        key = request_key(
-            host="", deployment="", api_version="", messages=req.messages, params={}
-        )
-        unique.setdefault(key, p + reserved)
+        unique.setdefault(shape.key(req), p + reserved)
     rows = pl.DataFrame(
         {"prompt_tokens": prompt, "request_tokens": counted, "error": errors},
         schema={
