@@ -847,7 +847,7 @@ class BatchRunner:
         does not validate a :class:`SchemaValidationError` (not sent again: a batch
         line has one attempt).
         """
-        from polars_azurechat._engine import _invalid, answer_error, completed
+        from polars_azurechat._engine import answer_error, completed, invalid_answer
 
         parsed: dict[str, Any] | None = None
         rid = completion.request_id
@@ -862,7 +862,7 @@ class BatchRunner:
             try:
                 parsed = schema.parse(_content_of(completion.content))
             except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
-                exception = _invalid(schema.name, err, rid)
+                exception = invalid_answer(schema.name, err, rid)
         return completed(completion, parsed, 1, exception, deployment=self.deployment)
 
     def _end(

@@ -802,7 +802,7 @@ class ChatEngine:
                 raise SchemaMismatchError("the answer has no content", json_error=True)  # noqa: TRY301
             return completion, schema.parse(completion.content)
         except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
-            exc = _invalid(schema.name, err, completion.request_id)
+            exc = invalid_answer(schema.name, err, completion.request_id)
         sent.spend(completion)  # Azure charged it: a resend holds its worst case again
         st = run.stats
         # the attempt was answered and charged: its tokens count
@@ -981,7 +981,7 @@ def _said(request_id: str | None) -> str:
     return f" (request id {request_id})" if request_id else ""
 
 
-def _invalid(
+def invalid_answer(
     name: str, err: Exception, request_id: str | None
 ) -> SchemaValidationError:
     """The attempt's error for an answer that is not valid for the schema ``name``.

@@ -194,7 +194,7 @@ class ChatConfig:
             key = pick(api_key, ENV_API_KEY)
             token = None if key else pick(None, ENV_AD_TOKEN)
             if not key and not token:
-                credential = _default_credential()
+                credential = default_credential()
         return cls(
             azure_endpoint=endpoint.rstrip("/"),
             api_key=key,
@@ -247,7 +247,7 @@ class ChatConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _default_credential() -> Any:
+def default_credential() -> Any:
     """azure-identity's ``DefaultAzureCredential`` when the extra is installed, else None."""
     try:
         from azure.identity import DefaultAzureCredential

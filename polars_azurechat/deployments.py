@@ -243,9 +243,9 @@ def _from_table(
         if auth != "entra":
             msg = f"{where}: auth must be 'entra', not {auth!r}"
             raise ConfigurationError(msg)
-        from polars_azurechat.config import _default_credential
+        from polars_azurechat.config import default_credential
 
-        credential = _default_credential()
+        credential = default_credential()
         if credential is None:
             msg = (
                 f"{where}: auth = 'entra' needs azure-identity: "
