@@ -847,7 +847,7 @@ class BatchRunner:
         does not validate a :class:`SchemaValidationError` (not sent again: a batch
         line has one attempt).
         """
-        from polars_azurechat._engine import answer_error, completed, invalid_answer
+        from polars_azurechat._online import answer_error, completed, invalid_answer
 
         parsed: dict[str, Any] | None = None
         rid = completion.request_id

@@ -36,12 +36,15 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
 - **Slow start**, as a ramp in time: the first request goes alone for
   :data:`RAMP_QUIET_S` (longer than :data:`REORDER_S`, so its answer tells exactly
   what the server had counted: the budget), then :data:`RAMP_FIRST` more may go, and
-  until the first answer their number doubles every :data:`RAMP_S` (8, 16, 32, ...):
-  a job reaches a concurrency of 100 about 36 ms after its first request and pays no
+  until the first answer their number doubles every :data:`RAMP_S` (1, 2, 4, ...): a
+  job reaches a concurrency of 100 about 48 ms after its first request and pays no
   latency before it. What the server answers at once, before any model work (a 401
   for a wrong key, a 404 for a wrong deployment, a 429 when the quota is full),
   arrives while the ramp has sent few: on loopback, 1; against Azure, one round trip's
-  worth (9 at a 21-ms round trip, 17 at 25 ms). The first answer ends the ramp: a 200
+  worth (3 at a 25-ms round trip, 9 at 33 ms). A small quota that is not given sees
+  the ramp's overshoot as 429s: the sends between reaching the budget and its first
+  429 coming back (on loopback 1 to 7 for 10 requests per 10 s; a faster ramp made it
+  13 to 21). The first answer ends the ramp: a 200
   tells what remains, a 429 pauses admission and names the window, a 401/403/404
   stops the run.
 - While the window is not known and a shorter candidate window would admit a request
@@ -100,7 +103,7 @@ PROBE_AFTER_S = 1.0
 #: then RAMP_FIRST more may go, and until the first answer their number doubles every
 #: RAMP_S.
 RAMP_QUIET_S = REORDER_S + 0.001
-RAMP_FIRST = 8
+RAMP_FIRST = 1
 RAMP_S = 0.004
 #: While a probe is out, waiters look again this often (its answer may open the way).
 PROBE_POLL_S = 0.05

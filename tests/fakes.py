@@ -105,7 +105,7 @@ class NetworkClock(FakeClock):
         engines = self.engines
         if self.together and not all(e.runs for e in engines):
             return True
-        return any(e._in_flight for e in engines)
+        return any(e.in_flight for e in engines)
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
