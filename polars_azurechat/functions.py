@@ -42,9 +42,8 @@ from polars_azurechat.options import (
 from polars_azurechat.summary import (
     RunSummary,
     SpendingCap,
-    batch_price,
-    estimate_cost,
     price_for,
+    summarize,
 )
 
 if TYPE_CHECKING:
@@ -624,61 +623,16 @@ class Completer:
             from polars_azurechat._batchmode import BatchCounts
 
             counts = BatchCounts()
-        cap = self.spending_cap
-        minutes = st.wall_s / 60 if st.wall_s > 0 else None
-        pool, cache = self.engine.pool, self.engine.cache
-        budgets = _budgets([r.limiter.learned() for r in pool.routes])
-        model = st.model or self.engine.transport.deployment
-        deployments: dict[str, dict[str, Any]] = {}
-        if not pool.single:
-            for route in pool.routes:
-                learned = route.limiter.learned()
-                deployments[route.name] = {
-                    "tier": route.priority,
-                    "requests": 0,
-                    "rate_limited": 0,
-                    "failed_attempts": 0,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    **st.by_deployment.get(route.name, {}),
-                    "requests_per_minute_quota": learned["requests_per_minute"],
-                    "tokens_per_minute_quota": learned["tokens_per_minute"],
-                    "circuit": route.breaker.state if route.breaker else "closed",
-                }
-        return RunSummary(
-            rows=st.rows,
-            answered=st.answered,
-            failed=st.failed,
-            null_rows=st.null_rows,
-            cached=st.cached,
-            deduplicated=st.deduplicated,
-            requests=st.requests,
-            retries=st.retries,
-            rate_limited=st.rate_limited,
-            failed_attempts=dict(st.failures_by_kind),
-            prompt_tokens=st.prompt_tokens,
-            completion_tokens=st.completion_tokens,
-            wall_s=st.wall_s,
-            requests_per_minute=st.requests / minutes if minutes else 0.0,
-            tokens_per_minute=(
-                (st.prompt_tokens + st.completion_tokens) / minutes if minutes else 0.0
-            ),
-            requests_per_minute_quota=budgets["requests_per_minute"],
-            tokens_per_minute_quota=budgets["tokens_per_minute"],
-            request_window_s=budgets["request_window_s"],
-            token_window_s=budgets["token_window_s"],
-            model=model,
-            estimated_cost_usd=_cost(model, st, counts, self._prices),
-            truncated=st.truncated,
-            cache_broken=None if cache is None else cache.broken,
-            deployments=deployments,
+        engine = self.engine
+        return summarize(
+            st,
+            counts,
+            pool=engine.pool,
+            cache=engine.cache,
+            deployment=engine.transport.deployment,
+            prices=self._prices,
+            cap=self.spending_cap,
             mode=self.options.mode,
-            batches=counts.batches,
-            batch_lines=counts.lines,
-            batch_answered=counts.answered,
-            max_cost_usd=None if cap is None else cap.max_cost_usd,
-            spent_usd=None if cap is None else cap.spent_usd,
-            capped=0 if cap is None else cap.refused,
         )
 
     def _series(self, s: pl.Series) -> pl.Series:
@@ -771,30 +725,6 @@ class Completer:
 Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc())
 
 
-def _cost(
-    model: str | None,
-    st: RunStats,
-    counts: BatchCounts,
-    prices: Mapping[str, tuple[float, float]],
-) -> float | None:
-    """The run's cost: online tokens at the online price, batch ones at the batch price."""
-    online = estimate_cost(
-        model,
-        st.prompt_tokens - counts.prompt_tokens,
-        st.completion_tokens - counts.completion_tokens,
-        prices,
-    )
-    price = price_for(model, prices)
-    if online is None or price is None:
-        return None
-    cheap = batch_price(price)
-    return (
-        online
-        + (counts.prompt_tokens * cheap[0] + counts.completion_tokens * cheap[1])
-        / 1_000_000
-    )
-
-
 def _spending_cap(
     max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, float]]
 ) -> SpendingCap:
@@ -838,21 +768,6 @@ def _transport(
         auth=config.auth(),
         timeout_s=timeout_s,
     )
-
-
-def _budgets(learned: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """The budgets of a pool: sums per minute (unknown if one is); windows if alike."""
-    if len(learned) == 1:
-        return learned[0]
-    out: dict[str, float | None] = {}
-    for key in learned[0]:
-        values = [d[key] for d in learned]
-        if key.endswith("_window_s"):
-            out[key] = values[0] if len(set(values)) == 1 else None
-        else:
-            known = [v for v in values if v is not None]
-            out[key] = sum(known) if len(known) == len(values) else None
-    return out
 
 
 def _limiter(

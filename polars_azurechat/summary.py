@@ -5,10 +5,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polars_azurechat.errors import SpendingCapError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+
+if TYPE_CHECKING:
+    from polars_azurechat._batchmode import BatchCounts
+    from polars_azurechat._engine import RunStats
+    from polars_azurechat._frontdoor import AnswerCache
+    from polars_azurechat._pool import Pool
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -18,6 +24,7 @@ __all__ = [
     "batch_price",
     "estimate_cost",
     "price_for",
+    "summarize",
 ]
 
 #: List prices in USD per million tokens, (input, output), for common Azure OpenAI models
@@ -318,3 +325,156 @@ class RunSummary:
 def _usd(value: float) -> str:
     """Dollars with 4 decimals, or 6 below a cent (a small cap must not read $0.0000)."""
     return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
+
+
+def summarize(
+    st: RunStats,
+    counts: BatchCounts,
+    *,
+    pool: Pool,
+    cache: AnswerCache | None,
+    deployment: str,
+    prices: Mapping[str, tuple[float, float]],
+    cap: SpendingCap | None,
+    mode: str,
+) -> RunSummary:
+    """A job's :class:`RunSummary` from its counters, pool, cache and cap.
+
+    ``Completer.summary()`` calls it; it reads nothing else of the job.
+
+    Parameters
+    ----------
+    st
+        The counters (of one run, or merged over every run).
+    counts
+        Batch mode's counters (zeros online): their tokens are priced at the batch
+        price.
+    pool
+        The job's deployments: the budgets they learned, per-deployment counters.
+    cache
+        The job's cache (its ``broken`` reason, if any), or ``None``.
+    deployment
+        Names the model when no answer did.
+    prices, cap, mode
+        Price overrides, the spending cap (or ``None``), ``"online"`` or ``"batch"``.
+
+    Returns
+    -------
+    RunSummary
+        What the job did.
+
+    Examples
+    --------
+    >>> import polars_azurechat as pac
+    >>> from polars_azurechat._batchmode import BatchCounts
+    >>> job = pac.Completer(max_tokens=20)
+    >>> job.run(["What is 1 + 1?"])
+    ['2']
+    >>> engine = job.engine
+    >>> s = summarize(
+    ...     engine.stats,
+    ...     BatchCounts(),
+    ...     pool=engine.pool,
+    ...     cache=None,
+    ...     deployment="gpt-4o-mini",
+    ...     prices={},
+    ...     cap=None,
+    ...     mode="online",
+    ... )
+    >>> (s.answered, s.requests)
+    (1, 1)
+    >>> job.close()
+    """
+    minutes = st.wall_s / 60 if st.wall_s > 0 else None
+    budgets = _budgets([r.limiter.learned() for r in pool.routes])
+    model = st.model or deployment
+    deployments: dict[str, dict[str, Any]] = {}
+    if not pool.single:
+        for route in pool.routes:
+            learned = route.limiter.learned()
+            deployments[route.name] = {
+                "tier": route.priority,
+                "requests": 0,
+                "rate_limited": 0,
+                "failed_attempts": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                **st.by_deployment.get(route.name, {}),
+                "requests_per_minute_quota": learned["requests_per_minute"],
+                "tokens_per_minute_quota": learned["tokens_per_minute"],
+                "circuit": route.breaker.state if route.breaker else "closed",
+            }
+    return RunSummary(
+        rows=st.rows,
+        answered=st.answered,
+        failed=st.failed,
+        null_rows=st.null_rows,
+        cached=st.cached,
+        deduplicated=st.deduplicated,
+        requests=st.requests,
+        retries=st.retries,
+        rate_limited=st.rate_limited,
+        failed_attempts=dict(st.failures_by_kind),
+        prompt_tokens=st.prompt_tokens,
+        completion_tokens=st.completion_tokens,
+        wall_s=st.wall_s,
+        requests_per_minute=st.requests / minutes if minutes else 0.0,
+        tokens_per_minute=(
+            (st.prompt_tokens + st.completion_tokens) / minutes if minutes else 0.0
+        ),
+        requests_per_minute_quota=budgets["requests_per_minute"],
+        tokens_per_minute_quota=budgets["tokens_per_minute"],
+        request_window_s=budgets["request_window_s"],
+        token_window_s=budgets["token_window_s"],
+        model=model,
+        estimated_cost_usd=_cost(model, st, counts, prices),
+        truncated=st.truncated,
+        cache_broken=None if cache is None else cache.broken,
+        deployments=deployments,
+        mode=mode,
+        batches=counts.batches,
+        batch_lines=counts.lines,
+        batch_answered=counts.answered,
+        max_cost_usd=None if cap is None else cap.max_cost_usd,
+        spent_usd=None if cap is None else cap.spent_usd,
+        capped=0 if cap is None else cap.refused,
+    )
+
+
+def _cost(
+    model: str | None,
+    st: RunStats,
+    counts: BatchCounts,
+    prices: Mapping[str, tuple[float, float]],
+) -> float | None:
+    """The run's cost: online tokens at the online price, batch ones at the batch price."""
+    online = estimate_cost(
+        model,
+        st.prompt_tokens - counts.prompt_tokens,
+        st.completion_tokens - counts.completion_tokens,
+        prices,
+    )
+    price = price_for(model, prices)
+    if online is None or price is None:
+        return None
+    cheap = batch_price(price)
+    return (
+        online
+        + (counts.prompt_tokens * cheap[0] + counts.completion_tokens * cheap[1])
+        / 1_000_000
+    )
+
+
+def _budgets(learned: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """The budgets of a pool: sums per minute (unknown if one is); windows if alike."""
+    if len(learned) == 1:
+        return learned[0]
+    out: dict[str, float | None] = {}
+    for key in learned[0]:
+        values = [d[key] for d in learned]
+        if key.endswith("_window_s"):
+            out[key] = values[0] if len(set(values)) == 1 else None
+        else:
+            known = [v for v in values if v is not None]
+            out[key] = sum(known) if len(known) == len(values) else None
+    return out
