@@ -518,3 +518,27 @@ def test_a_429_just_past_the_margin_widens_it_once_per_burst(clock: FakeClock) -
         assert limiter.resources["requests"].window == 10.0
 
     _run(go())
+
+
+def test_a_given_quota_bounds_the_ramp_until_its_window_is_known(
+    clock: FakeClock,
+) -> None:
+    # 600 a minute may be counted per second: before the first answer tells the
+    # window, the ramp sends what one second allows (10), however long it waits
+    limiter = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+
+    async def go() -> int:
+        first = await limiter.acquire()
+        others = [asyncio.ensure_future(limiter.acquire()) for _ in range(30)]
+        for _ in range(300):  # the waiters' (fake) sleeps: the ramp's time passes
+            await asyncio.sleep(0)
+        sent = 1 + sum(t.done() for t in others)
+        waited = clock.now - 1000
+        limiter.on_success(first, remaining_requests=None, remaining_tokens=None)
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        assert waited > 1.0  # the ramp alone would have let all 31 go by then
+        return sent
+
+    assert asyncio.run(go()) == 10
