@@ -34,9 +34,7 @@ from polars_azurechat._online import OnlineSender
 from polars_azurechat._pool import Pool, Route
 from polars_azurechat._ratelimit import RateLimiter
 from polars_azurechat._retry import build_retrying
-from polars_azurechat._transport import (
-    ChatTransport,
-)
+from polars_azurechat._transport import ChatTransport
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.errors import (
     AzureChatError,
@@ -289,10 +287,6 @@ class ChatEngine:
         self.door = FrontDoor(
             self.shape, cache, progress=progress, on_put=self._schedule_flush
         )
-        self.on_truncated = on_truncated
-        self.schema = schema
-        #: the job's spending cap (``max_cost_usd``), or ``None``
-        self.spending_cap = spending_cap
         #: Called when a run starts (in the caller's thread) and once when it ends (in
         #: the caller's thread, or on the loop for a run of Polars' threads).
         self.on_run_start: Callable[[Run], None] | None = None
