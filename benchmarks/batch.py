@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> bool:
         work = Path(tmp)
         batch: dict[str, Any] = {"mode": "batch", "batch_poll_s": 0.05}
         # the prompts' tokens (as the job counts them), for a limit of ~1/4 of them
-        from polars_azurechat import _tokens
+        from polars_azurechat.transport import tokens as _tokens
 
         tokens = sum(
             _tokens.prompt_tokens([{"role": "user", "content": r}]) for r in rows

@@ -491,8 +491,8 @@ def s3() -> bool:
 def s4() -> bool:
     pad = "Consider the following carefully. " * 60  # ~ 360 prompt tokens
     df, expected = arithmetic(300, pad)
-    from polars_azurechat._tokens import request_tokens
     from polars_azurechat.emulator._tokens import estimator
+    from polars_azurechat.transport.tokens import request_tokens
 
     # The quota is sized with what the SERVER charges (the emulator's own estimate, as
     # Azure's); the client counts with tiktoken and disagrees a little, as it will on Azure.

@@ -63,11 +63,11 @@ import bench
 from bench import arithmetic, emulator_process, emulator_stats, verdict
 
 import polars_azurechat
-from polars_azurechat._tokens import request_tokens
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import DEFAULT_API_KEY
 from polars_azurechat.emulator._tokens import estimator
 from polars_azurechat.errors import AuthenticationError
+from polars_azurechat.transport.tokens import request_tokens
 
 LATENCY_S = 0.2
 CONCURRENCY = 100

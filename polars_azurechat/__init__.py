@@ -11,10 +11,10 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from polars_azurechat import _warm
 from polars_azurechat import namespace as _namespace  # registers `.chat`
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.deployments import Deployment, load_deployments
+from polars_azurechat.engine import warm as _warm
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -51,14 +51,14 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.schema.core import OutputSchema
 
     __version__: str
 
 #: Names loaded on first use (each costs import time a job may never need).
 #: (``plan`` is not among them: importing the submodule ``polars_azurechat.plan``
 #: would set the package's ``plan`` to the module.)
-_LAZY = {"OutputSchema": "polars_azurechat._schema"}
+_LAZY = {"OutputSchema": "polars_azurechat.schema.core"}
 
 
 def __getattr__(name: str) -> Any:

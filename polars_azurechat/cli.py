@@ -23,10 +23,10 @@ from typing import Annotated, Any, Literal
 import polars as pl
 import typer
 
-from polars_azurechat._convert import check_dtype, results_to_series
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
 from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions
@@ -366,7 +366,7 @@ def _schema_file(path: Path) -> Any:
     except ValueError as exc:
         msg = f"--response-format {path}: not JSON ({exc})"
         raise typer.BadParameter(msg) from None
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.schema.core import OutputSchema
 
     try:
         OutputSchema.from_user(schema)
@@ -535,8 +535,8 @@ def batches_command(
     ] = False,
 ) -> None:
     """List the batches of a batch-mode job (from its cache file), or cancel them."""
-    from polars_azurechat._batch_state import BatchStateStore
-    from polars_azurechat.cache import SqliteCache
+    from polars_azurechat.batch.state import BatchStateStore
+    from polars_azurechat.store.sqlite import SqliteCache
 
     if not cache.is_file():
         raise typer.BadParameter(f"{cache} does not exist or is not a file")
@@ -569,8 +569,8 @@ def batches_command(
 
 def _cancel_batches(state: Any) -> None:
     """Cancel the live batches the state holds at the configured endpoint."""
-    from polars_azurechat._batch import BatchRunner
-    from polars_azurechat._batchmode import batch_client
+    from polars_azurechat.batch.mode import batch_client
+    from polars_azurechat.batch.runner import BatchRunner
 
     try:
         config = ChatConfig.from_env()

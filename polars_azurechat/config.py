@@ -16,7 +16,7 @@ from dotenv import dotenv_values, find_dotenv
 from polars_azurechat.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from polars_azurechat._auth import KeyAuth, TokenAuth
+    from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 
 __all__ = ["DEFAULT_API_VERSION", "ChatConfig"]
 
@@ -228,7 +228,7 @@ class ChatConfig:
 
     def auth(self) -> KeyAuth | TokenAuth:
         """What each request carries: a static header, or tokens kept fresh."""
-        from polars_azurechat._auth import KeyAuth, TokenAuth
+        from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 
         if self.api_key or self.azure_ad_token:
             return KeyAuth(self.auth_headers())

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
 
 import polars as pl
 
-from polars_azurechat._convert import (
+from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
+from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
+from polars_azurechat.engine.convert import (
     check_dtype,
     results_to_series,
     rows_to_requests,
     series_to_requests,
 )
-from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
-from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
 from polars_azurechat.errors import (
     AzureChatError,
     CompletionFailed,
@@ -49,13 +49,13 @@ from polars_azurechat.summary import (
 if TYPE_CHECKING:
     import openai
 
-    from polars_azurechat._batchmode import BatchCounts, BatchMode
-    from polars_azurechat._engine import AnswerCache, ChatEngine, Run, RunStats
-    from polars_azurechat._pool import Pool
-    from polars_azurechat._progress import ProgressBar
-    from polars_azurechat._ratelimit import RateLimiter
-    from polars_azurechat._schema import OutputSchema
-    from polars_azurechat._transport import ChatTransport
+    from polars_azurechat.batch.mode import BatchCounts, BatchMode
+    from polars_azurechat.engine.core import AnswerCache, ChatEngine, Run, RunStats
+    from polars_azurechat.engine.progress import ProgressBar
+    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.transport.http import ChatTransport
+    from polars_azurechat.transport.pool import Pool
+    from polars_azurechat.transport.ratelimit import RateLimiter
 
 __all__ = ["Completer", "complete", "complete_many"]
 
@@ -326,14 +326,14 @@ class Completer:
                 "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
                 "model's whole context per request; set max_tokens"
             )
-        from polars_azurechat._engine import ChatEngine
-        from polars_azurechat._redis import is_redis_url
-        from polars_azurechat.cache import SqliteCache
+        from polars_azurechat.engine.core import ChatEngine
+        from polars_azurechat.store.redis import is_redis_url
+        from polars_azurechat.store.sqlite import SqliteCache
 
         # the cache first: an unusable path is refused before anything else is built
         cache: AnswerCache | None = None
         if is_redis_url(opts.cache):
-            from polars_azurechat._redis import RedisCache
+            from polars_azurechat.store.redis import RedisCache
 
             cache = RedisCache(str(opts.cache))
         elif opts.cache is not None:
@@ -378,11 +378,11 @@ class Completer:
             schema=self.output_schema,
             spending_cap=self.spending_cap,
         )
-        from polars_azurechat import _interrupt
+        from polars_azurechat.engine import interrupt as _interrupt
 
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
         engine = self.engine  # hooks must not hold the job (it would never die)
-        from polars_azurechat._progress import (
+        from polars_azurechat.engine.progress import (
             ProgressBar,
             run_ended,
             run_started,
@@ -398,7 +398,7 @@ class Completer:
         engine.on_run_end = functools.partial(run_ended, self._bar, self._reports)
         self._batch: BatchMode | None = None
         if opts.mode == "batch":
-            from polars_azurechat._batchmode import BatchMode
+            from polars_azurechat.batch.mode import BatchMode
 
             self._batch = BatchMode(
                 engine,
@@ -616,11 +616,11 @@ class Completer:
         self, st: RunStats | None, counts: BatchCounts | None = None
     ) -> RunSummary:
         if st is None:
-            from polars_azurechat._engine import RunStats
+            from polars_azurechat.engine.core import RunStats
 
             st = RunStats()
         if counts is None:
-            from polars_azurechat._batchmode import BatchCounts
+            from polars_azurechat.batch.mode import BatchCounts
 
             counts = BatchCounts()
         engine = self.engine
@@ -746,7 +746,7 @@ def _transport(
 ) -> ChatTransport:
     timeout_s = opts.attempt_timeout_s(max_tokens)
     if client is not None:
-        from polars_azurechat._transport import SdkTransport
+        from polars_azurechat.transport.http import SdkTransport
 
         if config is not None:
             msg = "give config= or client=, not both"
@@ -758,7 +758,7 @@ def _transport(
             msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
             raise ConfigurationError(msg)
         return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
-    from polars_azurechat._transport import Transport
+    from polars_azurechat.transport.http import Transport
 
     assert config is not None  # noqa: S101 - resolved by the caller
     return Transport(
@@ -777,14 +777,14 @@ def _limiter(
     tokens_per_minute: float | None,
 ) -> RateLimiter:
     """The deployment's limiter: this process's own, or one shared through Redis."""
-    from polars_azurechat._ratelimit import RateLimiter
+    from polars_azurechat.transport.ratelimit import RateLimiter
 
     if url is None:
         return RateLimiter(
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
         )
-    from polars_azurechat._redis import shared_limiter
+    from polars_azurechat.transport.redis_limiter import shared_limiter
 
     return shared_limiter(
         url,
@@ -797,7 +797,7 @@ def _limiter(
 def _single(transport: ChatTransport, limiter: RateLimiter) -> Pool:
     import asyncio
 
-    from polars_azurechat._pool import Pool, Route
+    from polars_azurechat.transport.pool import Pool, Route
 
     route = Route(transport.deployment, transport, limiter)
     return Pool([route], clock=time.monotonic, sleep=asyncio.sleep)
@@ -812,8 +812,8 @@ def _pool(
     """
     import asyncio
 
-    from polars_azurechat._pool import Pool, Route
-    from polars_azurechat._transport import SdkTransport, Transport
+    from polars_azurechat.transport.http import SdkTransport, Transport
+    from polars_azurechat.transport.pool import Pool, Route
 
     deployments = opts.deployments or ()
     timeout_s = opts.attempt_timeout_s(max_tokens)

@@ -9,7 +9,7 @@ from typing import Any, Unpack
 
 import polars as pl
 
-from polars_azurechat._convert import rows_to_requests, series_to_requests
+from polars_azurechat.engine.convert import rows_to_requests, series_to_requests
 from polars_azurechat.options import (
     ChatOptions,
     ChatOptionsDict,
@@ -162,7 +162,9 @@ def plan(
         tpms = [d.tokens_per_minute for d in opts.deployments]
         requests_per_minute = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
         tokens_per_minute = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
-    from polars_azurechat._frontdoor import RequestShape  # (its cache import is lazy)
+    from polars_azurechat.engine.frontdoor import (
+        RequestShape,  # (its cache import is lazy)
+    )
 
     # the job's request shape: max_tokens, and a typed answer's schema, which is part
     # of each request's prompt (Azure counts it)

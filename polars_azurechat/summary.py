@@ -11,10 +11,10 @@ from polars_azurechat.errors import SpendingCapError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
 if TYPE_CHECKING:
-    from polars_azurechat._batchmode import BatchCounts
-    from polars_azurechat._engine import RunStats
-    from polars_azurechat._frontdoor import AnswerCache
-    from polars_azurechat._pool import Pool
+    from polars_azurechat.batch.mode import BatchCounts
+    from polars_azurechat.engine.core import RunStats
+    from polars_azurechat.engine.frontdoor import AnswerCache
+    from polars_azurechat.transport.pool import Pool
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -366,7 +366,7 @@ def summarize(
     Examples
     --------
     >>> import polars_azurechat as pac
-    >>> from polars_azurechat._batchmode import BatchCounts
+    >>> from polars_azurechat.batch.mode import BatchCounts
     >>> job = pac.Completer(max_tokens=20)
     >>> job.run(["What is 1 + 1?"])
     ['2']

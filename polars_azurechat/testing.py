@@ -19,7 +19,7 @@ A handler that answers every question in capitals, and the engine that sends to 
 (:class:`~polars_azurechat.Completer` does not take a transport yet: tests drive the
 engine directly):
 
->>> from polars_azurechat._engine import ChatEngine
+>>> from polars_azurechat.engine.core import ChatEngine
 >>> from polars_azurechat._types import ChatRequest
 >>> from polars_azurechat.testing import MemoryTransport, chat_completion
 >>> def handler(request):
@@ -58,7 +58,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from polars_azurechat._transport import Completion, read_answer
+from polars_azurechat.transport.http import Completion, read_answer
 
 __all__ = [
     "Handler",

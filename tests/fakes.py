@@ -30,7 +30,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from polars_azurechat._engine import ChatEngine
+    from polars_azurechat.engine.core import ChatEngine
 
 #: Where a :class:`FakeClock` starts unless told: far from 0, so that code computing
 #: ``now - something`` never sees a negative or zero instant by accident.

@@ -23,18 +23,17 @@ from typing import Any
 import openai
 import pytest
 
-from polars_azurechat import _loop
-from polars_azurechat._batch import (
+from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.batch.runner import (
     BatchFailedError,
     BatchIncompleteError,
     BatchProgress,
     BatchRunner,
 )
-from polars_azurechat._batch_state import BatchStateStore, _transaction
-from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import request_key
+from polars_azurechat.batch.state import BatchStateStore, _transaction
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import (
     ConfigurationError,
     ContentFilterError,
@@ -42,6 +41,7 @@ from polars_azurechat.errors import (
     ServerError,
     TruncatedError,
 )
+from polars_azurechat.store.sqlite import request_key
 
 from .fakes import FakeClock
 
@@ -539,10 +539,10 @@ CHILD = textwrap.dedent(
     """
     import json, logging, os, signal, sys
     import openai
-    from polars_azurechat._batch import BatchRunner
-    from polars_azurechat._batch_state import BatchStateStore
+    from polars_azurechat.batch.runner import BatchRunner
+    from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat._types import ChatRequest
-    from polars_azurechat.cache import request_key
+    from polars_azurechat.store.sqlite import request_key
 
     logging.basicConfig(level=logging.INFO)
     state_path, kill_at = sys.argv[1], sys.argv[2]

@@ -24,11 +24,11 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 import polars_azurechat as pac
-from polars_azurechat import _tokens
 from polars_azurechat.cli import app
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.summary import PRICES, SpendingCap, price_for
+from polars_azurechat.transport import tokens as _tokens
 
 from .fakes import FakeClock
 

@@ -16,9 +16,9 @@ import pytest
 
 import polars_azurechat as pac
 from polars_azurechat._types import ChatResult
-from polars_azurechat.cache import SqliteCache
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.errors import CacheError
+from polars_azurechat.store.sqlite import SqliteCache
 
 
 def test_rerun_sends_only_what_is_missing(emulator: Emulator, tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_a_cache_of_the_first_version_is_ours(tmp_path: Path) -> None:
 @pytest.mark.parametrize("first", ["cache", "batch-state"])
 def test_the_batch_state_shares_the_cache_file(tmp_path: Path, first: str) -> None:
     """Batch mode keeps its state in the cache file: its tables are ours."""
-    from polars_azurechat._batch_state import BatchStateStore, NewChunk
+    from polars_azurechat.batch.state import BatchStateStore, NewChunk
 
     path = tmp_path / "answers.sqlite"
     if first == "cache":
@@ -396,7 +396,7 @@ def test_read_only_database_is_refused_as_root(
 
 
 def _cache_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "polars_azurechat.cache"]
+    return [r for r in caplog.records if r.name == "polars_azurechat.store.sqlite"]
 
 
 def _assert_inert(cache: SqliteCache) -> None:
@@ -422,14 +422,14 @@ def test_a_full_disk_at_commit_breaks_the_cache_once(
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
-        with caplog.at_level(logging.WARNING, logger="polars_azurechat.cache"):
+        with caplog.at_level(logging.WARNING, logger="polars_azurechat.store.sqlite"):
             cache.flush()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     assert cache.broken is not None
     assert cache.broken.startswith(f"cache {path}: cannot save answers (")
-    with caplog.at_level(logging.WARNING, logger="polars_azurechat.cache"):
+    with caplog.at_level(logging.WARNING, logger="polars_azurechat.store.sqlite"):
         _assert_inert(cache)
     [record] = _cache_warnings(caplog)
     assert record.levelno == logging.WARNING
@@ -453,7 +453,7 @@ def test_a_failing_insert_rolls_back_and_breaks_the_cache_once(
         )
         other.commit()
     cache.put("k1", _answer())
-    with caplog.at_level(logging.WARNING, logger="polars_azurechat.cache"):
+    with caplog.at_level(logging.WARNING, logger="polars_azurechat.store.sqlite"):
         cache.flush()
         assert cache.broken == (
             f"cache {path}: cannot save answers (answers are frozen)"
@@ -476,7 +476,7 @@ def test_a_failing_read_breaks_the_cache_once(
     with contextlib.closing(sqlite3.connect(path)) as other:
         other.execute("DROP TABLE answers")
         other.commit()
-    with caplog.at_level(logging.WARNING, logger="polars_azurechat.cache"):
+    with caplog.at_level(logging.WARNING, logger="polars_azurechat.store.sqlite"):
         assert cache.get_many(["k1"]) == {}
         assert (
             cache.broken

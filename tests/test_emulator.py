@@ -409,7 +409,7 @@ _REALISTIC = [
 
 
 def test_estimate_differs_from_the_clients() -> None:
-    from polars_azurechat import _tokens as client_tokens
+    from polars_azurechat.transport import tokens as client_tokens
 
     with Emulator() as emu:
         _, _, reply = _post(emu, {"messages": _REALISTIC})

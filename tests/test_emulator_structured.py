@@ -19,13 +19,13 @@ import polars as pl
 import pytest
 from pydantic import BaseModel, Field
 
-from polars_azurechat._schema import OutputSchema, SchemaMismatchError
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._structured import (
     REFUSAL,
     broken_answer,
     structured_answer,
 )
+from polars_azurechat.schema.core import OutputSchema, SchemaMismatchError
 
 API_VERSION = "2024-10-21"
 

@@ -15,12 +15,9 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from polars_azurechat._auth import KeyAuth
-from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import RAMP_QUIET_S, RateLimiter
-from polars_azurechat._transport import ChatTransport, Transport
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator, answer_for
+from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -37,6 +34,9 @@ from polars_azurechat.testing import (
     chat_completion,
     error_response,
 )
+from polars_azurechat.transport.auth import KeyAuth
+from polars_azurechat.transport.http import ChatTransport, Transport
+from polars_azurechat.transport.ratelimit import RAMP_QUIET_S, RateLimiter
 
 from .fakes import FakeClock
 

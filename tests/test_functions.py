@@ -414,7 +414,7 @@ def test_the_sdks_errors_map_to_ours_for_both_users_of_a_client() -> None:
     batch mode (no time bound)."""
     import openai
 
-    from polars_azurechat._transport import sdk_errors
+    from polars_azurechat.transport.http import sdk_errors
 
     response = SimpleNamespace(
         status_code=429,
@@ -463,7 +463,7 @@ def test_the_sdks_errors_map_to_ours_for_both_users_of_a_client() -> None:
 
 
 def test_large_chunks_convert_through_arrow_to_the_same_requests() -> None:
-    from polars_azurechat._convert import (
+    from polars_azurechat.engine.convert import (
         ARROW_MIN_ROWS,
         rows_to_requests,
         series_to_requests,

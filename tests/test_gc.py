@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 import polars_azurechat as pac
-from polars_azurechat import _gc
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine import gc as _gc
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from polars_azurechat.cache import SqliteCache, request_key
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.store.sqlite import SqliteCache, request_key
 
 pytestmark = pytest.mark.slow  # every test runs a child process
 

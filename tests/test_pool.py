@@ -16,9 +16,19 @@ import pytest
 from typer.testing import CliRunner
 
 import polars_azurechat as pac
-from polars_azurechat._auth import KeyAuth
-from polars_azurechat._engine import ChatEngine
-from polars_azurechat._pool import (
+from polars_azurechat._types import ChatRequest
+from polars_azurechat.cli import app
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine.core import ChatEngine
+from polars_azurechat.errors import (
+    ConfigurationError,
+    PoolUnavailableError,
+    ServerError,
+)
+from polars_azurechat.transport.auth import KeyAuth
+from polars_azurechat.transport.http import Transport
+from polars_azurechat.transport.pool import (
     BREAKER_MAX_OPEN_S,
     BREAKER_OPEN_S,
     BREAKER_THRESHOLD,
@@ -26,17 +36,7 @@ from polars_azurechat._pool import (
     Pool,
     Route,
 )
-from polars_azurechat._ratelimit import RateLimiter
-from polars_azurechat._transport import Transport
-from polars_azurechat._types import ChatRequest
-from polars_azurechat.cli import app
-from polars_azurechat.config import ChatConfig
-from polars_azurechat.emulator import Emulator
-from polars_azurechat.errors import (
-    ConfigurationError,
-    PoolUnavailableError,
-    ServerError,
-)
+from polars_azurechat.transport.ratelimit import RateLimiter
 
 from .fakes import FakeClock, NetworkClock
 

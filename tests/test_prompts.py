@@ -5,8 +5,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from polars_azurechat._convert import check_dtype, series_to_requests
 from polars_azurechat.config import ChatConfig
+from polars_azurechat.engine.convert import check_dtype, series_to_requests
 from polars_azurechat.prompts import MESSAGES_DTYPE, messages
 
 FRAME = pl.DataFrame(

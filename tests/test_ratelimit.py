@@ -14,9 +14,14 @@ from typing import Any
 
 import pytest
 
-from polars_azurechat._auth import KeyAuth
-from polars_azurechat._engine import ChatEngine
-from polars_azurechat._ratelimit import (
+from polars_azurechat._types import ChatRequest
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine.core import ChatEngine
+from polars_azurechat.errors import AuthenticationError
+from polars_azurechat.testing import MemoryTransport, error_response
+from polars_azurechat.transport.auth import KeyAuth
+from polars_azurechat.transport.http import Transport
+from polars_azurechat.transport.ratelimit import (
     RAMP_FIRST,
     RAMP_QUIET_S,
     RAMP_S,
@@ -24,11 +29,6 @@ from polars_azurechat._ratelimit import (
     TOKEN_SHARE,
     RateLimiter,
 )
-from polars_azurechat._transport import Transport
-from polars_azurechat._types import ChatRequest
-from polars_azurechat.emulator import Emulator
-from polars_azurechat.errors import AuthenticationError
-from polars_azurechat.testing import MemoryTransport, error_response
 
 from .fakes import FakeClock, NetworkClock
 

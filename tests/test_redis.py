@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from polars_azurechat._auth import KeyAuth
-from polars_azurechat._engine import ChatEngine
-from polars_azurechat._redis import RedisCache, shown_url
-from polars_azurechat._transport import Transport
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import request_key
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.errors import CacheError, ServerError
+from polars_azurechat.store.redis import RedisCache, shown_url
+from polars_azurechat.store.sqlite import request_key
+from polars_azurechat.transport.auth import KeyAuth
+from polars_azurechat.transport.http import Transport
 
 from ._redis import redis_server
 from .fakes import FakeClock, NetworkClock
@@ -172,7 +172,7 @@ def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -
 def _limited_engine(
     emu: Emulator, url: str, clock: Any, scope: str, **limits: Any
 ) -> ChatEngine:
-    from polars_azurechat._redis import RedisLimiter
+    from polars_azurechat.transport.redis_limiter import RedisLimiter
 
     transport = Transport(
         endpoint=emu.url,
@@ -213,7 +213,7 @@ def _questions(n: int, start: int = 0) -> list[ChatRequest | None]:
 def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
     import threading
 
-    from polars_azurechat._ratelimit import RateLimiter
+    from polars_azurechat.transport.ratelimit import RateLimiter
 
     clock = NetworkClock(together=True)
     scope = f"shared-quota-test-{shared}"
@@ -257,7 +257,7 @@ def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
 
 @pytest.mark.slow
 def test_a_429_pauses_every_job(redis_url: str) -> None:
-    from polars_azurechat._redis import RedisLimiter
+    from polars_azurechat.transport.redis_limiter import RedisLimiter
 
     clock = FakeClock()
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from polars_azurechat._transport import Completion
 from polars_azurechat.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -26,6 +25,7 @@ from polars_azurechat.testing import (
     chat_completion,
     error_response,
 )
+from polars_azurechat.transport.http import Completion
 
 BODY = {"max_tokens": 5, "messages": [{"role": "user", "content": "What is 1 + 1?"}]}
 

@@ -605,9 +605,9 @@ def test_invalid_attempts_are_logged_at_debug_only(
 
 
 def test_the_engine_key_is_the_cache_key(config: ChatConfig) -> None:
-    from polars_azurechat._frontdoor import RequestShape
     from polars_azurechat._types import ChatRequest
-    from polars_azurechat.cache import request_key
+    from polars_azurechat.engine.frontdoor import RequestShape
+    from polars_azurechat.store.sqlite import request_key
 
     with pac.Completer(config=config, response_format=Sum, max_tokens=9) as job:
         shape = job.engine.shape

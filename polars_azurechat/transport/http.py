@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from polars_azurechat._auth import KeyAuth, TokenAuth
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -34,6 +33,7 @@ from polars_azurechat.errors import (
     RateLimitError,
     ServerError,
 )
+from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,19 @@ class ChatTransport(Protocol):
     api_version: str
 
     @property
-    def endpoint_host(self) -> str: ...
-    async def open(self, limit: int) -> None: ...
-    async def close(self) -> None: ...
+    def endpoint_host(self) -> str:
+        """The host requests go to (for messages; never a secret)."""
+
+    async def open(self, limit: int) -> None:
+        """Open the connection pool, ``limit`` connections at most."""
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+
     async def send(
         self, body: Mapping[str, Any], timeout_s: float | None = None
-    ) -> Completion: ...
+    ) -> Completion:
+        """Send one request body and read its answer (or raise the mapped error)."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -22,7 +22,7 @@ import threading
 import weakref
 from typing import Protocol
 
-from polars_azurechat import _loop
+from polars_azurechat.engine import loop as _loop
 
 __all__ = ["install", "register"]
 

@@ -8,7 +8,7 @@ call, a CLI job) lives in a :class:`Run`: its start, deadline, fatal error and c
 Work enters through one door, :meth:`ChatEngine.pipeline`: an iterable of request batches
 in, result batches out in input order, with at most ``read_ahead`` batches in flight, so
 memory follows the read-ahead, never the input. The requests themselves run on the
-process's one background event loop (:mod:`polars_azurechat._loop`); callers on other
+process's one background event loop (:mod:`polars_azurechat.engine.loop`); callers on other
 threads (Polars', the CLI's, a plain script's) wait for their batches. Counters change on
 the loop only.
 """
@@ -28,21 +28,23 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from polars_azurechat import _gc, _interrupt, _loop
-from polars_azurechat._frontdoor import AnswerCache, FrontDoor, RequestShape
-from polars_azurechat._online import OnlineSender
-from polars_azurechat._pool import Pool, Route
-from polars_azurechat._ratelimit import RateLimiter
-from polars_azurechat._retry import build_retrying
-from polars_azurechat._transport import ChatTransport
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.engine import gc as _gc
+from polars_azurechat.engine import interrupt as _interrupt
+from polars_azurechat.engine import loop as _loop
+from polars_azurechat.engine.frontdoor import AnswerCache, FrontDoor, RequestShape
+from polars_azurechat.engine.online import OnlineSender
 from polars_azurechat.errors import (
     AzureChatError,
     DeadlineExceededError,
 )
+from polars_azurechat.transport.http import ChatTransport
+from polars_azurechat.transport.pool import Pool, Route
+from polars_azurechat.transport.ratelimit import RateLimiter
+from polars_azurechat.transport.retry import build_retrying
 
 if TYPE_CHECKING:
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.schema.core import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
 __all__ = ["AnswerCache", "ChatEngine", "Run", "RunStats"]

@@ -10,8 +10,8 @@ A batch of rows (a slice of a Polars chunk, a CLI batch, a list) comes in throug
   validator may refuse what an earlier run kept, and it is then sent again).
 
 What is left (``Intake.todo``) goes to a *sender*: the online engine
-(:class:`~polars_azurechat._engine.ChatEngine`) or Azure's Batch API
-(:class:`~polars_azurechat._batchmode.BatchMode`). The sender hands each answer back
+(:class:`~polars_azurechat.engine.core.ChatEngine`) or Azure's Batch API
+(:class:`~polars_azurechat.batch.mode.BatchMode`). The sender hands each answer back
 through :meth:`FrontDoor.deliver` (counted, cached, shown) and
 :meth:`FrontDoor.finish` gives the followers their leader's answer and returns the
 results in row order.
@@ -31,14 +31,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from polars_azurechat import _tokens
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.cache import request_key_parts
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+from polars_azurechat.store.sqlite import request_key_parts
+from polars_azurechat.transport import tokens as _tokens
 
 if TYPE_CHECKING:
-    from polars_azurechat._engine import RunStats
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.engine.core import RunStats
+    from polars_azurechat.schema.core import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
 __all__ = ["AnswerCache", "FrontDoor", "Intake", "RequestShape"]
@@ -52,10 +52,17 @@ class AnswerCache(Protocol):
     path: Any
     broken: str | None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]: ...
-    def put(self, key: str, result: ChatResult) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
+        """The kept answers among ``keys``, by key."""
+
+    def put(self, key: str, result: ChatResult) -> None:
+        """Keep one answer (buffered until ``flush``)."""
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+
+    def close(self) -> None:
+        """Flush and let go of the file or connection."""
 
 
 class RequestShape:
@@ -127,7 +134,7 @@ class RequestShape:
         )
 
     def key(self, req: ChatRequest) -> str:
-        """:func:`~polars_azurechat.cache.request_key` of ``req``, the same digest."""
+        """:func:`~polars_azurechat.store.sqlite.request_key` of ``req``, the same digest."""
         messages = json.dumps(
             req.messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
@@ -210,7 +217,7 @@ class FrontDoor:
 
     Examples
     --------
-    >>> from polars_azurechat._engine import RunStats
+    >>> from polars_azurechat.engine.core import RunStats
     >>> from polars_azurechat._types import ChatRequest, ChatResult
     >>> door = FrontDoor(RequestShape({}))
     >>> hi = ChatRequest([{"role": "user", "content": "hi"}])

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from polars_azurechat._engine import Run, RunStats
+    from polars_azurechat.engine.core import Run, RunStats
 
 __all__ = ["ProgressBar", "run_ended", "run_started", "show_progress"]
 

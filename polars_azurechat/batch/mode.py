@@ -2,9 +2,9 @@
 
 Not meant for outside use. ``mode="batch"`` picks this sender instead of the online
 engine's; the rows go through the same front door
-(:class:`~polars_azurechat._frontdoor.FrontDoor`: nulls, unsendable rows, duplicates,
+(:class:`~polars_azurechat.engine.frontdoor.FrontDoor`: nulls, unsendable rows, duplicates,
 cache hits, followers, counters), and the leaders are written to JSONL files, uploaded,
-batched, polled and joined back by :class:`~polars_azurechat._batch.BatchRunner`, whose
+batched, polled and joined back by :class:`~polars_azurechat.batch.runner.BatchRunner`, whose
 every step is recorded in the cache file first. Under a spending cap each leader's worst
 case (at the batch price) is held before it is submitted. With
 ``batch_fallback="online"``, the rows a batch left unanswered go through the online
@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from polars_azurechat._frontdoor import FrontDoor, Intake
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.engine.frontdoor import FrontDoor, Intake
 
 if TYPE_CHECKING:
-    from polars_azurechat._batch import BatchProgress, BatchRunner
-    from polars_azurechat._batch_state import BatchStateStore
-    from polars_azurechat._engine import ChatEngine, Run, RunStats
-    from polars_azurechat._progress import ProgressBar
+    from polars_azurechat.batch.runner import BatchProgress, BatchRunner
+    from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat.config import ChatConfig
+    from polars_azurechat.engine.core import ChatEngine, Run, RunStats
+    from polars_azurechat.engine.progress import ProgressBar
     from polars_azurechat.options import ChatOptions
     from polars_azurechat.summary import SpendingCap
 
@@ -121,7 +121,7 @@ class BatchMode:
         requests are sent once, cache hits first; under a spending cap, the rows
         whose worst case (at the batch price) does not fit fail with
         :class:`~polars_azurechat.errors.SpendingCapError`; the rest go to a
-        :class:`~polars_azurechat._batch.BatchRunner` whose state is in the cache
+        :class:`~polars_azurechat.batch.runner.BatchRunner` whose state is in the cache
         file. With ``batch_fallback="online"`` the rows it left unanswered go
         through the engine online, in the same run.
         """
@@ -159,8 +159,8 @@ class BatchMode:
 
     def _submit(self, run: Run, intake: Intake, held: dict[str, float]) -> list[str]:
         """The leaders through the Batch API; returns the keys to send online."""
-        from polars_azurechat._batch import BatchFailedError, BatchIncompleteError
-        from polars_azurechat._retry import is_retryable
+        from polars_azurechat.batch.runner import BatchFailedError, BatchIncompleteError
+        from polars_azurechat.transport.retry import is_retryable
 
         bar, cap, door, st = self.bar, self.cap, self.door, run.stats
         counts = self.counts_for(run.id)
@@ -243,8 +243,8 @@ class BatchMode:
         on_results: Callable[[Mapping[str, ChatResult]], None],
         progress: Callable[[BatchProgress], None],
     ) -> BatchRunner:
-        from polars_azurechat._batch import BatchRunner
-        from polars_azurechat._batch_state import BatchStateStore
+        from polars_azurechat.batch.runner import BatchRunner
+        from polars_azurechat.batch.state import BatchStateStore
 
         opts, shape = self.options, self.engine.shape
         assert opts.cache is not None  # noqa: S101 - checked by ChatOptions
@@ -319,7 +319,7 @@ def batch_client(config: ChatConfig) -> Any:
 
     A key or a fixed token is passed as is; a token provider or an azure-identity
     credential gives the client a provider whose tokens are kept fresh by the same
-    code as the online path's (:class:`~polars_azurechat._auth.TokenAuth`).
+    code as the online path's (:class:`~polars_azurechat.transport.auth.TokenAuth`).
     """
     import openai
 
@@ -339,7 +339,7 @@ def batch_client(config: ChatConfig) -> Any:
 
 
 def _entra_token(auth: Any) -> str:
-    from polars_azurechat import _loop
+    from polars_azurechat.engine import loop as _loop
 
     headers = _loop.call(auth.headers())
     return str(headers["Authorization"]).removeprefix("Bearer ")

@@ -21,13 +21,13 @@
 4. a finished batch's output and error files are downloaded and every line joined
    back to its key by ``custom_id`` (the order of lines is not the input's). A
    line's ``response.body`` is read as the online path reads a body
-   (:func:`~polars_azurechat._transport.parse_completion`), an error status as
-   :func:`~polars_azurechat._transport.status_error` maps it. Rows an expired or
+   (:func:`~polars_azurechat.transport.http.parse_completion`), an error status as
+   :func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
    cancelled batch never answered get a :class:`BatchIncompleteError`; rows of a
    batch that failed (validation, a quota it can never fit) get a
    :class:`BatchFailedError` naming Azure's reason.
 
-Every step is written to a :class:`~polars_azurechat._batch_state.BatchStateStore`
+Every step is written to a :class:`~polars_azurechat.batch.state.BatchStateStore`
 before it happens (the protocol is in that module's docstring), so a rerun after a
 crash attaches to the files and batches that exist and never submits a request twice.
 ``on_results`` receives each batch's results before its chunk is marked done: the
@@ -45,10 +45,9 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from polars_azurechat import _loop, _tokens
-from polars_azurechat._batch_state import BatchStateStore, NewChunk, Phase
-from polars_azurechat._transport import parse_completion, sdk_errors, status_error
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.batch.state import BatchStateStore, NewChunk, Phase
+from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -62,9 +61,11 @@ from polars_azurechat.errors import (
     RateLimitError,
     ServerError,
 )
+from polars_azurechat.transport import tokens as _tokens
+from polars_azurechat.transport.http import parse_completion, sdk_errors, status_error
 
 if TYPE_CHECKING:
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.schema.core import OutputSchema
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -847,7 +848,11 @@ class BatchRunner:
         does not validate a :class:`SchemaValidationError` (not sent again: a batch
         line has one attempt).
         """
-        from polars_azurechat._online import answer_error, completed, invalid_answer
+        from polars_azurechat.engine.online import (
+            answer_error,
+            completed,
+            invalid_answer,
+        )
 
         parsed: dict[str, Any] | None = None
         rid = completion.request_id
@@ -925,7 +930,7 @@ class BatchRunner:
 def _content_of(content: str | None) -> str:
     """A typed answer's text; no content at all is a mismatch (as online)."""
     if content is None:
-        from polars_azurechat._schema import SchemaMismatchError
+        from polars_azurechat.schema.core import SchemaMismatchError
 
         raise SchemaMismatchError("the answer has no content", json_error=True)
     return content

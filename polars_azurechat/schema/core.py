@@ -1457,7 +1457,7 @@ class OutputSchema:
         >>> s.parse('{"priority": "urgent"}')
         Traceback (most recent call last):
         ...
-        polars_azurechat._schema.SchemaMismatchError: answer does not match the schema: priority: 'urgent' is not one of ['low', 'high']
+        polars_azurechat.schema.core.SchemaMismatchError: answer does not match the schema: priority: 'urgent' is not one of ['low', 'high']
         """
         if not isinstance(text, str | bytes):
             msg = f"parse() takes the answer's text (str), not {type(text).__name__}"

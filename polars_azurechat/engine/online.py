@@ -1,7 +1,7 @@
 """The online sender: one request at a time through the pool, retried. Not meant for outside use.
 
 :class:`OnlineSender` answers the leaders the front door leaves
-(:class:`~polars_azurechat._frontdoor.Intake`), one request per row, on the event
+(:class:`~polars_azurechat.engine.frontdoor.Intake`), one request per row, on the event
 loop: under the semaphore (``max_concurrency``), admitted by the pool (its limiters:
 the quota the server enforces), sent through the route's transport, the answer
 validated for a typed answer, a failure retried under the tenacity policy (429s waited
@@ -24,9 +24,6 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 from tenacity.wait import wait_base
 
-from polars_azurechat._retry import is_retryable
-from polars_azurechat._schema import SchemaMismatchError
-from polars_azurechat._transport import Completion, rate_limited_resource
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.errors import (
     AuthenticationError,
@@ -42,13 +39,16 @@ from polars_azurechat.errors import (
     TruncatedError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+from polars_azurechat.schema.core import SchemaMismatchError
+from polars_azurechat.transport.http import Completion, rate_limited_resource
+from polars_azurechat.transport.retry import is_retryable
 
 if TYPE_CHECKING:
-    from polars_azurechat._engine import Run
-    from polars_azurechat._frontdoor import RequestShape
-    from polars_azurechat._pool import Pool, Route
-    from polars_azurechat._schema import OutputSchema
+    from polars_azurechat.engine.core import Run
+    from polars_azurechat.engine.frontdoor import RequestShape
+    from polars_azurechat.schema.core import OutputSchema
     from polars_azurechat.summary import SpendingCap
+    from polars_azurechat.transport.pool import Pool, Route
 
 __all__ = ["OnlineSender", "answer_error", "completed", "invalid_answer"]
 

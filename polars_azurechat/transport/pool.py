@@ -23,8 +23,6 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 
-from polars_azurechat._ratelimit import RateLimiter, Sleep, Ticket
-from polars_azurechat._transport import ChatTransport
 from polars_azurechat.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -32,6 +30,8 @@ from polars_azurechat.errors import (
     PoolUnavailableError,
     ServerError,
 )
+from polars_azurechat.transport.http import ChatTransport
+from polars_azurechat.transport.ratelimit import RateLimiter, Sleep, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Breaker:
 
     @property
     def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
         if self.open_until is None:
             return "closed"
         return "open" if self._clock() < self.open_until else "half-open"
@@ -85,10 +86,12 @@ class Breaker:
         return max(0.0, self.open_until - self._clock())
 
     def admitted(self) -> None:
+        """A request was let through (a half-open circuit's one probe)."""
         if self.open_until is not None:
             self.probing = True  # the half-open circuit's one probe
 
     def success(self) -> None:
+        """An answer came: the circuit closes."""
         if self.open_until is not None:
             logger.info("circuit closed: the deployment answers again")
         self.failures = 0

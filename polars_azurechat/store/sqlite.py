@@ -29,9 +29,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from polars_azurechat._batch_state import INDEXES as BATCH_INDEXES
-from polars_azurechat._batch_state import TABLES as BATCH_TABLES
 from polars_azurechat._types import ChatResult
+from polars_azurechat.batch.state import INDEXES as BATCH_INDEXES
+from polars_azurechat.batch.state import TABLES as BATCH_TABLES
 from polars_azurechat.errors import CacheError
 
 __all__ = ["BufferedCache", "SqliteCache", "request_key", "request_key_parts"]
@@ -155,7 +155,7 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
     ``_migrations`` records only migrations this version knows and records
     ``m001_initial`` exactly when ``answers`` exists; and batch mode's state, the
     tables ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` with exactly the
-    columns :data:`polars_azurechat._batch_state.TABLES` lists and the index
+    columns :data:`polars_azurechat.batch.state.TABLES` lists and the index
     ``batch_chunk_keys_by_key``. SQLite's own objects (``sqlite_*``) are ignored.
     """
     objects = dict(

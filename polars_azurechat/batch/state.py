@@ -7,7 +7,7 @@ the batch created with ``metadata={"polars_azurechat_chunk": <sha256>,
 "polars_azurechat_attempt": <n>}``. Those two names make each step findable on the
 server when a process died before it could write down what the step returned.
 
-The protocol (:class:`~polars_azurechat._batch.BatchRunner` follows it; each write is
+The protocol (:class:`~polars_azurechat.batch.runner.BatchRunner` follows it; each write is
 committed before the step it announces, or right after the step that returned the id):
 
 1. **planned**: every new chunk and the cache keys it holds (in line order) are
@@ -37,7 +37,7 @@ content (every row of it failed, and the rerun asks for them again) starts over 
 
 The tables are ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` (and the
 index ``batch_chunk_keys_by_key``), with their own connection, so they live in the
-answer cache's file (batch mode keeps them there; :class:`~polars_azurechat.cache.SqliteCache`
+answer cache's file (batch mode keeps them there; :class:`~polars_azurechat.store.sqlite.SqliteCache`
 accepts exactly these objects, with exactly these columns, beside its own) or in a
 file of their own.
 The file is created owner-only (0600). Nothing secret is written: ids, hashes, counts.

@@ -1,0 +1,1 @@
+"""Where answers are kept, internal: the SQLite cache file and the Redis cache."""

@@ -1,0 +1,212 @@
+"""The Redis answer cache. Not meant for outside use.
+
+``cache="redis://host:6379/0"`` makes every worker (processes, machines, Ray workers)
+read and write one set of answers: they deduplicate and resume together. An answer is
+one Redis string, ``pac:answer:<cache key>``, holding compact JSON of the fields the
+SQLite cache keeps (content, finish reason, token counts, when it was written).
+
+Failing fast: a Redis that cannot be reached when the job is built is a
+:class:`~polars_azurechat.errors.CacheError` naming the server (never its password).
+A Redis that fails during a run breaks the cache as a failing SQLite file does: one
+warning, and the run goes on without it.
+
+The client is redis-py's synchronous one, called on the engine's event loop: one
+``MGET`` per batch of rows and one pipelined write per loop turn, each a
+sub-millisecond round trip on a nearby server. The shared quota (``limiter=``) is
+:mod:`polars_azurechat.transport.redis_limiter`, on the same connection helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from polars_azurechat._types import ChatResult
+from polars_azurechat.errors import CacheError
+from polars_azurechat.store.sqlite import BufferedCache
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of every key this package writes.
+PREFIX = "pac:"
+#: Keys read per MGET.
+CHUNK = 500
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether ``value`` names a Redis server (``redis://`` or ``rediss://``)."""
+    return isinstance(value, str) and value.split("://", 1)[0] in ("redis", "rediss")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password (for messages and reprs).
+
+    Examples
+    --------
+    >>> shown_url("redis://:s3cret@cache.example:6380/2")
+    'redis://cache.example:6380/2'
+    >>> shown_url("redis://user:s3cret@h/0")
+    'redis://user@h/0'
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    if parts.username:
+        host = f"{parts.username}@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def connect(url: str, what: str, error: type[Exception] = CacheError) -> Any:
+    """A redis-py client for ``url``, checked with a PING; raise naming the server."""
+    try:
+        import redis
+    except ImportError:
+        msg = f"{what} {shown_url(url)}: needs redis-py: pip install 'polars-azurechat[redis]'"
+        raise error(msg) from None
+    try:
+        client = redis.Redis.from_url(
+            url.split("?", 1)[0], socket_connect_timeout=2.0, socket_timeout=5.0
+        )
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        msg = (
+            f"{what} {shown_url(url)}: cannot reach Redis ({type(exc).__name__}: {exc})"
+        )
+        raise error(scrub(msg, url)) from None
+    return client
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***``."""
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+class RedisCache(BufferedCache[tuple[str, bytes]]):
+    """Answers kept in Redis, shared by every worker pointing at the same server.
+
+    The same interface as :class:`~polars_azurechat.store.sqlite.SqliteCache`.
+
+    Parameters
+    ----------
+    url
+        ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS).
+
+    Attributes
+    ----------
+    path
+        The URL without its password.
+    broken
+        None while the cache works; the reason once Redis failed during a run.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.path = shown_url(url)
+        self._url = url
+        self._client = connect(url, "cache")
+
+    def __repr__(self) -> str:
+        return f"RedisCache({self.path!r})"
+
+    def _break(self, problem: str) -> None:
+        if self.broken is not None:
+            return
+        self.broken = scrub(f"cache {self.path}: {problem}", self._url)
+        self._pending = []
+        logger.warning("%s; the run goes on without the cache", self.broken)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
+        """The hits among ``keys`` (empty once broken or closed; never raises)."""
+        import redis
+
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, ChatResult] = {}
+        with self._lock:
+            if not self._usable() or not keys:
+                return out
+            try:
+                for start in range(0, len(keys), CHUNK):
+                    chunk = keys[start : start + CHUNK]
+                    values = self._client.mget([PREFIX + "answer:" + k for k in chunk])
+                    for key, raw in zip(chunk, values, strict=True):
+                        if raw is None:
+                            continue
+                        d = json.loads(raw)
+                        out[key] = ChatResult(
+                            content=d["c"],
+                            finish_reason=d["f"],
+                            prompt_tokens=d["p"],
+                            completion_tokens=d["o"],
+                            attempts=0,
+                            cached=True,
+                        )
+            except (redis.RedisError, ValueError, KeyError, TypeError) as exc:
+                self._break(f"cannot read answers ({self._problem(exc)})")
+                return {}
+        return out
+
+    def put(self, key: str, result: ChatResult) -> None:
+        """Queue an answer (failures are never cached); :meth:`flush` writes."""
+        if result.exception is not None or not self._usable():
+            return
+        value = json.dumps(
+            {
+                "c": result.content,
+                "f": result.finish_reason,
+                "p": result.prompt_tokens,
+                "o": result.completion_tokens,
+                "t": time.time(),
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+        with self._lock:
+            self._pending.append((PREFIX + "answer:" + key, value))
+
+    def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
+        import redis
+
+        return (redis.RedisError,)
+
+    def _problem(self, error: Exception) -> str:
+        return f"{type(error).__name__}: {error}"
+
+    def _write(self, rows: list[tuple[str, bytes]]) -> None:
+        """Write ``rows`` in one pipelined round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in rows:
+            pipe.set(key, value)
+        pipe.execute()
+
+    def _count(self) -> int:
+        return sum(1 for _ in self._client.scan_iter(PREFIX + "answer:*", count=1000))
+
+    def _disconnect(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing must not raise
+            logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+# -- the shared limiter ---------------------------------------------------------------
+
+#: Admit one request into the shared ledger, or say how long to wait.
+#:
+#: KEYS: ledger (zset of admissions "seq:tokens:cumulative tokens", scored by time),
+#: rejected (zset "seq:tokens" of admissions a 429 refused, scored by their admission
+#: time), cooldown, token counter, learned budgets (hash), base (the cumulative count
+#: of the last admission trimmed away). ARGV: tokens, request budget and window, token
+#: budget and window (-1: none, use the published ones; -2: none at all, a probe), margin share, margin seconds, candidate windows
+#: ("1,10,60"), now. Returns {1, member, then requests and tokens inside each candidate
+#: window} or {0, wait seconds as a string}.
+#:
+#: Every count is O(log n): requests by ZCOUNT, tokens as a difference of cumulative
+#: counts (the running total now, less the total just before the window), less the
+#: rejected ones inside it (429s are rare). Only a wait on the token budget walks the
+#: window's admissions, and the token budget then bounds how many there are.
