@@ -36,7 +36,8 @@ from polars_azurechat.testing import (
 )
 from polars_azurechat.transport.auth import KeyAuth
 from polars_azurechat.transport.http import ChatTransport, Transport
-from polars_azurechat.transport.ratelimit import RAMP_QUIET_S, RateLimiter
+from polars_azurechat.transport.ramp import RAMP_QUIET_S
+from polars_azurechat.transport.ratelimit import RateLimiter
 
 from .fakes import FakeClock
 

@@ -271,7 +271,8 @@ def test_a_429_pauses_every_job(redis_url: str) -> None:
         )
 
     a, b = make(), make()
-    a._started = b._started = True  # past slow start: only the shared gate matters
+    a.ramp.end()  # past slow start: only the shared gate matters
+    b.ramp.end()
     ticket = asyncio.run(a.acquire())
     a.on_rate_limited(3.0, ticket, "requests")
     assert b.try_acquire() is None  # paused by a's 429

@@ -31,7 +31,8 @@ from polars_azurechat.errors import (
     ServerError,
 )
 from polars_azurechat.transport.http import ChatTransport
-from polars_azurechat.transport.ratelimit import RateLimiter, Sleep, Ticket
+from polars_azurechat.transport.ratelimit import RateLimiter, Sleep
+from polars_azurechat.transport.windows import Ticket
 
 logger = logging.getLogger(__name__)
 

@@ -29,12 +29,14 @@ from typing import Any
 from polars_azurechat.errors import LimiterError
 from polars_azurechat.store.redis import PREFIX, connect, scrub, shown_url
 from polars_azurechat.transport.ratelimit import (
-    CANDIDATE_WINDOWS,
     DEFAULT_COOLDOWN_S,
-    MARGIN_S,
-    MARGIN_SHARE,
     PROBE_AFTER_S,
     RateLimiter,
+)
+from polars_azurechat.transport.windows import (
+    CANDIDATE_WINDOWS,
+    MARGIN_S,
+    MARGIN_SHARE,
     Ticket,
 )
 
