@@ -391,11 +391,11 @@ class Completer:
 
         if show_progress(opts.progress):
             bar = self._bar = ProgressBar(
-                lambda: None if engine.last_run is None else engine.last_run.stats
+                lambda: None if engine.runs.last is None else engine.runs.last.stats
             )
             engine.progress = bar.update
-        engine.on_run_start = functools.partial(run_started, self._bar)
-        engine.on_run_end = functools.partial(run_ended, self._bar, self._reports)
+        engine.runs.on_start = functools.partial(run_started, self._bar)
+        engine.runs.on_end = functools.partial(run_ended, self._bar, self._reports)
         self._batch: BatchMode | None = None
         if opts.mode == "batch":
             from polars_azurechat.batch.mode import BatchMode
@@ -442,7 +442,7 @@ class Completer:
         Polars re-creates an exception raised inside an expression from its message;
         this is the object the job raised.
         """
-        run = self.engine.last_run
+        run = self.engine.runs.last
         return None if run is None else run.error
 
     def expr(self, column: str | pl.Expr) -> pl.Expr:
@@ -466,7 +466,7 @@ class Completer:
     def run(self, rows: Rows) -> list[Any]:
         """Answer a list of message lists or prompts as one run (see :func:`complete_many`)."""
         requests = rows_to_requests(list(rows), system=self.options.system)
-        with self.engine.run_scope() as run:
+        with self.engine.runs.scope() as run:
             try:
                 results = self._answer_all(requests)
                 self._apply_policy(list(_failures(results)), len(results))
@@ -568,7 +568,7 @@ class Completer:
 
     def run_scope(self) -> contextlib.AbstractContextManager[Run]:
         """One explicit run: every batch answered inside belongs to it."""
-        return self.engine.run_scope()
+        return self.engine.runs.scope()
 
     def expect_rows(self, n: int) -> None:
         """Tell the progress bar the run's row count ahead (e.g. from a file's footer)."""
@@ -597,10 +597,10 @@ class Completer:
 
         A run still waiting for more chunks of its query is ended first.
         """
-        self.engine.finish()
+        self.engine.runs.finish()
         batch = self._batch
         if last_run:
-            run = self.engine.last_run
+            run = self.engine.runs.last
             stats = _run_stats(run, self.engine.clock) if run is not None else None
             counts = (
                 batch.counts.get(run.id)
@@ -609,7 +609,7 @@ class Completer:
             )
             return self._summarize(stats, counts)
         return self._summarize(
-            self.engine.stats, None if batch is None else batch.total()
+            self.engine.runs.stats, None if batch is None else batch.total()
         )
 
     def _summarize(
@@ -683,7 +683,7 @@ class Completer:
 
     def _failed(self, exc: AzureChatError) -> None:
         """A job-wide error: the run's error, and what Polars re-raises keeps it."""
-        run = self.engine.last_run
+        run = self.engine.runs.last
         if run is not None and run.error is None:
             run.error = exc
         remember_for_polars(exc)

@@ -372,7 +372,7 @@ def summarize(
     ['2']
     >>> engine = job.engine
     >>> s = summarize(
-    ...     engine.stats,
+    ...     engine.runs.stats,
     ...     BatchCounts(),
     ...     pool=engine.pool,
     ...     cache=None,

@@ -103,7 +103,7 @@ class NetworkClock(FakeClock):
 
     def _busy(self) -> bool:
         engines = self.engines
-        if self.together and not all(e.runs for e in engines):
+        if self.together and not all(e.runs.count for e in engines):
             return True
         return any(e.in_flight for e in engines)
 

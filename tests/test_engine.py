@@ -121,7 +121,7 @@ def test_server_errors_are_retried_waiting_what_the_server_asked(
     assert server.statuses == {"200": 1, "500": 2}
     assert len(transport.requests) == 3
     assert all(q.body == transport.requests[0].body for q in transport.requests)
-    assert engine.stats.retries == 2
+    assert engine.runs.stats.retries == 2
 
 
 def test_without_retry_after_backoff_grows_exponentially(clock: FakeClock) -> None:
@@ -140,7 +140,7 @@ def test_429_pauses_every_worker_until_the_named_time(clock: FakeClock) -> None:
     engine, _ = _memory_engine(server, clock)
     [r] = engine.run([_req("What is 3 + 3?")])
     assert r is not None and r.content == "6" and r.attempts == 2
-    assert engine.stats.rate_limited == 1
+    assert engine.runs.stats.rate_limited == 1
     # retry waits 1.5 s (tenacity) and the shared cooldown has then elapsed
     assert clock.sleeps == [1.5]
     assert server.statuses == {"200": 1, "429": 1}
@@ -185,7 +185,7 @@ def test_engine_is_reusable_after_a_run(clock: FakeClock) -> None:
     engine, transport = _memory_engine(Server(), clock)
     assert [r.content for r in engine.run([_req("What is 1 + 1?")]) if r] == ["2"]
     assert [r.content for r in engine.run([_req("What is 2 + 2?")]) if r] == ["4"]
-    assert engine.stats.answered == 2
+    assert engine.runs.stats.answered == 2
     assert [q.prompt for q in transport.requests] == [
         "What is 1 + 1?",
         "What is 2 + 2?",
@@ -211,7 +211,7 @@ def test_wide_concurrency_runs_all_in_flight(clock: FakeClock) -> None:
     results = engine.run([_req(f"What is {i} + 0?") for i in range(rows)])
     assert [r.content for r in results if r] == [str(i) for i in range(rows)]
     assert transport.peak_in_flight == rows - 1
-    assert engine.stats.peak_in_flight == rows - 1
+    assert engine.runs.stats.peak_in_flight == rows - 1
 
 
 def test_identical_requests_are_sent_once(clock: FakeClock) -> None:
@@ -224,8 +224,8 @@ def test_identical_requests_are_sent_once(clock: FakeClock) -> None:
         "What is 1 + 1?",
         "What is 2 + 2?",
     ]
-    assert engine.stats.deduplicated == 7
-    assert engine.stats.answered == 9
+    assert engine.runs.stats.deduplicated == 7
+    assert engine.runs.stats.answered == 9
     assert [r.attempts for r in results if r][:3] == [1, 1, 0]
 
 
@@ -304,7 +304,7 @@ def test_transport_faults_are_retried(
         engine = _engine(emu, clock, timeout_s=0.2)
         [r] = engine.run([_req(f"[emu:{fault}*1] What is 5 + 5?")])
     assert r is not None and r.content == "10" and r.attempts == 2
-    assert engine.stats.failures_by_kind == {error.__name__: 1}
+    assert engine.runs.stats.failures_by_kind == {error.__name__: 1}
     assert emu.stats()["faults"] == {fault: 1}
 
 
@@ -343,7 +343,7 @@ def test_fault_matrix_every_row_answered_and_every_fault_accounted(
     assert [r.content for r in results if r] == [str(i + 2) for i in range(600)]
     faults = stats["faults"]
     assert set(faults) == {"500", "503", "hang", "drop", "malformed"}
-    seen = engine.stats.failures_by_kind
+    seen = engine.runs.stats.failures_by_kind
     assert seen["ServerError"] == faults["500"] + faults["503"]
     assert seen["APITimeoutError"] == faults["hang"]
     assert seen["APIConnectionError"] == faults["drop"]

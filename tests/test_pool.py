@@ -104,7 +104,7 @@ def test_the_first_tier_takes_what_fits_in_its_window() -> None:
     # server in any order: their answers do not lower the budget (they are ambiguous)
     assert "paygo" not in stats["deployments"], stats
     assert stats["deployments"]["ptu"]["requests"] == 90
-    assert engine.stats.by_deployment["ptu"]["requests"] == 90
+    assert engine.runs.stats.by_deployment["ptu"]["requests"] == 90
 
 
 def test_a_full_first_tier_spills_to_the_next() -> None:
@@ -185,7 +185,7 @@ def test_a_deployment_going_down_mid_run_loses_no_row(
     # a only gets a probe now and then, not its half of the 200 rows left
     assert a.get("503", 0) <= 40, stats
     assert "circuit open" in caplog.text
-    by = engine.stats.by_deployment
+    by = engine.runs.stats.by_deployment
     assert by["a"]["failed_attempts"] == a.get("503", 0) + a.get("429", 0)
 
 
@@ -210,7 +210,7 @@ def test_all_deployments_down_fail_every_row_within_its_attempts() -> None:
     # (30 * 4 would be true without them): a deployment takes the failures that open
     # its circuit, what was on the wire with the last of them, then only one probe at
     # the end of each open period
-    most = BREAKER_THRESHOLD + engine.stats.peak_in_flight - 1 + _most_probes(elapsed)
+    most = BREAKER_THRESHOLD + engine.runs.stats.peak_in_flight - 1 + _most_probes(elapsed)
     for name in ("a", "b"):
         assert stats["deployments"][name]["requests"] <= most, (stats, most)
     assert stats["requests"] <= 30 * 4
@@ -400,7 +400,7 @@ def test_the_progress_bar_shows_each_deployment(
     final = [line for line in err if "40/40" in line][-1]
     # requests/429s/tokens per deployment
     assert "ptu=" in final and "paygo=" in final, final
-    by = job.engine.stats.by_deployment
+    by = job.engine.runs.stats.by_deployment
     assert f"ptu={by['ptu']['requests']}/0/" in final
 
 

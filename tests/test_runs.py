@@ -44,7 +44,7 @@ def test_an_expression_collected_again_after_its_deadline_gets_a_fresh_one(
     # collected again at once: a new run, a new deadline, every row answered
     second = _questions(5).select(expr)["q"].struct.field("content").to_list()
     assert second == _answers(5)
-    assert job.engine.runs == 2
+    assert job.engine.runs.count == 2
     last, total = job.summary(last_run=True), job.summary()
     assert (last.rows, last.answered, last.failed) == (5, 5, 0)
     assert (total.rows, total.answered, total.failed) == (6, 5, 1)

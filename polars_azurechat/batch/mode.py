@@ -125,7 +125,10 @@ class BatchMode:
         file. With ``batch_fallback="online"`` the rows it left unanswered go
         through the engine online, in the same run.
         """
-        with self.lock, self.engine.entered() as run:  # one set of batches at a time
+        with (
+            self.lock,
+            self.engine.runs.entered() as run,
+        ):  # one set of batches at a time
             try:
                 return self._answer(run, requests)
             except KeyboardInterrupt:

@@ -1,0 +1,381 @@
+"""A job's runs: which one is current, when one starts and ends, their totals. Internal.
+
+A *run* (:class:`Run`) is one collect, one ``complete_many``/``Completer.run`` call, or
+one CLI job: its start, deadline (``deadline_s`` from its start), fatal error and
+counters (:class:`RunStats`). :class:`Runs` keeps a job's runs. Polars hands a
+collect's chunks over in waves, from several threads, with short gaps between waves: a
+chunk that arrives while another is being answered, or within :data:`RUN_GRACE_S` of
+the previous one's end, joins the same run, unless that run stopped or passed its
+deadline. ``complete_many`` and the CLI open an explicit run (:meth:`Runs.scope`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from polars_azurechat.engine import loop as _loop
+from polars_azurechat.errors import AzureChatError, DeadlineExceededError
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying
+
+    from polars_azurechat._types import ChatResult
+
+__all__ = ["RUN_GRACE_S", "Run", "RunStats", "Runs"]
+
+#: A chunk arriving this soon after the previous one ended belongs to the same run
+#: (Polars hands a collect's chunks over in waves, with short gaps between them).
+RUN_GRACE_S = 0.2
+
+
+@dataclasses.dataclass
+class RunStats:
+    """Counters of one run, or of several merged.
+
+    ``rows`` counts non-null rows: ``answered + failed``; ``truncated`` answered rows
+    were cut at ``max_tokens`` and kept; ``cached`` and ``deduplicated`` are answered
+    rows that sent no request. ``failures_by_kind`` counts failed attempts
+    by error class; ``retries`` those of them that were retryable. ``wall_s`` is busy
+    time: while at least one batch was being answered.
+    """
+
+    rows: int = 0
+    answered: int = 0
+    truncated: int = 0
+    failed: int = 0
+    null_rows: int = 0
+    cached: int = 0
+    deduplicated: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    failures_by_kind: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    peak_in_flight: int = 0
+    model: str | None = None
+    wall_s: float = 0.0
+    first_error: str | None = None
+    #: per deployment of a pool: requests, rate_limited, failed_attempts,
+    #: prompt_tokens, completion_tokens
+    by_deployment: dict[str, collections.Counter[str]] = dataclasses.field(
+        default_factory=dict
+    )
+
+    def count(self, result: ChatResult) -> None:
+        """Count one non-null row's outcome."""
+        self.rows += 1
+        if result.exception is None:
+            self.answered += 1
+            if result.finish_reason == "length":
+                self.truncated += 1
+        else:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = result.error
+
+    def merge(self, other: RunStats) -> None:
+        """Add ``other``'s counts to these."""
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "peak_in_flight":
+                setattr(self, f.name, max(mine, theirs))
+            elif f.name in ("model", "first_error"):
+                setattr(self, f.name, mine or theirs)
+            elif f.name == "failures_by_kind":
+                mine.update(theirs)
+            elif f.name == "by_deployment":
+                for name, counts in theirs.items():
+                    mine.setdefault(name, collections.Counter()).update(counts)
+            else:
+                setattr(self, f.name, mine + theirs)
+
+    def copy(self) -> RunStats:
+        """An independent copy."""
+        out = RunStats()
+        out.merge(self)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (for logs and JSON)."""
+        d = dataclasses.asdict(self)
+        d["failures_by_kind"] = dict(self.failures_by_kind)
+        d["by_deployment"] = {k: dict(v) for k, v in self.by_deployment.items()}
+        return d
+
+
+class Run:
+    """One run of a job: its start, deadline, fatal error and counters.
+
+    ``error`` is the exception the run raised to its caller (the original object, with
+    every attribute), or ``None``.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        started: float,
+        deadline_s: float | None,
+        retrying: Callable[..., AsyncRetrying],
+    ) -> None:
+        self.id = next(Run._ids)
+        self.started = started
+        self.deadline = None if deadline_s is None else started + deadline_s
+        self.deadline_s = deadline_s
+        self.fatal: AzureChatError | None = None
+        self.error: BaseException | None = None
+        self.interrupted: str | None = None
+        self.explicit = False
+        self.finished = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.futures: set[concurrent.futures.Future[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stats = RunStats()
+        self.ended: float | None = None
+        self.busy_since: float | None = None
+        #: the retry policy of this run's requests (it reads the run's deadline)
+        self.retrying = retrying(deadline=lambda: self.deadline)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} rows={self.stats.rows} fatal={self.fatal is not None}>"
+
+    def busy_s(self, now: float) -> float:
+        """Busy seconds so far."""
+        extra = 0.0 if self.busy_since is None else now - self.busy_since
+        return self.stats.wall_s + extra
+
+    def deadline_passed(self, now: float) -> bool:
+        """Whether the run's deadline is behind ``now``."""
+        return self.deadline is not None and now >= self.deadline
+
+    def check_deadline(self, now: float) -> None:
+        """Raise :class:`DeadlineExceededError` once the deadline has passed."""
+        if self.deadline_passed(now):
+            msg = f"deadline_s={self.deadline_s} passed before this row was answered"
+            raise DeadlineExceededError(msg)
+
+
+class Runs:
+    """The runs of one job: the current one, the totals of those before it.
+
+    Parameters
+    ----------
+    clock
+        The job's monotonic clock.
+    deadline_s
+        Each run's time bound, from its start (``None``: none).
+    retrying
+        Builds a run's retry policy, given ``deadline=``: a function that reads the
+        run's deadline.
+
+    Notes
+    -----
+    The bookkeeping is touched by callers' threads under a lock; a run's counters
+    change on the event loop only.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        deadline_s: float | None,
+        retrying: Callable[..., AsyncRetrying],
+    ) -> None:
+        self.clock = clock
+        self.deadline_s = deadline_s
+        self._retrying = retrying
+        #: Called when a run starts (in the caller's thread) and once when it ends (in
+        #: the caller's thread, or on the loop for a run of Polars' threads).
+        self.on_start: Callable[[Run], None] | None = None
+        self.on_end: Callable[[Run], None] | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self._current: Run | None = None
+        self._totals = RunStats()
+        #: runs so far
+        self.count = 0
+
+    @property
+    def active(self) -> int:
+        """Batches being answered now, across threads."""
+        return self._active
+
+    @property
+    def last(self) -> Run | None:
+        """The current or most recent run."""
+        return self._current
+
+    @property
+    def stats(self) -> RunStats:
+        """Counters over every run so far (a snapshot)."""
+        with self._lock:
+            out = self._totals.copy()
+            current = self._current
+            if current is not None:
+                out.merge(current.stats)
+                out.wall_s += current.busy_s(self.clock()) - current.stats.wall_s
+        return out
+
+    def enter(self, *, new: bool = False) -> Run:
+        """A batch starts: join the current run or start a new one.
+
+        Every :meth:`enter` is paired with a :meth:`leave` (``scope`` and the
+        pipeline do it; batch mode uses ``entered``).
+
+        A run is explicit (``run_scope``, or a chunk that Polars hands over on the
+        thread that called ``collect``: the whole column at once) and ends when its
+        last batch does; or it is made of the chunks Polars' own threads hand over, in
+        waves, and ends :data:`RUN_GRACE_S` after the last wave, unless another joins.
+        """
+        explicit = new or not _foreign_thread()
+        previous: Run | None = None
+        with self._lock:
+            now = self.clock()
+            run = self._current
+            continues = run is not None and (
+                self._active > 0
+                if new or explicit
+                else self._active > 0
+                or (
+                    not run.explicit
+                    and not run.finished
+                    and run.fatal is None
+                    and run.error is None
+                    and run.interrupted is None
+                    and not run.deadline_passed(now)
+                    and run.ended is not None
+                    and now - run.ended <= RUN_GRACE_S
+                )
+            )
+            if new and self._active > 0:
+                msg = "a run of this job is already going on"
+                raise RuntimeError(msg)
+            started = not continues
+            if started:
+                if run is not None:
+                    self._totals.merge(run.stats)
+                    previous = run
+                run = self._current = Run(now, self.deadline_s, self._retrying)
+                run.explicit = explicit
+                self.count += 1
+            assert run is not None  # noqa: S101 - set just above
+            if self._active == 0:
+                run.busy_since = now
+            self._active += 1
+            timer, run.timer = run.timer, None
+        if timer is not None:
+            _loop.loop().call_soon_threadsafe(timer.cancel)
+        if previous is not None:
+            self._finish(previous)
+        if started and self.on_start is not None:
+            self.on_start(run)
+        return run
+
+    def leave(self, run: Run) -> None:
+        """A batch of ``run`` ended (see :meth:`enter`)."""
+        with self._lock:
+            self._active -= 1
+            idle = self._active == 0
+            if idle:
+                now = self.clock()
+                run.ended = now
+                if run.busy_since is not None:
+                    run.stats.wall_s += now - run.busy_since
+                    run.busy_since = None
+        if not idle:
+            return
+        if run.explicit or run.fatal or run.interrupted or run.error:
+            self._finish(run)
+        else:  # more waves of the same query may come: end the run if none does
+            loop = _loop.loop()
+            loop.call_soon_threadsafe(self._arm_timer, run)
+
+    def _arm_timer(self, run: Run) -> None:
+        with self._lock:
+            if self._active == 0 and not run.finished:
+                run.timer = _loop.loop().call_later(
+                    RUN_GRACE_S, self._finish_if_idle, run
+                )
+
+    def _finish_if_idle(self, run: Run) -> None:
+        with self._lock:
+            idle = self._active == 0 or self._current is not run
+        if idle:
+            self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        """The run is over: tell ``on_run_end`` once (bar closed, failures reported)."""
+        with self._lock:
+            if run.finished:
+                return
+            run.finished = True
+        if self.on_end is not None:
+            self.on_end(run)
+
+    def finish(self) -> None:
+        """End the current run now if nothing is in flight (e.g. before a summary)."""
+        run = self._current
+        if run is not None and self._active == 0:
+            self._finish(run)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Run]:
+        """One explicit run: every batch answered inside belongs to it."""
+        run = self.enter(new=True)
+        try:
+            yield run
+        finally:
+            self.leave(run)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[Run]:
+        """A batch of the current run (or of a new one), between enter and leave.
+
+        A job-wide error raised inside becomes the run's error (``last_error``).
+        """
+        run = self.enter()
+        try:
+            yield run
+        except BaseException as exc:
+            if run.error is None and isinstance(exc, AzureChatError):
+                run.error = exc
+            raise
+        finally:
+            self.leave(run)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running run at once (called on the loop).
+
+        No more admissions, requests in flight cancelled, answers so far committed to
+        the cache; the threads waiting for its batches raise :class:`KeyboardInterrupt`.
+        """
+        run = self._current
+        if run is None or self._active == 0:
+            return
+        if run.interrupted is None:
+            run.interrupted = reason
+            logger.info("%s: stopping the run", reason)
+        for future in list(run.futures):
+            future.cancel()
+
+
+def _foreign_thread() -> bool:
+    """The calling thread was not started by Python (one of Polars' own threads).
+
+    ``threading`` gives such threads a stand-in object named ``Dummy-N``.
+    """
+    return threading.current_thread().name.startswith("Dummy-")
