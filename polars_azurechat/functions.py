@@ -7,9 +7,7 @@ Every entry point takes the options of :class:`~polars_azurechat.options.ChatOpt
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
@@ -17,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
 import polars as pl
 
 from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
-from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
+from polars_azurechat.config import ChatConfig
 from polars_azurechat.engine.convert import (
     check_dtype,
     results_to_series,
@@ -27,7 +25,6 @@ from polars_azurechat.engine.convert import (
 from polars_azurechat.errors import (
     AzureChatError,
     CompletionFailed,
-    ConfigurationError,
     RowError,
     remember_for_polars,
 )
@@ -42,7 +39,6 @@ from polars_azurechat.options import (
 from polars_azurechat.summary import (
     RunSummary,
     SpendingCap,
-    price_for,
     summarize,
 )
 
@@ -50,12 +46,9 @@ if TYPE_CHECKING:
     import openai
 
     from polars_azurechat.batch.mode import BatchCounts, BatchMode
-    from polars_azurechat.engine.core import AnswerCache, ChatEngine, Run, RunStats
+    from polars_azurechat.engine.core import ChatEngine, Run, RunStats
     from polars_azurechat.engine.progress import ProgressBar
     from polars_azurechat.schema.core import OutputSchema
-    from polars_azurechat.transport.http import ChatTransport
-    from polars_azurechat.transport.pool import Pool
-    from polars_azurechat.transport.ratelimit import RateLimiter
 
 __all__ = ["Completer", "complete", "complete_many"]
 
@@ -321,87 +314,31 @@ class Completer:
         #: The typed answer's schema (``response_format=Model``), or ``None``.
         self.output_schema: OutputSchema | None
         self.output_schema, fields = typed_body(body)
-        if fields.get("max_tokens") is None and opts.tokens_per_minute is not None:
-            logger.warning(
-                "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
-                "model's whole context per request; set max_tokens"
-            )
-        from polars_azurechat.engine.core import ChatEngine
-        from polars_azurechat.store.redis import is_redis_url
-        from polars_azurechat.store.sqlite import SqliteCache
-
-        # the cache first: an unusable path is refused before anything else is built
-        cache: AnswerCache | None = None
-        if is_redis_url(opts.cache):
-            from polars_azurechat.store.redis import RedisCache
-
-            cache = RedisCache(str(opts.cache))
-        elif opts.cache is not None:
-            cache = SqliteCache(opts.cache)
-        max_tokens = fields.get("max_tokens", fields.get("max_completion_tokens"))
-        if opts.deployments is not None:
-            pool = _pool(opts, config, client, max_tokens)
-        else:
-            if client is None and config is None:
-                config = ChatConfig.from_env()
-            transport = _transport(opts, config, client, max_tokens)
-            pool = _single(
-                transport,
-                _limiter(
-                    opts.limiter,
-                    transport,
-                    opts.requests_per_minute,
-                    opts.tokens_per_minute,
-                ),
-            )
+        from polars_azurechat.engine.build import build_engine
 
         self._prices = dict(prices or {})
         self._bar: ProgressBar | None = None
         #: What to log once per run: failed rows (with on_error="null") and truncated
         #: answers (the CLI prints its summary instead).
         self._reports = {"failed": opts.on_error == "null", "truncated": True}
+        self.engine: ChatEngine
         #: The spending cap (``max_cost_usd``), shared by every run of the job.
-        self.spending_cap: SpendingCap | None = None
-        if opts.max_cost_usd is not None:
-            self.spending_cap = _spending_cap(
-                opts.max_cost_usd, pool.primary.transport.deployment, self._prices
-            )
-        self.engine: ChatEngine = ChatEngine(
-            pool.primary.transport,
-            pool=pool,
-            params=fields,
-            max_concurrency=opts.max_concurrency,
-            max_attempts=opts.max_attempts,
-            deadline_s=opts.deadline_s,
-            cache=cache,
-            on_truncated=opts.on_truncated,
-            schema=self.output_schema,
-            spending_cap=self.spending_cap,
+        self.spending_cap: SpendingCap | None
+        self.engine, self.spending_cap, config = build_engine(
+            opts, fields, self.output_schema, config, client, self._prices
         )
         from polars_azurechat.engine import interrupt as _interrupt
 
         _interrupt.install()  # Ctrl-C reaches the job even inside a Polars query
-        engine = self.engine  # hooks must not hold the job (it would never die)
-        from polars_azurechat.engine.progress import (
-            ProgressBar,
-            run_ended,
-            run_started,
-            show_progress,
-        )
+        from polars_azurechat.engine import progress
 
-        if show_progress(opts.progress):
-            bar = self._bar = ProgressBar(
-                lambda: None if engine.runs.last is None else engine.runs.last.stats
-            )
-            engine.progress = bar.update
-        engine.runs.on_start = functools.partial(run_started, self._bar)
-        engine.runs.on_end = functools.partial(run_ended, self._bar, self._reports)
+        self._bar = progress.attach(self.engine, opts.progress, self._reports)
         self._batch: BatchMode | None = None
         if opts.mode == "batch":
             from polars_azurechat.batch.mode import BatchMode
 
             self._batch = BatchMode(
-                engine,
+                self.engine,
                 opts,
                 config=config,
                 client=client,
@@ -469,7 +406,9 @@ class Completer:
         with self.engine.runs.scope() as run:
             try:
                 results = self._answer_all(requests)
-                self._apply_policy(list(_failures(results)), len(results))
+                _apply_policy(
+                    self.options.on_error, list(_failures(results)), len(results)
+                )
             except AzureChatError as exc:
                 run.error = exc
                 raise
@@ -669,7 +608,7 @@ class Completer:
                         schema=self.output_schema,
                     )
                 )
-            self._apply_policy(failed, len(s))
+            _apply_policy(self.options.on_error, failed, len(s))
         except AzureChatError as exc:
             self._failed(exc)
             raise
@@ -696,7 +635,7 @@ class Completer:
         requests = series_to_requests(s, system=self.options.system)
         try:
             results = self._batch.answer(requests)
-            self._apply_policy(list(_failures(results)), len(s))
+            _apply_policy(self.options.on_error, list(_failures(results)), len(s))
         except AzureChatError as exc:
             self._failed(exc)
             raise
@@ -704,161 +643,29 @@ class Completer:
             results, output=self.options.output, name=s.name, schema=self.output_schema
         )
 
-    def _apply_policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
-        if not failed:
-            return
-        if self.options.on_error == "raise":
-            errors = []
-            for i, r in failed:
-                err = RowError(i, r.error or "failed")
-                err.__cause__ = r.exception
-                errors.append(err)
-            shown = ", ".join(str(i) for i, _ in failed[:20])
-            more = f" (+{len(failed) - 20} more)" if len(failed) > 20 else ""
-            msg = (
-                f"{len(failed)} of {total} rows failed (rows {shown}{more}); "
-                f"first: {failed[0][1].error}"
-            )
-            raise CompletionFailed(msg, errors)
-
 
 Completer.__doc__ = (Completer.__doc__ or "").replace("{options}", options_doc())
 
 
-def _spending_cap(
-    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, float]]
-) -> SpendingCap:
-    """The job's cap, priced by its deployment's name (refused without a price)."""
-    price = price_for(deployment, prices)
-    if price is None:
+def _apply_policy(
+    on_error: str, failed: list[tuple[int, ChatResult]], total: int
+) -> None:
+    """With ``on_error="raise"``, raise :class:`CompletionFailed` naming ``failed``."""
+    if not failed:
+        return
+    if on_error == "raise":
+        errors = []
+        for i, r in failed:
+            err = RowError(i, r.error or "failed")
+            err.__cause__ = r.exception
+            errors.append(err)
+        shown = ", ".join(str(i) for i, _ in failed[:20])
+        more = f" (+{len(failed) - 20} more)" if len(failed) > 20 else ""
         msg = (
-            f"max_cost_usd needs the price of deployment {deployment!r}, and its name "
-            "starts with no model of the price table (polars_azurechat.summary.PRICES): "
-            f"give Completer(prices={{{deployment!r}: (input, output)}}) in USD per "
-            "million tokens"
+            f"{len(failed)} of {total} rows failed (rows {shown}{more}); "
+            f"first: {failed[0][1].error}"
         )
-        raise ConfigurationError(msg)
-    return SpendingCap(max_cost_usd, price, deployment)
-
-
-def _transport(
-    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
-) -> ChatTransport:
-    timeout_s = opts.attempt_timeout_s(max_tokens)
-    if client is not None:
-        from polars_azurechat.transport.http import SdkTransport
-
-        if config is not None:
-            msg = "give config= or client=, not both"
-            raise ValueError(msg)
-        import os
-
-        deployment = opts.deployment or os.environ.get(ENV_DEPLOYMENT)
-        if not deployment:
-            msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
-            raise ConfigurationError(msg)
-        return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
-    from polars_azurechat.transport.http import Transport
-
-    assert config is not None  # noqa: S101 - resolved by the caller
-    return Transport(
-        endpoint=config.azure_endpoint,
-        deployment=config.resolve_deployment(opts.deployment),
-        api_version=config.api_version,
-        auth=config.auth(),
-        timeout_s=timeout_s,
-    )
-
-
-def _limiter(
-    url: str | None,
-    transport: ChatTransport,
-    requests_per_minute: float | None,
-    tokens_per_minute: float | None,
-) -> RateLimiter:
-    """The deployment's limiter: this process's own, or one shared through Redis."""
-    from polars_azurechat.transport.ratelimit import RateLimiter
-
-    if url is None:
-        return RateLimiter(
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-        )
-    from polars_azurechat.transport.redis_limiter import shared_limiter
-
-    return shared_limiter(
-        url,
-        scope=f"{transport.endpoint_host}/{transport.deployment}",
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    )
-
-
-def _single(transport: ChatTransport, limiter: RateLimiter) -> Pool:
-    import asyncio
-
-    from polars_azurechat.transport.pool import Pool, Route
-
-    route = Route(transport.deployment, transport, limiter)
-    return Pool([route], clock=time.monotonic, sleep=asyncio.sleep)
-
-
-def _pool(
-    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
-) -> Pool:
-    """The routes of ``opts.deployments``: their transports and limiters.
-
-    Deployments without their own credential share the job's (one token cache).
-    """
-    import asyncio
-
-    from polars_azurechat.transport.http import SdkTransport, Transport
-    from polars_azurechat.transport.pool import Pool, Route
-
-    deployments = opts.deployments or ()
-    timeout_s = opts.attempt_timeout_s(max_tokens)
-    routes = []
-    shared_auth = None
-    for d in deployments:
-        if client is not None:
-            if config is not None:
-                msg = "give config= or client=, not both"
-                raise ValueError(msg)
-            if d.endpoint is not None or d.has_credential:
-                msg = (
-                    f"Deployment {d.name!r}: with client=, deployments take the client's "
-                    "endpoint and credential (give config= to set them per deployment)"
-                )
-                raise ConfigurationError(msg)
-            transport: ChatTransport = SdkTransport(
-                client, deployment=d.name, timeout_s=timeout_s
-            )
-            cfg = None
-        else:
-            if config is None and (d.endpoint is None or not d.has_credential):
-                config = ChatConfig.from_env()
-            cfg = d.config(config)
-            if d.has_credential:
-                auth = cfg.auth()
-            else:
-                assert config is not None  # noqa: S101 - read above
-                shared_auth = shared_auth or config.auth()
-                auth = shared_auth
-            transport = Transport(
-                endpoint=cfg.azure_endpoint,
-                deployment=d.name,
-                api_version=cfg.api_version,
-                auth=auth,
-                timeout_s=timeout_s,
-            )
-        limiter = _limiter(
-            opts.limiter,
-            transport,
-            d.requests_per_minute,
-            d.tokens_per_minute,
-        )
-        routes.append(Route(d.name, transport, limiter, priority=d.priority))
-    return Pool(routes, clock=time.monotonic, sleep=asyncio.sleep)
+        raise CompletionFailed(msg, errors)
 
 
 def _run_stats(run: Run, clock: Callable[[], float]) -> RunStats:

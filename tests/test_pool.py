@@ -210,7 +210,9 @@ def test_all_deployments_down_fail_every_row_within_its_attempts() -> None:
     # (30 * 4 would be true without them): a deployment takes the failures that open
     # its circuit, what was on the wire with the last of them, then only one probe at
     # the end of each open period
-    most = BREAKER_THRESHOLD + engine.runs.stats.peak_in_flight - 1 + _most_probes(elapsed)
+    most = (
+        BREAKER_THRESHOLD + engine.runs.stats.peak_in_flight - 1 + _most_probes(elapsed)
+    )
     for name in ("a", "b"):
         assert stats["deployments"][name]["requests"] <= most, (stats, most)
     assert stats["requests"] <= 30 * 4

@@ -65,6 +65,21 @@ class AnswerCache(Protocol):
         """Flush and let go of the file or connection."""
 
 
+def max_tokens_of(params: Mapping[str, Any]) -> Any:
+    """The answer's token bound of a body: ``max_tokens`` or ``max_completion_tokens``.
+
+    ``None`` when neither is set (Azure then reserves a default per request).
+
+    Examples
+    --------
+    >>> max_tokens_of({"max_completion_tokens": 64})
+    64
+    >>> max_tokens_of({}) is None
+    True
+    """
+    return params.get("max_tokens", params.get("max_completion_tokens"))
+
+
 class RequestShape:
     """What every request of a job carries besides its messages.
 
@@ -116,9 +131,7 @@ class RequestShape:
         self.schema = schema
         self.host, self.deployment, self.api_version = host, deployment, api_version
         #: ``max_tokens`` (or ``max_completion_tokens``), ``None`` if not set
-        self.max_tokens: Any = self.params.get(
-            "max_tokens", self.params.get("max_completion_tokens")
-        )
+        self.max_tokens: Any = max_tokens_of(self.params)
         #: what Azure reserves for the answer when it counts a request on arrival
         self.reserved: int = (
             DEFAULT_RESERVED_COMPLETION_TOKENS

@@ -7,6 +7,7 @@ run hooks (the bar, and one warning per run for failed rows and truncated answer
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -15,11 +16,29 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from polars_azurechat.engine.core import Run, RunStats
+    from polars_azurechat.engine.core import ChatEngine, Run, RunStats
 
-__all__ = ["ProgressBar", "run_ended", "run_started", "show_progress"]
+__all__ = ["ProgressBar", "attach", "run_ended", "run_started", "show_progress"]
 
 logger = logging.getLogger(__name__)
+
+
+def attach(
+    engine: ChatEngine, progress: bool | None, reports: dict[str, bool]
+) -> ProgressBar | None:
+    """Hook a job's bar (if ``progress`` asks for one) and reports into its runs.
+
+    ``reports`` says what each run logs when it ends (failed rows, truncated answers);
+    the hooks hold the engine, never the job (the job would then never die).
+    """
+    bar = None
+    if show_progress(progress):
+        runs = engine.runs
+        bar = ProgressBar(lambda: None if runs.last is None else runs.last.stats)
+        engine.progress = bar.update
+    engine.runs.on_start = functools.partial(run_started, bar)
+    engine.runs.on_end = functools.partial(run_ended, bar, reports)
+    return bar
 
 
 def run_started(bar: ProgressBar | None, run: Run) -> None:

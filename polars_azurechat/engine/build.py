@@ -1,0 +1,207 @@
+"""A job's parts, built from its options. Internal.
+
+:func:`build_engine` turns a job's options into its engine: the cache (refused first,
+before anything is sent), one transport and limiter per deployment (a pool of one for a
+single deployment), the spending cap, and the :class:`~polars_azurechat.engine.core.ChatEngine`
+that holds them. :class:`~polars_azurechat.Completer` calls it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
+from polars_azurechat.engine.core import ChatEngine
+from polars_azurechat.engine.frontdoor import max_tokens_of
+from polars_azurechat.errors import ConfigurationError
+from polars_azurechat.summary import SpendingCap, price_for
+from polars_azurechat.transport.http import ChatTransport, SdkTransport, Transport
+from polars_azurechat.transport.pool import Pool, Route
+from polars_azurechat.transport.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from polars_azurechat.engine.frontdoor import AnswerCache
+    from polars_azurechat.options import ChatOptions
+    from polars_azurechat.schema.core import OutputSchema
+
+logger = logging.getLogger(__name__)
+
+
+def build_engine(
+    opts: ChatOptions,
+    fields: Mapping[str, Any],
+    schema: OutputSchema | None,
+    config: ChatConfig | None,
+    client: Any,
+    prices: Mapping[str, tuple[float, float]],
+) -> tuple[ChatEngine, SpendingCap | None, ChatConfig | None]:
+    """The engine of a job with options ``opts`` and body ``fields``; its cap; its config.
+
+    ``config`` and ``client`` are the job's (at most one of them); without either,
+    the endpoint and credential come from the environment (the config returned).
+    """
+    max_tokens = max_tokens_of(fields)
+    if max_tokens is None and opts.tokens_per_minute is not None:
+        logger.warning(
+            "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
+            "model's whole context per request; set max_tokens"
+        )
+    cache = open_cache(opts.cache)  # an unusable path is refused before anything else
+    if opts.deployments is not None:
+        pool = _pool(opts, config, client, max_tokens)
+    else:
+        if client is None and config is None:
+            config = ChatConfig.from_env()
+        transport = _transport(opts, config, client, max_tokens)
+        limiter = _limiter(
+            opts.limiter, transport, opts.requests_per_minute, opts.tokens_per_minute
+        )
+        route = Route(transport.deployment, transport, limiter)
+        pool = Pool([route], clock=time.monotonic, sleep=asyncio.sleep)
+    cap = None
+    if opts.max_cost_usd is not None:
+        cap = _spending_cap(
+            opts.max_cost_usd, pool.primary.transport.deployment, prices
+        )
+    engine = ChatEngine(
+        pool.primary.transport,
+        pool=pool,
+        params=fields,
+        max_concurrency=opts.max_concurrency,
+        max_attempts=opts.max_attempts,
+        deadline_s=opts.deadline_s,
+        cache=cache,
+        on_truncated=opts.on_truncated,
+        schema=schema,
+        spending_cap=cap,
+    )
+    return engine, cap, config
+
+
+def open_cache(where: Any) -> AnswerCache | None:
+    """The answer cache ``cache=`` names: a Redis URL, a SQLite file, or none."""
+    from polars_azurechat.store.redis import RedisCache, is_redis_url
+    from polars_azurechat.store.sqlite import SqliteCache
+
+    if is_redis_url(where):
+        return RedisCache(str(where))
+    return None if where is None else SqliteCache(where)
+
+
+def _spending_cap(
+    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, float]]
+) -> SpendingCap:
+    """The job's cap, priced by its deployment's name (refused without a price)."""
+    price = price_for(deployment, prices)
+    if price is None:
+        msg = (
+            f"max_cost_usd needs the price of deployment {deployment!r}, and its name "
+            "starts with no model of the price table (polars_azurechat.summary.PRICES): "
+            f"give Completer(prices={{{deployment!r}: (input, output)}}) in USD per "
+            "million tokens"
+        )
+        raise ConfigurationError(msg)
+    return SpendingCap(max_cost_usd, price, deployment)
+
+
+def _transport(
+    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
+) -> ChatTransport:
+    timeout_s = opts.attempt_timeout_s(max_tokens)
+    if client is not None:
+        if config is not None:
+            msg = "give config= or client=, not both"
+            raise ValueError(msg)
+        deployment = opts.deployment or os.environ.get(ENV_DEPLOYMENT)
+        if not deployment:
+            msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
+            raise ConfigurationError(msg)
+        return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
+    assert config is not None  # noqa: S101 - resolved by the caller
+    return Transport(
+        endpoint=config.azure_endpoint,
+        deployment=config.resolve_deployment(opts.deployment),
+        api_version=config.api_version,
+        auth=config.auth(),
+        timeout_s=timeout_s,
+    )
+
+
+def _limiter(
+    url: str | None,
+    transport: ChatTransport,
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
+) -> RateLimiter:
+    """The deployment's limiter: this process's own, or one shared through Redis."""
+    if url is None:
+        return RateLimiter(
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+        )
+    from polars_azurechat.transport.redis_limiter import shared_limiter
+
+    return shared_limiter(
+        url,
+        scope=f"{transport.endpoint_host}/{transport.deployment}",
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
+
+
+def _pool(
+    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
+) -> Pool:
+    """The routes of ``opts.deployments``: their transports and limiters.
+
+    Deployments without their own credential share the job's (one token cache).
+    """
+    deployments = opts.deployments or ()
+    timeout_s = opts.attempt_timeout_s(max_tokens)
+    routes = []
+    shared_auth = None
+    for d in deployments:
+        if client is not None:
+            if config is not None:
+                msg = "give config= or client=, not both"
+                raise ValueError(msg)
+            if d.endpoint is not None or d.has_credential:
+                msg = (
+                    f"Deployment {d.name!r}: with client=, deployments take the client's "
+                    "endpoint and credential (give config= to set them per deployment)"
+                )
+                raise ConfigurationError(msg)
+            transport: ChatTransport = SdkTransport(
+                client, deployment=d.name, timeout_s=timeout_s
+            )
+            cfg = None
+        else:
+            if config is None and (d.endpoint is None or not d.has_credential):
+                config = ChatConfig.from_env()
+            cfg = d.config(config)
+            if d.has_credential:
+                auth = cfg.auth()
+            else:
+                assert config is not None  # noqa: S101 - read above
+                shared_auth = shared_auth or config.auth()
+                auth = shared_auth
+            transport = Transport(
+                endpoint=cfg.azure_endpoint,
+                deployment=d.name,
+                api_version=cfg.api_version,
+                auth=auth,
+                timeout_s=timeout_s,
+            )
+        limiter = _limiter(
+            opts.limiter,
+            transport,
+            d.requests_per_minute,
+            d.tokens_per_minute,
+        )
+        routes.append(Route(d.name, transport, limiter, priority=d.priority))
+    return Pool(routes, clock=time.monotonic, sleep=asyncio.sleep)
