@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from polars_azurechat.config import ENV_DEPLOYMENT, ChatConfig
+from polars_azurechat.deployments import Deployment
 from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import ConfigurationError
@@ -52,17 +53,12 @@ def build_engine(
             "model's whole context per request; set max_tokens"
         )
     cache = open_cache(opts.cache)  # an unusable path is refused before anything else
-    if opts.deployments is not None:
-        pool = _pool(opts, config, client, max_tokens)
-    else:
-        if client is None and config is None:
-            config = ChatConfig.from_env()
-        transport = _transport(opts, config, client, max_tokens)
-        limiter = _limiter(
-            opts.limiter, transport, opts.requests_per_minute, opts.tokens_per_minute
-        )
-        route = Route(transport.deployment, transport, limiter)
-        pool = Pool([route], clock=time.monotonic, sleep=asyncio.sleep)
+    if client is not None and config is not None:
+        msg = "give config= or client=, not both"
+        raise ValueError(msg)
+    if client is None and config is None and opts.deployments is None:
+        config = ChatConfig.from_env()
+    pool = _pool(opts, _deployments(opts, config, client), config, client, max_tokens)
     cap = None
     if opts.max_cost_usd is not None:
         cap = _spending_cap(
@@ -109,26 +105,30 @@ def _spending_cap(
     return SpendingCap(max_cost_usd, price, deployment)
 
 
-def _transport(
-    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
-) -> ChatTransport:
-    timeout_s = opts.attempt_timeout_s(max_tokens)
+def _deployments(
+    opts: ChatOptions, config: ChatConfig | None, client: Any
+) -> tuple[Deployment, ...]:
+    """The job's deployments: ``deployments=``, or a pool of one.
+
+    The one is the deployment that ``deployment=`` (or the environment) names, with
+    the job's quotas.
+    """
+    if opts.deployments is not None:
+        return tuple(opts.deployments)
     if client is not None:
-        if config is not None:
-            msg = "give config= or client=, not both"
-            raise ValueError(msg)
-        deployment = opts.deployment or os.environ.get(ENV_DEPLOYMENT)
-        if not deployment:
+        name = opts.deployment or os.environ.get(ENV_DEPLOYMENT)
+        if not name:
             msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
             raise ConfigurationError(msg)
-        return SdkTransport(client, deployment=deployment, timeout_s=timeout_s)
-    assert config is not None  # noqa: S101 - resolved by the caller
-    return Transport(
-        endpoint=config.azure_endpoint,
-        deployment=config.resolve_deployment(opts.deployment),
-        api_version=config.api_version,
-        auth=config.auth(),
-        timeout_s=timeout_s,
+    else:
+        assert config is not None  # noqa: S101 - resolved by the caller
+        name = config.resolve_deployment(opts.deployment)
+    return (
+        Deployment(
+            name=name,
+            requests_per_minute=opts.requests_per_minute,
+            tokens_per_minute=opts.tokens_per_minute,
+        ),
     )
 
 
@@ -155,21 +155,21 @@ def _limiter(
 
 
 def _pool(
-    opts: ChatOptions, config: ChatConfig | None, client: Any, max_tokens: Any
+    opts: ChatOptions,
+    deployments: tuple[Deployment, ...],
+    config: ChatConfig | None,
+    client: Any,
+    max_tokens: Any,
 ) -> Pool:
-    """The routes of ``opts.deployments``: their transports and limiters.
+    """The routes of ``deployments``: their transports and limiters.
 
     Deployments without their own credential share the job's (one token cache).
     """
-    deployments = opts.deployments or ()
     timeout_s = opts.attempt_timeout_s(max_tokens)
     routes = []
     shared_auth = None
     for d in deployments:
         if client is not None:
-            if config is not None:
-                msg = "give config= or client=, not both"
-                raise ValueError(msg)
             if d.endpoint is not None or d.has_credential:
                 msg = (
                     f"Deployment {d.name!r}: with client=, deployments take the client's "
