@@ -300,7 +300,6 @@ def test_the_ramp_admits_twice_as_many_every_step_until_the_first_answer(
     assert sent[RAMP_FIRST] == pytest.approx(quiet)
     assert sent[RAMP_FIRST + 1] > quiet
     assert sent[2 * RAMP_FIRST] == pytest.approx(quiet + step)
-    assert quiet > REORDER_S  # the first answer is not amid a burst
     assert sent[-1] == sent[-2]  # 20 more at once after the answer
 
 
@@ -537,3 +536,40 @@ def test_a_given_quota_bounds_the_ramp_until_its_window_is_known(
         return sent
 
     assert asyncio.run(go()) == 10
+
+
+def test_what_the_server_took_before_its_first_429s_is_the_budget(
+    clock: FakeClock,
+) -> None:
+    # the ramp sends 14 before any answer; a server with 10 per 10 s takes 10 and
+    # refuses 4 at once. Once all 14 are answered, the 10 it took is the budget, in
+    # the window the 429 named; answers from amid the burst could not tell it
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        tickets = [await limiter.acquire() for _ in range(14)]
+        assert clock.now - 1000 < 0.05  # the ramp: all within a few steps
+        for ticket in tickets[10:]:
+            limiter.on_rate_limited(10.0 - (clock.now - 1000), ticket, "requests")
+        assert limiter.resources["requests"].budget() is None  # 10 still in flight
+        for ticket in tickets[:-5]:
+            limiter.on_success(ticket, remaining_requests=None, remaining_tokens=None)
+        assert limiter.resources["requests"].budget() is None
+        limiter.on_success(tickets[9], remaining_requests=None, remaining_tokens=None)
+
+    _run(go())
+    assert limiter.learned()["request_window_s"] == 10.0
+    assert limiter.resources["requests"].budget() == 10.0
+    assert limiter.learned()["requests_per_minute"] == 60.0
+
+
+def test_a_ramp_without_429s_reads_no_budget(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        tickets = [await limiter.acquire() for _ in range(14)]
+        for ticket in tickets:
+            limiter.on_success(ticket, remaining_requests=None, remaining_tokens=None)
+
+    _run(go())
+    assert limiter.resources["requests"].budget() is None

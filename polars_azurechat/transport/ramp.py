@@ -13,13 +13,18 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 
-from polars_azurechat.transport.windows import CANDIDATE_WINDOWS, REORDER_S, Resource
+from polars_azurechat.transport.windows import (
+    CANDIDATE_WINDOWS,
+    MARGIN_S,
+    Resource,
+    Ticket,
+)
 
-#: Slow start as a ramp: the first request goes alone for RAMP_QUIET_S (its answer
-#: then reads the budget exactly: no neighbour the server may have counted first);
-#: then RAMP_FIRST more may go, and until the first answer their number doubles every
-#: RAMP_S.
-RAMP_QUIET_S = REORDER_S + 0.001
+#: Slow start as a ramp: the first request goes alone for RAMP_QUIET_S, then
+#: RAMP_FIRST more may go, and until the first answer their number doubles every
+#: RAMP_S. (A quiet first request longer than REORDER_S, whose answer read the budget
+#: exactly, cost a short job 21 ms: the budget is read from the ramp's 429s instead.)
+RAMP_QUIET_S = 0.002
 RAMP_FIRST = 1
 RAMP_S = 0.004
 
@@ -58,6 +63,10 @@ class Ramp:
         self._sleep = sleep
         self._hold_s = hold_s
         self._answer: asyncio.Event | None = None
+        #: the ramp's admissions, kept until every one is answered
+        self.tickets: list[Ticket] = []
+        self._open: set[int] = set()  # ids of those not answered yet
+        self.refused: str | None = None  # the resource a 429 among them named
 
     @property
     def before_first(self) -> bool:
@@ -74,10 +83,39 @@ class Ramp:
         self.first_sent = True
         self._from = self._clock()
 
-    def admitted(self) -> None:
+    def admitted(self, ticket: Ticket) -> None:
         """Count one admission (before the first answer)."""
         if not self.over:
             self.sent += 1
+            self.tickets.append(ticket)
+            self._open.add(id(ticket))
+
+    def answered(
+        self, ticket: Ticket, refused: str | None = None
+    ) -> tuple[str, float] | None:
+        """One more answer (``refused``: a 429 naming that resource); maybe a budget.
+
+        Once every admission of the ramp is answered, if the server refused some of
+        them with a 429 naming a resource: what it took of that resource before it
+        refused (the requests, or their tokens) is its budget, in any candidate
+        window, as the ramp lasted less than the shortest. Returns ``(resource,
+        budget)`` then, else ``None``.
+        """
+        if not self._open or id(ticket) not in self._open:
+            return None
+        self._open.discard(id(ticket))
+        if refused is not None and self.refused is None:
+            self.refused = refused
+        if self._open or not self.over:
+            return None
+        tickets, self.tickets = self.tickets, []
+        span = tickets[-1].sent_at - tickets[0].sent_at
+        if self.refused is None or span >= CANDIDATE_WINDOWS[0] - MARGIN_S:
+            return None
+        taken = [t for t in tickets if not t.rejected]
+        if self.refused == "requests":
+            return "requests", float(len(taken))
+        return "tokens", float(sum(t.tokens for t in taken))
 
     def wait(self) -> float:
         """Seconds until the ramp admits one more (0: now, or the ramp is over).

@@ -326,10 +326,10 @@ class RateLimiter:
 
     def _admit(self, tokens: int, *, probe: bool = False) -> Ticket:
         charge, reserve = self.charges.predict(tokens)
-        self.ramp.admitted()
         ticket = Ticket(
             self._clock(), charge, reserve=reserve, estimate=tokens, probe=probe
         )
+        self.ramp.admitted(ticket)
         if not self._tracking:  # nothing to learn and nothing to enforce: no ledger
             return ticket
         learning = ticket.learning = Learning(quiet=self._open == 0)
@@ -435,12 +435,14 @@ class RateLimiter:
                     quiet,
                 )
         ticket.forget_counts()
+        self._ramp_answered(ticket)
 
     def on_failure(self, ticket: Ticket) -> None:
         """An answer that was neither a success nor a 429 (the server counted it)."""
         self._close(ticket)
         ticket.forget_counts()
         self.ramp.end()
+        self._ramp_answered(ticket)
 
     def on_rate_limited(
         self,
@@ -462,6 +464,7 @@ class RateLimiter:
                 for w in self._windows.values():
                     w.reject(ticket)
             self.ramp.end()
+            self._ramp_answered(ticket, resource)
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         if now + wait > self._cooldown_until:
             logger.debug("429: pausing admissions for %.3f s", wait)
@@ -488,6 +491,13 @@ class RateLimiter:
                 )
             else:
                 self._learn_window(res, now + retry_after_s)
+
+    def _ramp_answered(self, ticket: Ticket, refused: str | None = None) -> None:
+        """A ramp's admission is answered: the ramp's budget reading, once all are."""
+        reading = self.ramp.answered(ticket, refused)
+        if reading is not None:
+            name, budget = reading
+            self.resources[name].reading(budget)
 
     def _learn_window(self, res: Resource, frees_at: float) -> None:
         """Settle the window that frees capacity when the server says it will."""

@@ -404,6 +404,14 @@ class Resource:
         if spreads[best] <= 0.1 and min(others) >= 0.3:
             self.known = True
 
+    def reading(self, budget: float) -> None:
+        """A budget read exactly, the same in every candidate window (the ramp's)."""
+        logger.debug("%s: the server took %g before refusing", self.name, budget)
+        for w in CANDIDATE_WINDOWS:
+            self.estimates[w].append(budget)
+            self._learned.pop(w, None)
+        self.agreed.append(budget)
+
     def settle(self, window: float) -> None:
         """A 429 named the window: take it, stop probing."""
         if window != self.window:
