@@ -19,7 +19,8 @@ from pydantic import (
     field_validator,
 )
 
-from polars_azurechat.schema.core import OutputSchema, SchemaMismatchError
+from polars_azurechat.schema.core import OutputSchema
+from polars_azurechat.schema.errors import SchemaMismatchError
 
 # ---------------------------------------------------------------------------------------
 # models shared by the tests (module level: pydantic resolves annotations here)

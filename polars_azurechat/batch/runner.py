@@ -930,7 +930,7 @@ class BatchRunner:
 def _content_of(content: str | None) -> str:
     """A typed answer's text; no content at all is a mismatch (as online)."""
     if content is None:
-        from polars_azurechat.schema.core import SchemaMismatchError
+        from polars_azurechat.schema.errors import SchemaMismatchError
 
         raise SchemaMismatchError("the answer has no content", json_error=True)
     return content

@@ -39,7 +39,7 @@ from polars_azurechat.errors import (
     TruncatedError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
-from polars_azurechat.schema.core import SchemaMismatchError
+from polars_azurechat.schema.errors import SchemaMismatchError
 from polars_azurechat.transport.http import Completion, rate_limited_resource
 from polars_azurechat.transport.retry import is_retryable
 

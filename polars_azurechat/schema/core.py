@@ -67,7 +67,27 @@ from typing import Any, Final, Literal
 
 import polars as pl
 
-__all__ = ["OutputSchema", "SchemaMismatchError"]
+from polars_azurechat.schema.errors import (
+    SchemaMismatchError,
+    bad_value,
+    join_path,
+    kind_of,
+    show,
+    unsupported,
+)
+from polars_azurechat.schema.values import (
+    Conv,
+    int_value,
+    json_text,
+    list_conv,
+    nullable_conv,
+    parse_datetime,
+    parse_time,
+    struct_conv,
+    utc,
+)
+
+__all__ = ["OutputSchema"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,156 +110,8 @@ _ACCEPTS: Final = (
     "or a pl.Struct dtype"
 )
 
-_Conv = Callable[[Any], Any]
 #: What an :class:`OutputSchema` was built from.
 Source = Literal["pydantic", "json_schema", "struct"]
-
-
-class SchemaMismatchError(ValueError):
-    """An answer is not valid JSON or does not match the output schema.
-
-    Attributes
-    ----------
-    path : str
-        Where the first problem is (``"customer.address.city"``, ``"tags[1]"``), or
-        ``""`` for the whole answer (invalid JSON, a non-object).
-    problem : str
-        What did not validate there (``"'urgent' is not one of ['low', 'high']"``).
-    safe_problem : str
-        The same without the answer's values (``"a string of 6 characters is not one
-        of ['low', 'high']"``), for messages that must not carry the answer's text.
-    """
-
-    def __init__(
-        self,
-        problem: str,
-        *,
-        path: str = "",
-        json_error: bool = False,
-        safe: str | None = None,
-    ) -> None:
-        if json_error:
-            message = f"answer is not valid JSON ({problem}); was it cut at max_tokens?"
-        else:
-            message = f"answer does not match the schema: {_where(path)}: {problem}"
-        super().__init__(message)
-        self.path = path
-        self.problem = problem
-        self.json_error = json_error
-        #: ``problem`` with the answer's values replaced by their kind (``"a string of
-        #: 6 characters is not one of ['low', 'high']"``): what a per-row error shows
-        self.safe_problem = problem if safe is None else safe
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def _where(path: str) -> str:
-    return path or "<root>"
-
-
-def _unsupported(path: str, what: str) -> TypeError:
-    return TypeError(f"output schema: {_where(path)}: {what}")
-
-
-def _kind(value: Any) -> str:
-    """What a JSON value is, without its content (for messages that must not show it)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return f"a string of {len(value)} characters"
-    if isinstance(value, list):
-        return f"an array of {len(value)} items"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
-def _bad(value: Any, rest: str, path: str) -> SchemaMismatchError:
-    """``<value> <rest>`` at ``path``; the safe problem names the value's kind only."""
-    return SchemaMismatchError(
-        f"{_show(value)} {rest}", path=path, safe=f"{_kind(value)} {rest}"
-    )
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-# ---------------------------------------------------------------------------------------
-# Parsers of string formats and converters of already valid values (pydantic's dumps).
-
-
-def _parse_datetime(time_zone: str | None) -> Callable[[str], dt.datetime]:
-    """Parse to UTC; aware for a zoned column, the naive UTC wall time for a naive one."""
-    aware = time_zone is not None
-
-    def parse(text: str) -> dt.datetime:
-        stamp = _utc(dt.datetime.fromisoformat(text))
-        return stamp if aware else stamp.replace(tzinfo=None)
-
-    return parse
-
-
-def _parse_time(text: str) -> dt.time:
-    # an offset cannot be applied to a time of day without a date: it is dropped
-    return dt.time.fromisoformat(text).replace(tzinfo=None)
-
-
-def _nullable_conv(parse: Callable[[Any], Any]) -> _Conv:
-    def conv(value: Any) -> Any:
-        return None if value is None else parse(value)
-
-    return conv
-
-
-def _int_value(value: Any) -> Any:
-    # JSON Schema's "integer" takes 3.0; the Int64 column wants 3
-    if value is None or type(value) is int:
-        return value
-    return int(value)
-
-
-def _json_text(value: Any) -> Any:
-    # the String column of an enum of mixed values: non-strings as their JSON text
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value)
-
-
-def _list_conv(inner: _Conv | None) -> _Conv | None:
-    if inner is None:
-        return None
-
-    def conv(value: Any) -> list[Any] | None:
-        if value is None:
-            return None
-        return [inner(v) for v in value]
-
-    return conv
-
-
-def _struct_conv(fields: Sequence[tuple[str, _Conv | None]]) -> _Conv:
-    """Keep exactly the schema's fields (pydantic dumps computed fields and extras too)."""
-    fields = tuple(fields)
-
-    def conv(value: Any) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        get = value.get
-        return {name: get(name) if c is None else c(get(name)) for name, c in fields}
-
-    return conv
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,9 +292,9 @@ class _Node:
 
     dtype: pl.DataType
     #: validates a JSON value (``None`` included) and returns it for the column
-    check: _Conv
+    check: Conv
     #: converts a value already valid (pydantic's dump); ``None``: used as is
-    conv: _Conv | None
+    conv: Conv | None
 
 
 def _nullable_node(node: _Node) -> _Node:
@@ -435,7 +307,7 @@ def _nullable_node(node: _Node) -> _Node:
 
 
 def _type_error(path: str, value: Any, kind: str) -> SchemaMismatchError:
-    return _bad(value, f"is not of type {kind!r}", path)
+    return bad_value(value, f"is not of type {kind!r}", path)
 
 
 def _numeric_limits(
@@ -447,7 +319,7 @@ def _numeric_limits(
         if bound is None:
             continue
         if isinstance(bound, bool) or not isinstance(bound, int | float):
-            raise _unsupported(path, f"{key} must be a number, not {bound!r}")
+            raise unsupported(path, f"{key} must be a number, not {bound!r}")
         limits.append((key, bound))
     multiple = schema.get("multipleOf")
     if multiple is not None and (
@@ -455,7 +327,7 @@ def _numeric_limits(
         or not isinstance(multiple, int | float)
         or multiple <= 0
     ):
-        raise _unsupported(
+        raise unsupported(
             path, f"multipleOf must be a positive number, not {multiple!r}"
         )
     if not limits and multiple is None:
@@ -473,11 +345,11 @@ def _numeric_limits(
                 rest = f"is greater than or equal to the maximum of {bound}"
             else:
                 continue
-            raise _bad(value, rest, path)
+            raise bad_value(value, rest, path)
         if multiple is not None:
             quotient = value / multiple
             if not math.isfinite(quotient) or int(quotient) != quotient:
-                raise _bad(value, f"is not a multiple of {multiple}", path)
+                raise bad_value(value, f"is not a multiple of {multiple}", path)
 
     return check
 
@@ -487,7 +359,7 @@ def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _unsupported(path, f"{key} must be a non-negative integer, not {value!r}")
+        raise unsupported(path, f"{key} must be a non-negative integer, not {value!r}")
     return value
 
 
@@ -495,7 +367,7 @@ def _refuse_keywords(schema: dict[str, Any], path: str) -> None:
     """Raise on the first keyword of :data:`_REFUSED_KEYWORDS` in ``schema``."""
     for bad in _REFUSED_KEYWORDS:
         if bad in schema:
-            raise _unsupported(
+            raise unsupported(
                 path,
                 f"the keyword {bad!r} is not supported (use plain types, and anyOf "
                 "only to make a value nullable)",
@@ -522,9 +394,9 @@ def _single_type(t: Any, path: str) -> tuple[Any, bool]:
         return t, False
     kinds = [k for k in t if k != "null"]
     if not kinds:
-        raise _unsupported(path, "a value that is always null has no use")
+        raise unsupported(path, "a value that is always null has no use")
     if len(kinds) != 1:
-        raise _unsupported(
+        raise unsupported(
             path,
             f"type {t!r}: a value of several types has no single Polars dtype",
         )
@@ -547,7 +419,7 @@ class _Compiler:
 
     def compile(self, schema: Any, path: str) -> _Node:
         if not isinstance(schema, dict):
-            raise _unsupported(path, f"a schema must be an object, not {schema!r}")
+            raise unsupported(path, f"a schema must be an object, not {schema!r}")
         if "$ref" in schema:
             return self.ref(schema["$ref"], path)
         _refuse_keywords(schema, path)
@@ -577,17 +449,17 @@ class _Compiler:
         if t == "object" or "properties" in schema:
             return self.object(schema, path)
         if t == "null":
-            raise _unsupported(path, "a value that is always null has no use")
-        raise _unsupported(
+            raise unsupported(path, "a value that is always null has no use")
+        raise unsupported(
             path,
             f"no supported 'type' (got {t!r}); a value of any type has no dtype",
         )
 
     def ref(self, ref: Any, path: str) -> _Node:
         if ref not in self.defs:
-            raise _unsupported(path, f"$ref {ref!r} is not in $defs/definitions")
+            raise unsupported(path, f"$ref {ref!r} is not in $defs/definitions")
         if ref in self.resolving:
-            raise _unsupported(
+            raise unsupported(
                 path, f"$ref {ref!r} is recursive: a recursive type has no Polars dtype"
             )
         self.resolving.append(ref)
@@ -598,14 +470,14 @@ class _Compiler:
 
     def union(self, members: Any, path: str) -> _Node:
         if not isinstance(members, list):
-            raise _unsupported(path, "anyOf must be a list")
+            raise unsupported(path, "anyOf must be a list")
         rest = [m for m in members if not _is_null_schema(m)]
         if not rest:
-            raise _unsupported(path, "a value that is always null has no use")
+            raise unsupported(path, "a value that is always null has no use")
         nodes = [self.compile(m, path) for m in rest]
         dtypes = {repr(n.dtype) for n in nodes}
         if len(dtypes) > 1:
-            raise _unsupported(
+            raise unsupported(
                 path,
                 f"a union of {' | '.join(sorted(dtypes))} has no single Polars dtype "
                 "(make it one type, or one object type with optional fields)",
@@ -624,9 +496,9 @@ class _Compiler:
                         safe.append(err.safe_problem)
                 rest = "is not valid under any of the given schemas"
                 raise SchemaMismatchError(
-                    f"{_show(value)} {rest} ({'; '.join(problems)})",
+                    f"{show(value)} {rest} ({'; '.join(problems)})",
                     path=path,
-                    safe=f"{_kind(value)} {rest} ({'; '.join(safe)})",
+                    safe=f"{kind_of(value)} {rest} ({'; '.join(safe)})",
                 )
 
             node = _Node(node.dtype, check, node.conv)
@@ -634,10 +506,10 @@ class _Compiler:
 
     def enum(self, values: Any, path: str) -> _Node:
         if not isinstance(values, list):
-            raise _unsupported(path, "enum must be a list")
+            raise unsupported(path, "enum must be a list")
         present = [v for v in values if v is not None]
         if not present:
-            raise _unsupported(path, "an enum of only null has no use")
+            raise unsupported(path, "an enum of only null has no use")
         shown = f"is not one of {present!r}"
         if all(isinstance(v, str) for v in present):
             allowed = frozenset(present)
@@ -645,7 +517,7 @@ class _Compiler:
             def check_str(value: Any) -> Any:
                 if type(value) is str and value in allowed:
                     return value
-                raise _bad(value, shown, path)
+                raise bad_value(value, shown, path)
 
             return _Node(pl.Enum(list(dict.fromkeys(present))), check_str, None)
         # JSON equality: 1 == 1.0, but true is not 1
@@ -655,23 +527,23 @@ class _Compiler:
             return (isinstance(value, bool), value) in keyed
 
         dtype: pl.DataType
-        conv: _Conv | None = None
+        conv: Conv | None = None
         if all(isinstance(v, bool) for v in present):
             dtype = pl.Boolean()
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-            dtype, conv = pl.Int64(), _int_value
+            dtype, conv = pl.Int64(), int_value
         elif all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in present
         ):
             dtype = pl.Float64()
         else:
-            dtype, conv = pl.String(), _json_text
+            dtype, conv = pl.String(), json_text
         final = conv
 
         def check(value: Any) -> Any:
             if value is not None and matches(value):
                 return value if final is None else final(value)
-            raise _bad(value, shown, path)
+            raise bad_value(value, shown, path)
 
         return _Node(dtype, check, conv)
 
@@ -683,16 +555,16 @@ class _Compiler:
             parse, dtype = dt.date.fromisoformat, pl.Date()
         elif fmt == "date-time":
             zone = self.time_zones.get(path, "UTC")
-            parse, dtype = _parse_datetime(zone), pl.Datetime("us", zone)
+            parse, dtype = parse_datetime(zone), pl.Datetime("us", zone)
         elif fmt == "time":
-            parse, dtype = _parse_time, pl.Time()
+            parse, dtype = parse_time, pl.Time()
         pattern = schema.get("pattern")
         regex = None
         if pattern is not None:
             try:
                 regex = re.compile(pattern)
             except (re.error, TypeError) as err:
-                raise _unsupported(
+                raise unsupported(
                     path, f"pattern {pattern!r} is invalid: {err}"
                 ) from None
         shortest = _count(schema, "minLength", path)
@@ -704,19 +576,21 @@ class _Compiler:
                 raise _type_error(path, value, "string")
             if not plain:
                 if shortest is not None and len(value) < shortest:
-                    raise _bad(value, f"is shorter than {shortest} characters", path)
+                    raise bad_value(
+                        value, f"is shorter than {shortest} characters", path
+                    )
                 if longest is not None and len(value) > longest:
-                    raise _bad(value, f"is longer than {longest} characters", path)
+                    raise bad_value(value, f"is longer than {longest} characters", path)
                 if regex is not None and regex.search(value) is None:
-                    raise _bad(value, f"does not match {pattern!r}", path)
+                    raise bad_value(value, f"does not match {pattern!r}", path)
             if parse is None:
                 return value
             try:
                 return parse(value)
             except ValueError:
-                raise _bad(value, f"is not a valid {fmt}", path) from None
+                raise bad_value(value, f"is not a valid {fmt}", path) from None
 
-        return _Node(dtype, check, None if parse is None else _nullable_conv(parse))
+        return _Node(dtype, check, None if parse is None else nullable_conv(parse))
 
     def number(self, schema: dict[str, Any], path: str, *, integer: bool) -> _Node:
         limits = _numeric_limits(schema, path)
@@ -733,7 +607,7 @@ class _Compiler:
                     limits(value)
                 return value
 
-            return _Node(pl.Int64(), check, _int_value)
+            return _Node(pl.Int64(), check, int_value)
 
         def check_number(value: Any) -> Any:
             kind = type(value)
@@ -756,7 +630,7 @@ class _Compiler:
     def array(self, schema: dict[str, Any], path: str) -> _Node:
         items = schema.get("items")
         if not isinstance(items, dict) or not items:
-            raise _unsupported(
+            raise unsupported(
                 path,
                 "an array needs an 'items' schema (a list of anything has no dtype)",
             )
@@ -771,44 +645,45 @@ class _Compiler:
             if type(value) is not list:
                 raise _type_error(path, value, "array")
             if fewest is not None and len(value) < fewest:
-                raise _bad(value, f"has fewer than {fewest} items", path)
+                raise bad_value(value, f"has fewer than {fewest} items", path)
             if most is not None and len(value) > most:
-                raise _bad(value, f"has more than {most} items", path)
+                raise bad_value(value, f"has more than {most} items", path)
             if unique:
                 seen = {json.dumps(v, sort_keys=True) for v in value}
                 if len(seen) < len(value):
-                    raise _bad(value, "has non-unique elements", path)
+                    raise bad_value(value, "has non-unique elements", path)
             out = []
             for i, v in enumerate(value):
                 try:
                     out.append(item(v))
                 except SchemaMismatchError as err:
                     # name the item: "tags[]..." -> "tags[2]..."
-                    where = _join(path, i) + err.path[len(prefix) :]
+                    where = join_path(path, i) + err.path[len(prefix) :]
                     raise SchemaMismatchError(
                         err.problem, path=where, safe=err.safe_problem
                     ) from None
             return out
 
-        return _Node(pl.List(inner.dtype), check, _list_conv(inner.conv))
+        return _Node(pl.List(inner.dtype), check, list_conv(inner.conv))
 
     def object(self, schema: dict[str, Any], path: str) -> _Node:
         props = schema.get("properties")
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict) and extra:
-            raise _unsupported(
+            raise unsupported(
                 path,
                 "additionalProperties with a schema (a dict of any keys) has no Polars "
                 "dtype; list its fields instead",
             )
         if not isinstance(props, dict) or not props:
-            raise _unsupported(
+            raise unsupported(
                 path,
                 "an object without 'properties' (a free-form dict) has no Polars "
                 "dtype; list its fields, or make it a string",
             )
         nodes = {
-            name: self.compile(sub, _join(path, name)) for name, sub in props.items()
+            name: self.compile(sub, join_path(path, name))
+            for name, sub in props.items()
         }
         names = tuple(nodes)
         keys = frozenset(names)
@@ -836,7 +711,7 @@ class _Compiler:
         return _Node(
             pl.Struct([pl.Field(name, node.dtype) for name, node in nodes.items()]),
             check,
-            _struct_conv([(name, node.conv) for name, node in nodes.items()]),
+            struct_conv([(name, node.conv) for name, node in nodes.items()]),
         )
 
 
@@ -867,7 +742,7 @@ def _from_dtype(
         return _array_schema(dtype, path, time_zones)
     if isinstance(dtype, pl.Struct):
         return _struct_schema(dtype, path, time_zones)
-    raise _unsupported(
+    raise unsupported(
         path,
         f"{dtype} has no JSON-schema counterpart (use String, integers, floats, "
         "Boolean, Enum, Date, Datetime, Time, List, Array or Struct)",
@@ -880,7 +755,7 @@ def _dtype_instance(dtype: Any, path: str) -> Any:
         try:
             return dtype()  # pl.String, pl.Int64, ...: the class means its default
         except TypeError:
-            raise _unsupported(
+            raise unsupported(
                 path, f"give {dtype.__name__} with its parameters, not the bare class"
             ) from None
     return dtype
@@ -931,9 +806,9 @@ def _struct_schema(
 ) -> dict[str, Any]:
     """The strict schema of a Struct: an object of its fields, all required."""
     if not dtype.fields:
-        raise _unsupported(path, "a Struct without fields has no use")
+        raise unsupported(path, "a Struct without fields has no use")
     props = {
-        f.name: _from_dtype(f.dtype, _join(path, f.name), time_zones)
+        f.name: _from_dtype(f.dtype, join_path(path, f.name), time_zones)
         for f in dtype.fields
     }
     return {
@@ -968,7 +843,7 @@ _CONSTRAINTS: Final = frozenset(
 )
 
 
-def _pydantic_reader(model: Any, dtype: pl.Struct) -> _Conv | None:
+def _pydantic_reader(model: Any, dtype: pl.Struct) -> Conv | None:
     """Column values straight from a validated ``model`` instance, or ``None``.
 
     ``None`` when a value may differ from what its type says (a custom validator or
@@ -982,7 +857,7 @@ def _pydantic_reader(model: Any, dtype: pl.Struct) -> _Conv | None:
         return None
 
 
-def _model_reader(model: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv:
+def _model_reader(model: Any, dtype: Any, seen: tuple[Any, ...]) -> Conv:
     if not isinstance(dtype, pl.Struct) or model in seen:
         raise _NotPlain(f"{model.__name__} is not a plain Struct")
     decorators = model.__pydantic_decorators__
@@ -1001,7 +876,7 @@ def _model_reader(model: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv:
     fields = model.model_fields
     if len(fields) != len(dtype.fields):
         raise _NotPlain(f"{model.__name__}: its fields are not the schema's")
-    readers: list[tuple[str, str, _Conv | None]] = []
+    readers: list[tuple[str, str, Conv | None]] = []
     for (attr, info), column in zip(fields.items(), dtype.fields, strict=True):
         key = info.serialization_alias or info.alias or attr
         if key != column.name or info.validation_alias not in (None, info.alias):
@@ -1033,7 +908,7 @@ def _check_metadata(metadata: Sequence[Any], where: str) -> None:
         raise _NotPlain(f"{where}: {kind.__name__}")
 
 
-def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv | None:
+def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> Conv | None:
     """A reader for one validated value, ``None`` when it is the column's value as is."""
     import pydantic
 
@@ -1047,7 +922,7 @@ def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv |
         if len(present) != 1:
             raise _NotPlain(f"{annotation}: a union")
         inner = _value_reader(present[0], dtype, seen)
-        return None if inner is None else _nullable_conv(inner)
+        return None if inner is None else nullable_conv(inner)
     if origin is typing.Literal:
         kinds = {type(a) for a in args if a is not None}
         if (kinds == {str} and isinstance(dtype, pl.Enum | pl.String)) or (
@@ -1058,7 +933,7 @@ def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv |
         raise _NotPlain(f"{annotation}: a Literal of {kinds}")
     if origin is list and len(args) == 1 and isinstance(dtype, pl.List):
         item = _value_reader(args[0], dtype.inner, seen)
-        return None if item is None else _list_conv(item)
+        return None if item is None else list_conv(item)
     if origin is not None or not isinstance(annotation, type):
         raise _NotPlain(f"{annotation}: not a plain type")
     if issubclass(annotation, pydantic.BaseModel):
@@ -1074,24 +949,17 @@ def _value_reader(annotation: Any, dtype: Any, seen: tuple[Any, ...]) -> _Conv |
     if annotation in plain and dtype == plain[annotation]:
         return None
     if annotation is dt.datetime and dtype == pl.Datetime("us", "UTC"):
-        return _nullable_conv(_utc)
+        return nullable_conv(utc)
     if annotation is dt.date and dtype == pl.Date:
         return None
     if annotation is dt.time and dtype == pl.Time:
-        return _nullable_conv(_time_of_day)
+        return nullable_conv(_time_of_day)
     raise _NotPlain(f"{annotation.__name__} as {dtype}")
 
 
 def _enum_value(value: Any) -> Any:
     # use_enum_values=True keeps the value itself
     return value.value if isinstance(value, Enum) else value
-
-
-def _utc(stamp: dt.datetime) -> dt.datetime:
-    # an answer without an offset is taken as UTC
-    if stamp.tzinfo is None:
-        return stamp.replace(tzinfo=dt.UTC)
-    return stamp.astimezone(dt.UTC)
 
 
 def _time_of_day(value: dt.time) -> dt.time:
@@ -1184,7 +1052,7 @@ class OutputSchema:
         self._node = node
         self._model = model
         self._arrow_type: Any = None
-        self._read: _Conv | None = None
+        self._read: Conv | None = None
         if model is not None:
             import pydantic
 
@@ -1457,7 +1325,7 @@ class OutputSchema:
         >>> s.parse('{"priority": "urgent"}')
         Traceback (most recent call last):
         ...
-        polars_azurechat.schema.core.SchemaMismatchError: answer does not match the schema: priority: 'urgent' is not one of ['low', 'high']
+        polars_azurechat.schema.errors.SchemaMismatchError: answer does not match the schema: priority: 'urgent' is not one of ['low', 'high']
         """
         if not isinstance(text, str | bytes):
             msg = f"parse() takes the answer's text (str), not {type(text).__name__}"
@@ -1483,11 +1351,11 @@ class OutputSchema:
                 ) from None
             path = ""
             for key in first.get("loc", ()):
-                path = _join(path, key)
+                path = join_path(path, key)
             problem = safe = f"{first.get('msg')}"
             if first.get("type") != "missing":
-                problem += f" (got {_show(first.get('input'))})"
-                safe += f" (got {_kind(first.get('input'))})"
+                problem += f" (got {show(first.get('input'))})"
+                safe += f" (got {kind_of(first.get('input'))})"
             if len(errors) > 1:
                 more = f" (and {len(errors) - 1} more)"
                 problem += more
