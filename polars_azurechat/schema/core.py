@@ -75,6 +75,7 @@ from polars_azurechat.schema.errors import (
     show,
     unsupported,
 )
+from polars_azurechat.schema.strict import defs, is_null_schema, to_strict
 from polars_azurechat.schema.values import (
     Conv,
     int_value,
@@ -99,11 +100,6 @@ DEFAULT_NAME: Final = "answer"
 ARROW_MIN_ROWS: Final = 1024
 #: ``schema_tokens``: characters of compact JSON per token (the usual rule of thumb).
 CHARS_PER_TOKEN: Final = 4
-#: Keywords dropped from the strict schema: every property is required in strict mode,
-#: so a default can never apply, and some api-versions refuse the keyword.
-_DROPPED_KEYWORDS: Final = frozenset({"default"})
-#: ``$ref`` siblings that are only annotations (dropped rather than inlining the target).
-_ANNOTATIONS: Final = frozenset({"title", "description", "default", "examples"})
 _ACCEPTS: Final = (
     "a pydantic BaseModel subclass, a JSON-schema dict (an object schema or "
     '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}), '
@@ -112,136 +108,6 @@ _ACCEPTS: Final = (
 
 #: What an :class:`OutputSchema` was built from.
 Source = Literal["pydantic", "json_schema", "struct"]
-
-
-# ---------------------------------------------------------------------------------------
-# Strict mode: the schema Azure is sent.
-
-
-def _is_null_schema(schema: Any) -> bool:
-    return (
-        isinstance(schema, dict) and schema.get("type") == "null" and len(schema) == 1
-    )
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` that also accepts null (unchanged when it already does)."""
-    t = schema.get("type")
-    if "anyOf" in schema:
-        if any(_is_null_schema(m) for m in schema["anyOf"]):
-            return schema
-        return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
-    if t == "null" or (isinstance(t, list) and "null" in t):
-        return schema
-    if isinstance(t, str) and "$ref" not in schema:
-        out = {**schema, "type": [t, "null"]}
-        if "enum" in out and None not in out["enum"]:
-            out["enum"] = [*out["enum"], None]
-        if "const" in out:
-            out["enum"] = [out.pop("const"), None]
-        return out
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-class _Strict:
-    """Rewrites a JSON schema into strict mode; checks happen later, in :class:`_Compiler`.
-
-    ``optional_nullable``: a property missing from ``required`` becomes nullable (dict
-    schemas), or simply required (pydantic: such a field has a default, and pydantic
-    would refuse a null for it unless its type is already nullable).
-    """
-
-    def __init__(self, root: dict[str, Any], *, optional_nullable: bool) -> None:
-        self.root = root
-        self.optional_nullable = optional_nullable
-        self.defs: dict[str, Any] = _defs(root)
-
-    def run(self) -> dict[str, Any]:
-        out = self.rewrite(self.root)
-        for key in ("$defs", "definitions"):
-            block = self.root.get(key)
-            if isinstance(block, dict):
-                out[key] = {
-                    k: self.rewrite(v) if isinstance(v, dict) else v
-                    for k, v in block.items()
-                }
-        return out
-
-    def rewrite(self, schema: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in schema.items():
-            if key in _DROPPED_KEYWORDS or key in ("$defs", "definitions"):
-                continue
-            if key in ("properties", "patternProperties") and isinstance(value, dict):
-                out[key] = {
-                    k: self.rewrite(v) if isinstance(v, dict) else v
-                    for k, v in value.items()
-                }
-            elif key in ("items", "additionalProperties", "not") and isinstance(
-                value, dict
-            ):
-                out[key] = self.rewrite(value)
-            elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(
-                value, list
-            ):
-                out[key] = [
-                    self.rewrite(v) if isinstance(v, dict) else v for v in value
-                ]
-            else:
-                out[key] = value
-        if "oneOf" in out and "anyOf" not in out:  # strict mode knows only anyOf
-            out["anyOf"] = out.pop("oneOf")
-        all_of = out.get("allOf")
-        if (
-            isinstance(all_of, list)
-            and len(all_of) == 1
-            and isinstance(all_of[0], dict)
-        ):
-            # the ``allOf: [{$ref}]`` wrapper older generators emit: merged in
-            del out["allOf"]
-            out = {**out, **all_of[0]}
-        if "$ref" in out and set(out) - _ANNOTATIONS - {"$ref"}:
-            # strict mode takes no keywords beside $ref: the target is inlined
-            target = self.defs.get(out["$ref"])
-            if isinstance(target, dict):
-                merged = {**self.rewrite(target), **out}
-                del merged["$ref"]
-                out = merged
-        elif "$ref" in out:
-            out = {"$ref": out["$ref"]}
-        if out.get("type") == "object" or "properties" in out:
-            out = self.object(out)
-        return out
-
-    def object(self, schema: dict[str, Any]) -> dict[str, Any]:
-        props = schema.get("properties")
-        if not isinstance(props, dict) or not props:
-            return schema  # a free-form object: the compiler says why it is refused
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict) and extra:
-            return schema  # extra keys with a schema: refused by the compiler
-        required = set(schema.get("required") or ())
-        if self.optional_nullable:
-            props = {
-                k: v if k in required or not isinstance(v, dict) else _nullable(v)
-                for k, v in props.items()
-            }
-        return {
-            **schema,
-            "type": "object",
-            "properties": props,
-            "required": list(props),
-            "additionalProperties": False,
-        }
-
-
-def _defs(root: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("$defs", "definitions"):
-        block = root.get(key)
-        if isinstance(block, dict):
-            out.update({f"#/{key}/{k}": v for k, v in block.items()})
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -382,7 +248,7 @@ def _union_members(schema: dict[str, Any]) -> Any:
         # keywords beside anyOf (pydantic puts a field's format there) hold for every
         # branch
         members = [
-            {**outer, **m} if isinstance(m, dict) and not _is_null_schema(m) else m
+            {**outer, **m} if isinstance(m, dict) and not is_null_schema(m) else m
             for m in members
         ]
     return members
@@ -413,7 +279,7 @@ class _Compiler:
     def __init__(
         self, root: dict[str, Any], time_zones: Mapping[str, str | None] | None = None
     ) -> None:
-        self.defs = _defs(root)
+        self.defs = defs(root)
         self.time_zones = time_zones or {}
         self.resolving: list[str] = []
 
@@ -471,7 +337,7 @@ class _Compiler:
     def union(self, members: Any, path: str) -> _Node:
         if not isinstance(members, list):
             raise unsupported(path, "anyOf must be a list")
-        rest = [m for m in members if not _is_null_schema(m)]
+        rest = [m for m in members if not is_null_schema(m)]
         if not rest:
             raise unsupported(path, "a value that is always null has no use")
         nodes = [self.compile(m, path) for m in rest]
@@ -1151,7 +1017,7 @@ class OutputSchema:
         # that may move, importing openai costs ~0.5 s, and one rewrite then serves
         # pydantic and dict schemas alike (tests check the strict shape).
         raw = model.model_json_schema(by_alias=True, mode="validation")
-        strict = _Strict(raw, optional_nullable=False).run()
+        strict = to_strict(raw, optional_nullable=False)
         dtype, node = cls._compile_root(strict)
         doc = raw.get("description")
         return cls(
@@ -1204,7 +1070,7 @@ class OutputSchema:
                 f'({{"type": "object", "properties": {{...}}}}), not {raw.get("type")!r}'
             )
             raise TypeError(msg)
-        strict = _Strict(raw, optional_nullable=True).run()
+        strict = to_strict(raw, optional_nullable=True)
         dtype, node = cls._compile_root(strict)
         return cls(
             name=name,
