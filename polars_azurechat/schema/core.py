@@ -52,7 +52,6 @@ way a pydantic model and the equivalent dict schema give the same column.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -61,30 +60,25 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any, Final, Literal
 
 import polars as pl
 
+from polars_azurechat.schema.compile import Node, compile_root
 from polars_azurechat.schema.errors import (
     SchemaMismatchError,
-    bad_value,
     join_path,
     kind_of,
     show,
     unsupported,
 )
-from polars_azurechat.schema.strict import defs, is_null_schema, to_strict
+from polars_azurechat.schema.strict import to_strict
 from polars_azurechat.schema.values import (
     Conv,
-    int_value,
-    json_text,
     list_conv,
     nullable_conv,
-    parse_datetime,
-    parse_time,
-    struct_conv,
     utc,
 )
 
@@ -108,477 +102,6 @@ _ACCEPTS: Final = (
 
 #: What an :class:`OutputSchema` was built from.
 Source = Literal["pydantic", "json_schema", "struct"]
-
-
-# ---------------------------------------------------------------------------------------
-# Compiling: strict schema -> Polars dtype, validator and converter; refuses what has no
-# dtype. An own walker rather than the ``jsonschema`` library: the compiler already
-# limits schemas to a small subset (the one strict mode and Polars dtypes share), the
-# validator is compiled once into closures (10-25 us per answer where jsonschema takes
-# ~300 us: 6 s of CPU per 20,000 rows), it converts in the same pass, and it adds no
-# dependency. Validation keywords outside the subset are refused at construction, so
-# nothing in a schema is silently left unchecked (but ``format`` values other than
-# date, date-time and time, which are annotations in JSON Schema too).
-
-#: Keywords that constrain values and that the walker does not implement: refused.
-_REFUSED_KEYWORDS: Final = (
-    "not",
-    "if",
-    "then",
-    "else",
-    "allOf",
-    "oneOf",
-    "patternProperties",
-    "prefixItems",
-    "contains",
-    "minContains",
-    "maxContains",
-    "propertyNames",
-    "minProperties",
-    "maxProperties",
-    "dependentRequired",
-    "dependentSchemas",
-    "dependencies",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "$dynamicRef",
-    "$recursiveRef",
-)
-
-
-#: Keys beside ``anyOf`` that are not merged into its branches.
-_UNION_IGNORED: Final = frozenset(
-    {"anyOf", "title", "description", "examples", "$comment", "type", "enum", "const"}
-)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Node:
-    """One schema position: its dtype, its validator-converter, its converter."""
-
-    dtype: pl.DataType
-    #: validates a JSON value (``None`` included) and returns it for the column
-    check: Conv
-    #: converts a value already valid (pydantic's dump); ``None``: used as is
-    conv: Conv | None
-
-
-def _nullable_node(node: _Node) -> _Node:
-    inner = node.check
-
-    def check(value: Any) -> Any:
-        return None if value is None else inner(value)
-
-    return _Node(node.dtype, check, node.conv)
-
-
-def _type_error(path: str, value: Any, kind: str) -> SchemaMismatchError:
-    return bad_value(value, f"is not of type {kind!r}", path)
-
-
-def _numeric_limits(
-    schema: dict[str, Any], path: str
-) -> Callable[[float], None] | None:
-    limits: list[tuple[str, float]] = []
-    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        bound = schema.get(key)
-        if bound is None:
-            continue
-        if isinstance(bound, bool) or not isinstance(bound, int | float):
-            raise unsupported(path, f"{key} must be a number, not {bound!r}")
-        limits.append((key, bound))
-    multiple = schema.get("multipleOf")
-    if multiple is not None and (
-        isinstance(multiple, bool)
-        or not isinstance(multiple, int | float)
-        or multiple <= 0
-    ):
-        raise unsupported(
-            path, f"multipleOf must be a positive number, not {multiple!r}"
-        )
-    if not limits and multiple is None:
-        return None
-
-    def check(value: float) -> None:
-        for key, bound in limits:
-            if key == "minimum" and value < bound:
-                rest = f"is less than the minimum of {bound}"
-            elif key == "maximum" and value > bound:
-                rest = f"is greater than the maximum of {bound}"
-            elif key == "exclusiveMinimum" and value <= bound:
-                rest = f"is less than or equal to the minimum of {bound}"
-            elif key == "exclusiveMaximum" and value >= bound:
-                rest = f"is greater than or equal to the maximum of {bound}"
-            else:
-                continue
-            raise bad_value(value, rest, path)
-        if multiple is not None:
-            quotient = value / multiple
-            if not math.isfinite(quotient) or int(quotient) != quotient:
-                raise bad_value(value, f"is not a multiple of {multiple}", path)
-
-    return check
-
-
-def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
-    value = schema.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise unsupported(path, f"{key} must be a non-negative integer, not {value!r}")
-    return value
-
-
-def _refuse_keywords(schema: dict[str, Any], path: str) -> None:
-    """Raise on the first keyword of :data:`_REFUSED_KEYWORDS` in ``schema``."""
-    for bad in _REFUSED_KEYWORDS:
-        if bad in schema:
-            raise unsupported(
-                path,
-                f"the keyword {bad!r} is not supported (use plain types, and anyOf "
-                "only to make a value nullable)",
-            )
-
-
-def _union_members(schema: dict[str, Any]) -> Any:
-    """The ``anyOf`` members, each with the keywords beside ``anyOf`` merged in."""
-    members = schema["anyOf"]
-    outer = {k: v for k, v in schema.items() if k not in _UNION_IGNORED}
-    if outer and isinstance(members, list):
-        # keywords beside anyOf (pydantic puts a field's format there) hold for every
-        # branch
-        members = [
-            {**outer, **m} if isinstance(m, dict) and not is_null_schema(m) else m
-            for m in members
-        ]
-    return members
-
-
-def _single_type(t: Any, path: str) -> tuple[Any, bool]:
-    """The one non-null kind of a ``type`` and whether it also allows null."""
-    if not isinstance(t, list):
-        return t, False
-    kinds = [k for k in t if k != "null"]
-    if not kinds:
-        raise unsupported(path, "a value that is always null has no use")
-    if len(kinds) != 1:
-        raise unsupported(
-            path,
-            f"type {t!r}: a value of several types has no single Polars dtype",
-        )
-    return kinds[0], len(kinds) < len(t)
-
-
-class _Compiler:
-    """Strict schema -> :class:`_Node` tree.
-
-    ``time_zones`` gives the time zone of the ``Datetime`` at a path (a ``pl.Struct``
-    input says it); elsewhere date-times are UTC.
-    """
-
-    def __init__(
-        self, root: dict[str, Any], time_zones: Mapping[str, str | None] | None = None
-    ) -> None:
-        self.defs = defs(root)
-        self.time_zones = time_zones or {}
-        self.resolving: list[str] = []
-
-    def compile(self, schema: Any, path: str) -> _Node:
-        if not isinstance(schema, dict):
-            raise unsupported(path, f"a schema must be an object, not {schema!r}")
-        if "$ref" in schema:
-            return self.ref(schema["$ref"], path)
-        _refuse_keywords(schema, path)
-        if "anyOf" in schema:
-            return self.union(_union_members(schema), path)
-        t, nullable = _single_type(schema.get("type"), path)
-        if "enum" in schema or "const" in schema:
-            values = schema["enum"] if "enum" in schema else [schema["const"]]
-            node = self.enum(values, path)
-            nullable = nullable or (isinstance(values, list) and None in values)
-        else:
-            node = self.typed(schema, t, path)
-        return _nullable_node(node) if nullable else node
-
-    def typed(self, schema: dict[str, Any], t: Any, path: str) -> _Node:
-        """The node of a schema by its (single, non-null) ``type`` ``t``."""
-        if t == "string":
-            return self.string(schema, path)
-        if t == "integer":
-            return self.number(schema, path, integer=True)
-        if t == "number":
-            return self.number(schema, path, integer=False)
-        if t == "boolean":
-            return self.boolean(path)
-        if t == "array":
-            return self.array(schema, path)
-        if t == "object" or "properties" in schema:
-            return self.object(schema, path)
-        if t == "null":
-            raise unsupported(path, "a value that is always null has no use")
-        raise unsupported(
-            path,
-            f"no supported 'type' (got {t!r}); a value of any type has no dtype",
-        )
-
-    def ref(self, ref: Any, path: str) -> _Node:
-        if ref not in self.defs:
-            raise unsupported(path, f"$ref {ref!r} is not in $defs/definitions")
-        if ref in self.resolving:
-            raise unsupported(
-                path, f"$ref {ref!r} is recursive: a recursive type has no Polars dtype"
-            )
-        self.resolving.append(ref)
-        try:
-            return self.compile(self.defs[ref], path)
-        finally:
-            self.resolving.pop()
-
-    def union(self, members: Any, path: str) -> _Node:
-        if not isinstance(members, list):
-            raise unsupported(path, "anyOf must be a list")
-        rest = [m for m in members if not is_null_schema(m)]
-        if not rest:
-            raise unsupported(path, "a value that is always null has no use")
-        nodes = [self.compile(m, path) for m in rest]
-        dtypes = {repr(n.dtype) for n in nodes}
-        if len(dtypes) > 1:
-            raise unsupported(
-                path,
-                f"a union of {' | '.join(sorted(dtypes))} has no single Polars dtype "
-                "(make it one type, or one object type with optional fields)",
-            )
-        node = nodes[0]
-        if len(nodes) > 1:  # one dtype, several constraints: the first that fits
-            checks = [n.check for n in nodes]
-
-            def check(value: Any) -> Any:
-                problems, safe = [], []
-                for c in checks:
-                    try:
-                        return c(value)
-                    except SchemaMismatchError as err:
-                        problems.append(err.problem)
-                        safe.append(err.safe_problem)
-                rest = "is not valid under any of the given schemas"
-                raise SchemaMismatchError(
-                    f"{show(value)} {rest} ({'; '.join(problems)})",
-                    path=path,
-                    safe=f"{kind_of(value)} {rest} ({'; '.join(safe)})",
-                )
-
-            node = _Node(node.dtype, check, node.conv)
-        return _nullable_node(node) if len(rest) < len(members) else node
-
-    def enum(self, values: Any, path: str) -> _Node:
-        if not isinstance(values, list):
-            raise unsupported(path, "enum must be a list")
-        present = [v for v in values if v is not None]
-        if not present:
-            raise unsupported(path, "an enum of only null has no use")
-        shown = f"is not one of {present!r}"
-        if all(isinstance(v, str) for v in present):
-            allowed = frozenset(present)
-
-            def check_str(value: Any) -> Any:
-                if type(value) is str and value in allowed:
-                    return value
-                raise bad_value(value, shown, path)
-
-            return _Node(pl.Enum(list(dict.fromkeys(present))), check_str, None)
-        # JSON equality: 1 == 1.0, but true is not 1
-        keyed = [(isinstance(v, bool), v) for v in present]
-
-        def matches(value: Any) -> bool:
-            return (isinstance(value, bool), value) in keyed
-
-        dtype: pl.DataType
-        conv: Conv | None = None
-        if all(isinstance(v, bool) for v in present):
-            dtype = pl.Boolean()
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-            dtype, conv = pl.Int64(), int_value
-        elif all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in present
-        ):
-            dtype = pl.Float64()
-        else:
-            dtype, conv = pl.String(), json_text
-        final = conv
-
-        def check(value: Any) -> Any:
-            if value is not None and matches(value):
-                return value if final is None else final(value)
-            raise bad_value(value, shown, path)
-
-        return _Node(dtype, check, conv)
-
-    def string(self, schema: dict[str, Any], path: str) -> _Node:
-        fmt = schema.get("format")
-        parse: Callable[[str], Any] | None = None
-        dtype: pl.DataType = pl.String()
-        if fmt == "date":
-            parse, dtype = dt.date.fromisoformat, pl.Date()
-        elif fmt == "date-time":
-            zone = self.time_zones.get(path, "UTC")
-            parse, dtype = parse_datetime(zone), pl.Datetime("us", zone)
-        elif fmt == "time":
-            parse, dtype = parse_time, pl.Time()
-        pattern = schema.get("pattern")
-        regex = None
-        if pattern is not None:
-            try:
-                regex = re.compile(pattern)
-            except (re.error, TypeError) as err:
-                raise unsupported(
-                    path, f"pattern {pattern!r} is invalid: {err}"
-                ) from None
-        shortest = _count(schema, "minLength", path)
-        longest = _count(schema, "maxLength", path)
-        plain = regex is None and shortest is None and longest is None
-
-        def check(value: Any) -> Any:
-            if type(value) is not str:
-                raise _type_error(path, value, "string")
-            if not plain:
-                if shortest is not None and len(value) < shortest:
-                    raise bad_value(
-                        value, f"is shorter than {shortest} characters", path
-                    )
-                if longest is not None and len(value) > longest:
-                    raise bad_value(value, f"is longer than {longest} characters", path)
-                if regex is not None and regex.search(value) is None:
-                    raise bad_value(value, f"does not match {pattern!r}", path)
-            if parse is None:
-                return value
-            try:
-                return parse(value)
-            except ValueError:
-                raise bad_value(value, f"is not a valid {fmt}", path) from None
-
-        return _Node(dtype, check, None if parse is None else nullable_conv(parse))
-
-    def number(self, schema: dict[str, Any], path: str, *, integer: bool) -> _Node:
-        limits = _numeric_limits(schema, path)
-        if integer:
-
-            def check(value: Any) -> Any:
-                kind = type(value)
-                if kind is not int:
-                    if kind is float and value.is_integer():
-                        value = int(value)
-                    else:
-                        raise _type_error(path, value, "integer")
-                if limits is not None:
-                    limits(value)
-                return value
-
-            return _Node(pl.Int64(), check, int_value)
-
-        def check_number(value: Any) -> Any:
-            kind = type(value)
-            if kind is not float and kind is not int:
-                raise _type_error(path, value, "number")
-            if limits is not None:
-                limits(value)
-            return value
-
-        return _Node(pl.Float64(), check_number, None)
-
-    def boolean(self, path: str) -> _Node:
-        def check(value: Any) -> Any:
-            if type(value) is bool:
-                return value
-            raise _type_error(path, value, "boolean")
-
-        return _Node(pl.Boolean(), check, None)
-
-    def array(self, schema: dict[str, Any], path: str) -> _Node:
-        items = schema.get("items")
-        if not isinstance(items, dict) or not items:
-            raise unsupported(
-                path,
-                "an array needs an 'items' schema (a list of anything has no dtype)",
-            )
-        inner = self.compile(items, f"{path}[]")
-        fewest = _count(schema, "minItems", path)
-        most = _count(schema, "maxItems", path)
-        unique = schema.get("uniqueItems") is True
-        item = inner.check
-        prefix = f"{path}[]"
-
-        def check(value: Any) -> Any:
-            if type(value) is not list:
-                raise _type_error(path, value, "array")
-            if fewest is not None and len(value) < fewest:
-                raise bad_value(value, f"has fewer than {fewest} items", path)
-            if most is not None and len(value) > most:
-                raise bad_value(value, f"has more than {most} items", path)
-            if unique:
-                seen = {json.dumps(v, sort_keys=True) for v in value}
-                if len(seen) < len(value):
-                    raise bad_value(value, "has non-unique elements", path)
-            out = []
-            for i, v in enumerate(value):
-                try:
-                    out.append(item(v))
-                except SchemaMismatchError as err:
-                    # name the item: "tags[]..." -> "tags[2]..."
-                    where = join_path(path, i) + err.path[len(prefix) :]
-                    raise SchemaMismatchError(
-                        err.problem, path=where, safe=err.safe_problem
-                    ) from None
-            return out
-
-        return _Node(pl.List(inner.dtype), check, list_conv(inner.conv))
-
-    def object(self, schema: dict[str, Any], path: str) -> _Node:
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict) and extra:
-            raise unsupported(
-                path,
-                "additionalProperties with a schema (a dict of any keys) has no Polars "
-                "dtype; list its fields instead",
-            )
-        if not isinstance(props, dict) or not props:
-            raise unsupported(
-                path,
-                "an object without 'properties' (a free-form dict) has no Polars "
-                "dtype; list its fields, or make it a string",
-            )
-        nodes = {
-            name: self.compile(sub, join_path(path, name))
-            for name, sub in props.items()
-        }
-        names = tuple(nodes)
-        keys = frozenset(names)
-        checks = tuple((name, node.check) for name, node in nodes.items())
-
-        def check(value: Any) -> Any:
-            if type(value) is not dict:
-                raise _type_error(path, value, "object")
-            if value.keys() != keys:
-                missing = [k for k in names if k not in value]
-                if missing:
-                    raise SchemaMismatchError(
-                        f"{missing[0]!r} is a required property", path=path
-                    )
-                unexpected = [k for k in value if k not in keys]
-                extra = ", ".join(repr(k) for k in unexpected)
-                raise SchemaMismatchError(
-                    f"additional properties are not allowed ({extra} unexpected)",
-                    path=path,
-                    safe=f"additional properties are not allowed ({len(unexpected)} "
-                    "unexpected)",
-                )
-            return {name: c(value[name]) for name, c in checks}
-
-        return _Node(
-            pl.Struct([pl.Field(name, node.dtype) for name, node in nodes.items()]),
-            check,
-            struct_conv([(name, node.conv) for name, node in nodes.items()]),
-        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -906,7 +429,7 @@ class OutputSchema:
         name: str,
         schema: dict[str, Any],
         dtype: pl.Struct,
-        node: _Node,
+        node: Node,
         source: Source,
         model: Any = None,
         description: str | None = None,
@@ -1018,7 +541,7 @@ class OutputSchema:
         # pydantic and dict schemas alike (tests check the strict shape).
         raw = model.model_json_schema(by_alias=True, mode="validation")
         strict = to_strict(raw, optional_nullable=False)
-        dtype, node = cls._compile_root(strict)
+        dtype, node = compile_root(strict)
         doc = raw.get("description")
         return cls(
             name=_valid_name(model.__name__),
@@ -1071,7 +594,7 @@ class OutputSchema:
             )
             raise TypeError(msg)
         strict = to_strict(raw, optional_nullable=True)
-        dtype, node = cls._compile_root(strict)
+        dtype, node = compile_root(strict)
         return cls(
             name=name,
             schema=strict,
@@ -1085,20 +608,10 @@ class OutputSchema:
     def _from_struct(cls, dtype: pl.Struct) -> OutputSchema:
         time_zones: dict[str, str | None] = {}
         schema = _from_dtype(dtype, "", time_zones)
-        _, node = cls._compile_root(schema, time_zones)
+        _, node = compile_root(schema, time_zones)
         return cls(
             name=DEFAULT_NAME, schema=schema, dtype=dtype, node=node, source="struct"
         )
-
-    @staticmethod
-    def _compile_root(
-        strict: dict[str, Any], time_zones: dict[str, str | None] | None = None
-    ) -> tuple[pl.Struct, _Node]:
-        node = _Compiler(strict, time_zones).compile(strict, "")
-        if not isinstance(node.dtype, pl.Struct) or node.conv is None:
-            msg = f"output schema: the root must be an object schema, not {node.dtype}"
-            raise TypeError(msg)
-        return node.dtype, node
 
     # -- what a request carries -----------------------------------------------------
 
