@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from polars_azurechat.batch.mode import BatchCounts, BatchMode
     from polars_azurechat.engine.core import AnswerCache, ChatEngine, Run, RunStats
     from polars_azurechat.engine.progress import ProgressBar
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.transport.http import ChatTransport
     from polars_azurechat.transport.pool import Pool
     from polars_azurechat.transport.ratelimit import RateLimiter

@@ -19,8 +19,8 @@ from pydantic import (
     field_validator,
 )
 
-from polars_azurechat.schema.core import OutputSchema
 from polars_azurechat.schema.errors import SchemaMismatchError
+from polars_azurechat.schema.output import OutputSchema
 
 # ---------------------------------------------------------------------------------------
 # models shared by the tests (module level: pydantic resolves annotations here)

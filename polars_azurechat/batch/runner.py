@@ -65,7 +65,7 @@ from polars_azurechat.transport import tokens as _tokens
 from polars_azurechat.transport.http import parse_completion, sdk_errors, status_error
 
 if TYPE_CHECKING:
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 __all__ = [
     "MAX_FILE_BYTES",

@@ -46,7 +46,7 @@ from polars_azurechat.transport.retry import is_retryable
 if TYPE_CHECKING:
     from polars_azurechat.engine.core import Run
     from polars_azurechat.engine.frontdoor import RequestShape
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
     from polars_azurechat.transport.pool import Pool, Route
 

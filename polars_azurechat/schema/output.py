@@ -89,9 +89,6 @@ _ACCEPTS: Final = (
 Source = Literal["pydantic", "json_schema", "struct"]
 
 
-# ---------------------------------------------------------------------------------------
-
-
 def _valid_name(name: Any) -> str:
     """``name`` made a valid ``json_schema.name`` (invalid characters become ``_``)."""
     if not isinstance(name, str) or not name:
