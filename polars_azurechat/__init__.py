@@ -51,14 +51,14 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
     __version__: str
 
 #: Names loaded on first use (each costs import time a job may never need).
 #: (``plan`` is not among them: importing the submodule ``polars_azurechat.plan``
 #: would set the package's ``plan`` to the module.)
-_LAZY = {"OutputSchema": "polars_azurechat.schema.core"}
+_LAZY = {"OutputSchema": "polars_azurechat.schema.output"}
 
 
 def __getattr__(name: str) -> Any:

@@ -366,7 +366,7 @@ def _schema_file(path: Path) -> Any:
     except ValueError as exc:
         msg = f"--response-format {path}: not JSON ({exc})"
         raise typer.BadParameter(msg) from None
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
     try:
         OutputSchema.from_user(schema)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from polars_azurechat.batch.mode import BatchCounts, BatchMode
     from polars_azurechat.engine.core import ChatEngine, Run, RunStats
     from polars_azurechat.engine.progress import ProgressBar
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 __all__ = ["Completer", "complete", "complete_many"]
 

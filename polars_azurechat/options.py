@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from polars_azurechat.deployments import Deployment
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 __all__ = [
     "BODY_FIELDS",
@@ -536,7 +536,7 @@ def output_schema(response_format: Any) -> OutputSchema | None:
         "json_object",
     ):
         return None
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
     return OutputSchema.from_user(response_format)
 

@@ -25,7 +25,8 @@ from polars_azurechat.emulator._structured import (
     broken_answer,
     structured_answer,
 )
-from polars_azurechat.schema.core import OutputSchema, SchemaMismatchError
+from polars_azurechat.schema.errors import SchemaMismatchError
+from polars_azurechat.schema.output import OutputSchema
 
 API_VERSION = "2024-10-21"
 

@@ -23,7 +23,7 @@ from polars_azurechat.transport.auth import KeyAuth
 from polars_azurechat.transport.http import Transport
 from polars_azurechat.transport.ramp import RAMP_FIRST, RAMP_QUIET_S, RAMP_S
 from polars_azurechat.transport.ratelimit import RateLimiter
-from polars_azurechat.transport.windows import REORDER_S, TOKEN_SHARE
+from polars_azurechat.transport.windows import TOKEN_SHARE
 
 from .fakes import FakeClock, NetworkClock
 

@@ -19,7 +19,8 @@ from pydantic import (
     field_validator,
 )
 
-from polars_azurechat.schema.core import OutputSchema, SchemaMismatchError
+from polars_azurechat.schema.errors import SchemaMismatchError
+from polars_azurechat.schema.output import OutputSchema
 
 # ---------------------------------------------------------------------------------------
 # models shared by the tests (module level: pydantic resolves annotations here)
@@ -593,7 +594,7 @@ def test_plain_model_values_match_the_schema_walker(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A plain model is read from its instances; the dict schema's walker agrees."""
-    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.core"):
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.models"):
         model = OutputSchema.from_user(Ticket)
     assert READER_LOG not in caplog.text  # no validator or serializer: read directly
     walker = OutputSchema.from_user(model.response_format)  # the dict path, no pydantic
@@ -634,7 +635,7 @@ class Plain(BaseModel):
 def test_plain_model_reader_covers_enum_values_times_and_nested_nulls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.core"):
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.models"):
         schema = OutputSchema.from_user(Plain)
     assert READER_LOG not in caplog.text
     text = json.dumps(
@@ -717,7 +718,7 @@ def test_models_with_own_code_keep_their_dump(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """What a model's own code makes of a value is what the column gets."""
-    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.core"):
+    with caplog.at_level(logging.DEBUG, logger="polars_azurechat.schema.models"):
         schema = OutputSchema.from_user(model)
     assert READER_LOG in caplog.text
     assert schema.parse(answer) == expected

@@ -65,7 +65,7 @@ from polars_azurechat.transport import tokens as _tokens
 from polars_azurechat.transport.http import parse_completion, sdk_errors, status_error
 
 if TYPE_CHECKING:
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -930,7 +930,7 @@ class BatchRunner:
 def _content_of(content: str | None) -> str:
     """A typed answer's text; no content at all is a mismatch (as online)."""
     if content is None:
-        from polars_azurechat.schema.core import SchemaMismatchError
+        from polars_azurechat.schema.errors import SchemaMismatchError
 
         raise SchemaMismatchError("the answer has no content", json_error=True)
     return content

@@ -28,7 +28,7 @@ from polars_azurechat.transport.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from polars_azurechat.engine.frontdoor import AnswerCache
     from polars_azurechat.options import ChatOptions
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 logger = logging.getLogger(__name__)
 

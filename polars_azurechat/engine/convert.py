@@ -17,7 +17,7 @@ from polars_azurechat._types import (
 from polars_azurechat.errors import InputError
 
 if TYPE_CHECKING:
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
 
 __all__ = ["check_dtype", "results_to_series", "rows_to_requests", "series_to_requests"]
 

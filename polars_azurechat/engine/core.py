@@ -39,7 +39,7 @@ from polars_azurechat.transport.ratelimit import RateLimiter
 from polars_azurechat.transport.retry import build_retrying
 
 if TYPE_CHECKING:
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
 __all__ = ["AnswerCache", "ChatEngine", "Run", "RunStats"]

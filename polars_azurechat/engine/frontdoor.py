@@ -38,7 +38,7 @@ from polars_azurechat.transport import tokens as _tokens
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.core import RunStats
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
 __all__ = ["AnswerCache", "FrontDoor", "Intake", "RequestShape"]

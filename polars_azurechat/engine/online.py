@@ -39,14 +39,14 @@ from polars_azurechat.errors import (
     TruncatedError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
-from polars_azurechat.schema.core import SchemaMismatchError
+from polars_azurechat.schema.errors import SchemaMismatchError
 from polars_azurechat.transport.http import Completion, rate_limited_resource
 from polars_azurechat.transport.retry import is_retryable
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.core import Run
     from polars_azurechat.engine.frontdoor import RequestShape
-    from polars_azurechat.schema.core import OutputSchema
+    from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
     from polars_azurechat.transport.pool import Pool, Route
 
