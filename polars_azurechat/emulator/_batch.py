@@ -64,12 +64,17 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from polars_azurechat.emulator._answers import parse_directives
+from polars_azurechat.emulator._batch_lines import (
+    Line,
+    chat_endpoint,
+    metadata_ok,
+    read_file,
+)
 from polars_azurechat.emulator._errors import error_response
 
 if TYPE_CHECKING:
@@ -91,7 +96,6 @@ ENQUEUED = frozenset({"in_progress", "finalizing"})
 _PURPOSES = frozenset(
     {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
 )
-_CHAT = "/chat/completions"
 _NOT_ANSWERED = {
     "cancelled": (
         "batch_cancelled",
@@ -102,13 +106,6 @@ _NOT_ANSWERED = {
         "This request could not be executed before the completion window expired.",
     ),
 }
-
-
-def _endpoint(url: Any) -> str | None:
-    """``/chat/completions`` for either spelling of it, else ``None``."""
-    if url in (_CHAT, "/v1" + _CHAT):
-        return _CHAT
-    return None
 
 
 @dataclasses.dataclass
@@ -134,14 +131,6 @@ class _File:
 
 
 @dataclasses.dataclass
-class _Line:
-    custom_id: str
-    body: Any
-    seconds: float  # time to answer it, on the clock
-    expire: bool  # never answered: the batch expires
-
-
-@dataclasses.dataclass
 class _Batch:
     id: str
     input_file_id: str
@@ -149,7 +138,7 @@ class _Batch:
     metadata: dict[str, str] | None
     created: float  # on the clock
     model: str | None
-    lines: list[_Line]
+    lines: list[Line]
     order: list[int]
     tokens: int
     problems: list[dict[str, Any]]
@@ -480,11 +469,11 @@ class BatchService:
                 f"The input file '{file_id}' is not processed yet (status 'pending'); "
                 "wait until it is 'processed'."
             )
-        elif _endpoint(body.get("endpoint")) is None:
+        elif chat_endpoint(body.get("endpoint")) is None:
             problem = f"The endpoint '{body.get('endpoint')}' is not supported."
         elif body.get("completion_window") != "24h":
             problem = "The completion_window must be '24h'."
-        elif not _metadata_ok(body.get("metadata")):
+        elif not metadata_ok(body.get("metadata")):
             problem = (
                 "metadata must be at most 16 string pairs (keys up to 64 characters, "
                 "values up to 512)."
@@ -584,27 +573,16 @@ class BatchService:
 
     def _parse(self, file: _File, endpoint: str, metadata: Any, now: float) -> _Batch:
         """The batch of ``file``: its lines, token estimate and validation problems."""
-        problems: list[dict[str, Any]] = []
-        lines: list[_Line] = []
-        tokens = 0
-        model: str | None = None
-        raw = file.data.splitlines()
-        while raw and not raw[-1].strip():
-            raw.pop()
-        if self._file_fits(file, raw, problems):
-            assert self._app is not None  # noqa: S101 - attach() runs first
-            lines, tokens, model = self._read_lines(raw, endpoint, problems)
-            deployments = self._app.state.settings.deployments
-            if (
-                model is not None
-                and deployments is not None
-                and model not in deployments
-            ):
-                _problem(
-                    problems,
-                    "model_not_found",
-                    f"The deployment '{model}' does not exist.",
-                )
+        assert self._app is not None  # noqa: S101 - attach() runs first
+        lines, tokens, model, problems = read_file(
+            file.data,
+            endpoint,
+            max_bytes=self.max_bytes,
+            max_lines=self.max_lines,
+            line_s=self.line_s,
+            estimate=self._app.state.tokens,
+            deployments=self._app.state.settings.deployments,
+        )
         digest = hashlib.sha256(f"{self.seed}:".encode() + file.data).digest()
         order = list(range(len(lines)))
         random.Random(digest).shuffle(order)  # noqa: S311 - not secrets
@@ -619,86 +597,6 @@ class BatchService:
             order=order,
             tokens=tokens,
             problems=problems,
-        )
-
-    def _file_fits(
-        self, file: _File, raw: list[bytes], problems: list[dict[str, Any]]
-    ) -> bool:
-        """Whether ``file`` (``raw``: its lines) fits a batch; records why not."""
-        if len(file.data) > self.max_bytes:
-            _problem(
-                problems,
-                "file_too_large",
-                f"The input file is {len(file.data)} bytes; a batch file may be at "
-                f"most {self.max_bytes} bytes.",
-            )
-        elif not raw:
-            _problem(problems, "empty_batch", "The input file has no requests.")
-        elif len(raw) > self.max_lines:
-            _problem(
-                problems,
-                "too_many_tasks",
-                f"The input file has {len(raw)} requests; a batch takes at most "
-                f"{self.max_lines}.",
-            )
-        else:
-            return True
-        return False
-
-    def _read_lines(
-        self, raw: list[bytes], endpoint: str, problems: list[dict[str, Any]]
-    ) -> tuple[list[_Line], int, str | None]:
-        """The valid lines of a file, their prompts' tokens and the model they name."""
-        assert self._app is not None  # noqa: S101 - attach() runs first
-        estimate = self._app.state.tokens
-        lines: list[_Line] = []
-        tokens = 0
-        model: str | None = None
-        seen: set[str] = set()
-        for number, text in enumerate(raw, start=1):
-            request = _line_request(text, number, endpoint, problems)
-            if request is None:
-                continue
-            custom_id, body = request
-            line_model = body.get("model")
-            if model is None:
-                model = str(line_model)
-            elif line_model != model:
-                _problem(
-                    problems,
-                    "model_mismatch",
-                    f"Line {number} names the model '{line_model}' but line 1 "
-                    f"names '{model}': every line of a file must name the same "
-                    "deployment.",
-                    number,
-                )
-                continue
-            if custom_id in seen:
-                _problem(
-                    problems,
-                    "duplicate_custom_id",
-                    f"The custom_id '{custom_id}' of line {number} is not unique.",
-                    number,
-                )
-                continue
-            seen.add(custom_id)
-            pairs, last_user = _pairs(body)
-            tokens += estimate.prompt(pairs) if pairs else 0
-            lines.append(self._line(custom_id, body, last_user))
-        return lines, tokens, model
-
-    def _line(self, custom_id: str, body: dict[str, Any], last_user: str) -> _Line:
-        """A valid line, its time to answer and expiry set by its directives."""
-        directives = parse_directives(last_user)
-        try:
-            slow = float(directives.get("batch_slow") or 0)
-        except ValueError:
-            slow = 0.0
-        return _Line(
-            custom_id=custom_id,
-            body=body,
-            seconds=self.line_s + max(0.0, slow),
-            expire="batch_expire" in directives,
         )
 
     # -- progress ------------------------------------------------------------------
@@ -866,75 +764,3 @@ class BatchService:
         )
         self._files[file.id] = file
         return file.id
-
-
-def _problem(
-    problems: list[dict[str, Any]], code: str, message: str, line: int | None = None
-) -> None:
-    """Record a validation problem of a batch file (the first 50 are kept)."""
-    if len(problems) < 50:
-        problems.append({"code": code, "message": message, "param": None, "line": line})
-
-
-def _line_request(
-    text: bytes, number: int, endpoint: str, problems: list[dict[str, Any]]
-) -> tuple[str, dict[str, Any]] | None:
-    """A line's ``custom_id`` and body, or ``None`` (the problem recorded)."""
-    try:
-        item = json.loads(text)
-    except ValueError:
-        _problem(problems, "invalid_json_line", f"Line {number} is not JSON.", number)
-        return None
-    if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
-        _problem(
-            problems,
-            "invalid_request",
-            f"Line {number} has no string 'custom_id'.",
-            number,
-        )
-        return None
-    body = item.get("body")
-    if item.get("method") != "POST" or not isinstance(body, dict):
-        _problem(
-            problems,
-            "invalid_request",
-            f"Line {number} must have method 'POST' and an object 'body'.",
-            number,
-        )
-        return None
-    if _endpoint(item.get("url")) != _endpoint(endpoint):
-        _problem(
-            problems,
-            "url_mismatch",
-            f"The url '{item.get('url')}' of line {number} does not match "
-            f"the batch's endpoint '{endpoint}'.",
-            number,
-        )
-        return None
-    return item["custom_id"], body
-
-
-def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
-    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable)."""
-    try:
-        pairs = [(str(m["role"]), str(m["content"])) for m in body["messages"]]
-    except (KeyError, TypeError):
-        return [], ""
-    last_user = next(
-        (content for role, content in reversed(pairs) if role == "user"),
-        pairs[-1][1] if pairs else "",
-    )
-    return pairs, last_user
-
-
-def _metadata_ok(metadata: Any) -> bool:
-    if metadata is None:
-        return True
-    return (
-        isinstance(metadata, dict)
-        and len(metadata) <= 16
-        and all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    )
