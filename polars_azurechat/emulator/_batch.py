@@ -4,13 +4,8 @@ Paths, bodies and statuses are Azure's (the openai SDK's ``files`` and ``batches
 resources work against them unchanged), every call needs ``?api-version=`` and the
 same key or Entra ID token as the chat endpoint:
 
-``POST /openai/files``
-    multipart upload (``purpose``, ``file``); a ``batch`` file must be named
-    ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
-    ``processed``.
-``GET /openai/files`` (``purpose``, ``limit``, ``after``, ``order``), ``GET|DELETE
-/openai/files/{id}``, ``GET /openai/files/{id}/content``
-    list, retrieve, delete, download.
+``/openai/files``
+    upload, list, retrieve, delete, download: ``emulator/_files.py``.
 ``POST /openai/batches``
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
     metadata}``; the file must be a processed ``batch`` file.
@@ -50,6 +45,8 @@ Time is read from ``clock`` (default: the emulator's clock), so a test with a fa
 clock moves a batch through its statuses without sleeping: every request on these
 endpoints first brings the batches up to the clock's time, and a background task on
 the emulator's loop does it every ``tick_s`` seconds as well.
+
+An input file's lines are read and checked in ``emulator/_batch_lines.py``.
 """
 
 from __future__ import annotations
@@ -65,9 +62,9 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from polars_azurechat.emulator._batch_lines import (
     Line,
@@ -76,6 +73,7 @@ from polars_azurechat.emulator._batch_lines import (
     read_file,
 )
 from polars_azurechat.emulator._errors import error_response
+from polars_azurechat.emulator._files import File, FileStore, page
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._server import _App
@@ -93,9 +91,16 @@ TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 #: The statuses whose tokens count as enqueued on their deployment.
 ENQUEUED = frozenset({"in_progress", "finalizing"})
 
-_PURPOSES = frozenset(
-    {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
-)
+#: The names of the counters (:meth:`BatchService.snapshot`).
+Counter = Literal[
+    "files_uploaded",
+    "files_deleted",
+    "batches_created",
+    "cancels",
+    "lines_answered",
+    "lines_failed",
+]
+
 _NOT_ANSWERED = {
     "cancelled": (
         "batch_cancelled",
@@ -106,28 +111,6 @@ _NOT_ANSWERED = {
         "This request could not be executed before the completion window expired.",
     ),
 }
-
-
-@dataclasses.dataclass
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-    ready: float  # processed from this time on the clock
-
-    def as_json(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.data),
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed" if now >= self.ready else "pending",
-            "status_details": None,
-        }
 
 
 @dataclasses.dataclass
@@ -236,7 +219,7 @@ class BatchService:
         self._clock0 = self.clock()
         self._wall0 = time.time()
         self._app: _App | None = None
-        self._files: dict[str, _File] = {}
+        self._files = FileStore(self)
         self._batches: dict[str, _Batch] = {}
         self._lock = threading.Lock()  # counters: read from other threads
         self._lines = 0
@@ -252,11 +235,7 @@ class BatchService:
             self._clock0 = self.clock()
             self._wall0 = time.time()
         router = app.app.router
-        router.add_post("/openai/files", self.upload)
-        router.add_get("/openai/files", self.list_files)
-        router.add_get("/openai/files/{file_id}", self.get_file)
-        router.add_delete("/openai/files/{file_id}", self.delete_file)
-        router.add_get("/openai/files/{file_id}/content", self.file_content)
+        self._files.add_routes(router)
         router.add_post("/openai/batches", self.create_batch)
         router.add_get("/openai/batches", self.list_batches)
         router.add_get("/openai/batches/{batch_id}", self.get_batch)
@@ -294,11 +273,16 @@ class BatchService:
                 "batches": dict(sorted(statuses.items())),
             }
 
-    def _epoch(self, t: float) -> int:
+    def count(self, counter: Counter) -> None:
+        """Add one to the counter named ``counter`` (see :meth:`snapshot`)."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def epoch(self, t: float) -> int:
         """A time on the clock as Unix seconds."""
         return int(self._wall0 + (t - self._clock0))
 
-    async def _guard(self, request: web.Request) -> web.Response | None:
+    async def guard(self, request: web.Request) -> web.Response | None:
         """The answer refusing ``request`` (no api-version, bad credential), if any.
 
         An accepted request first brings every batch up to the clock's time.
@@ -312,140 +296,11 @@ class BatchService:
         await self._advance_all()
         return None
 
-    # -- files -------------------------------------------------------------------
-
-    async def upload(self, request: web.Request) -> web.Response:
-        """``POST /openai/files``: a multipart upload."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        purpose: str | None = None
-        filename: str | None = None
-        data: bytes | None = None
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "purpose":
-                    purpose = (await part.text()).strip()
-                elif part.name == "file":
-                    filename = part.filename or ""
-                    data = bytes(await part.read())
-        except (AssertionError, ValueError, KeyError):
-            purpose = None
-        if purpose is None or data is None:
-            return error_response(
-                400,
-                "invalidPayload",
-                "A multipart body with the fields 'purpose' and 'file' is required.",
-            )
-        if purpose not in _PURPOSES:
-            return error_response(
-                400, "invalidPayload", f"The purpose '{purpose}' is not supported."
-            )
-        if purpose == "batch" and not (filename or "").endswith(".jsonl"):
-            return error_response(
-                400,
-                "invalidPayload",
-                "A file for batch must be a JSON Lines file named '*.jsonl'.",
-            )
-        now = self.clock()
-        file = _File(
-            id=f"file-{uuid.uuid4().hex}",
-            filename=filename or "",
-            purpose=purpose,
-            data=data,
-            created_at=self._epoch(now),
-            ready=now + self.file_processing_s,
-        )
-        self._files[file.id] = file
-        with self._lock:
-            self.files_uploaded += 1
-        logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
-        return web.json_response(file.as_json(now), status=201)
-
-    def _file(self, request: web.Request) -> _File | web.Response:
-        file_id = request.match_info["file_id"]
-        file = self._files.get(file_id)
-        if file is None:
-            return error_response(404, "fileNotFound", f"File {file_id} not found.")
-        return file
-
-    async def list_files(self, request: web.Request) -> web.Response:
-        """``GET /openai/files``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        now = self.clock()
-        purpose = request.query.get("purpose")
-        files = [f for f in self._files.values() if purpose in (None, f.purpose)]
-        if request.query.get("order", "desc") == "desc":
-            files.reverse()
-        return self._page(request, [f.as_json(now) for f in files], 10_000)
-
-    async def get_file(self, request: web.Request) -> web.Response:
-        """``GET /openai/files/{id}``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        return web.json_response(file.as_json(self.clock()))
-
-    async def delete_file(self, request: web.Request) -> web.Response:
-        """``DELETE /openai/files/{id}``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        del self._files[file.id]
-        with self._lock:
-            self.files_deleted += 1
-        return web.json_response({"id": file.id, "object": "file", "deleted": True})
-
-    async def file_content(self, request: web.Request) -> web.Response:
-        """``GET /openai/files/{id}/content``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        return web.Response(body=file.data, content_type="application/octet-stream")
-
-    @staticmethod
-    def _page(
-        request: web.Request, items: list[dict[str, Any]], default_limit: int
-    ) -> web.Response:
-        """One page of a list, with the cursor (``after``) and ``limit`` the SDK sends."""
-        after = request.query.get("after")
-        if after is not None:
-            ids = [item["id"] for item in items]
-            items = items[ids.index(after) + 1 :] if after in ids else []
-        try:
-            limit = max(1, int(request.query.get("limit", default_limit)))
-        except ValueError:
-            limit = default_limit
-        page, more = items[:limit], len(items) > limit
-        return web.json_response(
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": more,
-            }
-        )
-
     # -- batches -----------------------------------------------------------------
 
     async def create_batch(self, request: web.Request) -> web.Response:
         """``POST /openai/batches``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         try:
@@ -489,15 +344,15 @@ class BatchService:
 
     async def list_batches(self, request: web.Request) -> web.Response:
         """``GET /openai/batches``: newest first."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batches = [self._batch_json(b) for b in reversed(self._batches.values())]
-        return self._page(request, batches, 20)
+        return page(request, batches, 20)
 
     async def get_batch(self, request: web.Request) -> web.Response:
         """``GET /openai/batches/{id}``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batch = self._batch(request)
@@ -507,7 +362,7 @@ class BatchService:
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
         """``POST /openai/batches/{id}/cancel``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batch = self._batch(request)
@@ -537,7 +392,7 @@ class BatchService:
     def _batch_json(self, b: _Batch) -> dict[str, Any]:
         def at(name: str) -> int | None:
             t = b.times.get(name)
-            return None if t is None else self._epoch(t)
+            return None if t is None else self.epoch(t)
 
         validated = b.status != "validating" and b.error_data is None
         return {
@@ -554,9 +409,9 @@ class BatchService:
             "status": b.status,
             "output_file_id": b.output_file_id,
             "error_file_id": b.error_file_id,
-            "created_at": self._epoch(b.created),
+            "created_at": self.epoch(b.created),
             "in_progress_at": at("in_progress"),
-            "expires_at": self._epoch(b.created + self.completion_window_s),
+            "expires_at": self.epoch(b.created + self.completion_window_s),
             "finalizing_at": at("finalizing"),
             "completed_at": at("completed"),
             "failed_at": at("failed"),
@@ -571,7 +426,7 @@ class BatchService:
             "metadata": b.metadata,
         }
 
-    def _parse(self, file: _File, endpoint: str, metadata: Any, now: float) -> _Batch:
+    def _parse(self, file: File, endpoint: str, metadata: Any, now: float) -> _Batch:
         """The batch of ``file``: its lines, token estimate and validation problems."""
         assert self._app is not None  # noqa: S101 - attach() runs first
         lines, tokens, model, problems = read_file(
@@ -754,13 +609,7 @@ class BatchService:
             json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
             for line in lines
         ).encode()
-        file = _File(
-            id=f"file-{uuid.uuid4().hex}",
-            filename=f"{batch_id}_{kind}.jsonl",
-            purpose="batch_output",
-            data=data,
-            created_at=self._epoch(at),
-            ready=at,
+        file = self._files.add(
+            f"{batch_id}_{kind}.jsonl", "batch_output", data, at=at, ready=at
         )
-        self._files[file.id] = file
         return file.id
