@@ -46,14 +46,14 @@ clock moves a batch through its statuses without sleeping: every request on thes
 endpoints first brings the batches up to the clock's time, and a background task on
 the emulator's loop does it every ``tick_s`` seconds as well.
 
-An input file's lines are read and checked in ``emulator/_batch_lines.py``.
+An input file's lines are read and checked in ``emulator/_batch_lines.py``; a batch's
+record, its answers and its JSON are in ``emulator/_batch_record.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -67,11 +67,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 
 from polars_azurechat.emulator._batch_lines import (
-    Line,
     chat_endpoint,
     metadata_ok,
     read_file,
 )
+from polars_azurechat.emulator._batch_record import Batch
 from polars_azurechat.emulator._errors import error_response
 from polars_azurechat.emulator._files import File, FileStore, page
 
@@ -100,44 +100,6 @@ Counter = Literal[
     "lines_answered",
     "lines_failed",
 ]
-
-_NOT_ANSWERED = {
-    "cancelled": (
-        "batch_cancelled",
-        "This request could not be executed before the batch was cancelled.",
-    ),
-    "expired": (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
-}
-
-
-@dataclasses.dataclass
-class _Batch:
-    id: str
-    input_file_id: str
-    endpoint: str
-    metadata: dict[str, str] | None
-    created: float  # on the clock
-    model: str | None
-    lines: list[Line]
-    order: list[int]
-    tokens: int
-    problems: list[dict[str, Any]]
-    status: str = "validating"
-    times: dict[str, float] = dataclasses.field(default_factory=dict)
-    done: int = 0  # positions of ``order`` handled
-    due: float = 0.0  # when the last answered line ended, on the clock
-    answered: set[int] = dataclasses.field(default_factory=set)
-    output: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    completed: int = 0
-    failed: int = 0
-    error_data: list[dict[str, Any]] | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 class BatchService:
@@ -220,7 +182,7 @@ class BatchService:
         self._wall0 = time.time()
         self._app: _App | None = None
         self._files = FileStore(self)
-        self._batches: dict[str, _Batch] = {}
+        self._batches: dict[str, Batch] = {}
         self._lock = threading.Lock()  # counters: read from other threads
         self._lines = 0
         self.reset()
@@ -382,51 +344,17 @@ class BatchService:
                     self.cancels += 1
         return web.json_response(self._batch_json(batch))
 
-    def _batch(self, request: web.Request) -> _Batch | web.Response:
+    def _batch(self, request: web.Request) -> Batch | web.Response:
         batch_id = request.match_info["batch_id"]
         batch = self._batches.get(batch_id)
         if batch is None:
             return error_response(404, "batchNotFound", f"Batch {batch_id} not found.")
         return batch
 
-    def _batch_json(self, b: _Batch) -> dict[str, Any]:
-        def at(name: str) -> int | None:
-            t = b.times.get(name)
-            return None if t is None else self.epoch(t)
+    def _batch_json(self, b: Batch) -> dict[str, Any]:
+        return b.as_json(self.epoch, self.completion_window_s)
 
-        validated = b.status != "validating" and b.error_data is None
-        return {
-            "id": b.id,
-            "object": "batch",
-            "endpoint": b.endpoint,
-            "errors": (
-                None
-                if b.error_data is None
-                else {"object": "list", "data": b.error_data}
-            ),
-            "input_file_id": b.input_file_id,
-            "completion_window": "24h",
-            "status": b.status,
-            "output_file_id": b.output_file_id,
-            "error_file_id": b.error_file_id,
-            "created_at": self.epoch(b.created),
-            "in_progress_at": at("in_progress"),
-            "expires_at": self.epoch(b.created + self.completion_window_s),
-            "finalizing_at": at("finalizing"),
-            "completed_at": at("completed"),
-            "failed_at": at("failed"),
-            "expired_at": at("expired"),
-            "cancelling_at": at("cancelling"),
-            "cancelled_at": at("cancelled"),
-            "request_counts": {
-                "total": len(b.lines) if validated else 0,
-                "completed": b.completed,
-                "failed": b.failed,
-            },
-            "metadata": b.metadata,
-        }
-
-    def _parse(self, file: File, endpoint: str, metadata: Any, now: float) -> _Batch:
+    def _parse(self, file: File, endpoint: str, metadata: Any, now: float) -> Batch:
         """The batch of ``file``: its lines, token estimate and validation problems."""
         assert self._app is not None  # noqa: S101 - attach() runs first
         lines, tokens, model, problems = read_file(
@@ -441,7 +369,7 @@ class BatchService:
         digest = hashlib.sha256(f"{self.seed}:".encode() + file.data).digest()
         order = list(range(len(lines)))
         random.Random(digest).shuffle(order)  # noqa: S311 - not secrets
-        return _Batch(
+        return Batch(
             id=f"batch_{uuid.uuid4().hex}",
             input_file_id=file.id,
             endpoint=endpoint,
@@ -478,7 +406,7 @@ class BatchService:
             if batch.status not in TERMINAL:
                 await self._advance(batch, now)
 
-    async def _advance(self, b: _Batch, now: float) -> None:
+    async def _advance(self, b: Batch, now: float) -> None:
         async with b.lock:
             if b.status == "validating":
                 start = b.created + self.validating_s
@@ -504,7 +432,7 @@ class BatchService:
                 if now >= end:
                     self._finish(b, "cancelled", end)
 
-    def _validate(self, b: _Batch, at: float) -> bool:
+    def _validate(self, b: Batch, at: float) -> bool:
         """End validation at ``at``: ``in_progress``, or ``failed`` (returns False)."""
         limit = self.enqueued_tokens_limit
         if not b.problems and limit is not None:
@@ -538,7 +466,7 @@ class BatchService:
         b.due = at
         return True
 
-    async def _answer_due(self, b: _Batch, until: float) -> None:
+    async def _answer_due(self, b: Batch, until: float) -> None:
         """Answer the lines whose time has come by ``until``, in the batch's order."""
         assert self._app is not None  # noqa: S101 - attach() runs first
         while b.done < len(b.order):
@@ -556,22 +484,8 @@ class BatchService:
             lane = self._app.state.lane(str(b.model))
             response = await self._app.answer(lane, line.body, n=n)
             status = response.status
-            out = {
-                "id": f"batch_req_{uuid.uuid4().hex}",
-                "custom_id": line.custom_id,
-                "response": {
-                    "status_code": status,
-                    "request_id": f"emu-batch-{n}",
-                    "body": json.loads(response.text or "null"),
-                },
-                "error": None,
-            }
-            if status == 200:
-                b.output.append(out)
-                b.completed += 1
-            else:
-                b.errors.append(out)
-                b.failed += 1
+            body = json.loads(response.text or "null")
+            b.add_answer(line, status, f"emu-batch-{n}", body)
             with self._lock:
                 self.lines_answered += 1
                 self.lines_failed += status != 200
@@ -579,22 +493,9 @@ class BatchService:
             b.due = end
             b.done += 1
 
-    def _finish(self, b: _Batch, status: str, at: float) -> None:
+    def _finish(self, b: Batch, status: str, at: float) -> None:
         """End ``b`` with ``status`` at ``at``: write its output and error files."""
-        code_message = _NOT_ANSWERED.get(status)
-        if code_message is not None:
-            code, message = code_message
-            for index, line in enumerate(b.lines):
-                if index not in b.answered:
-                    b.errors.append(
-                        {
-                            "id": f"batch_req_{uuid.uuid4().hex}",
-                            "custom_id": line.custom_id,
-                            "response": None,
-                            "error": {"code": code, "message": message},
-                        }
-                    )
-                    b.failed += 1
+        b.add_not_answered(status)
         b.output_file_id = self._output_file(b.id, "output", b.output, at)
         if b.errors or self.empty_error_file:
             b.error_file_id = self._output_file(b.id, "error", b.errors, at)
