@@ -46,8 +46,9 @@ clock moves a batch through its statuses without sleeping: every request on thes
 endpoints first brings the batches up to the clock's time, and a background task on
 the emulator's loop does it every ``tick_s`` seconds as well.
 
-An input file's lines are read and checked in ``emulator/_batch_lines.py``; a batch's
-record, its answers and its JSON are in ``emulator/_batch_record.py``.
+A create request and its input file's lines are checked in
+``emulator/_batch_lines.py``; a batch's record, its answers and its JSON are in
+``emulator/_batch_record.py``.
 """
 
 from __future__ import annotations
@@ -66,11 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
-from polars_azurechat.emulator._batch_lines import (
-    chat_endpoint,
-    metadata_ok,
-    read_file,
-)
+from polars_azurechat.emulator._batch_lines import read_file, request_problem
 from polars_azurechat.emulator._batch_record import Batch
 from polars_azurechat.emulator._errors import error_response
 from polars_azurechat.emulator._files import File, FileStore, page
@@ -276,25 +273,7 @@ class BatchService:
         file_id = body.get("input_file_id")
         file = self._files.get(file_id) if isinstance(file_id, str) else None
         now = self.clock()
-        problem = None
-        if file is None:
-            problem = f"The input file '{file_id}' does not exist."
-        elif file.purpose != "batch":
-            problem = f"The input file '{file_id}' was not uploaded for 'batch'."
-        elif now < file.ready:
-            problem = (
-                f"The input file '{file_id}' is not processed yet (status 'pending'); "
-                "wait until it is 'processed'."
-            )
-        elif chat_endpoint(body.get("endpoint")) is None:
-            problem = f"The endpoint '{body.get('endpoint')}' is not supported."
-        elif body.get("completion_window") != "24h":
-            problem = "The completion_window must be '24h'."
-        elif not metadata_ok(body.get("metadata")):
-            problem = (
-                "metadata must be at most 16 string pairs (keys up to 64 characters, "
-                "values up to 512)."
-            )
+        problem = request_problem(body, file, now)
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)

@@ -1,12 +1,14 @@
-"""The lines of a batch input file, read and checked (the emulator's Global Batch API).
+"""What a batch is made of, checked: its create request and its input file's lines.
 
-A batch (``emulator/_batch.py``) takes the valid lines of its input file: each a JSON
-object with a string ``custom_id``, ``"method": "POST"``, the batch's ``url`` and an
-object ``body``, every line naming the first line's model, no ``custom_id`` twice.
-Whatever is wrong is recorded as a problem (``{"code", "message", "param", "line"}``;
-the first 50), and the batch fails validation with them. A line's directives
-(``[emu:batch_slow=N]``, ``[emu:batch_expire]``) set how long it takes to answer and
-whether it is answered at all.
+A create request (``POST /openai/batches``) names a processed ``batch`` file, the
+``/chat/completions`` endpoint, the ``24h`` window and at most 16 short metadata pairs;
+otherwise it is refused (:func:`request_problem`). The batch (``emulator/_batch.py``)
+then takes the valid lines of its input file: each a JSON object with a string
+``custom_id``, ``"method": "POST"``, the batch's ``url`` and an object ``body``, every
+line naming the first line's model, no ``custom_id`` twice. Whatever is wrong is
+recorded as a problem (``{"code", "message", "param", "line"}``; the first 50), and
+the batch fails validation with them. A line's directives (``[emu:batch_slow=N]``,
+``[emu:batch_expire]``) set how long it takes to answer and whether it is answered.
 """
 
 from __future__ import annotations
@@ -19,17 +21,54 @@ from typing import TYPE_CHECKING, Any
 from polars_azurechat.emulator._answers import parse_directives
 
 if TYPE_CHECKING:
+    from polars_azurechat.emulator._files import File
     from polars_azurechat.emulator._tokens import Estimator
 
-__all__ = ["Line", "chat_endpoint", "metadata_ok", "read_file"]
+__all__ = ["Line", "read_file", "request_problem"]
 
 _CHAT = "/chat/completions"
 
 
-def chat_endpoint(url: Any) -> str | None:
+def _endpoint(url: Any) -> str | None:
     """``/chat/completions`` for either spelling of it, else ``None``."""
     if url in (_CHAT, "/v1" + _CHAT):
         return _CHAT
+    return None
+
+
+def request_problem(
+    body: Mapping[str, Any], file: File | None, now: float
+) -> str | None:
+    """Why a create request cannot make a batch of ``file`` at ``now`` (``None``: it can).
+
+    Parameters
+    ----------
+    body
+        The request's JSON body.
+    file
+        The input file it names, if it exists.
+    now
+        The time on the clock.
+    """
+    file_id = body.get("input_file_id")
+    if file is None:
+        return f"The input file '{file_id}' does not exist."
+    if file.purpose != "batch":
+        return f"The input file '{file_id}' was not uploaded for 'batch'."
+    if now < file.ready:
+        return (
+            f"The input file '{file_id}' is not processed yet (status 'pending'); "
+            "wait until it is 'processed'."
+        )
+    if _endpoint(body.get("endpoint")) is None:
+        return f"The endpoint '{body.get('endpoint')}' is not supported."
+    if body.get("completion_window") != "24h":
+        return "The completion_window must be '24h'."
+    if not _metadata_ok(body.get("metadata")):
+        return (
+            "metadata must be at most 16 string pairs (keys up to 64 characters, "
+            "values up to 512)."
+        )
     return None
 
 
@@ -217,7 +256,7 @@ def _line_request(
             number,
         )
         return None
-    if chat_endpoint(item.get("url")) != chat_endpoint(endpoint):
+    if _endpoint(item.get("url")) != _endpoint(endpoint):
         _problem(
             problems,
             "url_mismatch",
@@ -242,8 +281,7 @@ def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
     return pairs, last_user
 
 
-def metadata_ok(metadata: Any) -> bool:
-    """Whether a batch's ``metadata`` is ``None`` or at most 16 short string pairs."""
+def _metadata_ok(metadata: Any) -> bool:
     if metadata is None:
         return True
     return (
