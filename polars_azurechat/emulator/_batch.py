@@ -278,8 +278,7 @@ class BatchService:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)
         self._batches[batch.id] = batch
-        with self._lock:
-            self.batches_created += 1
+        self.count("batches_created")
         logger.debug("batch %s created (%d lines)", batch.id, len(batch.lines))
         return web.json_response(self._batch_json(batch))
 
@@ -319,8 +318,7 @@ class BatchService:
             if batch.status != "cancelling":
                 batch.status = "cancelling"
                 batch.times["cancelling"] = self.clock()
-                with self._lock:
-                    self.cancels += 1
+                self.count("cancels")
         return web.json_response(self._batch_json(batch))
 
     def _batch(self, request: web.Request) -> Batch | web.Response:
