@@ -4,13 +4,8 @@ Paths, bodies and statuses are Azure's (the openai SDK's ``files`` and ``batches
 resources work against them unchanged), every call needs ``?api-version=`` and the
 same key or Entra ID token as the chat endpoint:
 
-``POST /openai/files``
-    multipart upload (``purpose``, ``file``); a ``batch`` file must be named
-    ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
-    ``processed``.
-``GET /openai/files`` (``purpose``, ``limit``, ``after``, ``order``), ``GET|DELETE
-/openai/files/{id}``, ``GET /openai/files/{id}/content``
-    list, retrieve, delete, download.
+``/openai/files``
+    upload, list, retrieve, delete, download: ``emulator/_files.py``.
 ``POST /openai/batches``
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
     metadata}``; the file must be a processed ``batch`` file.
@@ -50,13 +45,16 @@ Time is read from ``clock`` (default: the emulator's clock), so a test with a fa
 clock moves a batch through its statuses without sleeping: every request on these
 endpoints first brings the batches up to the clock's time, and a background task on
 the emulator's loop does it every ``tick_s`` seconds as well.
+
+A create request and its input file's lines are checked in
+``emulator/_batch_lines.py``; a batch's record, its answers and its JSON are in
+``emulator/_batch_record.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -64,13 +62,15 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from polars_azurechat.emulator._answers import parse_directives
+from polars_azurechat.emulator._batch_lines import read_file, request_problem
+from polars_azurechat.emulator._batch_record import Batch
 from polars_azurechat.emulator._errors import error_response
+from polars_azurechat.emulator._files import File, FileStore, page
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._server import _App
@@ -88,84 +88,15 @@ TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 #: The statuses whose tokens count as enqueued on their deployment.
 ENQUEUED = frozenset({"in_progress", "finalizing"})
 
-_PURPOSES = frozenset(
-    {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
-)
-_CHAT = "/chat/completions"
-_NOT_ANSWERED = {
-    "cancelled": (
-        "batch_cancelled",
-        "This request could not be executed before the batch was cancelled.",
-    ),
-    "expired": (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
-}
-
-
-def _endpoint(url: Any) -> str | None:
-    """``/chat/completions`` for either spelling of it, else ``None``."""
-    if url in (_CHAT, "/v1" + _CHAT):
-        return _CHAT
-    return None
-
-
-@dataclasses.dataclass
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-    ready: float  # processed from this time on the clock
-
-    def as_json(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.data),
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed" if now >= self.ready else "pending",
-            "status_details": None,
-        }
-
-
-@dataclasses.dataclass
-class _Line:
-    custom_id: str
-    body: Any
-    seconds: float  # time to answer it, on the clock
-    expire: bool  # never answered: the batch expires
-
-
-@dataclasses.dataclass
-class _Batch:
-    id: str
-    input_file_id: str
-    endpoint: str
-    metadata: dict[str, str] | None
-    created: float  # on the clock
-    model: str | None
-    lines: list[_Line]
-    order: list[int]
-    tokens: int
-    problems: list[dict[str, Any]]
-    status: str = "validating"
-    times: dict[str, float] = dataclasses.field(default_factory=dict)
-    done: int = 0  # positions of ``order`` handled
-    due: float = 0.0  # when the last answered line ended, on the clock
-    answered: set[int] = dataclasses.field(default_factory=set)
-    output: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    completed: int = 0
-    failed: int = 0
-    error_data: list[dict[str, Any]] | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+#: The names of the counters (:meth:`BatchService.snapshot`).
+Counter = Literal[
+    "files_uploaded",
+    "files_deleted",
+    "batches_created",
+    "cancels",
+    "lines_answered",
+    "lines_failed",
+]
 
 
 class BatchService:
@@ -247,8 +178,8 @@ class BatchService:
         self._clock0 = self.clock()
         self._wall0 = time.time()
         self._app: _App | None = None
-        self._files: dict[str, _File] = {}
-        self._batches: dict[str, _Batch] = {}
+        self._files = FileStore(self)
+        self._batches: dict[str, Batch] = {}
         self._lock = threading.Lock()  # counters: read from other threads
         self._lines = 0
         self.reset()
@@ -263,11 +194,7 @@ class BatchService:
             self._clock0 = self.clock()
             self._wall0 = time.time()
         router = app.app.router
-        router.add_post("/openai/files", self.upload)
-        router.add_get("/openai/files", self.list_files)
-        router.add_get("/openai/files/{file_id}", self.get_file)
-        router.add_delete("/openai/files/{file_id}", self.delete_file)
-        router.add_get("/openai/files/{file_id}/content", self.file_content)
+        self._files.add_routes(router)
         router.add_post("/openai/batches", self.create_batch)
         router.add_get("/openai/batches", self.list_batches)
         router.add_get("/openai/batches/{batch_id}", self.get_batch)
@@ -305,11 +232,16 @@ class BatchService:
                 "batches": dict(sorted(statuses.items())),
             }
 
-    def _epoch(self, t: float) -> int:
+    def count(self, counter: Counter) -> None:
+        """Add one to the counter named ``counter`` (see :meth:`snapshot`)."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def epoch(self, t: float) -> int:
         """A time on the clock as Unix seconds."""
         return int(self._wall0 + (t - self._clock0))
 
-    async def _guard(self, request: web.Request) -> web.Response | None:
+    async def guard(self, request: web.Request) -> web.Response | None:
         """The answer refusing ``request`` (no api-version, bad credential), if any.
 
         An accepted request first brings every batch up to the clock's time.
@@ -323,140 +255,11 @@ class BatchService:
         await self._advance_all()
         return None
 
-    # -- files -------------------------------------------------------------------
-
-    async def upload(self, request: web.Request) -> web.Response:
-        """``POST /openai/files``: a multipart upload."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        purpose: str | None = None
-        filename: str | None = None
-        data: bytes | None = None
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "purpose":
-                    purpose = (await part.text()).strip()
-                elif part.name == "file":
-                    filename = part.filename or ""
-                    data = bytes(await part.read())
-        except (AssertionError, ValueError, KeyError):
-            purpose = None
-        if purpose is None or data is None:
-            return error_response(
-                400,
-                "invalidPayload",
-                "A multipart body with the fields 'purpose' and 'file' is required.",
-            )
-        if purpose not in _PURPOSES:
-            return error_response(
-                400, "invalidPayload", f"The purpose '{purpose}' is not supported."
-            )
-        if purpose == "batch" and not (filename or "").endswith(".jsonl"):
-            return error_response(
-                400,
-                "invalidPayload",
-                "A file for batch must be a JSON Lines file named '*.jsonl'.",
-            )
-        now = self.clock()
-        file = _File(
-            id=f"file-{uuid.uuid4().hex}",
-            filename=filename or "",
-            purpose=purpose,
-            data=data,
-            created_at=self._epoch(now),
-            ready=now + self.file_processing_s,
-        )
-        self._files[file.id] = file
-        with self._lock:
-            self.files_uploaded += 1
-        logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
-        return web.json_response(file.as_json(now), status=201)
-
-    def _file(self, request: web.Request) -> _File | web.Response:
-        file_id = request.match_info["file_id"]
-        file = self._files.get(file_id)
-        if file is None:
-            return error_response(404, "fileNotFound", f"File {file_id} not found.")
-        return file
-
-    async def list_files(self, request: web.Request) -> web.Response:
-        """``GET /openai/files``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        now = self.clock()
-        purpose = request.query.get("purpose")
-        files = [f for f in self._files.values() if purpose in (None, f.purpose)]
-        if request.query.get("order", "desc") == "desc":
-            files.reverse()
-        return self._page(request, [f.as_json(now) for f in files], 10_000)
-
-    async def get_file(self, request: web.Request) -> web.Response:
-        """``GET /openai/files/{id}``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        return web.json_response(file.as_json(self.clock()))
-
-    async def delete_file(self, request: web.Request) -> web.Response:
-        """``DELETE /openai/files/{id}``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        del self._files[file.id]
-        with self._lock:
-            self.files_deleted += 1
-        return web.json_response({"id": file.id, "object": "file", "deleted": True})
-
-    async def file_content(self, request: web.Request) -> web.Response:
-        """``GET /openai/files/{id}/content``."""
-        refused = await self._guard(request)
-        if refused is not None:
-            return refused
-        file = self._file(request)
-        if isinstance(file, web.Response):
-            return file
-        return web.Response(body=file.data, content_type="application/octet-stream")
-
-    @staticmethod
-    def _page(
-        request: web.Request, items: list[dict[str, Any]], default_limit: int
-    ) -> web.Response:
-        """One page of a list, with the cursor (``after``) and ``limit`` the SDK sends."""
-        after = request.query.get("after")
-        if after is not None:
-            ids = [item["id"] for item in items]
-            items = items[ids.index(after) + 1 :] if after in ids else []
-        try:
-            limit = max(1, int(request.query.get("limit", default_limit)))
-        except ValueError:
-            limit = default_limit
-        page, more = items[:limit], len(items) > limit
-        return web.json_response(
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": more,
-            }
-        )
-
     # -- batches -----------------------------------------------------------------
 
     async def create_batch(self, request: web.Request) -> web.Response:
         """``POST /openai/batches``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         try:
@@ -470,45 +273,26 @@ class BatchService:
         file_id = body.get("input_file_id")
         file = self._files.get(file_id) if isinstance(file_id, str) else None
         now = self.clock()
-        problem = None
-        if file is None:
-            problem = f"The input file '{file_id}' does not exist."
-        elif file.purpose != "batch":
-            problem = f"The input file '{file_id}' was not uploaded for 'batch'."
-        elif now < file.ready:
-            problem = (
-                f"The input file '{file_id}' is not processed yet (status 'pending'); "
-                "wait until it is 'processed'."
-            )
-        elif _endpoint(body.get("endpoint")) is None:
-            problem = f"The endpoint '{body.get('endpoint')}' is not supported."
-        elif body.get("completion_window") != "24h":
-            problem = "The completion_window must be '24h'."
-        elif not _metadata_ok(body.get("metadata")):
-            problem = (
-                "metadata must be at most 16 string pairs (keys up to 64 characters, "
-                "values up to 512)."
-            )
+        problem = request_problem(body, file, now)
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)
         self._batches[batch.id] = batch
-        with self._lock:
-            self.batches_created += 1
+        self.count("batches_created")
         logger.debug("batch %s created (%d lines)", batch.id, len(batch.lines))
         return web.json_response(self._batch_json(batch))
 
     async def list_batches(self, request: web.Request) -> web.Response:
         """``GET /openai/batches``: newest first."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batches = [self._batch_json(b) for b in reversed(self._batches.values())]
-        return self._page(request, batches, 20)
+        return page(request, batches, 20)
 
     async def get_batch(self, request: web.Request) -> web.Response:
         """``GET /openai/batches/{id}``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batch = self._batch(request)
@@ -518,7 +302,7 @@ class BatchService:
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
         """``POST /openai/batches/{id}/cancel``."""
-        refused = await self._guard(request)
+        refused = await self.guard(request)
         if refused is not None:
             return refused
         batch = self._batch(request)
@@ -534,81 +318,35 @@ class BatchService:
             if batch.status != "cancelling":
                 batch.status = "cancelling"
                 batch.times["cancelling"] = self.clock()
-                with self._lock:
-                    self.cancels += 1
+                self.count("cancels")
         return web.json_response(self._batch_json(batch))
 
-    def _batch(self, request: web.Request) -> _Batch | web.Response:
+    def _batch(self, request: web.Request) -> Batch | web.Response:
         batch_id = request.match_info["batch_id"]
         batch = self._batches.get(batch_id)
         if batch is None:
             return error_response(404, "batchNotFound", f"Batch {batch_id} not found.")
         return batch
 
-    def _batch_json(self, b: _Batch) -> dict[str, Any]:
-        def at(name: str) -> int | None:
-            t = b.times.get(name)
-            return None if t is None else self._epoch(t)
+    def _batch_json(self, b: Batch) -> dict[str, Any]:
+        return b.as_json(self.epoch, self.completion_window_s)
 
-        validated = b.status != "validating" and b.error_data is None
-        return {
-            "id": b.id,
-            "object": "batch",
-            "endpoint": b.endpoint,
-            "errors": (
-                None
-                if b.error_data is None
-                else {"object": "list", "data": b.error_data}
-            ),
-            "input_file_id": b.input_file_id,
-            "completion_window": "24h",
-            "status": b.status,
-            "output_file_id": b.output_file_id,
-            "error_file_id": b.error_file_id,
-            "created_at": self._epoch(b.created),
-            "in_progress_at": at("in_progress"),
-            "expires_at": self._epoch(b.created + self.completion_window_s),
-            "finalizing_at": at("finalizing"),
-            "completed_at": at("completed"),
-            "failed_at": at("failed"),
-            "expired_at": at("expired"),
-            "cancelling_at": at("cancelling"),
-            "cancelled_at": at("cancelled"),
-            "request_counts": {
-                "total": len(b.lines) if validated else 0,
-                "completed": b.completed,
-                "failed": b.failed,
-            },
-            "metadata": b.metadata,
-        }
-
-    def _parse(self, file: _File, endpoint: str, metadata: Any, now: float) -> _Batch:
+    def _parse(self, file: File, endpoint: str, metadata: Any, now: float) -> Batch:
         """The batch of ``file``: its lines, token estimate and validation problems."""
-        problems: list[dict[str, Any]] = []
-        lines: list[_Line] = []
-        tokens = 0
-        model: str | None = None
-        raw = file.data.splitlines()
-        while raw and not raw[-1].strip():
-            raw.pop()
-        if self._file_fits(file, raw, problems):
-            assert self._app is not None  # noqa: S101 - attach() runs first
-            lines, tokens, model = self._read_lines(raw, endpoint, problems)
-            deployments = self._app.state.settings.deployments
-            if (
-                model is not None
-                and deployments is not None
-                and model not in deployments
-            ):
-                _problem(
-                    problems,
-                    "model_not_found",
-                    f"The deployment '{model}' does not exist.",
-                )
+        assert self._app is not None  # noqa: S101 - attach() runs first
+        lines, tokens, model, problems = read_file(
+            file.data,
+            endpoint,
+            max_bytes=self.max_bytes,
+            max_lines=self.max_lines,
+            line_s=self.line_s,
+            estimate=self._app.state.tokens,
+            deployments=self._app.state.settings.deployments,
+        )
         digest = hashlib.sha256(f"{self.seed}:".encode() + file.data).digest()
         order = list(range(len(lines)))
         random.Random(digest).shuffle(order)  # noqa: S311 - not secrets
-        return _Batch(
+        return Batch(
             id=f"batch_{uuid.uuid4().hex}",
             input_file_id=file.id,
             endpoint=endpoint,
@@ -619,86 +357,6 @@ class BatchService:
             order=order,
             tokens=tokens,
             problems=problems,
-        )
-
-    def _file_fits(
-        self, file: _File, raw: list[bytes], problems: list[dict[str, Any]]
-    ) -> bool:
-        """Whether ``file`` (``raw``: its lines) fits a batch; records why not."""
-        if len(file.data) > self.max_bytes:
-            _problem(
-                problems,
-                "file_too_large",
-                f"The input file is {len(file.data)} bytes; a batch file may be at "
-                f"most {self.max_bytes} bytes.",
-            )
-        elif not raw:
-            _problem(problems, "empty_batch", "The input file has no requests.")
-        elif len(raw) > self.max_lines:
-            _problem(
-                problems,
-                "too_many_tasks",
-                f"The input file has {len(raw)} requests; a batch takes at most "
-                f"{self.max_lines}.",
-            )
-        else:
-            return True
-        return False
-
-    def _read_lines(
-        self, raw: list[bytes], endpoint: str, problems: list[dict[str, Any]]
-    ) -> tuple[list[_Line], int, str | None]:
-        """The valid lines of a file, their prompts' tokens and the model they name."""
-        assert self._app is not None  # noqa: S101 - attach() runs first
-        estimate = self._app.state.tokens
-        lines: list[_Line] = []
-        tokens = 0
-        model: str | None = None
-        seen: set[str] = set()
-        for number, text in enumerate(raw, start=1):
-            request = _line_request(text, number, endpoint, problems)
-            if request is None:
-                continue
-            custom_id, body = request
-            line_model = body.get("model")
-            if model is None:
-                model = str(line_model)
-            elif line_model != model:
-                _problem(
-                    problems,
-                    "model_mismatch",
-                    f"Line {number} names the model '{line_model}' but line 1 "
-                    f"names '{model}': every line of a file must name the same "
-                    "deployment.",
-                    number,
-                )
-                continue
-            if custom_id in seen:
-                _problem(
-                    problems,
-                    "duplicate_custom_id",
-                    f"The custom_id '{custom_id}' of line {number} is not unique.",
-                    number,
-                )
-                continue
-            seen.add(custom_id)
-            pairs, last_user = _pairs(body)
-            tokens += estimate.prompt(pairs) if pairs else 0
-            lines.append(self._line(custom_id, body, last_user))
-        return lines, tokens, model
-
-    def _line(self, custom_id: str, body: dict[str, Any], last_user: str) -> _Line:
-        """A valid line, its time to answer and expiry set by its directives."""
-        directives = parse_directives(last_user)
-        try:
-            slow = float(directives.get("batch_slow") or 0)
-        except ValueError:
-            slow = 0.0
-        return _Line(
-            custom_id=custom_id,
-            body=body,
-            seconds=self.line_s + max(0.0, slow),
-            expire="batch_expire" in directives,
         )
 
     # -- progress ------------------------------------------------------------------
@@ -725,7 +383,7 @@ class BatchService:
             if batch.status not in TERMINAL:
                 await self._advance(batch, now)
 
-    async def _advance(self, b: _Batch, now: float) -> None:
+    async def _advance(self, b: Batch, now: float) -> None:
         async with b.lock:
             if b.status == "validating":
                 start = b.created + self.validating_s
@@ -751,7 +409,7 @@ class BatchService:
                 if now >= end:
                     self._finish(b, "cancelled", end)
 
-    def _validate(self, b: _Batch, at: float) -> bool:
+    def _validate(self, b: Batch, at: float) -> bool:
         """End validation at ``at``: ``in_progress``, or ``failed`` (returns False)."""
         limit = self.enqueued_tokens_limit
         if not b.problems and limit is not None:
@@ -785,7 +443,7 @@ class BatchService:
         b.due = at
         return True
 
-    async def _answer_due(self, b: _Batch, until: float) -> None:
+    async def _answer_due(self, b: Batch, until: float) -> None:
         """Answer the lines whose time has come by ``until``, in the batch's order."""
         assert self._app is not None  # noqa: S101 - attach() runs first
         while b.done < len(b.order):
@@ -803,22 +461,8 @@ class BatchService:
             lane = self._app.state.lane(str(b.model))
             response = await self._app.answer(lane, line.body, n=n)
             status = response.status
-            out = {
-                "id": f"batch_req_{uuid.uuid4().hex}",
-                "custom_id": line.custom_id,
-                "response": {
-                    "status_code": status,
-                    "request_id": f"emu-batch-{n}",
-                    "body": json.loads(response.text or "null"),
-                },
-                "error": None,
-            }
-            if status == 200:
-                b.output.append(out)
-                b.completed += 1
-            else:
-                b.errors.append(out)
-                b.failed += 1
+            body = json.loads(response.text or "null")
+            b.add_answer(line, status, f"emu-batch-{n}", body)
             with self._lock:
                 self.lines_answered += 1
                 self.lines_failed += status != 200
@@ -826,22 +470,9 @@ class BatchService:
             b.due = end
             b.done += 1
 
-    def _finish(self, b: _Batch, status: str, at: float) -> None:
+    def _finish(self, b: Batch, status: str, at: float) -> None:
         """End ``b`` with ``status`` at ``at``: write its output and error files."""
-        code_message = _NOT_ANSWERED.get(status)
-        if code_message is not None:
-            code, message = code_message
-            for index, line in enumerate(b.lines):
-                if index not in b.answered:
-                    b.errors.append(
-                        {
-                            "id": f"batch_req_{uuid.uuid4().hex}",
-                            "custom_id": line.custom_id,
-                            "response": None,
-                            "error": {"code": code, "message": message},
-                        }
-                    )
-                    b.failed += 1
+        b.add_not_answered(status)
         b.output_file_id = self._output_file(b.id, "output", b.output, at)
         if b.errors or self.empty_error_file:
             b.error_file_id = self._output_file(b.id, "error", b.errors, at)
@@ -856,85 +487,7 @@ class BatchService:
             json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
             for line in lines
         ).encode()
-        file = _File(
-            id=f"file-{uuid.uuid4().hex}",
-            filename=f"{batch_id}_{kind}.jsonl",
-            purpose="batch_output",
-            data=data,
-            created_at=self._epoch(at),
-            ready=at,
+        file = self._files.add(
+            f"{batch_id}_{kind}.jsonl", "batch_output", data, at=at, ready=at
         )
-        self._files[file.id] = file
         return file.id
-
-
-def _problem(
-    problems: list[dict[str, Any]], code: str, message: str, line: int | None = None
-) -> None:
-    """Record a validation problem of a batch file (the first 50 are kept)."""
-    if len(problems) < 50:
-        problems.append({"code": code, "message": message, "param": None, "line": line})
-
-
-def _line_request(
-    text: bytes, number: int, endpoint: str, problems: list[dict[str, Any]]
-) -> tuple[str, dict[str, Any]] | None:
-    """A line's ``custom_id`` and body, or ``None`` (the problem recorded)."""
-    try:
-        item = json.loads(text)
-    except ValueError:
-        _problem(problems, "invalid_json_line", f"Line {number} is not JSON.", number)
-        return None
-    if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
-        _problem(
-            problems,
-            "invalid_request",
-            f"Line {number} has no string 'custom_id'.",
-            number,
-        )
-        return None
-    body = item.get("body")
-    if item.get("method") != "POST" or not isinstance(body, dict):
-        _problem(
-            problems,
-            "invalid_request",
-            f"Line {number} must have method 'POST' and an object 'body'.",
-            number,
-        )
-        return None
-    if _endpoint(item.get("url")) != _endpoint(endpoint):
-        _problem(
-            problems,
-            "url_mismatch",
-            f"The url '{item.get('url')}' of line {number} does not match "
-            f"the batch's endpoint '{endpoint}'.",
-            number,
-        )
-        return None
-    return item["custom_id"], body
-
-
-def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
-    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable)."""
-    try:
-        pairs = [(str(m["role"]), str(m["content"])) for m in body["messages"]]
-    except (KeyError, TypeError):
-        return [], ""
-    last_user = next(
-        (content for role, content in reversed(pairs) if role == "user"),
-        pairs[-1][1] if pairs else "",
-    )
-    return pairs, last_user
-
-
-def _metadata_ok(metadata: Any) -> bool:
-    if metadata is None:
-        return True
-    return (
-        isinstance(metadata, dict)
-        and len(metadata) <= 16
-        and all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    )

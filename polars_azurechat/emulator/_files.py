@@ -1,0 +1,226 @@
+"""Azure OpenAI's files endpoints, emulated: the files batches read and write.
+
+``POST /openai/files``
+    multipart upload (``purpose``, ``file``); a ``batch`` file must be named
+    ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
+    ``processed``.
+``GET /openai/files`` (``purpose``, ``limit``, ``after``, ``order``), ``GET|DELETE
+/openai/files/{id}``, ``GET /openai/files/{id}/content``
+    list, retrieve, delete, download.
+
+The store holds the uploaded files and the batches' output and error files. It
+belongs to a :class:`~polars_azurechat.emulator._batch.BatchService`, whose check of
+``api-version`` and credential, clock, timestamps and counters it uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import BodyPartReader, web
+
+from polars_azurechat.emulator._errors import error_response
+
+if TYPE_CHECKING:
+    from polars_azurechat.emulator._batch import BatchService
+
+__all__ = ["File", "FileStore", "page"]
+
+logger = logging.getLogger(__name__)
+
+_PURPOSES = frozenset(
+    {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
+)
+
+
+@dataclasses.dataclass
+class File:
+    """A stored file."""
+
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+    ready: float  # processed from this time on the clock
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        """The file object the endpoints answer, at ``now`` on the clock."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed" if now >= self.ready else "pending",
+            "status_details": None,
+        }
+
+
+class FileStore:
+    """The files of a batch service, and the files endpoints on them.
+
+    Parameters
+    ----------
+    host
+        The service the endpoints belong to: its ``guard``, ``clock``, ``epoch``,
+        ``file_processing_s`` and counters.
+    """
+
+    def __init__(self, host: BatchService) -> None:
+        self.host = host
+        self._files: dict[str, File] = {}
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        """Serve the files endpoints on ``router``."""
+        router.add_post("/openai/files", self.upload)
+        router.add_get("/openai/files", self.list_files)
+        router.add_get("/openai/files/{file_id}", self.get_file)
+        router.add_delete("/openai/files/{file_id}", self.delete_file)
+        router.add_get("/openai/files/{file_id}/content", self.file_content)
+
+    def add(
+        self, filename: str, purpose: str, data: bytes, *, at: float, ready: float
+    ) -> File:
+        """A new file stored, created at ``at`` and processed from ``ready`` (clock)."""
+        file = File(
+            id=f"file-{uuid.uuid4().hex}",
+            filename=filename,
+            purpose=purpose,
+            data=data,
+            created_at=self.host.epoch(at),
+            ready=ready,
+        )
+        self._files[file.id] = file
+        return file
+
+    def get(self, file_id: str) -> File | None:
+        """The file ``file_id``, if it is stored."""
+        return self._files.get(file_id)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """``POST /openai/files``: a multipart upload."""
+        refused = await self.host.guard(request)
+        if refused is not None:
+            return refused
+        purpose: str | None = None
+        filename: str | None = None
+        data: bytes | None = None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "purpose":
+                    purpose = (await part.text()).strip()
+                elif part.name == "file":
+                    filename = part.filename or ""
+                    data = bytes(await part.read())
+        except (AssertionError, ValueError, KeyError):
+            purpose = None
+        if purpose is None or data is None:
+            return error_response(
+                400,
+                "invalidPayload",
+                "A multipart body with the fields 'purpose' and 'file' is required.",
+            )
+        if purpose not in _PURPOSES:
+            return error_response(
+                400, "invalidPayload", f"The purpose '{purpose}' is not supported."
+            )
+        if purpose == "batch" and not (filename or "").endswith(".jsonl"):
+            return error_response(
+                400,
+                "invalidPayload",
+                "A file for batch must be a JSON Lines file named '*.jsonl'.",
+            )
+        now = self.host.clock()
+        file = self.add(
+            filename or "",
+            purpose,
+            data,
+            at=now,
+            ready=now + self.host.file_processing_s,
+        )
+        self.host.count("files_uploaded")
+        logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
+        return web.json_response(file.as_json(now), status=201)
+
+    def _file(self, request: web.Request) -> File | web.Response:
+        file_id = request.match_info["file_id"]
+        file = self._files.get(file_id)
+        if file is None:
+            return error_response(404, "fileNotFound", f"File {file_id} not found.")
+        return file
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """``GET /openai/files``."""
+        refused = await self.host.guard(request)
+        if refused is not None:
+            return refused
+        now = self.host.clock()
+        purpose = request.query.get("purpose")
+        files = [f for f in self._files.values() if purpose in (None, f.purpose)]
+        if request.query.get("order", "desc") == "desc":
+            files.reverse()
+        return page(request, [f.as_json(now) for f in files], 10_000)
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        """``GET /openai/files/{id}``."""
+        refused = await self.host.guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        return web.json_response(file.as_json(self.host.clock()))
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        """``DELETE /openai/files/{id}``."""
+        refused = await self.host.guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        del self._files[file.id]
+        self.host.count("files_deleted")
+        return web.json_response({"id": file.id, "object": "file", "deleted": True})
+
+    async def file_content(self, request: web.Request) -> web.Response:
+        """``GET /openai/files/{id}/content``."""
+        refused = await self.host.guard(request)
+        if refused is not None:
+            return refused
+        file = self._file(request)
+        if isinstance(file, web.Response):
+            return file
+        return web.Response(body=file.data, content_type="application/octet-stream")
+
+
+def page(
+    request: web.Request, items: list[dict[str, Any]], default_limit: int
+) -> web.Response:
+    """One page of a list, with the cursor (``after``) and ``limit`` the SDK sends."""
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    try:
+        limit = max(1, int(request.query.get("limit", default_limit)))
+    except ValueError:
+        limit = default_limit
+    shown, more = items[:limit], len(items) > limit
+    return web.json_response(
+        {
+            "object": "list",
+            "data": shown,
+            "first_id": shown[0]["id"] if shown else None,
+            "last_id": shown[-1]["id"] if shown else None,
+            "has_more": more,
+        }
+    )
