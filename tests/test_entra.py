@@ -110,7 +110,8 @@ def test_a_refused_fresh_token_stops_the_run_after_one_refresh(
 
         cfg = _config(emu, azure_ad_token_provider=bad_provider)
         with pytest.raises(pac.AuthenticationError, match="even after a refresh"):
-            pac.complete_many(ROWS, config=cfg)
+            # one at a time: no second row goes while the first awaits its 401
+            pac.complete_many(ROWS, config=cfg, max_concurrency=1)
         stats = emu.stats()
     assert stats["requests"] == 2  # the first request, and once more with a new token
     assert len(calls) == 2
@@ -120,8 +121,8 @@ def test_a_key_on_a_resource_without_key_auth_says_use_entra(clock: FakeClock) -
     with Emulator(key_auth=False) as emu:
         cfg = ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key, deployment="d")
         with pytest.raises(pac.AuthenticationError) as info:
-            pac.complete_many(ROWS, config=cfg)
-        assert emu.stats()["requests"] == 1
+            pac.complete_many(ROWS, config=cfg, max_concurrency=1)
+        assert emu.stats()["requests"] == 1  # the run stops at its first 401
     message = str(info.value)
     assert "key authentication is disabled" in message and "Entra ID" in message
     assert info.value.code == "AuthenticationTypeDisabled"
