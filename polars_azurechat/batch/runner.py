@@ -46,23 +46,17 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.batch.api import BATCH_URL, TRANSIENT, Api, check_api_version
 from polars_azurechat.batch.state import BatchStateStore, NewChunk, Phase
-from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
     AzureChatError,
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
     MalformedResponseError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
 )
 from polars_azurechat.transport import tokens as _tokens
-from polars_azurechat.transport.http import parse_completion, sdk_errors, status_error
+from polars_azurechat.transport.http import parse_completion, status_error
 
 if TYPE_CHECKING:
     from polars_azurechat.schema.core import OutputSchema
@@ -82,19 +76,14 @@ logger = logging.getLogger(__name__)
 #: Azure's limits on one batch input file: requests, and bytes (200 MB).
 MAX_FILE_LINES = 100_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
-#: The url of every line, and the batch's endpoint.
-BATCH_URL = "/chat/completions"
 #: Input files are named ``polars-azurechat-<sha256 of the content>.jsonl``.
 FILE_PREFIX = "polars-azurechat-"
 #: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
 META_CHUNK = "polars_azurechat_chunk"
 META_ATTEMPT = "polars_azurechat_attempt"
-#: Structured outputs in batches need this api-version or a later one.
-STRUCTURED_API_VERSION = "2024-08-01"
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _INCOMPLETE_CODES = frozenset({"batch_expired", "batch_cancelled"})
-_TRANSIENT = (APIConnectionError, APITimeoutError, RateLimitError, ServerError)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,7 +228,7 @@ class BatchRunner:
             raise ConfigurationError(
                 "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
             )
-        self._api = _Api(client, deployment)
+        self._api = Api(client, deployment)
         self.deployment = deployment
         self.state = state
         self.params = dict(params or {})
@@ -263,7 +252,7 @@ class BatchRunner:
         )
         #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
         self.learned_limit: int | None = None
-        self._check_api_version()
+        check_api_version(self._api.api_version, self.params)
 
     # -- the run -----------------------------------------------------------------
 
@@ -687,7 +676,7 @@ class BatchRunner:
         assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
         try:
             batch = self._api.batch(chunk.batch_id)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             logger.warning(
                 "polling batch %s failed (%s); retrying", chunk.batch_id, exc
             )
@@ -912,20 +901,6 @@ class BatchRunner:
         if self.progress is not None:
             self.progress(BatchProgress(tuple(c.view() for c in chunks)))
 
-    def _check_api_version(self) -> None:
-        version = self._api.api_version
-        schema = self.params.get("response_format")
-        if (
-            version
-            and isinstance(schema, Mapping)
-            and schema.get("type") == "json_schema"
-            and version[:10] < STRUCTURED_API_VERSION
-        ):
-            raise ConfigurationError(
-                f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
-                f"or later; the client uses {version}"
-            )
-
 
 def _content_of(content: str | None) -> str:
     """A typed answer's text; no content at all is a mismatch (as online)."""
@@ -938,90 +913,3 @@ def _content_of(content: str | None) -> str:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class _Api:
-    """The SDK calls batch mode makes, sync or async client alike, errors mapped."""
-
-    def __init__(self, client: Any, deployment: str) -> None:
-        import openai
-
-        self.client = client
-        self.deployment = deployment
-        self.is_async = isinstance(client, openai.AsyncOpenAI)
-        self.host = str(client.base_url.host)
-        version = getattr(client, "_api_version", None)
-        self.api_version = str(version) if version else None
-
-    def _run(self, call: Callable[[], Any]) -> Any:
-        with sdk_errors(self.deployment, self.host):
-            result = call()
-            if self.is_async:
-                result = _loop.call(_awaited(result))
-        return result
-
-    def upload(self, name: str, data: bytes) -> Any:
-        return self._run(
-            lambda: self.client.files.create(file=(name, data), purpose="batch")
-        )
-
-    def file(self, file_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.files.retrieve(file_id))
-        except NotFoundError:
-            return None
-
-    def files(self) -> list[Any]:
-        return self._list(lambda: self.client.files.list(purpose="batch"))
-
-    def content(self, file_id: str) -> bytes:
-        if self.is_async:
-            return bytes(self._run(lambda: _async_content(self.client, file_id)))
-        return bytes(self._run(lambda: self.client.files.content(file_id).content))
-
-    def create(self, file_id: str, metadata: dict[str, str]) -> Any:
-        return self._run(
-            lambda: self.client.batches.create(
-                input_file_id=file_id,
-                endpoint=BATCH_URL,
-                completion_window="24h",
-                metadata=metadata,
-            )
-        )
-
-    def batch(self, batch_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.batches.retrieve(batch_id))
-        except NotFoundError:
-            return None
-
-    def batches(self) -> list[Any]:
-        return self._list(lambda: self.client.batches.list(limit=100))
-
-    def cancel(self, batch_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.batches.cancel(batch_id))
-        except NotFoundError:
-            return None
-        except APIStatusError as exc:
-            if exc.status_code == 409:  # it ended meanwhile
-                return None
-            raise
-
-    def _list(self, make: Callable[[], Any]) -> list[Any]:
-        if self.is_async:
-            return list(self._run(lambda: _async_list(make())))
-        return list(self._run(lambda: list(make())))
-
-
-async def _awaited(value: Any) -> Any:
-    return await value
-
-
-async def _async_list(pager: Any) -> list[Any]:
-    return [item async for item in pager]
-
-
-async def _async_content(client: Any, file_id: str) -> bytes:
-    response = await client.files.content(file_id)
-    return bytes(response.content)
