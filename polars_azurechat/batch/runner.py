@@ -37,7 +37,6 @@ place to write them to the answer cache.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -46,8 +45,15 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.batch.api import BATCH_URL, TRANSIENT, Api, check_api_version
-from polars_azurechat.batch.state import BatchStateStore, NewChunk, Phase
+from polars_azurechat.batch.api import TRANSIENT, Api, check_api_version
+from polars_azurechat.batch.chunks import (
+    MAX_FILE_BYTES,
+    MAX_FILE_LINES,
+    Chunk,
+    Chunker,
+    digest,
+)
+from polars_azurechat.batch.state import BatchStateStore
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
@@ -55,7 +61,6 @@ from polars_azurechat.errors import (
     ConfigurationError,
     MalformedResponseError,
 )
-from polars_azurechat.transport import tokens as _tokens
 from polars_azurechat.transport.http import parse_completion, status_error
 
 if TYPE_CHECKING:
@@ -73,11 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Azure's limits on one batch input file: requests, and bytes (200 MB).
-MAX_FILE_LINES = 100_000
-MAX_FILE_BYTES = 200 * 1024 * 1024
-#: Input files are named ``polars-azurechat-<sha256 of the content>.jsonl``.
-FILE_PREFIX = "polars-azurechat-"
 #: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
 META_CHUNK = "polars_azurechat_chunk"
 META_ATTEMPT = "polars_azurechat_attempt"
@@ -126,30 +126,15 @@ class BatchProgress:
         return sum(b.status in TERMINAL for b in self.batches)
 
 
-@dataclasses.dataclass(slots=True)
-class _Chunk:
-    name: str
-    keys: list[str]
-    tokens: int
-    lines: int
-    phase: Phase
-    file_name: str
-    file_id: str | None = None
-    batch_id: str | None = None
-    data: bytes | None = None
-    status: str | None = None
-    completed: int = 0
-    failed: int = 0
-
-    def view(self) -> BatchStatus:
-        return BatchStatus(
-            chunk=self.name,
-            batch_id=self.batch_id,
-            status=self.status or self.phase,
-            lines=self.lines,
-            completed=self.completed,
-            failed=self.failed,
-        )
+def _view(chunk: Chunk) -> BatchStatus:
+    return BatchStatus(
+        chunk=chunk.name,
+        batch_id=chunk.batch_id,
+        status=chunk.status or chunk.phase,
+        lines=chunk.lines,
+        completed=chunk.completed,
+        failed=chunk.failed,
+    )
 
 
 class BatchRunner:
@@ -236,6 +221,9 @@ class BatchRunner:
         self.enqueued_tokens_limit = enqueued_tokens_limit
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        self._chunker = Chunker(
+            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes
+        )
         self.on_truncated = on_truncated
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
@@ -372,29 +360,19 @@ class BatchRunner:
 
     def _plan(
         self, items: dict[str, ChatRequest], results: dict[str, ChatResult]
-    ) -> list[_Chunk]:
+    ) -> list[Chunk]:
         """Attach to the live chunks holding these keys; cut the rest into new ones."""
         wanted = set(items)
         covered: set[str] = set()
-        chunks: list[_Chunk] = []
+        chunks: list[Chunk] = []
         for record in self.state.live(self.host, self.deployment):
             keys = self.state.keys(record.chunk)
             if wanted.isdisjoint(keys):
                 continue
-            chunk = _Chunk(
-                name=record.chunk,
-                keys=keys,
-                tokens=record.tokens,
-                lines=record.lines,
-                phase=record.phase,
-                file_name=record.file_name,
-                file_id=record.file_id,
-                batch_id=record.batch_id,
-                status=record.status,
-            )
+            chunk = Chunk.from_record(record, keys)
             if chunk.phase in ("planned", "uploading") and chunk.file_id is None:
-                data = self._rebuild(keys, items)
-                if data is not None and _digest(data) == chunk.name:
+                data = self._chunker.rebuild(keys, items)
+                if data is not None and digest(data) == chunk.name:
                     chunk.data = data
                 else:
                     found = (
@@ -418,22 +396,12 @@ class BatchRunner:
             )
             covered.update(keys)
             chunks.append(chunk)
-        fresh = self._cut(
-            [(key, items[key]) for key in sorted(wanted - covered)], results
+        fresh = self._chunker.cut(
+            [(key, items[key]) for key in sorted(wanted - covered)], results, self.limit
         )
         if fresh:
             records = self.state.add_chunks(
-                NewChunk(
-                    chunk=c.name,
-                    host=self.host,
-                    deployment=self.deployment,
-                    file_name=c.file_name,
-                    lines=c.lines,
-                    bytes=len(c.data or b""),
-                    tokens=c.tokens,
-                    keys=c.keys,
-                )
-                for c in fresh
+                c.as_new(self.host, self.deployment) for c in fresh
             )
             by_name = {r.chunk: r for r in records}
             for c in fresh:
@@ -452,85 +420,7 @@ class BatchRunner:
             chunks.extend(fresh)
         return chunks
 
-    def _line(self, key: str, req: ChatRequest) -> bytes:
-        body = {**self.params, "model": self.deployment, "messages": req.messages}
-        line = {"custom_id": key, "method": "POST", "url": BATCH_URL, "body": body}
-        return (
-            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
-        ).encode()
-
-    def _rebuild(
-        self, keys: Sequence[str], items: Mapping[str, ChatRequest]
-    ) -> bytes | None:
-        """A recorded chunk's file again, if this run has every request of it."""
-        if any(key not in items for key in keys):
-            return None
-        return b"".join(self._line(key, items[key]) for key in keys)
-
-    def _cut(
-        self,
-        pairs: Sequence[tuple[str, ChatRequest]],
-        results: dict[str, ChatResult],
-    ) -> list[_Chunk]:
-        """Cut sorted requests into files within the line, byte and token limits."""
-        limit = self.limit
-        out: list[_Chunk] = []
-        keys: list[str] = []
-        lines: list[bytes] = []
-        size = tokens = 0
-
-        def close() -> None:
-            if keys:
-                data = b"".join(lines)
-                name = _digest(data)
-                out.append(
-                    _Chunk(
-                        name=name,
-                        keys=list(keys),
-                        tokens=tokens,
-                        lines=len(keys),
-                        phase="planned",
-                        file_name=f"{FILE_PREFIX}{name}.jsonl",
-                        data=data,
-                    )
-                )
-
-        for key, req in pairs:
-            line = self._line(key, req)
-            cost = _tokens.prompt_tokens(req.messages)
-            if len(line) > self.max_bytes:
-                results[key] = ChatResult(
-                    exception=BatchFailedError(
-                        f"the request is {len(line)} bytes as a batch line, more than "
-                        f"a batch file may hold ({self.max_bytes})",
-                        code="file_too_large",
-                    )
-                )
-                continue
-            if limit is not None and cost > limit:
-                results[key] = ChatResult(
-                    exception=BatchFailedError(
-                        f"the request's ~{cost} prompt tokens exceed the enqueued-token "
-                        f"limit of {limit} of deployment {self.deployment!r}",
-                        code="token_limit_exceeded",
-                    )
-                )
-                continue
-            if keys and (
-                len(keys) >= self.max_lines
-                or size + len(line) > self.max_bytes
-                or (limit is not None and tokens + cost > limit)
-            ):
-                close()
-                keys, lines, size, tokens = [], [], 0, 0
-            keys.append(key)
-            lines.append(line)
-            size += len(line)
-            tokens += cost
-        close()
-        return out
-
-    def _fits(self, chunk: _Chunk, active: Sequence[_Chunk]) -> bool:
+    def _fits(self, chunk: Chunk, active: Sequence[Chunk]) -> bool:
         """Whether ``chunk`` may be submitted now under the enqueued-token limit."""
         limit = self.limit
         if limit is None or not active:
@@ -541,7 +431,7 @@ class BatchRunner:
 
     def _submit(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         items: Mapping[str, ChatRequest],
         results: dict[str, ChatResult],
     ) -> bool:
@@ -562,7 +452,7 @@ class BatchRunner:
                 self._step("uploading", chunk)
                 found = self._find_file(chunk) if resumed else None
                 if found is None:
-                    data = chunk.data or self._rebuild(chunk.keys, items)
+                    data = chunk.data or self._chunker.rebuild(chunk.keys, items)
                     if data is None:
                         return self._give_up(
                             chunk,
@@ -633,7 +523,7 @@ class BatchRunner:
             self.sleep(wait)
             wait = min(wait * self.backoff, 10 * self.file_poll_s)
 
-    def _find_file(self, chunk: _Chunk) -> str | None:
+    def _find_file(self, chunk: Chunk) -> str | None:
         """The id of this chunk's file if an earlier run uploaded it (by its name)."""
         for file in self._api.files():
             if str(file.filename) == chunk.file_name and str(file.status) not in (
@@ -655,7 +545,7 @@ class BatchRunner:
                 return batch
         return None
 
-    def _give_up(self, chunk: _Chunk, results: dict[str, ChatResult], why: str) -> bool:
+    def _give_up(self, chunk: Chunk, results: dict[str, ChatResult], why: str) -> bool:
         error = BatchFailedError(f"batch mode could not submit this request: {why}")
         self._deliver(
             chunk, {key: ChatResult(exception=error) for key in chunk.keys}, results
@@ -668,8 +558,8 @@ class BatchRunner:
 
     def _poll(
         self,
-        chunk: _Chunk,
-        active: Sequence[_Chunk],
+        chunk: Chunk,
+        active: Sequence[Chunk],
         items: Mapping[str, ChatRequest],
         results: dict[str, ChatResult],
     ) -> Literal["running", "ended", "requeue"]:
@@ -726,7 +616,7 @@ class BatchRunner:
         return "ended"
 
     def _failed_rows(
-        self, chunk: _Chunk, batch_id: str, errors: Sequence[Any]
+        self, chunk: Chunk, batch_id: str, errors: Sequence[Any]
     ) -> dict[str, AzureChatError | ChatResult]:
         """Each row's error for a batch that failed: its own line's, else the batch's."""
         described = (
@@ -757,7 +647,7 @@ class BatchRunner:
         return out
 
     def _collect(
-        self, chunk: _Chunk, batch: Any, status: str
+        self, chunk: Chunk, batch: Any, status: str
     ) -> dict[str, AzureChatError | ChatResult]:
         """Join the output and error files' lines back to the chunk's keys."""
         batch_id = str(batch.id)
@@ -861,7 +751,7 @@ class BatchRunner:
 
     def _end(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         status: str,
         per_key: Mapping[str, AzureChatError | ChatResult],
         results: dict[str, ChatResult],
@@ -883,7 +773,7 @@ class BatchRunner:
 
     def _deliver(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         chunk_results: Mapping[str, ChatResult],
         results: dict[str, ChatResult],
     ) -> None:
@@ -893,13 +783,13 @@ class BatchRunner:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _step(self, step: str, chunk: _Chunk) -> None:
+    def _step(self, step: str, chunk: Chunk) -> None:
         if self.hook is not None:
             self.hook(step, chunk.name)
 
-    def _report(self, chunks: Sequence[_Chunk]) -> None:
+    def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
-            self.progress(BatchProgress(tuple(c.view() for c in chunks)))
+            self.progress(BatchProgress(tuple(_view(c) for c in chunks)))
 
 
 def _content_of(content: str | None) -> str:
@@ -909,7 +799,3 @@ def _content_of(content: str | None) -> str:
 
         raise SchemaMismatchError("the answer has no content", json_error=True)
     return content
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
