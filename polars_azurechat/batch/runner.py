@@ -37,7 +37,6 @@ place to write them to the answer cache.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections import deque
@@ -53,15 +52,14 @@ from polars_azurechat.batch.chunks import (
     Chunker,
     digest,
 )
+from polars_azurechat.batch.results import ResultReader
 from polars_azurechat.batch.state import BatchStateStore
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
-    MalformedResponseError,
 )
-from polars_azurechat.transport.http import parse_completion, status_error
 
 if TYPE_CHECKING:
     from polars_azurechat.schema.core import OutputSchema
@@ -83,7 +81,6 @@ META_CHUNK = "polars_azurechat_chunk"
 META_ATTEMPT = "polars_azurechat_attempt"
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_INCOMPLETE_CODES = frozenset({"batch_expired", "batch_cancelled"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,8 +232,15 @@ class BatchRunner:
         self.sleep = sleep
         self.clock = clock
         self.schema = schema
-        self._max_tokens = self.params.get(
-            "max_tokens", self.params.get("max_completion_tokens")
+        self._reader = ResultReader(
+            self._api,
+            deployment=deployment,
+            host=self.host,
+            schema=schema,
+            max_tokens=self.params.get(
+                "max_tokens", self.params.get("max_completion_tokens")
+            ),
+            on_truncated=on_truncated,
         )
         #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
         self.learned_limit: int | None = None
@@ -607,147 +611,12 @@ class BatchRunner:
                     chunk.phase, chunk.batch_id, chunk.status = "uploaded", None, None
                     chunk.completed = chunk.failed = 0
                     return "requeue"
-            self._end(
-                chunk, status, self._failed_rows(chunk, batch.id, errors), results
-            )
+            per_key = self._reader.failed_rows(chunk.keys, batch.id, errors)
+            self._end(chunk, status, per_key, results)
             return "ended"
-        per_key = self._collect(chunk, batch, status)
+        per_key = self._reader.collect(chunk.keys, batch, status)
         self._end(chunk, status, per_key, results)
         return "ended"
-
-    def _failed_rows(
-        self, chunk: Chunk, batch_id: str, errors: Sequence[Any]
-    ) -> dict[str, AzureChatError | ChatResult]:
-        """Each row's error for a batch that failed: its own line's, else the batch's."""
-        described = (
-            "; ".join(
-                f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "")
-                for e in errors[:3]
-            )
-            or "no reason given"
-        )
-        first = errors[0] if errors else None
-        out: dict[str, AzureChatError | ChatResult] = {}
-        for key in chunk.keys:
-            out[key] = BatchFailedError(
-                f"batch {batch_id} failed validation: {described}",
-                batch_id=batch_id,
-                code=str(first.code) if first is not None else None,
-            )
-        for e in errors:
-            line = getattr(e, "line", None)
-            if isinstance(line, int) and 1 <= line <= len(chunk.keys):
-                out[chunk.keys[line - 1]] = BatchFailedError(
-                    f"batch {batch_id} failed validation at this row's line {line}: "
-                    f"{e.code}: {e.message}",
-                    batch_id=batch_id,
-                    code=str(e.code),
-                    line=line,
-                )
-        return out
-
-    def _collect(
-        self, chunk: Chunk, batch: Any, status: str
-    ) -> dict[str, AzureChatError | ChatResult]:
-        """Join the output and error files' lines back to the chunk's keys."""
-        batch_id = str(batch.id)
-        found: dict[str, AzureChatError | ChatResult] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            for raw in self._api.content(str(file_id)).splitlines():
-                if not raw.strip():
-                    continue
-                try:
-                    line = json.loads(raw)
-                    custom_id = line["custom_id"]
-                except (ValueError, KeyError, TypeError):
-                    logger.warning("batch %s: an unreadable output line", batch_id)
-                    continue
-                found[str(custom_id)] = self._line_result(line, batch_id)
-        for key in chunk.keys:
-            if key in found:
-                continue
-            if status in ("expired", "cancelled"):
-                found[key] = BatchIncompleteError(
-                    f"batch {batch_id} {status} before this request was answered",
-                    batch_id=batch_id,
-                    status=status,
-                )
-            else:
-                found[key] = BatchFailedError(
-                    f"batch {batch_id} {status} without a line for this request",
-                    batch_id=batch_id,
-                )
-        return found
-
-    def _line_result(self, line: Any, batch_id: str) -> AzureChatError | ChatResult:
-        """One output or error line as a result (or the error it carries)."""
-        response = line.get("response") if isinstance(line, dict) else None
-        error = line.get("error") if isinstance(line, dict) else None
-        if isinstance(response, dict):
-            code = response.get("status_code")
-            request_id = response.get("request_id")
-            headers = {"apim-request-id": str(request_id)} if request_id else {}
-            raw = json.dumps(response.get("body")).encode()
-            if code == 200:
-                try:
-                    completion = parse_completion(raw, headers)
-                except MalformedResponseError as exc:
-                    return exc
-                return self._answer(completion)
-            if isinstance(code, int):
-                return status_error(code, headers, raw, self.deployment, self.host)
-        if isinstance(error, dict):
-            code_text = str(error.get("code"))
-            message = str(error.get("message"))
-            if code_text in _INCOMPLETE_CODES:
-                status = code_text.removeprefix("batch_")
-                return BatchIncompleteError(
-                    f"batch {batch_id} {status} before this request was answered "
-                    f"({message})",
-                    batch_id=batch_id,
-                    status=status,
-                )
-            return BatchFailedError(
-                f"batch {batch_id}: the request failed ({code_text}): {message}",
-                batch_id=batch_id,
-                code=code_text,
-            )
-        return MalformedResponseError(
-            f"batch {batch_id}: an output line without a response or an error"
-        )
-
-    def _answer(self, completion: Any) -> ChatResult:
-        """A completion as a row's result (the online path's rules), with provenance.
-
-        A filtered answer is a :class:`ContentFilterError`, a refusal a
-        :class:`RefusalError`, a truncated typed answer (or any truncated one with
-        ``on_truncated="error"``) a :class:`TruncatedError`, and a typed answer that
-        does not validate a :class:`SchemaValidationError` (not sent again: a batch
-        line has one attempt).
-        """
-        from polars_azurechat.engine.online import (
-            answer_error,
-            completed,
-            invalid_answer,
-        )
-
-        parsed: dict[str, Any] | None = None
-        rid = completion.request_id
-        schema = self.schema
-        exception = answer_error(
-            completion,
-            typed=schema is not None,
-            max_tokens=self._max_tokens,
-            on_truncated=self.on_truncated,
-        )
-        if exception is None and schema is not None:
-            try:
-                parsed = schema.parse(_content_of(completion.content))
-            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
-                exception = invalid_answer(schema.name, err, rid)
-        return completed(completion, parsed, 1, exception, deployment=self.deployment)
 
     def _end(
         self,
@@ -790,12 +659,3 @@ class BatchRunner:
     def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
             self.progress(BatchProgress(tuple(_view(c) for c in chunks)))
-
-
-def _content_of(content: str | None) -> str:
-    """A typed answer's text; no content at all is a mismatch (as online)."""
-    if content is None:
-        from polars_azurechat.schema.core import SchemaMismatchError
-
-        raise SchemaMismatchError("the answer has no content", json_error=True)
-    return content
