@@ -54,6 +54,7 @@ from polars_azurechat.batch.chunks import (
 )
 from polars_azurechat.batch.results import ResultReader
 from polars_azurechat.batch.state import BatchStateStore
+from polars_azurechat.batch.submit import Submitter
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
@@ -76,9 +77,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
-META_CHUNK = "polars_azurechat_chunk"
-META_ATTEMPT = "polars_azurechat_attempt"
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -242,6 +240,14 @@ class BatchRunner:
             ),
             on_truncated=on_truncated,
         )
+        self._submitter = Submitter(
+            self._api,
+            state,
+            step=self._step,
+            sleep=sleep,
+            file_poll_s=file_poll_s,
+            backoff=backoff,
+        )
         #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
         self.learned_limit: int | None = None
         check_api_version(self._api.api_version, self.params)
@@ -380,7 +386,9 @@ class BatchRunner:
                     chunk.data = data
                 else:
                     found = (
-                        self._find_file(chunk) if chunk.phase == "uploading" else None
+                        self._submitter.find_file(chunk)
+                        if chunk.phase == "uploading"
+                        else None
                     )
                     if found is None:
                         logger.info(
@@ -443,111 +451,10 @@ class BatchRunner:
 
         Returns whether a batch is running; if not, the chunk's rows have their errors.
         """
-        state = self.state
-        for _ in range(3):  # a file the server refuses is uploaded at most 3 times
-            if chunk.phase == "planned" and chunk.file_id is not None:
-                # cut again with the same content: the earlier upload may still serve
-                state.uploaded(chunk.name, chunk.file_id)
-                chunk.phase = "uploaded"
-            if chunk.phase in ("planned", "uploading"):
-                resumed = chunk.phase == "uploading"  # the upload may have happened
-                state.uploading(chunk.name)
-                chunk.phase = "uploading"
-                self._step("uploading", chunk)
-                found = self._find_file(chunk) if resumed else None
-                if found is None:
-                    data = chunk.data or self._chunker.rebuild(chunk.keys, items)
-                    if data is None:
-                        return self._give_up(
-                            chunk,
-                            results,
-                            "its input file is gone from the server and this run "
-                            "does not hold all of its requests to upload it again",
-                        )
-                    found = str(self._api.upload(chunk.file_name, data).id)
-                    logger.info("uploaded %s as %s", chunk.file_name, found)
-                    self._step("uploaded", chunk)
-                chunk.file_id = found
-                state.uploaded(chunk.name, found)
-                chunk.phase = "uploaded"
-                self._step("file_recorded", chunk)
-            resumed = chunk.phase == "creating"  # the create may have happened
-            if chunk.phase == "uploaded":
-                assert chunk.file_id is not None  # noqa: S101 - set with the phase
-                problem = self._wait_processed(chunk.file_id)
-                if problem is not None:
-                    logger.warning(
-                        "batch file %s: %s; uploading it again", chunk.file_id, problem
-                    )
-                    state.reupload(chunk.name, problem)
-                    chunk.phase, chunk.file_id = "planned", None
-                    continue
-                self._step("file_processed", chunk)
-            assert chunk.file_id is not None  # noqa: S101 - recorded before creating
-            attempt = state.creating(chunk.name)
-            chunk.phase = "creating"
-            self._step("creating", chunk)
-            batch = self._find_batch(chunk.name, attempt) if resumed else None
-            if batch is None:
-                batch = self._api.create(
-                    chunk.file_id,
-                    {META_CHUNK: chunk.name, META_ATTEMPT: str(attempt)},
-                )
-                logger.info(
-                    "created batch %s for %s (attempt %d)",
-                    batch.id,
-                    chunk.file_name,
-                    attempt,
-                )
-                self._step("created", chunk)
-            else:
-                logger.info("found batch %s created before a crash", batch.id)
-            chunk.batch_id, chunk.status = str(batch.id), str(batch.status)
-            state.submitted(chunk.name, chunk.batch_id, chunk.status)
-            chunk.phase = "submitted"
-            self._step("batch_recorded", chunk)
-            return True
-        return self._give_up(chunk, results, "the server refused its input file")
-
-    def _wait_processed(self, file_id: str) -> str | None:
-        """Wait until the file is ``processed``; else why it cannot be used."""
-        wait = self.file_poll_s
-        while True:
-            file = self._api.file(file_id)
-            if file is None:
-                return "its input file is gone from the server"
-            status = str(file.status)
-            if status == "processed":
-                return None
-            if status in ("error", "deleted", "deleting"):
-                details = getattr(file, "status_details", None)
-                return f"its input file is in status {status!r}" + (
-                    f" ({details})" if details else ""
-                )
-            self.sleep(wait)
-            wait = min(wait * self.backoff, 10 * self.file_poll_s)
-
-    def _find_file(self, chunk: Chunk) -> str | None:
-        """The id of this chunk's file if an earlier run uploaded it (by its name)."""
-        for file in self._api.files():
-            if str(file.filename) == chunk.file_name and str(file.status) not in (
-                "error",
-                "deleted",
-                "deleting",
-            ):
-                logger.info("found %s uploaded before a crash", chunk.file_name)
-                return str(file.id)
-        return None
-
-    def _find_batch(self, chunk: str, attempt: int) -> Any | None:
-        """The batch an earlier run created for this chunk and attempt, if any."""
-        for batch in self._api.batches():
-            metadata = batch.metadata or {}
-            if metadata.get(META_CHUNK) == chunk and metadata.get(META_ATTEMPT) == str(
-                attempt
-            ):
-                return batch
-        return None
+        why = self._submitter.submit(
+            chunk, lambda: self._chunker.rebuild(chunk.keys, items)
+        )
+        return why is None or self._give_up(chunk, results, why)
 
     def _give_up(self, chunk: Chunk, results: dict[str, ChatResult], why: str) -> bool:
         error = BatchFailedError(f"batch mode could not submit this request: {why}")
