@@ -24,10 +24,10 @@ import openai
 import pytest
 
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.batch.poll import BatchProgress
 from polars_azurechat.batch.runner import (
     BatchFailedError,
     BatchIncompleteError,
-    BatchProgress,
     BatchRunner,
 )
 from polars_azurechat.batch.state import BatchStateStore, _transaction

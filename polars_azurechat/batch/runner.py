@@ -36,10 +36,8 @@ place to write them to the answer cache.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +49,15 @@ from polars_azurechat.batch.chunks import (
     Chunk,
     Chunker,
     digest,
+)
+from polars_azurechat.batch.poll import (
+    TERMINAL,
+    BatchProgress,
+    BatchStatus,
+    Outcome,
+    drive,
+    observe,
+    progress_of,
 )
 from polars_azurechat.batch.results import ResultReader
 from polars_azurechat.batch.state import BatchStateStore
@@ -76,60 +83,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchStatus:
-    """One batch of a run, as last seen."""
-
-    chunk: str
-    batch_id: str | None
-    #: The batch's status, or the step before it exists (``"uploading"``, ...).
-    status: str
-    lines: int
-    completed: int
-    failed: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchProgress:
-    """What ``progress`` receives: every batch of the run."""
-
-    batches: tuple[BatchStatus, ...]
-
-    @property
-    def lines(self) -> int:
-        """Requests in all batches."""
-        return sum(b.lines for b in self.batches)
-
-    @property
-    def completed(self) -> int:
-        """Requests answered so far (``request_counts.completed``)."""
-        return sum(b.completed for b in self.batches)
-
-    @property
-    def failed(self) -> int:
-        """Requests failed so far (``request_counts.failed``)."""
-        return sum(b.failed for b in self.batches)
-
-    @property
-    def finished(self) -> int:
-        """Batches that ended."""
-        return sum(b.status in TERMINAL for b in self.batches)
-
-
-def _view(chunk: Chunk) -> BatchStatus:
-    return BatchStatus(
-        chunk=chunk.name,
-        batch_id=chunk.batch_id,
-        status=chunk.status or chunk.phase,
-        lines=chunk.lines,
-        completed=chunk.completed,
-        failed=chunk.failed,
-    )
 
 
 class BatchRunner:
@@ -288,44 +241,23 @@ class BatchRunner:
         if not items:
             return results
         chunks = self._plan(items, results)
-        pending = deque(c for c in chunks if c.phase != "submitted")
-        active = [c for c in chunks if c.phase == "submitted"]
-        interval = self.poll_interval_s
         logger.info(
             "batch mode: %d requests in %d batch(es) (%d already submitted)",
             sum(c.lines for c in chunks),
             len(chunks),
-            len(active),
+            sum(c.phase == "submitted" for c in chunks),
         )
-        while pending or active:
-            while pending and self._fits(pending[0], active):
-                chunk = pending.popleft()
-                if self._submit(chunk, items, results):
-                    active.append(chunk)
-            self._report(chunks)
-            if not active:
-                continue
-            self.sleep(interval)
-            changed = False
-            for chunk in list(active):
-                before = (chunk.status, chunk.completed, chunk.failed)
-                outcome = self._poll(chunk, active, items, results)
-                changed |= outcome != "running" or before != (
-                    chunk.status,
-                    chunk.completed,
-                    chunk.failed,
-                )
-                if outcome == "requeue":
-                    active.remove(chunk)
-                    pending.appendleft(chunk)
-                elif outcome == "ended":
-                    active.remove(chunk)
-            self._report(chunks)
-            interval = (
-                self.poll_interval_s
-                if changed
-                else min(self.max_poll_interval_s, interval * self.backoff)
-            )
+        drive(
+            chunks,
+            fits=self._fits,
+            submit=lambda chunk: self._submit(chunk, items, results),
+            poll=lambda chunk, active: self._poll(chunk, active, results),
+            report=lambda: self._report(chunks),
+            sleep=self.sleep,
+            first=self.poll_interval_s,
+            longest=self.max_poll_interval_s,
+            backoff=self.backoff,
+        )
         return results
 
     def cancel(self) -> list[str]:
@@ -471,9 +403,9 @@ class BatchRunner:
         self,
         chunk: Chunk,
         active: Sequence[Chunk],
-        items: Mapping[str, ChatRequest],
         results: dict[str, ChatResult],
-    ) -> Literal["running", "ended", "requeue"]:
+    ) -> Outcome:
+        """Poll ``chunk``'s batch once; if it ended, deliver its rows' results."""
         assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
         try:
             batch = self._api.batch(chunk.batch_id)
@@ -489,14 +421,7 @@ class BatchRunner:
             )
             self._end(chunk, "failed", dict.fromkeys(chunk.keys, batch_error), results)
             return "ended"
-        status = str(batch.status)
-        counts = batch.request_counts
-        chunk.completed = int(counts.completed) if counts else 0
-        chunk.failed = int(counts.failed) if counts else 0
-        if status != chunk.status:
-            logger.info("batch %s: %s", chunk.batch_id, status)
-            self.state.seen(chunk.name, chunk.batch_id, status)
-        chunk.status = status
+        status = observe(chunk, batch, self.state)
         self._step("polled", chunk)
         if status not in TERMINAL:
             return "running"
@@ -565,4 +490,4 @@ class BatchRunner:
 
     def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
-            self.progress(BatchProgress(tuple(_view(c) for c in chunks)))
+            self.progress(progress_of(chunks))
