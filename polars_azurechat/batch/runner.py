@@ -48,8 +48,8 @@ from polars_azurechat.batch.chunks import (
     MAX_FILE_LINES,
     Chunk,
     Chunker,
-    digest,
 )
+from polars_azurechat.batch.planner import Planner
 from polars_azurechat.batch.poll import (
     TERMINAL,
     BatchProgress,
@@ -201,6 +201,14 @@ class BatchRunner:
             file_poll_s=file_poll_s,
             backoff=backoff,
         )
+        self._planner = Planner(
+            state,
+            host=self.host,
+            deployment=deployment,
+            chunker=self._chunker,
+            submitter=self._submitter,
+            step=self._step,
+        )
         #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
         self.learned_limit: int | None = None
         check_api_version(self._api.api_version, self.params)
@@ -237,10 +245,10 @@ class BatchRunner:
                 results[key] = ChatResult(exception=req.error)
             else:
                 items.setdefault(key, req)
-        self._settle(items, cached)
+        self._planner.settle(items, cached)
         if not items:
             return results
-        chunks = self._plan(items, results)
+        chunks = self._planner.plan(items, results, self.limit)
         logger.info(
             "batch mode: %d requests in %d batch(es) (%d already submitted)",
             sum(c.lines for c in chunks),
@@ -284,85 +292,6 @@ class BatchRunner:
         return min(known) if known else None
 
     # -- planning ------------------------------------------------------------------
-
-    def _settle(self, wanted: Collection[str], cached: Collection[str]) -> None:
-        """Mark done the live chunks whose every answer is already in the cache."""
-        if not cached:
-            return
-        for record in self.state.live(self.host, self.deployment):
-            keys = self.state.keys(record.chunk)
-            if all(key in cached and key not in wanted for key in keys):
-                logger.info(
-                    "batch chunk %s: every answer is in the cache; marked done",
-                    record.chunk[:12],
-                )
-                self.state.done(
-                    record.chunk, record.status or "unknown", "answers in the cache"
-                )
-
-    def _plan(
-        self, items: dict[str, ChatRequest], results: dict[str, ChatResult]
-    ) -> list[Chunk]:
-        """Attach to the live chunks holding these keys; cut the rest into new ones."""
-        wanted = set(items)
-        covered: set[str] = set()
-        chunks: list[Chunk] = []
-        for record in self.state.live(self.host, self.deployment):
-            keys = self.state.keys(record.chunk)
-            if wanted.isdisjoint(keys):
-                continue
-            chunk = Chunk.from_record(record, keys)
-            if chunk.phase in ("planned", "uploading") and chunk.file_id is None:
-                data = self._chunker.rebuild(keys, items)
-                if data is not None and digest(data) == chunk.name:
-                    chunk.data = data
-                else:
-                    found = (
-                        self._submitter.find_file(chunk)
-                        if chunk.phase == "uploading"
-                        else None
-                    )
-                    if found is None:
-                        logger.info(
-                            "batch chunk %s was never uploaded and cannot be rebuilt "
-                            "from this run's requests: cut anew",
-                            chunk.name[:12],
-                        )
-                        self.state.abandon(chunk.name, "not rebuilt on a rerun")
-                        continue
-                    self.state.uploaded(chunk.name, found)
-                    chunk.phase, chunk.file_id = "uploaded", found
-            logger.info(
-                "attaching to batch chunk %s (%s%s)",
-                chunk.name[:12],
-                chunk.phase,
-                f", batch {chunk.batch_id}" if chunk.batch_id else "",
-            )
-            covered.update(keys)
-            chunks.append(chunk)
-        fresh = self._chunker.cut(
-            [(key, items[key]) for key in sorted(wanted - covered)], results, self.limit
-        )
-        if fresh:
-            records = self.state.add_chunks(
-                c.as_new(self.host, self.deployment) for c in fresh
-            )
-            by_name = {r.chunk: r for r in records}
-            for c in fresh:
-                stored = by_name.get(c.name)
-                if stored is not None and stored.phase != "planned":  # pragma: no cover
-                    # the same chunk is live in another process: follow it there
-                    c.phase, c.file_id, c.batch_id = (
-                        stored.phase,
-                        stored.file_id,
-                        stored.batch_id,
-                    )
-                elif stored is not None:
-                    c.file_id = stored.file_id  # kept from an earlier, done run
-                if self.hook is not None:
-                    self.hook("planned", c.name)
-            chunks.extend(fresh)
-        return chunks
 
     def _fits(self, chunk: Chunk, active: Sequence[Chunk]) -> bool:
         """Whether ``chunk`` may be submitted now under the enqueued-token limit."""
