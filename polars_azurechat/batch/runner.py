@@ -9,15 +9,18 @@
    ``POST``, ``url`` = ``/chat/completions``, ``body`` = the body parameters, the
    messages and ``model`` = the batch deployment. Lines are sorted by key and cut
    into files of at most ``max_lines`` lines and ``max_bytes`` bytes (Azure: 100,000
-   and 200 MB), and of at most the enqueued-token limit when one is known;
+   and 200 MB), and of at most the enqueued-token limit when one is known
+   (:mod:`~polars_azurechat.batch.chunks`; the chunks of earlier runs are attached
+   to by :mod:`~polars_azurechat.batch.planner`);
 2. each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a
-   batch created from it (``completion_window="24h"``). With an enqueued-token limit
-   (given, or learned from a batch that failed for ``token_limit_exceeded``), a
-   batch is created only while the tokens of the batches running stay under it:
-   later ones are submitted as earlier ones finish;
+   batch created from it (``completion_window="24h"``;
+   :mod:`~polars_azurechat.batch.submit`). With an enqueued-token limit (given, or
+   learned from a batch that failed for ``token_limit_exceeded``), a batch is
+   created only while the tokens of the batches running stay under it: later ones
+   are submitted as earlier ones finish;
 3. the batches are polled with backoff (``poll_interval_s``, growing by ``backoff``
    while nothing changes, up to ``max_poll_interval_s``), and ``progress`` is called
-   with their statuses and request counts;
+   with their statuses and request counts (:mod:`~polars_azurechat.batch.poll`);
 4. a finished batch's output and error files are downloaded and every line joined
    back to its key by ``custom_id`` (the order of lines is not the input's). A
    line's ``response.body`` is read as the online path reads a body
@@ -25,7 +28,11 @@
    :func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
    cancelled batch never answered get a :class:`BatchIncompleteError`; rows of a
    batch that failed (validation, a quota it can never fit) get a
-   :class:`BatchFailedError` naming Azure's reason.
+   :class:`BatchFailedError` naming Azure's reason
+   (:mod:`~polars_azurechat.batch.results`).
+
+The SDK calls, sync or async client alike, and their errors are in
+:mod:`~polars_azurechat.batch.api`.
 
 Every step is written to a :class:`~polars_azurechat.batch.state.BatchStateStore`
 before it happens (the protocol is in that module's docstring), so a rerun after a
