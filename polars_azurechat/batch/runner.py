@@ -176,9 +176,6 @@ class BatchRunner:
         self.enqueued_tokens_limit = enqueued_tokens_limit
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self._chunker = Chunker(
-            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes
-        )
         self.on_truncated = on_truncated
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
@@ -190,6 +187,10 @@ class BatchRunner:
         self.sleep = sleep
         self.clock = clock
         self.schema = schema
+        # the parts of a run, each given the settings it uses (read here, once)
+        self._chunker = Chunker(
+            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes
+        )
         self._reader = ResultReader(
             self._api,
             deployment=deployment,
