@@ -24,10 +24,10 @@ import openai
 import pytest
 
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.batch.poll import BatchProgress
 from polars_azurechat.batch.runner import (
     BatchFailedError,
     BatchIncompleteError,
-    BatchProgress,
     BatchRunner,
 )
 from polars_azurechat.batch.state import BatchStateStore, _transaction
@@ -181,7 +181,7 @@ def test_a_job_past_the_file_limits_is_split(
     # by bytes: 1,000 bytes hold 4 lines of ~220 bytes
     rows = _rows(emu, [f"Say {i}" for i in range(12)])
     runner = _runner(emu, clock, state, max_bytes=1000)
-    assert 200 < len(runner._line(*rows[0])) <= 250
+    assert 200 < len(runner._chunker.line(*rows[0])) <= 250
     results = runner.run(rows)
     assert _content(results, rows) == [f"Echo: Say {i}" for i in range(12)]
     sizes = [f.bytes for f in _client(emu).files.list(purpose="batch")]  # newest first
@@ -271,7 +271,8 @@ def test_a_line_named_by_a_validation_error_gets_its_own_message(
     rows = _rows(emu, _arith(3))
     runner = _runner(emu, clock, state)
     # one line the server refuses: its url is not the batch's endpoint
-    runner._line = _with_a_bad_url(runner._line, rows[1][0])  # type: ignore[method-assign]
+    chunker = runner._chunker
+    chunker.line = _with_a_bad_url(chunker.line, rows[1][0])  # type: ignore[method-assign]
     results = runner.run(rows)
     mine = results[rows[1][0]].exception
     other = results[rows[0][0]].exception

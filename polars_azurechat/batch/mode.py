@@ -25,7 +25,8 @@ from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.engine.frontdoor import FrontDoor, Intake
 
 if TYPE_CHECKING:
-    from polars_azurechat.batch.runner import BatchProgress, BatchRunner
+    from polars_azurechat.batch.poll import BatchProgress
+    from polars_azurechat.batch.runner import BatchRunner
     from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat.config import ChatConfig
     from polars_azurechat.engine.core import ChatEngine, Run, RunStats

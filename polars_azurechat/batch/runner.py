@@ -9,15 +9,18 @@
    ``POST``, ``url`` = ``/chat/completions``, ``body`` = the body parameters, the
    messages and ``model`` = the batch deployment. Lines are sorted by key and cut
    into files of at most ``max_lines`` lines and ``max_bytes`` bytes (Azure: 100,000
-   and 200 MB), and of at most the enqueued-token limit when one is known;
+   and 200 MB), and of at most the enqueued-token limit when one is known
+   (:mod:`~polars_azurechat.batch.chunks`; the chunks of earlier runs are attached
+   to by :mod:`~polars_azurechat.batch.planner`);
 2. each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a
-   batch created from it (``completion_window="24h"``). With an enqueued-token limit
-   (given, or learned from a batch that failed for ``token_limit_exceeded``), a
-   batch is created only while the tokens of the batches running stay under it:
-   later ones are submitted as earlier ones finish;
+   batch created from it (``completion_window="24h"``;
+   :mod:`~polars_azurechat.batch.submit`). With an enqueued-token limit (given, or
+   learned from a batch that failed for ``token_limit_exceeded``), a batch is
+   created only while the tokens of the batches running stay under it: later ones
+   are submitted as earlier ones finish;
 3. the batches are polled with backoff (``poll_interval_s``, growing by ``backoff``
    while nothing changes, up to ``max_poll_interval_s``), and ``progress`` is called
-   with their statuses and request counts;
+   with their statuses and request counts (:mod:`~polars_azurechat.batch.poll`);
 4. a finished batch's output and error files are downloaded and every line joined
    back to its key by ``custom_id`` (the order of lines is not the input's). A
    line's ``response.body`` is read as the online path reads a body
@@ -25,7 +28,11 @@
    :func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
    cancelled batch never answered get a :class:`BatchIncompleteError`; rows of a
    batch that failed (validation, a quota it can never fit) get a
-   :class:`BatchFailedError` naming Azure's reason.
+   :class:`BatchFailedError` naming Azure's reason
+   (:mod:`~polars_azurechat.batch.results`).
+
+The SDK calls, sync or async client alike, and their errors are in
+:mod:`~polars_azurechat.batch.api`.
 
 Every step is written to a :class:`~polars_azurechat.batch.state.BatchStateStore`
 before it happens (the protocol is in that module's docstring), so a rerun after a
@@ -36,33 +43,38 @@ place to write them to the answer cache.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.batch.state import BatchStateStore, NewChunk, Phase
-from polars_azurechat.engine import loop as _loop
+from polars_azurechat.batch.api import TRANSIENT, Api, check_api_version
+from polars_azurechat.batch.chunks import (
+    MAX_FILE_BYTES,
+    MAX_FILE_LINES,
+    Chunk,
+    Chunker,
+)
+from polars_azurechat.batch.planner import Planner
+from polars_azurechat.batch.poll import (
+    TERMINAL,
+    BatchProgress,
+    BatchStatus,
+    Outcome,
+    drive,
+    observe,
+    progress_of,
+)
+from polars_azurechat.batch.results import ResultReader
+from polars_azurechat.batch.state import BatchStateStore
+from polars_azurechat.batch.submit import Submitter
 from polars_azurechat.errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
     AzureChatError,
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
-    MalformedResponseError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
 )
-from polars_azurechat.transport import tokens as _tokens
-from polars_azurechat.transport.http import parse_completion, sdk_errors, status_error
 
 if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
@@ -78,89 +90,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Azure's limits on one batch input file: requests, and bytes (200 MB).
-MAX_FILE_LINES = 100_000
-MAX_FILE_BYTES = 200 * 1024 * 1024
-#: The url of every line, and the batch's endpoint.
-BATCH_URL = "/chat/completions"
-#: Input files are named ``polars-azurechat-<sha256 of the content>.jsonl``.
-FILE_PREFIX = "polars-azurechat-"
-#: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
-META_CHUNK = "polars_azurechat_chunk"
-META_ATTEMPT = "polars_azurechat_attempt"
-#: Structured outputs in batches need this api-version or a later one.
-STRUCTURED_API_VERSION = "2024-08-01"
-
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_INCOMPLETE_CODES = frozenset({"batch_expired", "batch_cancelled"})
-_TRANSIENT = (APIConnectionError, APITimeoutError, RateLimitError, ServerError)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchStatus:
-    """One batch of a run, as last seen."""
-
-    chunk: str
-    batch_id: str | None
-    #: The batch's status, or the step before it exists (``"uploading"``, ...).
-    status: str
-    lines: int
-    completed: int
-    failed: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchProgress:
-    """What ``progress`` receives: every batch of the run."""
-
-    batches: tuple[BatchStatus, ...]
-
-    @property
-    def lines(self) -> int:
-        """Requests in all batches."""
-        return sum(b.lines for b in self.batches)
-
-    @property
-    def completed(self) -> int:
-        """Requests answered so far (``request_counts.completed``)."""
-        return sum(b.completed for b in self.batches)
-
-    @property
-    def failed(self) -> int:
-        """Requests failed so far (``request_counts.failed``)."""
-        return sum(b.failed for b in self.batches)
-
-    @property
-    def finished(self) -> int:
-        """Batches that ended."""
-        return sum(b.status in TERMINAL for b in self.batches)
-
-
-@dataclasses.dataclass(slots=True)
-class _Chunk:
-    name: str
-    keys: list[str]
-    tokens: int
-    lines: int
-    phase: Phase
-    file_name: str
-    file_id: str | None = None
-    batch_id: str | None = None
-    data: bytes | None = None
-    status: str | None = None
-    completed: int = 0
-    failed: int = 0
-
-    def view(self) -> BatchStatus:
-        return BatchStatus(
-            chunk=self.name,
-            batch_id=self.batch_id,
-            status=self.status or self.phase,
-            lines=self.lines,
-            completed=self.completed,
-            failed=self.failed,
-        )
 
 
 class BatchRunner:
@@ -239,7 +168,7 @@ class BatchRunner:
             raise ConfigurationError(
                 "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
             )
-        self._api = _Api(client, deployment)
+        self._api = Api(client, deployment)
         self.deployment = deployment
         self.state = state
         self.params = dict(params or {})
@@ -258,12 +187,39 @@ class BatchRunner:
         self.sleep = sleep
         self.clock = clock
         self.schema = schema
-        self._max_tokens = self.params.get(
-            "max_tokens", self.params.get("max_completion_tokens")
+        # the parts of a run, each given the settings it uses (read here, once)
+        self._chunker = Chunker(
+            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes
+        )
+        self._reader = ResultReader(
+            self._api,
+            deployment=deployment,
+            host=self.host,
+            schema=schema,
+            max_tokens=self.params.get(
+                "max_tokens", self.params.get("max_completion_tokens")
+            ),
+            on_truncated=on_truncated,
+        )
+        self._submitter = Submitter(
+            self._api,
+            state,
+            step=self._step,
+            sleep=sleep,
+            file_poll_s=file_poll_s,
+            backoff=backoff,
+        )
+        self._planner = Planner(
+            state,
+            host=self.host,
+            deployment=deployment,
+            chunker=self._chunker,
+            submitter=self._submitter,
+            step=self._step,
         )
         #: The enqueued-token limit learned from ``token_limit_exceeded`` (``None``).
         self.learned_limit: int | None = None
-        self._check_api_version()
+        check_api_version(self._api.api_version, self.params)
 
     # -- the run -----------------------------------------------------------------
 
@@ -297,48 +253,27 @@ class BatchRunner:
                 results[key] = ChatResult(exception=req.error)
             else:
                 items.setdefault(key, req)
-        self._settle(items, cached)
+        self._planner.settle(items, cached)
         if not items:
             return results
-        chunks = self._plan(items, results)
-        pending = deque(c for c in chunks if c.phase != "submitted")
-        active = [c for c in chunks if c.phase == "submitted"]
-        interval = self.poll_interval_s
+        chunks = self._planner.plan(items, results, self.limit)
         logger.info(
             "batch mode: %d requests in %d batch(es) (%d already submitted)",
             sum(c.lines for c in chunks),
             len(chunks),
-            len(active),
+            sum(c.phase == "submitted" for c in chunks),
         )
-        while pending or active:
-            while pending and self._fits(pending[0], active):
-                chunk = pending.popleft()
-                if self._submit(chunk, items, results):
-                    active.append(chunk)
-            self._report(chunks)
-            if not active:
-                continue
-            self.sleep(interval)
-            changed = False
-            for chunk in list(active):
-                before = (chunk.status, chunk.completed, chunk.failed)
-                outcome = self._poll(chunk, active, items, results)
-                changed |= outcome != "running" or before != (
-                    chunk.status,
-                    chunk.completed,
-                    chunk.failed,
-                )
-                if outcome == "requeue":
-                    active.remove(chunk)
-                    pending.appendleft(chunk)
-                elif outcome == "ended":
-                    active.remove(chunk)
-            self._report(chunks)
-            interval = (
-                self.poll_interval_s
-                if changed
-                else min(self.max_poll_interval_s, interval * self.backoff)
-            )
+        drive(
+            chunks,
+            fits=self._fits,
+            submit=lambda chunk: self._submit(chunk, items, results),
+            poll=lambda chunk, active: self._poll(chunk, active, results),
+            report=lambda: self._report(chunks),
+            sleep=self.sleep,
+            first=self.poll_interval_s,
+            longest=self.max_poll_interval_s,
+            backoff=self.backoff,
+        )
         return results
 
     def cancel(self) -> list[str]:
@@ -366,182 +301,7 @@ class BatchRunner:
 
     # -- planning ------------------------------------------------------------------
 
-    def _settle(self, wanted: Collection[str], cached: Collection[str]) -> None:
-        """Mark done the live chunks whose every answer is already in the cache."""
-        if not cached:
-            return
-        for record in self.state.live(self.host, self.deployment):
-            keys = self.state.keys(record.chunk)
-            if all(key in cached and key not in wanted for key in keys):
-                logger.info(
-                    "batch chunk %s: every answer is in the cache; marked done",
-                    record.chunk[:12],
-                )
-                self.state.done(
-                    record.chunk, record.status or "unknown", "answers in the cache"
-                )
-
-    def _plan(
-        self, items: dict[str, ChatRequest], results: dict[str, ChatResult]
-    ) -> list[_Chunk]:
-        """Attach to the live chunks holding these keys; cut the rest into new ones."""
-        wanted = set(items)
-        covered: set[str] = set()
-        chunks: list[_Chunk] = []
-        for record in self.state.live(self.host, self.deployment):
-            keys = self.state.keys(record.chunk)
-            if wanted.isdisjoint(keys):
-                continue
-            chunk = _Chunk(
-                name=record.chunk,
-                keys=keys,
-                tokens=record.tokens,
-                lines=record.lines,
-                phase=record.phase,
-                file_name=record.file_name,
-                file_id=record.file_id,
-                batch_id=record.batch_id,
-                status=record.status,
-            )
-            if chunk.phase in ("planned", "uploading") and chunk.file_id is None:
-                data = self._rebuild(keys, items)
-                if data is not None and _digest(data) == chunk.name:
-                    chunk.data = data
-                else:
-                    found = (
-                        self._find_file(chunk) if chunk.phase == "uploading" else None
-                    )
-                    if found is None:
-                        logger.info(
-                            "batch chunk %s was never uploaded and cannot be rebuilt "
-                            "from this run's requests: cut anew",
-                            chunk.name[:12],
-                        )
-                        self.state.abandon(chunk.name, "not rebuilt on a rerun")
-                        continue
-                    self.state.uploaded(chunk.name, found)
-                    chunk.phase, chunk.file_id = "uploaded", found
-            logger.info(
-                "attaching to batch chunk %s (%s%s)",
-                chunk.name[:12],
-                chunk.phase,
-                f", batch {chunk.batch_id}" if chunk.batch_id else "",
-            )
-            covered.update(keys)
-            chunks.append(chunk)
-        fresh = self._cut(
-            [(key, items[key]) for key in sorted(wanted - covered)], results
-        )
-        if fresh:
-            records = self.state.add_chunks(
-                NewChunk(
-                    chunk=c.name,
-                    host=self.host,
-                    deployment=self.deployment,
-                    file_name=c.file_name,
-                    lines=c.lines,
-                    bytes=len(c.data or b""),
-                    tokens=c.tokens,
-                    keys=c.keys,
-                )
-                for c in fresh
-            )
-            by_name = {r.chunk: r for r in records}
-            for c in fresh:
-                stored = by_name.get(c.name)
-                if stored is not None and stored.phase != "planned":  # pragma: no cover
-                    # the same chunk is live in another process: follow it there
-                    c.phase, c.file_id, c.batch_id = (
-                        stored.phase,
-                        stored.file_id,
-                        stored.batch_id,
-                    )
-                elif stored is not None:
-                    c.file_id = stored.file_id  # kept from an earlier, done run
-                if self.hook is not None:
-                    self.hook("planned", c.name)
-            chunks.extend(fresh)
-        return chunks
-
-    def _line(self, key: str, req: ChatRequest) -> bytes:
-        body = {**self.params, "model": self.deployment, "messages": req.messages}
-        line = {"custom_id": key, "method": "POST", "url": BATCH_URL, "body": body}
-        return (
-            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
-        ).encode()
-
-    def _rebuild(
-        self, keys: Sequence[str], items: Mapping[str, ChatRequest]
-    ) -> bytes | None:
-        """A recorded chunk's file again, if this run has every request of it."""
-        if any(key not in items for key in keys):
-            return None
-        return b"".join(self._line(key, items[key]) for key in keys)
-
-    def _cut(
-        self,
-        pairs: Sequence[tuple[str, ChatRequest]],
-        results: dict[str, ChatResult],
-    ) -> list[_Chunk]:
-        """Cut sorted requests into files within the line, byte and token limits."""
-        limit = self.limit
-        out: list[_Chunk] = []
-        keys: list[str] = []
-        lines: list[bytes] = []
-        size = tokens = 0
-
-        def close() -> None:
-            if keys:
-                data = b"".join(lines)
-                name = _digest(data)
-                out.append(
-                    _Chunk(
-                        name=name,
-                        keys=list(keys),
-                        tokens=tokens,
-                        lines=len(keys),
-                        phase="planned",
-                        file_name=f"{FILE_PREFIX}{name}.jsonl",
-                        data=data,
-                    )
-                )
-
-        for key, req in pairs:
-            line = self._line(key, req)
-            cost = _tokens.prompt_tokens(req.messages)
-            if len(line) > self.max_bytes:
-                results[key] = ChatResult(
-                    exception=BatchFailedError(
-                        f"the request is {len(line)} bytes as a batch line, more than "
-                        f"a batch file may hold ({self.max_bytes})",
-                        code="file_too_large",
-                    )
-                )
-                continue
-            if limit is not None and cost > limit:
-                results[key] = ChatResult(
-                    exception=BatchFailedError(
-                        f"the request's ~{cost} prompt tokens exceed the enqueued-token "
-                        f"limit of {limit} of deployment {self.deployment!r}",
-                        code="token_limit_exceeded",
-                    )
-                )
-                continue
-            if keys and (
-                len(keys) >= self.max_lines
-                or size + len(line) > self.max_bytes
-                or (limit is not None and tokens + cost > limit)
-            ):
-                close()
-                keys, lines, size, tokens = [], [], 0, 0
-            keys.append(key)
-            lines.append(line)
-            size += len(line)
-            tokens += cost
-        close()
-        return out
-
-    def _fits(self, chunk: _Chunk, active: Sequence[_Chunk]) -> bool:
+    def _fits(self, chunk: Chunk, active: Sequence[Chunk]) -> bool:
         """Whether ``chunk`` may be submitted now under the enqueued-token limit."""
         limit = self.limit
         if limit is None or not active:
@@ -552,7 +312,7 @@ class BatchRunner:
 
     def _submit(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         items: Mapping[str, ChatRequest],
         results: dict[str, ChatResult],
     ) -> bool:
@@ -560,113 +320,12 @@ class BatchRunner:
 
         Returns whether a batch is running; if not, the chunk's rows have their errors.
         """
-        state = self.state
-        for _ in range(3):  # a file the server refuses is uploaded at most 3 times
-            if chunk.phase == "planned" and chunk.file_id is not None:
-                # cut again with the same content: the earlier upload may still serve
-                state.uploaded(chunk.name, chunk.file_id)
-                chunk.phase = "uploaded"
-            if chunk.phase in ("planned", "uploading"):
-                resumed = chunk.phase == "uploading"  # the upload may have happened
-                state.uploading(chunk.name)
-                chunk.phase = "uploading"
-                self._step("uploading", chunk)
-                found = self._find_file(chunk) if resumed else None
-                if found is None:
-                    data = chunk.data or self._rebuild(chunk.keys, items)
-                    if data is None:
-                        return self._give_up(
-                            chunk,
-                            results,
-                            "its input file is gone from the server and this run "
-                            "does not hold all of its requests to upload it again",
-                        )
-                    found = str(self._api.upload(chunk.file_name, data).id)
-                    logger.info("uploaded %s as %s", chunk.file_name, found)
-                    self._step("uploaded", chunk)
-                chunk.file_id = found
-                state.uploaded(chunk.name, found)
-                chunk.phase = "uploaded"
-                self._step("file_recorded", chunk)
-            resumed = chunk.phase == "creating"  # the create may have happened
-            if chunk.phase == "uploaded":
-                assert chunk.file_id is not None  # noqa: S101 - set with the phase
-                problem = self._wait_processed(chunk.file_id)
-                if problem is not None:
-                    logger.warning(
-                        "batch file %s: %s; uploading it again", chunk.file_id, problem
-                    )
-                    state.reupload(chunk.name, problem)
-                    chunk.phase, chunk.file_id = "planned", None
-                    continue
-                self._step("file_processed", chunk)
-            assert chunk.file_id is not None  # noqa: S101 - recorded before creating
-            attempt = state.creating(chunk.name)
-            chunk.phase = "creating"
-            self._step("creating", chunk)
-            batch = self._find_batch(chunk.name, attempt) if resumed else None
-            if batch is None:
-                batch = self._api.create(
-                    chunk.file_id,
-                    {META_CHUNK: chunk.name, META_ATTEMPT: str(attempt)},
-                )
-                logger.info(
-                    "created batch %s for %s (attempt %d)",
-                    batch.id,
-                    chunk.file_name,
-                    attempt,
-                )
-                self._step("created", chunk)
-            else:
-                logger.info("found batch %s created before a crash", batch.id)
-            chunk.batch_id, chunk.status = str(batch.id), str(batch.status)
-            state.submitted(chunk.name, chunk.batch_id, chunk.status)
-            chunk.phase = "submitted"
-            self._step("batch_recorded", chunk)
-            return True
-        return self._give_up(chunk, results, "the server refused its input file")
+        why = self._submitter.submit(
+            chunk, lambda: self._chunker.rebuild(chunk.keys, items)
+        )
+        return why is None or self._give_up(chunk, results, why)
 
-    def _wait_processed(self, file_id: str) -> str | None:
-        """Wait until the file is ``processed``; else why it cannot be used."""
-        wait = self.file_poll_s
-        while True:
-            file = self._api.file(file_id)
-            if file is None:
-                return "its input file is gone from the server"
-            status = str(file.status)
-            if status == "processed":
-                return None
-            if status in ("error", "deleted", "deleting"):
-                details = getattr(file, "status_details", None)
-                return f"its input file is in status {status!r}" + (
-                    f" ({details})" if details else ""
-                )
-            self.sleep(wait)
-            wait = min(wait * self.backoff, 10 * self.file_poll_s)
-
-    def _find_file(self, chunk: _Chunk) -> str | None:
-        """The id of this chunk's file if an earlier run uploaded it (by its name)."""
-        for file in self._api.files():
-            if str(file.filename) == chunk.file_name and str(file.status) not in (
-                "error",
-                "deleted",
-                "deleting",
-            ):
-                logger.info("found %s uploaded before a crash", chunk.file_name)
-                return str(file.id)
-        return None
-
-    def _find_batch(self, chunk: str, attempt: int) -> Any | None:
-        """The batch an earlier run created for this chunk and attempt, if any."""
-        for batch in self._api.batches():
-            metadata = batch.metadata or {}
-            if metadata.get(META_CHUNK) == chunk and metadata.get(META_ATTEMPT) == str(
-                attempt
-            ):
-                return batch
-        return None
-
-    def _give_up(self, chunk: _Chunk, results: dict[str, ChatResult], why: str) -> bool:
+    def _give_up(self, chunk: Chunk, results: dict[str, ChatResult], why: str) -> bool:
         error = BatchFailedError(f"batch mode could not submit this request: {why}")
         self._deliver(
             chunk, {key: ChatResult(exception=error) for key in chunk.keys}, results
@@ -679,15 +338,15 @@ class BatchRunner:
 
     def _poll(
         self,
-        chunk: _Chunk,
-        active: Sequence[_Chunk],
-        items: Mapping[str, ChatRequest],
+        chunk: Chunk,
+        active: Sequence[Chunk],
         results: dict[str, ChatResult],
-    ) -> Literal["running", "ended", "requeue"]:
+    ) -> Outcome:
+        """Poll ``chunk``'s batch once; if it ended, deliver its rows' results."""
         assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
         try:
             batch = self._api.batch(chunk.batch_id)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             logger.warning(
                 "polling batch %s failed (%s); retrying", chunk.batch_id, exc
             )
@@ -699,14 +358,7 @@ class BatchRunner:
             )
             self._end(chunk, "failed", dict.fromkeys(chunk.keys, batch_error), results)
             return "ended"
-        status = str(batch.status)
-        counts = batch.request_counts
-        chunk.completed = int(counts.completed) if counts else 0
-        chunk.failed = int(counts.failed) if counts else 0
-        if status != chunk.status:
-            logger.info("batch %s: %s", chunk.batch_id, status)
-            self.state.seen(chunk.name, chunk.batch_id, status)
-        chunk.status = status
+        status = observe(chunk, batch, self.state)
         self._step("polled", chunk)
         if status not in TERMINAL:
             return "running"
@@ -728,151 +380,16 @@ class BatchRunner:
                     chunk.phase, chunk.batch_id, chunk.status = "uploaded", None, None
                     chunk.completed = chunk.failed = 0
                     return "requeue"
-            self._end(
-                chunk, status, self._failed_rows(chunk, batch.id, errors), results
-            )
+            per_key = self._reader.failed_rows(chunk.keys, batch.id, errors)
+            self._end(chunk, status, per_key, results)
             return "ended"
-        per_key = self._collect(chunk, batch, status)
+        per_key = self._reader.collect(chunk.keys, batch, status)
         self._end(chunk, status, per_key, results)
         return "ended"
 
-    def _failed_rows(
-        self, chunk: _Chunk, batch_id: str, errors: Sequence[Any]
-    ) -> dict[str, AzureChatError | ChatResult]:
-        """Each row's error for a batch that failed: its own line's, else the batch's."""
-        described = (
-            "; ".join(
-                f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "")
-                for e in errors[:3]
-            )
-            or "no reason given"
-        )
-        first = errors[0] if errors else None
-        out: dict[str, AzureChatError | ChatResult] = {}
-        for key in chunk.keys:
-            out[key] = BatchFailedError(
-                f"batch {batch_id} failed validation: {described}",
-                batch_id=batch_id,
-                code=str(first.code) if first is not None else None,
-            )
-        for e in errors:
-            line = getattr(e, "line", None)
-            if isinstance(line, int) and 1 <= line <= len(chunk.keys):
-                out[chunk.keys[line - 1]] = BatchFailedError(
-                    f"batch {batch_id} failed validation at this row's line {line}: "
-                    f"{e.code}: {e.message}",
-                    batch_id=batch_id,
-                    code=str(e.code),
-                    line=line,
-                )
-        return out
-
-    def _collect(
-        self, chunk: _Chunk, batch: Any, status: str
-    ) -> dict[str, AzureChatError | ChatResult]:
-        """Join the output and error files' lines back to the chunk's keys."""
-        batch_id = str(batch.id)
-        found: dict[str, AzureChatError | ChatResult] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            for raw in self._api.content(str(file_id)).splitlines():
-                if not raw.strip():
-                    continue
-                try:
-                    line = json.loads(raw)
-                    custom_id = line["custom_id"]
-                except (ValueError, KeyError, TypeError):
-                    logger.warning("batch %s: an unreadable output line", batch_id)
-                    continue
-                found[str(custom_id)] = self._line_result(line, batch_id)
-        for key in chunk.keys:
-            if key in found:
-                continue
-            if status in ("expired", "cancelled"):
-                found[key] = BatchIncompleteError(
-                    f"batch {batch_id} {status} before this request was answered",
-                    batch_id=batch_id,
-                    status=status,
-                )
-            else:
-                found[key] = BatchFailedError(
-                    f"batch {batch_id} {status} without a line for this request",
-                    batch_id=batch_id,
-                )
-        return found
-
-    def _line_result(self, line: Any, batch_id: str) -> AzureChatError | ChatResult:
-        """One output or error line as a result (or the error it carries)."""
-        response = line.get("response") if isinstance(line, dict) else None
-        error = line.get("error") if isinstance(line, dict) else None
-        if isinstance(response, dict):
-            code = response.get("status_code")
-            request_id = response.get("request_id")
-            headers = {"apim-request-id": str(request_id)} if request_id else {}
-            raw = json.dumps(response.get("body")).encode()
-            if code == 200:
-                try:
-                    completion = parse_completion(raw, headers)
-                except MalformedResponseError as exc:
-                    return exc
-                return self._answer(completion)
-            if isinstance(code, int):
-                return status_error(code, headers, raw, self.deployment, self.host)
-        if isinstance(error, dict):
-            code_text = str(error.get("code"))
-            message = str(error.get("message"))
-            if code_text in _INCOMPLETE_CODES:
-                status = code_text.removeprefix("batch_")
-                return BatchIncompleteError(
-                    f"batch {batch_id} {status} before this request was answered "
-                    f"({message})",
-                    batch_id=batch_id,
-                    status=status,
-                )
-            return BatchFailedError(
-                f"batch {batch_id}: the request failed ({code_text}): {message}",
-                batch_id=batch_id,
-                code=code_text,
-            )
-        return MalformedResponseError(
-            f"batch {batch_id}: an output line without a response or an error"
-        )
-
-    def _answer(self, completion: Any) -> ChatResult:
-        """A completion as a row's result (the online path's rules), with provenance.
-
-        A filtered answer is a :class:`ContentFilterError`, a refusal a
-        :class:`RefusalError`, a truncated typed answer (or any truncated one with
-        ``on_truncated="error"``) a :class:`TruncatedError`, and a typed answer that
-        does not validate a :class:`SchemaValidationError` (not sent again: a batch
-        line has one attempt).
-        """
-        from polars_azurechat.engine.online import (
-            answer_error,
-            completed,
-            invalid_answer,
-        )
-
-        parsed: dict[str, Any] | None = None
-        rid = completion.request_id
-        schema = self.schema
-        exception = answer_error(
-            completion,
-            typed=schema is not None,
-            max_tokens=self._max_tokens,
-            on_truncated=self.on_truncated,
-        )
-        if exception is None and schema is not None:
-            try:
-                parsed = schema.parse(_content_of(completion.content))
-            except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
-                exception = invalid_answer(schema.name, err, rid)
-        return completed(completion, parsed, 1, exception, deployment=self.deployment)
-
     def _end(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         status: str,
         per_key: Mapping[str, AzureChatError | ChatResult],
         results: dict[str, ChatResult],
@@ -894,7 +411,7 @@ class BatchRunner:
 
     def _deliver(
         self,
-        chunk: _Chunk,
+        chunk: Chunk,
         chunk_results: Mapping[str, ChatResult],
         results: dict[str, ChatResult],
     ) -> None:
@@ -904,124 +421,10 @@ class BatchRunner:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _step(self, step: str, chunk: _Chunk) -> None:
+    def _step(self, step: str, chunk: Chunk) -> None:
         if self.hook is not None:
             self.hook(step, chunk.name)
 
-    def _report(self, chunks: Sequence[_Chunk]) -> None:
+    def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
-            self.progress(BatchProgress(tuple(c.view() for c in chunks)))
-
-    def _check_api_version(self) -> None:
-        version = self._api.api_version
-        schema = self.params.get("response_format")
-        if (
-            version
-            and isinstance(schema, Mapping)
-            and schema.get("type") == "json_schema"
-            and version[:10] < STRUCTURED_API_VERSION
-        ):
-            raise ConfigurationError(
-                f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
-                f"or later; the client uses {version}"
-            )
-
-
-def _content_of(content: str | None) -> str:
-    """A typed answer's text; no content at all is a mismatch (as online)."""
-    if content is None:
-        from polars_azurechat.schema.errors import SchemaMismatchError
-
-        raise SchemaMismatchError("the answer has no content", json_error=True)
-    return content
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Api:
-    """The SDK calls batch mode makes, sync or async client alike, errors mapped."""
-
-    def __init__(self, client: Any, deployment: str) -> None:
-        import openai
-
-        self.client = client
-        self.deployment = deployment
-        self.is_async = isinstance(client, openai.AsyncOpenAI)
-        self.host = str(client.base_url.host)
-        version = getattr(client, "_api_version", None)
-        self.api_version = str(version) if version else None
-
-    def _run(self, call: Callable[[], Any]) -> Any:
-        with sdk_errors(self.deployment, self.host):
-            result = call()
-            if self.is_async:
-                result = _loop.call(_awaited(result))
-        return result
-
-    def upload(self, name: str, data: bytes) -> Any:
-        return self._run(
-            lambda: self.client.files.create(file=(name, data), purpose="batch")
-        )
-
-    def file(self, file_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.files.retrieve(file_id))
-        except NotFoundError:
-            return None
-
-    def files(self) -> list[Any]:
-        return self._list(lambda: self.client.files.list(purpose="batch"))
-
-    def content(self, file_id: str) -> bytes:
-        if self.is_async:
-            return bytes(self._run(lambda: _async_content(self.client, file_id)))
-        return bytes(self._run(lambda: self.client.files.content(file_id).content))
-
-    def create(self, file_id: str, metadata: dict[str, str]) -> Any:
-        return self._run(
-            lambda: self.client.batches.create(
-                input_file_id=file_id,
-                endpoint=BATCH_URL,
-                completion_window="24h",
-                metadata=metadata,
-            )
-        )
-
-    def batch(self, batch_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.batches.retrieve(batch_id))
-        except NotFoundError:
-            return None
-
-    def batches(self) -> list[Any]:
-        return self._list(lambda: self.client.batches.list(limit=100))
-
-    def cancel(self, batch_id: str) -> Any | None:
-        try:
-            return self._run(lambda: self.client.batches.cancel(batch_id))
-        except NotFoundError:
-            return None
-        except APIStatusError as exc:
-            if exc.status_code == 409:  # it ended meanwhile
-                return None
-            raise
-
-    def _list(self, make: Callable[[], Any]) -> list[Any]:
-        if self.is_async:
-            return list(self._run(lambda: _async_list(make())))
-        return list(self._run(lambda: list(make())))
-
-
-async def _awaited(value: Any) -> Any:
-    return await value
-
-
-async def _async_list(pager: Any) -> list[Any]:
-    return [item async for item in pager]
-
-
-async def _async_content(client: Any, file_id: str) -> bytes:
-    response = await client.files.content(file_id)
-    return bytes(response.content)
+            self.progress(progress_of(chunks))

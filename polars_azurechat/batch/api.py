@@ -1,0 +1,164 @@
+"""The openai SDK calls batch mode makes, and their errors. Not meant for outside use.
+
+:class:`Api` wraps an ``openai.AzureOpenAI`` client, or an ``AsyncAzureOpenAI`` one
+(whose calls then run on the process's background loop), for the ``files`` and
+``batches`` resources; every SDK error comes out as the package's own
+(:func:`~polars_azurechat.transport.http.sdk_errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from polars_azurechat.engine import loop as _loop
+from polars_azurechat.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+)
+from polars_azurechat.transport.http import sdk_errors
+
+__all__ = [
+    "BATCH_URL",
+    "STRUCTURED_API_VERSION",
+    "TRANSIENT",
+    "Api",
+    "check_api_version",
+]
+
+#: The url of every line, and the batch's endpoint.
+BATCH_URL = "/chat/completions"
+#: Structured outputs in batches need this api-version or a later one.
+STRUCTURED_API_VERSION = "2024-08-01"
+#: The errors of a call that may well succeed when made again (a poll is retried).
+TRANSIENT = (APIConnectionError, APITimeoutError, RateLimitError, ServerError)
+
+
+class Api:
+    """The SDK calls batch mode makes, sync or async client alike, errors mapped.
+
+    Parameters
+    ----------
+    client
+        An ``openai.AzureOpenAI`` (or ``AsyncAzureOpenAI``) client of the resource.
+    deployment
+        The batch deployment, named in the errors.
+    """
+
+    def __init__(self, client: Any, deployment: str) -> None:
+        import openai
+
+        self.client = client
+        self.deployment = deployment
+        self.is_async = isinstance(client, openai.AsyncOpenAI)
+        self.host = str(client.base_url.host)
+        version = getattr(client, "_api_version", None)
+        self.api_version = str(version) if version else None
+
+    def _run(self, call: Callable[[], Any]) -> Any:
+        with sdk_errors(self.deployment, self.host):
+            result = call()
+            if self.is_async:
+                result = _loop.call(_awaited(result))
+        return result
+
+    def upload(self, name: str, data: bytes) -> Any:
+        """Upload ``data`` as a file named ``name`` (``purpose="batch"``)."""
+        return self._run(
+            lambda: self.client.files.create(file=(name, data), purpose="batch")
+        )
+
+    def file(self, file_id: str) -> Any | None:
+        """The file ``file_id``, or ``None`` if the server no longer has it."""
+        try:
+            return self._run(lambda: self.client.files.retrieve(file_id))
+        except NotFoundError:
+            return None
+
+    def files(self) -> list[Any]:
+        """Every file of ``purpose="batch"`` on the resource."""
+        return self._list(lambda: self.client.files.list(purpose="batch"))
+
+    def content(self, file_id: str) -> bytes:
+        """The content of the file ``file_id`` (an output or error file)."""
+        if self.is_async:
+            return bytes(self._run(lambda: _async_content(self.client, file_id)))
+        return bytes(self._run(lambda: self.client.files.content(file_id).content))
+
+    def create(self, file_id: str, metadata: dict[str, str]) -> Any:
+        """Create a batch (24 hours) of the input file ``file_id``, with ``metadata``."""
+        return self._run(
+            lambda: self.client.batches.create(
+                input_file_id=file_id,
+                endpoint=BATCH_URL,
+                completion_window="24h",
+                metadata=metadata,
+            )
+        )
+
+    def batch(self, batch_id: str) -> Any | None:
+        """The batch ``batch_id``, or ``None`` if the server no longer has it."""
+        try:
+            return self._run(lambda: self.client.batches.retrieve(batch_id))
+        except NotFoundError:
+            return None
+
+    def batches(self) -> list[Any]:
+        """The batches of the resource (the SDK's pages, up to 100 each, all read)."""
+        return self._list(lambda: self.client.batches.list(limit=100))
+
+    def cancel(self, batch_id: str) -> Any | None:
+        """Ask to cancel ``batch_id``; ``None`` if it is gone or has already ended."""
+        try:
+            return self._run(lambda: self.client.batches.cancel(batch_id))
+        except NotFoundError:
+            return None
+        except APIStatusError as exc:
+            if exc.status_code == 409:  # it ended meanwhile
+                return None
+            raise
+
+    def _list(self, make: Callable[[], Any]) -> list[Any]:
+        if self.is_async:
+            return list(self._run(lambda: _async_list(make())))
+        return list(self._run(lambda: list(make())))
+
+
+def check_api_version(version: str | None, params: Mapping[str, Any]) -> None:
+    """Refuse a json-schema ``response_format`` with an api-version too old for it.
+
+    Raises
+    ------
+    ConfigurationError
+        ``params`` asks for structured outputs and ``version`` is older than
+        :data:`STRUCTURED_API_VERSION`.
+    """
+    schema = params.get("response_format")
+    if (
+        version
+        and isinstance(schema, Mapping)
+        and schema.get("type") == "json_schema"
+        and version[:10] < STRUCTURED_API_VERSION
+    ):
+        raise ConfigurationError(
+            f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
+            f"or later; the client uses {version}"
+        )
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+async def _async_list(pager: Any) -> list[Any]:
+    return [item async for item in pager]
+
+
+async def _async_content(client: Any, file_id: str) -> bytes:
+    response = await client.files.content(file_id)
+    return bytes(response.content)
