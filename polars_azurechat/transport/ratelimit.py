@@ -61,7 +61,6 @@ Clock and sleep are injected, so tests never wait.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -70,7 +69,7 @@ from polars_azurechat.transport.ramp import Ramp
 from polars_azurechat.transport.windows import (
     CANDIDATE_WINDOWS,
     MAX_MARGIN_SHARE,
-    REORDER_S,
+    Burst,
     Charges,
     Learning,
     Resource,
@@ -141,10 +140,7 @@ class RateLimiter:
         self._blocked_since: float | None = None
         self.charges = Charges()  # what the server charges, against our estimates
         self._open = 0  # admitted, not yet answered
-        self._seq = 0  # admissions so far, and their tokens
-        self._cum = 0
-        #: admissions within REORDER_S, with their seq and cum
-        self._recent: collections.deque[tuple[Ticket, int, int]] = collections.deque()
+        self._burst = Burst()  # the admissions of the last REORDER_S
         self._last: Ticket | None = None
         self._tracking = True  # keep the ledger (until a headerless answer says no)
 
@@ -335,7 +331,7 @@ class RateLimiter:
         learning = ticket.learning = Learning(quiet=self._open == 0)
         self._open += 1
         self._last = ticket
-        self._neighbours(ticket, learning)
+        self._burst.add(ticket, learning)
         ticket.tracked = True
         for w in self._windows.values():
             w.add(ticket)
@@ -346,31 +342,6 @@ class RateLimiter:
         if probe:
             self._blocked_since = None
         return ticket
-
-    def _neighbours(self, ticket: Ticket, learning: Learning) -> None:
-        """Count the admissions sent within :data:`REORDER_S` before ``ticket``.
-
-        Those after it are counted when it leaves the recent ones (or is answered).
-        """
-        recent = self._recent
-        while recent and recent[0][0].sent_at < ticket.sent_at - REORDER_S:
-            old = recent.popleft()[0]
-            if old.learning is not None:  # its answer is still to be learned from
-                old.learning.after = self._after(old.learning)
-        learning.seq, learning.cum = self._seq, self._cum
-        if recent:
-            _, seq, cum = recent[0]
-            learning.before = (self._seq - seq, self._cum - cum)
-        self._seq += 1
-        self._cum += ticket.tokens
-        learning.end = self._cum
-        recent.append((ticket, learning.seq, learning.cum))
-
-    def _after(self, learning: Learning) -> tuple[int, int]:
-        """Admissions after a ticket within :data:`REORDER_S` (so far, if recent)."""
-        if learning.after is not None:
-            return learning.after
-        return (self._seq - learning.seq - 1, self._cum - learning.end)
 
     def _close(self, ticket: Ticket) -> bool:
         """``ticket`` is answered; ``True`` if it was quiet throughout."""
@@ -426,7 +397,7 @@ class RateLimiter:
             if remaining is not None and learning is not None:  # else: nothing to learn
                 k, extra = (0, 0) if name == "requests" else (1, own)
                 # the server may have taken its neighbours in before or after it
-                early, late = learning.before[k], self._after(learning)[k]
+                early, late = learning.before[k], self._burst.after(learning)[k]
                 res.observe(
                     float(remaining),
                     {w: learning.used[w][k] + extra for w in CANDIDATE_WINDOWS},

@@ -465,3 +465,42 @@ class Charges:
             ratio = self._charged[near] / near
         guess = round(tokens * ratio)
         return guess, math.ceil(guess / TOKEN_SHARE) - guess
+
+
+class Burst:
+    """The admissions sent within :data:`REORDER_S` of the latest one.
+
+    The server may have taken those in either order: an answer from amid a burst
+    counts them as a range (``Learning.before`` and ``after``), not exactly.
+    """
+
+    def __init__(self) -> None:
+        self._seq = 0  # admissions so far, and their tokens
+        self._cum = 0
+        #: admissions within REORDER_S, with their seq and cum
+        self._recent: collections.deque[tuple[Ticket, int, int]] = collections.deque()
+
+    def add(self, ticket: Ticket, learning: Learning) -> None:
+        """Count the admissions sent within :data:`REORDER_S` before ``ticket``.
+
+        Those after it are counted when it leaves the recent ones (or is answered).
+        """
+        recent = self._recent
+        while recent and recent[0][0].sent_at < ticket.sent_at - REORDER_S:
+            old = recent.popleft()[0]
+            if old.learning is not None:  # its answer is still to be learned from
+                old.learning.after = self.after(old.learning)
+        learning.seq, learning.cum = self._seq, self._cum
+        if recent:
+            _, seq, cum = recent[0]
+            learning.before = (self._seq - seq, self._cum - cum)
+        self._seq += 1
+        self._cum += ticket.tokens
+        learning.end = self._cum
+        recent.append((ticket, learning.seq, learning.cum))
+
+    def after(self, learning: Learning) -> tuple[int, int]:
+        """Admissions after a ticket within :data:`REORDER_S` (so far, if recent)."""
+        if learning.after is not None:
+            return learning.after
+        return (self._seq - learning.seq - 1, self._cum - learning.end)
