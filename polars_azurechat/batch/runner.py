@@ -69,6 +69,7 @@ from polars_azurechat.batch.poll import (
 from polars_azurechat.batch.results import ResultReader
 from polars_azurechat.batch.state import BatchStateStore
 from polars_azurechat.batch.submit import Submitter
+from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
@@ -196,9 +197,7 @@ class BatchRunner:
             deployment=deployment,
             host=self.host,
             schema=schema,
-            max_tokens=self.params.get(
-                "max_tokens", self.params.get("max_completion_tokens")
-            ),
+            max_tokens=max_tokens_of(self.params),
             on_truncated=on_truncated,
         )
         self._submitter = Submitter(
