@@ -1,10 +1,19 @@
 """Slow start as a ramp in time, until the first answer. Internal.
 
-The first request goes alone for :data:`RAMP_QUIET_S` (longer than
-:data:`~polars_azurechat.transport.windows.REORDER_S`, so its answer tells exactly what
-the server had counted: the budget), then :data:`RAMP_FIRST` more may go, and until the
-first answer their number doubles every :data:`RAMP_S` (1, 2, 4, ...). The limiter asks
-the ramp how long until one more may go (:meth:`Ramp.wait`); the first answer ends it.
+The first request goes, a second :data:`RAMP_QUIET_S` later, and until the first answer
+their number doubles every :data:`RAMP_S` (1, 2, 4, ...): a job reaches a concurrency of
+100 about 28 ms after its first request. The limiter asks the ramp how long until one
+more may go (:meth:`Ramp.wait`); the first answer ends it.
+
+Answers from amid the ramp's burst do not tell the budget one by one (the server may
+have taken the burst in any order), but together they do, as the ramp lasts less than
+the shortest candidate window: once every one of them is answered, what the server took
+before refusing (if it answered some with 429s), or what it took plus the least it said
+remained, is the budget (:meth:`Ramp.answered`). Between the first answer and that
+reading, if the answers carry rate-limit headers, one request may go (it finds out
+whether the server is full) and the rest wait for the reading, at most the ramp's
+length plus :data:`HOLD_EXTRA_S`: without the hold, each answer of the burst freed a
+worker that sent into a full window before the first 429 came back.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from polars_azurechat.transport.windows import (
 RAMP_QUIET_S = 0.002
 RAMP_FIRST = 1
 RAMP_S = 0.004
+#: After the first answer, the rest of the ramp's answers are waited for at most its
+#: length plus this (a straggler does not hold the job).
+HOLD_EXTRA_S = 0.05
 
 
 class Ramp:
@@ -62,11 +74,16 @@ class Ramp:
         self._clock = clock
         self._sleep = sleep
         self._hold_s = hold_s
-        self._answer: asyncio.Event | None = None
+        self._event: asyncio.Event | None = None  # set when waiters should look again
         #: the ramp's admissions, kept until every one is answered
         self.tickets: list[Ticket] = []
         self._open: set[int] = set()  # ids of those not answered yet
         self.refused: str | None = None  # the resource a 429 among them named
+        #: the least each resource was said to remain, over the ramp's answers
+        self._least: dict[str, float] = {}
+        #: after the first answer: until when the rest of the ramp's are waited for
+        self.hold_until: float | None = None
+        self._probe_sent = False
 
     @property
     def before_first(self) -> bool:
@@ -84,48 +101,90 @@ class Ramp:
         self._from = self._clock()
 
     def admitted(self, ticket: Ticket) -> None:
-        """Count one admission (before the first answer)."""
+        """Count one admission (before the first answer, or the hold's one)."""
         if not self.over:
             self.sent += 1
             self.tickets.append(ticket)
             self._open.add(id(ticket))
+        elif self.hold_until is not None:
+            self._probe_sent = True
+
+    def end(self, *, hold: bool = False) -> None:
+        """An answer came: the ramp is over (``hold``: wait for the rest of its answers).
+
+        Only the first answer ends it; ``hold`` is for a success carrying rate-limit
+        headers (the budget is then read once the ramp's answers are in).
+        """
+        if self.over:
+            return
+        self.over = True
+        if hold and len(self._open) > 1:
+            span = self.tickets[-1].sent_at - self.tickets[0].sent_at
+            self.hold_until = self._clock() + span + HOLD_EXTRA_S
+        self._wake()
+
+    def release(self) -> None:
+        """Stop holding (a 429 came: the cooldown it names governs now)."""
+        if self.hold_until is not None:
+            self.hold_until = None
+            self._wake()
 
     def answered(
-        self, ticket: Ticket, refused: str | None = None
-    ) -> tuple[str, float] | None:
-        """One more answer (``refused``: a 429 naming that resource); maybe a budget.
+        self,
+        ticket: Ticket,
+        refused: str | None = None,
+        remaining: dict[str, int | None] | None = None,
+    ) -> list[tuple[str, float]]:
+        """One more answer of the ramp's; once all are in, the budgets they tell.
 
-        Once every admission of the ramp is answered, if the server refused some of
-        them with a 429 naming a resource: what it took of that resource before it
-        refused (the requests, or their tokens) is its budget, in any candidate
-        window, as the ramp lasted less than the shortest. Returns ``(resource,
-        budget)`` then, else ``None``.
+        ``refused``: a 429 naming that resource; ``remaining``: what a success said
+        remained (``x-ratelimit-remaining-*``). Once every admission of the ramp is
+        answered (the ramp lasted less than the shortest candidate window, so every
+        one counts in any window): if the server refused some, what it took of that
+        resource before refusing is its budget; else, for each resource it told,
+        what it took plus the least it said remained. Returns ``(resource, budget)``
+        pairs (none before the last answer).
         """
         if not self._open or id(ticket) not in self._open:
-            return None
+            return []
         self._open.discard(id(ticket))
         if refused is not None and self.refused is None:
             self.refused = refused
+        for name, value in (remaining or {}).items():
+            if value is not None:
+                self._least[name] = min(self._least.get(name, value), float(value))
         if self._open or not self.over:
-            return None
+            return []
         tickets, self.tickets = self.tickets, []
+        self.release()
         span = tickets[-1].sent_at - tickets[0].sent_at
-        if self.refused is None or span >= CANDIDATE_WINDOWS[0] - MARGIN_S:
-            return None
+        if span >= CANDIDATE_WINDOWS[0] - MARGIN_S:
+            return []
         taken = [t for t in tickets if not t.rejected]
-        if self.refused == "requests":
-            return "requests", float(len(taken))
-        return "tokens", float(sum(t.tokens for t in taken))
+        took = {
+            "requests": float(len(taken)),
+            "tokens": float(sum(t.tokens for t in taken)),
+        }
+        if self.refused is not None:
+            return [(self.refused, took[self.refused])] if self.refused in took else []
+        return [(name, took[name] + least) for name, least in self._least.items()]
 
     def wait(self) -> float:
         """Seconds until the ramp admits one more (0: now, or the ramp is over).
 
         Before the first answer, ``1 + RAMP_FIRST * 2 ** ((t - RAMP_QUIET_S) /
         RAMP_S)`` admissions may have gone ``t`` s after the first (``t >=
-        RAMP_QUIET_S``).
+        RAMP_QUIET_S``). During the hold after it, one more, then none until the
+        ramp's answers are in (or the hold's end).
         """
         if self.over:
-            return 0.0
+            if self.hold_until is None or not self._probe_sent:
+                return 0.0
+            left = self.hold_until - self._clock()
+            if left <= 0:
+                self.hold_until = None
+                return 0.0
+            return left
         if self.full():
             return self._hold_s
         n = self.sent
@@ -153,27 +212,19 @@ class Ramp:
         )
 
     async def sleep_or_answer(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if the first answer comes meanwhile."""
-        answered = self._answered()
-        if answered.is_set():
-            return
+        """Sleep ``seconds``, or less if an answer changes what the ramp allows."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
         sleeper = asyncio.ensure_future(self._sleep(seconds))
-        waiter = asyncio.ensure_future(answered.wait())
+        waiter = asyncio.ensure_future(event.wait())
         try:
             await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             waiter.cancel()
 
-    def _answered(self) -> asyncio.Event:
-        if self._answer is None:
-            self._answer = asyncio.Event()
-            if self.over:
-                self._answer.set()
-        return self._answer
-
-    def end(self) -> None:
-        """The first answer is back: the ramp is over."""
-        self.over = True
-        if self._answer is not None:
-            self._answer.set()
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None

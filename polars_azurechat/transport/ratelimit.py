@@ -370,7 +370,9 @@ class RateLimiter:
         plus the reserved answer): it teaches the ratio of its count to ours.
         """
         quiet = self._close(ticket)
-        self.ramp.end()
+        self.ramp.end(
+            hold=remaining_requests is not None or remaining_tokens is not None
+        )
         # a server that sends no rate-limit headers, with no quota given, leaves
         # nothing to learn or enforce: the ledger is skipped until headers appear
         self._tracking = (
@@ -406,7 +408,10 @@ class RateLimiter:
                     quiet,
                 )
         ticket.forget_counts()
-        self._ramp_answered(ticket)
+        self._ramp_answered(
+            ticket,
+            remaining={"requests": remaining_requests, "tokens": remaining_tokens},
+        )
 
     def on_failure(self, ticket: Ticket) -> None:
         """An answer that was neither a success nor a 429 (the server counted it)."""
@@ -436,6 +441,7 @@ class RateLimiter:
                     w.reject(ticket)
             self.ramp.end()
             self._ramp_answered(ticket, resource)
+        self.ramp.release()  # the cooldown governs now
         wait = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         if now + wait > self._cooldown_until:
             logger.debug("429: pausing admissions for %.3f s", wait)
@@ -463,11 +469,14 @@ class RateLimiter:
             else:
                 self._learn_window(res, now + retry_after_s)
 
-    def _ramp_answered(self, ticket: Ticket, refused: str | None = None) -> None:
-        """A ramp's admission is answered: the ramp's budget reading, once all are."""
-        reading = self.ramp.answered(ticket, refused)
-        if reading is not None:
-            name, budget = reading
+    def _ramp_answered(
+        self,
+        ticket: Ticket,
+        refused: str | None = None,
+        remaining: dict[str, int | None] | None = None,
+    ) -> None:
+        """A ramp's admission is answered: the ramp's budget readings, once all are."""
+        for name, budget in self.ramp.answered(ticket, refused, remaining):
             self.resources[name].reading(budget)
 
     def _learn_window(self, res: Resource, frees_at: float) -> None:

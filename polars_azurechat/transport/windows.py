@@ -406,7 +406,7 @@ class Resource:
 
     def reading(self, budget: float) -> None:
         """A budget read exactly, the same in every candidate window (the ramp's)."""
-        logger.debug("%s: the server took %g before refusing", self.name, budget)
+        logger.debug("%s: the ramp's answers read a budget of %g", self.name, budget)
         for w in CANDIDATE_WINDOWS:
             self.estimates[w].append(budget)
             self._learned.pop(w, None)
