@@ -573,3 +573,42 @@ def test_a_ramp_without_429s_reads_no_budget(clock: FakeClock) -> None:
 
     _run(go())
     assert limiter.resources["requests"].budget() is None
+
+
+def test_the_ramps_answers_together_read_the_budget_and_hold_sends_until_then(
+    clock: FakeClock,
+) -> None:
+    # 12 go in the ramp; a server with 20 per window answers each with what remained
+    # when it arrived (in any order). After the first answer one request may go; the
+    # next waits until the ramp's answers are in: they read 12 taken + 8 left = 20
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        tickets = [await limiter.acquire() for _ in range(12)]
+        limiter.on_success(tickets[0], remaining_requests=15, remaining_tokens=None)
+        probe = limiter.try_acquire()
+        assert probe is not None  # the hold's one request
+        assert limiter.try_acquire() is None  # the rest wait for the reading
+        assert limiter.resources["requests"].budget() is None
+        for i, ticket in enumerate(tickets[1:]):
+            limiter.on_success(ticket, remaining_requests=18 - i, remaining_tokens=None)
+        assert limiter.resources["requests"].budget() == 20.0
+        assert limiter.try_acquire() is not None  # held no more
+
+    _run(go())
+
+
+def test_a_straggler_holds_the_job_no_longer_than_the_ramp_and_a_little(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        tickets = [await limiter.acquire() for _ in range(4)]
+        limiter.on_success(tickets[0], remaining_requests=50, remaining_tokens=None)
+        assert limiter.try_acquire() is not None
+        assert limiter.try_acquire() is None
+        clock.now += 0.2  # the others never answer: the hold ends anyway
+        assert limiter.try_acquire() is not None
+
+    _run(go())
