@@ -33,22 +33,22 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
 - The ledger holds what the server charged once a request is answered (its usage);
   while it is in flight, a prediction from what the server charged for requests we
   estimated alike, with a reserve when that is a guess.
-- **Slow start**, as a ramp in time: the first request goes alone for
-  :data:`RAMP_QUIET_S` (longer than :data:`REORDER_S`, so its answer tells exactly
-  what the server had counted: the budget), then :data:`RAMP_FIRST` more may go, and
-  until the first answer their number doubles every :data:`RAMP_S` (1, 2, 4, ...): a
-  job reaches a concurrency of 100 about 48 ms after its first request and pays no
-  latency before it. What the server answers at once, before any model work (a 401
-  for a wrong key, a 404 for a wrong deployment, a 429 when the quota is full),
-  arrives while the ramp has sent few: on loopback, 1; against Azure, one round trip's
-  worth (3 at a 25-ms round trip, 9 at 33 ms). A small quota that is not given sees
-  the ramp's overshoot as 429s: the sends between reaching the budget and its first
-  429 coming back (on loopback 1 to 7 for 10 requests per 10 s; a faster ramp made it
-  13 to 21). The first answer ends the ramp: a 200
-  tells what remains, a 429 pauses admission and names the window, a 401/403/404
-  stops the run. A given request quota bounds the ramp by what the shortest candidate window
-  allows (600 requests a minute: 10 before the first answer), as its window is not
-  known yet.
+- **Slow start**, as a ramp in time (:mod:`~polars_azurechat.transport.ramp`): the
+  first request goes, a second :data:`~polars_azurechat.transport.ramp.RAMP_QUIET_S`
+  later, and until the first answer their number doubles every
+  :data:`~polars_azurechat.transport.ramp.RAMP_S`: a job reaches a concurrency of 100
+  about 28 ms after its first request and pays no latency before it. What the server
+  answers at once, before any model work (a 401 for a wrong key, a 404 for a wrong
+  deployment, a 429 when the quota is full), arrives while the ramp has sent few on
+  loopback; against Azure, what the ramp sends within a round trip (``1 + 2 ** ((rtt
+  - 2 ms) / 4 ms)``: 5 at 10 ms, 23 at 20 ms). The first answer ends the ramp: a 401/
+  403/404 stops the run, a 429 pauses admission and names the window, a 200 with
+  rate-limit headers lets one more request go and holds the rest until the ramp's
+  answers are in (at most the ramp's length and 50 ms): together they read the
+  budget (what the server took before refusing, or what it took plus the least it
+  said remained), as the ramp is shorter than any candidate window. A given request
+  quota bounds the ramp by what the shortest candidate window allows (600 requests a
+  minute: 10 before the first answer), as its window is not known yet.
 - While the window is not known and a shorter candidate window would admit a request
   the assumed one holds back, one request at a time goes early as a **probe**: its
   answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
