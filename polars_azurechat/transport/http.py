@@ -17,9 +17,11 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 
+from polars_azurechat.config import host_of
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -93,7 +95,8 @@ class Transport:
     """Posts chat-completions bodies to one Azure deployment.
 
     The credential comes from ``auth`` per request (a key, or an Entra ID token kept
-    fresh); nothing here logs or formats it.
+    fresh); nothing here logs or formats it. The deployment name is percent-escaped
+    into the URL path.
     """
 
     def __init__(
@@ -107,7 +110,10 @@ class Transport:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.deployment = deployment
-        self.url = f"{self.endpoint}/openai/deployments/{deployment}/chat/completions"
+        self.url = (
+            f"{self.endpoint}/openai/deployments/{quote(deployment, safe='')}"
+            "/chat/completions"
+        )
         self.api_version = api_version
         self._query = {"api-version": api_version}
         self._headers = {"Content-Type": "application/json"}
@@ -216,8 +222,8 @@ class Transport:
 
     @property
     def endpoint_host(self) -> str:
-        """Host part of the endpoint (safe to show)."""
-        return self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+        """Host part of the endpoint (safe to show: never a user name or password)."""
+        return host_of(self.endpoint)
 
 
 def _dumps(value: Any) -> bytes:
