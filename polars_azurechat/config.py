@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dotenv import dotenv_values, find_dotenv
 
@@ -27,6 +27,8 @@ __all__ = [
     "check_deployment_name",
     "check_endpoint",
     "host_of",
+    "scrub",
+    "shown_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -411,6 +413,67 @@ def check_endpoint(url: object, what: str = "azure_endpoint") -> None:
             what,
             base,
         )
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its user's password (for messages and reprs); a path unchanged.
+
+    Read without trusting the URL to be well formed: whatever comes before the last
+    ``@`` of a URL is its user part, so a password holding an unescaped ``/``, ``?``
+    or ``#`` is hidden too. The user name is kept, the query dropped (but for
+    ``?fallback=local``, which holds no secret).
+
+    Examples
+    --------
+    >>> shown_url("redis://:s3cret@cache.example:6380/2")
+    'redis://cache.example:6380/2'
+    >>> shown_url("redis://user:s3cret@h/0?fallback=local")
+    'redis://user@h/0?fallback=local'
+    >>> shown_url("redis://:p/ss#w?rd@h/0")
+    'redis://h/0'
+    >>> shown_url("cache/answers.sqlite")
+    'cache/answers.sqlite'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    user = ""
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        name, colon, _ = userinfo.partition(":")
+        user = f"{name}@" if colon and name else ""
+    cut = min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))
+    query = rest[cut:]
+    shown = f"{scheme}://{user}{rest[:cut]}"
+    return shown + query if query == "?fallback=local" else shown
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL holds in its user part, as written and percent-decoded.
+
+    Longest first (replace them in this order). See :func:`scrub`.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return []
+    userinfo = rest.rpartition("@")[0]
+    name, colon, password = userinfo.partition(":")
+    found = {userinfo, unquote(userinfo)}
+    found |= {password, unquote(password)} if colon else {name, unquote(name)}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every secret of ``url`` (as written, or decoded) as ``***``.
+
+    Examples
+    --------
+    >>> scrub("AUTH failed for S3cr@t", "redis://:S3cr%40t@h/0")
+    'AUTH failed for ***'
+    """
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _is_loopback(hostname: str) -> bool:

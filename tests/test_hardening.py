@@ -16,12 +16,102 @@ import polars as pl
 import pytest
 
 import polars_azurechat as pac
-from polars_azurechat.config import ChatConfig
+from polars_azurechat.config import ChatConfig, scrub, shown_url
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.errors import CacheError, LimiterError
+from polars_azurechat.store.redis import RedisCache
 from polars_azurechat.transport.auth import KeyAuth
 from polars_azurechat.transport.http import Transport
 
+from ._redis import redis_server
+
 ROWS = [f"What is {i} + 1?" for i in range(12)]
+
+
+# -- 5. the Redis password ------------------------------------------------------------
+
+PASSWORD = "S3cret-pw"
+
+
+def test_redis_passwords_stay_out_of_the_options_repr() -> None:
+    opts = pac.ChatOptions(
+        limiter=f"redis://:{PASSWORD}@cache.example:6380/0?fallback=local",
+        cache=f"rediss://user:{PASSWORD}@cache.example/1",
+    )
+    text = repr(opts)
+    assert PASSWORD not in text
+    assert "limiter='redis://cache.example:6380/0?fallback=local'" in text
+    assert "cache='rediss://user@cache.example/1'" in text
+    assert "max_concurrency=64" in text  # the other options are shown as before
+    # a password written where the user name goes is hidden too
+    assert PASSWORD not in repr(pac.ChatOptions(limiter=f"redis://{PASSWORD}@h/0"))
+    sqlite = pac.ChatOptions(cache="answers.sqlite")
+    assert "cache='answers.sqlite'" in repr(sqlite)
+
+
+def test_a_mistyped_limiter_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="redis:// URL") as info:
+        pac.ChatOptions(limiter=f"rdis://:{PASSWORD}@h/0")
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:S3cr/et@127.0.0.1:1/0",  # an unescaped '/' ends the host early
+        "redis://:S3cr?et@127.0.0.1:1/0",
+        "redis://:S3cr#et@127.0.0.1:1/0",
+        "redis://:S3cret@127.0.0.1:port/0",
+    ],
+)
+def test_a_malformed_redis_url_is_refused_without_any_piece_of_its_password(
+    url: str,
+) -> None:
+    with pytest.raises(CacheError, match="percent-encoded") as info:
+        RedisCache(url)
+    assert "S3cr" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    with pytest.raises(LimiterError, match="percent-encoded") as limiter_info:
+        pac.Completer(
+            config=ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="k"),
+            deployment="d",
+            limiter=url,
+        )
+    assert "S3cr" not in str(limiter_info.value)
+
+
+def test_scrub_hides_a_password_as_written_and_percent_decoded() -> None:
+    url = "redis://user:p%40ss%2Fw0rd@h/0"
+    text = "user p@ss/w0rd wrong; sent p%40ss%2Fw0rd"
+    assert scrub(text, url) == "user *** wrong; sent ***"
+    assert shown_url(url) == "redis://user@h/0"
+
+
+@pytest.mark.slow
+def test_redis_errors_never_show_the_password_decoded() -> None:
+    # a password-protected server, and a URL whose (wrong) password is percent-encoded
+    with redis_server() as url:
+        import redis
+
+        host = url.removeprefix("redis://")
+        admin = redis.Redis.from_url(url)
+        admin.config_set("requirepass", "the-right-one")
+        admin.close()
+        encoded = "redis://:my%3Apass%40word@" + host
+        for make in (
+            lambda: RedisCache(encoded),
+            lambda: pac.Completer(
+                config=ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="k"),
+                deployment="d",
+                limiter=encoded,
+            ),
+        ):
+            with pytest.raises(pac.ConfigurationError) as info:
+                make()
+            text = str(info.value)
+            assert "my:pass@word" not in text
+            assert "my%3Apass%40word" not in text
+            assert "cannot reach Redis" in text
 
 
 # -- 9. endpoints and deployment names --------------------------------------------------
