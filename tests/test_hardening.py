@@ -9,23 +9,173 @@ tiny server of the test's own that points at the emulator under another host nam
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
 import polars_azurechat as pac
+from polars_azurechat._types import ChatRequest
+from polars_azurechat.batch.api import Api
+from polars_azurechat.batch.mode import batch_client
 from polars_azurechat.config import ChatConfig, scrub, shown_url
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.errors import CacheError, LimiterError
 from polars_azurechat.store.redis import RedisCache
+from polars_azurechat.testing import MemoryResponse, MemoryTransport
 from polars_azurechat.transport.auth import KeyAuth
 from polars_azurechat.transport.http import Transport
 
 from ._redis import redis_server
 
 ROWS = [f"What is {i} + 1?" for i in range(12)]
+#: What a redirect's location carries after the host: never shown.
+LOCATION_SECRET = "sig=LOCATION-QUERY-SECRET"
+
+
+class Redirector:
+    """A server on 127.0.0.1 answering every request with one redirect.
+
+    The location is ``target`` (a scheme and host) plus the request's own path and
+    :data:`LOCATION_SECRET` as a query. It counts the requests it got, by path.
+    """
+
+    def __init__(self, status: int, target: str) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _redirect(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                outer.paths.append(self.path.split("?", 1)[0])
+                self.send_response(status)
+                location = f"{target}{self.path.split('?', 1)[0]}?{LOCATION_SECRET}"
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _redirect  # noqa: N815 - http.server's names
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @contextmanager
+    def running(self) -> Iterator[Redirector]:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            thread.join()
+
+
+# -- 1. redirects ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_an_online_redirect_is_not_followed_and_names_the_host_only(
+    emulator: Emulator, status: int
+) -> None:
+    # the emulator, reached under another name: where a redirect would take the key
+    elsewhere = f"http://localhost:{emulator.port}"
+    with Redirector(status, elsewhere).running() as redirector:
+        cfg = ChatConfig(
+            azure_endpoint=redirector.url,
+            api_key=emulator.api_key,
+            deployment="gpt-4o-mini",
+        )
+        with (
+            pac.Completer(config=cfg, max_tokens=10, progress=False) as job,
+            pytest.raises(pac.RedirectError) as info,
+        ):
+            job.run(ROWS)
+    err = info.value
+    assert err.status_code == status
+    assert err.location_host == f"localhost:{emulator.port}"
+    assert f"redirect to localhost:{emulator.port}" in str(err)
+    assert "LOCATION-QUERY-SECRET" not in str(err) + repr(err.body)
+    assert "/openai" not in str(err)
+    assert isinstance(err, pac.NotFoundError)  # the run stops, as for a wrong endpoint
+    # nothing reached the other host; each row asked at most once (not retried)
+    assert emulator.stats()["requests"] == 0
+    assert emulator.stats()["auth"] == {"key": 0, "bearer": 0}
+    assert 1 <= len(redirector.paths) <= len(ROWS)
+    assert set(redirector.paths) == {"/openai/deployments/gpt-4o-mini/chat/completions"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_retried_and_stops_the_run(status: int) -> None:
+    transport = MemoryTransport(
+        lambda request: MemoryResponse(
+            status,
+            content=b"<a href='https://evil.example/x?token=t'>moved</a>",
+            headers={"Location": "https://evil.example:8443/x?token=t"},
+        )
+    )
+    engine = ChatEngine(transport, params={"max_tokens": 5}, max_concurrency=1)
+    try:
+        rows = [ChatRequest([{"role": "user", "content": q}]) for q in ROWS[:4]]
+        with pytest.raises(pac.RedirectError, match=r"redirect to evil\.example:8443"):
+            engine.run(rows)
+    finally:
+        engine.close()
+    assert len(transport.requests) == 1  # not retried, and the run stopped
+
+
+def test_batch_mode_does_not_follow_a_redirect_with_the_prompts(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    elsewhere = f"http://localhost:{emulator.port}"
+    with Redirector(307, elsewhere).running() as redirector:
+        cfg = ChatConfig(
+            azure_endpoint=redirector.url,
+            api_key=emulator.api_key,
+            deployment="gpt-4o-mini-batch",
+        )
+        with (
+            pac.Completer(
+                config=cfg,
+                cache=str(tmp_path / "c.sqlite"),
+                mode="batch",
+                max_tokens=10,
+                progress=False,
+            ) as job,
+            pytest.raises(pac.RedirectError) as info,
+        ):
+            job.run(ROWS)
+        # a redirect on a look at a file or a batch is not "it is gone" (a 404)
+        api = Api(batch_client(cfg), "gpt-4o-mini-batch")
+        looks: list[Callable[[], Any]] = [
+            lambda: api.file("file-1"),
+            lambda: api.batch("batch_1"),
+        ]
+        for look in looks:
+            with pytest.raises(pac.RedirectError):
+                look()
+    assert info.value.location_host == f"localhost:{emulator.port}"
+    assert "LOCATION-QUERY-SECRET" not in str(info.value)
+    batch = emulator.stats()["batch"]
+    assert batch["files_uploaded"] == 0  # the prompts never reached the other host
+    assert batch["batches_created"] == 0
+    # the upload asked once (not retried), then the two looks
+    assert redirector.paths == [
+        "/openai/files",
+        "/openai/files/file-1",
+        "/openai/batches/batch_1",
+    ]
 
 
 # -- 5. the Redis password ------------------------------------------------------------
