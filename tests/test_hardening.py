@@ -19,11 +19,15 @@ from typing import Any
 
 import polars as pl
 import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
+from typer.testing import CliRunner
 
 import polars_azurechat as pac
 from polars_azurechat._types import ChatRequest
 from polars_azurechat.batch.api import Api
 from polars_azurechat.batch.mode import batch_client
+from polars_azurechat.cli import app
 from polars_azurechat.config import ChatConfig, scrub, shown_url
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.engine.core import ChatEngine
@@ -262,6 +266,97 @@ def test_redis_errors_never_show_the_password_decoded() -> None:
             assert "my:pass@word" not in text
             assert "my%3Apass%40word" not in text
             assert "cannot reach Redis" in text
+
+
+# -- 7. no key, and a credential that gives no token ----------------------------------
+
+
+class Chain:
+    """A chain of credentials that all fail, as azure-identity's chains are shaped."""
+
+    def __init__(self) -> None:
+        self.credentials = (_Unavailable(), _Unavailable())
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.calls += 1
+        lines = [
+            "ChainedTokenCredential failed to retrieve a token from the included "
+            "credentials.",
+            "Attempted credentials:",
+            *(f"\t{type(c).__name__}: unavailable" for c in self.credentials),
+            "To mitigate this issue, please refer to the troubleshooting guidelines.",
+        ]
+        raise ClientAuthenticationError(message="\n".join(lines))
+
+
+class _Unavailable:
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        raise ClientAuthenticationError(message="unavailable")
+
+
+def test_a_credential_that_gives_no_token_is_one_line_naming_what_it_tried(
+    emulator: Emulator,
+) -> None:
+    chain = Chain()
+    cfg = ChatConfig(
+        azure_endpoint=emulator.url, credential=chain, deployment="gpt-4o-mini"
+    )
+    with (
+        pac.Completer(config=cfg, max_concurrency=8, progress=False) as job,
+        pytest.raises(pac.AuthenticationError) as info,
+    ):
+        job.run(ROWS)
+    text = str(info.value)
+    assert "\n" not in text
+    assert "Chain tried _Unavailable, _Unavailable and none gave one" in text
+    assert "AZURE_OPENAI_API_KEY" in text
+    assert info.value.__cause__ is None  # the credential's 10-line story stays out
+    assert chain.calls == 1  # asked once for all rows, not once per row
+    assert emulator.stats()["requests"] == 0
+
+
+def test_a_failing_token_provider_is_one_line_too(emulator: Emulator) -> None:
+    def fetch_token() -> str:
+        raise RuntimeError("no token here\nsecond line")
+
+    cfg = ChatConfig(
+        azure_endpoint=emulator.url,
+        azure_ad_token_provider=fetch_token,
+        deployment="gpt-4o-mini",
+    )
+    with pytest.raises(pac.AuthenticationError) as info:
+        pl.DataFrame({"q": ROWS[:3]}).select(pac.complete("q", config=cfg))
+    text = str(info.value).splitlines()[0]
+    assert "the token provider fetch_token failed (RuntimeError: no token here)" in text
+    assert "second line" not in str(info.value)
+    assert emulator.stats()["requests"] == 0
+
+
+@pytest.mark.slow
+def test_the_cli_without_a_key_says_in_one_line_which_credentials_failed(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # azure-identity's own DefaultAzureCredential, with nothing to find on this
+    # machine: no environment credential, no managed identity, no CLI on PATH
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY")
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "dev")  # no network probe
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"q": ROWS}).write_parquet(src)
+    result = CliRunner().invoke(
+        app, ["run", str(src), str(tmp_path / "out.parquet"), "--column", "q"]
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1
+    assert "DefaultAzureCredential tried" in errors[0]
+    assert "AzureCliCredential" in errors[0]
+    assert emulator.stats()["requests"] == 0
 
 
 # -- 9. endpoints and deployment names --------------------------------------------------
