@@ -333,9 +333,21 @@ def test_a_failing_token_provider_is_one_line_too(emulator: Emulator) -> None:
     assert emulator.stats()["requests"] == 0
 
 
+def test_azure_identity_warnings_for_anyone_else_still_show(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import polars_azurechat.transport.auth  # noqa: F401 - installs the filter
+
+    logging.getLogger("azure.identity._credentials.chained").warning("theirs")
+    assert [r.getMessage() for r in caplog.records] == ["theirs"]
+
+
 @pytest.mark.slow
 def test_the_cli_without_a_key_says_in_one_line_which_credentials_failed(
-    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # azure-identity's own DefaultAzureCredential, with nothing to find on this
     # machine: no environment credential, no managed identity, no CLI on PATH
@@ -356,6 +368,9 @@ def test_the_cli_without_a_key_says_in_one_line_which_credentials_failed(
     assert len(errors) == 1
     assert "DefaultAzureCredential tried" in errors[0]
     assert "AzureCliCredential" in errors[0]
+    # azure-identity's own 7-line warning saying the same is not shown
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in warnings if r.name.startswith("azure.identity")]
     assert emulator.stats()["requests"] == 0
 
 

@@ -11,12 +11,15 @@ never appear in logs, errors or reprs. A credential that gives no token is one
 :class:`~polars_azurechat.errors.AuthenticationError` of one line, naming the
 credentials it tried (a chain such as ``DefaultAzureCredential`` names each); it is
 not asked again for :data:`FAILED_FOR_S`, so the rows waiting on it fail at once.
+While the package asks a chain, azure-identity's own multi-line WARNING that the chain
+failed is dropped (it says what the error says; DEBUG logging keeps its full text).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import inspect
 import json
 import logging
@@ -40,6 +43,30 @@ UNKNOWN_LIFETIME_S = 600.0
 #: After a credential failed to give a first token, its error is given again for this
 #: long instead of asking it again (each try of a chain may take seconds).
 FAILED_FOR_S = 30.0
+
+#: True while this package asks a credential for a token (asyncio.to_thread copies it
+#: into the worker thread that asks).
+_ASKING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "polars_azurechat_asking", default=False
+)
+
+
+class _SaidByOurError(logging.Filter):
+    """Drops azure-identity's WARNING that a chain failed, when this package asked.
+
+    The package raises one line naming the credentials tried instead, and logs the
+    chain's full message at DEBUG. Records logged for anyone else's requests pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_ASKING.get() and record.levelno == logging.WARNING)
+
+
+for _name in (
+    "azure.identity._credentials.chained",
+    "azure.identity.aio._credentials.chained",
+):
+    logging.getLogger(_name).addFilter(_SaidByOurError())
 
 
 class KeyAuth:
@@ -167,6 +194,7 @@ class TokenAuth:
         failed = self._failed
         if failed is not None and self._clock() < failed[0] + FAILED_FOR_S:
             raise AuthenticationError(failed[1])
+        asking = _ASKING.set(True)
         try:
             got = await self._get()
         except Exception as exc:  # noqa: BLE001 - any credential failure, one message
@@ -178,6 +206,8 @@ class TokenAuth:
             if self._token is None:  # no token yet: the next rows fail at once
                 self._failed = (self._clock(), str(error))
             raise error from None
+        finally:
+            _ASKING.reset(asking)
         self._failed = None
         return got
 
@@ -239,7 +269,7 @@ def credential_error(source: Any, exc: BaseException) -> AuthenticationError:
         fix = f"fix the {kind}"
     return AuthenticationError(
         f"no Entra ID token, so no request was sent: {what}. Set {ENV_API_KEY} to "
-        f"use a key instead, or {fix}"
+        f"use a key instead, or {fix} (DEBUG logging shows what it said)"
     )
 
 
