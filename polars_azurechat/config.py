@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dotenv import dotenv_values, find_dotenv
 
@@ -18,7 +21,17 @@ from polars_azurechat.errors import ConfigurationError
 if TYPE_CHECKING:
     from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 
-__all__ = ["DEFAULT_API_VERSION", "ChatConfig"]
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "ChatConfig",
+    "check_deployment_name",
+    "check_endpoint",
+    "host_of",
+    "scrub",
+    "shown_url",
+]
+
+logger = logging.getLogger(__name__)
 
 #: The api-version used when neither an argument nor ``OPENAI_API_VERSION`` gives one
 #: (Azure OpenAI's GA data-plane version).
@@ -80,13 +93,9 @@ class ChatConfig:
     credential: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.azure_endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            msg = (
-                "azure_endpoint must be an http(s) URL such as "
-                f"https://<resource>.openai.azure.com (set {ENV_ENDPOINT})"
-            )
-            raise ConfigurationError(msg)
+        check_endpoint(self.azure_endpoint)
+        if self.deployment is not None:
+            check_deployment_name(self.deployment)
         given = [
             name
             for name in (
@@ -140,8 +149,8 @@ class ChatConfig:
 
     @property
     def host(self) -> str:
-        """The endpoint's host (what errors name; never the key)."""
-        return urlsplit(self.azure_endpoint).netloc
+        """The endpoint's ``host[:port]`` (what errors name; never a secret)."""
+        return host_of(self.azure_endpoint)
 
     @classmethod
     def from_env(
@@ -211,7 +220,7 @@ class ChatConfig:
         if not name:
             msg = f"no deployment: pass deployment= or set {ENV_DEPLOYMENT}"
             raise ConfigurationError(msg)
-        return name
+        return check_deployment_name(name)
 
     def auth_headers(self) -> Mapping[str, str]:
         """The HTTP header of a static credential (a key, or a fixed token).
@@ -245,6 +254,235 @@ class ChatConfig:
             secret = f"{type(source).__name__}:{id(source)}"
         text = f"{self.azure_endpoint}|{secret}"
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: What an Azure deployment name is made of (the portal refuses any other character).
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9._-]+")
+#: Azure's hosts (public, China, US Government clouds): nothing may follow the host in
+#: an endpoint of theirs.
+_AZURE_HOSTS = (".azure.com", ".azure.cn", ".azure.us")
+#: Plain-http hosts already warned about (once per process each).
+_warned_plain_http: set[str] = set()
+
+
+def check_deployment_name(name: object, what: str = "deployment") -> str:
+    """``name`` if it is an Azure deployment name, else raise saying what is wrong.
+
+    A deployment name is made of letters, digits, ``-``, ``_`` and ``.`` (not only
+    dots); anything else would change the URL it is put in, so it is refused before
+    any request.
+
+    Parameters
+    ----------
+    name
+        The name to check.
+    what
+        What the message calls it.
+
+    Returns
+    -------
+    str
+        ``name``, unchanged.
+
+    Raises
+    ------
+    ConfigurationError
+        ``name`` is not a string of those characters.
+
+    Examples
+    --------
+    >>> check_deployment_name("gpt-4o-mini_2024.07")
+    'gpt-4o-mini_2024.07'
+    >>> check_deployment_name("gpt-4o/chat")
+    Traceback (most recent call last):
+    ...
+    polars_azurechat.errors.ConfigurationError: deployment 'gpt-4o/chat' is not an Azure deployment name: use letters, digits, '-', '_' and '.' only
+    """
+    if (
+        not isinstance(name, str)
+        or not _DEPLOYMENT_NAME.fullmatch(name)
+        or not name.strip(".")
+    ):
+        msg = (
+            f"{what} {name!r} is not an Azure deployment name: use letters, digits, "
+            "'-', '_' and '.' only"
+        )
+        raise ConfigurationError(msg)
+    return name
+
+
+def host_of(url: str) -> str:
+    """The ``host[:port]`` of ``url``: never a user name, password, path or query.
+
+    Examples
+    --------
+    >>> host_of("https://user:pw@r.openai.azure.com:8443/openai/?k=v")
+    'r.openai.azure.com:8443'
+    >>> host_of("http://[::1]:9/")
+    '[::1]:9'
+    """
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def check_endpoint(url: object, what: str = "azure_endpoint") -> None:
+    """Refuse an endpoint that would cost a request, or leak a secret, before any is sent.
+
+    Refused (:class:`ConfigurationError`, the message saying what to drop): anything
+    but an ``http(s)://host[:port]`` URL; a user name or password before the host;
+    a query or fragment; a path on an Azure host, or any path holding ``/openai``
+    (the package adds ``/openai/deployments/<name>/chat/completions`` itself). A path
+    prefix on another host (an API gateway's) is kept. ``http://`` to a host other
+    than this machine is allowed with a warning (logged once per host): the key and
+    the prompts would cross the network unencrypted.
+
+    Parameters
+    ----------
+    url
+        The endpoint.
+    what
+        What the message calls it.
+
+    Examples
+    --------
+    >>> check_endpoint("https://r.openai.azure.com/")
+    >>> check_endpoint("https://r.openai.azure.com/openai/deployments?api-version=1")
+    Traceback (most recent call last):
+    ...
+    polars_azurechat.errors.ConfigurationError: azure_endpoint https://r.openai.azure.com/openai/deployments?api-version=… has a query or fragment after the host: drop '?api-version=…' (the api-version is api_version= or OPENAI_API_VERSION)
+    """
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # an unclosed IPv6 bracket
+        parts = None
+    if (
+        not isinstance(url, str)
+        or parts is None
+        or parts.scheme not in ("http", "https")
+    ):
+        msg = (
+            f"{what} must be an http(s) URL such as "
+            f"https://<resource>.openai.azure.com (set {ENV_ENDPOINT})"
+        )
+        raise ConfigurationError(msg)
+    if "@" in url:  # read by hand: a password may hold '/', which ends a URL's host
+        after = url.partition("://")[2].rpartition("@")[2]
+        cut = min((i for i in map(after.find, "/?#") if i >= 0), default=len(after))
+        msg = (
+            f"{what} holds a user name or password before the host: give "
+            f"{parts.scheme}://{after[:cut]} and the key as api_key= (or {ENV_API_KEY})"
+        )
+        raise ConfigurationError(msg)
+    if not parts.hostname:
+        msg = f"{what} names no host: give https://<resource>.openai.azure.com"
+        raise ConfigurationError(msg)
+    host = host_of(url)
+    base = f"{parts.scheme}://{host}"
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        msg = f"{what} {base}: its port is not a number"
+        raise ConfigurationError(msg) from None
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        names = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        shown = "?" + "&".join(f"{k}=…" for k in names) if names else "?…"
+        if parts.fragment and not parts.query:
+            shown = "#…"
+        msg = (
+            f"{what} {base}{parts.path}{shown} has a query or fragment after the "
+            f"host: drop '{shown}' (the api-version is api_version= or {ENV_API_VERSION})"
+        )
+        raise ConfigurationError(msg)
+    path = parts.path.rstrip("/")
+    azure_host = (parts.hostname or "").lower().endswith(_AZURE_HOSTS)
+    if path and (azure_host or "openai" in path.lower().split("/")):
+        msg = (
+            f"{what} {base}{parts.path} has a path after the host: drop "
+            f"'{parts.path}' and give {base} (the package adds "
+            "/openai/deployments/<name>/chat/completions itself)"
+        )
+        raise ConfigurationError(msg)
+    if (
+        parts.scheme == "http"
+        and not _is_loopback(parts.hostname or "")
+        and host not in _warned_plain_http
+    ):
+        _warned_plain_http.add(host)
+        logger.warning(
+            "%s %s is plain http to another machine: the key and every prompt cross "
+            "the network unencrypted; use https://",
+            what,
+            base,
+        )
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its user's password (for messages and reprs); a path unchanged.
+
+    Read without trusting the URL to be well formed: whatever comes before the last
+    ``@`` of a URL is its user part, so a password holding an unescaped ``/``, ``?``
+    or ``#`` is hidden too. The user name is kept, the query dropped (but for
+    ``?fallback=local``, which holds no secret).
+
+    Examples
+    --------
+    >>> shown_url("redis://:s3cret@cache.example:6380/2")
+    'redis://cache.example:6380/2'
+    >>> shown_url("redis://user:s3cret@h/0?fallback=local")
+    'redis://user@h/0?fallback=local'
+    >>> shown_url("redis://:p/ss#w?rd@h/0")
+    'redis://h/0'
+    >>> shown_url("cache/answers.sqlite")
+    'cache/answers.sqlite'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    user = ""
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        name, colon, _ = userinfo.partition(":")
+        user = f"{name}@" if colon and name else ""
+    cut = min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))
+    query = rest[cut:]
+    shown = f"{scheme}://{user}{rest[:cut]}"
+    return shown + query if query == "?fallback=local" else shown
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL holds in its user part, as written and percent-decoded.
+
+    Longest first (replace them in this order). See :func:`scrub`.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return []
+    userinfo = rest.rpartition("@")[0]
+    name, colon, password = userinfo.partition(":")
+    found = {userinfo, unquote(userinfo)}
+    found |= {password, unquote(password)} if colon else {name, unquote(name)}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every secret of ``url`` (as written, or decoded) as ``***``.
+
+    Examples
+    --------
+    >>> scrub("AUTH failed for S3cr@t", "redis://:S3cr%40t@h/0")
+    'AUTH failed for ***'
+    """
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() == "localhost" or hostname.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def default_credential() -> Any:

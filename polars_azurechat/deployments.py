@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from polars_azurechat.config import ChatConfig
+from polars_azurechat.config import ChatConfig, check_deployment_name, check_endpoint
 from polars_azurechat.errors import ConfigurationError
 
 __all__ = ["Deployment", "load_deployments"]
@@ -30,9 +30,11 @@ class Deployment:
     Parameters
     ----------
     name
-        The deployment name, as in the Azure portal.
+        The deployment name, as in the Azure portal (letters, digits, ``-``, ``_``
+        and ``.``).
     endpoint
-        Its resource endpoint (``None``: the job's, from its config or environment).
+        Its resource endpoint (``None``: the job's, from its config or environment),
+        checked as :class:`~polars_azurechat.ChatConfig` checks ``azure_endpoint``.
     api_key, credential, azure_ad_token_provider
         How to authenticate to it, as in :class:`~polars_azurechat.ChatConfig`
         (``None`` for all three: the job's credential). Never shown in a repr.
@@ -66,6 +68,9 @@ class Deployment:
         if not isinstance(self.name, str) or not self.name.strip():
             msg = f"Deployment name must be a non-empty string, not {self.name!r}"
             raise ValueError(msg)
+        check_deployment_name(self.name, "Deployment name")
+        if self.endpoint is not None:
+            check_endpoint(self.endpoint, f"Deployment {self.name!r}: endpoint")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             msg = f"Deployment {self.name!r}: priority must be an int, not {self.priority!r}"
             raise TypeError(msg)

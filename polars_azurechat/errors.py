@@ -17,6 +17,7 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     │   │   └── ContextLengthError      400 ``context_length_exceeded``
     │   ├── AuthenticationError     401 / 403: wrong key or no access (stops the run)
     │   ├── NotFoundError           404: wrong deployment, endpoint or api-version (stops the run)
+    │   │   └── RedirectError           3xx: the endpoint sends elsewhere; never followed (stops the run)
     │   ├── RateLimitError          429, with ``retry_after_s``
     │   └── ServerError             5xx
     │       └── PoolUnavailableError    every deployment of a pool is failing (circuits open)
@@ -62,6 +63,7 @@ __all__ = [
     "NotFoundError",
     "PoolUnavailableError",
     "RateLimitError",
+    "RedirectError",
     "RefusalError",
     "RequestError",
     "RowError",
@@ -260,6 +262,26 @@ class AuthenticationError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     """404: the deployment, endpoint or api-version does not exist. The whole run stops."""
+
+
+class RedirectError(NotFoundError):
+    """3xx: the endpoint answered with a redirect, which is never followed.
+
+    Following it would send the key (an ``api-key`` header) and every prompt to the
+    host it names. The message names that host only (not its path or query); the
+    whole run stops, as for a wrong endpoint.
+
+    Attributes
+    ----------
+    location_host
+        The host the redirect named (``host[:port]``), or ``None`` when it named none.
+    """
+
+    def __init__(
+        self, message: str, *, location_host: str | None = None, **kw: Any
+    ) -> None:
+        self.location_host = location_host
+        super().__init__(message, **kw)
 
 
 class RateLimitError(APIStatusError):

@@ -274,7 +274,14 @@ class ChatOptions:
             isinstance(self.limiter, str)
             and self.limiter.split("://", 1)[0] in ("redis", "rediss")
         ):
-            msg = f"limiter must be a redis:// URL, got {self.limiter!r}"
+            from polars_azurechat.config import shown_url
+
+            got = (  # never the password of a mistyped URL
+                repr(shown_url(self.limiter))
+                if isinstance(self.limiter, str)
+                else type(self.limiter).__name__
+            )
+            msg = f"limiter must be a redis:// URL, got {got}"
             raise ValueError(msg)
         if self.cache is not None and not isinstance(self.cache, str | os.PathLike):
             msg = f"cache must be a path, got {type(self.cache).__name__}"
@@ -282,6 +289,18 @@ class ChatOptions:
         self._check_batch()
         if self.max_cost_usd is not None:
             _check_positive("max_cost_usd", self.max_cost_usd)
+
+    def __repr__(self) -> str:
+        """Every option, the URLs of ``cache`` and ``limiter`` without a password."""
+        from polars_azurechat.config import shown_url
+
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("cache", "limiter") and isinstance(value, str):
+                value = shown_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"ChatOptions({', '.join(shown)})"
 
     def _check_batch(self) -> None:
         _check_choice("mode", self.mode, Mode)

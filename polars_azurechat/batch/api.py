@@ -3,7 +3,9 @@
 :class:`Api` wraps an ``openai.AzureOpenAI`` client, or an ``AsyncAzureOpenAI`` one
 (whose calls then run on the process's background loop), for the ``files`` and
 ``batches`` resources; every SDK error comes out as the package's own
-(:func:`~polars_azurechat.transport.http.sdk_errors`).
+(:func:`~polars_azurechat.transport.http.sdk_errors`). A 404 on a file or a batch
+means it is gone; a 3xx (:class:`~polars_azurechat.errors.RedirectError`, a kind of
+404) is raised as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from polars_azurechat.errors import (
     ConfigurationError,
     NotFoundError,
     RateLimitError,
+    RedirectError,
     ServerError,
 )
 from polars_azurechat.transport.http import sdk_errors
@@ -77,6 +80,8 @@ class Api:
         """The file ``file_id``, or ``None`` if the server no longer has it."""
         try:
             return self._run(lambda: self.client.files.retrieve(file_id))
+        except RedirectError:
+            raise  # not a file or batch that is gone: the endpoint sends elsewhere
         except NotFoundError:
             return None
 
@@ -105,6 +110,8 @@ class Api:
         """The batch ``batch_id``, or ``None`` if the server no longer has it."""
         try:
             return self._run(lambda: self.client.batches.retrieve(batch_id))
+        except RedirectError:
+            raise  # not a file or batch that is gone: the endpoint sends elsewhere
         except NotFoundError:
             return None
 
@@ -116,6 +123,8 @@ class Api:
         """Ask to cancel ``batch_id``; ``None`` if it is gone or has already ended."""
         try:
             return self._run(lambda: self.client.batches.cancel(batch_id))
+        except RedirectError:
+            raise  # not a file or batch that is gone: the endpoint sends elsewhere
         except NotFoundError:
             return None
         except APIStatusError as exc:

@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -324,12 +325,17 @@ def batch_client(config: ChatConfig) -> Any:
     A key or a fixed token is passed as is; a token provider or an azure-identity
     credential gives the client a provider whose tokens are kept fresh by the same
     code as the online path's (:class:`~polars_azurechat.transport.auth.TokenAuth`).
+    Its HTTP client never follows a redirect (the SDK's default one does, taking the
+    ``api-key`` header and the uploaded prompts to the host a 3xx names): a 3xx is a
+    :class:`~polars_azurechat.errors.RedirectError` naming that host.
     """
     import openai
 
+    http = openai.DefaultHttpxClient(follow_redirects=False)
     kwargs: dict[str, Any] = {
         "azure_endpoint": config.azure_endpoint,
         "api_version": config.api_version,
+        "http_client": http,
     }
     if config.api_key:
         kwargs["api_key"] = config.api_key
@@ -339,7 +345,9 @@ def batch_client(config: ChatConfig) -> Any:
         kwargs["azure_ad_token_provider"] = functools.partial(
             _entra_token, config.auth()
         )
-    return openai.AzureOpenAI(**kwargs)
+    client = openai.AzureOpenAI(**kwargs)
+    weakref.finalize(client, http.close)  # its connections close with it
+    return client
 
 
 def _entra_token(auth: Any) -> str:

@@ -18,18 +18,22 @@ sub-millisecond round trip on a nearby server. The shared quota (``limiter=``) i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from polars_azurechat._types import ChatResult
+from polars_azurechat.config import scrub, shown_url
 from polars_azurechat.errors import CacheError
 from polars_azurechat.store.sqlite import BufferedCache
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["PREFIX", "RedisCache", "connect", "is_redis_url", "scrub", "shown_url"]
 
 #: Prefix of every key this package writes.
 PREFIX = "pac:"
@@ -42,49 +46,54 @@ def is_redis_url(value: object) -> bool:
     return isinstance(value, str) and value.split("://", 1)[0] in ("redis", "rediss")
 
 
-def shown_url(url: str) -> str:
-    """``url`` without its password (for messages and reprs).
-
-    Examples
-    --------
-    >>> shown_url("redis://:s3cret@cache.example:6380/2")
-    'redis://cache.example:6380/2'
-    >>> shown_url("redis://user:s3cret@h/0")
-    'redis://user@h/0'
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    if parts.username:
-        host = f"{parts.username}@{host}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def connect(url: str, what: str, error: type[Exception] = CacheError) -> Any:
-    """A redis-py client for ``url``, checked with a PING; raise naming the server."""
+    """A redis-py client for ``url``, checked with a PING; raise naming the server.
+
+    The messages name the server without its password (:func:`shown_url`) and are
+    scrubbed of it, as written and percent-decoded (:func:`scrub`); a URL redis-py
+    cannot read is refused without redis-py's words (they may quote the password).
+    """
+    shown = shown_url(url)
     try:
         import redis
     except ImportError:
-        msg = f"{what} {shown_url(url)}: needs redis-py: pip install 'polars-azurechat[redis]'"
+        msg = f"{what} {shown}: needs redis-py: pip install 'polars-azurechat[redis]'"
         raise error(msg) from None
-    try:
-        client = redis.Redis.from_url(
-            url.split("?", 1)[0], socket_connect_timeout=2.0, socket_timeout=5.0
+    client = None
+    if _well_formed(url):
+        with contextlib.suppress(ValueError):
+            client = redis.Redis.from_url(
+                url.split("?", 1)[0], socket_connect_timeout=2.0, socket_timeout=5.0
+            )
+    if client is None:
+        msg = (
+            f"{what} {shown}: not a Redis URL redis-py can read; write it "
+            "redis://[[user]:password@]host[:port][/db], with / ? # @ : % in the "
+            "password percent-encoded (%2F %3F %23 %40 %3A %25)"
         )
+        raise error(scrub(msg, url))
+    try:
         client.ping()
     except (redis.RedisError, ValueError) as exc:
-        msg = (
-            f"{what} {shown_url(url)}: cannot reach Redis ({type(exc).__name__}: {exc})"
-        )
+        msg = f"{what} {shown}: cannot reach Redis ({type(exc).__name__}: {exc})"
         raise error(scrub(msg, url)) from None
     return client
 
 
-def scrub(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` replaced by ``***``."""
-    password = urlsplit(url).password
-    return text.replace(password, "***") if password else text
+def _well_formed(url: str) -> bool:
+    """Whether the user part of ``url`` ends where a URL parser ends it.
+
+    A password with an unescaped ``/``, ``?`` or ``#`` ends the host early: the
+    parser would take a piece of the password for the host (and look it up).
+    """
+    rest = url.partition("://")[2]
+    if "@" not in rest:
+        return True
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    return "@" in netloc and netloc.rpartition("@")[0] == rest.rpartition("@")[0]
 
 
 class RedisCache(BufferedCache[tuple[str, bytes]]):

@@ -7,19 +7,28 @@ azure-identity credential (``get_token(scope)``, sync or async). Tokens are fetc
 the event loop (a slow credential never stalls requests in flight), cached, refreshed
 before they expire (from the credential's ``expires_on``, or a JWT's ``exp``), and
 refreshed at once when the server answers 401 to a token that may have expired. Tokens
-never appear in logs, errors or reprs.
+never appear in logs, errors or reprs. A credential that gives no token is one
+:class:`~polars_azurechat.errors.AuthenticationError` of one line, naming the
+credentials it tried (a chain such as ``DefaultAzureCredential`` names each); it is
+not asked again for :data:`FAILED_FOR_S`, so the rows waiting on it fail at once.
+While the package asks a chain, azure-identity's own multi-line WARNING that the chain
+failed is dropped (it says what the error says; DEBUG logging keeps its full text).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import inspect
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from polars_azurechat.config import ENV_API_KEY
+from polars_azurechat.errors import AuthenticationError
 
 __all__ = ["SCOPE", "KeyAuth", "TokenAuth"]
 
@@ -31,6 +40,33 @@ SCOPE = "https://cognitiveservices.azure.com/.default"
 REFRESH_BEFORE_S = 300.0
 #: A token whose lifetime is unknown is fetched again after this long.
 UNKNOWN_LIFETIME_S = 600.0
+#: After a credential failed to give a first token, its error is given again for this
+#: long instead of asking it again (each try of a chain may take seconds).
+FAILED_FOR_S = 30.0
+
+#: True while this package asks a credential for a token (asyncio.to_thread copies it
+#: into the worker thread that asks).
+_ASKING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "polars_azurechat_asking", default=False
+)
+
+
+class _SaidByOurError(logging.Filter):
+    """Drops azure-identity's WARNING that a chain failed, when this package asked.
+
+    The package raises one line naming the credentials tried instead, and logs the
+    chain's full message at DEBUG. Records logged for anyone else's requests pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_ASKING.get() and record.levelno == logging.WARNING)
+
+
+for _name in (
+    "azure.identity._credentials.chained",
+    "azure.identity.aio._credentials.chained",
+):
+    logging.getLogger(_name).addFilter(_SaidByOurError())
 
 
 class KeyAuth:
@@ -86,6 +122,7 @@ class TokenAuth:
         self._expires_at = 0.0
         self._lock: asyncio.Lock | None = None
         self._background: asyncio.Task[None] | None = None
+        self._failed: tuple[float, str] | None = None  # when, and the message
 
     def __repr__(self) -> str:
         source = self._credential if self._credential is not None else self._provider
@@ -137,7 +174,7 @@ class TokenAuth:
                 and self._clock() < self._refresh_at
             ):
                 return self._token
-            token, expires_on = await self._get()
+            token, expires_on = await self._get_or_fail()
             now = self._clock()
             if expires_on is None:
                 expires_on = _jwt_expiry(token)
@@ -151,6 +188,28 @@ class TokenAuth:
             self._token = token
             logger.debug("Entra ID token fetched (valid %.0f s)", lifetime)
             return token
+
+    async def _get_or_fail(self) -> tuple[str, float | None]:
+        """:meth:`_get`, a failure made one :class:`AuthenticationError` (remembered)."""
+        failed = self._failed
+        if failed is not None and self._clock() < failed[0] + FAILED_FOR_S:
+            raise AuthenticationError(failed[1])
+        asking = _ASKING.set(True)
+        try:
+            got = await self._get()
+        except Exception as exc:  # noqa: BLE001 - any credential failure, one message
+            source = (
+                self._credential if self._credential is not None else self._provider
+            )
+            error = credential_error(source, exc)
+            logger.debug("%s; the credential said: %s", error, exc)
+            if self._token is None:  # no token yet: the next rows fail at once
+                self._failed = (self._clock(), str(error))
+            raise error from None
+        finally:
+            _ASKING.reset(asking)
+        self._failed = None
+        return got
 
     async def _get(self) -> tuple[str, float | None]:
         """A token and its expiry (UNIX time, or None), without blocking the loop."""
@@ -170,6 +229,48 @@ class TokenAuth:
             if isinstance(token, Awaitable):
                 token = await token
         return str(token), None
+
+
+def credential_error(source: Any, exc: BaseException) -> AuthenticationError:
+    """One line saying that ``source`` gave no token, and which credentials it tried.
+
+    A chain (azure-identity's ``DefaultAzureCredential``, ``ChainedTokenCredential``)
+    names each credential of its ``credentials``; the credential's own words are cut
+    to their first line.
+
+    Parameters
+    ----------
+    source
+        The credential, or the token provider.
+    exc
+        What it raised.
+
+    Returns
+    -------
+    AuthenticationError
+        With ``status_code`` 0 (no request was sent).
+    """
+    name = getattr(source, "__name__", None) or type(source).__name__
+    chain = getattr(source, "credentials", None)
+    tried = [type(c).__name__ for c in chain] if isinstance(chain, list | tuple) else []
+    said = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    if len(said) > 200:
+        said = said[:199] + "…"
+    if tried:
+        what = f"{name} tried {', '.join(tried)} and none gave one"
+        fix = (
+            "make one of them work (e.g. 'az login', a managed identity, or "
+            "AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET)"
+        )
+    else:
+        has_get_token = callable(getattr(source, "get_token", None))
+        kind = "credential" if has_get_token else "token provider"
+        what = f"the {kind} {name} failed ({type(exc).__name__}: {said})"
+        fix = f"fix the {kind}"
+    return AuthenticationError(
+        f"no Entra ID token, so no request was sent: {what}. Set {ENV_API_KEY} to "
+        f"use a key instead, or {fix} (DEBUG logging shows what it said)"
+    )
 
 
 def _jwt_expiry(token: str) -> float | None:

@@ -17,9 +17,11 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from polars_azurechat.config import host_of
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -31,6 +33,7 @@ from polars_azurechat.errors import (
     MalformedResponseError,
     NotFoundError,
     RateLimitError,
+    RedirectError,
     ServerError,
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
@@ -93,7 +96,10 @@ class Transport:
     """Posts chat-completions bodies to one Azure deployment.
 
     The credential comes from ``auth`` per request (a key, or an Entra ID token kept
-    fresh); nothing here logs or formats it.
+    fresh); nothing here logs or formats it. Redirects are never followed (aiohttp
+    would carry the ``api-key`` header to any host a 3xx names): a 3xx is a
+    :class:`~polars_azurechat.errors.RedirectError`. The deployment name is
+    percent-escaped into the URL path.
     """
 
     def __init__(
@@ -107,7 +113,10 @@ class Transport:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.deployment = deployment
-        self.url = f"{self.endpoint}/openai/deployments/{deployment}/chat/completions"
+        self.url = (
+            f"{self.endpoint}/openai/deployments/{quote(deployment, safe='')}"
+            "/chat/completions"
+        )
         self.api_version = api_version
         self._query = {"api-version": api_version}
         self._headers = {"Content-Type": "application/json"}
@@ -204,7 +213,12 @@ class Transport:
     ) -> tuple[int, Mapping[str, str], bytes]:
         try:
             async with session.post(
-                self.url, params=self._query, data=data, timeout=timeout, headers=auth
+                self.url,
+                params=self._query,
+                data=data,
+                timeout=timeout,
+                headers=auth,
+                allow_redirects=False,  # the key goes to this endpoint only
             ) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
@@ -216,8 +230,8 @@ class Transport:
 
     @property
     def endpoint_host(self) -> str:
-        """Host part of the endpoint (safe to show)."""
-        return self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+        """Host part of the endpoint (safe to show: never a user name or password)."""
+        return host_of(self.endpoint)
 
 
 def _dumps(value: Any) -> bytes:
@@ -264,6 +278,8 @@ def status_error(
         "retry_after_s": retry_after_s(headers),
     }
     where = f"deployment {deployment!r} at {host}"
+    if 300 <= status < 400:
+        return redirect_error(status, headers, where, kw)
     if kw["request_id"]:
         server_msg = f"{server_msg} (request id {kw['request_id']})"
     if status == 429:
@@ -309,6 +325,30 @@ def status_error(
     if status == 400 or (400 <= status < 500 and status not in (408, 409)):
         return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
     return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
+
+
+def redirect_error(
+    status: int, headers: Mapping[str, str], where: str, kw: dict[str, Any]
+) -> RedirectError:
+    """A 3xx, not followed: the error names the host it pointed to, nothing more.
+
+    Not the location's path or query (they may carry a signature or a token), and not
+    the body (it often repeats the location).
+    """
+    location = headers.get("location") or headers.get("Location") or ""
+    try:
+        target = host_of(location) if urlsplit(location).hostname else None
+    except ValueError:
+        target = None
+    to = f"to {target}" if target else "to another path"
+    kw = {**kw, "body": None}
+    return RedirectError(
+        f"{status} redirect {to} from {where}, not followed: following it would send "
+        "the key and the prompts there; check azure_endpoint (give the resource's "
+        "own https:// endpoint)",
+        location_host=target,
+        **kw,
+    )
 
 
 @contextlib.contextmanager
