@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -207,6 +208,8 @@ def run(
                 input_path, options.cache, _read_files(response_format, option_values)
             ),
         )
+        if options.mode == "batch":
+            _check_batch_state(options.cache)
         config = None
         if emulator:
             config, options = _start_emulator(stack, options)
@@ -285,6 +288,18 @@ def _publish(out: OutputFile, summary: object = "") -> None:
     except OutputError as exc:
         typer.echo(f"error: {exc}\n{summary}".rstrip(), err=True)
         raise typer.Exit(1) from None
+
+
+def _check_batch_state(cache: str | os.PathLike[str] | None) -> None:
+    """Refuse at the start a cache whose batches another job is running."""
+    from polars_azurechat.batch.state import check_batch_lock
+
+    if cache is None:
+        return  # ChatOptions says what is missing
+    try:
+        check_batch_lock(cache)
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _body_params(
@@ -580,7 +595,11 @@ def batches_command(
         SqliteCache(cache).close()
     except AzureChatError as exc:
         raise typer.BadParameter(str(exc)) from None
-    with BatchStateStore(cache) as state:
+    try:  # cancelling takes the file (refused while a job runs its batches)
+        state = BatchStateStore(cache, lock=cancel)
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with state:
         if cancel:
             _cancel_batches(state)
         chunks = state.chunks()

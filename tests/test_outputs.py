@@ -1,5 +1,5 @@
 """Every file the CLI writes is taken for one job, checked before any request, and
-never clobbered (issue 23: 2, 3, 4).
+never clobbered; one batch state is run by one job at a time (issue 23: 2, 3, 4, 12).
 
 Each test here failed on the version before: ``plan --rows-out`` overwrote any file
 (the input included) and printed a traceback for a missing directory; two runs to one
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -29,10 +30,15 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+import polars_azurechat as pac
+from polars_azurechat.batch.state import BatchStateStore
 from polars_azurechat.cli import app
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.outputs import OutputFile
 from polars_azurechat.store.sqlite import SqliteCache
+
+from .fakes import FakeClock
 
 runner = CliRunner()
 QUESTIONS = [f"What is {i} + 1000?" for i in range(3)]
@@ -275,3 +281,107 @@ def test_the_output_of_a_killed_run_is_taken_over(
     assert pl.read_parquet(out)["answer"].to_list() == ANSWERS
     assert not lock.exists()
     assert emulator.stats()["requests"] == 3
+
+
+# -- one batch state, one job (item 12) ----------------------------------------------
+
+DEPLOYMENT = "gpt-4o-mini-batch"
+
+
+def _batch_job(emu: Emulator, cache: Path, clock: FakeClock) -> pac.Completer:
+    config = pac.ChatConfig(
+        azure_endpoint=emu.url, api_key=emu.api_key, deployment=DEPLOYMENT
+    )
+    job = pac.Completer(
+        config=config,
+        cache=str(cache),
+        mode="batch",
+        max_tokens=20,
+        progress=False,
+        batch_poll_s=1.0,
+    )
+    assert job._batch is not None
+    job._batch.settings.update(sleep=clock.blocking_sleep, clock=clock)
+    return job
+
+
+def test_a_batch_job_on_a_cache_another_job_runs_is_refused_before_any_upload(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(10_000.0)
+    cache = tmp_path / "c.sqlite"
+    with Emulator(clock=clock) as emu:
+        with BatchStateStore(cache):  # what a job in batch mode holds while it runs
+            with (
+                _batch_job(emu, cache, clock) as job,
+                pytest.raises(pac.CacheError, match="its batches are being run by"),
+            ):
+                job.run(QUESTIONS)
+            refused = emu.stats()["batch"]
+        more = [f"What is {i} + 1000?" for i in range(3, 6)]
+        with _batch_job(emu, cache, clock) as job:  # the other job ended
+            assert job.run(QUESTIONS) == ANSWERS
+            # the file is a job's for one run, not for the job's life
+            with _batch_job(emu, cache, clock) as later:
+                assert later.run(more) == ["1003", "1004", "1005"]
+        done = emu.stats()["batch"]
+    assert (refused["files_uploaded"], refused["batches_created"]) == (0, 0)
+    assert (done["files_uploaded"], done["batches_created"]) == (2, 2)
+    assert not cache.with_name("c.sqlite.batch-lock").exists()
+
+
+def test_batches_cancel_is_refused_while_a_job_runs_them(tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite"
+    SqliteCache(cache).close()
+    with BatchStateStore(cache):
+        listed = runner.invoke(app, ["batches", "--cache", str(cache)])
+        cancel = runner.invoke(app, ["batches", "--cache", str(cache), "--cancel"])
+    assert listed.exit_code == 0, listed.output  # reading needs no lock
+    assert cancel.exit_code == 2, cancel.output
+    assert "Traceback" not in cancel.output
+    assert _flat("its batches are being run by another job") in _flat(cancel.output)
+
+
+@pytest.mark.slow
+def test_a_second_cli_run_on_a_batch_cache_is_refused_at_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, cache = _input(tmp_path), tmp_path / "c.sqlite"
+    service = BatchService(
+        validating_s=0.05,
+        line_s=0.5,
+        finalizing_s=0.05,
+        cancelling_s=0.05,
+        file_processing_s=0.02,
+        tick_s=0.01,
+    )
+    batch = ["--mode", "batch", "--cache", str(cache), "--batch-poll-s", "0.05"]
+    with Emulator(batches=service) as emu:
+        for key, value in emu.env().items():
+            monkeypatch.setenv(key, value)
+        args = [sys.executable, "-m", "polars_azurechat", "run", str(src)]
+        args += [str(tmp_path / "first.parquet"), "--column", "q", "--no-progress"]
+        first = subprocess.Popen(
+            [*args, *batch, "-v"],
+            env={**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert first.stderr is not None
+            for line in first.stderr:
+                if "created batch" in line:
+                    break
+            second = _run(src, tmp_path / "second.parquet", *batch)
+            stats = emu.stats()["batch"]
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert second.exit_code == 2, second.output
+    flat = _flat(second.output)
+    assert _flat(f"its batches are being run by another job (pid {first.pid}") in flat
+    assert (stats["files_uploaded"], stats["batches_created"]) == (1, 1)
+    assert not (tmp_path / "second.parquet").exists()
