@@ -30,6 +30,7 @@ from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions
+from polars_azurechat.outputs import OutputError, OutputFile, reads_of
 
 #: ``run --emulator --mode batch``: the emulator's batches take a fraction of a second,
 #: and the job looks at them this often (unless --batch-poll-s is given).
@@ -193,11 +194,22 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _check_input(input_path, column)
-    _check_output(input_path, output_path, overwrite)
     params = _body_params(param, max_tokens, temperature, response_format)
     options = _options(option_values)
 
     with contextlib.ExitStack() as stack:
+        # taken for the whole run: a second run to the same file is refused here
+        out = _take_output(
+            stack,
+            output_path,
+            overwrite,
+            "OUTPUT_PATH",
+            reads_of(
+                input_path, options.cache, _read_files(response_format, option_values)
+            ),
+        )
+        if options.mode == "batch":
+            _check_batch_state(options.cache)
         config = None
         if emulator:
             config, options = _start_emulator(stack, options)
@@ -212,19 +224,16 @@ def run(
         job.log_problems(failed=False, truncated=False)  # the summary says it
         if job.shows_progress:
             job.expect_rows(_row_count(input_path))
-        partial = output_path.with_name(output_path.name + ".partial")
         started = time.perf_counter()
         try:
             with _progress_logging(job.shows_progress), _stops() as stopped_by:
                 _answer_parquet(
-                    job, input_path, partial, column, output_column, options.output
+                    job, input_path, out.partial, column, output_column, options.output
                 )
         except AzureChatError as exc:
-            partial.unlink(missing_ok=True)
             typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            partial.unlink(missing_ok=True)
             by = stopped_by[0]
             kept = _kept_after_stop(job, options)
             typer.echo(f"interrupted by {by}; {kept}\n{job.summary()}", err=True)
@@ -232,17 +241,65 @@ def run(
         wall = time.perf_counter() - started
         summary = job.summary()
         if summary.failed and options.on_error == "raise":
+            out.keep_partial()
             typer.echo(
                 f"error: {summary.failed:,} of {summary.rows + summary.null_rows:,} "
                 f"rows failed (--on-error raise); every row's answer or error is in "
-                f"{partial}\n{summary}",
+                f"{out.partial}\n{summary}",
                 err=True,
             )
             raise typer.Exit(1)
-        os.replace(partial, output_path)
+        _publish(out, summary)
     typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _read_files(
+    response_format: Path | None, option_values: Mapping[str, Any]
+) -> list[tuple[str, Path | None]]:
+    """The files a command reads besides its input and cache (never written)."""
+    return [
+        ("the --response-format file", response_format),
+        ("the --deployments file", option_values.get("deployments")),
+    ]
+
+
+def _take_output(
+    stack: contextlib.ExitStack,
+    path: Path,
+    overwrite: bool,
+    name: str,
+    reads: dict[str, Any],
+) -> OutputFile:
+    """Check ``path`` and take it for this run (every file the CLI writes)."""
+    try:
+        return stack.enter_context(
+            OutputFile(path, overwrite=overwrite, name=name, reads=reads)
+        )
+    except OutputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _publish(out: OutputFile, summary: object = "") -> None:
+    """Move the written file into place; a file that appeared meanwhile is kept."""
+    try:
+        out.publish()
+    except OutputError as exc:
+        typer.echo(f"error: {exc}\n{summary}".rstrip(), err=True)
+        raise typer.Exit(1) from None
+
+
+def _check_batch_state(cache: str | os.PathLike[str] | None) -> None:
+    """Refuse at the start a cache whose batches another job is running."""
+    from polars_azurechat.batch.state import check_batch_lock
+
+    if cache is None:
+        return  # ChatOptions says what is missing
+    try:
+        check_batch_lock(cache)
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _body_params(
@@ -404,30 +461,6 @@ def _check_input(path: Path, column: str) -> None:
         raise typer.BadParameter(f"column {column!r}: {exc}") from None
 
 
-def _check_output(input_path: Path, path: Path, overwrite: bool) -> None:
-    """Refuse, before any request, an output that could not be written at the end."""
-    if path.is_dir():
-        raise typer.BadParameter(f"{path} is a directory; give a file path")
-    if path.exists() and not overwrite:
-        raise typer.BadParameter(f"{path} exists; pass --overwrite to replace it")
-    if path.exists() and path.resolve() == input_path.resolve():
-        raise typer.BadParameter(f"{path} is the input file; write elsewhere")
-    parent = path.parent
-    if not parent.is_dir():
-        raise typer.BadParameter(f"the directory {parent} of {path} does not exist")
-    partial = path.with_name(path.name + ".partial")
-    if partial.is_dir():
-        raise typer.BadParameter(
-            f"{partial} is a directory; it is where {path} is written"
-        )
-    try:  # the real test of writability (permissions, read-only mounts, quotas)
-        partial.touch()
-        partial.unlink()
-    except OSError as exc:
-        msg = f"cannot write {partial} ({exc.strerror or exc}); {path} is written there first"
-        raise typer.BadParameter(msg) from None
-
-
 def _row_count(path: Path) -> int:
     return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
@@ -487,6 +520,9 @@ def plan(
         Path | None,
         typer.Option(help="Write the per-row estimate to this Parquet file."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the --rows-out file.")
+    ] = False,
     **option_values: Any,
 ) -> None:
     """Estimate tokens, cost and wall time of a run, without sending anything.
@@ -497,20 +533,35 @@ def plan(
 
     _check_input(input_path, column)
     options = _options(option_values)
-    series = pl.read_parquet(input_path, columns=[column]).to_series()
     body: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     if response_format is not None:
         body["response_format"] = _schema_file(response_format)
-    estimate = make_plan(
-        series,
-        model=model,
-        latency_s=latency_s,
-        context_tokens=context_tokens,
-        options=options,
-        **body,
-    )
-    if rows_out is not None:
-        estimate.rows.write_parquet(rows_out)
+    with contextlib.ExitStack() as stack:
+        rows_file = None
+        if rows_out is not None:  # the rules of run's OUTPUT_PATH, checked first
+            rows_file = _take_output(
+                stack,
+                rows_out,
+                overwrite,
+                "--rows-out",
+                reads_of(
+                    input_path,
+                    options.cache,
+                    _read_files(response_format, option_values),
+                ),
+            )
+        series = pl.read_parquet(input_path, columns=[column]).to_series()
+        estimate = make_plan(
+            series,
+            model=model,
+            latency_s=latency_s,
+            context_tokens=context_tokens,
+            options=options,
+            **body,
+        )
+        if rows_file is not None:
+            estimate.rows.write_parquet(rows_file.partial)
+            _publish(rows_file)
     typer.echo(str(estimate))
 
 
@@ -544,7 +595,11 @@ def batches_command(
         SqliteCache(cache).close()
     except AzureChatError as exc:
         raise typer.BadParameter(str(exc)) from None
-    with BatchStateStore(cache) as state:
+    try:  # cancelling takes the file (refused while a job runs its batches)
+        state = BatchStateStore(cache, lock=cancel)
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with state:
         if cancel:
             _cancel_batches(state)
         chunks = state.chunks()

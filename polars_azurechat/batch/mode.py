@@ -146,6 +146,8 @@ class BatchMode:
                 )
                 run.error = KeyboardInterrupt(message)
                 raise run.error from None
+            finally:  # the state file is this job's for the run only (its lock)
+                self.close()
 
     def _answer(
         self, run: Run, requests: Sequence[ChatRequest | None]

@@ -41,6 +41,13 @@ answer cache's file (batch mode keeps them there; :class:`~polars_azurechat.stor
 accepts exactly these objects, with exactly these columns, beside its own) or in a
 file of their own.
 The file is created owner-only (0600). Nothing secret is written: ids, hashes, counts.
+
+One job at a time: a store takes an OS-level lock (``flock``) on the lock file
+``<file>.batch-lock`` beside it for as long as it is open, so a second job (another
+process, or another job of this process) opening the same file is refused with a
+:class:`~polars_azurechat.errors.CacheError` naming the job that holds it (pid, host,
+since when) instead of submitting the same rows again. The lock of a process that
+died (``kill -9``) is released by the operating system; its lock file is taken over.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from polars_azurechat.errors import CacheError
+from polars_azurechat.outputs import FileBusyError, FileLock
+
 __all__ = [
     "LIVE_PHASES",
     "BatchJobRecord",
@@ -64,6 +74,7 @@ __all__ = [
     "ChunkRecord",
     "NewChunk",
     "Phase",
+    "check_batch_lock",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,6 +226,14 @@ class BatchStateStore:
         others). Created owner-only if missing.
     clock
         Wall-clock seconds for the ``created_at``/``updated_at`` columns.
+    lock
+        Take the file for this store alone while it is open (the module docstring):
+        a job's store does; a reader (``polars-azurechat batches`` listing) need not.
+
+    Raises
+    ------
+    CacheError
+        ``lock`` and another job holds the file (the message names it).
 
     Examples
     --------
@@ -233,32 +252,51 @@ class BatchStateStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        lock: bool = True,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # another process was first
-                os.close(
-                    os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                )
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
+        self._file_lock = _batch_lock(self.path) if lock else None
+        try:
+            if not self.path.exists():
+                with contextlib.suppress(FileExistsError):  # another process was first
+                    os.close(
+                        os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    )
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+        except BaseException:
+            self._release()
+            raise
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error:
+        except BaseException:
             self._db.close()
+            self._release()
             raise
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and release the file for another job)."""
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        lock, self._file_lock = self._file_lock, None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -461,6 +499,52 @@ class BatchStateStore:
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._db.execute(sql, tuple(args)).fetchall())
+
+
+def _batch_lock(path: Path) -> FileLock:
+    """Take ``path`` for one job's batches, or raise :class:`CacheError` naming who has it."""
+    lock = FileLock(path.with_name(path.name + ".batch-lock"), what=f"cache {path}")
+    try:
+        lock.acquire()
+    except FileBusyError as exc:
+        who = f"another job ({exc.holder})" if exc.holder else "another job"
+        msg = (
+            f"cache {path}: its batches are being run by {who}, which holds "
+            f"{lock.lock_path}; wait for it to end or stop it (two jobs on one batch "
+            "state would submit the same rows twice)"
+        )
+        raise CacheError(msg) from None
+    except OSError as exc:
+        msg = f"cache {path}: cannot write {lock.lock_path} ({exc.strerror or exc})"
+        raise CacheError(msg) from None
+    return lock
+
+
+def check_batch_lock(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CacheError` if another job runs the batches of ``path``.
+
+    A check at the start of a job (the store takes the lock itself when opened).
+
+    Parameters
+    ----------
+    path
+        The batch state's file (a job's cache file).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "c.sqlite"
+    >>> with BatchStateStore(path):
+    ...     try:
+    ...         check_batch_lock(path)
+    ...     except CacheError as exc:
+    ...         print("refused:", "this process" in str(exc))
+    refused: True
+    >>> check_batch_lock(path)  # closed: free
+    """
+    p = Path(path)
+    if p.parent.is_dir():
+        _batch_lock(p).release()
 
 
 @contextlib.contextmanager
