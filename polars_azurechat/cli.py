@@ -26,6 +26,7 @@ import typer
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
 from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.emulator._settings import exposure_warning
 from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
@@ -707,6 +708,10 @@ def emulator_command(
         err=True,
     )
     try:
-        serve(EmulatorSettings(**settings), host=host, port=port)
+        chosen = EmulatorSettings(**settings)
+        warning = exposure_warning(host, chosen)
+        if warning is not None:
+            typer.echo(f"warning: {warning}", err=True)
+        serve(chosen, host=host, port=port)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

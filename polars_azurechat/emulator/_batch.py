@@ -266,7 +266,7 @@ class BatchService:
             body = await request.json()
             if not isinstance(body, dict):
                 raise TypeError("body")  # noqa: TRY301
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return error_response(
                 400, "invalidPayload", "The body must be a JSON object."
             )

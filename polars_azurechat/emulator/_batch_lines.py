@@ -236,7 +236,7 @@ def _line_request(
     """A line's ``custom_id`` and body, or ``None`` (the problem recorded)."""
     try:
         item = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         _problem(problems, "invalid_json_line", f"Line {number} is not JSON.", number)
         return None
     if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):

@@ -7,7 +7,6 @@ import collections
 import dataclasses
 import json
 import logging
-import math
 import pickle
 import random
 import secrets
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from polars_azurechat.emulator._answers import answer_for, parse_directives
 from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.emulator._body import body_problem, invalid, read_body
 from polars_azurechat.emulator._errors import (
     ACCESS_DENIED,
     content_filter_response,
@@ -31,8 +31,9 @@ from polars_azurechat.emulator._errors import (
     rate_limit_response,
 )
 from polars_azurechat.emulator._faults import Dropped, Faults
-from polars_azurechat.emulator._quota import Quota, ceil_ms
-from polars_azurechat.emulator._settings import EmulatorSettings
+from polars_azurechat.emulator._lane import Lane
+from polars_azurechat.emulator._quota import ceil_ms
+from polars_azurechat.emulator._settings import EmulatorSettings, exposure_warning
 from polars_azurechat.emulator._structured import (
     REFUSAL,
     ResponseFormatError,
@@ -53,47 +54,6 @@ AuthKind = Literal["key", "bearer"]
 Clock = Callable[[], float]
 
 
-class _Lane:
-    """One deployment: its settings, quota windows, counters, and whether it is down.
-
-    Deployments without settings of their own share the emulator's faults (so a
-    scripted ``[emu:500*2]`` counts across them) but never a quota.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        settings: EmulatorSettings,
-        shared: Faults,
-        clock: Clock,
-        origin: float,
-    ) -> None:
-        self.name = name
-        self.settings = settings
-        self.clock = clock
-        if settings.per_deployment and name in settings.per_deployment:
-            self.settings = settings.for_deployment(name)
-            self.rng = random.Random(self.settings.seed)  # noqa: S311 - not secrets
-            self.faults = Faults(self.settings, self.rng)
-        else:
-            self.faults = shared
-            self.rng = shared.rng
-        self.quota = Quota(self.settings, clock)
-        self.quota.origin = origin  # fixed windows turn from the emulator's creation
-        self.reset()
-
-    def reset(self) -> None:
-        self.requests = 0
-        self.statuses: collections.Counter[str] = collections.Counter()
-        after = self.settings.down_after_s
-        self.down_from = None if after is None else self.clock() + after
-        self.quota.reset()
-        self.faults.reset()
-
-    def is_down(self) -> bool:
-        return self.down_from is not None and self.clock() >= self.down_from
-
-
 class _State:
     """Counters, faults and quota windows; touched on the server's loop, read from any thread."""
 
@@ -108,7 +68,7 @@ class _State:
         self.faults_injected = Faults(settings, self.rng)
         self.clock = settings.clock or time.monotonic
         self.origin = self.clock()
-        self.lanes: dict[str, _Lane] = {}
+        self.lanes: dict[str, Lane] = {}
         # issued Entra ID tokens -> when they expire on ``clock``; kept by reset()
         self.issued: dict[str, float] = {}
         self.reset()
@@ -144,11 +104,11 @@ class _State:
         for lane in lanes:
             lane.reset()
 
-    def lane(self, deployment: str) -> _Lane:
+    def lane(self, deployment: str) -> Lane:
         with self.lock:
             lane = self.lanes.get(deployment)
             if lane is None:
-                lane = self.lanes[deployment] = _Lane(
+                lane = self.lanes[deployment] = Lane(
                     deployment,
                     self.settings,
                     self.faults_injected,
@@ -251,9 +211,7 @@ class _App:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         st = self.state
-        lane = st.lane(request.match_info["deployment"])
         with st.lock:
-            lane.requests += 1
             st.requests += 1
             st.in_flight += 1
             st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
@@ -261,8 +219,16 @@ class _App:
         if st.on_request is not None:
             st.on_request(n)
         status = "?"
+        lane: Lane | None = None
         try:
-            response = await self._chat(request)
+            admitted = self._admit(request)
+            if isinstance(admitted, web.Response):
+                response = admitted
+            else:  # only an authenticated request to a deployment that exists
+                lane = admitted
+                with st.lock:
+                    lane.requests += 1
+                response = await self._chat(lane, request)
         except Dropped:
             status = "dropped"
             raise
@@ -275,9 +241,16 @@ class _App:
             with st.lock:
                 st.in_flight -= 1
                 st.statuses[status] += 1
-                lane.statuses[status] += 1
+                if lane is not None:
+                    lane.statuses[status] += 1
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    def _admit(self, request: web.Request) -> Lane | web.Response:
+        """The deployment's lane, or the refusal (no api-version, credential, name).
+
+        A lane (quota windows, counters) is made for a deployment name only once a
+        request with a valid credential names it: a caller without one cannot make the
+        emulator keep anything per name it invents.
+        """
         st = self.state
         s = st.settings
         if not request.query.get("api-version"):
@@ -295,7 +268,9 @@ class _App:
                 "The API deployment for this resource does not exist. If you created the "
                 "deployment within the last 5 minutes, please wait a moment and try again.",
             )
-        lane = st.lane(deployment)
+        return st.lane(deployment)
+
+    async def _chat(self, lane: Lane, request: web.Request) -> web.Response:
         s = lane.settings
         if lane.is_down():
             down = error_response(
@@ -307,15 +282,14 @@ class _App:
             if s.retry_after_ms is not None:
                 down.headers["retry-after-ms"] = str(s.retry_after_ms)
             return down
-        try:
-            body = await request.json(loads=json.loads)
-        except ValueError:
-            body = None  # answered with the 400 on 'messages'
+        body, refused = read_body(await request.read())
+        if refused is not None:
+            return refused
         return await self.answer(lane, body, request=request)
 
     async def answer(
         self,
-        lane: _Lane,
+        lane: Lane,
         body: Any,
         *,
         request: web.Request | None = None,
@@ -330,20 +304,15 @@ class _App:
         """
         st = self.state
         s = lane.settings
-        try:
-            messages = body["messages"]
-            pairs = _message_pairs(messages)
-        except (ValueError, KeyError, TypeError):
-            return _invalid_request(
-                None,
-                "'messages' is a required property and must be a non-empty list of "
-                "{role, content} objects",
-                param="messages",
-            )
+        refused = body_problem(body)  # Azure's 400 for a wrong type or range
+        if refused is not None:
+            return refused
+        messages = body["messages"]
+        pairs = _message_pairs(messages)
         try:  # structured outputs: the schema the answer must follow, if any
             schema = requested_schema(body)
         except ResponseFormatError as err:
-            return _invalid_request(None, str(err), param="response_format")
+            return invalid(str(err), param="response_format")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         prompt_tokens = st.tokens.prompt(pairs)
         schema_text = None
@@ -366,17 +335,15 @@ class _App:
         if "filter" in directives:
             return content_filter_response()
         if prompt_tokens + (max_tokens or 0) > s.context_tokens:
-            return _invalid_request(
-                "context_length_exceeded",
+            return invalid(
                 f"This model's maximum context length is {s.context_tokens} tokens. "
                 f"However, your messages resulted in {prompt_tokens} tokens. Please "
                 "reduce the length of the messages.",
                 param="messages",
+                code="context_length_exceeded",
             )
         reserved = (
-            DEFAULT_RESERVED_COMPLETION_TOKENS
-            if not isinstance(max_tokens, int | float)
-            else math.ceil(max_tokens)
+            DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
         )
         quota_headers: dict[str, str] = {}
         if request is not None:  # a batch line is not charged to the online quota
@@ -396,7 +363,7 @@ class _App:
         )
 
     async def _fault(
-        self, lane: _Lane, fault: str, delay_s: float, request: web.Request | None
+        self, lane: Lane, fault: str, delay_s: float, request: web.Request | None
     ) -> web.Response:
         """Count the injected ``fault`` and answer with it (a batch line: a 5xx)."""
         st = self.state
@@ -465,16 +432,9 @@ class _App:
         return web.json_response(payload, headers=headers)
 
 
-def _message_pairs(messages: Any) -> list[tuple[str, str]]:
-    """Each message's ``(role, content)``; raises unless a non-empty list of them."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages")
+def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each message's ``(role, content)`` (checked by ``body_problem``)."""
     return [(str(m["role"]), str(m["content"])) for m in messages]
-
-
-def _invalid_request(code: str | None, message: str, *, param: str) -> web.Response:
-    """A 400 ``invalid_request_error`` about ``param``."""
-    return error_response(400, code, message, type="invalid_request_error", param=param)
 
 
 def _answer_text(
@@ -683,6 +643,7 @@ class Emulator:
             _App(self._state, self.batches).app, access_log=None, shutdown_timeout=0.1
         )
         await self._runner.setup()
+        _warn_if_exposed(self.host, self.settings)
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
         if self.port == 0 and self._runner.addresses:
@@ -733,6 +694,7 @@ def serve(
     """
     settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
     state = _State(settings)
+    _warn_if_exposed(host, settings)
     web.run_app(
         _App(state).app,
         host=host,
@@ -742,3 +704,9 @@ def serve(
         shutdown_timeout=0.1,
         backlog=4096,
     )
+
+
+def _warn_if_exposed(host: str, settings: EmulatorSettings) -> None:
+    warning = exposure_warning(host, settings)
+    if warning is not None:
+        logger.warning("%s", warning)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_API_KEY", "EmulatorSettings", "TokenEstimator", "WindowKind"]
+__all__ = [
+    "DEFAULT_API_KEY",
+    "EmulatorSettings",
+    "TokenEstimator",
+    "WindowKind",
+    "exposure_warning",
+]
 
 DEFAULT_API_KEY = "emulator-key"
 
@@ -174,3 +181,51 @@ DEPLOYMENT_FIELDS = frozenset(
         "down_after_s",
     }
 )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reached only from this machine (127.0.0.0/8, ::1, localhost).
+
+    Examples
+    --------
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1")
+    (True, True, True)
+    >>> is_loopback("0.0.0.0"), is_loopback(""), is_loopback("emulator.example")
+    (False, False, False)
+    """
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        return False
+
+
+def exposure_warning(host: str, settings: EmulatorSettings) -> str | None:
+    """The warning for an emulator other machines can reach with its well-known key.
+
+    ``None`` when it listens on a loopback address, or accepts no key, or a key of
+    the user's own (``api_key=``, ``--api-key``).
+
+    Examples
+    --------
+    >>> exposure_warning("127.0.0.1", EmulatorSettings()) is None
+    True
+    >>> exposure_warning("0.0.0.0", EmulatorSettings(api_key="s3cret-of-mine")) is None
+    True
+    >>> print(exposure_warning("0.0.0.0", EmulatorSettings()))  # doctest: +ELLIPSIS
+    the emulator listens on 0.0.0.0, which other machines can reach, and accepts ...
+    """
+    if (
+        is_loopback(host)
+        or not settings.key_auth
+        or settings.api_key != DEFAULT_API_KEY
+    ):
+        return None
+    return (
+        f"the emulator listens on {host or 'every interface'}, which other machines "
+        f"can reach, and accepts its well-known default key {DEFAULT_API_KEY!r}: "
+        "anyone who reaches it can use it; give it a key of your own (api_key=, "
+        "--api-key) or listen on 127.0.0.1"
+    )
