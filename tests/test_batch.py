@@ -84,7 +84,6 @@ def _key(emu: Emulator, prompt: str) -> str:
     return request_key(
         host=emu.url.split("://")[1],
         deployment=DEPLOYMENT,
-        api_version=API_VERSION,
         messages=[{"role": "user", "content": prompt}],
         params=PARAMS,
     )
@@ -559,7 +558,7 @@ CHILD = textwrap.dedent(
     for p in prompts:
         messages = [{"role": "user", "content": p}]
         key = request_key(host=host, deployment="gpt-4o-mini-batch",
-                          api_version="2024-10-21", messages=messages, params={})
+                          messages=messages, params={})
         rows.append((key, ChatRequest(messages=messages)))
     created = []
 

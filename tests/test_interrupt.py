@@ -138,7 +138,6 @@ def _cached_among_first(path: Path, emu: Emulator, n: int) -> int:
         request_key(
             host=emu.url.split("://")[1],
             deployment="gpt-4o-mini",
-            api_version="2024-10-21",
             messages=[{"role": "user", "content": f"What is {i} + 1?"}],
             params={},
         )

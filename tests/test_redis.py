@@ -45,7 +45,6 @@ def test_answers_round_trip(redis_url: str) -> None:
     key = request_key(
         host="h",
         deployment="d",
-        api_version="v",
         messages=[{"role": "user", "content": "x"}],
         params={},
     )

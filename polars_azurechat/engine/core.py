@@ -141,7 +141,6 @@ class ChatEngine:
             schema,
             host=self.transport.endpoint_host,
             deployment=self.transport.deployment,
-            api_version=self.transport.api_version,
         )
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts

@@ -90,9 +90,9 @@ class RequestShape:
         a typed answer's strict ``response_format``, ...).
     schema
         The typed answer's schema, or ``None``.
-    host, deployment, api_version
+    host, deployment
         Where requests go: part of the cache key (a different deployment may answer
-        differently).
+        differently; the surface, classic or v1, is not).
 
     Examples
     --------
@@ -108,7 +108,6 @@ class RequestShape:
     __slots__ = (
         "_head",
         "_tail",
-        "api_version",
         "deployment",
         "host",
         "max_tokens",
@@ -125,11 +124,10 @@ class RequestShape:
         *,
         host: str = "",
         deployment: str = "",
-        api_version: str = "",
     ) -> None:
         self.params: dict[str, Any] = dict(params)
         self.schema = schema
-        self.host, self.deployment, self.api_version = host, deployment, api_version
+        self.host, self.deployment = host, deployment
         #: ``max_tokens`` (or ``max_completion_tokens``), ``None`` if not set
         self.max_tokens: Any = max_tokens_of(self.params)
         #: what Azure reserves for the answer when it counts a request on arrival
@@ -143,7 +141,7 @@ class RequestShape:
         # the canonical JSON around the messages, encoded once (the schema is most of
         # it: encoding it per row cost more than the rest of the key)
         self._head, self._tail = request_key_parts(
-            host=host, deployment=deployment, api_version=api_version, params=params
+            host=host, deployment=deployment, params=params
         )
 
     def key(self, req: ChatRequest) -> str:

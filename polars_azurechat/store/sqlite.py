@@ -1,8 +1,8 @@
 """A SQLite cache of answered requests, so a rerun sends only what is missing.
 
 Each answer is stored under the sha256 of canonical JSON (sorted keys) of what decides it:
-endpoint host, deployment, api-version, messages and body parameters. The key never holds
-the API key. Only answers are stored, never failures. Writes are transactions in WAL mode,
+endpoint host, deployment, messages and body parameters (not the api-version: the classic
+routes and the v1 API share answers). The key never holds the API key. Only answers are stored, never failures. Writes are transactions in WAL mode,
 so a process killed at any moment leaves every committed answer readable; the file is
 created owner-only (0600).
 
@@ -72,38 +72,37 @@ def request_key(
     *,
     host: str,
     deployment: str,
-    api_version: str,
     messages: Sequence[Mapping[str, str]],
     params: Mapping[str, Any],
 ) -> str:
     """The cache key of one request: sha256 over canonical JSON of what decides the answer.
+
+    The resource's host, the deployment, the messages and the body's parameters: not
+    the surface a request travels by (the classic ``api-version`` routes or the v1
+    API), so a job cached on one is not paid again on the other.
 
     Examples
     --------
     >>> a = request_key(
     ...     host="h",
     ...     deployment="d",
-    ...     api_version="v",
     ...     messages=[],
     ...     params={"a": 1, "b": 2},
     ... )
     >>> a == request_key(
     ...     host="h",
     ...     deployment="d",
-    ...     api_version="v",
     ...     messages=[],
     ...     params={"b": 2, "a": 1},
     ... )
     True
     """
-    head, tail = request_key_parts(
-        host=host, deployment=deployment, api_version=api_version, params=params
-    )
+    head, tail = request_key_parts(host=host, deployment=deployment, params=params)
     return hashlib.sha256(head + _canonical(messages) + tail).hexdigest()
 
 
 def request_key_parts(
-    *, host: str, deployment: str, api_version: str, params: Mapping[str, Any]
+    *, host: str, deployment: str, params: Mapping[str, Any]
 ) -> tuple[bytes, bytes]:
     """The canonical JSON of :func:`request_key` before and after the messages.
 
@@ -113,15 +112,14 @@ def request_key_parts(
     Examples
     --------
     >>> head, tail = request_key_parts(
-    ...     host="h", deployment="d", api_version="v", params={"b": 2, "a": 1}
+    ...     host="h", deployment="d", params={"b": 2, "a": 1}
     ... )
     >>> head + b"[]" + tail
-    b'{"api_version":"v","deployment":"d","host":"h","messages":[],"params":{"a":1,"b":2}}'
+    b'{"deployment":"d","host":"h","messages":[],"params":{"a":1,"b":2}}'
     >>> import hashlib
     >>> hashlib.sha256(head + b"[]" + tail).hexdigest() == request_key(
     ...     host="h",
     ...     deployment="d",
-    ...     api_version="v",
     ...     messages=[],
     ...     params={"a": 1, "b": 2},
     ... )
@@ -129,9 +127,7 @@ def request_key_parts(
     """
     # the keys in sorted order: the canonical JSON of the whole dict, byte for byte
     head = (
-        b'{"api_version":'
-        + _canonical(api_version)
-        + b',"deployment":'
+        b'{"deployment":'
         + _canonical(deployment)
         + b',"host":'
         + _canonical(host)
