@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "V1",
     "ChatConfig",
     "check_deployment_name",
     "check_endpoint",
@@ -36,12 +37,17 @@ logger = logging.getLogger(__name__)
 #: The api-version used when neither an argument nor ``OPENAI_API_VERSION`` gives one
 #: (Azure OpenAI's GA data-plane version).
 DEFAULT_API_VERSION = "2024-10-21"
+#: ``api_version=V1`` (or a ``base_url`` ending in ``/openai/v1``): Azure's v1 API,
+#: ``<endpoint>/openai/v1/chat/completions`` with the deployment in the body's
+#: ``model`` and no api-version.
+V1 = "v1"
 
 ENV_ENDPOINT = "AZURE_OPENAI_ENDPOINT"
 ENV_API_KEY = "AZURE_OPENAI_API_KEY"
 ENV_AD_TOKEN = "AZURE_OPENAI_AD_TOKEN"  # noqa: S105 - a variable name
 ENV_API_VERSION = "OPENAI_API_VERSION"
 ENV_DEPLOYMENT = "AZURE_OPENAI_DEPLOYMENT"
+ENV_BASE_URL = "OPENAI_BASE_URL"  # as the openai SDK names it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,7 +67,9 @@ class ChatConfig:
     api_key
         The resource key, sent as the ``api-key`` header.
     api_version
-        Azure's ``api-version`` query parameter.
+        Azure's ``api-version`` query parameter of the classic routes
+        (``/openai/deployments/<name>/...``), or ``"v1"`` for the v1 API
+        (``/openai/v1/...``, the deployment named in the body's ``model``).
     azure_ad_token
         A Microsoft Entra ID token, sent as ``Authorization: Bearer``, instead of a key.
     deployment
@@ -74,15 +82,22 @@ class ChatConfig:
         An azure-identity ``TokenCredential`` (sync or async); its tokens (scope
         ``https://cognitiveservices.azure.com/.default``) are refreshed before
         ``expires_on``.
+    base_url
+        The v1 API's base URL, ``https://<resource>.openai.azure.com/openai/v1/``, as
+        the openai SDK's ``OpenAI(base_url=...)`` takes it: instead of
+        ``azure_endpoint``; it sets ``api_version="v1"``.
 
     Examples
     --------
     >>> cfg = ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="sk-secret")
     >>> cfg
     ChatConfig(azure_endpoint='http://127.0.0.1:9', api_key='***', api_version='2024-10-21', azure_ad_token=None, deployment=None)
+    >>> v1 = ChatConfig(base_url="http://127.0.0.1:9/openai/v1/", api_key="sk-secret")
+    >>> v1.azure_endpoint, v1.api_version, v1.surface
+    ('http://127.0.0.1:9', 'v1', 'v1')
     """
 
-    azure_endpoint: str
+    azure_endpoint: str = ""
     api_key: str | None = dataclasses.field(default=None, repr=False)
     api_version: str = DEFAULT_API_VERSION
     azure_ad_token: str | None = dataclasses.field(default=None, repr=False)
@@ -91,8 +106,25 @@ class ChatConfig:
         default=None, repr=False
     )
     credential: Any = dataclasses.field(default=None, repr=False)
+    base_url: dataclasses.InitVar[str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, base_url: str | None = None) -> None:
+        if base_url:
+            endpoint = v1_endpoint(base_url)
+            if self.azure_endpoint and self.azure_endpoint.rstrip("/") != endpoint:
+                msg = (
+                    f"azure_endpoint {host_of(self.azure_endpoint)} and base_url "
+                    f"{host_of(endpoint)} name different resources: give one of them"
+                )
+                raise ConfigurationError(msg)
+            object.__setattr__(self, "azure_endpoint", endpoint)
+            object.__setattr__(self, "api_version", V1)
+        if not self.azure_endpoint:
+            msg = (
+                f"no Azure endpoint: pass azure_endpoint= (or set {ENV_ENDPOINT}), or "
+                f"the v1 API's base_url= (or set {ENV_BASE_URL})"
+            )
+            raise ConfigurationError(msg)
         check_endpoint(self.azure_endpoint)
         if self.deployment is not None:
             check_deployment_name(self.deployment)
@@ -152,6 +184,11 @@ class ChatConfig:
         """The endpoint's ``host[:port]`` (what errors name; never a secret)."""
         return host_of(self.azure_endpoint)
 
+    @property
+    def surface(self) -> str:
+        """``"v1"`` (Azure's v1 API) or ``"classic"`` (the api-version routes)."""
+        return surface_of(self.api_version)
+
     @classmethod
     def from_env(
         cls,
@@ -164,12 +201,18 @@ class ChatConfig:
         azure_ad_token_provider: Callable[[], Any] | None = None,
         credential: Any = None,
         dotenv_path: str | os.PathLike[str] | None = None,
+        base_url: str | None = None,
     ) -> ChatConfig:
         """Resolve every setting: argument, then environment variable, then ``.env``.
 
         The ``.env`` file is read with python-dotenv (found by searching up from the
         working directory unless ``dotenv_path`` is given) and never changes
         ``os.environ``.
+
+        The endpoint is ``azure_endpoint`` (``AZURE_OPENAI_ENDPOINT``), or the v1 API's
+        ``base_url`` (the argument; or ``OPENAI_BASE_URL``, as the openai SDK reads it,
+        when no Azure endpoint is given). Given both as arguments, they must name the
+        same resource and the v1 API is used.
 
         Raises
         ------
@@ -192,8 +235,14 @@ class ChatConfig:
             return os.environ.get(name) or dotenv.get(name) or None
 
         endpoint = pick(azure_endpoint, ENV_ENDPOINT)
-        if not endpoint:
-            msg = f"no Azure endpoint: pass azure_endpoint= or set {ENV_ENDPOINT}"
+        # OPENAI_BASE_URL is read only without an Azure endpoint: people who also use
+        # OpenAI's own API often have it set to https://api.openai.com/v1
+        v1_base = base_url or (None if endpoint else pick(None, ENV_BASE_URL))
+        if not endpoint and not v1_base:
+            msg = (
+                f"no Azure endpoint: pass azure_endpoint= (or set {ENV_ENDPOINT}), or "
+                f"the v1 API's base_url= (or set {ENV_BASE_URL})"
+            )
             raise ConfigurationError(msg)
         key: str | None
         token: str | None
@@ -205,7 +254,8 @@ class ChatConfig:
             if not key and not token:
                 credential = default_credential()
         return cls(
-            azure_endpoint=endpoint.rstrip("/"),
+            azure_endpoint=(endpoint or "").rstrip("/"),
+            base_url=v1_base,
             api_key=key,
             api_version=pick(api_version, ENV_API_VERSION) or DEFAULT_API_VERSION,
             azure_ad_token=token,
@@ -311,6 +361,48 @@ def check_deployment_name(name: object, what: str = "deployment") -> str:
     return name
 
 
+def surface_of(api_version: str | None) -> str:
+    """``"v1"`` for the v1 API's ``api_version``, else ``"classic"``.
+
+    Examples
+    --------
+    >>> surface_of("v1"), surface_of("2024-10-21")
+    ('v1', 'classic')
+    """
+    return V1 if api_version == V1 else "classic"
+
+
+def v1_endpoint(base_url: object) -> str:
+    """The resource endpoint of a v1 base URL (``<endpoint>/openai/v1/``).
+
+    Raises
+    ------
+    ConfigurationError
+        ``base_url`` does not end in ``/openai/v1``.
+
+    Examples
+    --------
+    >>> v1_endpoint("https://r.openai.azure.com/openai/v1/")
+    'https://r.openai.azure.com'
+    >>> v1_endpoint("https://api.openai.com/v1")
+    Traceback (most recent call last):
+    ...
+    polars_azurechat.errors.ConfigurationError: base_url https://api.openai.com/v1 is not an Azure OpenAI v1 URL: give https://<resource>.openai.azure.com/openai/v1/ (set OPENAI_BASE_URL), or azure_endpoint=
+    """
+    text = base_url.strip() if isinstance(base_url, str) else ""
+    head, sep, _ = text.rstrip("/").rpartition("/openai/v1")
+    if not sep or text.rstrip("/")[len(head) + len(sep) :]:
+        shown = shown_url(text).partition("?")[0] if text else repr(base_url)
+        msg = (
+            f"base_url {shown} is not an Azure OpenAI v1 URL: give "
+            f"https://<resource>.openai.azure.com/openai/v1/ (set {ENV_BASE_URL}), "
+            "or azure_endpoint="
+        )
+        raise ConfigurationError(msg)
+    check_endpoint(head, "base_url")
+    return head
+
+
 def host_of(url: str) -> str:
     """The ``host[:port]`` of ``url``: never a user name, password, path or query.
 
@@ -393,6 +485,13 @@ def check_endpoint(url: object, what: str = "azure_endpoint") -> None:
         )
         raise ConfigurationError(msg)
     path = parts.path.rstrip("/")
+    if path.lower().endswith("/openai/v1"):
+        msg = (
+            f"{what} {base}{parts.path} is the v1 API's base URL: pass it as "
+            f"base_url= (or set {ENV_BASE_URL}), or give {base}{path[: -len('/openai/v1')]} "
+            "with api_version='v1'"
+        )
+        raise ConfigurationError(msg)
     azure_host = (parts.hostname or "").lower().endswith(_AZURE_HOSTS)
     if path and (azure_host or "openai" in path.lower().split("/")):
         msg = (

@@ -69,7 +69,7 @@ def complete(
     expr: str | pl.Expr,
     *,
     config: ChatConfig | None = None,
-    client: openai.AzureOpenAI | None = None,
+    client: openai.OpenAI | None = None,
     options: ChatOptions | None = None,
     **params: Unpack[ChatOptionsDict],
 ) -> pl.Expr:
@@ -85,7 +85,8 @@ def complete(
         environment, then ``.env``), resolved now so a missing setting fails before any
         request.
     client
-        Your own ``openai.AzureOpenAI`` client, used instead of the built-in HTTP
+        Your own ``openai.AzureOpenAI`` client (or an ``openai.OpenAI`` one whose
+        ``base_url`` is the resource's v1 API), used instead of the built-in HTTP
         transport (for proxies or a custom ``http_client``). It is used with
         ``max_retries=0`` (the engine retries) and costs ~2.5 ms CPU per request against
         ~0.15 ms for the built-in transport. Excludes ``config``.
@@ -182,7 +183,7 @@ def complete_many(
     *,
     output: Literal["content"] = ...,
     config: ChatConfig | None = ...,
-    client: openai.AzureOpenAI | None = ...,
+    client: openai.OpenAI | None = ...,
     options: ChatOptions | None = ...,
     **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[str | None]: ...
@@ -192,7 +193,7 @@ def complete_many(
     *,
     output: Literal["struct"],
     config: ChatConfig | None = ...,
-    client: openai.AzureOpenAI | None = ...,
+    client: openai.OpenAI | None = ...,
     options: ChatOptions | None = ...,
     **params: Unpack[ChatOptionsDictNoOutput],
 ) -> list[dict[str, Any] | None]: ...
@@ -201,7 +202,7 @@ def complete_many(
     rows: Rows,
     *,
     config: ChatConfig | None = None,
-    client: openai.AzureOpenAI | None = None,
+    client: openai.OpenAI | None = None,
     options: ChatOptions | None = None,
     **params: Unpack[ChatOptionsDict],
 ) -> list[str | None] | list[dict[str, Any] | None]:
@@ -304,7 +305,7 @@ class Completer:
         self,
         *,
         config: ChatConfig | None = None,
-        client: openai.AzureOpenAI | None = None,
+        client: openai.OpenAI | None = None,
         options: ChatOptions | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
         **params: Unpack[ChatOptionsDict],

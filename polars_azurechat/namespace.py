@@ -30,7 +30,7 @@ class ChatNamespace:
         self,
         *,
         config: ChatConfig | None = None,
-        client: openai.AzureOpenAI | None = None,
+        client: openai.OpenAI | None = None,
         options: ChatOptions | None = None,
         **params: Unpack[ChatOptionsDict],
     ) -> pl.Expr:

@@ -123,3 +123,51 @@ def test_one_credential_only() -> None:
         )
     with pytest.raises(pac.ConfigurationError, match="TokenCredential"):
         ChatConfig(azure_endpoint="http://x", credential=object())
+
+
+def test_the_v1_api_from_base_url_or_api_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polars_azurechat.errors import ConfigurationError
+
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in ("AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    v1 = ChatConfig(base_url="https://r.openai.azure.com/openai/v1/", api_key="k")
+    assert (v1.azure_endpoint, v1.api_version, v1.surface) == (
+        "https://r.openai.azure.com",
+        "v1",
+        "v1",
+    )
+    same = ChatConfig(
+        azure_endpoint="https://r.openai.azure.com", api_version="v1", api_key="k"
+    )
+    assert same == v1
+    assert (
+        ChatConfig(azure_endpoint="https://r.openai.azure.com", api_key="k").surface
+        == "classic"
+    )
+    # the environment: OPENAI_BASE_URL alone is the v1 API
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://r.openai.azure.com/openai/v1")
+    assert ChatConfig.from_env(api_key="k") == v1
+    # ... but an Azure endpoint wins over it (it is often OpenAI's own API's URL)
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com")
+    assert ChatConfig.from_env(api_key="k").surface == "classic"
+    with pytest.raises(ConfigurationError, match="not an Azure OpenAI v1 URL"):
+        ChatConfig(base_url="https://api.openai.com/v1", api_key="k")
+    with pytest.raises(ConfigurationError, match="name different resources"):
+        ChatConfig(
+            azure_endpoint="https://other.openai.azure.com",
+            base_url="https://r.openai.azure.com/openai/v1/",
+            api_key="k",
+        )
+    # the v1 URL given as the endpoint: the message says where it goes
+    with pytest.raises(ConfigurationError, match="pass it as base_url="):
+        ChatConfig(azure_endpoint="https://r.openai.azure.com/openai/v1/", api_key="k")
+    # a password in a base URL is refused without being shown
+    with pytest.raises(ConfigurationError) as info:
+        ChatConfig(
+            base_url="https://u:S3cret@r.openai.azure.com/openai/v1", api_key="k"
+        )
+    assert "S3cret" not in str(info.value)

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from polars_azurechat.config import host_of
+from polars_azurechat.config import V1, host_of, surface_of
 from polars_azurechat.errors import (
     APIConnectionError,
     APIStatusError,
@@ -98,8 +98,10 @@ class Transport:
     The credential comes from ``auth`` per request (a key, or an Entra ID token kept
     fresh); nothing here logs or formats it. Redirects are never followed (aiohttp
     would carry the ``api-key`` header to any host a 3xx names): a 3xx is a
-    :class:`~polars_azurechat.errors.RedirectError`. The deployment name is
-    percent-escaped into the URL path.
+    :class:`~polars_azurechat.errors.RedirectError`. On the classic routes the
+    deployment name is percent-escaped into the URL path; with ``api_version="v1"``
+    requests go to ``<endpoint>/openai/v1/chat/completions`` and the deployment is
+    the body's ``model``.
     """
 
     def __init__(
@@ -113,12 +115,19 @@ class Transport:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.deployment = deployment
-        self.url = (
-            f"{self.endpoint}/openai/deployments/{quote(deployment, safe='')}"
-            "/chat/completions"
-        )
         self.api_version = api_version
-        self._query = {"api-version": api_version}
+        self.surface = surface_of(api_version)
+        if self.surface == V1:  # the deployment goes in the body's "model"
+            self.url = f"{self.endpoint}/openai/v1/chat/completions"
+            self._query: dict[str, str] = {}
+            self._model: dict[str, Any] = {"model": deployment}
+        else:
+            self.url = (
+                f"{self.endpoint}/openai/deployments/{quote(deployment, safe='')}"
+                "/chat/completions"
+            )
+            self._query = {"api-version": api_version}
+            self._model = {}
         self._headers = {"Content-Type": "application/json"}
         self.auth = auth
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -185,7 +194,7 @@ class Transport:
         is reused.
         """
         if "messages" not in body:
-            return _dumps(body)
+            return _dumps({**self._model, **body})
         fixed = self._fixed
         n = 0
         for key, value in body.items():
@@ -200,8 +209,8 @@ class Transport:
         # first use, or other parameters: encode them (and keep the objects alive,
         # so their identity cannot be taken by another object)
         self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
-        head = _dumps(dict(self._fixed))[:-1]  # without the closing brace
-        self._fixed_json = head + (b',"messages":' if self._fixed else b'"messages":')
+        head = _dumps({**self._model, **dict(self._fixed)})[:-1]  # no closing brace
+        self._fixed_json = head + (b',"messages":' if len(head) > 1 else b'"messages":')
         return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
 
     async def _post(
@@ -488,7 +497,10 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
 
 
 class SdkTransport:
-    """Send through a user's own ``openai.AzureOpenAI`` client (``client=``).
+    """Send through a user's own openai client (``client=``).
+
+    An ``openai.AzureOpenAI``, or an ``openai.OpenAI`` whose ``base_url`` is a
+    resource's v1 API (``https://<resource>.openai.azure.com/openai/v1/``).
 
     The client is used with ``max_retries=0`` (the engine owns retries) and the
     engine's ``timeout_s``; calls run on a thread pool as wide as ``max_concurrency``.
@@ -499,15 +511,9 @@ class SdkTransport:
     def __init__(self, client: Any, *, deployment: str, timeout_s: float) -> None:
         import openai
 
-        if not isinstance(client, openai.AzureOpenAI):
-            msg = (
-                "client must be an openai.AzureOpenAI (a synchronous client), "
-                f"not {type(client).__name__}"
-            )
-            raise TypeError(msg)
+        self.api_version = client_api_version(client)
         self._client = client.with_options(max_retries=0, timeout=timeout_s)
         self.deployment = deployment
-        self.api_version = str(client.default_query.get("api-version", ""))
         self._host = str(client.base_url.host)
         self._timeout_s = timeout_s
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -549,3 +555,30 @@ class SdkTransport:
         completion.deployment = self.deployment
         completion.latency_ms = round(latency_ms, 3)
         return completion
+
+
+def client_api_version(client: Any) -> str:
+    """The api-version a user's client speaks: its own, or ``"v1"`` for the v1 API.
+
+    Raises
+    ------
+    TypeError
+        ``client`` is not a synchronous ``openai.AzureOpenAI``, nor an ``openai.OpenAI``
+        whose ``base_url`` ends in ``/openai/v1/``.
+    """
+    import openai
+
+    if isinstance(client, openai.AzureOpenAI):
+        return str(client.default_query.get("api-version", ""))
+    if isinstance(client, openai.OpenAI) and str(client.base_url).rstrip("/").endswith(
+        "/openai/v1"
+    ):
+        return V1
+    msg = (
+        "client must be an openai.AzureOpenAI, or an openai.OpenAI with "
+        "base_url='https://<resource>.openai.azure.com/openai/v1/' (a synchronous "
+        f"client), not {type(client).__name__}"
+    )
+    if isinstance(client, openai.OpenAI):
+        msg += f" with base_url at {client.base_url.host}{client.base_url.path}"
+    raise TypeError(msg)
