@@ -44,6 +44,7 @@ from polars_azurechat.errors import (
     ServerError,
     SpendingCapError,
     TruncatedError,
+    UnsupportedParameterError,
 )
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
@@ -123,6 +124,7 @@ __all__ = [
     "ServerError",
     "SpendingCapError",
     "TruncatedError",
+    "UnsupportedParameterError",
     "__version__",
     "complete",
     "complete_many",

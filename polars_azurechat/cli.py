@@ -171,6 +171,16 @@ def run(
         typer.Option("--emulator", help="Run against the built-in emulator, offline."),
     ] = False,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    max_completion_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="The answer's budget on reasoning models (gpt-5, o-series)."
+        ),
+    ] = None,
+    reasoning_effort: Annotated[
+        str | None,
+        typer.Option(help="Reasoning models: minimal, low, medium or high."),
+    ] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
     param: Annotated[
         list[str] | None,
@@ -195,7 +205,16 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _check_input(input_path, column)
-    params = _body_params(param, max_tokens, temperature, response_format)
+    params = _body_params(
+        param,
+        {
+            "max_tokens": max_tokens,
+            "max_completion_tokens": max_completion_tokens,
+            "reasoning_effort": reasoning_effort,
+            "temperature": temperature,
+        },
+        response_format,
+    )
     options = _options(option_values)
 
     with contextlib.ExitStack() as stack:
@@ -305,16 +324,12 @@ def _check_batch_state(cache: str | os.PathLike[str] | None) -> None:
 
 def _body_params(
     param: list[str] | None,
-    max_tokens: int | None,
-    temperature: float | None,
+    flags: dict[str, Any],
     response_format: Path | None,
 ) -> dict[str, Any]:
-    """The extra body fields of ``run``: ``--param`` and the flags that set one."""
+    """The body fields of a command: ``--param`` and the flags that set one."""
     params: dict[str, Any] = dict(_parse_param(p) for p in param or [])
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    if temperature is not None:
-        params["temperature"] = temperature
+    params.update({k: v for k, v in flags.items() if v is not None})
     if response_format is not None:
         params["response_format"] = _schema_file(response_format)
     return params
@@ -509,6 +524,10 @@ def plan(
         str, typer.Option(help="The deployment's model, for prices.")
     ] = "gpt-4o-mini",
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    max_completion_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="The answer's budget on reasoning models."),
+    ] = None,
     response_format: Annotated[
         Path | None,
         typer.Option(help="A JSON-schema file (its tokens count in every request)."),
@@ -534,9 +553,11 @@ def plan(
 
     _check_input(input_path, column)
     options = _options(option_values)
-    body: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
-    if response_format is not None:
-        body["response_format"] = _schema_file(response_format)
+    body = _body_params(
+        None,
+        {"max_tokens": max_tokens, "max_completion_tokens": max_completion_tokens},
+        response_format,
+    )
     with contextlib.ExitStack() as stack:
         rows_file = None
         if rows_out is not None:  # the rules of run's OUTPUT_PATH, checked first

@@ -108,7 +108,7 @@ class ChatConfig:
     credential: Any = dataclasses.field(default=None, repr=False)
     base_url: dataclasses.InitVar[str | None] = None
 
-    def __post_init__(self, base_url: str | None = None) -> None:
+    def __post_init__(self, base_url: str | None) -> None:
         if base_url:
             endpoint = v1_endpoint(base_url)
             if self.azure_endpoint and self.azure_endpoint.rstrip("/") != endpoint:

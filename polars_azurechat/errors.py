@@ -14,7 +14,8 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     ├── APIStatusError              Azure answered with an error status
     │   ├── BadRequestError         400 (not retried)
     │   │   ├── ContentFilterError      400 ``content_filter`` (or an answer the output filter cut)
-    │   │   └── ContextLengthError      400 ``context_length_exceeded``
+    │   │   ├── ContextLengthError      400 ``context_length_exceeded``
+    │   │   └── UnsupportedParameterError  400 a parameter the deployment refuses (stops the run)
     │   ├── AuthenticationError     401 / 403: wrong key or no access (stops the run)
     │   ├── NotFoundError           404: wrong deployment, endpoint or api-version (stops the run)
     │   │   └── RedirectError           3xx: the endpoint sends elsewhere; never followed (stops the run)
@@ -71,6 +72,7 @@ __all__ = [
     "ServerError",
     "SpendingCapError",
     "TruncatedError",
+    "UnsupportedParameterError",
 ]
 
 
@@ -237,6 +239,21 @@ class APIStatusError(AzureChatError):
 
 class BadRequestError(APIStatusError):
     """400: Azure refused the request as invalid. Retrying cannot help."""
+
+
+class UnsupportedParameterError(BadRequestError):
+    """400 a parameter or value the deployment refuses, whatever the row: the run stops.
+
+    Azure's ``unsupported_parameter`` / ``unsupported_value`` (a reasoning model given
+    ``max_tokens``, ``temperature``, ``logprobs``, ...) and ``OperationNotSupported``
+    (a deployment that does not do chat completions). Every row would repeat it, so
+    the first such answer stops the run, as a 401 does; ``param`` names the parameter
+    (``None`` when Azure does not) and the message says what to change.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.param = param
 
 
 class ContentFilterError(BadRequestError):

@@ -121,8 +121,9 @@ def complete(
         An option or keyword is invalid or unknown (checked now, before any request).
     TypeError
         At run time, when the column's dtype is neither String nor a list of messages.
-    AuthenticationError, NotFoundError
-        At run time, at the first 401/403/404: the run stops at once.
+    AuthenticationError, NotFoundError, UnsupportedParameterError
+        At run time, at the first 401/403/404, or the first 400 every row would
+        repeat (a parameter the deployment refuses): the run stops at once.
     CompletionFailed
         At run time, with ``on_error="raise"``, after all rows ran.
 

@@ -52,6 +52,9 @@ BatchFallback = Literal["online"]
 #: Chat-completions body fields a keyword may set (the openai SDK's
 #: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
 #: engine owns, plus Azure's ``data_sources``). A test keeps it equal to the SDK's list.
+#: The values of ``reasoning_effort`` (the models of today take a subset each).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
 BODY_FIELDS = frozenset(
     {
         "audio",
@@ -518,6 +521,22 @@ def check_body(body: Mapping[str, Any]) -> None:
         except (TypeError, ValueError) as exc:
             msg = f"parameter {key}={value!r} is not JSON-serialisable (or is NaN/inf)"
             raise ValueError(msg) from exc
+    if (
+        body.get("max_tokens") is not None
+        and body.get("max_completion_tokens") is not None
+    ):
+        msg = (
+            "max_tokens and max_completion_tokens are both given: give one "
+            "(max_completion_tokens for reasoning models, which refuse max_tokens)"
+        )
+        raise ValueError(msg)
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        msg = (
+            f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+            f"got {effort!r}"
+        )
+        raise ValueError(msg)
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
         if value is not None and (

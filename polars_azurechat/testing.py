@@ -233,7 +233,7 @@ class MemoryTransport:
     deployment
         The deployment the requests are for.
     api_version
-        The API version (part of the cache key, as with a real endpoint).
+        The API version (``"v1"``: the v1 API).
     endpoint
         The endpoint named in the cache key and in error messages.
     api_key

@@ -349,3 +349,28 @@ def test_fault_matrix_every_row_answered_and_every_fault_accounted(
     assert seen["APIConnectionError"] == faults["drop"]
     assert seen["MalformedResponseError"] == faults["malformed"]
     assert stats["requests"] == 600 + sum(faults.values())
+
+
+def test_a_parameter_every_row_would_repeat_stops_the_run(clock: FakeClock) -> None:
+    from polars_azurechat.errors import UnsupportedParameterError
+
+    refused = error_response(
+        400,
+        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        code="unsupported_parameter",
+        param="max_tokens",
+        type="invalid_request_error",
+    )
+    server = Server(fail=refused)
+    engine, transport = _memory_engine(
+        server, clock, params={"max_tokens": 5}, max_concurrency=8
+    )
+    with pytest.raises(UnsupportedParameterError) as info:
+        engine.run([_req(f"What is {i} + 1?") for i in range(1000)])
+    assert info.value.param == "max_tokens"
+    assert "use max_completion_tokens=" in str(info.value)
+    assert "every row would repeat it" in str(info.value)
+    # the first answer stops it: what went before it came back, nothing after
+    assert len(transport.requests) <= 2
+    assert server.statuses == {"400": len(transport.requests)}

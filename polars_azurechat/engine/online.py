@@ -37,6 +37,7 @@ from polars_azurechat.errors import (
     SchemaValidationError,
     SpendingCapError,
     TruncatedError,
+    UnsupportedParameterError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.schema.errors import SchemaMismatchError
@@ -264,7 +265,9 @@ class OnlineSender:
     ) -> ChatResult:
         if exc is None:  # pragma: no cover - a completion or an error always comes back
             exc = AzureChatError("no answer and no error")
-        if isinstance(exc, AuthenticationError | NotFoundError):
+        if isinstance(
+            exc, AuthenticationError | NotFoundError | UnsupportedParameterError
+        ):
             if run.fatal is None:
                 logger.info("stopping the run: %s", exc)  # raised to the caller
                 run.fatal = exc

@@ -35,6 +35,7 @@ from polars_azurechat.errors import (
     RateLimitError,
     RedirectError,
     ServerError,
+    UnsupportedParameterError,
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 
@@ -329,11 +330,44 @@ def status_error(
             categories=categories,
             **kw,
         )
+    if status == 400 and code in REPEATED_400_CODES:
+        return unsupported_error(err, server_msg, where, kw)
     if status == 400 and code == "context_length_exceeded":
         return ContextLengthError(f"400 context too long: {server_msg}", **kw)
     if status == 400 or (400 <= status < 500 and status not in (408, 409)):
         return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
     return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
+
+
+#: 400 codes every row of a job would repeat: the first stops the run.
+REPEATED_400_CODES = frozenset(
+    {"unsupported_parameter", "unsupported_value", "OperationNotSupported"}
+)
+#: What to do instead, by the parameter a reasoning model refuses.
+_INSTEAD = {
+    "max_tokens": "use max_completion_tokens= (CLI --max-completion-tokens) instead",
+    "temperature": "leave temperature unset (this model takes only the default, 1)",
+    "top_p": "leave top_p unset (this model takes only the default)",
+}
+
+
+def unsupported_error(
+    err: Mapping[str, Any], server_msg: str, where: str, kw: dict[str, Any]
+) -> UnsupportedParameterError:
+    """A 400 that every row would repeat: names the parameter and what to change."""
+    param = err.get("param")
+    param = str(param) if param else None
+    if param is not None:
+        fix = _INSTEAD.get(param, f"leave {param} out for this deployment")
+        what = f"parameter {param!r} is not supported by {where}: {fix}"
+    else:
+        what = f"{where} refuses this request for every row"
+    return UnsupportedParameterError(
+        f"400 {what} (the run stops: every row would repeat it). Azure said: "
+        f"{server_msg}",
+        param=param,
+        **kw,
+    )
 
 
 def redirect_error(
@@ -509,7 +543,6 @@ class SdkTransport:
     """
 
     def __init__(self, client: Any, *, deployment: str, timeout_s: float) -> None:
-        import openai
 
         self.api_version = client_api_version(client)
         self._client = client.with_options(max_retries=0, timeout=timeout_s)
