@@ -166,7 +166,8 @@ class ChatOptions:
         None,
         "Time bound, in seconds, for one attempt; ``None``: 10 s plus 1 s per 50 "
         "tokens of ``max_tokens`` (4,096 when unset), time for a slow deployment to "
-        "write the longest answer allowed.",
+        "write the longest answer allowed; for a reasoning model (the job sets "
+        "``reasoning_effort`` or ``max_completion_tokens``) 120 s plus 1 s per 20.",
     )
     deadline_s: float | None = _opt(
         None,
@@ -344,13 +345,22 @@ class ChatOptions:
             )
             raise ValueError(msg)
 
-    def attempt_timeout_s(self, max_tokens: int | None) -> float:
+    def attempt_timeout_s(
+        self, max_tokens: int | None, *, reasoning: bool = False
+    ) -> float:
         """The time bound of one attempt: ``timeout_s``, or one that fits the answer.
+
+        A chat model: 10 s plus 1 s per 50 tokens of the answer's budget. A reasoning
+        model (``reasoning=True``: the job sets ``reasoning_effort`` or
+        ``max_completion_tokens``) thinks before it answers, for minutes at a high
+        effort: 120 s plus 1 s per 20 tokens.
 
         Examples
         --------
         >>> ChatOptions().attempt_timeout_s(20), ChatOptions().attempt_timeout_s(None)
         (10.4, 91.92)
+        >>> ChatOptions().attempt_timeout_s(2000, reasoning=True)
+        220.0
         >>> ChatOptions(timeout_s=5).attempt_timeout_s(1000)
         5
         """
@@ -359,6 +369,8 @@ class ChatOptions:
         reserved = (
             DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
         )
+        if reasoning:
+            return round(120.0 + reserved / 20, 2)
         return round(10.0 + reserved / 50, 2)
 
     def replace(self, **changes: Any) -> ChatOptions:

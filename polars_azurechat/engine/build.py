@@ -58,7 +58,9 @@ def build_engine(
         raise ValueError(msg)
     if client is None and config is None and opts.deployments is None:
         config = ChatConfig.from_env()
-    pool = _pool(opts, _deployments(opts, config, client), config, client, max_tokens)
+    reasoning = "reasoning_effort" in fields or "max_completion_tokens" in fields
+    timeout_s = opts.attempt_timeout_s(max_tokens, reasoning=reasoning)
+    pool = _pool(opts, _deployments(opts, config, client), config, client, timeout_s)
     cap = None
     if opts.max_cost_usd is not None:
         cap = _spending_cap(
@@ -159,13 +161,12 @@ def _pool(
     deployments: tuple[Deployment, ...],
     config: ChatConfig | None,
     client: Any,
-    max_tokens: Any,
+    timeout_s: float,
 ) -> Pool:
     """The routes of ``deployments``: their transports and limiters.
 
     Deployments without their own credential share the job's (one token cache).
     """
-    timeout_s = opts.attempt_timeout_s(max_tokens)
     routes = []
     shared_auth = None
     for d in deployments:
