@@ -47,6 +47,7 @@ OutputKind = Literal["content", "struct"]
 OnError = Literal["null", "raise"]
 OnTruncated = Literal["keep", "error"]
 Mode = Literal["online", "batch"]
+Api = Literal["chat", "responses"]
 BatchFallback = Literal["online"]
 
 #: Chat-completions body fields a keyword may set (the openai SDK's
@@ -203,6 +204,13 @@ class ChatOptions:
         "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
         "(in a notebook too), ``False`` never.",
     )
+    api: Api = _opt(
+        "chat",
+        "``chat``: chat completions; ``responses``: Azure's Responses API "
+        "(``/openai/v1/responses``): the same rows, order, cache, quota and typed "
+        "answers, the body translated (``max_tokens`` as ``max_output_tokens``, "
+        "``response_format`` as ``text.format``, ``store`` false unless set).",
+    )
     mode: Mode = _opt(
         "online",
         "``online``: one chat-completions request per distinct row; ``batch``: the "
@@ -262,6 +270,7 @@ class ChatOptions:
         _check_int("max_concurrency", self.max_concurrency)
         _check_int("max_attempts", self.max_attempts)
         _check_choice("on_truncated", self.on_truncated, OnTruncated)
+        _check_choice("api", self.api, Api)
         for name in (
             "timeout_s",
             "deadline_s",
@@ -324,6 +333,11 @@ class ChatOptions:
                 msg = f"{' and '.join(given)} {verb} for mode='batch' only"
                 raise ValueError(msg)
             return
+        if self.api != "chat":
+            msg = (
+                f"mode='batch' sends chat completions only (api={self.api!r}: not yet)"
+            )
+            raise ValueError(msg)
         if self.cache is None:
             msg = (
                 "mode='batch' needs cache=FILE (an SQLite file): the submitted batches "
@@ -477,6 +491,7 @@ class ChatOptionsDictNoOutput(ChatBodyDict, total=False):
     cache: str | os.PathLike[str] | None
     limiter: str | None
     progress: bool | None
+    api: Api
     mode: Mode
     batch_fallback: BatchFallback | None
     enqueued_tokens_limit: int | None

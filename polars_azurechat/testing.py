@@ -58,7 +58,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from polars_azurechat.transport.http import Completion, read_answer
+from polars_azurechat.transport.http import Api, Completion, read_answer
+from polars_azurechat.transport.responses import parse_response, responses_params
 
 __all__ = [
     "Handler",
@@ -67,6 +68,7 @@ __all__ = [
     "MemoryTransport",
     "chat_completion",
     "error_response",
+    "response_answer",
 ]
 
 
@@ -94,7 +96,9 @@ class MemoryRequest:
     @property
     def prompt(self) -> str:
         """The last message's text (``""`` when it is not a string)."""
-        messages = self.body.get("messages") or [{}]
+        messages = self.body.get("messages") or self.body.get("input") or [{}]
+        if isinstance(messages, str):  # the Responses API's input may be a string
+            return messages
         content = messages[-1].get("content")
         return content if isinstance(content, str) else ""
 
@@ -183,6 +187,73 @@ def chat_completion(
     return MemoryResponse(200, body, dict(headers or {}))
 
 
+def response_answer(
+    content: str | None,
+    *,
+    status: str = "completed",
+    incomplete_reason: str | None = None,
+    input_tokens: int = 10,
+    output_tokens: int | None = None,
+    reasoning_tokens: int = 0,
+    model: str = "gpt-5-mini",
+    headers: Mapping[str, str] | None = None,
+) -> MemoryResponse:
+    """A 200 answer in the Responses API's shape (``object: "response"``).
+
+    Parameters
+    ----------
+    content
+        The ``output_text`` of its message (``None``: no message item).
+    status, incomplete_reason
+        ``"completed"``, or ``"incomplete"`` with ``incomplete_details.reason``
+        (``"max_output_tokens"``, ``"content_filter"``).
+    input_tokens, output_tokens, reasoning_tokens
+        The usage reported (``output_tokens`` defaults to the words of ``content``
+        plus ``reasoning_tokens``).
+    model
+        The model named in the body.
+    headers
+        Response headers.
+
+    Examples
+    --------
+    >>> response_answer("4").json["output"][0]["content"][0]["text"]
+    '4'
+    """
+    if output_tokens is None:
+        output_tokens = len((content or "").split()) + reasoning_tokens
+    output: list[dict[str, Any]] = []
+    if content is not None:
+        output.append(
+            {
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "text": content, "annotations": []}
+                ],
+            }
+        )
+    body = {
+        "id": "resp_memory",
+        "object": "response",
+        "status": status,
+        "incomplete_details": (
+            None if incomplete_reason is None else {"reason": incomplete_reason}
+        ),
+        "model": model,
+        "output": output,
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+    return MemoryResponse(200, body, dict(headers or {}))
+
+
 def error_response(
     status: int,
     message: str = "error",
@@ -238,6 +309,9 @@ class MemoryTransport:
         The endpoint named in the cache key and in error messages.
     api_key
         The ``api-key`` header the handler sees.
+    api
+        ``"responses"``: the handler sees the Responses API's body (``input``,
+        ``max_output_tokens``, ...) and answers in its shape (:func:`response_answer`).
 
     Attributes
     ----------
@@ -255,10 +329,12 @@ class MemoryTransport:
         api_version: str = "2024-10-21",
         endpoint: str = "https://memory.openai.azure.com",
         api_key: str = "memory-key",
+        api: Api = "chat",
     ) -> None:
         self.handler = handler
         self.deployment = deployment
-        self.api_version = api_version
+        self.api = api
+        self.api_version = "v1" if api == "responses" else api_version
         self.endpoint = endpoint.rstrip("/")
         self._headers = {"content-type": "application/json", "api-key": api_key}
         self.requests: list[MemoryRequest] = []
@@ -280,8 +356,16 @@ class MemoryTransport:
         self, body: Mapping[str, Any], timeout_s: float | None = None
     ) -> Completion:
         """Hand the request to the handler; return its answer as a real one would be."""
+        wire: Mapping[str, Any] = body
+        if self.api == "responses":
+            fields = {k: v for k, v in body.items() if k != "messages"}
+            wire = {
+                "model": self.deployment,
+                **responses_params(fields),
+                "input": body.get("messages"),
+            }
         request = MemoryRequest(
-            json.loads(json.dumps(body)), self.deployment, self._headers, timeout_s
+            json.loads(json.dumps(wire)), self.deployment, self._headers, timeout_s
         )
         self.requests.append(request)
         self.in_flight += 1
@@ -302,7 +386,12 @@ class MemoryTransport:
             raw = json.dumps(answer.json).encode()
         headers = {name.lower(): value for name, value in answer.headers.items()}
         completion = read_answer(
-            answer.status, headers, raw, self.deployment, self.endpoint_host
+            answer.status,
+            headers,
+            raw,
+            self.deployment,
+            self.endpoint_host,
+            parse_response if self.api == "responses" else None,
         )
         completion.latency_ms = round(latency_ms, 3)
         return completion

@@ -24,6 +24,7 @@ from polars_azurechat.summary import SpendingCap, price_for
 from polars_azurechat.transport.http import ChatTransport, SdkTransport, Transport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
+from polars_azurechat.transport.responses import responses_params
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.frontdoor import AnswerCache
@@ -58,6 +59,8 @@ def build_engine(
         raise ValueError(msg)
     if client is None and config is None and opts.deployments is None:
         config = ChatConfig.from_env()
+    if opts.api == "responses":
+        responses_params(fields)  # a field it has no equivalent for: refused now
     reasoning = "reasoning_effort" in fields or "max_completion_tokens" in fields
     timeout_s = opts.attempt_timeout_s(max_tokens, reasoning=reasoning)
     pool = _pool(opts, _deployments(opts, config, client), config, client, timeout_s)
@@ -178,7 +181,7 @@ def _pool(
                 )
                 raise ConfigurationError(msg)
             transport: ChatTransport = SdkTransport(
-                client, deployment=d.name, timeout_s=timeout_s
+                client, deployment=d.name, timeout_s=timeout_s, api=opts.api
             )
             cfg = None
         else:
@@ -197,6 +200,7 @@ def _pool(
                 api_version=cfg.api_version,
                 auth=auth,
                 timeout_s=timeout_s,
+                api=opts.api,
             )
         limiter = _limiter(
             opts.limiter,

@@ -15,8 +15,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -38,8 +38,12 @@ from polars_azurechat.errors import (
     UnsupportedParameterError,
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
+from polars_azurechat.transport.responses import parse_response, responses_params
 
 logger = logging.getLogger(__name__)
+
+#: Which API a job's requests go to: chat completions, or the Responses API.
+Api = Literal["chat", "responses"]
 
 #: The longest server-requested delay we honour (openai-python uses 60 s; Azure asks less).
 MAX_RETRY_AFTER_S = 120.0
@@ -91,6 +95,12 @@ class Completion:
     deployment: str | None = None
     #: the successful attempt's time on the wire, in milliseconds
     latency_ms: float | None = None
+    #: the Responses API's response id (``resp_...``)
+    response_id: str | None = None
+    #: ``usage.completion_tokens_details.reasoning_tokens`` (part of completion_tokens)
+    reasoning_tokens: int | None = None
+    #: ``usage.prompt_tokens_details.cached_tokens`` (part of prompt_tokens)
+    cached_tokens: int | None = None
 
 
 class Transport:
@@ -113,13 +123,19 @@ class Transport:
         api_version: str,
         auth: KeyAuth | TokenAuth,
         timeout_s: float,
+        api: Api = "chat",
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.deployment = deployment
-        self.api_version = api_version
-        self.surface = surface_of(api_version)
+        self.api = api
+        # the Responses API is the v1 API's
+        self.api_version = V1 if api == "responses" else api_version
+        self.surface = surface_of(self.api_version)
+        self._parse = parse_response if api == "responses" else parse_completion
+        self._messages = b'"input":' if api == "responses" else b'"messages":'
         if self.surface == V1:  # the deployment goes in the body's "model"
-            self.url = f"{self.endpoint}/openai/v1/chat/completions"
+            path = "responses" if api == "responses" else "chat/completions"
+            self.url = f"{self.endpoint}/openai/v1/{path}"
             self._query: dict[str, str] = {}
             self._model: dict[str, Any] = {"model": deployment}
         else:
@@ -182,7 +198,7 @@ class Transport:
             status, headers, raw = await self._post(session, data, timeout, auth)
         latency_ms = (time.perf_counter() - started) * 1000
         completion = read_answer(
-            status, headers, raw, self.deployment, self.endpoint_host
+            status, headers, raw, self.deployment, self.endpoint_host, self._parse
         )
         completion.latency_ms = round(latency_ms, 3)
         return completion
@@ -195,7 +211,7 @@ class Transport:
         is reused.
         """
         if "messages" not in body:
-            return _dumps({**self._model, **body})
+            return _dumps({**self._model, **self._fields(body)})
         fixed = self._fixed
         n = 0
         for key, value in body.items():
@@ -210,9 +226,14 @@ class Transport:
         # first use, or other parameters: encode them (and keep the objects alive,
         # so their identity cannot be taken by another object)
         self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
-        head = _dumps({**self._model, **dict(self._fixed)})[:-1]  # no closing brace
-        self._fixed_json = head + (b',"messages":' if len(head) > 1 else b'"messages":')
+        fields = self._fields(dict(self._fixed))
+        head = _dumps({**self._model, **fields})[:-1]  # no closing brace
+        self._fixed_json = head + (b"," if len(head) > 1 else b"") + self._messages
         return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+
+    def _fields(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The body's fields besides the messages, as this API names them."""
+        return responses_params(params) if self.api == "responses" else params
 
     async def _post(
         self,
@@ -249,17 +270,23 @@ def _dumps(value: Any) -> bytes:
 
 
 def read_answer(
-    status: int, headers: Mapping[str, str], raw: bytes, deployment: str, host: str
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    deployment: str,
+    host: str,
+    parse: Callable[[bytes, Mapping[str, str]], Completion] | None = None,
 ) -> Completion:
     """Map one HTTP answer to a :class:`Completion`, or raise one of our errors.
 
     The one reading of an answer (status, headers, body) shared by the aiohttp
     transport and :class:`polars_azurechat.testing.MemoryTransport`; ``headers`` are
-    looked up by lower-case name.
+    looked up by lower-case name. ``parse`` reads a 200's body (default: a chat
+    completion).
     """
     if status != 200:
         raise status_error(status, headers, raw, deployment, host)
-    completion = parse_completion(raw, headers)
+    completion = (parse or parse_completion)(raw, headers)
     completion.deployment = deployment
     return completion
 
@@ -510,6 +537,8 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             raise TypeError("content is not a string")  # noqa: TRY301
         refusal = message.get("refusal")
         fingerprint = body.get("system_fingerprint")
+        out_details = usage.get("completion_tokens_details") or {}
+        in_details = usage.get("prompt_tokens_details") or {}
         return Completion(
             content=content,
             finish_reason=choice.get("finish_reason"),
@@ -524,6 +553,8 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             refusal=refusal if isinstance(refusal, str) else None,
             request_id=headers.get("apim-request-id") or headers.get("x-request-id"),
             system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+            reasoning_tokens=out_details.get("reasoning_tokens"),
+            cached_tokens=in_details.get("cached_tokens"),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
@@ -542,9 +573,18 @@ class SdkTransport:
     client was built with: Entra ID token providers, proxies, custom ``http_client``.
     """
 
-    def __init__(self, client: Any, *, deployment: str, timeout_s: float) -> None:
+    def __init__(
+        self, client: Any, *, deployment: str, timeout_s: float, api: Api = "chat"
+    ) -> None:
 
         self.api_version = client_api_version(client)
+        self.api = api
+        if api == "responses" and self.api_version != V1:
+            msg = (
+                "api='responses' needs an openai.OpenAI client on the v1 API "
+                "(base_url='https://<resource>.openai.azure.com/openai/v1/')"
+            )
+            raise TypeError(msg)
         self._client = client.with_options(max_retries=0, timeout=timeout_s)
         self.deployment = deployment
         self._host = str(client.base_url.host)
@@ -580,11 +620,20 @@ class SdkTransport:
     def _send_blocking(self, body: Mapping[str, Any]) -> Completion:
         started = time.perf_counter()
         with sdk_errors(self.deployment, self._host, timeout_s=self._timeout_s):
-            raw = self._client.chat.completions.with_raw_response.create(
-                model=self.deployment, **body
-            )
+            if self.api == "responses":
+                fields = {k: v for k, v in body.items() if k != "messages"}
+                raw = self._client.responses.with_raw_response.create(
+                    model=self.deployment,
+                    input=body["messages"],
+                    **responses_params(fields),
+                )
+            else:
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=self.deployment, **body
+                )
         latency_ms = (time.perf_counter() - started) * 1000
-        completion = parse_completion(raw.content, raw.headers)
+        parse = parse_response if self.api == "responses" else parse_completion
+        completion = parse(raw.content, raw.headers)
         completion.deployment = self.deployment
         completion.latency_ms = round(latency_ms, 3)
         return completion

@@ -1,0 +1,172 @@
+"""The Responses API on the wire. Not meant for outside use.
+
+A chat job's body as ``/openai/v1/responses`` takes it, and its answer read back as a
+:class:`~polars_azurechat.transport.http.Completion`.
+
+Every layer above the transport speaks chat completions (messages, ``max_tokens``,
+``response_format``): the front door, the cache key, the quota estimate, typed answers.
+Only the bytes differ, so the Responses API is a translation here, done once per job
+for the fields every request shares, and a reading of its answer:
+
+=========================================  ==========================================
+chat completions                           Responses API
+=========================================  ==========================================
+``messages``                               ``input`` (the same list of messages)
+``max_tokens``, ``max_completion_tokens``  ``max_output_tokens``
+``reasoning_effort``                       ``reasoning: {effort}``
+``response_format`` (``json_schema``)      ``text: {format: {type: json_schema, ...}}``
+``choices[0].message.content``             the ``output_text`` parts of ``output``
+``finish_reason`` ``stop`` / ``length``    ``status`` ``completed`` / ``incomplete``
+                                           (``incomplete_details.reason``)
+``usage.prompt_tokens`` ...                ``usage.input_tokens`` ...
+=========================================  ==========================================
+
+``store`` is ``false`` unless the job sets it: a bulk job has no use for Azure keeping
+every response for 30 days.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from polars_azurechat.errors import MalformedResponseError
+
+__all__ = ["UNSUPPORTED", "parse_response", "responses_params"]
+
+#: Chat-completions fields the Responses API has no equivalent for (refused at once).
+UNSUPPORTED = frozenset(
+    {
+        "n",
+        "stop",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+    }
+)
+
+#: ``incomplete_details.reason`` as a chat ``finish_reason``.
+_FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The Responses API's fields for a job's chat-completions ``params``.
+
+    Raises
+    ------
+    ValueError
+        A field the Responses API has no equivalent for (named, with what to do).
+
+    Examples
+    --------
+    >>> responses_params({"max_completion_tokens": 50, "reasoning_effort": "low"})
+    {'max_output_tokens': 50, 'reasoning': {'effort': 'low'}, 'store': False}
+    >>> fmt = {
+    ...     "type": "json_schema",
+    ...     "json_schema": {"name": "A", "schema": {}, "strict": True},
+    ... }
+    >>> responses_params({"response_format": fmt})["text"]
+    {'format': {'type': 'json_schema', 'name': 'A', 'schema': {}, 'strict': True}}
+    >>> responses_params({"seed": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: seed has no equivalent in the Responses API (api='responses'): leave it out, or use api='chat'
+    """
+    refused = sorted(UNSUPPORTED & params.keys())
+    if refused:
+        msg = (
+            f"{', '.join(refused)} {'has' if len(refused) == 1 else 'have'} no "
+            "equivalent in the Responses API (api='responses'): leave "
+            f"{'it' if len(refused) == 1 else 'them'} out, or use api='chat'"
+        )
+        raise ValueError(msg)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("max_tokens", "max_completion_tokens"):
+            out["max_output_tokens"] = value
+        elif key == "reasoning_effort":
+            out.setdefault("reasoning", {})["effort"] = value
+        elif key == "response_format":
+            out.setdefault("text", {})["format"] = _text_format(value)
+        elif key == "verbosity":
+            out.setdefault("text", {})["verbosity"] = value
+        else:
+            out[key] = value
+    out.setdefault("store", False)
+    return out
+
+
+def _text_format(response_format: Any) -> Any:
+    """``response_format`` as ``text.format``: the ``json_schema`` object flattened."""
+    if not isinstance(response_format, Mapping):
+        return response_format
+    if response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema") or {}
+        return {"type": "json_schema", **inner}
+    return dict(response_format)
+
+
+def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
+    """Read a Responses API answer as a :class:`~.http.Completion`.
+
+    The text is the ``output_text`` parts of the ``message`` items, joined; a
+    ``refusal`` part is the refusal. ``status`` ``completed`` is ``stop``;
+    ``incomplete`` takes its reason (``max_output_tokens`` is ``length``). A body that
+    is not a response is a :class:`~polars_azurechat.errors.MalformedResponseError`.
+    """
+    from polars_azurechat.transport.http import Completion, _int_header
+
+    try:
+        body = json.loads(raw)
+        if body.get("object") != "response":
+            raise TypeError("not a response object")  # noqa: TRY301
+        texts: list[str] = []
+        refusal = None
+        for item in body.get("output") or []:
+            if item.get("type") != "message":
+                continue  # reasoning summaries, tool calls
+            for part in item.get("content") or []:
+                if part.get("type") == "output_text":
+                    texts.append(str(part["text"]))
+                elif part.get("type") == "refusal":
+                    refusal = str(part.get("refusal") or "")
+        status = body.get("status")
+        if status == "completed":
+            finish: str | None = "stop"
+        elif status == "incomplete":
+            reason = (body.get("incomplete_details") or {}).get("reason")
+            finish = _FINISH.get(str(reason), str(reason or "incomplete"))
+        else:
+            finish = str(status) if status is not None else None
+        usage = body.get("usage") or {}
+        out_details = usage.get("output_tokens_details") or {}
+        in_details = usage.get("input_tokens_details") or {}
+        return Completion(
+            content="".join(texts) if texts or refusal is None else None,
+            finish_reason=finish,
+            prompt_tokens=usage.get("input_tokens"),
+            completion_tokens=usage.get("output_tokens"),
+            remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
+            remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+            model=body.get("model"),
+            limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+            limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
+            refusal=refusal,
+            request_id=headers.get("apim-request-id") or headers.get("x-request-id"),
+            response_id=body.get("id"),
+            reasoning_tokens=out_details.get("reasoning_tokens"),
+            cached_tokens=in_details.get("cached_tokens"),
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        msg = f"200 with a body that is not a response ({type(exc).__name__})"
+        raise MalformedResponseError(msg) from exc
