@@ -33,7 +33,13 @@ PROVENANCE_FIELDS: dict[str, pl.DataType] = {
     "deployment": pl.String(),
     "latency_ms": pl.Float64(),
     "content_filter": pl.List(pl.String()),
+    "response_id": pl.String(),
+    "reasoning_tokens": pl.Int64(),
+    "cached_tokens": pl.Int64(),
 }
+#: ``finish_reason`` of an answer a reasoning model left empty: its reasoning used the
+#: whole ``max_completion_tokens`` (Azure says ``length``, with no text).
+REASONING_LENGTH = "reasoning_length"
 
 
 def result_dtype(parsed: pl.DataType | None = None) -> pl.Struct:
@@ -82,6 +88,12 @@ class ChatResult:
     latency_ms: float | None = None
     #: content-filter categories flagged on the answer (``()``: none)
     content_filter: tuple[str, ...] | None = None
+    #: the Responses API's response id
+    response_id: str | None = None
+    #: of ``completion_tokens``, those the model spent reasoning
+    reasoning_tokens: int | None = None
+    #: of ``prompt_tokens``, those Azure read from its prompt cache (billed lower)
+    cached_tokens: int | None = None
 
     @property
     def error(self) -> str | None:
@@ -111,5 +123,8 @@ class ChatResult:
             content_filter=(
                 None if self.content_filter is None else list(self.content_filter)
             ),
+            response_id=self.response_id,
+            reasoning_tokens=self.reasoning_tokens,
+            cached_tokens=self.cached_tokens,
         )
         return row

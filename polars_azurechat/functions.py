@@ -268,8 +268,9 @@ class Completer:
         ``config`` (its key, token, token provider or credential).
     {options}
     prices
-        ``{model name prefix: (input, output)}`` in USD per million tokens, merged over
-        :data:`polars_azurechat.summary.PRICES` for the cost estimate.
+        ``{model name prefix: (input, output)}`` (or ``(input, output, cached input)``)
+        in USD per million tokens, merged over :data:`polars_azurechat.summary.PRICES`
+        for the cost estimate.
     **params
         Chat-completions body fields, as for :func:`complete`.
 
@@ -308,7 +309,7 @@ class Completer:
         config: ChatConfig | None = None,
         client: openai.OpenAI | None = None,
         options: ChatOptions | None = None,
-        prices: Mapping[str, tuple[float, float]] | None = None,
+        prices: Mapping[str, tuple[float, ...]] | None = None,
         **params: Unpack[ChatOptionsDict],
     ) -> None:
         opts, body = ChatOptions.split(params, base=options)

@@ -90,7 +90,7 @@ def plan(
     model: str = "gpt-4o-mini",
     latency_s: float = 1.0,
     context_tokens: int = 128_000,
-    prices: Mapping[str, tuple[float, float]] | None = None,
+    prices: Mapping[str, tuple[float, ...]] | None = None,
     options: ChatOptions | None = None,
     **params: Unpack[ChatOptionsDict],
 ) -> Plan:

@@ -19,45 +19,92 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_DISCOUNT",
     "PRICES",
+    "TIER_FACTORS",
     "RunSummary",
     "SpendingCap",
     "batch_price",
+    "cost_of",
     "estimate_cost",
     "price_for",
     "summarize",
 ]
 
-#: List prices in USD per million tokens, (input, output), for common Azure OpenAI models
-#: (global standard deployments, as published in 2025). Prices change and differ by
-#: region and deployment type: pass your own with ``prices=`` where it matters.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5": (1.25, 10.00),
-    "o4-mini": (1.10, 4.40),
-    "o3-mini": (1.10, 4.40),
-    "o3": (2.00, 8.00),
+#: List prices in USD per million tokens, ``(input, output, cached input)``, of Azure
+#: OpenAI's Global Standard deployments, as published for these models in late 2025
+#: (checked 2025-12; Data Zone and Regional deployments cost more, and newer model
+#: versions such as gpt-5.x take the price of their family's prefix here). Prices
+#: change: pass your own with ``prices=`` where it matters, as ``(input, output)`` or
+#: ``(input, output, cached input)`` (without the third, cached input is priced as
+#: input). Reasoning tokens are output tokens (Azure counts them in
+#: ``completion_tokens``).
+PRICES: dict[str, tuple[float, ...]] = {
+    "gpt-5-nano": (0.05, 0.40, 0.005),
+    "gpt-5-mini": (0.25, 2.00, 0.025),
+    "gpt-5": (1.25, 10.00, 0.125),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1": (2.00, 8.00, 0.50),
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "o4-mini": (1.10, 4.40, 0.275),
+    "o3-mini": (1.10, 4.40, 0.55),
+    "o3": (2.00, 8.00, 0.50),
+    "o1-mini": (1.10, 4.40, 0.55),
+    "o1": (15.00, 60.00, 7.50),
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
     "gpt-35-turbo": (0.50, 1.50),
     "gpt-3.5-turbo": (0.50, 1.50),
 }
 
+#: The share of the Global Standard price each processing tier costs: Global Batch and
+#: flex half of it, priority processing twice it (Azure's published rules of thumb;
+#: ``prices=`` gives standard prices, tiers are derived).
+TIER_FACTORS: dict[str, float] = {
+    "default": 1.0,
+    "auto": 1.0,
+    "batch": 0.5,
+    "flex": 0.5,
+    "priority": 2.0,
+}
+
+
+def cost_of(
+    price: tuple[float, ...],
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    tier: str = "default",
+) -> float:
+    """The USD cost of an answer's tokens at ``price`` and ``tier``.
+
+    Examples
+    --------
+    >>> cost_of((1.0, 4.0, 0.1), 1000, 100, cached_tokens=800)  # 200 + 80 + 400
+    0.00068
+    >>> cost_of((1.0, 4.0), 1000, 100, tier="flex")  # no cached price: at input's
+    0.0007
+    """
+    cached_price = price[2] if len(price) > 2 else price[0]
+    cached = min(max(cached_tokens, 0), prompt_tokens)
+    usd = (
+        (prompt_tokens - cached) * price[0]
+        + cached * cached_price
+        + completion_tokens * price[1]
+    ) / 1_000_000
+    return usd * TIER_FACTORS.get(tier, 1.0)
+
 
 def price_for(
-    model: str | None, prices: Mapping[str, tuple[float, float]] | None = None
-) -> tuple[float, float] | None:
-    """The (input, output) USD-per-million price of ``model``, by longest name prefix.
+    model: str | None, prices: Mapping[str, tuple[float, ...]] | None = None
+) -> tuple[float, ...] | None:
+    """The USD-per-million price of ``model`` (see :data:`PRICES`), by longest prefix.
 
     Examples
     --------
     >>> price_for("gpt-4o-mini-2024-07-18")
-    (0.15, 0.6)
+    (0.15, 0.6, 0.075)
     >>> price_for("my-model", {"my-model": (1.0, 2.0)})
     (1.0, 2.0)
     >>> price_for("unknown") is None
@@ -77,28 +124,37 @@ def price_for(
 BATCH_DISCOUNT = 0.5
 
 
-def batch_price(price: tuple[float, float]) -> tuple[float, float]:
-    """The batch price of an online ``(input, output)`` price (:data:`BATCH_DISCOUNT`).
+def batch_price(price: tuple[float, ...]) -> tuple[float, ...]:
+    """The batch price of an online price (:data:`BATCH_DISCOUNT`).
 
     Examples
     --------
     >>> batch_price(price_for("gpt-4o-mini"))
-    (0.075, 0.3)
+    (0.075, 0.3, 0.0375)
     """
-    return (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT)
+    return tuple(p * BATCH_DISCOUNT for p in price)
 
 
 def estimate_cost(
     model: str | None,
     prompt_tokens: int,
     completion_tokens: int,
-    prices: Mapping[str, tuple[float, float]] | None = None,
+    prices: Mapping[str, tuple[float, ...]] | None = None,
+    *,
+    cached_tokens: int = 0,
+    tier: str = "default",
 ) -> float | None:
-    """Estimated USD cost of the tokens, or ``None`` when the model has no price."""
+    """Estimated USD cost of the tokens, or ``None`` when the model has no price.
+
+    ``cached_tokens`` (of ``prompt_tokens``) at the cached-input price; ``tier`` one of
+    :data:`TIER_FACTORS`.
+    """
     price = price_for(model, prices)
     if price is None:
         return None
-    return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+    return cost_of(
+        price, prompt_tokens, completion_tokens, cached_tokens=cached_tokens, tier=tier
+    )
 
 
 class SpendingCap:
@@ -136,7 +192,7 @@ class SpendingCap:
     """
 
     def __init__(
-        self, max_cost_usd: float, price: tuple[float, float], model: str = ""
+        self, max_cost_usd: float, price: tuple[float, ...], model: str = ""
     ) -> None:
         self.max_cost_usd = max_cost_usd
         self.price = price
@@ -247,6 +303,9 @@ class RunSummary:
     max_cost_usd: float | None = None
     spent_usd: float | None = None
     capped: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    emptied: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -269,15 +328,23 @@ class RunSummary:
             if self.estimated_cost_usd is not None
             else f"unknown (no price for model {self.model!r})"
         )
-        truncated = f" ({self.truncated:,} cut at max_tokens)" if self.truncated else ""
+        cut = self.truncated - self.emptied
+        parts = [f"{cut:,} cut at max_tokens"] if cut else []
+        if self.emptied:
+            parts.append(f"{self.emptied:,} left empty by reasoning")
+        truncated = f" ({'; '.join(parts)})" if parts else ""
+        cached = f" ({self.cached_tokens:,} cached)" if self.cached_tokens else ""
+        reasoning = (
+            f" ({self.reasoning_tokens:,} reasoning)" if self.reasoning_tokens else ""
+        )
         lines = [
             f"rows:      {self.rows + self.null_rows:,} ({self.answered:,} answered"
             f"{truncated}, {self.failed:,} failed, {self.null_rows:,} null; "
             f"{self.cached:,} from cache, {self.deduplicated:,} deduplicated)",
             f"requests:  {self.requests:,} ({self.retries:,} retried, "
             f"{self.rate_limited:,} rate-limited)",
-            f"tokens:    {self.prompt_tokens:,} prompt, {self.completion_tokens:,} "
-            "completion",
+            f"tokens:    {self.prompt_tokens:,} prompt{cached}, "
+            f"{self.completion_tokens:,} completion{reasoning}",
             f"rate:      {self.requests_per_minute:,.0f} requests/min"
             f"{quota(self.requests_per_minute_quota, self.request_window_s)}, "
             f"{self.tokens_per_minute:,.0f} tokens/min"
@@ -334,7 +401,7 @@ def summarize(
     pool: Pool,
     cache: AnswerCache | None,
     deployment: str,
-    prices: Mapping[str, tuple[float, float]],
+    prices: Mapping[str, tuple[float, ...]],
     cap: SpendingCap | None,
     mode: str,
 ) -> RunSummary:
@@ -438,6 +505,9 @@ def summarize(
         max_cost_usd=None if cap is None else cap.max_cost_usd,
         spent_usd=None if cap is None else cap.spent_usd,
         capped=0 if cap is None else cap.refused,
+        reasoning_tokens=st.reasoning_tokens,
+        cached_tokens=st.cached_tokens,
+        emptied=st.emptied,
     )
 
 
@@ -445,23 +515,23 @@ def _cost(
     model: str | None,
     st: RunStats,
     counts: BatchCounts,
-    prices: Mapping[str, tuple[float, float]],
+    prices: Mapping[str, tuple[float, ...]],
 ) -> float | None:
-    """The run's cost: online tokens at the online price, batch ones at the batch price."""
-    online = estimate_cost(
-        model,
+    """The run's cost: online tokens at the online price, batch ones at the batch price.
+
+    Cached prompt tokens at the cached-input price (all of them counted online).
+    """
+    price = price_for(model, prices)
+    if price is None:
+        return None
+    online = cost_of(
+        price,
         st.prompt_tokens - counts.prompt_tokens,
         st.completion_tokens - counts.completion_tokens,
-        prices,
+        cached_tokens=st.cached_tokens,
     )
-    price = price_for(model, prices)
-    if online is None or price is None:
-        return None
-    cheap = batch_price(price)
-    return (
-        online
-        + (counts.prompt_tokens * cheap[0] + counts.completion_tokens * cheap[1])
-        / 1_000_000
+    return online + cost_of(
+        price, counts.prompt_tokens, counts.completion_tokens, tier="batch"
     )
 
 

@@ -141,6 +141,8 @@ def chat_completion(
     model: str = "gpt-4o-mini",
     refusal: str | None = None,
     headers: Mapping[str, str] | None = None,
+    reasoning_tokens: int | None = None,
+    cached_tokens: int | None = None,
 ) -> MemoryResponse:
     """A 200 answer in Azure's chat-completion shape, with one choice.
 
@@ -158,6 +160,9 @@ def chat_completion(
         ``message.refusal`` (a refused structured-output request).
     headers
         Response headers.
+    reasoning_tokens, cached_tokens
+        ``usage.completion_tokens_details.reasoning_tokens`` (added to the default
+        ``completion_tokens``) and ``usage.prompt_tokens_details.cached_tokens``.
 
     Returns
     -------
@@ -170,19 +175,24 @@ def chat_completion(
     {'role': 'assistant', 'content': '4'}
     """
     if completion_tokens is None:
-        completion_tokens = len((content or "").split())
+        completion_tokens = len((content or "").split()) + (reasoning_tokens or 0)
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     if refusal is not None:
         message["refusal"] = refusal
     body = {
         "object": "chat.completion",
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage,
     }
     return MemoryResponse(200, body, dict(headers or {}))
 

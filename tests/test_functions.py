@@ -173,6 +173,9 @@ def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
         "deployment",
         "latency_ms",
         "content_filter",
+        "response_id",
+        "reasoning_tokens",
+        "cached_tokens",
     ]
     lf.explain()
     assert emulator.stats()["requests"] == 0

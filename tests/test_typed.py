@@ -76,6 +76,9 @@ PROVENANCE = (
     "deployment",
     "latency_ms",
     "content_filter",
+    "response_id",
+    "reasoning_tokens",
+    "cached_tokens",
 )
 HOW = ["eager", "lazy", "streaming"]
 

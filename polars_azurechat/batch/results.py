@@ -24,7 +24,11 @@ from polars_azurechat.errors import (
     BatchIncompleteError,
     MalformedResponseError,
 )
-from polars_azurechat.transport.http import parse_completion, status_error
+from polars_azurechat.transport.http import (
+    mark_emptied,
+    parse_completion,
+    status_error,
+)
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api
@@ -151,6 +155,7 @@ class ResultReader:
             if code == 200:
                 try:
                     completion = parse_completion(raw, headers)
+                    mark_emptied(completion)
                 except MalformedResponseError as exc:
                     return exc
                 return self.answer(completion)

@@ -40,7 +40,7 @@ def build_engine(
     schema: OutputSchema | None,
     config: ChatConfig | None,
     client: Any,
-    prices: Mapping[str, tuple[float, float]],
+    prices: Mapping[str, tuple[float, ...]],
 ) -> tuple[ChatEngine, SpendingCap | None, ChatConfig | None]:
     """The engine of a job with options ``opts`` and body ``fields``; its cap; its config.
 
@@ -95,7 +95,7 @@ def open_cache(where: Any) -> AnswerCache | None:
 
 
 def _spending_cap(
-    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, float]]
+    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, ...]]
 ) -> SpendingCap:
     """The job's cap, priced by its deployment's name (refused without a price)."""
     price = price_for(deployment, prices)

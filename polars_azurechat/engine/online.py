@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 from tenacity.wait import wait_base
 
-from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat._types import REASONING_LENGTH, ChatRequest, ChatResult
 from polars_azurechat.errors import (
     AuthenticationError,
     AzureChatError,
@@ -171,8 +171,7 @@ class OnlineSender:
             return self._failed(run, failure, sent.count, req)
         completion, parsed = answer
         st = run.stats
-        st.prompt_tokens += completion.prompt_tokens or 0
-        st.completion_tokens += completion.completion_tokens or 0
+        st.add_usage(completion)
         if completion.model and st.model is None:
             st.model = completion.model
         return self._result(completion, parsed, sent.count)
@@ -204,7 +203,8 @@ class OnlineSender:
         if (
             schema is None
             or completion.refusal is not None
-            or completion.finish_reason in ("length", "content_filter")
+            or completion.finish_reason
+            in ("length", REASONING_LENGTH, "content_filter")
         ):
             return completion, None
         try:
@@ -216,8 +216,7 @@ class OnlineSender:
         sent.spend(completion)  # Azure charged it: a resend holds its worst case again
         st = run.stats
         # the attempt was answered and charged: its tokens count
-        st.prompt_tokens += completion.prompt_tokens or 0
-        st.completion_tokens += completion.completion_tokens or 0
+        st.add_usage(completion)
         st.failures_by_kind[type(exc).__name__] += 1
         st.retries += 1
         logger.debug("attempt %d gave an invalid typed answer: %s", sent.count, exc)
@@ -513,6 +512,14 @@ def answer_error(
             f"text is not shown here){_said(rid)}",
             request_id=rid,
         )
+    if completion.finish_reason == REASONING_LENGTH and (
+        typed or on_truncated == "error"
+    ):
+        return TruncatedError(
+            f"no answer: reasoning used the whole budget (max_completion_tokens="
+            f"{max_tokens}, {completion.reasoning_tokens} reasoning tokens); raise "
+            f"max_completion_tokens or lower reasoning_effort{_said(rid)}"
+        )
     if completion.finish_reason == "length" and typed:
         return TruncatedError(
             f"the typed answer was cut at max_tokens={max_tokens} "
@@ -551,4 +558,7 @@ def completed(
         deployment=deployment or completion.deployment,
         latency_ms=completion.latency_ms,
         content_filter=completion.filtered,
+        response_id=completion.response_id,
+        reasoning_tokens=completion.reasoning_tokens,
+        cached_tokens=completion.cached_tokens,
     )

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from polars_azurechat._types import REASONING_LENGTH
 from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import AzureChatError, DeadlineExceededError
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from tenacity import AsyncRetrying
 
     from polars_azurechat._types import ChatResult
+    from polars_azurechat.transport.http import Completion
 
 __all__ = ["RUN_GRACE_S", "Run", "RunStats", "Runs"]
 
@@ -65,6 +67,11 @@ class RunStats:
     )
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: of completion_tokens, spent reasoning; of prompt_tokens, read from Azure's cache
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    #: answered rows a reasoning model left empty (its budget spent reasoning)
+    emptied: int = 0
     peak_in_flight: int = 0
     model: str | None = None
     wall_s: float = 0.0
@@ -82,10 +89,20 @@ class RunStats:
             self.answered += 1
             if result.finish_reason == "length":
                 self.truncated += 1
+            elif result.finish_reason == REASONING_LENGTH:
+                self.truncated += 1
+                self.emptied += 1
         else:
             self.failed += 1
             if self.first_error is None:
                 self.first_error = result.error
+
+    def add_usage(self, completion: Completion) -> None:
+        """Count an answered attempt's tokens (a :class:`~.http.Completion`)."""
+        self.prompt_tokens += completion.prompt_tokens or 0
+        self.completion_tokens += completion.completion_tokens or 0
+        self.reasoning_tokens += completion.reasoning_tokens or 0
+        self.cached_tokens += completion.cached_tokens or 0
 
     def merge(self, other: RunStats) -> None:
         """Add ``other``'s counts to these."""

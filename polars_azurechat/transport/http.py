@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from polars_azurechat._types import REASONING_LENGTH
 from polars_azurechat.config import V1, host_of, surface_of
 from polars_azurechat.errors import (
     APIConnectionError,
@@ -287,8 +288,23 @@ def read_answer(
     if status != 200:
         raise status_error(status, headers, raw, deployment, host)
     completion = (parse or parse_completion)(raw, headers)
+    mark_emptied(completion)
     completion.deployment = deployment
     return completion
+
+
+def mark_emptied(completion: Completion) -> None:
+    """An answer a reasoning model left empty gets ``finish_reason="reasoning_length"``.
+
+    Azure says ``length`` with no text when reasoning spent the whole
+    ``max_completion_tokens``: not an answer cut short but none at all.
+    """
+    if (
+        completion.finish_reason == "length"
+        and not completion.content
+        and (completion.reasoning_tokens or 0) > 0
+    ):
+        completion.finish_reason = REASONING_LENGTH
 
 
 def status_error(
@@ -634,6 +650,7 @@ class SdkTransport:
         latency_ms = (time.perf_counter() - started) * 1000
         parse = parse_response if self.api == "responses" else parse_completion
         completion = parse(raw.content, raw.headers)
+        mark_emptied(completion)
         completion.deployment = self.deployment
         completion.latency_ms = round(latency_ms, 3)
         return completion

@@ -1,0 +1,135 @@
+"""Reasoning models and what Azure bills: reasoning tokens, cached prompt tokens.
+
+Engine tests through :class:`~polars_azurechat.testing.MemoryTransport` (no server),
+answers in Azure's shape with ``completion_tokens_details`` and
+``prompt_tokens_details``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from polars_azurechat._types import ChatRequest
+from polars_azurechat.batch.mode import BatchCounts
+from polars_azurechat.engine.core import ChatEngine
+from polars_azurechat.errors import TruncatedError
+from polars_azurechat.options import ChatOptions
+from polars_azurechat.summary import PRICES, RunSummary, cost_of, summarize
+from polars_azurechat.testing import (
+    Handler,
+    MemoryRequest,
+    MemoryResponse,
+    MemoryTransport,
+    chat_completion,
+)
+from polars_azurechat.transport.ratelimit import RateLimiter
+
+from .fakes import FakeClock
+
+
+def _req(text: str) -> ChatRequest:
+    return ChatRequest([{"role": "user", "content": text}])
+
+
+def _engine(
+    handler: Handler, clock: FakeClock, **kw: Any
+) -> tuple[ChatEngine, MemoryTransport]:
+    transport = MemoryTransport(handler, deployment="gpt-5-mini")
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    engine = ChatEngine(
+        transport, limiter=limiter, sleep=clock.sleep, clock=clock, **kw
+    )
+    return engine, transport
+
+
+def _thinker(request: MemoryRequest) -> MemoryResponse:
+    """Reasons 30 tokens; a prompt with "hard" spends the whole budget of 40 on it."""
+    if "hard" in request.prompt:
+        return chat_completion(
+            "",
+            finish_reason="length",
+            completion_tokens=40,
+            reasoning_tokens=40,
+            model="gpt-5-mini",
+        )
+    return chat_completion(
+        "42",
+        prompt_tokens=1500,
+        reasoning_tokens=30,
+        cached_tokens=1024,
+        model="gpt-5-mini",
+    )
+
+
+def _summary(engine: ChatEngine) -> RunSummary:
+    return summarize(
+        engine.runs.stats,
+        BatchCounts(),
+        pool=engine.pool,
+        cache=None,
+        deployment="gpt-5-mini",
+        prices={},
+        cap=None,
+        mode="online",
+    )
+
+
+def test_reasoning_and_cached_tokens_reach_the_row_and_the_summary(
+    clock: FakeClock,
+) -> None:
+    engine, _ = _engine(_thinker, clock, params={"max_completion_tokens": 40})
+    easy, hard = engine.run([_req("easy"), _req("hard one")])
+    assert easy is not None and easy.content == "42" and easy.finish_reason == "stop"
+    assert (easy.reasoning_tokens, easy.cached_tokens) == (30, 1024)
+    assert easy.as_row()["reasoning_tokens"] == 30
+    # emptied by reasoning: its own reason, kept (on_truncated="keep"), counted
+    assert hard is not None and hard.exception is None
+    assert hard.finish_reason == "reasoning_length" and hard.content == ""
+    s = _summary(engine)
+    assert (s.reasoning_tokens, s.cached_tokens, s.emptied, s.truncated) == (
+        70,
+        1024,
+        1,
+        1,
+    )
+    text = str(s)
+    assert "1 left empty by reasoning" in text and "cut at max_tokens" not in text
+    assert "(1,024 cached)" in text and "(70 reasoning)" in text
+    # cost: cached prompt tokens at the cached price, reasoning tokens as output
+    price = PRICES["gpt-5-mini"]
+    expected = (
+        (1500 + 10 - 1024) * price[0] + 1024 * price[2] + (31 + 40) * price[1]
+    ) / 1e6
+    assert s.estimated_cost_usd == pytest.approx(expected)
+    engine.close()
+
+
+def test_an_emptied_answer_is_an_error_naming_the_budget_when_asked(
+    clock: FakeClock,
+) -> None:
+    engine, _ = _engine(
+        _thinker, clock, params={"max_completion_tokens": 40}, on_truncated="error"
+    )
+    [hard] = engine.run([_req("hard")])
+    assert hard is not None and isinstance(hard.exception, TruncatedError)
+    assert "reasoning used the whole budget (max_completion_tokens=40" in str(
+        hard.exception
+    )
+    assert "lower reasoning_effort" in str(hard.exception)
+    engine.close()
+
+
+def test_tier_and_cached_prices() -> None:
+    price = (1.0, 4.0, 0.1)
+    assert cost_of(price, 1_000_000, 0, cached_tokens=1_000_000) == pytest.approx(0.1)
+    assert cost_of(price, 0, 1_000_000, tier="priority") == pytest.approx(8.0)
+    assert cost_of(price, 0, 1_000_000, tier="flex") == pytest.approx(2.0)
+    assert cost_of(price, 0, 1_000_000, tier="batch") == pytest.approx(2.0)
+
+
+def test_reasoning_jobs_get_a_longer_default_timeout() -> None:
+    opts = ChatOptions()
+    assert opts.attempt_timeout_s(1000) == 30.0
+    assert opts.attempt_timeout_s(1000, reasoning=True) == 170.0
