@@ -36,6 +36,7 @@ PROVENANCE_FIELDS: dict[str, pl.DataType] = {
     "response_id": pl.String(),
     "reasoning_tokens": pl.Int64(),
     "cached_tokens": pl.Int64(),
+    "service_tier": pl.String(),
 }
 #: ``finish_reason`` of an answer a reasoning model left empty: its reasoning used the
 #: whole ``max_completion_tokens`` (Azure says ``length``, with no text).
@@ -94,6 +95,8 @@ class ChatResult:
     reasoning_tokens: int | None = None
     #: of ``prompt_tokens``, those Azure read from its prompt cache (billed lower)
     cached_tokens: int | None = None
+    #: the processing tier that answered (``default``, ``flex``, ``priority``)
+    service_tier: str | None = None
 
     @property
     def error(self) -> str | None:
@@ -126,5 +129,6 @@ class ChatResult:
             response_id=self.response_id,
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
+            service_tier=self.service_tier,
         )
         return row

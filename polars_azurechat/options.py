@@ -204,6 +204,13 @@ class ChatOptions:
         "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
         "(in a notebook too), ``False`` never.",
     )
+    flex_fallback: bool = _opt(
+        False,
+        "With ``service_tier='flex'``: a request Azure refuses because flex has no "
+        "capacity now (a 429 that is not a quota's) is sent again at once on the "
+        "default tier, at its price (the summary counts each tier); ``False``: it "
+        "waits and tries flex again.",
+    )
     api: Api = _opt(
         "chat",
         "``chat``: chat completions; ``responses``: Azure's Responses API "
@@ -491,6 +498,7 @@ class ChatOptionsDictNoOutput(ChatBodyDict, total=False):
     cache: str | os.PathLike[str] | None
     limiter: str | None
     progress: bool | None
+    flex_fallback: bool
     api: Api
     mode: Mode
     batch_fallback: BatchFallback | None

@@ -267,6 +267,12 @@ class RunSummary:
     ``batch_answered`` rows were answered through them, their tokens priced at the
     batch price (:data:`BATCH_DISCOUNT` of the online one) in ``estimated_cost_usd``;
     ``requests`` counts online requests only (``batch_fallback="online"``).
+    Today's Azure: ``reasoning_tokens`` (of ``completion_tokens``) and
+    ``cached_tokens`` (of ``prompt_tokens``, priced at the cached-input price);
+    ``emptied`` answered rows a reasoning model left empty (among ``truncated``);
+    ``tiers`` answers per processing tier that answered (``service_tier``; each
+    priced at its tier), ``capacity_refused`` flex requests refused for capacity and
+    ``flex_fallbacks`` of them sent again on the default tier.
     With a spending cap: ``max_cost_usd``, ``spent_usd`` (the real cost of the
     answers the job paid for, under the cap's rule) and ``capped`` (rows refused
     with :class:`~polars_azurechat.errors.SpendingCapError`).
@@ -306,6 +312,9 @@ class RunSummary:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     emptied: int = 0
+    tiers: dict[str, int] = dataclasses.field(default_factory=dict)
+    flex_fallbacks: int = 0
+    capacity_refused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -358,6 +367,15 @@ class RunSummary:
                 f"batches:   {self.batches:,} ({self.batch_lines:,} lines; "
                 f"{self.batch_answered:,} rows answered through them)",
             )
+        if set(self.tiers) - {"default", "auto"} or self.capacity_refused:
+            shown = ", ".join(f"{k} {v:,}" for k, v in sorted(self.tiers.items()))
+            busy = (
+                f"; flex busy {self.capacity_refused:,} times, "
+                f"{self.flex_fallbacks:,} sent on default instead"
+                if self.capacity_refused
+                else ""
+            )
+            lines.insert(3, f"tiers:     answers by tier: {shown}{busy}")
         if self.max_cost_usd is not None:
             refused = (
                 f"; {self.capped:,} rows not sent (SpendingCapError)"
@@ -508,6 +526,9 @@ def summarize(
         reasoning_tokens=st.reasoning_tokens,
         cached_tokens=st.cached_tokens,
         emptied=st.emptied,
+        tiers={k: v["answers"] for k, v in st.by_tier.items()},
+        flex_fallbacks=st.flex_fallbacks,
+        capacity_refused=st.capacity_refused,
     )
 
 
@@ -524,13 +545,23 @@ def _cost(
     price = price_for(model, prices)
     if price is None:
         return None
-    online = cost_of(
-        price,
-        st.prompt_tokens - counts.prompt_tokens,
-        st.completion_tokens - counts.completion_tokens,
-        cached_tokens=st.cached_tokens,
-    )
-    return online + cost_of(
+    prompt = st.prompt_tokens - counts.prompt_tokens
+    completion = st.completion_tokens - counts.completion_tokens
+    cached = st.cached_tokens
+    usd = 0.0
+    for tier, per in st.by_tier.items():  # the tier each answer named, at its price
+        usd += cost_of(
+            price,
+            per["prompt_tokens"],
+            per["completion_tokens"],
+            cached_tokens=per["cached_tokens"],
+            tier=tier,
+        )
+        prompt -= per["prompt_tokens"]
+        completion -= per["completion_tokens"]
+        cached -= per["cached_tokens"]
+    usd += cost_of(price, prompt, completion, cached_tokens=cached)
+    return usd + cost_of(
         price, counts.prompt_tokens, counts.completion_tokens, tier="batch"
     )
 

@@ -176,6 +176,7 @@ def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
         "response_id",
         "reasoning_tokens",
         "cached_tokens",
+        "service_tier",
     ]
     lf.explain()
     assert emulator.stats()["requests"] == 0

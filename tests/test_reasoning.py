@@ -23,6 +23,7 @@ from polars_azurechat.testing import (
     MemoryResponse,
     MemoryTransport,
     chat_completion,
+    error_response,
 )
 from polars_azurechat.transport.ratelimit import RateLimiter
 
@@ -133,3 +134,72 @@ def test_reasoning_jobs_get_a_longer_default_timeout() -> None:
     opts = ChatOptions()
     assert opts.attempt_timeout_s(1000) == 30.0
     assert opts.attempt_timeout_s(1000, reasoning=True) == 170.0
+
+
+class _Flex:
+    """Flex has no capacity for the first ``busy`` flex requests; answers name a tier."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.tiers: list[str | None] = []
+
+    def __call__(self, request: MemoryRequest) -> MemoryResponse:
+        tier = request.body.get("service_tier")
+        self.tiers.append(tier)
+        if tier == "flex" and self.busy > 0:
+            self.busy -= 1
+            return error_response(
+                429,
+                "Resource Unavailable: flex processing has no capacity now",
+                code="resource_unavailable",
+                headers={"retry-after-ms": "500"},
+            )
+        body = chat_completion(
+            "ok", prompt_tokens=100, completion_tokens=10, model="gpt-5-mini"
+        )
+        body.json["service_tier"] = tier or "default"
+        return body
+
+
+def test_flex_refused_for_capacity_goes_again_on_default_when_allowed(
+    clock: FakeClock,
+) -> None:
+    flex = _Flex(busy=2)
+    engine, _ = _engine(
+        flex,
+        clock,
+        params={"service_tier": "flex", "max_completion_tokens": 20},
+        flex_fallback=True,
+        max_concurrency=1,
+    )
+    out = engine.run([_req(f"q{i}") for i in range(5)])
+    assert all(r is not None and r.content == "ok" for r in out)
+    assert flex.tiers == ["flex", "default", "flex", "default", "flex", "flex", "flex"]
+    assert [r.service_tier for r in out if r is not None] == [
+        "default",
+        "default",
+        "flex",
+        "flex",
+        "flex",
+    ]
+    s = _summary(engine)
+    assert s.tiers == {"default": 2, "flex": 3}
+    assert (s.capacity_refused, s.flex_fallbacks, s.rate_limited) == (2, 2, 0)
+    assert clock.sleeps == []  # a busy tier is not a quota: nothing paused
+    assert "flex busy 2 times, 2 sent on default instead" in str(s)
+    price = PRICES["gpt-5-mini"]
+    one = (100 * price[0] + 10 * price[1]) / 1e6
+    assert s.estimated_cost_usd == pytest.approx(2 * one + 3 * one * 0.5)
+    engine.close()
+
+
+def test_without_fallback_a_busy_flex_is_waited_for_and_tried_again(
+    clock: FakeClock,
+) -> None:
+    flex = _Flex(busy=1)
+    engine, _ = _engine(flex, clock, params={"service_tier": "flex"})
+    [r] = engine.run([_req("q")])
+    assert r is not None and r.content == "ok" and r.service_tier == "flex"
+    assert flex.tiers == ["flex", "flex"]
+    assert clock.sleeps == [0.5]
+    engine.close()

@@ -79,6 +79,7 @@ PROVENANCE = (
     "response_id",
     "reasoning_tokens",
     "cached_tokens",
+    "service_tier",
 )
 HOW = ["eager", "lazy", "streaming"]
 

@@ -78,6 +78,7 @@ def build_engine(
         deadline_s=opts.deadline_s,
         cache=cache,
         on_truncated=opts.on_truncated,
+        flex_fallback=opts.flex_fallback,
         schema=schema,
         spending_cap=cap,
     )

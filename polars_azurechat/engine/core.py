@@ -90,6 +90,9 @@ class ChatEngine:
     on_truncated
         ``"keep"``: an answer cut at ``max_tokens`` is kept (and counted as
         truncated); ``"error"``: it is a :class:`TruncatedError`.
+    flex_fallback
+        ``True``: a ``service_tier="flex"`` request refused for capacity (a 429 that
+        is not a quota's) is sent again at once on the default tier.
     schema
         The typed answer's schema (``response_format=Model``), or ``None``: each
         answer is then parsed and validated (an invalid one is retried as an attempt,
@@ -116,6 +119,7 @@ class ChatEngine:
         progress: Callable[[int], None] | None = None,
         cache: AnswerCache | None = None,
         on_truncated: str = "keep",
+        flex_fallback: bool = False,
         pool: Pool | None = None,
         schema: OutputSchema | None = None,
         spending_cap: SpendingCap | None = None,
@@ -157,6 +161,7 @@ class ChatEngine:
             max_attempts=max_attempts,
             clock=clock,
             on_truncated=on_truncated,
+            flex_fallback=flex_fallback,
             spending_cap=spending_cap,
         )
         self._flush_scheduled = False

@@ -41,7 +41,11 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.schema.errors import SchemaMismatchError
-from polars_azurechat.transport.http import Completion, rate_limited_resource
+from polars_azurechat.transport.http import (
+    Completion,
+    is_capacity_refusal,
+    rate_limited_resource,
+)
 from polars_azurechat.transport.retry import is_retryable
 
 if TYPE_CHECKING:
@@ -77,6 +81,8 @@ class OnlineSender:
         The monotonic clock (injected in tests).
     on_truncated
         ``"keep"`` or ``"error"`` for an answer cut at ``max_tokens``.
+    flex_fallback
+        Send a flex request refused for capacity again on the default tier.
     spending_cap
         The job's spending cap, or ``None``.
     """
@@ -90,9 +96,11 @@ class OnlineSender:
         max_attempts: int,
         clock: Callable[[], float],
         on_truncated: str = "keep",
+        flex_fallback: bool = False,
         spending_cap: SpendingCap | None = None,
     ) -> None:
         self.pool = pool
+        self.flex_fallback = flex_fallback
         self.shape = shape
         self.schema: OutputSchema | None = shape.schema
         self.max_attempts = max_attempts
@@ -299,7 +307,18 @@ class OnlineSender:
             try:
                 return await self._send_once(run, body, cost, sent)
             except RateLimitError as exc:
+                if (
+                    self.flex_fallback
+                    and body.get("service_tier") == "flex"
+                    and is_capacity_refusal(exc)
+                ):
+                    # flex is busy: at once, on the default tier (at its price)
+                    body = {**body, "service_tier": "default"}
+                    run.stats.flex_fallbacks += 1
+                    continue
                 waited += exc.retry_after_s or 1.0
+                if is_capacity_refusal(exc):  # this request waits; the others go on
+                    await self.pool.sleep(exc.retry_after_s or 1.0)
                 if waited > MAX_RATE_LIMITED_S:
                     raise
                 run.check_deadline(self.clock())
@@ -336,7 +355,10 @@ class OnlineSender:
                 per["failed_attempts"] += 1
                 if is_retryable(exc):
                     st.retries += 1
-                if isinstance(exc, RateLimitError):
+                if isinstance(exc, RateLimitError) and is_capacity_refusal(exc):
+                    st.capacity_refused += 1  # the tier was busy: no quota to learn
+                    limiter.on_failure(ticket)
+                elif isinstance(exc, RateLimitError):
                     st.rate_limited += 1
                     per["rate_limited"] += 1
                     limiter.on_rate_limited(
@@ -561,4 +583,5 @@ def completed(
         response_id=completion.response_id,
         reasoning_tokens=completion.reasoning_tokens,
         cached_tokens=completion.cached_tokens,
+        service_tier=completion.service_tier,
     )

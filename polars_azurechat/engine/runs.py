@@ -72,6 +72,14 @@ class RunStats:
     cached_tokens: int = 0
     #: answered rows a reasoning model left empty (its budget spent reasoning)
     emptied: int = 0
+    #: 429s of a busy tier (flex), not of a quota; flex requests sent again on default
+    capacity_refused: int = 0
+    flex_fallbacks: int = 0
+    #: per processing tier that answered (``service_tier``): answers, prompt_tokens,
+    #: completion_tokens, cached_tokens
+    by_tier: dict[str, collections.Counter[str]] = dataclasses.field(
+        default_factory=dict
+    )
     peak_in_flight: int = 0
     model: str | None = None
     wall_s: float = 0.0
@@ -103,6 +111,15 @@ class RunStats:
         self.completion_tokens += completion.completion_tokens or 0
         self.reasoning_tokens += completion.reasoning_tokens or 0
         self.cached_tokens += completion.cached_tokens or 0
+        tier = completion.service_tier
+        if tier is not None:
+            per = self.by_tier.get(tier)
+            if per is None:
+                per = self.by_tier[tier] = collections.Counter()
+            per["answers"] += 1
+            per["prompt_tokens"] += completion.prompt_tokens or 0
+            per["completion_tokens"] += completion.completion_tokens or 0
+            per["cached_tokens"] += completion.cached_tokens or 0
 
     def merge(self, other: RunStats) -> None:
         """Add ``other``'s counts to these."""
@@ -114,7 +131,7 @@ class RunStats:
                 setattr(self, f.name, mine or theirs)
             elif f.name == "failures_by_kind":
                 mine.update(theirs)
-            elif f.name == "by_deployment":
+            elif f.name in ("by_deployment", "by_tier"):
                 for name, counts in theirs.items():
                     mine.setdefault(name, collections.Counter()).update(counts)
             else:
@@ -131,6 +148,7 @@ class RunStats:
         d = dataclasses.asdict(self)
         d["failures_by_kind"] = dict(self.failures_by_kind)
         d["by_deployment"] = {k: dict(v) for k, v in self.by_deployment.items()}
+        d["by_tier"] = {k: dict(v) for k, v in self.by_tier.items()}
         return d
 
 

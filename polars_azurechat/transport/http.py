@@ -102,6 +102,8 @@ class Completion:
     reasoning_tokens: int | None = None
     #: ``usage.prompt_tokens_details.cached_tokens`` (part of prompt_tokens)
     cached_tokens: int | None = None
+    #: the processing tier that answered (``default``, ``flex``, ``priority``)
+    service_tier: str | None = None
 
 
 class Transport:
@@ -481,6 +483,30 @@ def sdk_errors(
         raise APIConnectionError(msg) from exc
 
 
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+#: What Azure's flex tier says when it has no capacity for a request (not a quota).
+_CAPACITY_WORDS = ("capacity", "resource unavailable", "resource_unavailable")
+
+
+def is_capacity_refusal(exc: APIStatusError) -> bool:
+    """Whether a 429 says the tier has no capacity now (flex), rather than a quota.
+
+    Such a 429 is not charged and does not tell the quota: it does not pause the
+    deployment's admissions. Read from Azure's error code and message.
+    """
+    if not isinstance(exc, RateLimitError):
+        return False
+    body = exc.body
+    err = body.get("error") if isinstance(body, dict) else None
+    text = " ".join(
+        str(err.get(k) or "") for k in ("code", "message") if isinstance(err, dict)
+    ).lower()
+    return any(word in text for word in _CAPACITY_WORDS)
+
+
 def rate_limited_resource(exc: APIStatusError) -> str | None:
     """Which budget a 429 names: ``"tokens"``, ``"requests"``, or ``None`` (unsaid).
 
@@ -571,6 +597,7 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
             reasoning_tokens=out_details.get("reasoning_tokens"),
             cached_tokens=in_details.get("cached_tokens"),
+            service_tier=_str_or_none(body.get("service_tier")),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"

@@ -150,6 +150,8 @@ class Pool:
         self.routes = list(routes)
         self._clock = clock
         self._sleep = sleep
+        #: the pool's sleep (injected in tests), for waits of one request
+        self.sleep = sleep
         # tiers in priority order; the cache key follows the first route of the first
         self.tiers = [
             [r for r in self.routes if r.priority == p]

@@ -166,6 +166,7 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             response_id=body.get("id"),
             reasoning_tokens=out_details.get("reasoning_tokens"),
             cached_tokens=in_details.get("cached_tokens"),
+            service_tier=body.get("service_tier"),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a response ({type(exc).__name__})"
