@@ -37,6 +37,7 @@ PROVENANCE_FIELDS: dict[str, pl.DataType] = {
     "reasoning_tokens": pl.Int64(),
     "cached_tokens": pl.Int64(),
     "service_tier": pl.String(),
+    "prompt_filter": pl.List(pl.String()),
 }
 #: ``finish_reason`` of an answer a reasoning model left empty: its reasoning used the
 #: whole ``max_completion_tokens`` (Azure says ``length``, with no text).
@@ -97,6 +98,8 @@ class ChatResult:
     cached_tokens: int | None = None
     #: the processing tier that answered (``default``, ``flex``, ``priority``)
     service_tier: str | None = None
+    #: the prompt's flagged filter categories (``"jailbreak:detected"``, ...)
+    prompt_filter: tuple[str, ...] | None = None
 
     @property
     def error(self) -> str | None:
@@ -130,5 +133,8 @@ class ChatResult:
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
             service_tier=self.service_tier,
+            prompt_filter=(
+                None if self.prompt_filter is None else list(self.prompt_filter)
+            ),
         )
         return row

@@ -272,7 +272,9 @@ class RunSummary:
     ``emptied`` answered rows a reasoning model left empty (among ``truncated``);
     ``tiers`` answers per processing tier that answered (``service_tier``; each
     priced at its tier), ``capacity_refused`` flex requests refused for capacity and
-    ``flex_fallbacks`` of them sent again on the default tier.
+    ``flex_fallbacks`` of them sent again on the default tier; ``spilled_over``
+    answers a provisioned deployment's spillover (standard) deployment gave (their
+    ``x-ratelimit-*`` headers are not taken as the deployment's own).
     With a spending cap: ``max_cost_usd``, ``spent_usd`` (the real cost of the
     answers the job paid for, under the cap's rule) and ``capped`` (rows refused
     with :class:`~polars_azurechat.errors.SpendingCapError`).
@@ -315,6 +317,7 @@ class RunSummary:
     tiers: dict[str, int] = dataclasses.field(default_factory=dict)
     flex_fallbacks: int = 0
     capacity_refused: int = 0
+    spilled_over: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -390,12 +393,18 @@ class RunSummary:
             rpm = d.get("requests_per_minute_quota")
             shown = f"; quota {rpm:,.0f} requests/min" if rpm else ""
             circuit = d.get("circuit", "closed")
+            spilled = d.get("spilled_over", 0)
             lines.append(
                 f"  {name} (tier {d.get('tier', 0)}): {d.get('requests', 0):,} requests, "
                 f"{d.get('rate_limited', 0):,} rate-limited, "
                 f"{d.get('failed_attempts', 0):,} failed, "
                 f"{d.get('prompt_tokens', 0) + d.get('completion_tokens', 0):,} tokens"
+                f"{f', {spilled:,} answered by its spillover' if spilled else ''}"
                 f"{shown}{'' if circuit == 'closed' else f'; circuit {circuit}'}"
+            )
+        if self.spilled_over and not self.deployments:
+            lines.append(
+                f"spillover: {self.spilled_over:,} answers from the spillover deployment"
             )
         if self.cache_broken:
             lines.append(f"cache:     {self.cache_broken}; the run went on without it")
@@ -529,6 +538,7 @@ def summarize(
         tiers={k: v["answers"] for k, v in st.by_tier.items()},
         flex_fallbacks=st.flex_fallbacks,
         capacity_refused=st.capacity_refused,
+        spilled_over=sum(c.get("spilled_over", 0) for c in st.by_deployment.values()),
     )
 
 

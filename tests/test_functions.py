@@ -177,6 +177,7 @@ def test_collect_schema_sends_nothing(emulator: Emulator) -> None:
         "reasoning_tokens",
         "cached_tokens",
         "service_tier",
+        "prompt_filter",
     ]
     lf.explain()
     assert emulator.stats()["requests"] == 0

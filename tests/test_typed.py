@@ -80,6 +80,7 @@ PROVENANCE = (
     "reasoning_tokens",
     "cached_tokens",
     "service_tier",
+    "prompt_filter",
 )
 HOW = ["eager", "lazy", "streaming"]
 

@@ -379,6 +379,11 @@ class OnlineSender:
             pool.done(route)
             per["prompt_tokens"] += completion.prompt_tokens or 0
             per["completion_tokens"] += completion.completion_tokens or 0
+            if completion.spilled_over:
+                # another deployment answered: its x-ratelimit-* are not this one's
+                per["spilled_over"] += 1
+                completion.remaining_requests = completion.remaining_tokens = None
+                completion.limit_requests = completion.limit_tokens = None
             if (
                 completion.remaining_tokens is not None
                 and self.shape.max_tokens is None
@@ -584,4 +589,5 @@ def completed(
         reasoning_tokens=completion.reasoning_tokens,
         cached_tokens=completion.cached_tokens,
         service_tier=completion.service_tier,
+        prompt_filter=completion.prompt_filter,
     )

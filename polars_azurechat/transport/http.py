@@ -104,6 +104,12 @@ class Completion:
     cached_tokens: int | None = None
     #: the processing tier that answered (``default``, ``flex``, ``priority``)
     service_tier: str | None = None
+    #: prompt content-filter categories flagged (``prompt_filter_results``):
+    #: ``"jailbreak"`` when filtered, ``"jailbreak:detected"`` when only detected
+    prompt_filter: tuple[str, ...] = ()
+    #: served by the deployment's spillover (standard) deployment, whose
+    #: ``x-ratelimit-*`` headers these are (``x-ms-spillover-from-*``)
+    spilled_over: bool = False
 
 
 class Transport:
@@ -487,6 +493,48 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _prompt_flags(results: Any) -> tuple[str, ...]:
+    """The prompt's flagged filter categories, from Azure's ``prompt_filter_results``.
+
+    A category ``filtered`` is named as is; one only ``detected`` (a jailbreak
+    attempt let through, protected material) as ``"<name>:detected"``.
+
+    Examples
+    --------
+    >>> _prompt_flags(
+    ...     [
+    ...         {
+    ...             "prompt_index": 0,
+    ...             "content_filter_results": {
+    ...                 "hate": {"filtered": False, "severity": "safe"},
+    ...                 "jailbreak": {"filtered": False, "detected": True},
+    ...             },
+    ...         }
+    ...     ]
+    ... )
+    ('jailbreak:detected',)
+    """
+    if not isinstance(results, list):
+        return ()
+    flags: set[str] = set()
+    for entry in results:
+        found = entry.get("content_filter_results") if isinstance(entry, dict) else None
+        if not isinstance(found, dict):
+            continue
+        for name, value in found.items():
+            if not isinstance(value, dict):
+                continue
+            if value.get("filtered"):
+                flags.add(name)
+            elif value.get("detected"):
+                flags.add(f"{name}:detected")
+    return tuple(sorted(flags))
+
+
+def _spilled_over(headers: Mapping[str, str]) -> bool:
+    return any(str(name).lower().startswith("x-ms-spillover-from") for name in headers)
+
+
 #: What Azure's flex tier says when it has no capacity for a request (not a quota).
 _CAPACITY_WORDS = ("capacity", "resource unavailable", "resource_unavailable")
 
@@ -598,6 +646,8 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             reasoning_tokens=out_details.get("reasoning_tokens"),
             cached_tokens=in_details.get("cached_tokens"),
             service_tier=_str_or_none(body.get("service_tier")),
+            prompt_filter=_prompt_flags(body.get("prompt_filter_results")),
+            spilled_over=_spilled_over(headers),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
