@@ -21,10 +21,11 @@ from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import ConfigurationError
 from polars_azurechat.summary import SpendingCap, price_for
-from polars_azurechat.transport.http import ChatTransport, SdkTransport, Transport
+from polars_azurechat.transport.http import ChatTransport, Transport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
 from polars_azurechat.transport.responses import responses_params
+from polars_azurechat.transport.sdk import SdkTransport
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.frontdoor import AnswerCache
