@@ -76,6 +76,35 @@ def test_tokens_bind_when_requests_do_not(clock: FakeClock) -> None:
     assert times == [0.0, 0.0, 10.2, 10.2]
 
 
+def test_a_cost_guessed_before_the_budget_is_made_exact_while_it_waits(
+    clock: FakeClock,
+) -> None:
+    """A row costed by length (no budget yet) counts as the budget does once known.
+
+    Counted at its guess (1 token), the third request would go with the second at
+    10.2 s and overrun the server's window; made exact (600), it waits for the next.
+    """
+    limiter = RateLimiter(
+        tokens_per_minute=6000,
+        window_s=10,
+        slow_start=False,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    times: list[float] = []
+    estimates: list[int] = []
+
+    async def go() -> None:
+        for tokens, recost in ((900, None), (600, None), (1, lambda: 600)):
+            ticket = await limiter.acquire(tokens, recost)
+            times.append(round(clock.now - 1000, 3))
+            estimates.append(ticket.estimate)
+
+    _run(go())
+    assert estimates == [900, 600, 600]
+    assert times == [0.0, 10.2, 20.4]
+
+
 def test_a_429_pauses_all_admissions_and_its_request_stops_counting(
     clock: FakeClock,
 ) -> None:

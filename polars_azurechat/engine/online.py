@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -152,10 +153,11 @@ class OnlineSender:
             return ChatResult(exception=exc, attempts=0)
         shape = self.shape
         body = shape.body(req)
-        cost = shape.quota_tokens(
-            req, exact=any(r.limiter.token_budget is not None for r in self.pool.routes)
-        )
+        exact = self._token_budget_known()
+        cost = shape.quota_tokens(req, exact=exact)
         sent = _Sent()
+        if not exact:
+            sent.inexact = req
         cap = self.spending_cap
         if cap is not None:  # admitted only if its worst case stays under the cap
             sent.cap = cap
@@ -289,6 +291,21 @@ class OnlineSender:
             )
         return ChatResult(exception=exc, attempts=attempts)
 
+    def _recost(self, sent: _Sent) -> int:
+        """A row's cost made exactly, now that a token budget is known.
+
+        Its length estimate (made when none was) runs low against the server's count:
+        a row that waited for a slot, or for admission, while the budget was learned
+        is counted as the budget is.
+        """
+        assert sent.inexact is not None  # noqa: S101 - called only while inexact
+        sent.cost = self.shape.quota_tokens(sent.inexact)
+        sent.inexact = None
+        return sent.cost
+
+    def _token_budget_known(self) -> bool:
+        return any(r.limiter.token_budget is not None for r in self.pool.routes)
+
     def _remaining_s(self, run: Run) -> float | None:
         if run.deadline is None:
             return None
@@ -329,7 +346,13 @@ class OnlineSender:
         st = run.stats
         pool = self.pool
         async with self._semaphore:
-            route, ticket = await pool.acquire(cost, sent.failed_on)
+            if sent.cost is not None:
+                cost = sent.cost
+            route, ticket = await pool.acquire(
+                cost,
+                sent.failed_on,
+                None if sent.inexact is None else functools.partial(self._recost, sent),
+            )
             limiter = route.limiter
             try:
                 if run.fatal is not None:  # it may have arrived while this one waited
@@ -480,6 +503,10 @@ class _Sent:
 
     count: int = 0
     failed_on: Route | None = None
+    #: the row, while its quota cost is a length estimate (no token budget known
+    #: when it was made): made again exactly once a budget is known
+    inexact: ChatRequest | None = None
+    cost: int | None = None
     cap: SpendingCap | None = None
     worst: float = 0.0
     held: bool = False

@@ -167,28 +167,39 @@ class Pool:
         self._lock: asyncio.Lock | None = None
 
     async def acquire(
-        self, tokens: int, avoid: Route | None = None
+        self,
+        tokens: int,
+        avoid: Route | None = None,
+        recost: Callable[[], int] | None = None,
     ) -> tuple[Route, Ticket]:
         """Wait until some route admits a request costing ``tokens``; return both.
 
         ``avoid``: the route this row last failed on, skipped while another is up.
-        Raises :class:`PoolUnavailableError` at once when every circuit is open.
+        ``recost``: the cost made exactly, once a token budget is known while it
+        waits. Raises :class:`PoolUnavailableError` at once when every circuit is open.
         """
         if self.single:
             route = self.primary
-            return route, await route.limiter.acquire(tokens)
+            return route, await route.limiter.acquire(tokens, recost)
         if self._lock is None:
             self._lock = asyncio.Lock()
+        if recost is not None and self._token_budget_known():
+            tokens, recost = recost(), None
         if not self._lock.locked():
             admitted, _ = self._try(tokens, avoid)
             if admitted is not None:
                 return admitted
         async with self._lock:  # waiters in order, one of them sleeping
             while True:
+                if recost is not None and self._token_budget_known():
+                    tokens, recost = recost(), None
                 admitted, hint = self._try(tokens, avoid)
                 if admitted is not None:
                     return admitted
                 await self._wait(max(0.001, min(hint, POLL_S)))
+
+    def _token_budget_known(self) -> bool:
+        return any(r.limiter.token_budget is not None for r in self.routes)
 
     def _try(
         self, tokens: int, avoid: Route | None

@@ -91,6 +91,29 @@ PROBE_AFTER_S = 1.0
 PROBE_POLL_S = 0.05
 
 
+#: A request's exact cost, made later (see :meth:`RateLimiter.acquire`), or none.
+Recost = Callable[[], int] | None
+
+
+def _headroom(
+    resources: dict[str, Resource],
+    windows: dict[float, Window],
+    now: float,
+    tokens: int,
+) -> float:
+    """Share of the tightest budget still free at ``now`` after one more request."""
+    free = 1.0
+    for name, cost in (("requests", 1), ("tokens", tokens)):
+        res = resources[name]
+        budget = res.budget()
+        if budget is None or budget <= 0:
+            continue
+        window = windows[res.window]
+        window.expire(now)
+        free = min(free, 1.0 - (window.used(name) + cost) / budget)
+    return free
+
+
 class RateLimiter:
     """Admit requests under the request and token budgets the server enforces.
 
@@ -177,8 +200,14 @@ class RateLimiter:
                 wait = max(wait, window.wait_for(name, budget, cost, now))
         return max(0.0, wait)
 
-    async def acquire(self, tokens: int = 0) -> Ticket:
-        """Wait until the request may go, then record it (waiters go in order)."""
+    async def acquire(self, tokens: int = 0, recost: Recost = None) -> Ticket:
+        """Wait until the request may go, then record it (waiters go in order).
+
+        ``recost`` makes the cost exact once a token budget is known (now, or while
+        it waits).
+        """
+        if recost is not None and self.token_budget is not None:
+            tokens, recost = recost(), None
         if self.ramp.before_first:
             return self._admit_first(tokens)
         if self._lock is None:
@@ -195,6 +224,8 @@ class RateLimiter:
                 if ramp > 0:  # the next step of the ramp, or the first answer
                     await self.ramp.sleep_or_answer(ramp)
                     continue
+                if recost is not None and self.token_budget is not None:
+                    tokens, recost = recost(), None
                 wait = self.delay(tokens)
                 if wait <= 0:
                     self._blocked_since = None
@@ -239,17 +270,9 @@ class RateLimiter:
 
     def headroom(self, tokens: int = 0) -> float:
         """Share of the tightest budget still free now, after ``tokens`` (1.0: unknown)."""
-        now = self._clock()
-        free = 1.0
-        for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
-            res = self.resources[name]
-            budget = res.budget()
-            if budget is None or budget <= 0:
-                continue
-            window = self._windows[res.window]
-            window.expire(now)
-            free = min(free, 1.0 - (window.used(name) + cost) / budget)
-        return free
+        return _headroom(
+            self.resources, self._windows, self._clock(), self._scaled(tokens)
+        )
 
     def _admit_first(self, tokens: int) -> Ticket:
         """Slow start: the first request goes alone, and the ramp starts."""

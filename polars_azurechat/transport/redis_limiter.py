@@ -267,13 +267,16 @@ class RedisLimiter(RateLimiter):
 
     # -- admission: the shared gate, then the local limiter ------------------------------
 
-    async def acquire(self, tokens: int = 0) -> Ticket:
+    async def acquire(
+        self, tokens: int = 0, recost: Callable[[], int] | None = None
+    ) -> Ticket:
         """Wait for the local limiter, then for room in the shared windows.
 
         The shared ledger records the request when it really goes (after any local
         wait), as the server counts it on arrival. One waiter per process polls it.
         """
-        ticket = await super().acquire(tokens)
+        ticket = await super().acquire(tokens, recost)
+        tokens = ticket.estimate or tokens  # made exactly while it waited, maybe
         admitted: list[Any] | float | None = None
         if ticket.probe:  # the local limiter probes a window: it goes, and is counted
             admitted = self._shared(tokens, probe=True)
