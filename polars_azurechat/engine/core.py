@@ -257,6 +257,10 @@ class ChatEngine:
                     raise KeyboardInterrupt(self._interrupted_message(run)) from None
                 if run.fatal is not None:
                     raise run.fatal
+                if self.cache is not None:
+                    # off the loop: the batch's answers are written before it is
+                    # handed back, unless the file is busy (they then wait for it)
+                    self.cache.flush()
                 yield key, results
         except KeyboardInterrupt as exc:
             # Ctrl-C raised in this thread (or a batch cancelled by it): stop the
@@ -316,7 +320,7 @@ class ChatEngine:
         if tasks:
             await asyncio.wait(tasks, timeout=SETTLE_S)
         if self.cache is not None:
-            self.cache.flush()
+            self.cache.flush(wait=False)
 
     def _interrupted_message(self, run: Run) -> str:
         st = run.stats
@@ -375,8 +379,8 @@ class ChatEngine:
         finally:
             for w in workers:
                 w.cancel()
-            if self.cache is not None:
-                self.cache.flush()
+            if self.cache is not None:  # handed to the writer: the loop never waits
+                self.cache.flush(wait=False)
         return door.finish(intake, st)
 
     def _schedule_flush(self) -> None:
@@ -388,7 +392,7 @@ class ChatEngine:
         def flush() -> None:
             self._flush_scheduled = False
             if self.cache is not None:
-                self.cache.flush()
+                self.cache.flush(wait=False)
 
         asyncio.get_running_loop().call_soon(flush)
 
