@@ -257,7 +257,10 @@ class RunSummary:
     the SQLite file's write lock, and for how long): they are written as soon as it
     frees, and the job's ``close()`` waits up to ``cache_close_wait_s`` for it; what
     is still waiting then is given up (``cache_lost``, one warning) and a rerun sends
-    those requests again.
+    those requests again. ``stopped`` says how an interrupted run stopped: what was
+    in flight at the first Ctrl-C (or SIGTERM), how many of its answers arrived within
+    the grace and were kept, and how many were dropped (the grace ran out, or a
+    second signal).
     ``failed_attempts`` counts failed attempts by error class; ``retries`` those that
     were retried. Rates are per minute of busy time; ``*_quota`` are the budgets in force
     at the end (given, or learned from Azure's headers), per minute, and ``*_window_s``
@@ -327,6 +330,7 @@ class RunSummary:
     cache_busy: str | None = None
     cache_close_wait_s: float | None = None
     cache_lost: int = 0
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -418,6 +422,8 @@ class RunSummary:
         if self.cache_broken:
             lines.append(f"cache:     {self.cache_broken}; the run went on without it")
         lines.extend(self._cache_lines())
+        if self.stopped:
+            lines.append(f"stopped:   {self.stopped}")
         if self.failed_attempts:
             kinds = ", ".join(
                 f"{k} {v}" for k, v in sorted(self.failed_attempts.items())
@@ -552,6 +558,7 @@ def summarize(
         truncated=st.truncated,
         cache_broken=None if cache is None else cache.broken,
         **_cache_state(cache),
+        stopped=st.stopped,
         deployments=deployments,
         mode=mode,
         batches=counts.batches,
