@@ -436,10 +436,10 @@ class RunSummary:
         lines = []
         if self.cache_waiting and self.cache_busy:
             lines.append(
-                f"cache:     {self.cache_waiting:,} answers wait for the cache "
-                f"({self.cache_busy}): written as soon as it frees; closing the job "
-                f"waits up to {self.cache_close_wait_s or 0:g} s for it, then gives "
-                "them up (a rerun would send them again)"
+                f"cache:     {self.cache_waiting:,} answers were waiting for the busy "
+                f"cache ({self.cache_busy}): written as soon as it frees; closing the "
+                f"job waits up to {self.cache_close_wait_s or 0:g} s for that, then "
+                "gives up the rest with a warning (a rerun would send them again)"
             )
         if self.cache_lost:
             lines.append(

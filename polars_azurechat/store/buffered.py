@@ -90,6 +90,7 @@ class BufferedCache(abc.ABC, Generic[Row]):
         self._written = 0
         self._busy_since: float | None = None
         self._retry_now = False
+        self._close_warned = False
         self._closed = False
         self._deadline: float | None = None
         self._writer: threading.Thread | None = None
@@ -310,6 +311,14 @@ class BufferedCache(abc.ABC, Generic[Row]):
             if self._deadline is not None:
                 if now >= self._deadline:
                     return False  # closing, and the store stayed busy: close says it
+                if not self._close_warned:  # the closing thread waits: say why
+                    self._close_warned = True
+                    self._log.warning(
+                        "%s: waiting up to %.0f s for it to take %d answers",
+                        self.busy,
+                        self._deadline - now,
+                        len(self._queued),
+                    )
                 until = min(until, self._deadline)
             while not self._retry_now and self.broken is None:
                 left = until - time.monotonic()
@@ -344,11 +353,10 @@ class BufferedCache(abc.ABC, Generic[Row]):
             if left and self.broken is None:
                 self.lost += left
                 self._log.warning(
-                    "%s stayed busy for %.1f s (%s); %d answers were not written "
-                    "(a rerun sends those requests again)",
-                    self._label(),
+                    "%s for %.1f s; %d answers were not written (a rerun sends those "
+                    "requests again)",
+                    self.busy or f"{self._label()}: busy",
                     self.busy_for_s(),
-                    self.busy or "busy",
                     left,
                 )
             self._queued.clear()
