@@ -252,7 +252,15 @@ class RunSummary:
     ``answered`` includes the rows served from the cache (``cached``) and the rows that
     asked what another row asked (``deduplicated``): neither sent a request; and the
     ``truncated`` ones, cut at ``max_tokens`` and kept. ``cache_broken`` says why the
-    cache stopped working during the run, if it did.
+    cache stopped working during the run, if it did. ``cache_waiting`` answers are not
+    written yet because the cache is busy (``cache_busy``: another connection holds
+    the SQLite file's write lock, and for how long): they are written as soon as it
+    frees, and the job's ``close()`` waits up to ``cache_close_wait_s`` for it; what
+    is still waiting then is given up (``cache_lost``, one warning) and a rerun sends
+    those requests again. ``stopped`` says how an interrupted run stopped: what was
+    in flight at the first Ctrl-C (or SIGTERM), how many of its answers arrived within
+    the grace and were kept, and how many were dropped (the grace ran out, or a
+    second signal).
     ``failed_attempts`` counts failed attempts by error class; ``retries`` those that
     were retried. Rates are per minute of busy time; ``*_quota`` are the budgets in force
     at the end (given, or learned from Azure's headers), per minute, and ``*_window_s``
@@ -318,6 +326,11 @@ class RunSummary:
     flex_fallbacks: int = 0
     capacity_refused: int = 0
     spilled_over: int = 0
+    cache_waiting: int = 0
+    cache_busy: str | None = None
+    cache_close_wait_s: float | None = None
+    cache_lost: int = 0
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -408,12 +421,32 @@ class RunSummary:
             )
         if self.cache_broken:
             lines.append(f"cache:     {self.cache_broken}; the run went on without it")
+        lines.extend(self._cache_lines())
+        if self.stopped:
+            lines.append(f"stopped:   {self.stopped}")
         if self.failed_attempts:
             kinds = ", ".join(
                 f"{k} {v}" for k, v in sorted(self.failed_attempts.items())
             )
             lines.append(f"failed attempts: {kinds}")
         return "\n".join(lines)
+
+    def _cache_lines(self) -> list[str]:
+        """What waits for a busy cache, and what a busy cache lost."""
+        lines = []
+        if self.cache_waiting and self.cache_busy:
+            lines.append(
+                f"cache:     {self.cache_waiting:,} answers were waiting for the busy "
+                f"cache ({self.cache_busy}): written as soon as it frees; closing the "
+                f"job waits up to {self.cache_close_wait_s or 0:g} s for that, then "
+                "gives up the rest with a warning (a rerun would send them again)"
+            )
+        if self.cache_lost:
+            lines.append(
+                f"cache:     {self.cache_lost:,} answers were not written (the cache "
+                "stayed busy when the job closed); a rerun sends them again"
+            )
+        return lines
 
 
 def _usd(value: float) -> str:
@@ -524,6 +557,8 @@ def summarize(
         estimated_cost_usd=_cost(model, st, counts, prices),
         truncated=st.truncated,
         cache_broken=None if cache is None else cache.broken,
+        **_cache_state(cache),
+        stopped=st.stopped,
         deployments=deployments,
         mode=mode,
         batches=counts.batches,
@@ -540,6 +575,21 @@ def summarize(
         capacity_refused=st.capacity_refused,
         spilled_over=sum(c.get("spilled_over", 0) for c in st.by_deployment.values()),
     )
+
+
+def _cache_state(cache: AnswerCache | None) -> dict[str, Any]:
+    """The summary's fields on answers waiting for a busy cache, or lost to it."""
+    if cache is None:
+        return {}
+    busy = cache.busy
+    return {
+        "cache_waiting": cache.waiting if busy else 0,
+        "cache_busy": None
+        if busy is None
+        else f"{busy}, for {cache.busy_for_s():.1f} s",
+        "cache_close_wait_s": cache.close_wait_s,
+        "cache_lost": cache.lost,
+    }
 
 
 def _cost(

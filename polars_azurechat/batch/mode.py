@@ -39,6 +39,10 @@ __all__ = ["BatchCounts", "BatchMode", "batch_client"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a finished batch's answers wait for a busy cache file before the batch is
+#: marked done (the state store, in the same file, waits as long for its own writes).
+BUSY_WAIT_S = 30.0
+
 
 @dataclasses.dataclass
 class BatchCounts:
@@ -183,8 +187,8 @@ class BatchMode:
                         r.prompt_tokens or 0, r.completion_tokens or 0, batch=True
                     )
                     cap.settle(worst, spent)
-            if door.cache is not None:
-                door.cache.flush()
+            if door.cache is not None:  # a busy file is waited for, as the state is
+                door.cache.flush(busy_wait_s=BUSY_WAIT_S)
 
         shown = [0]
 

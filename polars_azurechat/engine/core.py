@@ -32,7 +32,7 @@ from polars_azurechat.engine import interrupt as _interrupt
 from polars_azurechat.engine import loop as _loop
 from polars_azurechat.engine.frontdoor import AnswerCache, FrontDoor, RequestShape
 from polars_azurechat.engine.online import OnlineSender
-from polars_azurechat.engine.runs import Run, Runs, RunStats
+from polars_azurechat.engine.runs import STOP_GRACE_S, Run, Runs, RunStats
 from polars_azurechat.transport.http import ChatTransport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
@@ -257,14 +257,17 @@ class ChatEngine:
                     raise KeyboardInterrupt(self._interrupted_message(run)) from None
                 if run.fatal is not None:
                     raise run.fatal
+                if self.cache is not None:
+                    # off the loop: the batch's answers are written before it is
+                    # handed back, unless the file is busy (they then wait for it)
+                    self.cache.flush()
                 yield key, results
         except KeyboardInterrupt as exc:
-            # Ctrl-C raised in this thread (or a batch cancelled by it): stop the
-            # run's other batches too, then say what was kept
-            if run.interrupted is None:
-                run.interrupted = "Ctrl-C"
-                _loop.loop().call_soon_threadsafe(self.interrupt, "Ctrl-C")
-            self._settle(run, pending)
+            # Ctrl-C raised in this thread (or a batch cancelled by it): no more
+            # admissions, the answers in flight awaited a short grace, then the
+            # run's batches cancelled; then say what was kept
+            self._wait_out_grace(run, pending)
+            self._settle(run, pending, drain=True)
             pending.clear()
             message = self._interrupted_message(run)
             run.error = KeyboardInterrupt(message)
@@ -290,47 +293,85 @@ class ChatEngine:
         return future
 
     def interrupt(self, reason: str) -> None:
-        """Stop the running run at once (called on the loop; see :meth:`Runs.interrupt`)."""
+        """A signal (called on the loop, once per signal; see :meth:`Runs.interrupt`).
+
+        The first stops admissions and keeps the answers in flight that arrive within
+        :data:`~polars_azurechat.engine.runs.STOP_GRACE_S`; a second stops at once.
+        """
         self.runs.interrupt(reason)
+
+    def _wait_out_grace(
+        self,
+        run: Run,
+        pending: Iterable[tuple[Any, concurrent.futures.Future[Any]]],
+    ) -> None:
+        """After a :class:`KeyboardInterrupt` in this thread: let the grace run out.
+
+        Asks for the first stage of a stop (if no signal did), then waits until the
+        run's batches end: the requests in flight answered, or the grace over. A
+        second Ctrl-C meanwhile stops them at once.
+        """
+        loop = _loop.loop()
+        loop.call_soon_threadsafe(
+            functools.partial(self.runs.interrupt, "Ctrl-C", signal=False)
+        )
+        futures = {f for _, f in pending} | set(run.futures)
+        try:
+            _wait_all(futures, STOP_GRACE_S + SETTLE_S)
+        except KeyboardInterrupt:
+            loop.call_soon_threadsafe(self.runs.halt, run, "again")
+            with contextlib.suppress(KeyboardInterrupt):  # a third: it is stopping
+                _wait_all(futures, SETTLE_S)
 
     def _settle(
         self,
         run: Run,
         pending: Iterable[tuple[Any, concurrent.futures.Future[Any]]],
+        *,
+        drain: bool = False,
     ) -> None:
         """Cancel ``pending`` batches and wait until their answers are committed.
 
         A cancelled batch still commits what it got to the cache before it ends; this
-        waits for that (at most ``SETTLE_S``).
+        waits for that (at most ``SETTLE_S``). ``drain``: also with nothing pending
+        (an interrupted run: what its batches kept is written before it raises).
         """
         futures = [f for _, f in pending]
-        if not futures:
+        if not futures and not drain:
             return
         for future in futures:
             future.cancel()
         with contextlib.suppress(BaseException):
             _loop.call(self._drain(run), timeout=SETTLE_S)
+            if self.cache is not None:  # off the loop: wait until they are written
+                self.cache.flush()
 
     async def _drain(self, run: Run) -> None:
         tasks = [t for t in run.tasks if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=SETTLE_S)
         if self.cache is not None:
-            self.cache.flush()
+            self.cache.flush(wait=False)
 
     def _interrupted_message(self, run: Run) -> str:
-        st = run.stats
-        if self.cache is None:
+        st, cache = run.stats, self.cache
+        waiting = 0 if cache is None or cache.busy is None else cache.waiting
+        if cache is None:
             saved = "; pass cache= to resume after an interruption"
-        elif self.cache.broken:
-            saved = f"; {self.cache.broken}, so nothing was kept"
-        else:
+        elif cache.broken:
+            saved = f"; {cache.broken}, so nothing was kept"
+        elif waiting:
             saved = (
-                f"; answers so far are in the cache {self.cache.path}, a rerun resumes"
+                f"; {waiting:,} answers wait for the busy cache ({cache.busy}): "
+                f"written if it frees within {cache.close_wait_s:g} s of the end, else "
+                "a rerun sends them again; the others are in it, a rerun resumes"
             )
+        else:
+            saved = f"; answers so far are in the cache {cache.path}, a rerun resumes"
+        note = run.stop_note()
         return (
             f"interrupted by {run.interrupted}: {st.answered:,} rows answered, "
-            f"{st.requests:,} requests sent{saved}"
+            f"{st.requests:,} requests sent{f'; {note}' if note else ''}{saved}"
         )
 
     def close(self) -> None:
@@ -365,6 +406,8 @@ class ChatEngine:
                 assert req is not None  # noqa: S101 - leaders are sendable rows
                 result, kept = await self.sender.answer(run, key, req)
                 door.deliver(intake, key, result, st, kept=kept)
+                if result.exception is None:
+                    run.answer_kept()  # counted after a stop: kept in the grace
 
         workers = [
             asyncio.ensure_future(worker())
@@ -375,8 +418,8 @@ class ChatEngine:
         finally:
             for w in workers:
                 w.cancel()
-            if self.cache is not None:
-                self.cache.flush()
+            if self.cache is not None:  # handed to the writer: the loop never waits
+                self.cache.flush(wait=False)
         return door.finish(intake, st)
 
     def _schedule_flush(self) -> None:
@@ -388,7 +431,7 @@ class ChatEngine:
         def flush() -> None:
             self._flush_scheduled = False
             if self.cache is not None:
-                self.cache.flush()
+                self.cache.flush(wait=False)
 
         asyncio.get_running_loop().call_soon(flush)
 
@@ -398,6 +441,13 @@ def _close(transports: Sequence[ChatTransport], cache: AnswerCache | None) -> No
         _loop.close_soon(transport.close())
     if cache is not None:
         cache.close()
+
+
+def _wait_all(futures: set[concurrent.futures.Future[Any]], bound_s: float) -> None:
+    """Wait until ``futures`` are done, at most ``bound_s``, in short slices."""
+    until = time.monotonic() + bound_s
+    while futures and time.monotonic() < until:
+        _, futures = concurrent.futures.wait(futures, timeout=WAIT_SLICE_S)
 
 
 def _wait(future: concurrent.futures.Future[Any]) -> Any:

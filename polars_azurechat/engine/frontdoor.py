@@ -51,6 +51,18 @@ class AnswerCache(Protocol):
 
     path: Any
     broken: str | None
+    #: why writes wait (another connection holds the lock), or None
+    busy: str | None
+    #: answers given up at ``close`` because the store stayed busy
+    lost: int
+    close_wait_s: float
+
+    @property
+    def waiting(self) -> int:
+        """Answers put but not yet written."""
+
+    def busy_for_s(self) -> float:
+        """Seconds the store has refused writes (0.0 while they go through)."""
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
         """The kept answers among ``keys``, by key."""
@@ -58,8 +70,8 @@ class AnswerCache(Protocol):
     def put(self, key: str, result: ChatResult) -> None:
         """Keep one answer (buffered until ``flush``)."""
 
-    def flush(self) -> None:
-        """Write what is buffered."""
+    def flush(self, *, wait: bool = True, busy_wait_s: float = 0.0) -> None:
+        """Hand what is buffered to the writer; ``wait``: until it is written."""
 
     def close(self) -> None:
         """Flush and let go of the file or connection."""

@@ -5,9 +5,11 @@ query on its own threads, the main thread waits inside Polars and the handler ru
 once the query is over: a job would go on sending every request. But the C-level handler
 writes the signal number to the *wakeup fd* at once, whatever the main thread is doing.
 :func:`install` (from the main thread) points the wakeup fd at a socket the background
-loop reads: on SIGINT or SIGTERM every running job is interrupted (admission stops,
-requests in flight are cancelled, answers so far are committed to the cache) and the
-threads waiting for them raise :class:`KeyboardInterrupt`. Bytes are passed on to a
+loop reads: on SIGINT or SIGTERM every running job is interrupted (admission stops;
+the answers of the requests in flight are awaited for a short grace,
+:data:`~polars_azurechat.engine.runs.STOP_GRACE_S`, and kept in the cache; a second
+signal cancels them at once) and the threads waiting for them raise
+:class:`KeyboardInterrupt`. Bytes are passed on to a
 wakeup fd installed before ours, so whoever relied on it still gets them.
 """
 
@@ -80,15 +82,15 @@ def _on_wakeup() -> None:
     if _previous_fd >= 0:
         with contextlib.suppress(OSError):
             os.write(_previous_fd, data)
-    received = {signal.Signals(b) for b in data if b in _SIGNALS}
-    if not received:
-        return
-    reason = "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
-    for listener in list(_listeners):
-        try:
-            listener.interrupt(reason)
-        except Exception:
-            logger.exception("interrupting a job failed")
+    for b in data:  # once per signal: the second stops a stopping job at once
+        if b not in _SIGNALS:
+            continue
+        reason = "SIGTERM" if b == signal.SIGTERM else "Ctrl-C"
+        for listener in list(_listeners):
+            try:
+                listener.interrupt(reason)
+            except Exception:
+                logger.exception("interrupting a job failed")
 
 
 def _forget_after_fork() -> None:

@@ -343,6 +343,22 @@ class OnlineSender:
     async def _send_once(
         self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
     ) -> Completion:
+        """One request, unless the run is stopping: it then admits nothing.
+
+        A request of a stopping run (a first Ctrl-C) waits, unsent, until its batch is
+        cancelled (when the requests in flight are answered, or the grace ends).
+        """
+        if run.interrupted is None:
+            try:
+                return await self._admitted(run, body, cost, sent)
+            except _Stopping:
+                pass
+        await asyncio.get_running_loop().create_future()  # cancelled with its batch
+        raise AssertionError  # pragma: no cover - the future never resolves
+
+    async def _admitted(
+        self, run: Run, body: Mapping[str, Any], cost: int, sent: _Sent
+    ) -> Completion:
         st = run.stats
         pool = self.pool
         async with self._semaphore:
@@ -358,11 +374,14 @@ class OnlineSender:
                 if run.fatal is not None:  # it may have arrived while this one waited
                     raise run.fatal
                 run.check_deadline(self.clock())
-            except AzureChatError:
+                if run.interrupted is not None:
+                    raise _Stopping  # noqa: TRY301 - released just below
+            except (AzureChatError, _Stopping):
                 limiter.on_failure(ticket)  # not sent: release the admission
                 pool.released(route)
                 raise
             self.in_flight += 1
+            run.request_started()
             st.requests += 1
             sent.count += 1
             per = st.by_deployment.get(route.name)
@@ -399,6 +418,7 @@ class OnlineSender:
                 raise
             finally:
                 self.in_flight -= 1
+                run.request_ended()
             pool.done(route)
             per["prompt_tokens"] += completion.prompt_tokens or 0
             per["completion_tokens"] += completion.completion_tokens or 0
@@ -432,6 +452,10 @@ class OnlineSender:
                 ),
             )
             return completion
+
+
+class _Stopping(Exception):  # noqa: N818 - not an error: the run is stopping
+    """The run stopped admitting requests while this one waited for admission."""
 
 
 #: An answer and its typed value (``None`` without a schema).

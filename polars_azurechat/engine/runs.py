@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -34,11 +35,15 @@ if TYPE_CHECKING:
     from polars_azurechat._types import ChatResult
     from polars_azurechat.transport.http import Completion
 
-__all__ = ["RUN_GRACE_S", "Run", "RunStats", "Runs"]
+__all__ = ["RUN_GRACE_S", "STOP_GRACE_S", "Run", "RunStats", "Runs"]
 
 #: A chunk arriving this soon after the previous one ended belongs to the same run
 #: (Polars hands a collect's chunks over in waves, with short gaps between them).
 RUN_GRACE_S = 0.2
+#: After a first Ctrl-C (or SIGTERM) no request is admitted, and the answers of the
+#: requests in flight are awaited this long (Azure bills them): kept in the cache. A
+#: second signal stops at once.
+STOP_GRACE_S = 1.5
 
 
 @dataclasses.dataclass
@@ -84,6 +89,8 @@ class RunStats:
     model: str | None = None
     wall_s: float = 0.0
     first_error: str | None = None
+    #: how an interrupted run stopped, in words (see :meth:`Run.stop_note`)
+    stopped: str | None = None
     #: per deployment of a pool: requests, rate_limited, failed_attempts,
     #: prompt_tokens, completion_tokens
     by_deployment: dict[str, collections.Counter[str]] = dataclasses.field(
@@ -127,7 +134,7 @@ class RunStats:
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if f.name == "peak_in_flight":
                 setattr(self, f.name, max(mine, theirs))
-            elif f.name in ("model", "first_error"):
+            elif f.name in ("model", "first_error", "stopped"):
                 setattr(self, f.name, mine or theirs)
             elif f.name == "failures_by_kind":
                 mine.update(theirs)
@@ -173,7 +180,22 @@ class Run:
         self.deadline_s = deadline_s
         self.fatal: AzureChatError | None = None
         self.error: BaseException | None = None
+        #: what stopped the run (``"Ctrl-C"``, ``"SIGTERM"``): no more admissions
         self.interrupted: str | None = None
+        #: signals seen while it ran; the second stops it at once
+        self.signals = 0
+        #: why its batches were cancelled: "answered" (every request in flight was
+        #: answered in the grace), "grace" (the grace ran out), "again" (a second
+        #: signal); None while it runs or waits out the grace
+        self.halted: str | None = None
+        #: this run's requests on the wire; on it at the stop; answers kept after the
+        #: stop; on it when the batches were cancelled (their answers are lost)
+        self.in_flight = 0
+        self.at_stop = 0
+        self.grace_kept = 0
+        self.dropped = 0
+        self.on_drained: Callable[[], None] | None = None
+        self.timer_stop: asyncio.TimerHandle | None = None
         self.explicit = False
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
@@ -192,6 +214,51 @@ class Run:
         """Busy seconds so far."""
         extra = 0.0 if self.busy_since is None else now - self.busy_since
         return self.stats.wall_s + extra
+
+    def request_started(self) -> None:
+        """One of this run's requests goes on the wire (on the loop)."""
+        self.in_flight += 1
+
+    def request_ended(self) -> None:
+        """One of this run's requests came back or failed (on the loop).
+
+        The last one back after a stop ends the grace at once (after its answer is
+        delivered: the call is scheduled, not made here).
+        """
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.on_drained is not None and self.halted is None:
+            asyncio.get_running_loop().call_soon(self.on_drained)
+
+    def answer_kept(self) -> None:
+        """An answer was delivered after the stop (kept in the cache)."""
+        if self.interrupted is not None and self.halted is None:
+            self.grace_kept += 1
+
+    def stop_note(self) -> str:
+        """How the interrupted run stopped, in words ("" if it was not interrupted)."""
+        by, kept = self.interrupted, self.grace_kept
+        answers = "answer" if kept == 1 else "answers"
+        if by is None:
+            return ""
+        if self.halted == "again":
+            return (
+                f"{by} again stopped it at once: {kept:,} {answers} that arrived after "
+                f"the first were kept, {self.dropped:,} requests in flight were "
+                "dropped (Azure may bill them)"
+            )
+        if self.halted == "grace":
+            return (
+                f"no request was admitted after {by}; {kept:,} {answers} that arrived "
+                f"within the {STOP_GRACE_S:g} s grace were kept, {self.dropped:,} "
+                "requests still in flight were dropped (Azure may bill them)"
+            )
+        if self.at_stop == 0:
+            return f"no request was admitted after {by} (none was in flight)"
+        return (
+            f"no request was admitted after {by}; the {kept:,} {answers} of the "
+            f"{self.at_stop:,} requests in flight arrived within the {STOP_GRACE_S:g} s "
+            "grace and were kept"
+        )
 
     def deadline_passed(self, now: float) -> bool:
         """Whether the run's deadline is behind ``now``."""
@@ -392,18 +459,58 @@ class Runs:
         finally:
             self.leave(run)
 
-    def interrupt(self, reason: str) -> None:
-        """Stop the running run at once (called on the loop).
+    def interrupt(self, reason: str, *, signal: bool = True) -> None:
+        """Ctrl-C or SIGTERM (called on the loop, once per signal).
 
-        No more admissions, requests in flight cancelled, answers so far committed to
-        the cache; the threads waiting for its batches raise :class:`KeyboardInterrupt`.
+        The first stops admissions and waits up to :data:`STOP_GRACE_S` for the
+        answers of the requests in flight (kept in the cache), then cancels the run's
+        batches: the threads waiting for them raise :class:`KeyboardInterrupt`. A
+        second signal cancels them at once. ``signal=False``: not a signal of its own
+        (a thread that met the :class:`KeyboardInterrupt` asks for the first stage;
+        the signal that raised it is counted when the wakeup fd reports it).
         """
         run = self._current
         if run is None or self._active == 0:
             return
+        if signal:
+            run.signals += 1
         if run.interrupted is None:
             run.interrupted = reason
-            logger.info("%s: stopping the run", reason)
+            self._grace(run)
+        elif run.signals >= 2:
+            self.halt(run, "again")
+
+    def _grace(self, run: Run) -> None:
+        """The first stage of a stop: no admissions; wait for what is in flight."""
+        run.at_stop = run.in_flight
+        if run.in_flight == 0:
+            logger.info("%s: stopping the run (nothing in flight)", run.interrupted)
+            self.halt(run, "answered")
+            return
+        logger.warning(
+            "%s: no new requests; waiting up to %g s for the answers of the %d in "
+            "flight (%s again stops at once)",
+            run.interrupted,
+            STOP_GRACE_S,
+            run.in_flight,
+            run.interrupted,
+        )
+        run.on_drained = functools.partial(self.halt, run, "answered")
+        run.timer_stop = _loop.loop().call_later(STOP_GRACE_S, self.halt, run, "grace")
+
+    def halt(self, run: Run, why: str) -> None:
+        """Cancel the run's batches now (on the loop; once): see :attr:`Run.halted`."""
+        if run.halted is not None:
+            return
+        if run.interrupted is None:
+            run.interrupted = "Ctrl-C"
+        run.halted = why
+        run.dropped = run.in_flight
+        run.on_drained = None
+        if run.timer_stop is not None:
+            run.timer_stop.cancel()
+        run.stats.stopped = run.stop_note()
+        logger.info("%s", run.stats.stopped)
         for future in list(run.futures):
             future.cancel()
 

@@ -10,9 +10,11 @@ Failing fast: a Redis that cannot be reached when the job is built is a
 A Redis that fails during a run breaks the cache as a failing SQLite file does: one
 warning, and the run goes on without it.
 
-The client is redis-py's synchronous one, called on the engine's event loop: one
-``MGET`` per batch of rows and one pipelined write per loop turn, each a
-sub-millisecond round trip on a nearby server. The shared quota (``limiter=``) is
+The client is redis-py's synchronous one: one ``MGET`` per batch of rows, on the engine's
+event loop (a sub-millisecond round trip on a nearby server), and the answers of each
+loop turn handed to the cache's writer thread, which writes them in one pipelined round
+trip (:mod:`polars_azurechat.store.buffered`). A Redis still loading its data set
+(``BusyLoadingError``) is busy, not broken: the writes wait and are tried again. The shared quota (``limiter=``) is
 :mod:`polars_azurechat.transport.redis_limiter`, on the same connection helpers.
 """
 
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 from polars_azurechat._types import ChatResult
 from polars_azurechat.config import scrub, shown_url
 from polars_azurechat.errors import CacheError
-from polars_azurechat.store.sqlite import BufferedCache
+from polars_azurechat.store.buffered import BufferedCache
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
         None while the cache works; the reason once Redis failed during a run.
     """
 
+    _log = logger
+
     def __init__(self, url: str) -> None:
         super().__init__()
         self.path = shown_url(url)
@@ -123,22 +127,23 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
     def __repr__(self) -> str:
         return f"RedisCache({self.path!r})"
 
-    def _break(self, problem: str) -> None:
-        if self.broken is not None:
-            return
-        self.broken = scrub(f"cache {self.path}: {problem}", self._url)
-        self._pending = []
-        logger.warning("%s; the run goes on without the cache", self.broken)
+    def _label(self) -> str:
+        return f"cache {self.path}"
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._url)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
         """The hits among ``keys`` (empty once broken or closed; never raises)."""
         import redis
 
         keys = list(dict.fromkeys(keys))
-        out: dict[str, ChatResult] = {}
         with self._lock:
             if not self._usable() or not keys:
-                return out
+                return {}
+            out = self._queued_hits(keys)
+            if out:
+                keys = [k for k in keys if k not in out]
             try:
                 for start in range(0, len(keys), CHUNK):
                     chunk = keys[start : start + CHUNK]
@@ -146,15 +151,7 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
                     for key, raw in zip(chunk, values, strict=True):
                         if raw is None:
                             continue
-                        d = json.loads(raw)
-                        out[key] = ChatResult(
-                            content=d["c"],
-                            finish_reason=d["f"],
-                            prompt_tokens=d["p"],
-                            completion_tokens=d["o"],
-                            attempts=0,
-                            cached=True,
-                        )
+                        out[key] = _hit(raw)
             except (redis.RedisError, ValueError, KeyError, TypeError) as exc:
                 self._break(f"cannot read answers ({self._problem(exc)})")
                 return {}
@@ -175,8 +172,10 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode("utf-8", "surrogatepass")
-        with self._lock:
-            self._pending.append((PREFIX + "answer:" + key, value))
+        self._add(key, (PREFIX + "answer:" + key, value))
+
+    def _result(self, row: tuple[str, bytes]) -> ChatResult:
+        return _hit(row[1])
 
     def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
         import redis
@@ -186,9 +185,17 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
     def _problem(self, error: Exception) -> str:
         return f"{type(error).__name__}: {error}"
 
-    def _write(self, rows: list[tuple[str, bytes]]) -> None:
+    def _is_busy(self, error: Exception) -> bool:
+        import redis
+
+        return isinstance(error, redis.BusyLoadingError)
+
+    def _open_writer(self) -> Any:
+        return self._client  # redis-py's client is safe to share between threads
+
+    def _write(self, handle: Any, rows: list[tuple[str, bytes]]) -> None:
         """Write ``rows`` in one pipelined round trip."""
-        pipe = self._client.pipeline(transaction=False)
+        pipe = handle.pipeline(transaction=False)
         for key, value in rows:
             pipe.set(key, value)
         pipe.execute()
@@ -201,6 +208,19 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
             self._client.close()
         except Exception:  # closing must not raise
             logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+def _hit(raw: bytes) -> ChatResult:
+    """A stored answer (compact JSON) as a cache hit."""
+    d = json.loads(raw)
+    return ChatResult(
+        content=d["c"],
+        finish_reason=d["f"],
+        prompt_tokens=d["p"],
+        completion_tokens=d["o"],
+        attempts=0,
+        cached=True,
+    )
 
 
 # -- the shared limiter ---------------------------------------------------------------

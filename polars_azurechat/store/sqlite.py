@@ -11,28 +11,31 @@ An unusable file is refused when the cache is opened, before any request is sent
 the problem (see :class:`SqliteCache` for the rules). If the file breaks during a run
 (disk full, file changed by another program, ...), the cache logs one warning, records
 why in :attr:`SqliteCache.broken` and does nothing from then on: the run goes on
-without it.
+without it. A file that is only *busy* (another connection holds its write lock:
+``database is locked``) does not break it: the answers wait and a writer thread
+(:mod:`polars_azurechat.store.buffered`) tries again with backoff, so the event loop
+never waits for the lock.
 """
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
+from urllib.parse import quote
 
 from polars_azurechat._types import ChatResult
 from polars_azurechat.batch.state import INDEXES as BATCH_INDEXES
 from polars_azurechat.batch.state import TABLES as BATCH_TABLES
 from polars_azurechat.errors import CacheError
+from polars_azurechat.store.buffered import CLOSE_WAIT_S, BufferedCache
 
 __all__ = ["BufferedCache", "SqliteCache", "request_key", "request_key_parts"]
 
@@ -50,6 +53,11 @@ _ANSWERS_COLUMNS = (
 )
 # a row written and deleted at opening: proves the file takes writes
 _PROBE = "_write_probe"
+#: How long a read (on the event loop) waits for a lock before its rows are misses.
+READ_BUSY_S = 0.1
+#: How long one write attempt (on the writer thread) waits for the lock before the
+#: writer backs off and tries again.
+WRITE_BUSY_S = 0.05
 
 _MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -258,92 +266,6 @@ def _dir_writable(directory: Path) -> bool:
     return os.access(directory, mode)  # pragma: no cover - platforms without euid
 
 
-Row = TypeVar("Row")
-
-
-class BufferedCache(abc.ABC, Generic[Row]):
-    """What the answer caches share: answers queued, written in one go, never raising.
-
-    A subclass queues rows in ``_pending`` (under ``_lock``) and says how to write
-    them (:meth:`_write`), count the answers (:meth:`_count`), disconnect
-    (:meth:`_disconnect`) and give up (:meth:`_break`, one warning); its store's
-    errors (:meth:`_errors`) break the cache instead of raising.
-
-    Attributes
-    ----------
-    broken
-        None while the cache works; the one-line reason once it failed during a run.
-    """
-
-    def __init__(self) -> None:
-        self.broken: str | None = None
-        self._lock = threading.Lock()
-        self._pending: list[Row] = []
-        self._closed = False
-
-    @abc.abstractmethod
-    def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
-        """The errors of the store that break the cache, in a write or a read."""
-
-    @abc.abstractmethod
-    def _write(self, rows: list[Row]) -> None:
-        """Write ``rows`` at once (the lock is held)."""
-
-    @abc.abstractmethod
-    def _count(self) -> int:
-        """How many answers the store holds (the lock is held)."""
-
-    @abc.abstractmethod
-    def _disconnect(self) -> None:
-        """Close the connection; never raises (the lock is held)."""
-
-    @abc.abstractmethod
-    def _break(self, problem: str) -> None:
-        """Give up on the store: set :attr:`broken`, warn once (the lock is held)."""
-
-    def _problem(self, error: Exception) -> str:
-        """A store error, in words for :attr:`broken`."""
-        return str(error)
-
-    def _usable(self) -> bool:
-        return self.broken is None and not self._closed
-
-    def flush(self) -> None:
-        """Write the queued answers in one go; never raises.
-
-        If the write fails, one warning naming the cache and the problem is logged and
-        the cache is broken (see :attr:`broken`): the run goes on without it.
-        """
-        with self._lock:
-            rows, self._pending = self._pending, []
-            if not rows or not self._usable():
-                return
-            try:
-                self._write(rows)
-            except self._errors(writing=True) as e:
-                self._break(f"cannot save answers ({self._problem(e)})")
-
-    def __len__(self) -> int:
-        with self._lock:
-            if not self._usable():
-                return 0
-            try:
-                return self._count()
-            except self._errors(writing=False) as e:
-                self._break(f"cannot read answers ({self._problem(e)})")
-                return 0
-
-    def close(self) -> None:
-        """Write what is queued and disconnect (idempotent; never raises)."""
-        self.flush()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._pending = []
-            self._disconnect()
-
-
 class SqliteCache(BufferedCache[tuple[Any, ...]]):
     """Answers stored in one SQLite file; safe to share between threads.
 
@@ -351,6 +273,10 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
     ----------
     path
         The database file; created (owner-only) with its tables if missing.
+    close_wait_s
+        How long :meth:`close` waits for the file's write lock when another
+        connection holds it and answers are still waiting (then they are given up,
+        with one warning).
 
     Attributes
     ----------
@@ -358,9 +284,14 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         The database file, as given.
     broken
         None while the cache works. If the file fails during a run (a write or read
-        raised), the one-line reason, naming the path and the problem (one warning is
-        logged when it happens); from then on :meth:`put`, :meth:`flush` and
-        :meth:`get_many` do nothing and the run goes on without the cache.
+        raised another error than a busy lock), the one-line reason, naming the path
+        and the problem (one warning is logged when it happens); from then on
+        :meth:`put`, :meth:`flush` and :meth:`get_many` do nothing and the run goes on
+        without the cache.
+    busy
+        None while writes go through; ``cache <path>: database is locked`` while
+        another connection holds the write lock: the answers wait (:attr:`waiting`)
+        and the writer thread tries again with backoff, until the lock frees.
 
     Raises
     ------
@@ -416,8 +347,12 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
     polars_azurechat.errors.CacheError: cache ...: is a directory, not a file; ...
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
+    _log = logger
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, close_wait_s: float = CLOSE_WAIT_S
+    ) -> None:
+        super().__init__(close_wait_s=close_wait_s)
         self.path = Path(path)
         self._shown = str(self.path.absolute())
         created = self._check_path()
@@ -501,6 +436,9 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._prepare(db)
+            # reads run on the event loop: in WAL mode they take no lock, and a read
+            # that meets one anyway gives up soon (its rows are misses)
+            db.execute(f"PRAGMA busy_timeout={int(READ_BUSY_S * 1000)}")
         except BaseException:
             with suppress(sqlite3.Error):
                 if db.in_transaction:
@@ -551,18 +489,16 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
                 db.execute(sql)
                 db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
 
-    def _break(self, problem: str) -> None:
-        """Give up on the file: roll back, close, warn once (the lock is held)."""
-        if self.broken is not None:
-            return
-        self.broken = f"cache {self._shown}: {problem}"
-        self._pending = []
+    def _label(self) -> str:
+        return f"cache {self._shown}"
+
+    def _let_go(self) -> None:
+        """The cache broke: roll back and close the reader (the lock is held)."""
         with suppress(sqlite3.Error):
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
         with suppress(sqlite3.Error):
             self._db.close()
-        logger.warning("%s; the run goes on without the cache", self.broken)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, ChatResult]:
         """Look up many keys at once.
@@ -575,41 +511,44 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         Returns
         -------
         dict[str, ChatResult]
-            The hits only, by key. Empty once the cache is broken or closed; a failing
-            read breaks the cache (see :attr:`broken`) instead of raising.
+            The hits only, by key: in the file, or flushed and still waiting for the
+            writer (a busy file). Empty once the cache is broken or closed; a failing
+            read breaks the cache (see :attr:`broken`) instead of raising, unless the
+            file is only busy: its rows are then misses.
         """
         keys = list(dict.fromkeys(keys))
-        out: dict[str, ChatResult] = {}
         with self._lock:
             if not self._usable():
                 return {}
+            out = self._queued_hits(keys)
+            if out:
+                keys = [k for k in keys if k not in out]
             try:
                 for start in range(0, len(keys), 500):
                     chunk = keys[start : start + 500]
                     marks = ",".join("?" * len(chunk))
                     query = f"SELECT * FROM answers WHERE key IN ({marks})"  # noqa: S608
-                    rows = self._db.execute(query, chunk)
-                    for key, content, finish, prompt, completion, _ in rows:
-                        out[key] = ChatResult(
-                            content=content,
-                            finish_reason=finish,
-                            prompt_tokens=prompt,
-                            completion_tokens=completion,
-                            attempts=0,
-                            cached=True,
-                        )
-            except (sqlite3.Error, ValueError) as e:
+                    for row in self._db.execute(query, chunk):
+                        out[row[0]] = self._result(row)
+            except sqlite3.Error as e:
+                if self._is_busy(e):
+                    logger.debug("%s: %s; the rest are misses", self._label(), e)
+                    return out
+                self._break(f"cannot read answers ({e})")
+                return {}
+            except ValueError as e:
                 self._break(f"cannot read answers ({e})")
                 return {}
         return out
 
     def put(self, key: str, result: ChatResult) -> None:
-        """Queue an answer for writing; :meth:`flush` commits.
+        """Queue an answer for writing; :meth:`flush` hands it to the writer thread.
 
-        The engine flushes once per event-loop turn, so a killed process loses at most
-        the answers of the turn it died in. Failures are refused, and so is an answer
-        SQLite cannot store (text that is not valid Unicode); nothing is queued once
-        the cache is broken or closed.
+        The engine flushes once per event-loop turn, without waiting: the writer
+        commits in one transaction what was handed over since its last commit, so a
+        killed process loses at most the answers not yet committed. Failures are
+        refused, and so is an answer SQLite cannot store (text that is not valid
+        Unicode); nothing is queued once the cache is broken or closed.
 
         Parameters
         ----------
@@ -626,7 +565,8 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
             except UnicodeEncodeError:
                 logger.debug("not caching an answer that is not valid Unicode")
                 return
-        self._pending.append(
+        self._add(
+            key,
             (
                 key,
                 result.content,
@@ -634,7 +574,18 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
                 result.prompt_tokens,
                 result.completion_tokens,
                 time.time(),
-            )
+            ),
+        )
+
+    def _result(self, row: tuple[Any, ...]) -> ChatResult:
+        _, content, finish, prompt, completion, _ = row
+        return ChatResult(
+            content=content,
+            finish_reason=finish,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            attempts=0,
+            cached=True,
         )
 
     def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
@@ -642,13 +593,43 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
             (sqlite3.Error, ValueError, OverflowError) if writing else (sqlite3.Error,)
         )
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        """Commit ``rows`` in one transaction (rolled back by :meth:`_break`)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
+    def _is_busy(self, error: Exception) -> bool:
+        """Another connection holds the lock: ``database is locked`` (SQLITE_BUSY)."""
+        return isinstance(error, sqlite3.OperationalError) and _busy(error)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writer thread's own connection (the file must still exist)."""
+        db = sqlite3.connect(
+            f"file:{quote(str(self.path.absolute()))}?mode=rw",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=WRITE_BUSY_S,
         )
-        self._db.execute("COMMIT")
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _write(self, handle: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Commit ``rows`` in one transaction; roll back on any failure."""
+        try:
+            handle.execute("BEGIN IMMEDIATE")
+            handle.executemany(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            handle.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                if handle.in_transaction:
+                    handle.execute("ROLLBACK")
+            raise
+
+    def _close_writer(self, handle: sqlite3.Connection) -> None:
+        with suppress(sqlite3.Error):
+            handle.close()
 
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM answers").fetchone()[0])
@@ -657,6 +638,15 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         if self.broken is None:  # a broken cache closed its connection
             with suppress(sqlite3.Error):
                 self._db.close()
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    """Whether SQLite refused for now (a lock held elsewhere), not for good."""
+    name = getattr(error, "sqlite_errorname", "")
+    if name:
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    text = str(error)  # pragma: no cover - Python before 3.11
+    return "database is locked" in text or "database table is locked" in text
 
 
 def _read_problem(error: sqlite3.Error) -> str:
