@@ -32,7 +32,7 @@ from polars_azurechat.engine import interrupt as _interrupt
 from polars_azurechat.engine import loop as _loop
 from polars_azurechat.engine.frontdoor import AnswerCache, FrontDoor, RequestShape
 from polars_azurechat.engine.online import OnlineSender
-from polars_azurechat.engine.runs import STOP_GRACE_S, Run, Runs, RunStats
+from polars_azurechat.engine.runs import Run, Runs, RunStats
 from polars_azurechat.transport.http import ChatTransport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
@@ -317,7 +317,7 @@ class ChatEngine:
         )
         futures = {f for _, f in pending} | set(run.futures)
         try:
-            _wait_all(futures, STOP_GRACE_S + SETTLE_S)
+            _wait_all(futures, self.runs.stop_grace_s + SETTLE_S)
         except KeyboardInterrupt:
             loop.call_soon_threadsafe(self.runs.halt, run, "again")
             with contextlib.suppress(KeyboardInterrupt):  # a third: it is stopping

@@ -192,6 +192,7 @@ class Run:
         #: stop; on it when the batches were cancelled (their answers are lost)
         self.in_flight = 0
         self.at_stop = 0
+        self.grace_s = STOP_GRACE_S
         self.grace_kept = 0
         self.dropped = 0
         self.on_drained: Callable[[], None] | None = None
@@ -249,14 +250,14 @@ class Run:
         if self.halted == "grace":
             return (
                 f"no request was admitted after {by}; {kept:,} {answers} that arrived "
-                f"within the {STOP_GRACE_S:g} s grace were kept, {self.dropped:,} "
+                f"within the {self.grace_s:g} s grace were kept, {self.dropped:,} "
                 "requests still in flight were dropped (Azure may bill them)"
             )
         if self.at_stop == 0:
             return f"no request was admitted after {by} (none was in flight)"
         return (
             f"no request was admitted after {by}; the {kept:,} {answers} of the "
-            f"{self.at_stop:,} requests in flight arrived within the {STOP_GRACE_S:g} s "
+            f"{self.at_stop:,} requests in flight arrived within the {self.grace_s:g} s "
             "grace and were kept"
         )
 
@@ -304,6 +305,8 @@ class Runs:
         #: the caller's thread, or on the loop for a run of Polars' threads).
         self.on_start: Callable[[Run], None] | None = None
         self.on_end: Callable[[Run], None] | None = None
+        #: how long a stopping run waits for the answers in flight (tests shorten it)
+        self.stop_grace_s = STOP_GRACE_S
         self._lock = threading.Lock()
         self._active = 0
         self._current: Run | None = None
@@ -487,16 +490,17 @@ class Runs:
             logger.info("%s: stopping the run (nothing in flight)", run.interrupted)
             self.halt(run, "answered")
             return
+        run.grace_s = self.stop_grace_s
         logger.warning(
             "%s: no new requests; waiting up to %g s for the answers of the %d in "
             "flight (%s again stops at once)",
             run.interrupted,
-            STOP_GRACE_S,
+            run.grace_s,
             run.in_flight,
             run.interrupted,
         )
         run.on_drained = functools.partial(self.halt, run, "answered")
-        run.timer_stop = _loop.loop().call_later(STOP_GRACE_S, self.halt, run, "grace")
+        run.timer_stop = _loop.loop().call_later(run.grace_s, self.halt, run, "grace")
 
     def halt(self, run: Run, why: str) -> None:
         """Cancel the run's batches now (on the loop; once): see :attr:`Run.halted`."""

@@ -1,0 +1,177 @@
+"""How a run stops on Ctrl-C, through an in-memory transport (no process, no signal).
+
+The signal's part (the wakeup fd, a real SIGINT) is tested on real subprocesses in
+test_stop_grace.py; here the engine is told what the wakeup fd would tell it
+(``engine.interrupt("Ctrl-C")`` on the loop, once per signal) while the transport holds
+its answers until the test lets them go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.engine import loop as _loop
+from polars_azurechat.engine.core import ChatEngine
+from polars_azurechat.store.sqlite import SqliteCache
+from polars_azurechat.testing import (
+    MemoryRequest,
+    MemoryResponse,
+    MemoryTransport,
+    chat_completion,
+    error_response,
+)
+from polars_azurechat.transport.ratelimit import RateLimiter
+
+from .fakes import FakeClock
+
+CONCURRENCY = 4
+
+
+class Held:
+    """A server whose answers wait until the test lets them go (on the loop)."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        self.all_in = threading.Event()
+        self.released = asyncio.Event()
+        self.fail_first = fail_first
+        self.transport = MemoryTransport(self)
+
+    async def __call__(self, request: MemoryRequest) -> MemoryResponse:
+        if self.transport.in_flight == CONCURRENCY:
+            self.all_in.set()
+        await self.released.wait()
+        if self.fail_first and len(self.transport.requests) <= CONCURRENCY:
+            return error_response(500, "try again")
+        return chat_completion(f"answer to {request.prompt}", prompt_tokens=3)
+
+    def release(self) -> None:
+        """Let every answer held, and every later one, go (from any thread)."""
+        _loop.loop().call_soon_threadsafe(self.released.set)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[SqliteCache]:
+    cache = SqliteCache(tmp_path / "answers.sqlite")
+    yield cache
+    cache.close()
+
+
+def _engine(server: Held, cache: SqliteCache, clock: FakeClock) -> ChatEngine:
+    return ChatEngine(
+        server.transport,
+        limiter=RateLimiter(clock=clock, sleep=clock.sleep),
+        sleep=clock.sleep,
+        clock=clock,
+        max_concurrency=CONCURRENCY,
+        cache=cache,
+    )
+
+
+class Running:
+    """``engine.run(rows)`` in a thread: what it returned or raised."""
+
+    def __init__(self, engine: ChatEngine, rows: int) -> None:
+        self.engine = engine
+        self.requests = [
+            ChatRequest([{"role": "user", "content": f"q{i}"}]) for i in range(rows)
+        ]
+        self.raised: BaseException | None = None
+        self.results: list[ChatResult | None] | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.results = self.engine.run(self.requests)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            self.raised = exc
+
+    def interrupt(self) -> None:
+        """What one Ctrl-C tells the engine (on the loop, as the wakeup fd does)."""
+        _loop.loop().call_soon_threadsafe(self.engine.interrupt, "Ctrl-C")
+
+    def ended(self) -> str:
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        assert isinstance(self.raised, KeyboardInterrupt), self.raised
+        return str(self.raised)
+
+
+def test_a_stop_admits_nothing_and_keeps_the_answers_in_flight(
+    cache: SqliteCache, clock: FakeClock
+) -> None:
+    server = Held()
+    engine = _engine(server, cache, clock)
+    running = Running(engine, 40)
+    assert server.all_in.wait(30)
+    running.interrupt()
+    server.release()  # after the stop: the loop takes both in this order
+    message = running.ended()
+    # nothing admitted after the stop; every request sent was answered and kept
+    assert len(server.transport.requests) == CONCURRENCY
+    keys = [engine.shape.key(r) for r in running.requests]
+    assert len(cache.get_many(keys)) == CONCURRENCY
+    note = (
+        f"no request was admitted after Ctrl-C; the {CONCURRENCY} answers of the "
+        f"{CONCURRENCY} requests in flight arrived within the 1.5 s grace and were kept"
+    )
+    assert f"; {note}; answers so far are in the cache" in message
+    assert engine.runs.stats.stopped == note
+    engine.close()
+
+
+def test_a_retry_in_the_grace_is_not_sent(cache: SqliteCache, clock: FakeClock) -> None:
+    server = Held(fail_first=True)  # the answers in flight are 500s: retryable
+    engine = _engine(server, cache, clock)
+    running = Running(engine, 40)
+    assert server.all_in.wait(30)
+    running.interrupt()
+    server.release()
+    message = running.ended()
+    assert len(server.transport.requests) == CONCURRENCY  # no resend after the stop
+    assert "the 0 answers of the 4 requests in flight arrived" in message
+    engine.close()
+
+
+def test_a_grace_that_runs_out_drops_what_is_still_in_flight_and_says_so(
+    cache: SqliteCache, clock: FakeClock
+) -> None:
+    server = Held()  # never released: the answers in flight do not come
+    engine = _engine(server, cache, clock)
+    engine.runs.stop_grace_s = 0.0  # the grace ends at once (no test waits 1.5 s)
+    running = Running(engine, 40)
+    assert server.all_in.wait(30)
+    running.interrupt()
+    message = running.ended()
+    assert (
+        "no request was admitted after Ctrl-C; 0 answers that arrived within the 0 s "
+        "grace were kept, 4 requests still in flight were dropped (Azure may bill "
+        "them)" in message
+    )
+    assert len(server.transport.requests) == CONCURRENCY
+    engine.close()
+
+
+def test_a_second_ctrl_c_stops_at_once(cache: SqliteCache, clock: FakeClock) -> None:
+    server = Held()
+    engine = _engine(server, cache, clock)
+    engine.runs.stop_grace_s = 3600.0  # only the second signal can end it
+    running = Running(engine, 40)
+    assert server.all_in.wait(30)
+    running.interrupt()
+    running.interrupt()
+    message = running.ended()
+    assert (
+        "interrupted by Ctrl-C: 0 rows answered, 4 requests sent; Ctrl-C again stopped "
+        "it at once: 0 answers that arrived after the first were kept, 4 requests in "
+        "flight were dropped (Azure may bill them)" in message
+    )
+    assert engine.runs.stats.stopped is not None
+    assert "Ctrl-C again stopped it at once" in str(engine.runs.stats.stopped)
+    engine.close()
