@@ -262,8 +262,14 @@ class BatchMode:
             self.client = batch_client(self._config)
         settings = dict(self.settings)  # tests: sleep, clock, hook, max_lines, ...
         sleep = settings.pop("sleep", time.sleep)
+        clock = settings.setdefault("clock", time.monotonic)
         poll = opts.batch_poll_s
         settings.setdefault("file_poll_s", min(1.0, poll))
+        settings.setdefault("file_wait_s", opts.batch_file_wait_s)
+        if run.deadline is not None:  # the run's deadline, on the runner's clock
+            left = run.deadline - self.engine.runs.clock()
+            settings.setdefault("deadline", clock() + left)
+            settings.setdefault("deadline_s", run.deadline_s)
         return BatchRunner(
             self.client,
             deployment=shape.deployment,

@@ -123,8 +123,12 @@ def drive(
     first: float,
     longest: float,
     backoff: float,
+    expired: Callable[[], bool] = lambda: False,
 ) -> None:
     """Submit the chunks and poll their batches until every one has ended.
+
+    Or until ``expired()`` (the run's deadline passed): then nothing more is
+    submitted or polled, and the chunks that have not ended are left as they are.
 
     Parameters
     ----------
@@ -142,11 +146,15 @@ def drive(
         How to wait before each round of polls.
     first, longest, backoff
         The first wait, the longest, and its growth while nothing changes.
+    expired
+        Whether to stop now (looked at before each round).
     """
     pending = deque(c for c in chunks if c.phase != "submitted")
     active = [c for c in chunks if c.phase == "submitted"]
     interval = first
     while pending or active:
+        if expired():
+            return
         while pending and fits(pending[0], active):
             chunk = pending.popleft()
             if submit(chunk):

@@ -12,8 +12,9 @@
    and 200 MB), and of at most the enqueued-token limit when one is known
    (:mod:`~polars_azurechat.batch.chunks`; the chunks of earlier runs are attached
    to by :mod:`~polars_azurechat.batch.planner`);
-2. each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a
-   batch created from it (``completion_window="24h"``;
+2. each file is uploaded (``purpose="batch"``), awaited until ``processed`` (at most
+   ``file_wait_s``: then its rows fail with an error naming the file and its last
+   status), and a batch created from it (``completion_window="24h"``;
    :mod:`~polars_azurechat.batch.submit`). With an enqueued-token limit (given, or
    learned from a batch that failed for ``token_limit_exceeded``), a batch is
    created only while the tokens of the batches running stay under it: later ones
@@ -37,12 +38,17 @@ The SDK calls, sync or async client alike, and their errors are in
 Every step is written to a :class:`~polars_azurechat.batch.state.BatchStateStore`
 before it happens (the protocol is in that module's docstring), so a rerun after a
 crash attaches to the files and batches that exist and never submits a request twice.
+A run given a ``deadline`` stops waiting when it passes: nothing more is submitted or
+polled, the batches running keep running on Azure (recorded in the state, so a rerun
+collects them), and the rows not answered get a
+:class:`~polars_azurechat.errors.DeadlineExceededError` saying so.
 ``on_results`` receives each batch's results before its chunk is marked done: the
 place to write them to the answer cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -68,19 +74,21 @@ from polars_azurechat.batch.poll import (
 )
 from polars_azurechat.batch.results import ResultReader
 from polars_azurechat.batch.state import BatchStateStore
-from polars_azurechat.batch.submit import Submitter
+from polars_azurechat.batch.submit import FILE_WAIT_S, Submitter
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
+    DeadlineExceededError,
 )
 
 if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
 
 __all__ = [
+    "FILE_WAIT_S",
     "MAX_FILE_BYTES",
     "MAX_FILE_LINES",
     "BatchFailedError",
@@ -120,6 +128,13 @@ class BatchRunner:
         Polling: the first wait, the longest, and the growth while nothing changes.
     file_poll_s
         The wait between looks at a file that is still ``pending``.
+    file_wait_s
+        The longest wait for an uploaded file to become ``processed``
+        (:data:`FILE_WAIT_S`); then the file's rows fail with a
+        :class:`BatchFailedError` naming the file id and its last status.
+    deadline, deadline_s
+        When the run stops waiting (on ``clock``; ``None``: never), and the
+        ``deadline_s`` option it comes from (named in the rows' errors).
     progress
         Called with a :class:`BatchProgress` after each round of polls.
     on_results
@@ -154,6 +169,9 @@ class BatchRunner:
         max_poll_interval_s: float = 60.0,
         backoff: float = 1.5,
         file_poll_s: float = 1.0,
+        file_wait_s: float = FILE_WAIT_S,
+        deadline: float | None = None,
+        deadline_s: float | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
         on_results: Callable[[Mapping[str, ChatResult]], None] | None = None,
         hook: Callable[[str, str], None] | None = None,
@@ -165,6 +183,8 @@ class BatchRunner:
             raise ConfigurationError("max_lines and max_bytes must be positive")
         if enqueued_tokens_limit is not None and enqueued_tokens_limit < 1:
             raise ConfigurationError("enqueued_tokens_limit must be positive")
+        if not file_wait_s > 0:
+            raise ConfigurationError("file_wait_s must be positive")
         if not 0 < poll_interval_s <= max_poll_interval_s or backoff < 1:
             raise ConfigurationError(
                 "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
@@ -182,6 +202,9 @@ class BatchRunner:
         self.max_poll_interval_s = max_poll_interval_s
         self.backoff = backoff
         self.file_poll_s = file_poll_s
+        self.file_wait_s = file_wait_s
+        self.deadline = deadline
+        self.deadline_s = deadline_s
         self.progress = progress
         self.on_results = on_results
         self.hook = hook
@@ -204,9 +227,11 @@ class BatchRunner:
             self._api,
             state,
             step=self._step,
-            sleep=sleep,
+            sleep=self._wait,
+            clock=clock,
             file_poll_s=file_poll_s,
             backoff=backoff,
+            file_wait_s=file_wait_s,
         )
         self._planner = Planner(
             state,
@@ -262,17 +287,22 @@ class BatchRunner:
             len(chunks),
             sum(c.phase == "submitted" for c in chunks),
         )
-        drive(
-            chunks,
-            fits=self._fits,
-            submit=lambda chunk: self._submit(chunk, items, results),
-            poll=lambda chunk, active: self._poll(chunk, active, results),
-            report=lambda: self._report(chunks),
-            sleep=self.sleep,
-            first=self.poll_interval_s,
-            longest=self.max_poll_interval_s,
-            backoff=self.backoff,
-        )
+        with contextlib.suppress(_DeadlinePassed):  # what is left is settled below
+            drive(
+                chunks,
+                fits=self._fits,
+                submit=lambda chunk: self._submit(chunk, items, results),
+                poll=lambda chunk, active: self._poll(chunk, active, results),
+                report=lambda: self._report(chunks),
+                sleep=self._wait,
+                first=self.poll_interval_s,
+                longest=self.max_poll_interval_s,
+                backoff=self.backoff,
+                expired=self._expired,
+            )
+        left = [c for c in chunks if c.phase != "done" and c.status not in TERMINAL]
+        if left:  # the deadline passed before they ended
+            self._past_deadline(left, results)
         return results
 
     def cancel(self) -> list[str]:
@@ -418,6 +448,65 @@ class BatchRunner:
             self.on_results(chunk_results)
         results.update(chunk_results)
 
+    # -- the deadline ----------------------------------------------------------------
+
+    def _expired(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but not past the deadline; at the deadline, stop the run's waiting."""
+        if self.deadline is not None:
+            left = self.deadline - self.clock()
+            if left <= 0:
+                raise _DeadlinePassed
+            seconds = min(seconds, left)
+        self.sleep(seconds)
+
+    def _past_deadline(
+        self, chunks: Sequence[Chunk], results: dict[str, ChatResult]
+    ) -> None:
+        """The rows of chunks that had not ended at the deadline: why, and what next.
+
+        Their chunks stay live in the state (nothing is marked done): a rerun attaches
+        to the batches still running and submits the chunks never submitted.
+        """
+        where = self.state.path
+        said = f"deadline_s={self.deadline_s:g}" if self.deadline_s else "the deadline"
+        running = [c for c in chunks if c.phase == "submitted"]
+        for chunk in chunks:
+            if chunk.phase == "submitted":
+                why = (
+                    f"{said} passed while batch {chunk.batch_id} was still "
+                    f"{chunk.status!r}: it keeps running on Azure, recorded in {where}; "
+                    "run the same job again to collect its answers (nothing is "
+                    f"submitted twice), or 'polars-azurechat batches --cache {where} "
+                    "--cancel' to cancel it"
+                )
+            else:
+                file = (
+                    f"its input file {chunk.file_id} was uploaded"
+                    if chunk.file_id
+                    else "its input file was not uploaded"
+                )
+                why = (
+                    f"{said} passed before this request's batch was created ({file}); "
+                    f"nothing was sent for it. It is recorded in {where}: run the "
+                    "same job again to submit it"
+                )
+            error = DeadlineExceededError(why)
+            for key in chunk.keys:
+                results[key] = ChatResult(exception=error)
+        logger.warning(
+            "batch mode: %s passed with %d batch(es) still running on Azure (left "
+            "running, recorded in %s: a rerun collects them) and %d chunk(s) not "
+            "submitted; their %d rows fail with DeadlineExceededError",
+            said,
+            len(running),
+            where,
+            len(chunks) - len(running),
+            sum(c.lines for c in chunks),
+        )
+
     # -- helpers -------------------------------------------------------------------
 
     def _step(self, step: str, chunk: Chunk) -> None:
@@ -427,3 +516,7 @@ class BatchRunner:
     def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
             self.progress(progress_of(chunks))
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 - an outcome, not a bug
+    """The run's deadline passed during a wait (a file's, or between polls)."""
