@@ -68,6 +68,7 @@ from polars_azurechat.batch.poll import (
     BatchProgress,
     BatchStatus,
     Outcome,
+    deadline_errors,
     drive,
     observe,
     progress_of,
@@ -81,7 +82,6 @@ from polars_azurechat.errors import (
     BatchFailedError,
     BatchIncompleteError,
     ConfigurationError,
-    DeadlineExceededError,
 )
 
 if TYPE_CHECKING:
@@ -465,47 +465,14 @@ class BatchRunner:
     def _past_deadline(
         self, chunks: Sequence[Chunk], results: dict[str, ChatResult]
     ) -> None:
-        """The rows of chunks that had not ended at the deadline: why, and what next.
+        """The rows of chunks that had not ended at the deadline get why, and what next.
 
         Their chunks stay live in the state (nothing is marked done): a rerun attaches
         to the batches still running and submits the chunks never submitted.
         """
-        where = self.state.path
-        said = f"deadline_s={self.deadline_s:g}" if self.deadline_s else "the deadline"
-        running = [c for c in chunks if c.phase == "submitted"]
-        for chunk in chunks:
-            if chunk.phase == "submitted":
-                why = (
-                    f"{said} passed while batch {chunk.batch_id} was still "
-                    f"{chunk.status!r}: it keeps running on Azure, recorded in {where}; "
-                    "run the same job again to collect its answers (nothing is "
-                    f"submitted twice), or 'polars-azurechat batches --cache {where} "
-                    "--cancel' to cancel it"
-                )
-            else:
-                file = (
-                    f"its input file {chunk.file_id} was uploaded"
-                    if chunk.file_id
-                    else "its input file was not uploaded"
-                )
-                why = (
-                    f"{said} passed before this request's batch was created ({file}); "
-                    f"nothing was sent for it. It is recorded in {where}: run the "
-                    "same job again to submit it"
-                )
-            error = DeadlineExceededError(why)
+        for chunk, error in deadline_errors(chunks, self.state.path, self.deadline_s):
             for key in chunk.keys:
                 results[key] = ChatResult(exception=error)
-        logger.warning(
-            "batch mode: %s passed with %d batch(es) still running on Azure (left "
-            "running, recorded in %s: a rerun collects them) and %d chunk(s) not "
-            "submitted; their %d rows fail with DeadlineExceededError",
-            said,
-            len(running),
-            where,
-            len(chunks) - len(running),
-            sum(c.lines for c in chunks),
-        )
 
     # -- helpers -------------------------------------------------------------------
 
