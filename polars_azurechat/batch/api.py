@@ -11,7 +11,7 @@ means it is gone; a 3xx (:class:`~polars_azurechat.errors.RedirectError`, a kind
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import (
@@ -70,8 +70,11 @@ class Api:
                 result = _loop.call(_awaited(result))
         return result
 
-    def upload(self, name: str, data: bytes) -> Any:
-        """Upload ``data`` as a file named ``name`` (``purpose="batch"``)."""
+    def upload(self, name: str, data: bytes | IO[bytes]) -> Any:
+        """Upload ``data`` as a file named ``name`` (``purpose="batch"``).
+
+        A file object is read as it is sent (httpx streams a multipart file part).
+        """
         return self._run(
             lambda: self.client.files.create(file=(name, data), purpose="batch")
         )

@@ -74,6 +74,7 @@ from polars_azurechat.batch.poll import (
     progress_of,
 )
 from polars_azurechat.batch.results import ResultReader
+from polars_azurechat.batch.spool import BATCH, HIT, Spool
 from polars_azurechat.batch.state import BatchStateStore
 from polars_azurechat.batch.submit import FILE_WAIT_S, Submitter
 from polars_azurechat.engine.frontdoor import max_tokens_of
@@ -140,6 +141,9 @@ class BatchRunner:
     on_results
         Called with each finished batch's results (every key it holds) before its
         chunk is marked done: write them to the cache here.
+    again
+        Which results ``batch_fallback="online"`` sends again (marked in the spool),
+        or ``None``.
     hook
         Called as ``hook(step, chunk)`` at each step (``"planned"``, ``"uploading"``,
         ``"uploaded"``, ``"file_recorded"``, ``"file_processed"``, ``"creating"``,
@@ -174,6 +178,7 @@ class BatchRunner:
         deadline_s: float | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
         on_results: Callable[[Mapping[str, ChatResult]], None] | None = None,
+        again: Callable[[ChatResult], bool] | None = None,
         hook: Callable[[str, str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -207,6 +212,7 @@ class BatchRunner:
         self.deadline_s = deadline_s
         self.progress = progress
         self.on_results = on_results
+        self.again = again
         self.hook = hook
         self.sleep = sleep
         self.clock = clock
@@ -270,17 +276,37 @@ class BatchRunner:
         dict
             Every key given, to its :class:`ChatResult`.
         """
-        items: dict[str, ChatRequest] = {}
+        from polars_azurechat.transport import tokens as _tokens
+
         results: dict[str, ChatResult] = {}
-        for key, req in requests:
-            if req.error is not None:
-                results[key] = ChatResult(exception=req.error)
-            else:
-                items.setdefault(key, req)
-        self._planner.settle(items, cached)
-        if not items:
-            return results
-        chunks = self._planner.plan(items, results, self.limit)
+        with Spool() as spool:
+            todo: dict[str, tuple[str, int, bytes | None, int, None]] = {}
+            for key, req in requests:
+                if req.error is not None:
+                    results[key] = ChatResult(exception=req.error)
+                elif key not in todo:
+                    line = self._chunker.line(key, req)
+                    cost = _tokens.prompt_tokens(req.messages)
+                    todo[key] = (key, 0, line, cost, None)
+            spool.add_requests(todo.values())
+            hits = [k for k in cached if k not in todo]
+            spool.add_requests((k, 0, None, 0, None) for k in hits)
+            spool.put_results(dict.fromkeys(hits, ChatResult()), HIT)
+            self.send(spool)
+            results.update(spool.all_results((BATCH,)))
+        return results
+
+    def send(self, spool: Spool) -> None:
+        """Answer every request the spool holds to send; each result goes back there.
+
+        The requests are read from the spool a page at a time, each chunk's file is
+        written from it when uploaded, and each batch's results are written to it as
+        the batch ends (after ``on_results``): memory follows one batch file.
+        """
+        self._planner.settle(spool)
+        if not spool.to_send():
+            return
+        chunks = self._planner.plan(spool, self.limit)
         logger.info(
             "batch mode: %d requests in %d batch(es) (%d already submitted)",
             sum(c.lines for c in chunks),
@@ -291,8 +317,8 @@ class BatchRunner:
             drive(
                 chunks,
                 fits=self._fits,
-                submit=lambda chunk: self._submit(chunk, items, results),
-                poll=lambda chunk, active: self._poll(chunk, active, results),
+                submit=lambda chunk: self._submit(chunk, spool),
+                poll=lambda chunk, active: self._poll(chunk, active, spool),
                 report=lambda: self._report(chunks),
                 sleep=self._wait,
                 first=self.poll_interval_s,
@@ -302,8 +328,7 @@ class BatchRunner:
             )
         left = [c for c in chunks if c.phase != "done" and c.status not in TERMINAL]
         if left:  # the deadline passed before they ended
-            self._past_deadline(left, results)
-        return results
+            self._past_deadline(left, spool)
 
     def cancel(self) -> list[str]:
         """Cancel every batch of this deployment and host the state holds as running.
@@ -339,38 +364,30 @@ class BatchRunner:
 
     # -- submitting ----------------------------------------------------------------
 
-    def _submit(
-        self,
-        chunk: Chunk,
-        items: Mapping[str, ChatRequest],
-        results: dict[str, ChatResult],
-    ) -> bool:
+    def _submit(self, chunk: Chunk, spool: Spool) -> bool:
         """Upload (or find) the file, wait until processed, create (or find) the batch.
 
         Returns whether a batch is running; if not, the chunk's rows have their errors.
         """
         why = self._submitter.submit(
-            chunk, lambda: self._chunker.rebuild(chunk.keys, items)
+            chunk,
+            lambda: self._chunker.open_file(
+                chunk.name, self.state.keys(chunk.name), spool
+            ),
         )
-        return why is None or self._give_up(chunk, results, why)
+        return why is None or self._give_up(chunk, spool, why)
 
-    def _give_up(self, chunk: Chunk, results: dict[str, ChatResult], why: str) -> bool:
+    def _give_up(self, chunk: Chunk, spool: Spool, why: str) -> bool:
         error = BatchFailedError(f"batch mode could not submit this request: {why}")
-        self._deliver(
-            chunk, {key: ChatResult(exception=error) for key in chunk.keys}, results
-        )
+        keys = self.state.keys(chunk.name)
+        self._deliver({key: ChatResult(exception=error) for key in keys}, spool)
         self.state.done(chunk.name, "failed", why)
         chunk.status = "failed"
         return False
 
     # -- polling -------------------------------------------------------------------
 
-    def _poll(
-        self,
-        chunk: Chunk,
-        active: Sequence[Chunk],
-        results: dict[str, ChatResult],
-    ) -> Outcome:
+    def _poll(self, chunk: Chunk, active: Sequence[Chunk], spool: Spool) -> Outcome:
         """Poll ``chunk``'s batch once; if it ended, deliver its rows' results."""
         assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
         try:
@@ -385,7 +402,8 @@ class BatchRunner:
                 f"batch {chunk.batch_id} is gone from the server",
                 batch_id=chunk.batch_id,
             )
-            self._end(chunk, "failed", dict.fromkeys(chunk.keys, batch_error), results)
+            keys = self.state.keys(chunk.name)
+            self._end(chunk, "failed", dict.fromkeys(keys, batch_error), spool)
             return "ended"
         status = observe(chunk, batch, self.state)
         self._step("polled", chunk)
@@ -409,11 +427,12 @@ class BatchRunner:
                     chunk.phase, chunk.batch_id, chunk.status = "uploaded", None, None
                     chunk.completed = chunk.failed = 0
                     return "requeue"
-            per_key = self._reader.failed_rows(chunk.keys, batch.id, errors)
-            self._end(chunk, status, per_key, results)
+            keys = self.state.keys(chunk.name)
+            per_key = self._reader.failed_rows(keys, batch.id, errors)
+            self._end(chunk, status, per_key, spool)
             return "ended"
-        per_key = self._reader.collect(chunk.keys, batch, status)
-        self._end(chunk, status, per_key, results)
+        per_key = self._reader.collect(self.state.keys(chunk.name), batch, status)
+        self._end(chunk, status, per_key, spool)
         return "ended"
 
     def _end(
@@ -421,14 +440,14 @@ class BatchRunner:
         chunk: Chunk,
         status: str,
         per_key: Mapping[str, AzureChatError | ChatResult],
-        results: dict[str, ChatResult],
+        spool: Spool,
     ) -> None:
         chunk_results = {
             key: value if isinstance(value, ChatResult) else ChatResult(exception=value)
             for key, value in per_key.items()
         }
         self._step("collected", chunk)
-        self._deliver(chunk, chunk_results, results)
+        self._deliver(chunk_results, spool)
         failed = sum(r.exception is not None for r in chunk_results.values())
         self.state.done(
             chunk.name,
@@ -438,15 +457,10 @@ class BatchRunner:
         chunk.status = status
         self._step("done", chunk)
 
-    def _deliver(
-        self,
-        chunk: Chunk,
-        chunk_results: Mapping[str, ChatResult],
-        results: dict[str, ChatResult],
-    ) -> None:
+    def _deliver(self, chunk_results: Mapping[str, ChatResult], spool: Spool) -> None:
         if self.on_results is not None:
             self.on_results(chunk_results)
-        results.update(chunk_results)
+        spool.put_results(chunk_results, BATCH, again=self.again)
 
     # -- the deadline ----------------------------------------------------------------
 
@@ -462,17 +476,15 @@ class BatchRunner:
             seconds = min(seconds, left)
         self.sleep(seconds)
 
-    def _past_deadline(
-        self, chunks: Sequence[Chunk], results: dict[str, ChatResult]
-    ) -> None:
+    def _past_deadline(self, chunks: Sequence[Chunk], spool: Spool) -> None:
         """The rows of chunks that had not ended at the deadline get why, and what next.
 
         Their chunks stay live in the state (nothing is marked done): a rerun attaches
         to the batches still running and submits the chunks never submitted.
         """
         for chunk, error in deadline_errors(chunks, self.state.path, self.deadline_s):
-            for key in chunk.keys:
-                results[key] = ChatResult(exception=error)
+            keys = self.state.keys(chunk.name)
+            spool.put_results(dict.fromkeys(keys, ChatResult(exception=error)), BATCH)
 
     # -- helpers -------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api
@@ -78,12 +78,15 @@ class Submitter:
         self.backoff = backoff
         self.file_wait_s = file_wait_s
 
-    def submit(self, chunk: Chunk, rebuild: Callable[[], bytes | None]) -> str | None:
+    def submit(
+        self, chunk: Chunk, rebuild: Callable[[], IO[bytes] | None]
+    ) -> str | None:
         """Upload (or find) the file, wait until processed, create (or find) the batch.
 
-        ``rebuild`` gives the chunk's bytes again when it does not hold them (a chunk
-        of an earlier run), or ``None`` if this run cannot. Returns ``None`` once a
-        batch is running, else why the chunk cannot be submitted.
+        ``rebuild`` writes the chunk's file (a temporary file, closed once uploaded),
+        or gives ``None`` if this run cannot (it does not hold every request of a
+        chunk an earlier run recorded). Returns ``None`` once a batch is running,
+        else why the chunk cannot be submitted.
         """
         state = self.state
         for _ in range(3):  # a file the server refuses is uploaded at most 3 times
@@ -98,13 +101,14 @@ class Submitter:
                 self.step("uploading", chunk)
                 found = self.find_file(chunk) if resumed else None
                 if found is None:
-                    data = chunk.data or rebuild()
-                    if data is None:
+                    file = rebuild()
+                    if file is None:
                         return (
                             "its input file is gone from the server and this run "
                             "does not hold all of its requests to upload it again"
                         )
-                    found = str(self.api.upload(chunk.file_name, data).id)
+                    with file:  # read as it is sent
+                        found = str(self.api.upload(chunk.file_name, file).id)
                     logger.info("uploaded %s as %s", chunk.file_name, found)
                     self.step("uploaded", chunk)
                 chunk.file_id = found
