@@ -387,9 +387,11 @@ def _answer_parquet(
 ) -> None:
     """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
 
-    The batches go through the job (at most ``BATCHES_IN_FLIGHT`` read ahead online;
-    in batch mode, the whole column is one set of batches) as one run; each is
-    written as soon as it and those before it are answered.
+    The batches go through the job (at most ``BATCHES_IN_FLIGHT`` read ahead online)
+    as one run; each is written as soon as it and those before it are answered. In
+    batch mode the file is read twice: the column first (the job spools each batch's
+    requests to disk and sends them all as one set of Azure batches), then every
+    column again, each batch joined to its results as they come back.
     """
     import pyarrow.parquet as pq
 
@@ -399,6 +401,21 @@ def _answer_parquet(
         for batch in reader.iter_batches(batch_size=BATCH_ROWS):
             df = pl.DataFrame(pl.from_arrow(batch))
             yield df, job.requests(df[column])
+
+    def frames() -> Iterator[pl.DataFrame]:  # batch mode's second pass
+        for batch in pq.ParquetFile(src).iter_batches(batch_size=BATCH_ROWS):
+            yield pl.DataFrame(pl.from_arrow(batch))
+
+    def answered_batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
+        if job.options.mode != "batch":
+            yield from job.answer_batches(batches(), read_ahead=BATCHES_IN_FLIGHT)
+            return
+        first = (  # the column only, with no frame kept: the keys are held to the end
+            (None, job.requests(pl.DataFrame(pl.from_arrow(b))[column]))
+            for b in reader.iter_batches(batch_size=BATCH_ROWS, columns=[column])
+        )
+        for (_, results), df in zip(job.answer_batches(first), frames(), strict=True):
+            yield df, results
 
     def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
         struct = results_to_series(
@@ -417,9 +434,7 @@ def _answer_parquet(
     writer: pq.ParquetWriter | None = None
     try:
         with job.run_scope():
-            for df, results in job.answer_batches(
-                batches(), read_ahead=BATCHES_IN_FLIGHT
-            ):
+            for df, results in answered_batches():
                 writer = _write(writer, dst, answered(df, results).to_arrow())
     finally:
         if writer is not None:

@@ -42,8 +42,8 @@ A run given a ``deadline`` stops waiting when it passes: nothing more is submitt
 polled, the batches running keep running on Azure (recorded in the state, so a rerun
 collects them), and the rows not answered get a
 :class:`~polars_azurechat.errors.DeadlineExceededError` saying so.
-``on_results`` receives each batch's results before its chunk is marked done: the
-place to write them to the answer cache.
+``on_results`` receives each batch's results (a page at a time, as its files are
+read) before its chunk is marked done: the place to write them to the answer cache.
 """
 
 from __future__ import annotations
@@ -403,7 +403,7 @@ class BatchRunner:
                 batch_id=chunk.batch_id,
             )
             keys = self.state.keys(chunk.name)
-            self._end(chunk, "failed", dict.fromkeys(keys, batch_error), spool)
+            self._end(chunk, "failed", [dict.fromkeys(keys, batch_error)], spool)
             return "ended"
         status = observe(chunk, batch, self.state)
         self._step("polled", chunk)
@@ -429,30 +429,34 @@ class BatchRunner:
                     return "requeue"
             keys = self.state.keys(chunk.name)
             per_key = self._reader.failed_rows(keys, batch.id, errors)
-            self._end(chunk, status, per_key, spool)
+            self._end(chunk, status, [per_key], spool)
             return "ended"
-        per_key = self._reader.collect(self.state.keys(chunk.name), batch, status)
-        self._end(chunk, status, per_key, spool)
+        pages = self._reader.collect(self.state.keys(chunk.name), batch, status)
+        self._end(chunk, status, pages, spool)
         return "ended"
 
     def _end(
         self,
         chunk: Chunk,
         status: str,
-        per_key: Mapping[str, AzureChatError | ChatResult],
+        pages: Iterable[Mapping[str, AzureChatError | ChatResult]],
         spool: Spool,
     ) -> None:
-        chunk_results = {
-            key: value if isinstance(value, ChatResult) else ChatResult(exception=value)
-            for key, value in per_key.items()
-        }
+        """Hand over an ended batch's results, a page at a time; then mark it done."""
         self._step("collected", chunk)
-        self._deliver(chunk_results, spool)
-        failed = sum(r.exception is not None for r in chunk_results.values())
+        n = failed = 0
+        for per_key in pages:
+            chunk_results = {
+                key: value
+                if isinstance(value, ChatResult)
+                else ChatResult(exception=value)
+                for key, value in per_key.items()
+            }
+            self._deliver(chunk_results, spool)
+            n += len(chunk_results)
+            failed += sum(r.exception is not None for r in chunk_results.values())
         self.state.done(
-            chunk.name,
-            status,
-            f"{failed} of {len(chunk_results)} failed" if failed else None,
+            chunk.name, status, f"{failed} of {n} failed" if failed else None
         )
         chunk.status = status
         self._step("done", chunk)
