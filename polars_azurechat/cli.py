@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import json
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import polars as pl
 import typer
 
+from polars_azurechat._flags import attribute_docs, dataclass_flags, with_flags
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
 from polars_azurechat.emulator._batch import BatchService
@@ -66,43 +65,6 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def dataclass_flags(
-    cls: type,
-    *,
-    docs: Mapping[str, str],
-    types: Mapping[str, Any] = {},
-    switches: frozenset[str] = frozenset(),
-    skip: frozenset[str] = frozenset(),
-) -> list[inspect.Parameter]:
-    """The fields of a dataclass as CLI flags: same names, defaults and docs."""
-    module = vars(sys.modules[cls.__module__])
-    flags = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kind: Any = types.get(f.name, f.type)
-        if isinstance(kind, str):
-            kind = eval(kind, module)  # noqa: S307 - the package's own annotations
-        dash = f.name.replace("_", "-")
-        decls = [f"--{dash}/--no-{dash}"] if f.name in switches else []
-        envvar = f.metadata.get("envvar")
-        info = typer.Option(
-            *decls,
-            help=docs.get(f.name, "").replace("``", "'"),
-            envvar=envvar,
-            show_envvar=bool(envvar),
-        )
-        flags.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=f.default,
-                annotation=Annotated[kind, info],
-            )
-        )
-    return flags
-
-
 def option_flags() -> list[inspect.Parameter]:
     """Every option of :class:`ChatOptions` as a flag (``run`` and ``plan`` take them)."""
     return dataclass_flags(
@@ -117,26 +79,6 @@ def option_flags() -> list[inspect.Parameter]:
         },
         switches=frozenset({"progress"}),
     )
-
-
-def _with_flags(
-    flags: Callable[[], list[inspect.Parameter]],
-) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command ``flags()`` after its own parameters (its ``**kwargs`` get them)."""
-
-    def decorate(func: Callable[..., None]) -> Callable[..., None]:
-        own = list(inspect.signature(func, eval_str=True).parameters.values())[:-1]
-
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> None:
-            func(**kwargs)
-
-        command.__signature__ = inspect.Signature([*own, *flags()])  # type: ignore[attr-defined]
-        command.__annotations__ = {}
-        del command.__wrapped__
-        return command
-
-    return decorate
 
 
 def _options(values: dict[str, Any]) -> ChatOptions:
@@ -155,7 +97,7 @@ def _options(values: dict[str, Any]) -> ChatOptions:
 
 
 @app.command(no_args_is_help=True)
-@_with_flags(option_flags)
+@with_flags(option_flags)
 def run(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
     output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
@@ -387,9 +329,11 @@ def _answer_parquet(
 ) -> None:
     """Answer ``src`` batch by batch into ``dst``, in order, in bounded memory.
 
-    The batches go through the job (at most ``BATCHES_IN_FLIGHT`` read ahead online;
-    in batch mode, the whole column is one set of batches) as one run; each is
-    written as soon as it and those before it are answered.
+    The batches go through the job (at most ``BATCHES_IN_FLIGHT`` read ahead online)
+    as one run; each is written as soon as it and those before it are answered. In
+    batch mode the file is read twice: the column first (the job spools each batch's
+    requests to disk and sends them all as one set of Azure batches), then every
+    column again, each batch joined to its results as they come back.
     """
     import pyarrow.parquet as pq
 
@@ -399,6 +343,21 @@ def _answer_parquet(
         for batch in reader.iter_batches(batch_size=BATCH_ROWS):
             df = pl.DataFrame(pl.from_arrow(batch))
             yield df, job.requests(df[column])
+
+    def frames() -> Iterator[pl.DataFrame]:  # batch mode's second pass
+        for batch in pq.ParquetFile(src).iter_batches(batch_size=BATCH_ROWS):
+            yield pl.DataFrame(pl.from_arrow(batch))
+
+    def answered_batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
+        if job.options.mode != "batch":
+            yield from job.answer_batches(batches(), read_ahead=BATCHES_IN_FLIGHT)
+            return
+        first = (  # the column only, with no frame kept: the keys are held to the end
+            (None, job.requests(pl.DataFrame(pl.from_arrow(b))[column]))
+            for b in reader.iter_batches(batch_size=BATCH_ROWS, columns=[column])
+        )
+        for (_, results), df in zip(job.answer_batches(first), frames(), strict=True):
+            yield df, results
 
     def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
         struct = results_to_series(
@@ -417,9 +376,7 @@ def _answer_parquet(
     writer: pq.ParquetWriter | None = None
     try:
         with job.run_scope():
-            for df, results in job.answer_batches(
-                batches(), read_ahead=BATCHES_IN_FLIGHT
-            ):
+            for df, results in answered_batches():
                 writer = _write(writer, dst, answered(df, results).to_arrow())
     finally:
         if writer is not None:
@@ -513,7 +470,7 @@ def _progress_logging(progress: bool) -> Iterator[None]:
 
 
 @app.command(no_args_is_help=True)
-@_with_flags(option_flags)
+@with_flags(option_flags)
 def plan(
     input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
     *,
@@ -680,30 +637,15 @@ def _cancel_batches(state: Any) -> None:
 def _emulator_flags() -> list[inspect.Parameter]:
     return dataclass_flags(
         EmulatorSettings,
-        docs=_attribute_docs(EmulatorSettings),
+        docs=attribute_docs(EmulatorSettings),
         types={"per_deployment": str | None},
         switches=frozenset({"limit_headers", "key_auth"}),
         skip=frozenset({"deployments", "clock"}),
     )
 
 
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """One line of doc per field, from a numpydoc ``Attributes`` section."""
-    docs: dict[str, str] = {}
-    names: list[str] = []
-    for line in (inspect.getdoc(cls) or "").splitlines():
-        if line and not line.startswith(
-            " "
-        ):  # "name" or "a, b": the fields it documents
-            names = [n.strip() for n in line.split(",") if n.strip().isidentifier()]
-        elif names:
-            for name in names:
-                docs[name] = f"{docs.get(name, '')} {line.strip()}".strip()
-    return docs
-
-
 @app.command("emulator")
-@_with_flags(_emulator_flags)
+@with_flags(_emulator_flags)
 def emulator_command(
     *,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,

@@ -438,9 +438,12 @@ class Completer:
 
         Online, at most ``read_ahead`` batches are being answered at once (the next
         ones are not read until an earlier one is yielded), so memory follows the
-        read-ahead, not the input. In batch mode the batches are gathered and sent
-        as one set of Azure batches (the results still come back per batch, in
-        order). Use it inside :meth:`run_scope` to make the batches one run.
+        read-ahead, not the input. In batch mode every batch is read first (its rows
+        and requests go to a temporary file on disk as they come), all are sent as
+        one set of Azure batches, and the results come back per batch, in order:
+        memory follows a batch and one Azure file, not the input (the keys are held
+        until the end: keep them small). Use it inside :meth:`run_scope` to make the
+        batches one run.
 
         Parameters
         ----------
@@ -475,18 +478,7 @@ class Completer:
         """
         bar = self._bar
         if self._batch is not None:  # one set of Azure batches for them all
-            keys: list[K] = []
-            gathered: list[ChatRequest | None] = []
-            sizes: list[int] = []
-            for key, requests in batches:
-                keys.append(key)
-                sizes.append(len(requests))
-                gathered.extend(requests)
-            results = self._batch.answer(gathered)
-            offset = 0
-            for key, n in zip(keys, sizes, strict=True):
-                yield key, results[offset : offset + n]
-                offset += n
+            yield from self._batch.answer_batches(batches)
             return
 
         def counted() -> Iterator[tuple[K, Sequence[ChatRequest | None]]]:

@@ -173,7 +173,9 @@ class ChatOptions:
     deadline_s: float | None = _opt(
         None,
         "Time bound, in seconds, for one run (a collect, a complete_many call, a CLI "
-        "job); rows left then fail with DeadlineExceededError.",
+        "job); rows left then fail with DeadlineExceededError. In batch mode the run "
+        "stops waiting: its batches keep running on Azure, recorded in the cache, and "
+        "a rerun collects them.",
     )
     on_error: OnError = _opt(
         "null",
@@ -242,6 +244,12 @@ class ChatOptions:
         5.0,
         "Batch mode: the first wait between looks at the batches, in seconds; it "
         "grows 1.5x while nothing changes, up to 60 s (or this, if larger).",
+    )
+    batch_file_wait_s: float = _opt(
+        1800.0,
+        "Batch mode: the longest wait, in seconds, for an uploaded input file to "
+        "become ``processed``; then its rows fail with BatchFailedError naming the "
+        "file and its last status (a rerun waits for the same file again).",
     )
     max_cost_usd: float | None = _opt(
         None,
@@ -327,6 +335,7 @@ class ChatOptions:
         if self.batch_fallback is not None:
             _check_choice("batch_fallback", self.batch_fallback, BatchFallback)
         _check_positive("batch_poll_s", self.batch_poll_s)
+        _check_positive("batch_file_wait_s", self.batch_file_wait_s)
         if self.enqueued_tokens_limit is not None:
             _check_int("enqueued_tokens_limit", self.enqueued_tokens_limit)
         if self.mode != "batch":
@@ -504,6 +513,7 @@ class ChatOptionsDictNoOutput(ChatBodyDict, total=False):
     batch_fallback: BatchFallback | None
     enqueued_tokens_limit: int | None
     batch_poll_s: float
+    batch_file_wait_s: float
     max_cost_usd: float | None
 
 

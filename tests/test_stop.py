@@ -89,7 +89,7 @@ class Running:
     def _run(self) -> None:
         try:
             self.results = self.engine.run(self.requests)
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
+        except BaseException as exc:
             self.raised = exc
 
     def interrupt(self) -> None:

@@ -10,8 +10,9 @@ means it is gone; a 3xx (:class:`~polars_azurechat.errors.RedirectError`, a kind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import io
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
 
 from polars_azurechat.engine import loop as _loop
 from polars_azurechat.errors import (
@@ -70,8 +71,11 @@ class Api:
                 result = _loop.call(_awaited(result))
         return result
 
-    def upload(self, name: str, data: bytes) -> Any:
-        """Upload ``data`` as a file named ``name`` (``purpose="batch"``)."""
+    def upload(self, name: str, data: bytes | IO[bytes]) -> Any:
+        """Upload ``data`` as a file named ``name`` (``purpose="batch"``).
+
+        A file object is read as it is sent (httpx streams a multipart file part).
+        """
         return self._run(
             lambda: self.client.files.create(file=(name, data), purpose="batch")
         )
@@ -94,6 +98,31 @@ class Api:
         if self.is_async:
             return bytes(self._run(lambda: _async_content(self.client, file_id)))
         return bytes(self._run(lambda: self.client.files.content(file_id).content))
+
+    def lines(self, file_id: str) -> Iterator[bytes]:
+        """The lines of the file ``file_id``, read as they arrive (a sync client).
+
+        An async client's file is downloaded whole first, then cut into lines as
+        they are read.
+        """
+        if self.is_async:
+            yield from io.BytesIO(self.content(file_id))
+            return
+        with (
+            sdk_errors(self.deployment, self.host),
+            self.client.files.with_streaming_response.content(file_id) as response,
+        ):
+            rest = b""
+            try:
+                for part in response.iter_bytes(1 << 16):
+                    lines = (rest + part).split(b"\n")
+                    rest = lines.pop()
+                    yield from lines
+            except _transport_errors() as exc:
+                msg = f"connection to {self.host} failed: {type(exc).__name__}"
+                raise APIConnectionError(msg) from exc
+            if rest:
+                yield rest
 
     def create(self, file_id: str, metadata: dict[str, str]) -> Any:
         """Create a batch (24 hours) of the input file ``file_id``, with ``metadata``."""
@@ -158,6 +187,15 @@ def check_api_version(version: str | None, params: Mapping[str, Any]) -> None:
             f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
             f"or later; the client uses {version}"
         )
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The errors of a connection failing while a file downloads (the SDK's httpx)."""
+    import openai
+
+    module = getattr(openai, "_httpx", None)  # httpx, or httpx2 in later SDKs
+    error = getattr(module, "TransportError", None)
+    return (error,) if isinstance(error, type) and issubclass(error, Exception) else ()
 
 
 async def _awaited(value: Any) -> Any:

@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.engine.frontdoor import FrontDoor, Intake
+from polars_azurechat.batch.chunks import Chunker
+from polars_azurechat.batch.spool import ONLINE
+from polars_azurechat.engine.frontdoor import FrontDoor
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.poll import BatchProgress
     from polars_azurechat.batch.runner import BatchRunner
+    from polars_azurechat.batch.spool import Spool
     from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat.config import ChatConfig
-    from polars_azurechat.engine.core import ChatEngine, Run, RunStats
+    from polars_azurechat.engine.core import ChatEngine, Run
     from polars_azurechat.engine.progress import ProgressBar
     from polars_azurechat.options import ChatOptions
     from polars_azurechat.summary import SpendingCap
@@ -42,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: How long a finished batch's answers wait for a busy cache file before the batch is
 #: marked done (the state store, in the same file, waits as long for its own writes).
 BUSY_WAIT_S = 30.0
+
+K = TypeVar("K")
 
 
 @dataclasses.dataclass
@@ -102,6 +108,8 @@ class BatchMode:
         # the door of this sender: counts and shows what the engine's does, but it
         # runs in the caller's thread (the cache is flushed per batch, not per turn)
         self.door = FrontDoor(engine.shape, engine.cache)
+        #: the JSONL line of each request (the runner's chunker writes the same)
+        self.chunker = Chunker(engine.shape.params, engine.shape.deployment)
 
     def counts_for(self, run_id: int) -> BatchCounts:
         """The counters of run ``run_id`` (made on first use)."""
@@ -121,7 +129,21 @@ class BatchMode:
             self.state = None
 
     def answer(self, requests: Sequence[ChatRequest | None]) -> list[ChatResult | None]:
-        """Answer ``requests`` through Azure's Batch API, as (part of) one run.
+        """Answer ``requests`` through Azure's Batch API, as one run (see :meth:`answer_batches`)."""
+        for _, results in self.answer_batches([(None, requests)]):
+            return results
+        return []  # pragma: no cover - one batch in, one out
+
+    def answer_batches(
+        self, batches: Iterable[tuple[K, Sequence[ChatRequest | None]]]
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
+        """Answer batches of requests through Azure's Batch API, as one run.
+
+        Every batch is read first (the rows and the requests to send go to a
+        temporary :class:`~polars_azurechat.batch.spool.Spool` on disk, a batch at a
+        time), then the requests are sent as one set of Azure batches, then each
+        batch's results are yielded, in order: memory follows one batch of rows and
+        one batch file, not the run (the keys are kept: keep them small).
 
         Null rows stay null, unsendable rows keep their input error, identical
         requests are sent once, cache hits first; under a spending cap, the rows
@@ -131,12 +153,34 @@ class BatchMode:
         file. With ``batch_fallback="online"`` the rows it left unanswered go
         through the engine online, in the same run.
         """
+        from polars_azurechat.batch.rows import SpooledRun
+        from polars_azurechat.batch.spool import Spool
+
         with (
             self.lock,
             self.engine.runs.entered() as run,
         ):  # one set of batches at a time
             try:
-                return self._answer(run, requests)
+                with Spool() as spool:
+                    rows = SpooledRun(
+                        self.door,
+                        spool,
+                        self.chunker.line,
+                        stats=run.stats,
+                        counts=self.counts_for(run.id),
+                        cap=self.cap,
+                        bar=self.bar,
+                    )
+                    sizes: list[tuple[K, int]] = []
+                    for key, requests in batches:
+                        rows.add(requests)
+                        sizes.append((key, len(requests)))
+                    if rows.to_send:
+                        self._send(run, spool, rows.to_send)
+                    first = 0
+                    for key, n in sizes:
+                        yield key, rows.results(first, n)
+                        first += n
             except KeyboardInterrupt:
                 if run.interrupted is None:
                     run.interrupted = "Ctrl-C"
@@ -153,36 +197,18 @@ class BatchMode:
             finally:  # the state file is this job's for the run only (its lock)
                 self.close()
 
-    def _answer(
-        self, run: Run, requests: Sequence[ChatRequest | None]
-    ) -> list[ChatResult | None]:
-        bar, cap, door, st = self.bar, self.cap, self.door, run.stats
-        if bar is not None:
-            bar.add_total(len(requests))
-        door.progress = None if bar is None else bar.update
-        intake = door.take(requests, st)
-        held = {} if cap is None else door.refuse_over_cap(intake, st, cap, batch=True)
-        if intake.todo:
-            fallback = self._submit(run, intake, held)
-            if fallback:
-                self._online(intake, fallback, st)
-        return door.finish(intake, st)
-
-    def _submit(self, run: Run, intake: Intake, held: dict[str, float]) -> list[str]:
-        """The leaders through the Batch API; returns the keys to send online."""
-        from polars_azurechat.batch.runner import BatchFailedError, BatchIncompleteError
-        from polars_azurechat.transport.retry import is_retryable
-
-        bar, cap, door, st = self.bar, self.cap, self.door, run.stats
+    def _send(self, run: Run, spool: Spool, to_send: int) -> None:
+        """The spool's requests through the Batch API (and online, with the fallback)."""
+        bar, cap, door = self.bar, self.cap, self.door
         counts = self.counts_for(run.id)
-        todo, requests = intake.todo, intake.requests
 
         def on_results(chunk: Mapping[str, ChatResult]) -> None:
             # before the chunk is marked done: what a rerun must not pay again
             for key, r in chunk.items():
                 door.keep(key, r)
-                worst = held.pop(key, None)
-                if cap is not None and worst is not None:
+            if cap is not None:
+                for key, worst in spool.held(chunk).items():
+                    r = chunk[key]
                     spent = cap.cost(
                         r.prompt_tokens or 0, r.completion_tokens or 0, batch=True
                     )
@@ -197,56 +223,42 @@ class BatchMode:
             counts.lines = max(counts.lines, p.lines)
             if bar is None:
                 return
-            step = min(p.completed + p.failed, len(todo)) - shown[0]
+            step = min(p.completed + p.failed, to_send) - shown[0]
             if step > 0:
                 shown[0] += step
                 bar.update(step)
             bar.batch_status(_batch_text(p))
 
         runner = self._runner(run, on_results, progress)
-        out = runner.run(
-            [(key, requests[i]) for key, i in todo.items()],  # type: ignore[misc]
-            cached=intake.answers.keys(),
-        )
+        runner.send(spool)
         if cap is not None:  # rows that never reached a batch spent nothing
-            for worst in held.values():
+            for worst in spool.all_held():
                 cap.settle(worst, 0.0)
-            held.clear()
-        online = self.options.batch_fallback == "online"
-        fallback: list[str] = []
-        for key in list(todo):
-            r = out[key]
-            exc = r.exception
-            if (
-                online
-                and exc is not None
-                and (
-                    isinstance(exc, BatchIncompleteError | BatchFailedError)
-                    or is_retryable(exc)
-                )
-            ):
-                fallback.append(key)
-                continue
-            door.deliver(intake, key, r, st, kept=True, shown=True)
-            _count(st, counts, r)
+        fallback = spool.count_again()
         if bar is not None:
-            bar.update(len(todo) - len(fallback) - shown[0])
-        return fallback
+            bar.update(to_send - fallback - shown[0])
+        if fallback:
+            self._online(spool, fallback)
 
-    def _online(self, intake: Intake, fallback: list[str], st: RunStats) -> None:
+    def _online(self, spool: Spool, n: int) -> None:
         """``batch_fallback="online"``: the rows a batch left go through the engine."""
         logger.info(
             "batch mode: %d requests a batch left unanswered are sent online "
             "(batch_fallback='online')",
-            len(fallback),
+            n,
         )
-        todo = intake.todo
-        again = [intake.requests[todo[key]] for key in fallback]
-        for _, online_results in self.engine.pipeline([(None, again)]):
-            for key, sent in zip(fallback, online_results, strict=True):
-                assert sent is not None  # noqa: S101 - sendable rows
+        while page := spool.again(8192):
+            again = [
+                ChatRequest(messages=json.loads(line)["body"]["messages"])
+                for _, line in page
+            ]
+            for _, online_results in self.engine.pipeline([(None, again)]):
                 # counted, kept and shown by the engine's own door
-                intake.results[todo[key]] = intake.answers[key] = sent
+                answers = {}
+                for (key, _), sent in zip(page, online_results, strict=True):
+                    assert sent is not None  # noqa: S101 - sendable rows
+                    answers[key] = sent
+                spool.put_results(answers, ONLINE)
 
     def _runner(
         self,
@@ -266,8 +278,14 @@ class BatchMode:
             self.client = batch_client(self._config)
         settings = dict(self.settings)  # tests: sleep, clock, hook, max_lines, ...
         sleep = settings.pop("sleep", time.sleep)
+        clock = settings.setdefault("clock", time.monotonic)
         poll = opts.batch_poll_s
         settings.setdefault("file_poll_s", min(1.0, poll))
+        settings.setdefault("file_wait_s", opts.batch_file_wait_s)
+        if run.deadline is not None:  # the run's deadline, on the runner's clock
+            left = run.deadline - self.engine.runs.clock()
+            settings.setdefault("deadline", clock() + left)
+            settings.setdefault("deadline_s", run.deadline_s)
         return BatchRunner(
             self.client,
             deployment=shape.deployment,
@@ -279,22 +297,22 @@ class BatchMode:
             max_poll_interval_s=max(60.0, poll),
             progress=progress,
             on_results=on_results,
+            again=_again if opts.batch_fallback == "online" else None,
             sleep=functools.partial(_batch_sleep, run, sleep),
             schema=shape.schema,
             **settings,
         )
 
 
-def _count(st: RunStats, counts: BatchCounts, r: ChatResult) -> None:
-    """A batch's answer: its tokens, for the run and for batch mode's counters."""
-    st.prompt_tokens += r.prompt_tokens or 0
-    st.completion_tokens += r.completion_tokens or 0
-    counts.prompt_tokens += r.prompt_tokens or 0
-    counts.completion_tokens += r.completion_tokens or 0
-    if r.exception is None:
-        counts.answered += 1
-    if r.model and st.model is None:
-        st.model = r.model
+def _again(r: ChatResult) -> bool:
+    """Whether ``batch_fallback="online"`` sends a batch's result's request again."""
+    from polars_azurechat.batch.runner import BatchFailedError, BatchIncompleteError
+    from polars_azurechat.transport.retry import is_retryable
+
+    exc = r.exception
+    return exc is not None and (
+        isinstance(exc, BatchIncompleteError | BatchFailedError) or is_retryable(exc)
+    )
 
 
 def _batch_text(p: BatchProgress) -> str:

@@ -1,10 +1,10 @@
 """Which chunks a batch run follows, new or recorded by an earlier run. Not meant for outside use.
 
 A run first attaches to the live chunks of the state
-(:class:`~polars_azurechat.batch.state.BatchStateStore`) that hold its keys: a chunk
-an earlier run planned but never uploaded is rebuilt from this run's requests (its
-name is its bytes' digest) or found on the server by its file name, else abandoned
-and its keys cut anew. The keys no chunk holds are cut into new chunks
+(:class:`~polars_azurechat.batch.state.BatchStateStore`) that hold requests it sends
+(its :class:`~polars_azurechat.batch.spool.Spool`): a chunk an earlier run planned but
+never uploaded is rebuilt from this run's requests (its name is its bytes' digest) or
+found on the server by its file name, else abandoned and its keys cut anew. The keys no chunk holds are cut into new chunks
 (:class:`~polars_azurechat.batch.chunks.Chunker`), recorded before anything is
 uploaded.
 """
@@ -12,14 +12,15 @@ uploaded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from polars_azurechat.batch.chunks import Chunk, digest
+from polars_azurechat.batch.chunks import Chunk
+from polars_azurechat.batch.spool import HIT
 
 if TYPE_CHECKING:
-    from polars_azurechat._types import ChatRequest, ChatResult
     from polars_azurechat.batch.chunks import Chunker
+    from polars_azurechat.batch.spool import Spool
     from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat.batch.submit import Submitter
 
@@ -62,13 +63,13 @@ class Planner:
         self.submitter = submitter
         self.step = step
 
-    def settle(self, wanted: Collection[str], cached: Collection[str]) -> None:
-        """Mark done the live chunks whose every answer is already in the cache."""
-        if not cached:
+    def settle(self, spool: Spool) -> None:
+        """Mark done the live chunks whose every answer the run found in the cache."""
+        if not spool.count(HIT):
             return
         for record in self.state.live(self.host, self.deployment):
             keys = self.state.keys(record.chunk)
-            if all(key in cached and key not in wanted for key in keys):
+            if len(spool.hits(keys)) == len(set(keys)):
                 logger.info(
                     "batch chunk %s: every answer is in the cache; marked done",
                     record.chunk[:12],
@@ -77,59 +78,53 @@ class Planner:
                     record.chunk, record.status or "unknown", "answers in the cache"
                 )
 
-    def plan(
-        self,
-        items: dict[str, ChatRequest],
-        results: dict[str, ChatResult],
-        limit: int | None,
-    ) -> list[Chunk]:
-        """Attach to the live chunks holding these keys; cut the rest into new ones.
+    def plan(self, spool: Spool, limit: int | None) -> list[Chunk]:
+        """Attach to the live chunks holding requests to send; cut the rest anew.
 
         ``limit`` is the enqueued-token limit in force (``None``: none known); a
-        request that fits no file gets its error in ``results``.
+        request that fits no file gets its error in the spool. Each chunk's requests
+        are put in it in the spool.
         """
-        wanted = set(items)
-        covered: set[str] = set()
         chunks: list[Chunk] = []
         for record in self.state.live(self.host, self.deployment):
             keys = self.state.keys(record.chunk)
-            if wanted.isdisjoint(keys):
+            wanted = spool.wanted(keys)
+            if not wanted:
                 continue
-            chunk = Chunk.from_record(record, keys)
-            if chunk.phase in ("planned", "uploading") and chunk.file_id is None:
-                data = self.chunker.rebuild(keys, items)
-                if data is not None and digest(data) == chunk.name:
-                    chunk.data = data
-                else:
-                    found = (
-                        self.submitter.find_file(chunk)
-                        if chunk.phase == "uploading"
-                        else None
+            chunk = Chunk.from_record(record)
+            if (
+                chunk.phase in ("planned", "uploading")
+                and chunk.file_id is None
+                and not self.chunker.rebuilds(chunk.name, keys, spool)
+            ):
+                found = (
+                    self.submitter.find_file(chunk)
+                    if chunk.phase == "uploading"
+                    else None
+                )
+                if found is None:
+                    logger.info(
+                        "batch chunk %s was never uploaded and cannot be rebuilt "
+                        "from this run's requests: cut anew",
+                        chunk.name[:12],
                     )
-                    if found is None:
-                        logger.info(
-                            "batch chunk %s was never uploaded and cannot be rebuilt "
-                            "from this run's requests: cut anew",
-                            chunk.name[:12],
-                        )
-                        self.state.abandon(chunk.name, "not rebuilt on a rerun")
-                        continue
-                    self.state.uploaded(chunk.name, found)
-                    chunk.phase, chunk.file_id = "uploaded", found
+                    self.state.abandon(chunk.name, "not rebuilt on a rerun")
+                    continue
+                self.state.uploaded(chunk.name, found)
+                chunk.phase, chunk.file_id = "uploaded", found
             logger.info(
                 "attaching to batch chunk %s (%s%s)",
                 chunk.name[:12],
                 chunk.phase,
                 f", batch {chunk.batch_id}" if chunk.batch_id else "",
             )
-            covered.update(keys)
+            spool.assign(chunk.name, wanted)
             chunks.append(chunk)
-        fresh = self.chunker.cut(
-            [(key, items[key]) for key in sorted(wanted - covered)], results, limit
-        )
+        fresh = self.chunker.cut(spool, limit)
         if fresh:
             records = self.state.add_chunks(
-                c.as_new(self.host, self.deployment) for c in fresh
+                c.as_new(self.host, self.deployment, spool.chunk_keys(c.name))
+                for c in fresh
             )
             by_name = {r.chunk: r for r in records}
             for c in fresh:

@@ -14,7 +14,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from polars_azurechat.errors import DeadlineExceededError
+
 if TYPE_CHECKING:
+    import os
+
     from polars_azurechat.batch.chunks import Chunk
     from polars_azurechat.batch.state import BatchStateStore
 
@@ -23,6 +27,7 @@ __all__ = [
     "BatchProgress",
     "BatchStatus",
     "Outcome",
+    "deadline_errors",
     "drive",
     "observe",
     "progress_of",
@@ -123,8 +128,12 @@ def drive(
     first: float,
     longest: float,
     backoff: float,
+    expired: Callable[[], bool] = lambda: False,
 ) -> None:
     """Submit the chunks and poll their batches until every one has ended.
+
+    Or until ``expired()`` (the run's deadline passed): then nothing more is
+    submitted or polled, and the chunks that have not ended are left as they are.
 
     Parameters
     ----------
@@ -142,11 +151,15 @@ def drive(
         How to wait before each round of polls.
     first, longest, backoff
         The first wait, the longest, and its growth while nothing changes.
+    expired
+        Whether to stop now (looked at before each round).
     """
     pending = deque(c for c in chunks if c.phase != "submitted")
     active = [c for c in chunks if c.phase == "submitted"]
     interval = first
     while pending or active:
+        if expired():
+            return
         while pending and fits(pending[0], active):
             chunk = pending.popleft()
             if submit(chunk):
@@ -171,3 +184,49 @@ def drive(
                 active.remove(chunk)
         report()
         interval = first if changed else min(longest, interval * backoff)
+
+
+def deadline_errors(
+    chunks: Sequence[Chunk], where: str | os.PathLike[str], deadline_s: float | None
+) -> list[tuple[Chunk, DeadlineExceededError]]:
+    """The error of each chunk's rows when the run's deadline passed before it ended.
+
+    A batch running is left running on Azure (recorded in the state at ``where``: a
+    rerun collects it, or ``batches --cancel`` cancels it); a chunk not submitted yet
+    sent nothing and a rerun submits it. One warning says how many of each.
+    """
+    said = f"deadline_s={deadline_s:g}" if deadline_s else "the deadline"
+    out = []
+    for chunk in chunks:
+        if chunk.phase == "submitted":
+            why = (
+                f"{said} passed while batch {chunk.batch_id} was still "
+                f"{chunk.status!r}: it keeps running on Azure, recorded in {where}; "
+                "run the same job again to collect its answers (nothing is "
+                f"submitted twice), or 'polars-azurechat batches --cache {where} "
+                "--cancel' to cancel it"
+            )
+        else:
+            file = (
+                f"its input file {chunk.file_id} was uploaded"
+                if chunk.file_id
+                else "its input file was not uploaded"
+            )
+            why = (
+                f"{said} passed before this request's batch was created ({file}); "
+                f"nothing was sent for it. It is recorded in {where}: run the "
+                "same job again to submit it"
+            )
+        out.append((chunk, DeadlineExceededError(why)))
+    running = sum(c.phase == "submitted" for c in chunks)
+    logger.warning(
+        "batch mode: %s passed with %d batch(es) still running on Azure (left "
+        "running, recorded in %s: a rerun collects them) and %d chunk(s) not "
+        "submitted; their %d rows fail with DeadlineExceededError",
+        said,
+        running,
+        where,
+        len(chunks) - running,
+        sum(c.lines for c in chunks),
+    )
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatResult
@@ -109,26 +109,35 @@ class ResultReader:
         return out
 
     def collect(
-        self, keys: Sequence[str], batch: Any, status: str
-    ) -> dict[str, AzureChatError | ChatResult]:
-        """Join the output and error files' lines back to the chunk's ``keys``."""
+        self, keys: Sequence[str], batch: Any, status: str, *, page: int = 4096
+    ) -> Iterator[dict[str, AzureChatError | ChatResult]]:
+        """Join the output and error files' lines back to the chunk's ``keys``.
+
+        The files are read as they download and the results given ``page`` at a
+        time (then the keys no line answered, with why): memory holds a page.
+        """
         batch_id = str(batch.id)
+        missing = set(keys)
         found: dict[str, AzureChatError | ChatResult] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            for raw in self.api.content(str(file_id)).splitlines():
+            for raw in self.api.lines(str(file_id)):
                 if not raw.strip():
                     continue
                 try:
                     line = json.loads(raw)
-                    custom_id = line["custom_id"]
+                    custom_id = str(line["custom_id"])
                 except (ValueError, KeyError, TypeError):
                     logger.warning("batch %s: an unreadable output line", batch_id)
                     continue
-                found[str(custom_id)] = self.line_result(line, batch_id)
+                found[custom_id] = self.line_result(line, batch_id)
+                missing.discard(custom_id)
+                if len(found) >= page:
+                    yield found
+                    found = {}
         for key in keys:
-            if key in found:
+            if key not in missing:
                 continue
             if status in ("expired", "cancelled"):
                 found[key] = BatchIncompleteError(
@@ -141,7 +150,11 @@ class ResultReader:
                     f"batch {batch_id} {status} without a line for this request",
                     batch_id=batch_id,
                 )
-        return found
+            if len(found) >= page:
+                yield found
+                found = {}
+        if found:
+            yield found
 
     def line_result(self, line: Any, batch_id: str) -> AzureChatError | ChatResult:
         """One output or error line as a result (or the error it carries)."""

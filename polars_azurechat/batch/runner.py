@@ -12,8 +12,9 @@
    and 200 MB), and of at most the enqueued-token limit when one is known
    (:mod:`~polars_azurechat.batch.chunks`; the chunks of earlier runs are attached
    to by :mod:`~polars_azurechat.batch.planner`);
-2. each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a
-   batch created from it (``completion_window="24h"``;
+2. each file is uploaded (``purpose="batch"``), awaited until ``processed`` (at most
+   ``file_wait_s``: then its rows fail with an error naming the file and its last
+   status), and a batch created from it (``completion_window="24h"``;
    :mod:`~polars_azurechat.batch.submit`). With an enqueued-token limit (given, or
    learned from a batch that failed for ``token_limit_exceeded``), a batch is
    created only while the tokens of the batches running stay under it: later ones
@@ -37,12 +38,17 @@ The SDK calls, sync or async client alike, and their errors are in
 Every step is written to a :class:`~polars_azurechat.batch.state.BatchStateStore`
 before it happens (the protocol is in that module's docstring), so a rerun after a
 crash attaches to the files and batches that exist and never submits a request twice.
-``on_results`` receives each batch's results before its chunk is marked done: the
-place to write them to the answer cache.
+A run given a ``deadline`` stops waiting when it passes: nothing more is submitted or
+polled, the batches running keep running on Azure (recorded in the state, so a rerun
+collects them), and the rows not answered get a
+:class:`~polars_azurechat.errors.DeadlineExceededError` saying so.
+``on_results`` receives each batch's results (a page at a time, as its files are
+read) before its chunk is marked done: the place to write them to the answer cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -62,13 +68,15 @@ from polars_azurechat.batch.poll import (
     BatchProgress,
     BatchStatus,
     Outcome,
+    deadline_errors,
     drive,
     observe,
     progress_of,
 )
 from polars_azurechat.batch.results import ResultReader
+from polars_azurechat.batch.spool import BATCH, HIT, Spool
 from polars_azurechat.batch.state import BatchStateStore
-from polars_azurechat.batch.submit import Submitter
+from polars_azurechat.batch.submit import FILE_WAIT_S, Submitter
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import (
     AzureChatError,
@@ -81,6 +89,7 @@ if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
 
 __all__ = [
+    "FILE_WAIT_S",
     "MAX_FILE_BYTES",
     "MAX_FILE_LINES",
     "BatchFailedError",
@@ -120,11 +129,21 @@ class BatchRunner:
         Polling: the first wait, the longest, and the growth while nothing changes.
     file_poll_s
         The wait between looks at a file that is still ``pending``.
+    file_wait_s
+        The longest wait for an uploaded file to become ``processed``
+        (:data:`FILE_WAIT_S`); then the file's rows fail with a
+        :class:`BatchFailedError` naming the file id and its last status.
+    deadline, deadline_s
+        When the run stops waiting (on ``clock``; ``None``: never), and the
+        ``deadline_s`` option it comes from (named in the rows' errors).
     progress
         Called with a :class:`BatchProgress` after each round of polls.
     on_results
         Called with each finished batch's results (every key it holds) before its
         chunk is marked done: write them to the cache here.
+    again
+        Which results ``batch_fallback="online"`` sends again (marked in the spool),
+        or ``None``.
     hook
         Called as ``hook(step, chunk)`` at each step (``"planned"``, ``"uploading"``,
         ``"uploaded"``, ``"file_recorded"``, ``"file_processed"``, ``"creating"``,
@@ -154,8 +173,12 @@ class BatchRunner:
         max_poll_interval_s: float = 60.0,
         backoff: float = 1.5,
         file_poll_s: float = 1.0,
+        file_wait_s: float = FILE_WAIT_S,
+        deadline: float | None = None,
+        deadline_s: float | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
         on_results: Callable[[Mapping[str, ChatResult]], None] | None = None,
+        again: Callable[[ChatResult], bool] | None = None,
         hook: Callable[[str, str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -165,6 +188,8 @@ class BatchRunner:
             raise ConfigurationError("max_lines and max_bytes must be positive")
         if enqueued_tokens_limit is not None and enqueued_tokens_limit < 1:
             raise ConfigurationError("enqueued_tokens_limit must be positive")
+        if not file_wait_s > 0:
+            raise ConfigurationError("file_wait_s must be positive")
         if not 0 < poll_interval_s <= max_poll_interval_s or backoff < 1:
             raise ConfigurationError(
                 "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
@@ -182,8 +207,12 @@ class BatchRunner:
         self.max_poll_interval_s = max_poll_interval_s
         self.backoff = backoff
         self.file_poll_s = file_poll_s
+        self.file_wait_s = file_wait_s
+        self.deadline = deadline
+        self.deadline_s = deadline_s
         self.progress = progress
         self.on_results = on_results
+        self.again = again
         self.hook = hook
         self.sleep = sleep
         self.clock = clock
@@ -204,9 +233,11 @@ class BatchRunner:
             self._api,
             state,
             step=self._step,
-            sleep=sleep,
+            sleep=self._wait,
+            clock=clock,
             file_poll_s=file_poll_s,
             backoff=backoff,
+            file_wait_s=file_wait_s,
         )
         self._planner = Planner(
             state,
@@ -245,35 +276,59 @@ class BatchRunner:
         dict
             Every key given, to its :class:`ChatResult`.
         """
-        items: dict[str, ChatRequest] = {}
+        from polars_azurechat.transport import tokens as _tokens
+
         results: dict[str, ChatResult] = {}
-        for key, req in requests:
-            if req.error is not None:
-                results[key] = ChatResult(exception=req.error)
-            else:
-                items.setdefault(key, req)
-        self._planner.settle(items, cached)
-        if not items:
-            return results
-        chunks = self._planner.plan(items, results, self.limit)
+        with Spool() as spool:
+            todo: dict[str, tuple[str, int, bytes | None, int, None]] = {}
+            for key, req in requests:
+                if req.error is not None:
+                    results[key] = ChatResult(exception=req.error)
+                elif key not in todo:
+                    line = self._chunker.line(key, req)
+                    cost = _tokens.prompt_tokens(req.messages)
+                    todo[key] = (key, 0, line, cost, None)
+            spool.add_requests(todo.values())
+            hits = [k for k in cached if k not in todo]
+            spool.add_requests((k, 0, None, 0, None) for k in hits)
+            spool.put_results(dict.fromkeys(hits, ChatResult()), HIT)
+            self.send(spool)
+            results.update(spool.all_results((BATCH,)))
+        return results
+
+    def send(self, spool: Spool) -> None:
+        """Answer every request the spool holds to send; each result goes back there.
+
+        The requests are read from the spool a page at a time, each chunk's file is
+        written from it when uploaded, and each batch's results are written to it as
+        the batch ends (after ``on_results``): memory follows one batch file.
+        """
+        self._planner.settle(spool)
+        if not spool.to_send():
+            return
+        chunks = self._planner.plan(spool, self.limit)
         logger.info(
             "batch mode: %d requests in %d batch(es) (%d already submitted)",
             sum(c.lines for c in chunks),
             len(chunks),
             sum(c.phase == "submitted" for c in chunks),
         )
-        drive(
-            chunks,
-            fits=self._fits,
-            submit=lambda chunk: self._submit(chunk, items, results),
-            poll=lambda chunk, active: self._poll(chunk, active, results),
-            report=lambda: self._report(chunks),
-            sleep=self.sleep,
-            first=self.poll_interval_s,
-            longest=self.max_poll_interval_s,
-            backoff=self.backoff,
-        )
-        return results
+        with contextlib.suppress(_DeadlinePassed):  # what is left is settled below
+            drive(
+                chunks,
+                fits=self._fits,
+                submit=lambda chunk: self._submit(chunk, spool),
+                poll=lambda chunk, active: self._poll(chunk, active, spool),
+                report=lambda: self._report(chunks),
+                sleep=self._wait,
+                first=self.poll_interval_s,
+                longest=self.max_poll_interval_s,
+                backoff=self.backoff,
+                expired=self._expired,
+            )
+        left = [c for c in chunks if c.phase != "done" and c.status not in TERMINAL]
+        if left:  # the deadline passed before they ended
+            self._past_deadline(left, spool)
 
     def cancel(self) -> list[str]:
         """Cancel every batch of this deployment and host the state holds as running.
@@ -309,38 +364,30 @@ class BatchRunner:
 
     # -- submitting ----------------------------------------------------------------
 
-    def _submit(
-        self,
-        chunk: Chunk,
-        items: Mapping[str, ChatRequest],
-        results: dict[str, ChatResult],
-    ) -> bool:
+    def _submit(self, chunk: Chunk, spool: Spool) -> bool:
         """Upload (or find) the file, wait until processed, create (or find) the batch.
 
         Returns whether a batch is running; if not, the chunk's rows have their errors.
         """
         why = self._submitter.submit(
-            chunk, lambda: self._chunker.rebuild(chunk.keys, items)
+            chunk,
+            lambda: self._chunker.open_file(
+                chunk.name, self.state.keys(chunk.name), spool
+            ),
         )
-        return why is None or self._give_up(chunk, results, why)
+        return why is None or self._give_up(chunk, spool, why)
 
-    def _give_up(self, chunk: Chunk, results: dict[str, ChatResult], why: str) -> bool:
+    def _give_up(self, chunk: Chunk, spool: Spool, why: str) -> bool:
         error = BatchFailedError(f"batch mode could not submit this request: {why}")
-        self._deliver(
-            chunk, {key: ChatResult(exception=error) for key in chunk.keys}, results
-        )
+        keys = self.state.keys(chunk.name)
+        self._deliver({key: ChatResult(exception=error) for key in keys}, spool)
         self.state.done(chunk.name, "failed", why)
         chunk.status = "failed"
         return False
 
     # -- polling -------------------------------------------------------------------
 
-    def _poll(
-        self,
-        chunk: Chunk,
-        active: Sequence[Chunk],
-        results: dict[str, ChatResult],
-    ) -> Outcome:
+    def _poll(self, chunk: Chunk, active: Sequence[Chunk], spool: Spool) -> Outcome:
         """Poll ``chunk``'s batch once; if it ended, deliver its rows' results."""
         assert chunk.batch_id is not None  # noqa: S101 - polled once submitted
         try:
@@ -355,7 +402,8 @@ class BatchRunner:
                 f"batch {chunk.batch_id} is gone from the server",
                 batch_id=chunk.batch_id,
             )
-            self._end(chunk, "failed", dict.fromkeys(chunk.keys, batch_error), results)
+            keys = self.state.keys(chunk.name)
+            self._end(chunk, "failed", [dict.fromkeys(keys, batch_error)], spool)
             return "ended"
         status = observe(chunk, batch, self.state)
         self._step("polled", chunk)
@@ -379,44 +427,68 @@ class BatchRunner:
                     chunk.phase, chunk.batch_id, chunk.status = "uploaded", None, None
                     chunk.completed = chunk.failed = 0
                     return "requeue"
-            per_key = self._reader.failed_rows(chunk.keys, batch.id, errors)
-            self._end(chunk, status, per_key, results)
+            keys = self.state.keys(chunk.name)
+            per_key = self._reader.failed_rows(keys, batch.id, errors)
+            self._end(chunk, status, [per_key], spool)
             return "ended"
-        per_key = self._reader.collect(chunk.keys, batch, status)
-        self._end(chunk, status, per_key, results)
+        pages = self._reader.collect(self.state.keys(chunk.name), batch, status)
+        self._end(chunk, status, pages, spool)
         return "ended"
 
     def _end(
         self,
         chunk: Chunk,
         status: str,
-        per_key: Mapping[str, AzureChatError | ChatResult],
-        results: dict[str, ChatResult],
+        pages: Iterable[Mapping[str, AzureChatError | ChatResult]],
+        spool: Spool,
     ) -> None:
-        chunk_results = {
-            key: value if isinstance(value, ChatResult) else ChatResult(exception=value)
-            for key, value in per_key.items()
-        }
+        """Hand over an ended batch's results, a page at a time; then mark it done."""
         self._step("collected", chunk)
-        self._deliver(chunk, chunk_results, results)
-        failed = sum(r.exception is not None for r in chunk_results.values())
+        n = failed = 0
+        for per_key in pages:
+            chunk_results = {
+                key: value
+                if isinstance(value, ChatResult)
+                else ChatResult(exception=value)
+                for key, value in per_key.items()
+            }
+            self._deliver(chunk_results, spool)
+            n += len(chunk_results)
+            failed += sum(r.exception is not None for r in chunk_results.values())
         self.state.done(
-            chunk.name,
-            status,
-            f"{failed} of {len(chunk_results)} failed" if failed else None,
+            chunk.name, status, f"{failed} of {n} failed" if failed else None
         )
         chunk.status = status
         self._step("done", chunk)
 
-    def _deliver(
-        self,
-        chunk: Chunk,
-        chunk_results: Mapping[str, ChatResult],
-        results: dict[str, ChatResult],
-    ) -> None:
+    def _deliver(self, chunk_results: Mapping[str, ChatResult], spool: Spool) -> None:
         if self.on_results is not None:
             self.on_results(chunk_results)
-        results.update(chunk_results)
+        spool.put_results(chunk_results, BATCH, again=self.again)
+
+    # -- the deadline ----------------------------------------------------------------
+
+    def _expired(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but not past the deadline; at the deadline, stop the run's waiting."""
+        if self.deadline is not None:
+            left = self.deadline - self.clock()
+            if left <= 0:
+                raise _DeadlinePassed
+            seconds = min(seconds, left)
+        self.sleep(seconds)
+
+    def _past_deadline(self, chunks: Sequence[Chunk], spool: Spool) -> None:
+        """The rows of chunks that had not ended at the deadline get why, and what next.
+
+        Their chunks stay live in the state (nothing is marked done): a rerun attaches
+        to the batches still running and submits the chunks never submitted.
+        """
+        for chunk, error in deadline_errors(chunks, self.state.path, self.deadline_s):
+            keys = self.state.keys(chunk.name)
+            spool.put_results(dict.fromkeys(keys, ChatResult(exception=error)), BATCH)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -427,3 +499,7 @@ class BatchRunner:
     def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
             self.progress(progress_of(chunks))
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 - an outcome, not a bug
+    """The run's deadline passed during a wait (a file's, or between polls)."""

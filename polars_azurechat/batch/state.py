@@ -213,7 +213,8 @@ class NewChunk:
     lines: int
     bytes: int
     tokens: int
-    keys: Sequence[str]
+    #: in line order; read once, as the chunk is recorded (it may be a generator)
+    keys: Iterable[str]
 
 
 class BatchStateStore:

@@ -1,7 +1,7 @@
 """A chunk from its JSONL bytes to a running batch, resumably. Not meant for outside use.
 
-Each file is uploaded (``purpose="batch"``), awaited until ``processed``, and a batch
-created from it (``completion_window="24h"``), its metadata naming the chunk and the
+Each file is uploaded (``purpose="batch"``), awaited until ``processed`` (at most
+``file_wait_s``, :data:`FILE_WAIT_S` unless told), and a batch created from it (``completion_window="24h"``), its metadata naming the chunk and the
 attempt. Every step is written to the
 :class:`~polars_azurechat.batch.state.BatchStateStore` before it happens, so a rerun
 after a crash finds the file (by its name) or the batch (by its metadata) that an
@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api
     from polars_azurechat.batch.chunks import Chunk
     from polars_azurechat.batch.state import BatchStateStore
 
-__all__ = ["META_ATTEMPT", "META_CHUNK", "Submitter"]
+__all__ = ["FILE_WAIT_S", "META_ATTEMPT", "META_CHUNK", "FileWaitExpired", "Submitter"]
 
 logger = logging.getLogger(__name__)
 
 #: Batch metadata naming the chunk and the attempt, so a lost batch id can be found.
 META_CHUNK = "polars_azurechat_chunk"
 META_ATTEMPT = "polars_azurechat_attempt"
+#: The longest wait for an uploaded file to become ``processed`` (Azure takes seconds
+#: to minutes; a file may also stay ``pending`` for ever).
+FILE_WAIT_S = 30 * 60.0
+
+
+class FileWaitExpired(Exception):  # noqa: N818 - an outcome, not a bug
+    """An uploaded file did not become ``processed`` within ``file_wait_s``."""
 
 
 class Submitter:
@@ -39,11 +46,15 @@ class Submitter:
         Where the files and batches are recorded before each step.
     step
         Called as ``step(name, chunk)`` at each step (the runner's hook).
-    sleep
-        How to wait between looks at a file that is still ``pending``.
+    sleep, clock
+        How to wait between looks at a file that is still ``pending``, and what time
+        it is.
     file_poll_s, backoff
         The first wait between those looks, and its growth (up to ten times the
         first).
+    file_wait_s
+        The longest wait for a file to become ``processed``: then the chunk's rows
+        fail with an error naming the file and its last status.
     """
 
     def __init__(
@@ -53,22 +64,29 @@ class Submitter:
         *,
         step: Callable[[str, Chunk], None],
         sleep: Callable[[float], None],
+        clock: Callable[[], float],
         file_poll_s: float,
         backoff: float,
+        file_wait_s: float = FILE_WAIT_S,
     ) -> None:
         self.api = api
         self.state = state
         self.step = step
         self.sleep = sleep
+        self.clock = clock
         self.file_poll_s = file_poll_s
         self.backoff = backoff
+        self.file_wait_s = file_wait_s
 
-    def submit(self, chunk: Chunk, rebuild: Callable[[], bytes | None]) -> str | None:
+    def submit(
+        self, chunk: Chunk, rebuild: Callable[[], IO[bytes] | None]
+    ) -> str | None:
         """Upload (or find) the file, wait until processed, create (or find) the batch.
 
-        ``rebuild`` gives the chunk's bytes again when it does not hold them (a chunk
-        of an earlier run), or ``None`` if this run cannot. Returns ``None`` once a
-        batch is running, else why the chunk cannot be submitted.
+        ``rebuild`` writes the chunk's file (a temporary file, closed once uploaded),
+        or gives ``None`` if this run cannot (it does not hold every request of a
+        chunk an earlier run recorded). Returns ``None`` once a batch is running,
+        else why the chunk cannot be submitted.
         """
         state = self.state
         for _ in range(3):  # a file the server refuses is uploaded at most 3 times
@@ -83,13 +101,14 @@ class Submitter:
                 self.step("uploading", chunk)
                 found = self.find_file(chunk) if resumed else None
                 if found is None:
-                    data = chunk.data or rebuild()
-                    if data is None:
+                    file = rebuild()
+                    if file is None:
                         return (
                             "its input file is gone from the server and this run "
                             "does not hold all of its requests to upload it again"
                         )
-                    found = str(self.api.upload(chunk.file_name, data).id)
+                    with file:  # read as it is sent
+                        found = str(self.api.upload(chunk.file_name, file).id)
                     logger.info("uploaded %s as %s", chunk.file_name, found)
                     self.step("uploaded", chunk)
                 chunk.file_id = found
@@ -99,7 +118,11 @@ class Submitter:
             resumed = chunk.phase == "creating"  # the create may have happened
             if chunk.phase == "uploaded":
                 assert chunk.file_id is not None  # noqa: S101 - set with the phase
-                problem = self.wait_processed(chunk.file_id)
+                try:
+                    problem = self.wait_processed(chunk.file_id)
+                except FileWaitExpired as exc:  # uploading it again would not help
+                    logger.warning("batch file %s: %s", chunk.file_id, exc)
+                    return str(exc)
                 if problem is not None:
                     logger.warning(
                         "batch file %s: %s; uploading it again", chunk.file_id, problem
@@ -135,8 +158,15 @@ class Submitter:
         return "the server refused its input file"
 
     def wait_processed(self, file_id: str) -> str | None:
-        """Wait until the file is ``processed``; else why it cannot be used."""
+        """Wait until the file is ``processed``; else why it cannot be used.
+
+        Raises
+        ------
+        FileWaitExpired
+            The file is still not ``processed`` after ``file_wait_s``.
+        """
         wait = self.file_poll_s
+        start = self.clock()
         while True:
             file = self.api.file(file_id)
             if file is None:
@@ -149,7 +179,15 @@ class Submitter:
                 return f"its input file is in status {status!r}" + (
                     f" ({details})" if details else ""
                 )
-            self.sleep(wait)
+            waited = self.clock() - start
+            if waited >= self.file_wait_s:
+                msg = (
+                    f"its input file {file_id} is still {status!r} after {waited:,.0f} s "
+                    f"(batch_file_wait_s={self.file_wait_s:g}); no batch was created. "
+                    "A rerun of the job waits for the same file again"
+                )
+                raise FileWaitExpired(msg)
+            self.sleep(min(wait, self.file_wait_s - waited))
             wait = min(wait * self.backoff, 10 * self.file_poll_s)
 
     def find_file(self, chunk: Chunk) -> str | None:

@@ -38,6 +38,9 @@ Directives in a line's last user message script a batch:
 ``[emu:batch_expire]``
     this line is never answered: the batch answers the others, then expires at the
     end of its completion window.
+``[emu:file_pending]``
+    anywhere in an input file: the file stays ``pending`` for ever, and no batch can
+    be created from it (``[emu:file_pending=N]``: for ``N`` seconds more).
 
 The chat directives work per line too (``[emu:500*1]``, ``[emu:filter]``, ...).
 

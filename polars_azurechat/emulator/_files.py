@@ -3,7 +3,9 @@
 ``POST /openai/files``
     multipart upload (``purpose``, ``file``); a ``batch`` file must be named
     ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
-    ``processed``.
+    ``processed``. A file whose content holds ``[emu:file_pending]`` stays
+    ``pending`` for ever (``[emu:file_pending=N]``: ``N`` seconds more of the clock),
+    as an Azure file sometimes does.
 ``GET /openai/files`` (``purpose``, ``limit``, ``after``, ``order``), ``GET|DELETE
 /openai/files/{id}``, ``GET /openai/files/{id}/content``
     list, retrieve, delete, download.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["File", "FileStore", "page"]
 
 logger = logging.getLogger(__name__)
+
+#: ``[emu:file_pending]`` or ``[emu:file_pending=N]`` in a file's content.
+_FILE_PENDING = re.compile(rb"\[emu:file_pending(?:=(\d+(?:\.\d+)?))?\]")
 
 _PURPOSES = frozenset(
     {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
@@ -144,7 +151,7 @@ class FileStore:
             purpose,
             data,
             at=now,
-            ready=now + self.host.file_processing_s,
+            ready=now + self.host.file_processing_s + _held_pending(data),
         )
         self.host.count("files_uploaded")
         logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
@@ -200,6 +207,14 @@ class FileStore:
         if isinstance(file, web.Response):
             return file
         return web.Response(body=file.data, content_type="application/octet-stream")
+
+
+def _held_pending(data: bytes) -> float:
+    """Seconds a file's ``[emu:file_pending(=N)]`` keeps it ``pending`` (inf: for ever)."""
+    m = _FILE_PENDING.search(data)
+    if m is None:
+        return 0.0
+    return math.inf if m.group(1) is None else float(m.group(1))
 
 
 def page(
