@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import polars as pl
 from bench import arithmetic, emulator_process, emulator_stats, verdict
 from pool import fastest_schedule
 
@@ -262,8 +263,153 @@ def cost() -> bool:
     return verdict("cost: Redis / local CPU per request", ratio, "<= 1.5", ratio <= 1.5)
 
 
+#: When each job of the ``staggered`` scenario starts (seconds after the first), and
+#: how it runs: an expression in a Python process, or a CLI run.
+STAGGER = ((0.0, "expr"), (1.5, "cli"), (3.0, "expr"), (4.5, "cli"))
+#: Targets per limiter: (429s / requests, wall / fastest schedule).
+STAGGER_TARGETS = {"local": (0.10, 1.3), "redis": (0.02, 1.3)}
+
+
+def _start_job(
+    kind: str, url: str, limiter: str, rows: int, offset: int, workdir: Path
+) -> subprocess.Popen[str]:
+    """One job of the ``staggered`` scenario, started now."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "AZURE_OPENAI_ENDPOINT": url,
+        "AZURE_OPENAI_API_KEY": DEFAULT_API_KEY,
+        "AZURE_OPENAI_DEPLOYMENT": DEPLOYMENT,
+    }
+    if kind == "expr":
+        args = [__file__, "--worker", url, limiter, str(rows), str(offset)]
+    else:
+        df, _ = arithmetic(offset + rows)
+        df.slice(offset).write_parquet(workdir / f"in-{offset}.parquet")
+        args = [
+            *("-m", "polars_azurechat", "run"),
+            *(
+                str(workdir / f"in-{offset}.parquet"),
+                str(workdir / f"out-{offset}.parquet"),
+            ),
+            *("--max-tokens", "10", "--requests-per-minute", "600", "--no-progress"),
+            *([] if limiter == "local" else ["--limiter", limiter]),
+        ]
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def _rows_lost(
+    kind: str,
+    proc: subprocess.Popen[str],
+    out: str,
+    rows: int,
+    offset: int,
+    workdir: Path,
+) -> int:
+    """Rows of one job without their right answer (all of them if it did not finish)."""
+    _, expected = arithmetic(offset + rows)
+    expected = expected[offset:]
+    if proc.returncode is None or proc.returncode < 0:
+        return rows  # stopped
+    if kind == "expr":
+        lines = out.strip().splitlines()
+        if not lines:
+            return rows
+        got = json.loads(lines[-1])
+        return 0 if got["correct"] else max(1, got["failed"])
+    path = workdir / f"out-{offset}.parquet"
+    if not path.exists():
+        return rows
+    answers = pl.read_parquet(path)["answer"].to_list()
+    return sum(a != e for a, e in zip(answers, expected, strict=True))
+
+
+def run_staggered(url: str, limiter: str, rows: int, stop_after: float) -> dict:
+    """The four jobs of :data:`STAGGER`; stopped at ``stop_after`` s if not done."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        procs: list[tuple[str, int, subprocess.Popen[str]]] = []
+        t0 = time.perf_counter()
+        for k, (at, kind) in enumerate(STAGGER):
+            time.sleep(max(0.0, t0 + at - time.perf_counter()))
+            procs.append(
+                (
+                    kind,
+                    k * rows,
+                    _start_job(kind, url, limiter, rows, k * rows, workdir),
+                )
+            )
+        lost, stopped = 0, 0
+        for kind, offset, proc in procs:
+            try:
+                out, _ = proc.communicate(
+                    timeout=max(0.1, t0 + stop_after - time.perf_counter())
+                )
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                stopped += 1
+            lost += _rows_lost(kind, proc, out, rows, offset, workdir)
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "lost": lost, "stopped": stopped}
+
+
+def staggered() -> bool:
+    """Four jobs (two expressions, two CLI runs) starting 1.5 s apart on one quota."""
+    rows = 300
+    n = rows * len(STAGGER)
+    fastest = fastest_schedule(n, {DEPLOYMENT: 600}, slots=len(STAGGER) * 64)
+    ok = True
+    for label in ("local", "redis"):
+        with (
+            emulator_process(
+                latency_ms=200, requests_per_minute=600, window_s=10
+            ) as url,
+            redis_process() as redis_url,
+        ):
+            emulator_stats(url, reset=True)
+            got = run_staggered(
+                url, redis_url if label == "redis" else "local", rows, 4 * fastest
+            )
+            stats = emulator_stats(url)
+        n429 = stats["statuses"].get("429", 0)
+        share, ratio = n429 / max(1, stats["requests"]), got["wall"] / fastest
+        name = "shared through Redis" if label == "redis" else "no Redis"
+        print(
+            f"4 jobs 1.5 s apart, {name:20} requests {stats['requests']:5}  "
+            f"429s {n429:4} ({share:.1%})  rows lost {got['lost']}  stopped "
+            f"{got['stopped']}  wall {got['wall']:6.1f} s  fastest {fastest:6.1f} s "
+            f"(rows / rate {n / 10:.0f} s)  ratio {ratio:.3f}",
+            flush=True,
+        )
+        most_429, most_wall = STAGGER_TARGETS[label]
+        ok &= verdict(
+            f"staggered, {name}: 429s / requests",
+            share,
+            f"<= {most_429}",
+            share <= most_429,
+        )
+        ok &= verdict(
+            f"staggered, {name}: rows lost", got["lost"], "0", got["lost"] == 0
+        )
+        ok &= verdict(
+            f"staggered, {name}: wall / fastest",
+            ratio,
+            f"<= {most_wall}",
+            ratio <= most_wall,
+        )
+    return ok
+
+
 SCENARIOS: dict[str, Callable[[], bool]] = {
     "processes": processes,
+    "staggered": staggered,
     "ray": ray_scenario,
     "cost": cost,
 }
