@@ -8,14 +8,14 @@ import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
 from polars_azurechat.emulator._batch import BatchService
-from polars_azurechat.emulator._body import read_body
+from polars_azurechat.emulator._body import missing_model, read_body
 from polars_azurechat.emulator._chat import Chat, chat_payload
-from polars_azurechat.emulator._errors import error_response
+from polars_azurechat.emulator._errors import api_version_problem, error_response
 from polars_azurechat.emulator._faults import Dropped
 from polars_azurechat.emulator._lane import Lane
 from polars_azurechat.emulator._settings import EmulatorSettings, exposure_warning
@@ -26,16 +26,30 @@ __all__ = ["Emulator", "serve"]
 logger = logging.getLogger(__name__)
 
 
+#: The surfaces a chat request can come by: the classic deployment route, the v1
+#: chat route, the v1 Responses API.
+Route = Literal["classic", "v1", "responses"]
+#: What a body asks for: a chat completion, or a response of the Responses API.
+Api = Literal["chat", "responses"]
+
+#: Azure's 404 for a deployment name the resource does not have.
+DEPLOYMENT_NOT_FOUND = (
+    "The API deployment for this resource does not exist. If you created the "
+    "deployment within the last 5 minutes, please wait a moment and try again."
+)
+
+
 class _App:
     def __init__(self, state: State, batches: BatchService | None = None) -> None:
         self.state = state
         self.chat_answers = Chat(state)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.router.add_post(
-            "/openai/deployments/{deployment}/chat/completions", self.chat
-        )
-        self.app.router.add_get("/stats", self.get_stats)
-        self.app.router.add_post("/stats/reset", self.reset_stats)
+        router = self.app.router
+        router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+        router.add_post("/openai/v1/chat/completions", self.chat_v1)
+        router.add_get("/openai/v1/models", self.models)
+        router.add_get("/stats", self.get_stats)
+        router.add_post("/stats/reset", self.reset_stats)
         # the files and batches endpoints (emulator/_batch.py)
         self.batches = batches if batches is not None else BatchService()
         self.batches.attach(self)
@@ -51,9 +65,36 @@ class _App:
         return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/deployments/{deployment}/chat/completions?api-version=``."""
+        return await self._serve(request, "classic")
+
+    async def chat_v1(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/chat/completions``: the deployment is the body's ``model``."""
+        return await self._serve(request, "v1")
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /openai/v1/models``: the models the resource's deployments run."""
+        refused = api_version_problem(request) or self._authenticated(request)
+        if refused is not None:
+            return refused
+        s = self.state.settings
+        names = {s.model} | {
+            str(fields["model"])
+            for fields in (s.per_deployment or {}).values()
+            if "model" in fields
+        }
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "system"}
+            for name in sorted(names)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """Count a chat request by ``route``, answer it, count how it was answered."""
         st = self.state
         with st.lock:
             st.requests += 1
+            st.routes[route] += 1
             st.in_flight += 1
             st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
             n = st.requests
@@ -62,14 +103,7 @@ class _App:
         status = "?"
         lane: Lane | None = None
         try:
-            admitted = self._admit(request)
-            if isinstance(admitted, web.Response):
-                response = admitted
-            else:  # only an authenticated request to a deployment that exists
-                lane = admitted
-                with st.lock:
-                    lane.requests += 1
-                response = await self._chat(lane, request)
+            response, lane = await self._route(request, route)
         except Dropped:
             status = "dropped"
             raise
@@ -85,48 +119,60 @@ class _App:
                 if lane is not None:
                     lane.statuses[status] += 1
 
-    def _admit(self, request: web.Request) -> Lane | web.Response:
-        """The deployment's lane, or the refusal (no api-version, credential, name).
+    async def _route(
+        self, request: web.Request, route: Route
+    ) -> tuple[web.Response, Lane | None]:
+        """The answer to a chat request, and the lane it reached (if any).
 
         A lane (quota windows, counters) is made for a deployment name only once a
         request with a valid credential names it: a caller without one cannot make the
-        emulator keep anything per name it invents.
+        emulator keep anything per name it invents. The classic route names the
+        deployment in its path; the v1 routes in the body's ``model``.
         """
+        refused = api_version_problem(request) or self._authenticated(request)
+        if refused is not None:
+            return refused, None
+        body: Any = None
+        if route == "classic":
+            deployment = request.match_info["deployment"]
+        else:
+            body, refused = read_body(await request.read())
+            if refused is not None:
+                return refused, None
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or not model:
+                return missing_model(), None
+            deployment = model
+        lane = self._lane(deployment)
+        if isinstance(lane, web.Response):
+            return lane, None
+        with self.state.lock:
+            lane.requests += 1
+        if lane.is_down():
+            return _down(lane), lane
+        if body is None:
+            body, refused = read_body(await request.read())
+            if refused is not None:
+                return refused, lane
+        api: Api = "responses" if route == "responses" else "chat"
+        return await self.answer(lane, body, request=request, api=api), lane
+
+    def _authenticated(self, request: web.Request) -> web.Response | None:
+        """The refusal of a request without a valid credential (counted if valid)."""
         st = self.state
-        s = st.settings
-        if not request.query.get("api-version"):
-            return error_response(404, "404", "Resource not found")
         auth = st.authenticate(request)
         if isinstance(auth, web.Response):
             return auth
         with st.lock:
             st.auth[auth] += 1
-        deployment = request.match_info["deployment"]
-        if s.deployments is not None and deployment not in s.deployments:
-            return error_response(
-                404,
-                "DeploymentNotFound",
-                "The API deployment for this resource does not exist. If you created the "
-                "deployment within the last 5 minutes, please wait a moment and try again.",
-            )
-        return st.lane(deployment)
+        return None
 
-    async def _chat(self, lane: Lane, request: web.Request) -> web.Response:
-        s = lane.settings
-        if lane.is_down():
-            down = error_response(
-                503,
-                "ServiceUnavailable",
-                "The service is temporarily unable to process your request. Please try "
-                "again later.",
-            )
-            if s.retry_after_ms is not None:
-                down.headers["retry-after-ms"] = str(s.retry_after_ms)
-            return down
-        body, refused = read_body(await request.read())
-        if refused is not None:
-            return refused
-        return await self.answer(lane, body, request=request)
+    def _lane(self, deployment: str) -> Lane | web.Response:
+        """The lane of ``deployment``, or Azure's 404 if the resource has none."""
+        known = self.state.settings.deployments
+        if known is not None and deployment not in known:
+            return error_response(404, "DeploymentNotFound", DEPLOYMENT_NOT_FOUND)
+        return self.state.lane(deployment)
 
     async def answer(
         self,
@@ -135,12 +181,29 @@ class _App:
         *,
         request: web.Request | None = None,
         n: int | None = None,
+        api: Api = "chat",
     ) -> web.Response:
-        """Answer one chat-completions ``body`` on ``lane`` (see :meth:`Chat.answer`)."""
+        """Answer one ``body`` on ``lane`` (see :meth:`Chat.answer`), for ``api``.
+
+        ``request`` is ``None`` for a line of a batch.
+        """
         answer = await self.chat_answers.answer(lane, body, request=request, n=n)
         if isinstance(answer, web.Response):
             return answer
         return web.json_response(chat_payload(answer), headers=answer.headers)
+
+
+def _down(lane: Lane) -> web.Response:
+    """The 503 of a deployment that is down."""
+    down = error_response(
+        503,
+        "ServiceUnavailable",
+        "The service is temporarily unable to process your request. Please try "
+        "again later.",
+    )
+    if lane.settings.retry_after_ms is not None:
+        down.headers["retry-after-ms"] = str(lane.settings.retry_after_ms)
+    return down
 
 
 class Emulator:
@@ -204,6 +267,11 @@ class Emulator:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def base_url(self) -> str:
+        """The v1 API's base URL, ``<url>/openai/v1/`` (``openai.OpenAI(base_url=)``)."""
+        return f"{self.url}/openai/v1/"
+
+    @property
     def api_key(self) -> str:
         """The key the emulator accepts."""
         return self.settings.api_key
@@ -223,7 +291,10 @@ class Emulator:
         Also ``tokens_issued`` (by :meth:`issue_token`) and ``auth``: the requests
         authenticated with the key (``"key"``: an ``api-key`` header, or the key sent
         as a bearer) and with an issued token (``"bearer"``), as
-        ``{"key": n, "bearer": n}``, and ``batch``: the files and batches counters
+        ``{"key": n, "bearer": n}``; ``routes``: the chat requests by the surface
+        they came by, ``{"classic": n, "v1": n, "responses": n}`` (the deployment
+        route with ``api-version``, ``/openai/v1/chat/completions``,
+        ``/openai/v1/responses``); and ``batch``: the files and batches counters
         (:meth:`~polars_azurechat.emulator._batch.BatchService.snapshot`).
         """
         return {**self._state.snapshot(), "batch": self.batches.snapshot()}

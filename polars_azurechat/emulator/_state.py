@@ -25,9 +25,12 @@ from polars_azurechat.emulator._lane import Lane
 from polars_azurechat.emulator._settings import EmulatorSettings
 from polars_azurechat.emulator._tokens import estimator
 
-__all__ = ["AuthKind", "State"]
+__all__ = ["ROUTES", "AuthKind", "State"]
 
 AuthKind = Literal["key", "bearer"]
+
+#: The surfaces chat requests are counted by (``stats()["routes"]``).
+ROUTES = ("classic", "v1", "responses")
 
 
 class State:
@@ -68,6 +71,7 @@ class State:
         with self.lock:
             self.requests = 0
             self.statuses: collections.Counter[str] = collections.Counter()
+            self.routes: collections.Counter[str] = collections.Counter()
             self.faults: collections.Counter[str] = collections.Counter()
             self.in_flight = 0
             self.peak_in_flight = 0
@@ -98,6 +102,7 @@ class State:
             return {
                 "requests": self.requests,
                 "statuses": dict(sorted(self.statuses.items())),
+                "routes": {route: self.routes[route] for route in ROUTES},
                 "faults": dict(sorted(self.faults.items())),
                 "in_flight": self.in_flight,
                 "peak_in_flight": self.peak_in_flight,
