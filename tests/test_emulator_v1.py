@@ -19,7 +19,7 @@ from polars_azurechat.emulator import Emulator
 
 from .fakes import FakeClock
 
-HI = [{"role": "user", "content": "What is 53 + 53?"}]
+HI: Any = [{"role": "user", "content": "What is 53 + 53?"}]
 
 
 def _client(emu: Emulator, key: str | None = None) -> openai.OpenAI:
@@ -51,7 +51,7 @@ def _request(
 
 def test_the_sdks_openai_client_speaks_to_the_v1_chat_route() -> None:
     with Emulator() as emu:
-        reply = _client(emu).chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        reply = _client(emu).chat.completions.create(model="gpt-4o-mini", messages=HI)
         stats = emu.stats()
     assert reply.choices[0].message.content == "106"
     assert reply.model == "gpt-4o-mini"
@@ -72,7 +72,7 @@ def test_v1_takes_an_api_key_header_a_bearer_key_and_an_entra_token() -> None:
         token = emu.issue_token()
         by_token = _client(emu, key=token).chat.completions.create(
             model="d",
-            messages=HI,  # type: ignore[arg-type]
+            messages=HI,
         )
         wrong, error = _request(emu, path, body, headers={"api-key": "nope"})
         stats = emu.stats()
@@ -128,7 +128,7 @@ def test_v1_needs_a_model_and_a_deployment_that_exists() -> None:
             emu, path, {"model": "nope", "messages": HI}, headers=key
         )
         with pytest.raises(openai.NotFoundError):
-            _client(emu).chat.completions.create(model="nope", messages=HI)  # type: ignore[arg-type]
+            _client(emu).chat.completions.create(model="nope", messages=HI)
         stats = emu.stats()
     assert missing == 400 and missing_body["error"]["param"] == "model"
     assert missing_body["error"]["code"] == "missing_required_parameter"
@@ -146,16 +146,16 @@ def test_one_deployment_by_either_route_is_one_quota_and_one_set_of_counters() -
             max_retries=0,
         )
         v1 = _client(emu)
-        classic.chat.completions.create(model="shared", messages=HI)  # type: ignore[arg-type]
-        v1.chat.completions.create(model="shared", messages=HI)  # type: ignore[arg-type]
+        classic.chat.completions.create(model="shared", messages=HI)
+        v1.chat.completions.create(model="shared", messages=HI)
         with pytest.raises(
             openai.RateLimitError
         ):  # the window is full, whichever route
-            v1.chat.completions.create(model="shared", messages=HI)  # type: ignore[arg-type]
+            v1.chat.completions.create(model="shared", messages=HI)
         with pytest.raises(openai.RateLimitError):
-            classic.chat.completions.create(model="shared", messages=HI)  # type: ignore[arg-type]
+            classic.chat.completions.create(model="shared", messages=HI)
         clock.advance(10)
-        v1.chat.completions.create(model="shared", messages=HI)  # type: ignore[arg-type]
+        v1.chat.completions.create(model="shared", messages=HI)
         stats = emu.stats()
     assert stats["deployments"] == {
         "shared": {"requests": 5, "statuses": {"200": 3, "429": 2}}
@@ -165,9 +165,9 @@ def test_one_deployment_by_either_route_is_one_quota_and_one_set_of_counters() -
 
 def test_scripted_faults_count_across_routes() -> None:
     with Emulator() as emu:
-        prompt = [{"role": "user", "content": "[emu:500*1] hi"}]
+        prompt: Any = [{"role": "user", "content": "[emu:500*1] hi"}]
         with pytest.raises(openai.InternalServerError):
-            _client(emu).chat.completions.create(model="d", messages=prompt)  # type: ignore[arg-type]
+            _client(emu).chat.completions.create(model="d", messages=prompt)
         status, _ = _request(
             emu,
             "/openai/deployments/d/chat/completions?api-version=2024-10-21",

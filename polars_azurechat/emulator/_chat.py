@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -25,6 +26,12 @@ from polars_azurechat.emulator._errors import (
     rate_limit_response,
 )
 from polars_azurechat.emulator._quota import ceil_ms
+from polars_azurechat.emulator._reasoning import (
+    effort_of,
+    is_reasoning,
+    reasoning_problem,
+    reasoning_tokens,
+)
 from polars_azurechat.emulator._structured import (
     REFUSAL,
     ResponseFormatError,
@@ -53,7 +60,8 @@ class Answer:
     refusal: str | None
     finish_reason: str  # "stop", "length" or "content_filter"
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # the reasoning tokens included
+    reasoning_tokens: int
     output_filtered: bool
     headers: dict[str, str]
 
@@ -66,6 +74,9 @@ class Chat:
     state
         The emulator's counters, token estimator and schema cache.
     """
+
+    #: How latency is waited (a test may record it instead).
+    sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -87,7 +98,8 @@ class Chat:
         """
         st = self.state
         s = lane.settings
-        refused = body_problem(body)  # Azure's 400 for a wrong type or range
+        # Azure's 400 for a wrong type or range, or what the model does not take
+        refused = body_problem(body) or reasoning_problem(body, s)
         if refused is not None:
             return refused
         messages = body["messages"]
@@ -96,7 +108,9 @@ class Chat:
             schema = requested_schema(body)
         except ResponseFormatError as err:
             return invalid(str(err), param="response_format")
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_completion_tokens")
         prompt_tokens = st.tokens.prompt(pairs)
         schema_text = None
         if schema is not None:  # Azure counts the schema in the prompt
@@ -107,10 +121,14 @@ class Chat:
             pairs[-1][1],
         )
         directives = parse_directives(last_user)
+        thought = None  # the reasoning tokens of a reasoning model
+        if is_reasoning(s):
+            thought = reasoning_tokens(effort_of(body), _prompt_text(pairs))
         delay_s = (
             s.latency_ms
             + float(directives.get("delay", 0))
             + s.jitter_ms * lane.rng.random()
+            + (thought or 0) * s.reasoning_ms_per_token
         ) / 1000
         fault = lane.faults.choose(messages, directives)
         if fault is not None:
@@ -139,11 +157,10 @@ class Chat:
                 )
             quota_headers = decision.headers
             if delay_s > 0:
-                await asyncio.sleep(delay_s)
+                await self.sleep(delay_s)
         text = _answer_text(schema, schema_text, directives, last_user)
-        return self._complete(
-            s.model, text, directives, max_tokens, prompt_tokens, quota_headers, n
-        )
+        answer = self._complete(text, directives, max_tokens, thought)
+        return self._count(answer, s.model, prompt_tokens, quota_headers, n)
 
     async def _fault(
         self, lane: Lane, fault: str, delay_s: float, request: web.Request | None
@@ -161,42 +178,69 @@ class Chat:
 
     def _complete(
         self,
-        model: str,
         text: str,
         directives: dict[str, str],
         max_tokens: Any,
+        thought: int | None,
+    ) -> Answer:
+        """The answer ``text``: refused, reasoned, cut as asked (not counted yet).
+
+        ``thought`` is the reasoning tokens of a reasoning model (``None``: none):
+        they come out of ``max_tokens`` (``max_completion_tokens``) first, and when
+        they take all of it the answer is empty, cut for ``"length"``.
+        """
+        tokens = self.state.tokens
+        refused = "refuse" in directives  # the answer is the refusal's text
+        if refused:
+            text = REFUSAL
+        budget = max_tokens if isinstance(max_tokens, int) else None
+        reasoned = 0
+        if thought is not None:
+            reasoned = thought if budget is None else min(thought, budget)
+            budget = None if budget is None else budget - reasoned
+        finish = "stop"
+        if budget == 0:  # the reasoning took the whole budget: nothing is said
+            text, refused, finish = "", False, "length"
+        elif budget is not None and tokens.text(text) > budget:
+            text, finish = tokens.truncate(text, budget), "length"
+        filtered = "filter_output" in directives and bool(text)
+        if filtered:  # the completion was cut by the output filter, as Azure does
+            text, finish = text[: max(1, len(text) // 2)], "content_filter"
+        said = max(1, tokens.text(text)) if text else 0
+        return Answer(
+            n=0,
+            model="",
+            content=None if refused else text,
+            refusal=text if refused else None,
+            finish_reason=finish,
+            prompt_tokens=0,
+            completion_tokens=reasoned + said,
+            reasoning_tokens=reasoned,
+            output_filtered=filtered,
+            headers={},
+        )
+
+    def _count(
+        self,
+        answer: Answer,
+        model: str,
         prompt_tokens: int,
         quota_headers: dict[str, str],
         n: int | None,
     ) -> Answer:
-        """The answer ``text``: refused, cut and counted as asked."""
+        """Count ``answer`` in the emulator's totals and name it (``n``, headers)."""
         st = self.state
-        refused = "refuse" in directives  # the answer is the refusal's text
-        if refused:
-            text = REFUSAL
-        finish = "stop"
-        if isinstance(max_tokens, int) and st.tokens.text(text) > max_tokens:
-            text, finish = st.tokens.truncate(text, max_tokens), "length"
-        filtered = "filter_output" in directives
-        if filtered:  # the completion was cut by the output filter, as Azure does
-            text, finish = text[: max(1, len(text) // 2)], "content_filter"
-        completion_tokens = max(1, st.tokens.text(text))
         with st.lock:
             st.prompt_tokens += prompt_tokens
-            st.completion_tokens += completion_tokens
+            st.completion_tokens += answer.completion_tokens
+            st.reasoning_tokens += answer.reasoning_tokens
             if n is None:
                 n = st.requests
-        return Answer(
-            n=n,
-            model=model,
-            content=None if refused else text,
-            refusal=text if refused else None,
-            finish_reason=finish,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            output_filtered=filtered,
-            headers={"apim-request-id": f"emu-{n}", **quota_headers},
-        )
+        answer.n = n
+        answer.model = model
+        answer.prompt_tokens = prompt_tokens
+        answer.headers = {"apim-request-id": f"emu-{n}", **quota_headers}
+        return answer
 
 
 def chat_payload(a: Answer) -> dict[str, Any]:
@@ -223,6 +267,13 @@ def chat_payload(a: Answer) -> dict[str, Any]:
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
             "total_tokens": a.prompt_tokens + a.completion_tokens,
+            "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": 0,
+                "audio_tokens": 0,
+                "reasoning_tokens": a.reasoning_tokens,
+                "rejected_prediction_tokens": 0,
+            },
         },
         "system_fingerprint": "fp_emulator",
     }
@@ -231,6 +282,11 @@ def chat_payload(a: Answer) -> dict[str, Any]:
 def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Each message's ``(role, content)`` (checked by ``body_problem``)."""
     return [(str(m["role"]), str(m["content"])) for m in messages]
+
+
+def _prompt_text(pairs: list[tuple[str, str]]) -> str:
+    """The prompt's messages as one text (what reasoning is derived from)."""
+    return "\n".join(f"{role}: {content}" for role, content in pairs)
 
 
 def _answer_text(

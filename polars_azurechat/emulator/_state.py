@@ -77,6 +77,7 @@ class State:
             self.peak_in_flight = 0
             self.prompt_tokens = 0
             self.completion_tokens = 0
+            self.reasoning_tokens = 0
             self.tokens_issued = 0
             self.auth: collections.Counter[AuthKind] = collections.Counter()
             lanes = list(self.lanes.values())
@@ -108,6 +109,7 @@ class State:
                 "peak_in_flight": self.peak_in_flight,
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
                 "tokens_issued": self.tokens_issued,
                 "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
                 "deployments": {
