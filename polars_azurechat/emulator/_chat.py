@@ -25,6 +25,7 @@ from polars_azurechat.emulator._errors import (
     output_filter_results,
     rate_limit_response,
 )
+from polars_azurechat.emulator._prompt_cache import MIN_TOKENS
 from polars_azurechat.emulator._quota import ceil_ms
 from polars_azurechat.emulator._reasoning import (
     effort_of,
@@ -64,6 +65,7 @@ class Answer:
     reasoning_tokens: int
     output_filtered: bool
     headers: dict[str, str]
+    cached_tokens: int = 0  # of the prompt's
 
 
 class Chat:
@@ -147,6 +149,7 @@ class Chat:
             DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
         )
         quota_headers: dict[str, str] = {}
+        cached = 0
         if request is not None:  # a batch line is not charged to the online quota
             decision = lane.quota.admit(prompt_tokens + reserved)
             if not decision.admitted:
@@ -156,10 +159,15 @@ class Chat:
                     decision.headers,
                 )
             quota_headers = decision.headers
+            if prompt_tokens >= MIN_TOKENS:  # shorter prompts are never cached
+                cached = lane.prompt_cache.cached(
+                    _prompt_pieces(schema_text, pairs), prompt_tokens, _cache_key(body)
+                )
             if delay_s > 0:
                 await self.sleep(delay_s)
         text = _answer_text(schema, schema_text, directives, last_user)
         answer = self._complete(text, directives, max_tokens, thought)
+        answer.cached_tokens = cached
         return self._count(answer, s.model, prompt_tokens, quota_headers, n)
 
     async def _fault(
@@ -234,6 +242,7 @@ class Chat:
             st.prompt_tokens += prompt_tokens
             st.completion_tokens += answer.completion_tokens
             st.reasoning_tokens += answer.reasoning_tokens
+            st.cached_tokens += answer.cached_tokens
             if n is None:
                 n = st.requests
         answer.n = n
@@ -267,7 +276,10 @@ def chat_payload(a: Answer) -> dict[str, Any]:
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
             "total_tokens": a.prompt_tokens + a.completion_tokens,
-            "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
+            "prompt_tokens_details": {
+                "audio_tokens": 0,
+                "cached_tokens": a.cached_tokens,
+            },
             "completion_tokens_details": {
                 "accepted_prediction_tokens": 0,
                 "audio_tokens": 0,
@@ -282,6 +294,18 @@ def chat_payload(a: Answer) -> dict[str, Any]:
 def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Each message's ``(role, content)`` (checked by ``body_problem``)."""
     return [(str(m["role"]), str(m["content"])) for m in messages]
+
+
+def _prompt_pieces(schema_text: str | None, pairs: list[tuple[str, str]]) -> list[str]:
+    """The prompt laid out as text for the prompt cache: the schema first."""
+    pieces = [] if schema_text is None else [schema_text]
+    pieces.extend(f"<|{role}|>{content}<|end|>" for role, content in pairs)
+    return pieces
+
+
+def _cache_key(body: Any) -> str:
+    """What a prompt's cached prefix is combined with: ``prompt_cache_key``, ``user``."""
+    return f"{body.get('prompt_cache_key') or ''}\0{body.get('user') or ''}"
 
 
 def _prompt_text(pairs: list[tuple[str, str]]) -> str:

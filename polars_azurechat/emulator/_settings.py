@@ -108,6 +108,13 @@ class EmulatorSettings:
         ``max_completion_tokens`` the answer is ``""`` with ``finish_reason="length"``.
     reasoning_ms_per_token
         Latency a reasoning answer adds per reasoning token, in milliseconds (0: none).
+    prompt_cache_ttl_s
+        How long a deployment keeps a prompt's prefix cached, in seconds on the clock
+        (0: no caching). A prompt of 1,024 tokens or more whose first 1,024 tokens
+        this deployment answered within that time reports them (and every further
+        128 identical tokens) in ``usage.prompt_tokens_details.cached_tokens``, as
+        Azure does; the ``user`` or ``prompt_cache_key`` is part of the prefix.
+        Online requests only (a batch line reports none).
     per_deployment
         Settings of single deployments, ``{name: {field: value}}``, overriding the
         fields above that describe a deployment (quota and windows, latency, faults,
@@ -142,6 +149,7 @@ class EmulatorSettings:
     down_after_s: float | None = None
     reasoning: bool | None = None
     reasoning_ms_per_token: float = 0.0
+    prompt_cache_ttl_s: float = 300.0
     per_deployment: dict[str, dict[str, Any]] | None = None
 
     def for_deployment(self, name: str) -> EmulatorSettings:
@@ -171,11 +179,10 @@ class EmulatorSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
-        if not self.reasoning_ms_per_token >= 0:
-            raise ValueError(
-                "reasoning_ms_per_token must be >= 0, "
-                f"not {self.reasoning_ms_per_token!r}"
-            )
+        for name in ("reasoning_ms_per_token", "prompt_cache_ttl_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, not {value!r}")
 
 
 #: The fields ``per_deployment`` may set: those that describe one deployment.
@@ -202,6 +209,7 @@ DEPLOYMENT_FIELDS = frozenset(
         "down_after_s",
         "reasoning",
         "reasoning_ms_per_token",
+        "prompt_cache_ttl_s",
     }
 )
 

@@ -78,6 +78,7 @@ class State:
             self.prompt_tokens = 0
             self.completion_tokens = 0
             self.reasoning_tokens = 0
+            self.cached_tokens = 0
             self.tokens_issued = 0
             self.auth: collections.Counter[AuthKind] = collections.Counter()
             lanes = list(self.lanes.values())
@@ -110,6 +111,7 @@ class State:
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "reasoning_tokens": self.reasoning_tokens,
+                "cached_tokens": self.cached_tokens,
                 "tokens_issued": self.tokens_issued,
                 "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
                 "deployments": {
