@@ -72,7 +72,7 @@ from aiohttp import web
 
 from polars_azurechat.emulator._batch_lines import read_file, request_problem
 from polars_azurechat.emulator._batch_record import Batch
-from polars_azurechat.emulator._errors import error_response
+from polars_azurechat.emulator._errors import api_version_problem, error_response
 from polars_azurechat.emulator._files import File, FileStore, page
 
 if TYPE_CHECKING:
@@ -198,10 +198,11 @@ class BatchService:
             self._wall0 = time.time()
         router = app.app.router
         self._files.add_routes(router)
-        router.add_post("/openai/batches", self.create_batch)
-        router.add_get("/openai/batches", self.list_batches)
-        router.add_get("/openai/batches/{batch_id}", self.get_batch)
-        router.add_post("/openai/batches/{batch_id}/cancel", self.cancel_batch)
+        for root in ("/openai/batches", "/openai/v1/batches"):  # classic and v1
+            router.add_post(root, self.create_batch)
+            router.add_get(root, self.list_batches)
+            router.add_get(root + "/{batch_id}", self.get_batch)
+            router.add_post(root + "/{batch_id}/cancel", self.cancel_batch)
         app.app.cleanup_ctx.append(self._ticking)
 
     def reset(self) -> None:
@@ -245,12 +246,15 @@ class BatchService:
         return int(self._wall0 + (t - self._clock0))
 
     async def guard(self, request: web.Request) -> web.Response | None:
-        """The answer refusing ``request`` (no api-version, bad credential), if any.
+        """The answer refusing ``request`` (its api-version, a bad credential), if any.
 
-        An accepted request first brings every batch up to the clock's time.
+        The classic routes need an ``api-version``, the v1 routes none
+        (:func:`~polars_azurechat.emulator._errors.api_version_problem`). An accepted
+        request first brings every batch up to the clock's time.
         """
-        if not request.query.get("api-version"):
-            return error_response(404, "404", "Resource not found")
+        refused = api_version_problem(request)
+        if refused is not None:
+            return refused
         assert self._app is not None  # noqa: S101 - attach() runs first
         auth = self._app.state.authenticate(request)
         if isinstance(auth, web.Response):

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from polars_azurechat.emulator._errors import error_response
 
-__all__ = ["MAX_DEPTH", "body_problem", "read_body"]
+__all__ = ["MAX_DEPTH", "body_problem", "missing_model", "read_body"]
 
 #: The deepest nesting of arrays and objects a body may have (a structured-output
 #: schema's included: Azure allows far fewer levels in a schema).
@@ -233,3 +233,12 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def missing_model() -> web.Response:
+    """Azure's 400 for a v1 request whose body names no ``model`` (deployment)."""
+    return invalid(
+        "Missing required parameter: 'model'.",
+        param="model",
+        code="missing_required_parameter",
+    )

@@ -11,6 +11,8 @@ __all__ = [
     "ACCESS_DENIED",
     "ENTRA_UNAUTHORIZED",
     "KEY_AUTH_DISABLED",
+    "V1_PREFIX",
+    "api_version_problem",
     "content_filter_response",
     "entra_unauthorized_response",
     "error_response",
@@ -119,3 +121,28 @@ def entra_unauthorized_response() -> web.Response:
 def key_auth_disabled_response() -> web.Response:
     """Azure's 403 ``AuthenticationTypeDisabled``: a key sent where only tokens are taken."""
     return error_response(403, "AuthenticationTypeDisabled", KEY_AUTH_DISABLED)
+
+
+#: The ``api-version`` values the v1 routes take (none at all is the usual).
+V1_API_VERSIONS = frozenset({"v1", "preview", "latest"})
+
+#: The path every route of the v1 API starts with.
+V1_PREFIX = "/openai/v1/"
+
+
+def api_version_problem(request: web.Request) -> web.Response | None:
+    """Azure's answer to a request whose ``api-version`` its route does not take.
+
+    The classic routes (``/openai/deployments/...``, ``/openai/files``, ...) need one:
+    without it Azure answers 404. The v1 routes (``/openai/v1/...``) need none, and take
+    ``preview`` (or ``v1``, ``latest``); a dated version such as ``2024-10-21`` is
+    refused with a 400 ``API version not supported``.
+    """
+    version = request.query.get("api-version")
+    if request.path.startswith(V1_PREFIX):
+        if version is None or version in V1_API_VERSIONS:
+            return None
+        return error_response(400, "BadRequest", "API version not supported")
+    if not version:
+        return error_response(404, "404", "Resource not found")
+    return None

@@ -84,11 +84,12 @@ class FileStore:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         """Serve the files endpoints on ``router``."""
-        router.add_post("/openai/files", self.upload)
-        router.add_get("/openai/files", self.list_files)
-        router.add_get("/openai/files/{file_id}", self.get_file)
-        router.add_delete("/openai/files/{file_id}", self.delete_file)
-        router.add_get("/openai/files/{file_id}/content", self.file_content)
+        for root in ("/openai/files", "/openai/v1/files"):  # classic and v1
+            router.add_post(root, self.upload)
+            router.add_get(root, self.list_files)
+            router.add_get(root + "/{file_id}", self.get_file)
+            router.add_delete(root + "/{file_id}", self.delete_file)
+            router.add_get(root + "/{file_id}/content", self.file_content)
 
     def add(
         self, filename: str, purpose: str, data: bytes, *, at: float, ready: float

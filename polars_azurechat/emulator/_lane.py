@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 
 from polars_azurechat.emulator._faults import Faults
+from polars_azurechat.emulator._prompt_cache import PromptCache
 from polars_azurechat.emulator._quota import Quota
 from polars_azurechat.emulator._settings import EmulatorSettings
 
@@ -16,7 +17,7 @@ Clock = Callable[[], float]
 
 
 class Lane:
-    """One deployment: its settings, quota windows, counters, and whether it is down.
+    """One deployment: its settings, quota windows, prompt cache, counters, downtime.
 
     Deployments without settings of their own share the emulator's faults (so a
     scripted ``[emu:500*2]`` counts across them) but never a quota.
@@ -41,6 +42,7 @@ class Lane:
             self.faults = shared
             self.rng = shared.rng
         self.quota = Quota(self.settings, clock)
+        self.prompt_cache = PromptCache(self.settings.prompt_cache_ttl_s, clock)
         self.quota.origin = origin  # fixed windows turn from the emulator's creation
         self.reset()
 
@@ -50,6 +52,7 @@ class Lane:
         after = self.settings.down_after_s
         self.down_from = None if after is None else self.clock() + after
         self.quota.reset()
+        self.prompt_cache.reset()
         self.faults.reset()
 
     def is_down(self) -> bool:

@@ -1,200 +1,55 @@
-"""The aiohttp app, its counters, and the two ways to run it (:class:`Emulator`, :func:`serve`)."""
+"""The aiohttp app, its routes, and the two ways to run it (:class:`Emulator`, :func:`serve`)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
-import json
 import logging
-import pickle
-import random
-import secrets
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from polars_azurechat.emulator._answers import answer_for, parse_directives
 from polars_azurechat.emulator._batch import BatchService
-from polars_azurechat.emulator._body import body_problem, invalid, read_body
-from polars_azurechat.emulator._errors import (
-    ACCESS_DENIED,
-    content_filter_response,
-    entra_unauthorized_response,
-    error_response,
-    key_auth_disabled_response,
-    output_filter_results,
-    rate_limit_response,
-)
-from polars_azurechat.emulator._faults import Dropped, Faults
+from polars_azurechat.emulator._body import missing_model, read_body
+from polars_azurechat.emulator._chat import Chat, chat_payload
+from polars_azurechat.emulator._errors import api_version_problem, error_response
+from polars_azurechat.emulator._faults import Dropped
 from polars_azurechat.emulator._lane import Lane
-from polars_azurechat.emulator._quota import ceil_ms
 from polars_azurechat.emulator._settings import EmulatorSettings, exposure_warning
-from polars_azurechat.emulator._structured import (
-    REFUSAL,
-    ResponseFormatError,
-    broken_answer,
-    requested_schema,
-    structured_answer,
-)
-from polars_azurechat.emulator._tokens import estimator
+from polars_azurechat.emulator._state import State
 
 __all__ = ["Emulator", "serve"]
 
 logger = logging.getLogger(__name__)
 
-#: Tokens charged for the answer when a request sets no ``max_tokens``.
-DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
 
-AuthKind = Literal["key", "bearer"]
-Clock = Callable[[], float]
+#: The surfaces a chat request can come by: the classic deployment route, the v1
+#: chat route, the v1 Responses API.
+Route = Literal["classic", "v1", "responses"]
+#: What a body asks for: a chat completion, or a response of the Responses API.
+Api = Literal["chat", "responses"]
 
-
-class _State:
-    """Counters, faults and quota windows; touched on the server's loop, read from any thread."""
-
-    def __init__(self, settings: EmulatorSettings) -> None:
-        self.settings = settings
-        self.lock = threading.Lock()
-        self.rng = random.Random(settings.seed)  # noqa: S311 - faults, not secrets
-        self.on_request: Callable[[int], None] | None = None
-        self.tokens = estimator(settings.token_estimator)
-        #: structured-output schemas seen (pickled) -> their JSON text and tokens
-        self.schemas: dict[bytes, tuple[str, int]] = {}
-        self.faults_injected = Faults(settings, self.rng)
-        self.clock = settings.clock or time.monotonic
-        self.origin = self.clock()
-        self.lanes: dict[str, Lane] = {}
-        # issued Entra ID tokens -> when they expire on ``clock``; kept by reset()
-        self.issued: dict[str, float] = {}
-        self.reset()
-
-    def schema(self, schema: dict[str, Any]) -> tuple[str, int]:
-        """A structured-output schema's JSON text and tokens.
-
-        Kept per schema (by its pickle, several times cheaper than its JSON): a job
-        sends the same one with every request.
-        """
-        key = pickle.dumps(schema, protocol=pickle.HIGHEST_PROTOCOL)
-        known = self.schemas.get(key)
-        if known is None:
-            if len(self.schemas) >= 256:
-                self.schemas.clear()
-            text = json.dumps(schema)
-            known = self.schemas[key] = (text, self.tokens.text(text))
-        return known
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests = 0
-            self.statuses: collections.Counter[str] = collections.Counter()
-            self.faults: collections.Counter[str] = collections.Counter()
-            self.in_flight = 0
-            self.peak_in_flight = 0
-            self.prompt_tokens = 0
-            self.completion_tokens = 0
-            self.tokens_issued = 0
-            self.auth: collections.Counter[AuthKind] = collections.Counter()
-            lanes = list(self.lanes.values())
-        self.faults_injected.reset()
-        for lane in lanes:
-            lane.reset()
-
-    def lane(self, deployment: str) -> Lane:
-        with self.lock:
-            lane = self.lanes.get(deployment)
-            if lane is None:
-                lane = self.lanes[deployment] = Lane(
-                    deployment,
-                    self.settings,
-                    self.faults_injected,
-                    self.clock,
-                    self.origin,
-                )
-            return lane
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "requests": self.requests,
-                "statuses": dict(sorted(self.statuses.items())),
-                "faults": dict(sorted(self.faults.items())),
-                "in_flight": self.in_flight,
-                "peak_in_flight": self.peak_in_flight,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "tokens_issued": self.tokens_issued,
-                "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
-                "deployments": {
-                    name: {
-                        "requests": lane.requests,
-                        "statuses": dict(sorted(lane.statuses.items())),
-                    }
-                    for name, lane in sorted(self.lanes.items())
-                },
-            }
-
-    def issue_token(self, ttl_s: float) -> str:
-        if not ttl_s > 0:
-            raise ValueError(f"ttl_s must be positive, not {ttl_s!r}")
-        token = "emu-" + secrets.token_urlsafe(24)
-        now = self.clock()
-        with self.lock:
-            # forget the expired ones, so a long run does not keep every token
-            self.issued = {t: end for t, end in self.issued.items() if end > now}
-            self.issued[token] = now + ttl_s
-            self.tokens_issued += 1
-        return token
-
-    def revoke_tokens(self) -> None:
-        with self.lock:
-            self.issued.clear()
-
-    def token_valid(self, token: str) -> bool:
-        now = self.clock()
-        with self.lock:
-            expires = self.issued.get(token)
-        return expires is not None and now < expires
-
-    def authenticate(self, request: web.Request) -> AuthKind | web.Response:
-        """Which credential the request carries, or the response refusing it.
-
-        An ``api-key`` header wins over ``Authorization``. A bearer is an issued token
-        (``"bearer"``) or, while key auth is on, the key itself (``"key"``).
-        """
-        s = self.settings
-        key = request.headers.get("api-key")
-        if key is not None:
-            if not s.key_auth:
-                return key_auth_disabled_response()
-            if key != s.api_key:
-                return error_response(401, "401", ACCESS_DENIED)
-            return "key"
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":  # no credential at all
-            if s.key_auth:
-                return error_response(401, "401", ACCESS_DENIED)
-            return entra_unauthorized_response()
-        if self.token_valid(token):
-            return "bearer"
-        if token == s.api_key:
-            return "key" if s.key_auth else key_auth_disabled_response()
-        return entra_unauthorized_response()
+#: Azure's 404 for a deployment name the resource does not have.
+DEPLOYMENT_NOT_FOUND = (
+    "The API deployment for this resource does not exist. If you created the "
+    "deployment within the last 5 minutes, please wait a moment and try again."
+)
 
 
 class _App:
-    def __init__(self, state: _State, batches: BatchService | None = None) -> None:
+    def __init__(self, state: State, batches: BatchService | None = None) -> None:
         self.state = state
+        self.chat_answers = Chat(state)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
-        self.app.router.add_post(
-            "/openai/deployments/{deployment}/chat/completions", self.chat
-        )
-        self.app.router.add_get("/stats", self.get_stats)
-        self.app.router.add_post("/stats/reset", self.reset_stats)
+        router = self.app.router
+        router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+        router.add_post("/openai/v1/chat/completions", self.chat_v1)
+        router.add_get("/openai/v1/models", self.models)
+        router.add_get("/stats", self.get_stats)
+        router.add_post("/stats/reset", self.reset_stats)
         # the files and batches endpoints (emulator/_batch.py)
         self.batches = batches if batches is not None else BatchService()
         self.batches.attach(self)
@@ -210,9 +65,36 @@ class _App:
         return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/deployments/{deployment}/chat/completions?api-version=``."""
+        return await self._serve(request, "classic")
+
+    async def chat_v1(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/chat/completions``: the deployment is the body's ``model``."""
+        return await self._serve(request, "v1")
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /openai/v1/models``: the models the resource's deployments run."""
+        refused = api_version_problem(request) or self._authenticated(request)
+        if refused is not None:
+            return refused
+        s = self.state.settings
+        names = {s.model} | {
+            str(fields["model"])
+            for fields in (s.per_deployment or {}).values()
+            if "model" in fields
+        }
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "system"}
+            for name in sorted(names)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """Count a chat request by ``route``, answer it, count how it was answered."""
         st = self.state
         with st.lock:
             st.requests += 1
+            st.routes[route] += 1
             st.in_flight += 1
             st.peak_in_flight = max(st.peak_in_flight, st.in_flight)
             n = st.requests
@@ -221,14 +103,7 @@ class _App:
         status = "?"
         lane: Lane | None = None
         try:
-            admitted = self._admit(request)
-            if isinstance(admitted, web.Response):
-                response = admitted
-            else:  # only an authenticated request to a deployment that exists
-                lane = admitted
-                with st.lock:
-                    lane.requests += 1
-                response = await self._chat(lane, request)
+            response, lane = await self._route(request, route)
         except Dropped:
             status = "dropped"
             raise
@@ -244,48 +119,60 @@ class _App:
                 if lane is not None:
                     lane.statuses[status] += 1
 
-    def _admit(self, request: web.Request) -> Lane | web.Response:
-        """The deployment's lane, or the refusal (no api-version, credential, name).
+    async def _route(
+        self, request: web.Request, route: Route
+    ) -> tuple[web.Response, Lane | None]:
+        """The answer to a chat request, and the lane it reached (if any).
 
         A lane (quota windows, counters) is made for a deployment name only once a
         request with a valid credential names it: a caller without one cannot make the
-        emulator keep anything per name it invents.
+        emulator keep anything per name it invents. The classic route names the
+        deployment in its path; the v1 routes in the body's ``model``.
         """
+        refused = api_version_problem(request) or self._authenticated(request)
+        if refused is not None:
+            return refused, None
+        body: Any = None
+        if route == "classic":
+            deployment = request.match_info["deployment"]
+        else:
+            body, refused = read_body(await request.read())
+            if refused is not None:
+                return refused, None
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or not model:
+                return missing_model(), None
+            deployment = model
+        lane = self._lane(deployment)
+        if isinstance(lane, web.Response):
+            return lane, None
+        with self.state.lock:
+            lane.requests += 1
+        if lane.is_down():
+            return _down(lane), lane
+        if body is None:
+            body, refused = read_body(await request.read())
+            if refused is not None:
+                return refused, lane
+        api: Api = "responses" if route == "responses" else "chat"
+        return await self.answer(lane, body, request=request, api=api), lane
+
+    def _authenticated(self, request: web.Request) -> web.Response | None:
+        """The refusal of a request without a valid credential (counted if valid)."""
         st = self.state
-        s = st.settings
-        if not request.query.get("api-version"):
-            return error_response(404, "404", "Resource not found")
         auth = st.authenticate(request)
         if isinstance(auth, web.Response):
             return auth
         with st.lock:
             st.auth[auth] += 1
-        deployment = request.match_info["deployment"]
-        if s.deployments is not None and deployment not in s.deployments:
-            return error_response(
-                404,
-                "DeploymentNotFound",
-                "The API deployment for this resource does not exist. If you created the "
-                "deployment within the last 5 minutes, please wait a moment and try again.",
-            )
-        return st.lane(deployment)
+        return None
 
-    async def _chat(self, lane: Lane, request: web.Request) -> web.Response:
-        s = lane.settings
-        if lane.is_down():
-            down = error_response(
-                503,
-                "ServiceUnavailable",
-                "The service is temporarily unable to process your request. Please try "
-                "again later.",
-            )
-            if s.retry_after_ms is not None:
-                down.headers["retry-after-ms"] = str(s.retry_after_ms)
-            return down
-        body, refused = read_body(await request.read())
-        if refused is not None:
-            return refused
-        return await self.answer(lane, body, request=request)
+    def _lane(self, deployment: str) -> Lane | web.Response:
+        """The lane of ``deployment``, or Azure's 404 if the resource has none."""
+        known = self.state.settings.deployments
+        if known is not None and deployment not in known:
+            return error_response(404, "DeploymentNotFound", DEPLOYMENT_NOT_FOUND)
+        return self.state.lane(deployment)
 
     async def answer(
         self,
@@ -294,161 +181,29 @@ class _App:
         *,
         request: web.Request | None = None,
         n: int | None = None,
+        api: Api = "chat",
     ) -> web.Response:
-        """Answer one chat-completions ``body`` on ``lane``, as the chat endpoint does.
+        """Answer one ``body`` on ``lane`` (see :meth:`Chat.answer`), for ``api``.
 
-        ``request`` is ``None`` for a line of a batch (``emulator/_batch.py``): then
-        no online quota is charged, no latency is waited, and a fault that needs a
-        connection (hang, drop, malformed) is a 500. ``n`` numbers the answer's id
-        (default: the request count).
+        ``request`` is ``None`` for a line of a batch.
         """
-        st = self.state
-        s = lane.settings
-        refused = body_problem(body)  # Azure's 400 for a wrong type or range
-        if refused is not None:
-            return refused
-        messages = body["messages"]
-        pairs = _message_pairs(messages)
-        try:  # structured outputs: the schema the answer must follow, if any
-            schema = requested_schema(body)
-        except ResponseFormatError as err:
-            return invalid(str(err), param="response_format")
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        prompt_tokens = st.tokens.prompt(pairs)
-        schema_text = None
-        if schema is not None:  # Azure counts the schema in the prompt
-            schema_text, schema_tokens = st.schema(schema)
-            prompt_tokens += schema_tokens
-        last_user = next(
-            (content for role, content in reversed(pairs) if role == "user"),
-            pairs[-1][1],
-        )
-        directives = parse_directives(last_user)
-        delay_s = (
-            s.latency_ms
-            + float(directives.get("delay", 0))
-            + s.jitter_ms * lane.rng.random()
-        ) / 1000
-        fault = lane.faults.choose(messages, directives)
-        if fault is not None:
-            return await self._fault(lane, fault, delay_s, request)
-        if "filter" in directives:
-            return content_filter_response()
-        if prompt_tokens + (max_tokens or 0) > s.context_tokens:
-            return invalid(
-                f"This model's maximum context length is {s.context_tokens} tokens. "
-                f"However, your messages resulted in {prompt_tokens} tokens. Please "
-                "reduce the length of the messages.",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        reserved = (
-            DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
-        )
-        quota_headers: dict[str, str] = {}
-        if request is not None:  # a batch line is not charged to the online quota
-            decision = lane.quota.admit(prompt_tokens + reserved)
-            if not decision.admitted:
-                return rate_limit_response(
-                    max(1, ceil_ms(decision.wait_s)),
-                    decision.limited_by,
-                    decision.headers,
-                )
-            quota_headers = decision.headers
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
-        answer = _answer_text(schema, schema_text, directives, last_user)
-        return self._completion(
-            s, answer, directives, max_tokens, prompt_tokens, quota_headers, n
-        )
-
-    async def _fault(
-        self, lane: Lane, fault: str, delay_s: float, request: web.Request | None
-    ) -> web.Response:
-        """Count the injected ``fault`` and answer with it (a batch line: a 5xx)."""
-        st = self.state
-        with st.lock:
-            st.faults[fault] += 1
-        if request is None:  # a batch line: no connection to hang or drop
-            code = int(fault) if fault.isdigit() else 500
-            return error_response(
-                code, str(code), "The server had an error processing the request."
-            )
-        return await lane.faults.respond(request, fault, delay_s)
-
-    def _completion(
-        self,
-        s: EmulatorSettings,
-        answer: str,
-        directives: dict[str, str],
-        max_tokens: Any,
-        prompt_tokens: int,
-        quota_headers: dict[str, str],
-        n: int | None,
-    ) -> web.Response:
-        """The chat completion of ``answer``: refused, cut and counted as asked."""
-        st = self.state
-        refused = "refuse" in directives  # the answer is the refusal's text
-        if refused:
-            answer = REFUSAL
-        finish = "stop"
-        if isinstance(max_tokens, int) and st.tokens.text(answer) > max_tokens:
-            answer, finish = st.tokens.truncate(answer, max_tokens), "length"
-        filtered = "filter_output" in directives
-        if filtered:  # the completion was cut by the output filter, as Azure does
-            answer, finish = answer[: max(1, len(answer) // 2)], "content_filter"
-        completion_tokens = max(1, st.tokens.text(answer))
-        with st.lock:
-            st.prompt_tokens += prompt_tokens
-            st.completion_tokens += completion_tokens
-            if n is None:
-                n = st.requests
-        payload = {
-            "id": f"chatcmpl-emu-{n}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": s.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None if refused else answer,
-                        "refusal": answer if refused else None,
-                    },
-                    "finish_reason": finish,
-                    "logprobs": None,
-                    "content_filter_results": output_filter_results(filtered),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "system_fingerprint": "fp_emulator",
-        }
-        headers = {"apim-request-id": f"emu-{n}", **quota_headers}
-        return web.json_response(payload, headers=headers)
+        answer = await self.chat_answers.answer(lane, body, request=request, n=n)
+        if isinstance(answer, web.Response):
+            return answer
+        return web.json_response(chat_payload(answer), headers=answer.headers)
 
 
-def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Each message's ``(role, content)`` (checked by ``body_problem``)."""
-    return [(str(m["role"]), str(m["content"])) for m in messages]
-
-
-def _answer_text(
-    schema: dict[str, Any] | None,
-    schema_text: str | None,
-    directives: dict[str, str],
-    last_user: str,
-) -> str:
-    """What the model says to ``last_user``: free text, or JSON following ``schema``."""
-    if schema is None:
-        return answer_for(last_user)
-    if "bad_json" in directives:
-        return broken_answer(schema, last_user)
-    return structured_answer(schema, last_user, schema_text=schema_text)
+def _down(lane: Lane) -> web.Response:
+    """The 503 of a deployment that is down."""
+    down = error_response(
+        503,
+        "ServiceUnavailable",
+        "The service is temporarily unable to process your request. Please try "
+        "again later.",
+    )
+    if lane.settings.retry_after_ms is not None:
+        down.headers["retry-after-ms"] = str(lane.settings.retry_after_ms)
+    return down
 
 
 class Emulator:
@@ -496,7 +251,7 @@ class Emulator:
         self.settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
         self.host = host
         self.port = port
-        self._state = _State(self.settings)
+        self._state = State(self.settings)
         self._state.on_request = on_request
         self.batches = batches if batches is not None else BatchService()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -510,6 +265,11 @@ class Emulator:
     def url(self) -> str:
         """The endpoint to use as ``azure_endpoint``."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The v1 API's base URL, ``<url>/openai/v1/`` (``openai.OpenAI(base_url=)``)."""
+        return f"{self.url}/openai/v1/"
 
     @property
     def api_key(self) -> str:
@@ -531,7 +291,10 @@ class Emulator:
         Also ``tokens_issued`` (by :meth:`issue_token`) and ``auth``: the requests
         authenticated with the key (``"key"``: an ``api-key`` header, or the key sent
         as a bearer) and with an issued token (``"bearer"``), as
-        ``{"key": n, "bearer": n}``, and ``batch``: the files and batches counters
+        ``{"key": n, "bearer": n}``; ``routes``: the chat requests by the surface
+        they came by, ``{"classic": n, "v1": n, "responses": n}`` (the deployment
+        route with ``api-version``, ``/openai/v1/chat/completions``,
+        ``/openai/v1/responses``); and ``batch``: the files and batches counters
         (:meth:`~polars_azurechat.emulator._batch.BatchService.snapshot`).
         """
         return {**self._state.snapshot(), "batch": self.batches.snapshot()}
@@ -693,7 +456,7 @@ def serve(
         Fields of :class:`EmulatorSettings` to override.
     """
     settings = dataclasses.replace(settings or EmulatorSettings(), **overrides)
-    state = _State(settings)
+    state = State(settings)
     _warn_if_exposed(host, settings)
     web.run_app(
         _App(state).app,

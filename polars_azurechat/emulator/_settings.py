@@ -95,10 +95,31 @@ class EmulatorSettings:
         Seconds after start (or ``reset()``) from which every request gets a 503, as
         a deployment that went down (``None``: never). ``Emulator.take_down`` does it
         on demand.
+    reasoning
+        Whether the deployment runs a reasoning model (``None``: as Azure's are named,
+        ``model`` matching ``o1*``, ``o3*``, ``o4*`` or ``gpt-5*`` but not
+        ``gpt-5-chat``). A reasoning deployment refuses ``max_tokens``, a
+        ``temperature`` other than 1, ``top_p``, ``logprobs``, ``top_logprobs``,
+        ``logit_bias`` and the penalties with Azure's 400s; takes
+        ``max_completion_tokens`` and ``reasoning_effort`` (``minimal``, ``low``,
+        ``medium`` by default, ``high``); and spends reasoning tokens (more for a
+        higher effort) counted in ``completion_tokens`` and reported in
+        ``completion_tokens_details.reasoning_tokens``. When they use the whole
+        ``max_completion_tokens`` the answer is ``""`` with ``finish_reason="length"``.
+    reasoning_ms_per_token
+        Latency a reasoning answer adds per reasoning token, in milliseconds (0: none).
+    prompt_cache_ttl_s
+        How long a deployment keeps a prompt's prefix cached, in seconds on the clock
+        (0: no caching). A prompt of 1,024 tokens or more whose first 1,024 tokens
+        this deployment answered within that time reports them (and every further
+        128 identical tokens) in ``usage.prompt_tokens_details.cached_tokens``, as
+        Azure does; the ``user`` or ``prompt_cache_key`` is part of the prefix.
+        Online requests only (a batch line reports none).
     per_deployment
         Settings of single deployments, ``{name: {field: value}}``, overriding the
         fields above that describe a deployment (quota and windows, latency, faults,
-        ``context_tokens``, ``model``, ``down_after_s``) for that deployment. Every
+        ``context_tokens``, ``model``, ``down_after_s``, ``reasoning``, ...: see
+        ``DEPLOYMENT_FIELDS``) for that deployment. Every
         deployment has its own quota windows and counters, as on Azure.
     """
 
@@ -126,6 +147,9 @@ class EmulatorSettings:
     model: str = "gpt-4o-mini"
     seed: int = 0
     down_after_s: float | None = None
+    reasoning: bool | None = None
+    reasoning_ms_per_token: float = 0.0
+    prompt_cache_ttl_s: float = 300.0
     per_deployment: dict[str, dict[str, Any]] | None = None
 
     def for_deployment(self, name: str) -> EmulatorSettings:
@@ -155,6 +179,10 @@ class EmulatorSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
+        for name in ("reasoning_ms_per_token", "prompt_cache_ttl_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, not {value!r}")
 
 
 #: The fields ``per_deployment`` may set: those that describe one deployment.
@@ -179,6 +207,9 @@ DEPLOYMENT_FIELDS = frozenset(
         "model",
         "seed",
         "down_after_s",
+        "reasoning",
+        "reasoning_ms_per_token",
+        "prompt_cache_ttl_s",
     }
 )
 

@@ -1,0 +1,327 @@
+"""How the emulator answers one chat request, whichever surface it came by.
+
+:class:`Chat` takes a chat-completions body on a deployment's lane and gives the
+:class:`Answer` (or Azure's error response): Azure's 400s for the body, the structured
+output's schema, the scripted and random faults, the content filter, the context
+length, the lane's quota and latency. The routes render an answer as a chat completion
+(:func:`chat_payload`) or as a Responses API object (``emulator/_responses.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from polars_azurechat.emulator._answers import answer_for, parse_directives
+from polars_azurechat.emulator._body import body_problem, invalid
+from polars_azurechat.emulator._errors import (
+    content_filter_response,
+    error_response,
+    output_filter_results,
+    rate_limit_response,
+)
+from polars_azurechat.emulator._prompt_cache import MIN_TOKENS
+from polars_azurechat.emulator._quota import ceil_ms
+from polars_azurechat.emulator._reasoning import (
+    effort_of,
+    is_reasoning,
+    reasoning_problem,
+    reasoning_tokens,
+)
+from polars_azurechat.emulator._structured import (
+    REFUSAL,
+    ResponseFormatError,
+    broken_answer,
+    requested_schema,
+    structured_answer,
+)
+
+if TYPE_CHECKING:
+    from polars_azurechat.emulator._lane import Lane
+    from polars_azurechat.emulator._state import State
+
+__all__ = ["DEFAULT_RESERVED_COMPLETION_TOKENS", "Answer", "Chat", "chat_payload"]
+
+#: Tokens charged for the answer when a request sets no ``max_tokens``.
+DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
+
+
+@dataclasses.dataclass
+class Answer:
+    """What the model answered one request, before it is rendered for a surface."""
+
+    n: int  # numbers the answer's id
+    model: str
+    content: str | None
+    refusal: str | None
+    finish_reason: str  # "stop", "length" or "content_filter"
+    prompt_tokens: int
+    completion_tokens: int  # the reasoning tokens included
+    reasoning_tokens: int
+    output_filtered: bool
+    headers: dict[str, str]
+    cached_tokens: int = 0  # of the prompt's
+
+
+class Chat:
+    """Answers chat-completions bodies on the emulator's lanes.
+
+    Parameters
+    ----------
+    state
+        The emulator's counters, token estimator and schema cache.
+    """
+
+    #: How latency is waited (a test may record it instead).
+    sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def answer(
+        self,
+        lane: Lane,
+        body: Any,
+        *,
+        request: web.Request | None = None,
+        n: int | None = None,
+    ) -> Answer | web.Response:
+        """Answer one chat-completions ``body`` on ``lane``, as the chat endpoint does.
+
+        ``request`` is ``None`` for a line of a batch (``emulator/_batch.py``): then
+        no online quota is charged, no latency is waited, and a fault that needs a
+        connection (hang, drop, malformed) is a 500. ``n`` numbers the answer's id
+        (default: the request count).
+        """
+        st = self.state
+        s = lane.settings
+        # Azure's 400 for a wrong type or range, or what the model does not take
+        refused = body_problem(body) or reasoning_problem(body, s)
+        if refused is not None:
+            return refused
+        messages = body["messages"]
+        pairs = _message_pairs(messages)
+        try:  # structured outputs: the schema the answer must follow, if any
+            schema = requested_schema(body)
+        except ResponseFormatError as err:
+            return invalid(str(err), param="response_format")
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_completion_tokens")
+        prompt_tokens = st.tokens.prompt(pairs)
+        schema_text = None
+        if schema is not None:  # Azure counts the schema in the prompt
+            schema_text, schema_tokens = st.schema(schema)
+            prompt_tokens += schema_tokens
+        last_user = next(
+            (content for role, content in reversed(pairs) if role == "user"),
+            pairs[-1][1],
+        )
+        directives = parse_directives(last_user)
+        thought = None  # the reasoning tokens of a reasoning model
+        if is_reasoning(s):
+            thought = reasoning_tokens(effort_of(body), _prompt_text(pairs))
+        delay_s = (
+            s.latency_ms
+            + float(directives.get("delay", 0))
+            + s.jitter_ms * lane.rng.random()
+            + (thought or 0) * s.reasoning_ms_per_token
+        ) / 1000
+        fault = lane.faults.choose(messages, directives)
+        if fault is not None:
+            return await self._fault(lane, fault, delay_s, request)
+        if "filter" in directives:
+            return content_filter_response()
+        if prompt_tokens + (max_tokens or 0) > s.context_tokens:
+            return invalid(
+                f"This model's maximum context length is {s.context_tokens} tokens. "
+                f"However, your messages resulted in {prompt_tokens} tokens. Please "
+                "reduce the length of the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        reserved = (
+            DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
+        )
+        quota_headers: dict[str, str] = {}
+        cached = 0
+        if request is not None:  # a batch line is not charged to the online quota
+            decision = lane.quota.admit(prompt_tokens + reserved)
+            if not decision.admitted:
+                return rate_limit_response(
+                    max(1, ceil_ms(decision.wait_s)),
+                    decision.limited_by,
+                    decision.headers,
+                )
+            quota_headers = decision.headers
+            if prompt_tokens >= MIN_TOKENS:  # shorter prompts are never cached
+                cached = lane.prompt_cache.cached(
+                    _prompt_pieces(schema_text, pairs), prompt_tokens, _cache_key(body)
+                )
+            if delay_s > 0:
+                await self.sleep(delay_s)
+        text = _answer_text(schema, schema_text, directives, last_user)
+        answer = self._complete(text, directives, max_tokens, thought)
+        answer.cached_tokens = cached
+        return self._count(answer, s.model, prompt_tokens, quota_headers, n)
+
+    async def _fault(
+        self, lane: Lane, fault: str, delay_s: float, request: web.Request | None
+    ) -> web.Response:
+        """Count the injected ``fault`` and answer with it (a batch line: a 5xx)."""
+        st = self.state
+        with st.lock:
+            st.faults[fault] += 1
+        if request is None:  # a batch line: no connection to hang or drop
+            code = int(fault) if fault.isdigit() else 500
+            return error_response(
+                code, str(code), "The server had an error processing the request."
+            )
+        return await lane.faults.respond(request, fault, delay_s)
+
+    def _complete(
+        self,
+        text: str,
+        directives: dict[str, str],
+        max_tokens: Any,
+        thought: int | None,
+    ) -> Answer:
+        """The answer ``text``: refused, reasoned, cut as asked (not counted yet).
+
+        ``thought`` is the reasoning tokens of a reasoning model (``None``: none):
+        they come out of ``max_tokens`` (``max_completion_tokens``) first, and when
+        they take all of it the answer is empty, cut for ``"length"``.
+        """
+        tokens = self.state.tokens
+        refused = "refuse" in directives  # the answer is the refusal's text
+        if refused:
+            text = REFUSAL
+        budget = max_tokens if isinstance(max_tokens, int) else None
+        reasoned = 0
+        if thought is not None:
+            reasoned = thought if budget is None else min(thought, budget)
+            budget = None if budget is None else budget - reasoned
+        finish = "stop"
+        if budget == 0:  # the reasoning took the whole budget: nothing is said
+            text, refused, finish = "", False, "length"
+        elif budget is not None and tokens.text(text) > budget:
+            text, finish = tokens.truncate(text, budget), "length"
+        filtered = "filter_output" in directives and bool(text)
+        if filtered:  # the completion was cut by the output filter, as Azure does
+            text, finish = text[: max(1, len(text) // 2)], "content_filter"
+        said = max(1, tokens.text(text)) if text else 0
+        return Answer(
+            n=0,
+            model="",
+            content=None if refused else text,
+            refusal=text if refused else None,
+            finish_reason=finish,
+            prompt_tokens=0,
+            completion_tokens=reasoned + said,
+            reasoning_tokens=reasoned,
+            output_filtered=filtered,
+            headers={},
+        )
+
+    def _count(
+        self,
+        answer: Answer,
+        model: str,
+        prompt_tokens: int,
+        quota_headers: dict[str, str],
+        n: int | None,
+    ) -> Answer:
+        """Count ``answer`` in the emulator's totals and name it (``n``, headers)."""
+        st = self.state
+        with st.lock:
+            st.prompt_tokens += prompt_tokens
+            st.completion_tokens += answer.completion_tokens
+            st.reasoning_tokens += answer.reasoning_tokens
+            st.cached_tokens += answer.cached_tokens
+            if n is None:
+                n = st.requests
+        answer.n = n
+        answer.model = model
+        answer.prompt_tokens = prompt_tokens
+        answer.headers = {"apim-request-id": f"emu-{n}", **quota_headers}
+        return answer
+
+
+def chat_payload(a: Answer) -> dict[str, Any]:
+    """The chat completion Azure sends for ``a``."""
+    return {
+        "id": f"chatcmpl-emu-{a.n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": a.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": a.content,
+                    "refusal": a.refusal,
+                },
+                "finish_reason": a.finish_reason,
+                "logprobs": None,
+                "content_filter_results": output_filter_results(a.output_filtered),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": a.prompt_tokens,
+            "completion_tokens": a.completion_tokens,
+            "total_tokens": a.prompt_tokens + a.completion_tokens,
+            "prompt_tokens_details": {
+                "audio_tokens": 0,
+                "cached_tokens": a.cached_tokens,
+            },
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": 0,
+                "audio_tokens": 0,
+                "reasoning_tokens": a.reasoning_tokens,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "system_fingerprint": "fp_emulator",
+    }
+
+
+def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each message's ``(role, content)`` (checked by ``body_problem``)."""
+    return [(str(m["role"]), str(m["content"])) for m in messages]
+
+
+def _prompt_pieces(schema_text: str | None, pairs: list[tuple[str, str]]) -> list[str]:
+    """The prompt laid out as text for the prompt cache: the schema first."""
+    pieces = [] if schema_text is None else [schema_text]
+    pieces.extend(f"<|{role}|>{content}<|end|>" for role, content in pairs)
+    return pieces
+
+
+def _cache_key(body: Any) -> str:
+    """What a prompt's cached prefix is combined with: ``prompt_cache_key``, ``user``."""
+    return f"{body.get('prompt_cache_key') or ''}\0{body.get('user') or ''}"
+
+
+def _prompt_text(pairs: list[tuple[str, str]]) -> str:
+    """The prompt's messages as one text (what reasoning is derived from)."""
+    return "\n".join(f"{role}: {content}" for role, content in pairs)
+
+
+def _answer_text(
+    schema: dict[str, Any] | None,
+    schema_text: str | None,
+    directives: dict[str, str],
+    last_user: str,
+) -> str:
+    """What the model says to ``last_user``: free text, or JSON following ``schema``."""
+    if schema is None:
+        return answer_for(last_user)
+    if "bad_json" in directives:
+        return broken_answer(schema, last_user)
+    return structured_answer(schema, last_user, schema_text=schema_text)
