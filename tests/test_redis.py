@@ -341,3 +341,41 @@ def test_a_job_joining_mid_run_shares_what_is_left(redis_url: str) -> None:
     # 350 rows at 100 per 10 s: 4 windows; the joiner took its share, no storm
     assert stats["statuses"].get("429", 0) <= 4, stats
     assert clock.now - 1000 >= 30.0
+
+
+def test_a_process_joining_a_busy_deployment_keeps_the_deployments_budget(
+    redis_url: str,
+) -> None:
+    # another process took 97 of the window's 100: the joiner's ramp takes the last 3
+    # and the server says none remain. Its own ramp (3 taken + 0 left) is not the
+    # deployment's budget (read so, it held a job to 3 requests per window)
+    from polars_azurechat.transport.redis_limiter import RedisLimiter
+
+    clock = FakeClock()
+
+    def make() -> RedisLimiter:
+        return RedisLimiter(
+            redis_url,
+            scope="joining-ramp-test",
+            shared_clock=clock,
+            clock=clock,
+            sleep=clock.sleep,
+            requests_per_minute=600,
+            window_s=10.0,
+        )
+
+    other, joiner = make(), make()
+    other.ramp.end()
+
+    async def go() -> None:
+        for _ in range(97):
+            await other.acquire()
+        tickets = [await joiner.acquire() for _ in range(3)]
+        assert joiner.try_acquire() is None  # the shared window is full
+        for ticket in tickets:
+            joiner.on_success(ticket, remaining_requests=0, remaining_tokens=None)
+
+    asyncio.run(go())
+    # learned from the shared ledger's counts: what every process had admitted
+    # (98 to 100 when each answer went, as the burst may reach the server reordered)
+    assert joiner.resources["requests"].budget() == pytest.approx(100, abs=2)

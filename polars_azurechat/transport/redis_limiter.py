@@ -491,6 +491,20 @@ class RedisLimiter(RateLimiter):
             self._published = now
             self._publish()
 
+    def _ramp_answered(
+        self,
+        ticket: Ticket,
+        refused: str | None = None,
+        remaining: dict[str, int | None] | None = None,
+    ) -> None:
+        """The ramp's answers read no budget here: they count this process's alone.
+
+        A process joining a deployment others are using took a few before the server
+        refused (a budget of 7 read so held a job to 7 requests per window); the
+        budgets are learned from the shared ledger's counts instead.
+        """
+        self.ramp.answered(ticket, refused, remaining)
+
     def on_failure(self, ticket: Ticket) -> None:
         """Give back an admission that had no answer from the server."""
         self._members.pop(id(ticket), None)
