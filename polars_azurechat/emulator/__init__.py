@@ -21,6 +21,12 @@ message text:
     ``408``, ``hang``, ``drop``, ``malformed``);
 ``[emu:filter]``
     always a 400 content-filter error (the prompt was filtered);
+``[emu:jailbreak]``
+    always a 400 content-filter error naming ``jailbreak`` (Prompt Shields blocked a
+    user prompt attack);
+``[emu:jailbreak_detected]``
+    a normal answer whose ``prompt_filter_results`` say ``jailbreak: {filtered:
+    false, detected: true}`` (every chat answer carries ``prompt_filter_results``);
 ``[emu:filter_output]``
     a 200 whose completion was cut by the output filter: half the answer,
     ``finish_reason="content_filter"``, violence flagged in the choice's
