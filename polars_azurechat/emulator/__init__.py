@@ -40,6 +40,10 @@ message text:
 ``[emu:batch_slow=N]``, ``[emu:batch_expire]``
     in a batch line: a slow line, or a batch that expires.
 
+The v1 API's routes (``/openai/v1/chat/completions``, and the Responses API's
+``/openai/v1/responses``, answered as the equivalent chat request and rendered as a
+``response`` object) name the deployment in the body's ``model``.
+
 Structured outputs: a request with ``response_format`` of type ``json_schema`` gets
 deterministic JSON that follows the schema, read the emulator's own way (arithmetic
 questions fill number fields). Every deployment name has its own quota windows and
