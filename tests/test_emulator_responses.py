@@ -511,3 +511,23 @@ def test_a_responses_429_has_the_chat_429s_headers() -> None:
     assert headers["retry-after-ms"] == chat_headers["retry-after-ms"]
     assert stats["routes"] == {"classic": 0, "v1": 2, "responses": 2}
     assert stats["statuses"] == {"200": 2, "429": 2}
+
+
+def test_the_prompt_cache_serves_responses_as_it_serves_chat(fresh: Emulator) -> None:
+    system = "You answer questions about the catalogue. " * 143  # ~1,500 tokens
+    prompts = [f"What is {i} + 1?" for i in range(3)]
+    cached: dict[str, list[int]] = {}
+    for api in ("chat", "responses"):
+        fresh.reset()  # an empty prompt cache
+        rows = _run(
+            _v1(fresh),
+            prompts,
+            deployment="gpt-4o-mini",
+            api=api,
+            system=system,
+            max_concurrency=1,  # each request after the one before: a cache hit
+        )
+        cached[api] = [r["cached_tokens"] for r in rows]
+        assert fresh.stats()["cached_tokens"] == sum(cached[api])
+    assert cached["chat"] == cached["responses"]
+    assert cached["responses"][0] == 0 and min(cached["responses"][1:]) >= 1024
