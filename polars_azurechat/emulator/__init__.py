@@ -21,6 +21,12 @@ message text:
     ``408``, ``hang``, ``drop``, ``malformed``);
 ``[emu:filter]``
     always a 400 content-filter error (the prompt was filtered);
+``[emu:jailbreak]``
+    always a 400 content-filter error naming ``jailbreak`` (Prompt Shields blocked a
+    user prompt attack);
+``[emu:jailbreak_detected]``
+    a normal answer whose ``prompt_filter_results`` say ``jailbreak: {filtered:
+    false, detected: true}`` (every chat answer carries ``prompt_filter_results``);
 ``[emu:filter_output]``
     a 200 whose completion was cut by the output filter: half the answer,
     ``finish_reason="content_filter"``, violence flagged in the choice's
@@ -33,6 +39,10 @@ message text:
     with a ``json_schema`` response format, JSON that breaks the schema;
 ``[emu:batch_slow=N]``, ``[emu:batch_expire]``
     in a batch line: a slow line, or a batch that expires.
+
+The v1 API's routes (``/openai/v1/chat/completions``, and the Responses API's
+``/openai/v1/responses``, answered as the equivalent chat request and rendered as a
+``response`` object) name the deployment in the body's ``model``.
 
 Structured outputs: a request with ``response_format`` of type ``json_schema`` gets
 deterministic JSON that follows the schema, read the emulator's own way (arithmetic

@@ -23,6 +23,7 @@ from polars_azurechat.emulator._errors import (
     content_filter_response,
     error_response,
     output_filter_results,
+    prompt_filter_results,
     rate_limit_response,
 )
 from polars_azurechat.emulator._prompt_cache import MIN_TOKENS
@@ -66,6 +67,8 @@ class Answer:
     output_filtered: bool
     headers: dict[str, str]
     cached_tokens: int = 0  # of the prompt's
+    #: Prompt Shields flagged a user prompt attack and let it through (annotate mode)
+    jailbreak_detected: bool = False
 
 
 class Chat:
@@ -135,6 +138,8 @@ class Chat:
         fault = lane.faults.choose(messages, directives)
         if fault is not None:
             return await self._fault(lane, fault, delay_s, request)
+        if "jailbreak" in directives:  # Prompt Shields blocked a prompt attack
+            return content_filter_response(jailbreak=True)
         if "filter" in directives:
             return content_filter_response()
         if prompt_tokens + (max_tokens or 0) > s.context_tokens:
@@ -168,6 +173,7 @@ class Chat:
         text = _answer_text(schema, schema_text, directives, last_user)
         answer = self._complete(text, directives, max_tokens, thought)
         answer.cached_tokens = cached
+        answer.jailbreak_detected = "jailbreak_detected" in directives
         return self._count(answer, s.model, prompt_tokens, quota_headers, n)
 
     async def _fault(
@@ -259,6 +265,7 @@ def chat_payload(a: Answer) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": a.model,
+        "prompt_filter_results": prompt_filter_results(jailbreak=a.jailbreak_detected),
         "choices": [
             {
                 "index": 0,

@@ -17,6 +17,8 @@ __all__ = [
     "entra_unauthorized_response",
     "error_response",
     "key_auth_disabled_response",
+    "output_filter_results",
+    "prompt_filter_results",
     "rate_limit_response",
 ]
 
@@ -72,26 +74,58 @@ def rate_limit_response(
     return response
 
 
-def output_filter_results(filtered: bool) -> dict[str, dict[str, object]]:
-    """A choice's ``content_filter_results``: violence filtered when ``filtered``."""
+#: The harm categories Azure rates every prompt and answer in.
+HARMS = ("hate", "self_harm", "sexual", "violence")
+
+
+def _harms(filtered: str | None = None) -> dict[str, dict[str, object]]:
+    """The harm categories, all safe but ``filtered`` (filtered, severity high)."""
     return {
         name: {
-            "filtered": filtered and name == "violence",
-            "severity": "high" if filtered and name == "violence" else "safe",
+            "filtered": name == filtered,
+            "severity": "high" if name == filtered else "safe",
         }
-        for name in ("hate", "self_harm", "sexual", "violence")
+        for name in HARMS
     }
 
 
-def content_filter_response() -> web.Response:
-    """Azure's 400 ``content_filter`` body (violence filtered)."""
-    categories = {
-        name: {
-            "filtered": name == "violence",
-            "severity": "high" if name == "violence" else "safe",
-        }
-        for name in ("hate", "self_harm", "sexual", "violence")
+def output_filter_results(
+    filtered: bool, *, protected_material: bool = False
+) -> dict[str, dict[str, object]]:
+    """A choice's ``content_filter_results``.
+
+    Violence filtered when ``filtered``; ``protected_material_text`` detected (not
+    filtered) when ``protected_material``.
+    """
+    results = _harms("violence" if filtered else None)
+    results["protected_material_code"] = {"filtered": False, "detected": False}
+    results["protected_material_text"] = {
+        "filtered": False,
+        "detected": protected_material,
     }
+    return dict(sorted(results.items()))
+
+
+def prompt_filter_results(*, jailbreak: bool = False) -> list[dict[str, Any]]:
+    """An answer's ``prompt_filter_results``: the prompt's, as index 0.
+
+    ``jailbreak``: a user prompt attack was detected but not filtered (Prompt
+    Shields in annotate mode), ``{"filtered": false, "detected": true}``.
+    """
+    results: dict[str, dict[str, object]] = {
+        **_harms(),
+        "jailbreak": {"filtered": False, "detected": jailbreak},
+    }
+    return [
+        {"prompt_index": 0, "content_filter_results": dict(sorted(results.items()))}
+    ]
+
+
+def content_filter_response(*, jailbreak: bool = False) -> web.Response:
+    """Azure's 400 ``content_filter`` body: violence filtered, or a jailbreak."""
+    categories: dict[str, dict[str, object]] = _harms(None if jailbreak else "violence")
+    if jailbreak:
+        categories["jailbreak"] = {"filtered": True, "detected": True}
     return error_response(
         400,
         "content_filter",

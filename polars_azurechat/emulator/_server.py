@@ -18,6 +18,12 @@ from polars_azurechat.emulator._chat import Chat, chat_payload
 from polars_azurechat.emulator._errors import api_version_problem, error_response
 from polars_azurechat.emulator._faults import Dropped
 from polars_azurechat.emulator._lane import Lane
+from polars_azurechat.emulator._reasoning import is_reasoning
+from polars_azurechat.emulator._responses import (
+    chat_body,
+    response_payload,
+    responses_error,
+)
 from polars_azurechat.emulator._settings import EmulatorSettings, exposure_warning
 from polars_azurechat.emulator._state import State
 
@@ -47,6 +53,7 @@ class _App:
         router = self.app.router
         router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
         router.add_post("/openai/v1/chat/completions", self.chat_v1)
+        router.add_post("/openai/v1/responses", self.responses)
         router.add_get("/openai/v1/models", self.models)
         router.add_get("/stats", self.get_stats)
         router.add_post("/stats/reset", self.reset_stats)
@@ -71,6 +78,10 @@ class _App:
     async def chat_v1(self, request: web.Request) -> web.StreamResponse:
         """``POST /openai/v1/chat/completions``: the deployment is the body's ``model``."""
         return await self._serve(request, "v1")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/responses``: the Responses API (``emulator/_responses.py``)."""
+        return await self._serve(request, "responses")
 
     async def models(self, request: web.Request) -> web.Response:
         """``GET /openai/v1/models``: the models the resource's deployments run."""
@@ -104,6 +115,8 @@ class _App:
         lane: Lane | None = None
         try:
             response, lane = await self._route(request, route)
+            if route == "responses":  # Azure's error shape, this API's names
+                response = responses_error(response)
         except Dropped:
             status = "dropped"
             raise
@@ -185,8 +198,20 @@ class _App:
     ) -> web.Response:
         """Answer one ``body`` on ``lane`` (see :meth:`Chat.answer`), for ``api``.
 
-        ``request`` is ``None`` for a line of a batch.
+        ``request`` is ``None`` for a line of a batch. A Responses API body is
+        answered as the chat body it is equivalent to, and rendered as a response.
         """
+        if api == "responses":
+            chat, refused = chat_body(body)
+            if refused is not None:
+                return refused
+            answer = await self.chat_answers.answer(lane, chat, request=request, n=n)
+            if isinstance(answer, web.Response):  # named as this API names it
+                return responses_error(answer, renamed=True)
+            payload = response_payload(
+                answer, body, reasoning=is_reasoning(lane.settings)
+            )
+            return web.json_response(payload, headers=answer.headers)
         answer = await self.chat_answers.answer(lane, body, request=request, n=n)
         if isinstance(answer, web.Response):
             return answer
