@@ -71,13 +71,26 @@ def state(tmp_path: Path) -> Iterator[BatchStateStore]:
         yield store
 
 
+_CLIENTS: list[openai.AzureOpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the clients a test made (a crashed run leaves its own open)."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def _client(emu: Emulator) -> openai.AzureOpenAI:
-    return openai.AzureOpenAI(
+    client = openai.AzureOpenAI(
         azure_endpoint=emu.url,
         api_key=emu.api_key,
         api_version=API_VERSION,
         max_retries=0,
     )
+    _CLIENTS.append(client)
+    return client
 
 
 def _key(emu: Emulator, prompt: str) -> str:
