@@ -72,10 +72,10 @@ def test_an_incomplete_response_is_a_truncation_not_a_success(clock: FakeClock) 
         )
 
     transport = MemoryTransport(handler, api="responses")
-    engine = _engine(transport, clock, params={"max_tokens": 5})
+    engine = _engine(transport, clock, params={"max_tokens": 16})
     [r] = engine.run([_req("think hard")])
     assert r is not None and r.finish_reason == "length" and r.content == ""
-    assert transport.requests[0].body["max_output_tokens"] == 5
+    assert transport.requests[0].body["max_output_tokens"] == 16
     engine.close()
 
 
@@ -88,6 +88,8 @@ def test_fields_without_an_equivalent_are_refused_before_any_request(
         pac.Completer(api="assistants", max_tokens=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode='batch' sends chat completions only"):
         pac.Completer(api="responses", mode="batch", cache="x.sqlite")
+    with pytest.raises(ValueError, match="takes at least 16 output tokens"):
+        pac.Completer(api="responses", max_tokens=5)  # Azure's 400 on every row
     assert emulator.stats()["requests"] == 0
 
 
@@ -109,13 +111,13 @@ def test_the_wire_body_is_the_responses_api_s(clock: FakeClock) -> None:
         "strict": True,
     }
     fmt = {"type": "json_schema", "json_schema": schema}
-    params = {"max_tokens": 9, "response_format": fmt}
+    params = {"max_tokens": 19, "response_format": fmt}
     messages = [{"role": "user", "content": "é"}]
     for _ in range(2):  # the second from the fields encoded once
         data = json.loads(transport._encode({**params, "messages": messages}))
         assert data == {
             "model": "gpt-5-mini",
-            "max_output_tokens": 9,
+            "max_output_tokens": 19,
             "text": {"format": {"type": "json_schema", **schema}},
             "store": False,
             "input": messages,

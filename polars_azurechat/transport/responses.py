@@ -55,6 +55,9 @@ UNSUPPORTED = frozenset(
     }
 )
 
+#: The least ``max_output_tokens`` the Responses API takes (a 400 below it).
+MIN_OUTPUT_TOKENS = 16
+
 #: ``incomplete_details.reason`` as a chat ``finish_reason``.
 _FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
@@ -81,6 +84,10 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
     Traceback (most recent call last):
     ...
     ValueError: seed has no equivalent in the Responses API (api='responses'): leave it out, or use api='chat'
+    >>> responses_params({"max_tokens": 5})
+    Traceback (most recent call last):
+    ...
+    ValueError: max_tokens=5: the Responses API (api='responses') takes at least 16 output tokens (max_output_tokens)
     """
     refused = sorted(UNSUPPORTED & params.keys())
     if refused:
@@ -93,6 +100,12 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in params.items():
         if key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(value, int) and value < MIN_OUTPUT_TOKENS:
+                msg = (
+                    f"{key}={value}: the Responses API (api='responses') takes at "
+                    f"least {MIN_OUTPUT_TOKENS} output tokens (max_output_tokens)"
+                )
+                raise ValueError(msg)
             out["max_output_tokens"] = value
         elif key == "reasoning_effort":
             out.setdefault("reasoning", {})["effort"] = value
