@@ -1,8 +1,9 @@
 """Slow start as a ramp in time, until the first answer. Internal.
 
 The first request goes, a second :data:`RAMP_QUIET_S` later, and until the first answer
-their number doubles every :data:`RAMP_S` (1, 2, 4, ...): a job reaches a concurrency of
-100 about 20 ms after its first request. The limiter asks the ramp how long until one
+their number doubles every :data:`RAMP_S` (1, 2, 4, ...), from :data:`RAMP_FAST_FROM` every
+:data:`RAMP_FAST_S`: a job reaches a concurrency of 100 about 28 ms after its first
+request. The limiter asks the ramp how long until one
 more may go (:meth:`Ramp.wait`); the first answer ends it.
 
 Answers from amid the ramp's burst do not tell the budget one by one (the server may
@@ -31,18 +32,39 @@ from polars_azurechat.transport.windows import (
 
 #: Slow start as a ramp: the first request goes alone for RAMP_QUIET_S, then
 #: RAMP_FIRST more may go, and until the first answer their number doubles every
-#: RAMP_S. (A quiet first request longer than REORDER_S, whose answer read the budget
-#: exactly, cost a short job 21 ms: the budget is read from the ramp's answers
-#: together instead. Doubling every 4 ms missed the demo (1.16x a bare client); every
-#: 2 ms met it. The 429s S4 then drew at its third window (1.53x) were rows costed by
-#: length before the token budget was known, admitted at that guess: they are costed
-#: again once it is, see ``RateLimiter.acquire``.)
+#: RAMP_S up to RAMP_FAST_FROM, then every RAMP_FAST_S. (A quiet first request longer
+#: than REORDER_S, whose answer read the budget exactly, cost a short job 21 ms: the
+#: budget is read from the ramp's answers together instead. Doubling every 4 ms
+#: throughout missed the demo (1.16x a bare client); every 2 ms met it (1.07x) but a
+#: budget of 10 per window then drew twice the 429s (r1: 7.1%, small: 3.8%, against
+#: 1.6% and 2.0%): an instant 429 takes ~2.5 ms to come back on loopback, and what
+#: the ramp sends meanwhile is refused. Small budgets are passed at the slow pace, the
+#: rest of the way to 100 at the fast one (from 16: r1 4.8%, as the 429 came back
+#: after the 16th went; from 32: r1 2.0%, demo 1.09x and 1.17x in two runs). The 429s S4 drew at its third window (1.53x)
+#: were rows costed by length before the token budget was known, admitted at that
+#: guess: they are costed again once it is, see ``RateLimiter.acquire``.)
 RAMP_QUIET_S = 0.006
 RAMP_FIRST = 1
-RAMP_S = 0.002
+RAMP_S = 0.004
+RAMP_FAST_FROM = 32
+RAMP_FAST_S = 0.0015
 #: After the first answer, the rest of the ramp's answers are waited for at most its
 #: length plus this (a straggler does not hold the job).
 HOLD_EXTRA_S = 0.05
+
+
+def ramp_time(n: int) -> float:
+    """Seconds after the quiet start at which ``n`` admissions may have gone.
+
+    ``n`` doubles every :data:`RAMP_S` up to :data:`RAMP_FAST_FROM`, then every
+    :data:`RAMP_FAST_S`.
+
+    >>> round(ramp_time(1), 4), round(ramp_time(32), 4), round(ramp_time(100), 4)
+    (0.0, 0.02, 0.0225)
+    """
+    slow = math.log2(max(1.0, min(n, RAMP_FAST_FROM) / RAMP_FIRST))
+    fast = math.log2(max(1.0, n / RAMP_FAST_FROM))
+    return RAMP_S * slow + RAMP_FAST_S * fast
 
 
 class Ramp:
@@ -176,9 +198,8 @@ class Ramp:
     def wait(self) -> float:
         """Seconds until the ramp admits one more (0: now, or the ramp is over).
 
-        Before the first answer, ``1 + RAMP_FIRST * 2 ** ((t - RAMP_QUIET_S) /
-        RAMP_S)`` admissions may have gone ``t`` s after the first (``t >=
-        RAMP_QUIET_S``). During the hold after it, one more, then none until the
+        Before the first answer, the ``n``-th admission after the first goes
+        ``RAMP_QUIET_S + ramp_time(n)`` s after it. During the hold after it, one more, then none until the
         ramp's answers are in (or the hold's end).
         """
         if self.over:
@@ -192,11 +213,7 @@ class Ramp:
         if self.full():
             return self._hold_s
         n = self.sent
-        due = self._from + (
-            0.0
-            if n < 1
-            else RAMP_QUIET_S + RAMP_S * math.log2(max(1.0, n / RAMP_FIRST))
-        )
+        due = self._from + (0.0 if n < 1 else RAMP_QUIET_S + ramp_time(n))
         return max(0.0, due - self._clock())
 
     def full(self) -> bool:
