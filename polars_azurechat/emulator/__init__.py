@@ -27,6 +27,10 @@ message text:
 ``[emu:jailbreak_detected]``
     a normal answer whose ``prompt_filter_results`` say ``jailbreak: {filtered:
     false, detected: true}`` (every chat answer carries ``prompt_filter_results``);
+``[emu:flex_busy*2]``
+    with ``service_tier="flex"``, the first 2 requests with this exact prompt get the
+    flex tier's 429 ``resource_unavailable`` (no capacity now: not a quota's); on
+    another tier it is answered (every answer names its ``service_tier``);
 ``[emu:filter_output]``
     a 200 whose completion was cut by the output filter: half the answer,
     ``finish_reason="content_filter"``, violence flagged in the choice's

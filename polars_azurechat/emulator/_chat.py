@@ -22,6 +22,7 @@ from polars_azurechat.emulator._body import body_problem, invalid
 from polars_azurechat.emulator._errors import (
     content_filter_response,
     error_response,
+    flex_busy_response,
     output_filter_results,
     prompt_filter_results,
     rate_limit_response,
@@ -69,6 +70,8 @@ class Answer:
     cached_tokens: int = 0  # of the prompt's
     #: Prompt Shields flagged a user prompt attack and let it through (annotate mode)
     jailbreak_detected: bool = False
+    #: the tier that answered (``default`` unless flex or priority was asked)
+    service_tier: str = "default"
 
 
 class Chat:
@@ -138,6 +141,13 @@ class Chat:
         fault = lane.faults.choose(messages, directives)
         if fault is not None:
             return await self._fault(lane, fault, delay_s, request)
+        tier = body.get("service_tier")
+        if (
+            tier == "flex"
+            and request is not None
+            and lane.faults.flex_busy(messages, directives)
+        ):
+            return flex_busy_response(s.retry_after_ms)
         if "jailbreak" in directives:  # Prompt Shields blocked a prompt attack
             return content_filter_response(jailbreak=True)
         if "filter" in directives:
@@ -174,6 +184,7 @@ class Chat:
         answer = self._complete(text, directives, max_tokens, thought)
         answer.cached_tokens = cached
         answer.jailbreak_detected = "jailbreak_detected" in directives
+        answer.service_tier = tier if tier in ("flex", "priority") else "default"
         return self._count(answer, s.model, prompt_tokens, quota_headers, n)
 
     async def _fault(
@@ -294,6 +305,7 @@ def chat_payload(a: Answer) -> dict[str, Any]:
                 "rejected_prediction_tokens": 0,
             },
         },
+        "service_tier": a.service_tier,
         "system_fingerprint": "fp_emulator",
     }
 

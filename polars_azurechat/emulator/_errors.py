@@ -16,6 +16,7 @@ __all__ = [
     "content_filter_response",
     "entra_unauthorized_response",
     "error_response",
+    "flex_busy_response",
     "key_auth_disabled_response",
     "output_filter_results",
     "prompt_filter_results",
@@ -43,6 +44,22 @@ def error_response(
     """``{"error": {"code": ..., "message": ..., **extra}}`` with ``http_status``."""
     body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=http_status)
+
+
+def flex_busy_response(retry_after_ms: int | None) -> web.Response:
+    """The flex tier's 429 when it has no capacity now: not a quota's (no limit named).
+
+    ``retry_after_ms``: sent as ``retry-after-ms`` when set.
+    """
+    response = error_response(
+        429,
+        "resource_unavailable",
+        "Resource unavailable: the flex processing tier has no capacity for this "
+        "request now. Retry later, or send it on the default tier.",
+    )
+    if retry_after_ms is not None:
+        response.headers["retry-after-ms"] = str(retry_after_ms)
+    return response
 
 
 def rate_limit_response(

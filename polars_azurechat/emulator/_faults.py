@@ -73,6 +73,19 @@ class Faults:
         """
         return self._scripted(messages, directives) or self._random()
 
+    def flex_busy(self, messages: Any, directives: dict[str, str]) -> bool:
+        """Whether ``[emu:flex_busy*N]`` refuses this flex request (its first N times)."""
+        if "flex_busy" not in directives:
+            return False
+        key = (
+            "flex:"
+            + hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        )
+        with self._lock:
+            self._seen[key] += 1
+            n = self._seen[key]
+        return n <= int(directives["flex_busy"] or 1)
+
     def _scripted(self, messages: Any, directives: dict[str, str]) -> str | None:
         for kind in FAULTS:
             if kind in directives:
