@@ -250,3 +250,34 @@ def test_v1_files_refuse_a_dated_api_version_and_need_the_key() -> None:
     assert dated == 400 and body["error"]["message"] == "API version not supported"
     assert keyless == 401
     assert fine == 200 and listing["object"] == "list"
+
+
+def test_batch_mode_on_the_v1_api_uses_its_files_and_batches(tmp_path: Any) -> None:
+    # a job configured for the v1 API sends its batches through /openai/v1/ (an
+    # OpenAI client, no api-version), not the classic routes with api-version "v1"
+    import polars_azurechat as pac
+    from polars_azurechat.batch.mode import batch_client
+    from polars_azurechat.cli import EMULATOR_BATCH_PACE
+    from polars_azurechat.emulator._batch import BatchService
+
+    with Emulator(batches=BatchService(**EMULATOR_BATCH_PACE)) as emu:
+        config = pac.ChatConfig(
+            base_url=emu.base_url, api_key=emu.api_key, deployment="gpt-4o-mini"
+        )
+        client = batch_client(config)
+        assert isinstance(client, openai.OpenAI)
+        assert not isinstance(client, openai.AzureOpenAI)
+        assert str(client.base_url) == f"{emu.url}/openai/v1/"
+        client.close()
+        with pac.Completer(
+            config=config,
+            mode="batch",
+            cache=str(tmp_path / "answers.sqlite"),
+            max_tokens=10,
+            progress=False,
+            batch_poll_s=0.05,
+        ) as job:
+            assert job.run(["What is 1 + 2?", "What is 2 + 5?"]) == ["3", "7"]
+        stats = emu.stats()["batch"]
+    assert stats["batches_created"] == 1
+    assert stats["lines_answered"] == 2

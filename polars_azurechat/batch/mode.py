@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.batch.chunks import Chunker
 from polars_azurechat.batch.spool import ONLINE
+from polars_azurechat.config import V1
 from polars_azurechat.engine.frontdoor import FrontDoor
 
 if TYPE_CHECKING:
@@ -346,6 +347,9 @@ def _batch_sleep(run: Run, sleep: Callable[[float], None], seconds: float) -> No
 def batch_client(config: ChatConfig) -> Any:
     """An ``openai.AzureOpenAI`` client of ``config`` for the files and batches APIs.
 
+    On the v1 API (``config.surface == "v1"``), an ``openai.OpenAI`` client on the
+    resource's ``/openai/v1/`` base URL (no api-version; the key or token as a bearer).
+
     A key or a fixed token is passed as is; a token provider or an azure-identity
     credential gives the client a provider whose tokens are kept fresh by the same
     code as the online path's (:class:`~polars_azurechat.transport.auth.TokenAuth`).
@@ -356,6 +360,15 @@ def batch_client(config: ChatConfig) -> Any:
     import openai
 
     http = openai.DefaultHttpxClient(follow_redirects=False)
+    if config.surface == V1:  # the v1 API: an OpenAI client on the v1 base URL
+        key: Any = config.api_key or config.azure_ad_token
+        v1 = openai.OpenAI(
+            base_url=f"{config.azure_endpoint.rstrip('/')}/openai/v1/",
+            api_key=key or functools.partial(_entra_token, config.auth()),
+            http_client=http,
+        )
+        weakref.finalize(v1, http.close)
+        return v1
     kwargs: dict[str, Any] = {
         "azure_endpoint": config.azure_endpoint,
         "api_version": config.api_version,
