@@ -266,7 +266,10 @@ class ChatEngine:
             # Ctrl-C raised in this thread (or a batch cancelled by it): no more
             # admissions, the answers in flight awaited a short grace, then the
             # run's batches cancelled; then say what was kept
-            self._wait_out_grace(run, pending)
+            try:
+                self._wait_out_grace(run, pending)
+            except KeyboardInterrupt:  # the second came before the grace's handler
+                self._stop_again(run, pending)
             self._settle(run, pending, drain=True)
             pending.clear()
             message = self._interrupted_message(run)
@@ -319,9 +322,17 @@ class ChatEngine:
         try:
             _wait_all(futures, self.runs.stop_grace_s + SETTLE_S)
         except KeyboardInterrupt:
-            loop.call_soon_threadsafe(self.runs.halt, run, "again")
-            with contextlib.suppress(KeyboardInterrupt):  # a third: it is stopping
-                _wait_all(futures, SETTLE_S)
+            self._stop_again(run, pending)
+
+    def _stop_again(
+        self,
+        run: Run,
+        pending: Iterable[tuple[Any, concurrent.futures.Future[Any]]],
+    ) -> None:
+        """A second Ctrl-C in this thread: stop the run's batches now (a third too)."""
+        with contextlib.suppress(KeyboardInterrupt):  # a third: it is stopping
+            _loop.loop().call_soon_threadsafe(self.runs.halt, run, "again")
+            _wait_all({f for _, f in pending} | set(run.futures), SETTLE_S)
 
     def _settle(
         self,
