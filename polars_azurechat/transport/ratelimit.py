@@ -85,7 +85,9 @@ Sleep = Callable[[float], Awaitable[None]]
 #: Cooldown after a 429 that names no delay.
 DEFAULT_COOLDOWN_S = 1.0
 #: A blocked limiter that does not know the window yet, and whose shorter candidate
-#: windows are full too, sends one probe after this long.
+#: windows are full too, sends one probe after this long. While a window is learned, a
+#: blocked waiter looks again at least this often: an answer may shorten the window (a
+#: wait reckoned on the 60-s one held a job 50 s in ``quota.py r10t10``).
 PROBE_AFTER_S = 1.0
 #: While a probe is out, waiters look again this often (its answer may open the way).
 PROBE_POLL_S = 0.05
@@ -336,7 +338,7 @@ class RateLimiter:
         if self._probe is not None and not self._probe.answered:
             return min(wait, PROBE_POLL_S)  # its answer may open the way
         due = self._probe_in(tokens, self._clock())
-        return wait if due is None else max(0.0, min(wait, due))
+        return min(wait, PROBE_AFTER_S) if due is None else max(0.0, min(wait, due))
 
     def _scaled(self, tokens: int) -> int:
         """The tokens an admission of a request we estimate at ``tokens`` counts."""
