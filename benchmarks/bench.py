@@ -215,9 +215,9 @@ def demo(latency_ms: float) -> bool:
         ]
         first_call = 0.0
         for name, fn in ways:
-            # the two fast ways: best of 3 (the first call in a process also pays
+            # the two fast ways: best of 5 (the first call in a process also pays
             # one-off lazy imports, printed below; noise on 2 cores is a few 10 ms)
-            tries = 3 if name.startswith(("bare", "chat")) else 1
+            tries = 5 if name.startswith(("bare", "chat")) else 1
             best: tuple[float, float, bool, dict[str, Any]] | None = None
             for k in range(tries):
                 emulator_stats(url, reset=True)

@@ -2,7 +2,7 @@
 
 The first request goes, a second :data:`RAMP_QUIET_S` later, and until the first answer
 their number doubles every :data:`RAMP_S` (1, 2, 4, ...), from :data:`RAMP_FAST_FROM` every
-:data:`RAMP_FAST_S`: a job reaches a concurrency of 100 about 28 ms after its first
+:data:`RAMP_FAST_S`: a job reaches a concurrency of 100 about 22 ms after its first
 request. The limiter asks the ramp how long until one
 more may go (:meth:`Ramp.wait`); the first answer ends it.
 
@@ -40,11 +40,13 @@ from polars_azurechat.transport.windows import (
 #: 1.6% and 2.0%): an instant 429 takes ~2.5 ms to come back on loopback, and what
 #: the ramp sends meanwhile is refused. Small budgets are passed at the slow pace, the
 #: rest of the way to 100 at the fast one (from 16: r1 4.8%, as the 429 came back
-#: after the 16th went; from 32: r1 2.0%, demo 1.09x and 1.17x in two runs). The 429s S4 drew at its third window (1.53x)
+#: after the 16th went; from 32: r1 2.0%, demo 1.09x and 1.17x in two runs). A quiet
+#: first of 3 ms (a 401 comes back in ~2.5 ms on loopback) then 2 at once, not 1,
+#: took 6 ms off the demo (1.10x, 1.12x, 1.01x; r1 1.6%, wrongkey 1 request). The 429s S4 drew at its third window (1.53x)
 #: were rows costed by length before the token budget was known, admitted at that
 #: guess: they are costed again once it is, see ``RateLimiter.acquire``.)
-RAMP_QUIET_S = 0.006
-RAMP_FIRST = 1
+RAMP_QUIET_S = 0.003
+RAMP_FIRST = 2
 RAMP_S = 0.004
 RAMP_FAST_FROM = 32
 RAMP_FAST_S = 0.0015
@@ -60,7 +62,7 @@ def ramp_time(n: int) -> float:
     :data:`RAMP_FAST_S`.
 
     >>> round(ramp_time(1), 4), round(ramp_time(32), 4), round(ramp_time(100), 4)
-    (0.0, 0.02, 0.0225)
+    (0.0, 0.016, 0.0185)
     """
     slow = math.log2(max(1.0, min(n, RAMP_FAST_FROM) / RAMP_FIRST))
     fast = math.log2(max(1.0, n / RAMP_FAST_FROM))

@@ -37,11 +37,11 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   first request goes, a second :data:`~polars_azurechat.transport.ramp.RAMP_QUIET_S`
   later, and until the first answer their number doubles every
   :data:`~polars_azurechat.transport.ramp.RAMP_S` (faster past 32): a job reaches a
-  concurrency of 100 about 28 ms after its first request and pays no latency before
+  concurrency of 100 about 22 ms after its first request and pays no latency before
   it. What the server answers at once, before any model work (a 401 for a wrong key, a 404 for a wrong
   deployment, a 429 when the quota is full), arrives while the ramp has sent few on
-  loopback; against Azure, what the ramp sends within a round trip (``1 + 2 ** ((rtt
-  - 6 ms) / 4 ms)``: 3 at 10 ms, 12 at 20 ms). The first answer ends the ramp: a 401/
+  loopback; against Azure, what the ramp sends within a round trip (about 7
+  at 10 ms, 50 at 20 ms). The first answer ends the ramp: a 401/
   403/404 stops the run, a 429 pauses admission and names the window, a 200 with
   rate-limit headers lets one more request go and holds the rest until the ramp's
   answers are in (at most the ramp's length and 50 ms): together they read the
