@@ -47,7 +47,14 @@ if TYPE_CHECKING:
     from polars_azurechat.emulator._lane import Lane
     from polars_azurechat.emulator._state import State
 
-__all__ = ["DEFAULT_RESERVED_COMPLETION_TOKENS", "Answer", "Chat", "chat_payload"]
+__all__ = [
+    "DEFAULT_RESERVED_COMPLETION_TOKENS",
+    "Answer",
+    "Chat",
+    "admit",
+    "chat_payload",
+    "latency_s",
+]
 
 #: Tokens charged for the answer when a request sets no ``max_tokens``.
 DEFAULT_RESERVED_COMPLETION_TOKENS = 4096
@@ -132,15 +139,10 @@ class Chat:
         thought = None  # the reasoning tokens of a reasoning model
         if is_reasoning(s):
             thought = reasoning_tokens(effort_of(body), _prompt_text(pairs))
-        delay_s = (
-            s.latency_ms
-            + float(directives.get("delay", 0))
-            + s.jitter_ms * lane.rng.random()
-            + (thought or 0) * s.reasoning_ms_per_token
-        ) / 1000
+        delay_s = latency_s(lane, directives, (thought or 0) * s.reasoning_ms_per_token)
         fault = lane.faults.choose(messages, directives)
         if fault is not None:
-            return await self._fault(lane, fault, delay_s, request)
+            return await self.fault(lane, fault, delay_s, request)
         tier = body.get("service_tier")
         if (
             tier == "flex"
@@ -166,14 +168,10 @@ class Chat:
         quota_headers: dict[str, str] = {}
         cached = 0
         if request is not None:  # a batch line is not charged to the online quota
-            decision = lane.quota.admit(prompt_tokens + reserved)
-            if not decision.admitted:
-                return rate_limit_response(
-                    max(1, ceil_ms(decision.wait_s)),
-                    decision.limited_by,
-                    decision.headers,
-                )
-            quota_headers = decision.headers
+            admitted = admit(lane, prompt_tokens + reserved)
+            if isinstance(admitted, web.Response):
+                return admitted
+            quota_headers = admitted
             if prompt_tokens >= MIN_TOKENS:  # shorter prompts are never cached
                 cached = lane.prompt_cache.cached(
                     _prompt_pieces(schema_text, pairs), prompt_tokens, _cache_key(body)
@@ -187,10 +185,13 @@ class Chat:
         answer.service_tier = tier if tier in ("flex", "priority") else "default"
         return self._count(answer, s.model, prompt_tokens, quota_headers, n)
 
-    async def _fault(
+    async def fault(
         self, lane: Lane, fault: str, delay_s: float, request: web.Request | None
     ) -> web.Response:
-        """Count the injected ``fault`` and answer with it (a batch line: a 5xx)."""
+        """Count the injected ``fault`` and answer with it (a batch line: a 5xx).
+
+        Also the embeddings route's faults (``emulator/_embeddings.py``).
+        """
         st = self.state
         with st.lock:
             st.faults[fault] += 1
@@ -267,6 +268,39 @@ class Chat:
         answer.prompt_tokens = prompt_tokens
         answer.headers = {"apim-request-id": f"emu-{n}", **quota_headers}
         return answer
+
+
+def latency_s(lane: Lane, directives: dict[str, str], extra_ms: float = 0.0) -> float:
+    """The seconds one answer on ``lane`` takes: latency, jitter, ``[emu:delay=N]``.
+
+    ``extra_ms``: what the answer adds of its own (a reasoning model's thinking).
+    """
+    s = lane.settings
+    return (
+        s.latency_ms
+        + float(directives.get("delay", 0))
+        + s.jitter_ms * lane.rng.random()
+        + extra_ms
+    ) / 1000
+
+
+def admit(
+    lane: Lane, tokens: int, *, operation: str = "ChatCompletions_Create"
+) -> dict[str, str] | web.Response:
+    """Charge one request of ``tokens`` to ``lane``'s quota: its headers, or the 429.
+
+    ``operation`` is what the 429's message names (``Embeddings_Create`` for the
+    embeddings route).
+    """
+    decision = lane.quota.admit(tokens)
+    if not decision.admitted:
+        return rate_limit_response(
+            max(1, ceil_ms(decision.wait_s)),
+            decision.limited_by,
+            decision.headers,
+            operation=operation,
+        )
+    return decision.headers
 
 
 def chat_payload(a: Answer) -> dict[str, Any]:

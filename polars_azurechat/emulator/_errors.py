@@ -63,7 +63,11 @@ def flex_busy_response(retry_after_ms: int | None) -> web.Response:
 
 
 def rate_limit_response(
-    wait_ms: int, limited_by: str | None, headers: dict[str, str]
+    wait_ms: int,
+    limited_by: str | None,
+    headers: dict[str, str],
+    *,
+    operation: str = "ChatCompletions_Create",
 ) -> web.Response:
     """Azure's 429 for a quota, with ``retry-after-ms`` and ``Retry-After``.
 
@@ -75,13 +79,15 @@ def rate_limit_response(
         ``"requests"`` or ``"tokens"``: which limit the message names.
     headers
         More headers to send (the ``x-ratelimit-*`` ones).
+    operation
+        The operation the message names (``Embeddings_Create`` for embeddings).
     """
     seconds = math.ceil(wait_ms / 1000)
     which = "token" if limited_by == "tokens" else "call"
     response = error_response(
         429,
         "429",
-        f"Requests to the ChatCompletions_Create Operation have exceeded the {which} "
+        f"Requests to the {operation} Operation have exceeded the {which} "
         "rate limit of your current pricing tier. Please retry after "
         f"{seconds} second{'' if seconds == 1 else 's'}.",
     )

@@ -32,10 +32,9 @@ class Lane:
         origin: float,
     ) -> None:
         self.name = name
-        self.settings = settings
+        self.settings = settings.for_deployment(name)  # its model, its own fields
         self.clock = clock
         if settings.per_deployment and name in settings.per_deployment:
-            self.settings = settings.for_deployment(name)
             self.rng = random.Random(self.settings.seed)  # noqa: S311 - not secrets
             self.faults = Faults(self.settings, self.rng)
         else:

@@ -15,6 +15,11 @@ from aiohttp import web
 from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.emulator._body import missing_model, read_body
 from polars_azurechat.emulator._chat import Chat, chat_payload
+from polars_azurechat.emulator._embeddings import (
+    Embeddings,
+    is_embedding,
+    operation_not_supported,
+)
 from polars_azurechat.emulator._errors import api_version_problem, error_response
 from polars_azurechat.emulator._faults import Dropped
 from polars_azurechat.emulator._lane import Lane
@@ -32,11 +37,12 @@ __all__ = ["Emulator", "serve"]
 logger = logging.getLogger(__name__)
 
 
-#: The surfaces a chat request can come by: the classic deployment route, the v1
-#: chat route, the v1 Responses API.
-Route = Literal["classic", "v1", "responses"]
-#: What a body asks for: a chat completion, or a response of the Responses API.
-Api = Literal["chat", "responses"]
+#: The surfaces a request can come by: the classic deployment route, the v1 chat
+#: route, the v1 Responses API, the classic and the v1 embeddings routes.
+Route = Literal["classic", "v1", "responses", "embeddings", "embeddings_v1"]
+#: What a body asks for: a chat completion, a response of the Responses API, or
+#: embeddings.
+Api = Literal["chat", "responses", "embeddings"]
 
 #: Azure's 404 for a deployment name the resource does not have.
 DEPLOYMENT_NOT_FOUND = (
@@ -49,11 +55,16 @@ class _App:
     def __init__(self, state: State, batches: BatchService | None = None) -> None:
         self.state = state
         self.chat_answers = Chat(state)
+        self.embeddings = Embeddings(state, self.chat_answers)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         router = self.app.router
         router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
         router.add_post("/openai/v1/chat/completions", self.chat_v1)
         router.add_post("/openai/v1/responses", self.responses)
+        router.add_post(
+            "/openai/deployments/{deployment}/embeddings", self.embeddings_classic
+        )
+        router.add_post("/openai/v1/embeddings", self.embeddings_v1)
         router.add_get("/openai/v1/models", self.models)
         router.add_get("/stats", self.get_stats)
         router.add_post("/stats/reset", self.reset_stats)
@@ -83,6 +94,14 @@ class _App:
         """``POST /openai/v1/responses``: the Responses API (``emulator/_responses.py``)."""
         return await self._serve(request, "responses")
 
+    async def embeddings_classic(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/deployments/{deployment}/embeddings?api-version=``."""
+        return await self._serve(request, "embeddings")
+
+    async def embeddings_v1(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/embeddings`` (``emulator/_embeddings.py``)."""
+        return await self._serve(request, "embeddings_v1")
+
     async def models(self, request: web.Request) -> web.Response:
         """``GET /openai/v1/models``: the models the resource's deployments run."""
         refused = api_version_problem(request) or self._authenticated(request)
@@ -101,7 +120,7 @@ class _App:
         return web.json_response({"object": "list", "data": data})
 
     async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
-        """Count a chat request by ``route``, answer it, count how it was answered."""
+        """Count a request by ``route``, answer it, count how it was answered."""
         st = self.state
         with st.lock:
             st.requests += 1
@@ -135,7 +154,7 @@ class _App:
     async def _route(
         self, request: web.Request, route: Route
     ) -> tuple[web.Response, Lane | None]:
-        """The answer to a chat request, and the lane it reached (if any).
+        """The answer to a request, and the lane it reached (if any).
 
         A lane (quota windows, counters) is made for a deployment name only once a
         request with a valid credential names it: a caller without one cannot make the
@@ -146,7 +165,7 @@ class _App:
         if refused is not None:
             return refused, None
         body: Any = None
-        if route == "classic":
+        if route in ("classic", "embeddings"):
             deployment = request.match_info["deployment"]
         else:
             body, refused = read_body(await request.read())
@@ -167,7 +186,7 @@ class _App:
             body, refused = read_body(await request.read())
             if refused is not None:
                 return refused, lane
-        api: Api = "responses" if route == "responses" else "chat"
+        api: Api = _APIS[route]
         return await self.answer(lane, body, request=request, api=api), lane
 
     def _authenticated(self, request: web.Request) -> web.Response | None:
@@ -200,7 +219,13 @@ class _App:
 
         ``request`` is ``None`` for a line of a batch. A Responses API body is
         answered as the chat body it is equivalent to, and rendered as a response.
+        An embedding deployment answers embeddings only, and a chat one all but.
         """
+        if api == "embeddings":
+            return await self.embeddings.answer(lane, body, request=request)
+        if is_embedding(lane.settings):
+            operation = "responses" if api == "responses" else "chatCompletion"
+            return operation_not_supported(operation, lane.settings.model)
         if api == "responses":
             chat, refused = chat_body(body)
             if refused is not None:
@@ -216,6 +241,16 @@ class _App:
         if isinstance(answer, web.Response):
             return answer
         return web.json_response(chat_payload(answer), headers=answer.headers)
+
+
+#: What each route's body asks for.
+_APIS: dict[Route, Api] = {
+    "classic": "chat",
+    "v1": "chat",
+    "responses": "responses",
+    "embeddings": "embeddings",
+    "embeddings_v1": "embeddings",
+}
 
 
 def _down(lane: Lane) -> web.Response:
@@ -319,7 +354,10 @@ class Emulator:
         ``{"key": n, "bearer": n}``; ``routes``: the chat requests by the surface
         they came by, ``{"classic": n, "v1": n, "responses": n}`` (the deployment
         route with ``api-version``, ``/openai/v1/chat/completions``,
-        ``/openai/v1/responses``); and ``batch``: the files and batches counters
+        ``/openai/v1/responses``); ``embeddings``: the embeddings requests by route,
+        ``{"classic": n, "v1": n}``, and the inputs embedded and their tokens, as
+        ``{"routes": {...}, "inputs": n, "tokens": n}`` (their requests and statuses
+        are in the totals too); and ``batch``: the files and batches counters
         (:meth:`~polars_azurechat.emulator._batch.BatchService.snapshot`).
         """
         return {**self._state.snapshot(), "batch": self.batches.snapshot()}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 __all__ = [
     "DEFAULT_API_KEY",
+    "EMBEDDING_MODELS",
     "EmulatorSettings",
     "TokenEstimator",
     "WindowKind",
@@ -18,6 +19,13 @@ __all__ = [
 DEFAULT_API_KEY = "emulator-key"
 
 TokenEstimator = Literal["chars", "tiktoken"]
+
+#: The embedding models a deployment can run: their native dimensions.
+EMBEDDING_MODELS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
 WindowKind = Literal["sliding", "fixed"]
 
 
@@ -115,6 +123,19 @@ class EmulatorSettings:
         128 identical tokens) in ``usage.prompt_tokens_details.cached_tokens``, as
         Azure does; the ``user`` or ``prompt_cache_key`` is part of the prefix.
         Online requests only (a batch line reports none).
+    embedding_deployments
+        The deployments that run an embedding model, comma-separated, each
+        ``name=model`` or a bare ``model`` (a deployment named after its model). The
+        models: ``text-embedding-3-small`` (1536 dimensions), ``text-embedding-3-large``
+        (3072) and ``text-embedding-ada-002`` (1536, no ``dimensions``). An embedding
+        deployment answers ``/embeddings`` and refuses chat (and Responses) with
+        Azure's 400 ``OperationNotSupported``; any other deployment refuses
+        ``/embeddings`` so. A ``per_deployment`` ``model`` naming an embedding model
+        makes an embedding deployment too. Default: the three models, by their names.
+    embedding_request_tokens
+        The most tokens (the emulator's estimate, summed over the inputs) one
+        embeddings request may carry: more is Azure's 400 (Azure: 300,000 for
+        ``text-embedding-3``).
     per_deployment
         Settings of single deployments, ``{name: {field: value}}``, overriding the
         fields above that describe a deployment (quota and windows, latency, faults,
@@ -150,12 +171,39 @@ class EmulatorSettings:
     reasoning: bool | None = None
     reasoning_ms_per_token: float = 0.0
     prompt_cache_ttl_s: float = 300.0
+    embedding_deployments: str = ",".join(EMBEDDING_MODELS)
+    embedding_request_tokens: int = 300_000
     per_deployment: dict[str, dict[str, Any]] | None = None
 
     def for_deployment(self, name: str) -> EmulatorSettings:
-        """The settings one deployment runs with (``per_deployment`` applied)."""
-        fields = (self.per_deployment or {}).get(name)
+        """The settings one deployment runs with (``per_deployment`` applied).
+
+        A deployment of ``embedding_deployments`` runs its embedding model (unless
+        ``per_deployment`` names another).
+        """
+        fields = dict((self.per_deployment or {}).get(name) or {})
+        model = self.embedding_models().get(name)
+        if model is not None:
+            fields.setdefault("model", model)
         return dataclasses.replace(self, **fields) if fields else self
+
+    def embedding_models(self) -> dict[str, str]:
+        """``embedding_deployments`` read: ``{deployment: model}``.
+
+        Examples
+        --------
+        >>> EmulatorSettings(
+        ...     embedding_deployments="emb=text-embedding-3-large, text-embedding-ada-002"
+        ... ).embedding_models()
+        {'emb': 'text-embedding-3-large', 'text-embedding-ada-002': 'text-embedding-ada-002'}
+        """
+        out: dict[str, str] = {}
+        for item in self.embedding_deployments.split(","):
+            name, _, model = item.partition("=")
+            name, model = name.strip(), model.strip()
+            if name:
+                out[name] = model or name
+        return out
 
     def __post_init__(self) -> None:
         if self.window_kind not in ("sliding", "fixed"):
@@ -166,6 +214,17 @@ class EmulatorSettings:
             raise ValueError(
                 "token_estimator must be 'chars' or 'tiktoken', "
                 f"not {self.token_estimator!r}"
+            )
+        for deployment, model in self.embedding_models().items():
+            if model not in EMBEDDING_MODELS:
+                raise ValueError(
+                    f"embedding_deployments: {deployment!r} names {model!r}, not an "
+                    f"embedding model ({', '.join(EMBEDDING_MODELS)})"
+                )
+        if not self.embedding_request_tokens > 0:
+            raise ValueError(
+                "embedding_request_tokens must be positive, "
+                f"not {self.embedding_request_tokens!r}"
             )
         for deployment, fields in (self.per_deployment or {}).items():
             unknown = sorted(set(fields) - DEPLOYMENT_FIELDS)
@@ -210,6 +269,7 @@ DEPLOYMENT_FIELDS = frozenset(
         "reasoning",
         "reasoning_ms_per_token",
         "prompt_cache_ttl_s",
+        "embedding_request_tokens",
     }
 )
 

@@ -29,7 +29,8 @@ __all__ = ["ROUTES", "AuthKind", "State"]
 
 AuthKind = Literal["key", "bearer"]
 
-#: The surfaces chat requests are counted by (``stats()["routes"]``).
+#: The surfaces chat requests are counted by (``stats()["routes"]``; the embeddings
+#: routes are counted in ``stats()["embeddings"]["routes"]``).
 ROUTES = ("classic", "v1", "responses")
 
 
@@ -80,6 +81,8 @@ class State:
             self.reasoning_tokens = 0
             self.cached_tokens = 0
             self.tokens_issued = 0
+            self.embedding_inputs = 0
+            self.embedding_tokens = 0
             self.auth: collections.Counter[AuthKind] = collections.Counter()
             lanes = list(self.lanes.values())
         self.faults_injected.reset()
@@ -113,6 +116,14 @@ class State:
                 "reasoning_tokens": self.reasoning_tokens,
                 "cached_tokens": self.cached_tokens,
                 "tokens_issued": self.tokens_issued,
+                "embeddings": {
+                    "routes": {
+                        "classic": self.routes["embeddings"],
+                        "v1": self.routes["embeddings_v1"],
+                    },
+                    "inputs": self.embedding_inputs,
+                    "tokens": self.embedding_tokens,
+                },
                 "auth": {"key": self.auth["key"], "bearer": self.auth["bearer"]},
                 "deployments": {
                     name: {
