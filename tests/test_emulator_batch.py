@@ -286,7 +286,7 @@ def test_create_and_upload_refuse_bad_arguments(
     with pytest.raises(openai.BadRequestError, match="endpoint"):
         client.batches.create(
             input_file_id=good.id,
-            endpoint="/v1/embeddings",
+            endpoint="/v1/completions",  # /v1/embeddings is taken (its own test)
             completion_window="24h",
         )
     with pytest.raises(openai.BadRequestError, match="completion_window"):

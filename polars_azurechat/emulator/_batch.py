@@ -8,7 +8,9 @@ same key or Entra ID token as the chat endpoint:
     upload, list, retrieve, delete, download: ``emulator/_files.py``.
 ``POST /openai/batches``
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
-    metadata}``; the file must be a processed ``batch`` file.
+    metadata}``; the file must be a processed ``batch`` file. The endpoint may be
+    ``/embeddings`` too (lines of embeddings bodies, answered by the embeddings
+    route's code; their inputs' tokens are what the batch enqueues).
 ``GET /openai/batches`` (``limit``, ``after``; newest first), ``GET
 /openai/batches/{id}``, ``POST /openai/batches/{id}/cancel``
     list, retrieve, cancel.
@@ -70,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
-from polars_azurechat.emulator._batch_lines import read_file, request_problem
+from polars_azurechat.emulator._batch_lines import api_of, read_file, request_problem
 from polars_azurechat.emulator._batch_record import Batch
 from polars_azurechat.emulator._errors import api_version_problem, error_response
 from polars_azurechat.emulator._files import File, FileStore, page
@@ -466,7 +468,8 @@ class BatchService:
                 self._lines += 1
                 n = self._lines
             lane = self._app.state.lane(str(b.model))
-            response = await self._app.answer(lane, line.body, n=n)
+            api = api_of(b.endpoint)
+            response = await self._app.answer(lane, line.body, n=n, api=api)
             status = response.status
             body = json.loads(response.text or "null")
             b.add_answer(line, status, f"emu-batch-{n}", body)

@@ -1,7 +1,8 @@
 """What a batch is made of, checked: its create request and its input file's lines.
 
 A create request (``POST /openai/batches``) names a processed ``batch`` file, the
-``/chat/completions`` endpoint, the ``24h`` window and at most 16 short metadata pairs;
+``/chat/completions`` or ``/embeddings`` endpoint (either with a ``/v1`` prefix),
+the ``24h`` window and at most 16 short metadata pairs;
 otherwise it is refused (:func:`request_problem`). The batch (``emulator/_batch.py``)
 then takes the valid lines of its input file: each a JSON object with a string
 ``custom_id``, ``"method": "POST"``, the batch's ``url`` and an object ``body``, every
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat.emulator._answers import parse_directives
 
@@ -24,16 +25,29 @@ if TYPE_CHECKING:
     from polars_azurechat.emulator._files import File
     from polars_azurechat.emulator._tokens import Estimator
 
-__all__ = ["Line", "read_file", "request_problem"]
+__all__ = ["Line", "api_of", "read_file", "request_problem"]
 
 _CHAT = "/chat/completions"
+_EMBEDDINGS = "/embeddings"
 
 
 def _endpoint(url: Any) -> str | None:
-    """``/chat/completions`` for either spelling of it, else ``None``."""
-    if url in (_CHAT, "/v1" + _CHAT):
-        return _CHAT
+    """``/chat/completions`` or ``/embeddings`` for either spelling, else ``None``."""
+    for endpoint in (_CHAT, _EMBEDDINGS):
+        if url in (endpoint, "/v1" + endpoint):
+            return endpoint
     return None
+
+
+def api_of(endpoint: str) -> Literal["chat", "embeddings"]:
+    """What a batch's lines ask for, by its (valid) ``endpoint``.
+
+    Examples
+    --------
+    >>> api_of("/chat/completions"), api_of("/v1/embeddings")
+    ('chat', 'embeddings')
+    """
+    return "embeddings" if _endpoint(endpoint) == _EMBEDDINGS else "chat"
 
 
 def request_problem(
@@ -202,7 +216,12 @@ def _read_lines(
             continue
         seen.add(custom_id)
         pairs, last_user = _pairs(body)
-        tokens += estimate.prompt(pairs) if pairs else 0
+        if pairs:
+            tokens += estimate.prompt(pairs)
+        else:  # an embeddings line: its inputs (directives in any of them)
+            texts = _inputs(body)
+            tokens += sum(estimate.text(text) for text in texts)
+            last_user = "\n".join(texts)
         lines.append(_line(custom_id, body, last_user, line_s))
     return lines, tokens, model
 
@@ -279,6 +298,15 @@ def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
         pairs[-1][1] if pairs else "",
     )
     return pairs, last_user
+
+
+def _inputs(body: Mapping[str, Any]) -> list[str]:
+    """An embeddings body's input texts (those that are strings)."""
+    given = body.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list):
+        return []
+    return [text for text in texts if isinstance(text, str)]
 
 
 def _metadata_ok(metadata: Any) -> bool:
