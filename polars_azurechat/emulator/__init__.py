@@ -1,4 +1,4 @@
-"""An Azure-OpenAI-compatible chat-completions server for tests, demos and offline runs.
+"""An Azure-OpenAI-compatible chat-completions (and embeddings) server for tests and demos.
 
 It speaks Azure's URL shape (``/openai/deployments/{deployment}/chat/completions`` with
 ``api-version``), checks the ``api-key`` header (or ``Authorization: Bearer``) and answers
@@ -47,6 +47,16 @@ message text:
 The v1 API's routes (``/openai/v1/chat/completions``, and the Responses API's
 ``/openai/v1/responses``, answered as the equivalent chat request and rendered as a
 ``response`` object) name the deployment in the body's ``model``.
+
+Embeddings: ``/openai/deployments/{deployment}/embeddings`` and
+``/openai/v1/embeddings`` answer on the deployments that run an embedding model
+(``embedding_deployments``: ``text-embedding-3-small``, ``text-embedding-3-large`` and
+``text-embedding-ada-002`` by default, each a deployment of its own name) with
+deterministic unit vectors in which texts sharing words are nearer, ``dimensions`` and
+``encoding_format="base64"`` as Azure takes them, Azure's 400s for its limits, and the
+chat route's faults, latency and quota (``emulator/_embeddings.py``). A chat deployment
+refuses embeddings, and an embedding deployment chat, with Azure's 400
+``OperationNotSupported``.
 
 Structured outputs: a request with ``response_format`` of type ``json_schema`` gets
 deterministic JSON that follows the schema, read the emulator's own way (arithmetic
