@@ -342,6 +342,12 @@ def test_fault_markers_work_through_responses() -> None:
             api="responses",
         )
         stats = emu.stats()
+        # a scripted 429 names this API's operation, as the quota's does
+        status, _, body = _post(
+            emu, "/openai/v1/responses", {"model": "d", "input": "[emu:429*1] hi"}
+        )
+    assert status == 429
+    assert body["error"]["message"].startswith("Requests to the Responses_Create ")
     assert [r["content"] for r in rows] == ["Echo: Say hi", "4"]
     assert [r["attempts"] for r in rows] == [2, 1]
     assert stats["faults"] == {"500": 1}
@@ -486,7 +492,7 @@ def test_an_unknown_deployment_is_a_404_in_azures_shape() -> None:
     assert stats["deployments"] == {}
 
 
-def test_a_responses_429_has_the_chat_429s_headers() -> None:
+def test_a_responses_429_has_the_chat_429s_headers_and_names_its_operation() -> None:
     clock = FakeClock()
     with Emulator(clock=clock, requests_per_minute=12, window_s=10) as emu:  # 2/10 s
         hi = [{"role": "user", "content": "hi"}]
@@ -501,6 +507,10 @@ def test_a_responses_429_has_the_chat_429s_headers() -> None:
         stats = emu.stats()
     assert chat_status == status == 429
     assert body["error"]["code"] == "429"
+    # the operation is this API's, in the chat 429's words (the client reads them)
+    message = body["error"]["message"]
+    assert message.startswith("Requests to the Responses_Create Operation have ")
+    assert "ChatCompletions" not in message and "call rate limit" in message
     assert set(body["error"]) == {"code", "message", "param", "type"}
 
     def shown(h: dict[str, str]) -> set[str]:
