@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from polars_azurechat.emulator._body import _wrong_type, invalid
+from polars_azurechat.emulator._errors import responses_content_filters
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._chat import Answer
@@ -419,4 +420,8 @@ def response_payload(
         },
         "user": body.get("user"),
         "metadata": body.get("metadata") or {},
+        # Azure's, not OpenAI's: the prompt's and the output's filter results
+        "content_filters": responses_content_filters(
+            jailbreak=a.jailbreak_detected, output_filtered=a.output_filtered
+        ),
     }
