@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatResult
+from polars_azurechat.batch.api import RESPONSES_URL
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
@@ -29,6 +30,7 @@ from polars_azurechat.transport.http import (
     parse_completion,
     status_error,
 )
+from polars_azurechat.transport.responses import parse_response
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api
@@ -71,6 +73,9 @@ class ResultReader:
         on_truncated: Literal["keep", "error"],
     ) -> None:
         self.api = api
+        # the Responses API's lines are read as its online answers are
+        responses = api.endpoint == RESPONSES_URL
+        self._parse = parse_response if responses else parse_completion
         self.deployment = deployment
         self.host = host
         self.schema = schema
@@ -167,7 +172,7 @@ class ResultReader:
             raw = json.dumps(response.get("body")).encode()
             if code == 200:
                 try:
-                    completion = parse_completion(raw, headers)
+                    completion = self._parse(raw, headers)
                     mark_emptied(completion)
                 except MalformedResponseError as exc:
                     return exc
