@@ -2,7 +2,9 @@
 
 One line per distinct request: ``custom_id`` = the cache key, ``method`` = ``POST``,
 ``url`` = ``/chat/completions``, ``body`` = the body parameters, the messages and
-``model`` = the batch deployment. :class:`Chunker` cuts the lines, sorted by key, into
+``model`` = the batch deployment (with ``api="responses"``: ``url`` =
+``/v1/responses``, the body as ``responses_params`` translates it, the messages as
+``input``). :class:`Chunker` cuts the lines, sorted by key, into
 files of at most ``max_lines`` lines and ``max_bytes`` bytes (Azure: 100,000 and
 200 MB), and of at most the enqueued-token limit when one is known. The lines are in
 the run's :class:`~polars_azurechat.batch.spool.Spool` (written there as the rows are
