@@ -479,7 +479,6 @@ class BatchService:
                 self._lines += 1
                 n = self._lines
             lane = self._app.state.lane(str(b.model))
-            # answered by the online route's code: chat, or the Responses API's
             responses = endpoint_of(b.endpoint) == RESPONSES
             response = await self._app.answer(
                 lane, line.body, n=n, api="responses" if responses else "chat"
