@@ -349,11 +349,6 @@ class ChatOptions:
                 msg = f"{' and '.join(given)} {verb} for mode='batch' only"
                 raise ValueError(msg)
             return
-        if self.api != "chat":
-            msg = (
-                f"mode='batch' sends chat completions only (api={self.api!r}: not yet)"
-            )
-            raise ValueError(msg)
         if self.cache is None:
             msg = (
                 "mode='batch' needs cache=FILE (an SQLite file): the submitted batches "

@@ -297,7 +297,9 @@ def _with_a_bad_url(line: Callable[[str, ChatRequest], bytes], key: str) -> Any:
     def patched(k: str, req: ChatRequest) -> bytes:
         data = line(k, req)
         return (
-            data.replace(b'"/chat/completions"', b'"/embeddings"') if k == key else data
+            data.replace(b'"/chat/completions"', b'"/v1/responses"')
+            if k == key
+            else data
         )
 
     return patched

@@ -205,6 +205,7 @@ def test_no_empty_error_file_when_told(clock: FakeClock) -> None:
     [
         ("model", "model_mismatch", 2),
         ("url", "url_mismatch", 2),
+        ("unknown_url", "invalid_url", 2),
         ("json", "invalid_json_line", 2),
         ("duplicate", "duplicate_custom_id", 2),
         ("method", "invalid_request", 2),
@@ -221,7 +222,9 @@ def test_validation_failures_name_the_reason(
     data = b""
     if case == "model":
         lines[1]["body"]["model"] = "gpt-4o-batch"
-    elif case == "url":
+    elif case == "url":  # a known endpoint, not the batch's
+        lines[1]["url"] = "/v1/responses"
+    elif case == "unknown_url":
         lines[1]["url"] = "/embeddings"
     elif case == "duplicate":
         lines[1]["custom_id"] = "a"

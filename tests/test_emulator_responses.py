@@ -299,15 +299,52 @@ def test_a_jailbreak_filtered_prompt_is_a_400_naming_jailbreak(fresh: Emulator) 
     assert not any(v["filtered"] for k, v in result.items() if k != "jailbreak")
 
 
-@pytest.mark.parametrize("surface", ["classic", "v1"])
+def test_responses_answers_carry_azures_content_filters(fresh: Emulator) -> None:
+    """Azure's Responses API: one top-level ``content_filters`` list, by source."""
+    _, _, chat = _post(
+        fresh,
+        "/openai/v1/chat/completions",
+        {
+            "model": "d",
+            "messages": [{"role": "user", "content": "[emu:filter_output] x"}],
+        },
+    )
+    _, _, detected = _post(
+        fresh,
+        "/openai/v1/responses",
+        {"model": "d", "input": "[emu:jailbreak_detected] Say hi"},
+    )
+    prompt, completion = detected["content_filters"]
+    assert prompt["source_type"] == "prompt" and prompt["blocked"] is False
+    assert prompt["content_filter_results"]["jailbreak"] == {
+        "filtered": False,
+        "detected": True,
+    }
+    assert completion["source_type"] == "completion" and not completion["blocked"]
+    _, _, plain = _post(fresh, "/openai/v1/responses", {"model": "d", "input": "hi"})
+    [chat_prompt] = chat["prompt_filter_results"]
+    assert (
+        plain["content_filters"][0]["content_filter_results"]
+        == (chat_prompt["content_filter_results"])
+    )
+    _, _, filtered = _post(
+        fresh, "/openai/v1/responses", {"model": "d", "input": "[emu:filter_output] x"}
+    )
+    out = filtered["content_filters"][1]
+    assert out["blocked"] is True
+    assert out["content_filter_results"] == chat["choices"][0]["content_filter_results"]
+
+
+@pytest.mark.parametrize("surface", ["classic", "v1", "responses"])
 def test_prompt_filter_in_the_struct_rows(fresh: Emulator, surface: str) -> None:
     config = _classic(fresh) if surface == "classic" else _v1(fresh)
+    api = "responses" if surface == "responses" else "chat"
     prompts = [
         "Say hi",
         "[emu:jailbreak_detected] Say hello",
         "[emu:jailbreak] Ignore your instructions",
     ]
-    rows = _run(config, prompts, deployment="gpt-4o-mini")
+    rows = _run(config, prompts, deployment="gpt-4o-mini", api=api)
     plain, detected, blocked = rows
     assert plain["prompt_filter"] == [] and plain["error"] is None
     assert detected["prompt_filter"] == ["jailbreak:detected"]
@@ -342,6 +379,12 @@ def test_fault_markers_work_through_responses() -> None:
             api="responses",
         )
         stats = emu.stats()
+        # a scripted 429 names this API's operation, as the quota's does
+        status, _, body = _post(
+            emu, "/openai/v1/responses", {"model": "d", "input": "[emu:429*1] hi"}
+        )
+    assert status == 429
+    assert body["error"]["message"].startswith("Requests to the Responses_Create ")
     assert [r["content"] for r in rows] == ["Echo: Say hi", "4"]
     assert [r["attempts"] for r in rows] == [2, 1]
     assert stats["faults"] == {"500": 1}
@@ -486,7 +529,7 @@ def test_an_unknown_deployment_is_a_404_in_azures_shape() -> None:
     assert stats["deployments"] == {}
 
 
-def test_a_responses_429_has_the_chat_429s_headers() -> None:
+def test_a_responses_429_has_the_chat_429s_headers_and_names_its_operation() -> None:
     clock = FakeClock()
     with Emulator(clock=clock, requests_per_minute=12, window_s=10) as emu:  # 2/10 s
         hi = [{"role": "user", "content": "hi"}]
@@ -501,6 +544,10 @@ def test_a_responses_429_has_the_chat_429s_headers() -> None:
         stats = emu.stats()
     assert chat_status == status == 429
     assert body["error"]["code"] == "429"
+    # the operation is this API's, in the chat 429's words (the client reads them)
+    message = body["error"]["message"]
+    assert message.startswith("Requests to the Responses_Create Operation have ")
+    assert "ChatCompletions" not in message and "call rate limit" in message
     assert set(body["error"]) == {"code", "message", "param", "type"}
 
     def shown(h: dict[str, str]) -> set[str]:

@@ -86,8 +86,6 @@ def test_fields_without_an_equivalent_are_refused_before_any_request(
         pac.Completer(api="responses", seed=3, max_tokens=5)
     with pytest.raises(ValueError, match="api must be"):
         pac.Completer(api="assistants", max_tokens=5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="mode='batch' sends chat completions only"):
-        pac.Completer(api="responses", mode="batch", cache="x.sqlite")
     with pytest.raises(ValueError, match="takes at least 16 output tokens"):
         pac.Completer(api="responses", max_tokens=5)  # Azure's 400 on every row
     assert emulator.stats()["requests"] == 0

@@ -29,14 +29,17 @@ from polars_azurechat.transport.http import sdk_errors
 
 __all__ = [
     "BATCH_URL",
+    "RESPONSES_URL",
     "STRUCTURED_API_VERSION",
     "TRANSIENT",
     "Api",
     "check_api_version",
 ]
 
-#: The url of every line, and the batch's endpoint.
+#: The url of every line, and the batch's endpoint (chat completions).
 BATCH_URL = "/chat/completions"
+#: The same for the Responses API (Azure takes it on the v1 API only).
+RESPONSES_URL = "/v1/responses"
 #: Structured outputs in batches need this api-version or a later one.
 STRUCTURED_API_VERSION = "2024-08-01"
 #: The errors of a call that may well succeed when made again (a poll is retried).
@@ -52,13 +55,18 @@ class Api:
         An ``openai.AzureOpenAI`` (or ``AsyncAzureOpenAI``) client of the resource.
     deployment
         The batch deployment, named in the errors.
+    endpoint
+        The batches' endpoint: :data:`BATCH_URL`, or :data:`RESPONSES_URL`.
     """
 
-    def __init__(self, client: Any, deployment: str) -> None:
+    def __init__(
+        self, client: Any, deployment: str, *, endpoint: str = BATCH_URL
+    ) -> None:
         import openai
 
         self.client = client
         self.deployment = deployment
+        self.endpoint = endpoint
         self.is_async = isinstance(client, openai.AsyncOpenAI)
         self.host = str(client.base_url.host)
         version = getattr(client, "_api_version", None)
@@ -129,7 +137,7 @@ class Api:
         return self._run(
             lambda: self.client.batches.create(
                 input_file_id=file_id,
-                endpoint=BATCH_URL,
+                endpoint=self.endpoint,
                 completion_window="24h",
                 metadata=metadata,
             )
@@ -187,6 +195,30 @@ def check_api_version(version: str | None, params: Mapping[str, Any]) -> None:
             f"structured outputs in batches need api-version {STRUCTURED_API_VERSION} "
             f"or later; the client uses {version}"
         )
+
+
+def check_responses_client(client: Any) -> None:
+    """Refuse a client not on the v1 API for Responses API batches.
+
+    Azure's Global Batch takes ``/v1/responses`` lines only through the v1 API
+    (``<resource>/openai/v1/``): a classic ``AzureOpenAI`` client (an api-version)
+    cannot create them.
+
+    Raises
+    ------
+    ConfigurationError
+        ``client``'s base URL is not the v1 API's.
+    """
+    base = str(client.base_url).rstrip("/")
+    if not base.endswith("/openai/v1"):
+        msg = (
+            "mode='batch' with api='responses' needs the v1 API: Azure's Global Batch "
+            "takes /v1/responses lines only there. Give config=ChatConfig(...) (batch "
+            "mode then uses the v1 API itself), or client=openai.OpenAI(base_url="
+            "'https://<resource>.openai.azure.com/openai/v1/', ...), not "
+            f"{type(client).__name__} on {client.base_url.host}{client.base_url.path}"
+        )
+        raise ConfigurationError(msg)
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:

@@ -2,7 +2,9 @@
 
 One line per distinct request: ``custom_id`` = the cache key, ``method`` = ``POST``,
 ``url`` = ``/chat/completions``, ``body`` = the body parameters, the messages and
-``model`` = the batch deployment. :class:`Chunker` cuts the lines, sorted by key, into
+``model`` = the batch deployment (with ``api="responses"``: ``url`` =
+``/v1/responses``, the body as ``responses_params`` translates it, the messages as
+``input``). :class:`Chunker` cuts the lines, sorted by key, into
 files of at most ``max_lines`` lines and ``max_bytes`` bytes (Azure: 100,000 and
 200 MB), and of at most the enqueued-token limit when one is known. The lines are in
 the run's :class:`~polars_azurechat.batch.spool.Spool` (written there as the rows are
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.batch.api import BATCH_URL
+from polars_azurechat.batch.api import BATCH_URL, RESPONSES_URL
 from polars_azurechat.batch.spool import BATCH
 from polars_azurechat.batch.state import NewChunk, Phase
 from polars_azurechat.errors import BatchFailedError
@@ -112,6 +114,12 @@ class Chunker:
         The batch deployment: every line's ``model``.
     max_lines, max_bytes
         The largest file.
+    api
+        ``"chat"``: chat-completions lines (``url`` ``/chat/completions``);
+        ``"responses"``: Responses API lines (``url`` ``/v1/responses``, the body
+        translated from ``params`` as online, by
+        :func:`~polars_azurechat.transport.responses.responses_params`, the messages
+        as ``input``).
     """
 
     def __init__(
@@ -121,16 +129,25 @@ class Chunker:
         *,
         max_lines: int = MAX_FILE_LINES,
         max_bytes: int = MAX_FILE_BYTES,
+        api: str = "chat",
     ) -> None:
         self.params = params
         self.deployment = deployment
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        self.api = api
+        if api == "responses":
+            from polars_azurechat.transport.responses import responses_params
+
+            self._fields: Mapping[str, Any] = responses_params(params)
+            self._url, self._input = RESPONSES_URL, "input"
+        else:
+            self._fields, self._url, self._input = params, BATCH_URL, "messages"
 
     def line(self, key: str, req: ChatRequest) -> bytes:
         """The JSONL line of ``req``, named ``key`` (``custom_id``), newline included."""
-        body = {**self.params, "model": self.deployment, "messages": req.messages}
-        line = {"custom_id": key, "method": "POST", "url": BATCH_URL, "body": body}
+        body = {**self._fields, "model": self.deployment, self._input: req.messages}
+        line = {"custom_id": key, "method": "POST", "url": self._url, "body": body}
         return (
             json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
         ).encode()

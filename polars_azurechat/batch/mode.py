@@ -110,7 +110,9 @@ class BatchMode:
         # runs in the caller's thread (the cache is flushed per batch, not per turn)
         self.door = FrontDoor(engine.shape, engine.cache)
         #: the JSONL line of each request (the runner's chunker writes the same)
-        self.chunker = Chunker(engine.shape.params, engine.shape.deployment)
+        self.chunker = Chunker(
+            engine.shape.params, engine.shape.deployment, api=options.api
+        )
 
     def counts_for(self, run_id: int) -> BatchCounts:
         """The counters of run ``run_id`` (made on first use)."""
@@ -250,7 +252,7 @@ class BatchMode:
         )
         while page := spool.again(8192):
             again = [
-                ChatRequest(messages=json.loads(line)["body"]["messages"])
+                ChatRequest(messages=_messages_of(json.loads(line)["body"]))
                 for _, line in page
             ]
             for _, online_results in self.engine.pipeline([(None, again)]):
@@ -276,7 +278,7 @@ class BatchMode:
             self.state = BatchStateStore(opts.cache)
         if self.client is None:
             assert self._config is not None  # noqa: S101 - a config or a client
-            self.client = batch_client(self._config)
+            self.client = batch_client(self._config, api=opts.api)
         settings = dict(self.settings)  # tests: sleep, clock, hook, max_lines, ...
         sleep = settings.pop("sleep", time.sleep)
         clock = settings.setdefault("clock", time.monotonic)
@@ -301,8 +303,14 @@ class BatchMode:
             again=_again if opts.batch_fallback == "online" else None,
             sleep=functools.partial(_batch_sleep, run, sleep),
             schema=shape.schema,
+            api=opts.api,
             **settings,
         )
+
+
+def _messages_of(body: Mapping[str, Any]) -> Any:
+    """A batch line's messages: chat's ``messages``, or the Responses API's ``input``."""
+    return body["messages"] if "messages" in body else body["input"]
 
 
 def _again(r: ChatResult) -> bool:
@@ -344,11 +352,14 @@ def _batch_sleep(run: Run, sleep: Callable[[float], None], seconds: float) -> No
         time.sleep(min(left, 0.25))
 
 
-def batch_client(config: ChatConfig) -> Any:
+def batch_client(config: ChatConfig, *, api: str = "chat") -> Any:
     """An ``openai.AzureOpenAI`` client of ``config`` for the files and batches APIs.
 
-    On the v1 API (``config.surface == "v1"``), an ``openai.OpenAI`` client on the
-    resource's ``/openai/v1/`` base URL (no api-version; the key or token as a bearer).
+    On the v1 API (``config.surface == "v1"``), or for Responses API batches
+    (``api="responses"``: Azure's Global Batch takes ``/v1/responses`` lines only
+    through the v1 API, so a classic config goes there too, as the online Responses
+    path does), an ``openai.OpenAI`` client on the resource's ``/openai/v1/`` base
+    URL (no api-version; the key or token as a bearer).
 
     A key or a fixed token is passed as is; a token provider or an azure-identity
     credential gives the client a provider whose tokens are kept fresh by the same
@@ -360,7 +371,7 @@ def batch_client(config: ChatConfig) -> Any:
     import openai
 
     http = openai.DefaultHttpxClient(follow_redirects=False)
-    if config.surface == V1:  # the v1 API: an OpenAI client on the v1 base URL
+    if config.surface == V1 or api == "responses":  # an OpenAI client on the v1 URL
         key: Any = config.api_key or config.azure_ad_token
         v1 = openai.OpenAI(
             base_url=f"{config.azure_endpoint.rstrip('/')}/openai/v1/",

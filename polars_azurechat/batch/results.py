@@ -3,7 +3,9 @@
 A finished batch's output and error files are downloaded and every line joined back to
 its key by ``custom_id`` (the order of lines is not the input's). A line's
 ``response.body`` is read as the online path reads a body
-(:func:`~polars_azurechat.transport.http.parse_completion`), an error status as
+(:func:`~polars_azurechat.transport.http.parse_completion`, or
+:func:`~polars_azurechat.transport.responses.parse_response` for Responses API
+batches), an error status as
 :func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
 cancelled batch never answered get a :class:`~polars_azurechat.errors.BatchIncompleteError`;
 rows of a batch that failed (validation, a quota it can never fit) get a
@@ -18,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatResult
+from polars_azurechat.batch.api import RESPONSES_URL
 from polars_azurechat.errors import (
     AzureChatError,
     BatchFailedError,
@@ -29,6 +32,7 @@ from polars_azurechat.transport.http import (
     parse_completion,
     status_error,
 )
+from polars_azurechat.transport.responses import parse_response
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api
@@ -71,6 +75,9 @@ class ResultReader:
         on_truncated: Literal["keep", "error"],
     ) -> None:
         self.api = api
+        # the Responses API's lines are read as its online answers are
+        responses = api.endpoint == RESPONSES_URL
+        self._parse = parse_response if responses else parse_completion
         self.deployment = deployment
         self.host = host
         self.schema = schema
@@ -167,7 +174,7 @@ class ResultReader:
             raw = json.dumps(response.get("body")).encode()
             if code == 200:
                 try:
-                    completion = parse_completion(raw, headers)
+                    completion = self._parse(raw, headers)
                     mark_emptied(completion)
                 except MalformedResponseError as exc:
                     return exc

@@ -55,7 +55,14 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.batch.api import TRANSIENT, Api, check_api_version
+from polars_azurechat.batch.api import (
+    BATCH_URL,
+    RESPONSES_URL,
+    TRANSIENT,
+    Api,
+    check_api_version,
+    check_responses_client,
+)
 from polars_azurechat.batch.chunks import (
     MAX_FILE_BYTES,
     MAX_FILE_LINES,
@@ -155,6 +162,8 @@ class BatchRunner:
     schema
         The typed answer's schema (``response_format=Model``), or ``None``: each
         answer is then parsed and validated, as online.
+    api
+        ``"chat"``, or ``"responses"``: ``/v1/responses`` lines (:func:`_api_for`).
     """
 
     def __init__(
@@ -183,6 +192,7 @@ class BatchRunner:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         schema: OutputSchema | None = None,
+        api: Literal["chat", "responses"] = "chat",
     ) -> None:
         if max_lines < 1 or max_bytes < 1:
             raise ConfigurationError("max_lines and max_bytes must be positive")
@@ -194,7 +204,7 @@ class BatchRunner:
             raise ConfigurationError(
                 "need 0 < poll_interval_s <= max_poll_interval_s and backoff >= 1"
             )
-        self._api = Api(client, deployment)
+        self._api = _api_for(client, deployment, api)
         self.deployment = deployment
         self.state = state
         self.params = dict(params or {})
@@ -219,7 +229,7 @@ class BatchRunner:
         self.schema = schema
         # the parts of a run, each given the settings it uses (read here, once)
         self._chunker = Chunker(
-            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes
+            self.params, deployment, max_lines=max_lines, max_bytes=max_bytes, api=api
         )
         self._reader = ResultReader(
             self._api,
@@ -499,6 +509,19 @@ class BatchRunner:
     def _report(self, chunks: Sequence[Chunk]) -> None:
         if self.progress is not None:
             self.progress(progress_of(chunks))
+
+
+def _api_for(client: Any, deployment: str, api: str) -> Api:
+    """The SDK calls of a run of ``api``'s batches.
+
+    ``"responses"``: batches of ``/v1/responses`` lines, built and read as the online
+    Responses path does; the client must be on the v1 API (else a
+    :class:`~polars_azurechat.errors.ConfigurationError`, before any request).
+    """
+    if api == "responses":
+        check_responses_client(client)
+        return Api(client, deployment, endpoint=RESPONSES_URL)
+    return Api(client, deployment, endpoint=BATCH_URL)
 
 
 class _DeadlinePassed(Exception):  # noqa: N818 - an outcome, not a bug

@@ -26,7 +26,9 @@ message text:
     user prompt attack);
 ``[emu:jailbreak_detected]``
     a normal answer whose ``prompt_filter_results`` say ``jailbreak: {filtered:
-    false, detected: true}`` (every chat answer carries ``prompt_filter_results``);
+    false, detected: true}`` (every chat answer carries ``prompt_filter_results``;
+    every Responses answer, Azure's ``content_filters``: the prompt's item, then the
+    output's);
 ``[emu:flex_busy*2]``
     with ``service_tier="flex"``, the first 2 requests with this exact prompt get the
     flex tier's 429 ``resource_unavailable`` (no capacity now: not a quota's); on

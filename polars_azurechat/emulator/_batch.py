@@ -10,7 +10,10 @@ same key or Entra ID token as the chat endpoint:
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
     metadata}``; the file must be a processed ``batch`` file. The endpoint may be
     ``/embeddings`` too (lines of embeddings bodies, answered by the embeddings
-    route's code; their inputs' tokens are what the batch enqueues).
+    route's code; their inputs' tokens are what the batch enqueues), or
+    ``"/v1/responses"`` (on ``/openai/v1/batches`` only, as Azure takes it): Responses
+    API lines, each answered as ``POST /openai/v1/responses`` answers it (the same
+    code: :meth:`_App.answer` with ``api="responses"``).
 ``GET /openai/batches`` (``limit``, ``after``; newest first), ``GET
 /openai/batches/{id}``, ``POST /openai/batches/{id}/cancel``
     list, retrieve, cancel.
@@ -18,7 +21,7 @@ same key or Entra ID token as the chat endpoint:
 A batch is ``validating`` for ``validating_s``; then it ``failed`` (``errors.data``
 names each reason: ``empty_batch``, ``too_many_tasks``, ``file_too_large``,
 ``invalid_json_line``, ``invalid_request``, ``duplicate_custom_id``,
-``url_mismatch``, ``model_mismatch``: every line must name the first line's model,
+``invalid_url`` (a line's url is no endpoint), ``url_mismatch`` (another endpoint's), ``model_mismatch``: every line must name the first line's model,
 ``model_not_found``, and ``token_limit_exceeded`` when the tokens it would enqueue
 take its deployment past ``enqueued_tokens_limit``), or goes ``in_progress``. Its
 lines are then answered one after the other, ``line_s`` each, in a deterministic
@@ -74,7 +77,11 @@ from aiohttp import web
 
 from polars_azurechat.emulator._batch_lines import api_of, read_file, request_problem
 from polars_azurechat.emulator._batch_record import Batch
-from polars_azurechat.emulator._errors import api_version_problem, error_response
+from polars_azurechat.emulator._errors import (
+    V1_PREFIX,
+    api_version_problem,
+    error_response,
+)
 from polars_azurechat.emulator._files import File, FileStore, page
 
 if TYPE_CHECKING:
@@ -282,7 +289,8 @@ class BatchService:
         file_id = body.get("input_file_id")
         file = self._files.get(file_id) if isinstance(file_id, str) else None
         now = self.clock()
-        problem = request_problem(body, file, now)
+        v1 = request.path.startswith(V1_PREFIX)
+        problem = request_problem(body, file, now, v1=v1)
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)

@@ -1,12 +1,14 @@
 """What a batch is made of, checked: its create request and its input file's lines.
 
 A create request (``POST /openai/batches``) names a processed ``batch`` file, the
-``/chat/completions`` or ``/embeddings`` endpoint (either with a ``/v1`` prefix),
-the ``24h`` window and at most 16 short metadata pairs;
+``/chat/completions`` or ``/embeddings`` endpoint (either with a ``/v1`` prefix), or
+``/v1/responses`` (on the v1 API only, as Azure's Global Batch takes it), the ``24h``
+window and at most 16 short metadata pairs;
 otherwise it is refused (:func:`request_problem`). The batch (``emulator/_batch.py``)
 then takes the valid lines of its input file: each a JSON object with a string
-``custom_id``, ``"method": "POST"``, the batch's ``url`` and an object ``body``, every
-line naming the first line's model, no ``custom_id`` twice. Whatever is wrong is
+``custom_id``, ``"method": "POST"``, a known ``url`` that is the batch's endpoint (a
+line of another one is ``url_mismatch``, an unknown one ``invalid_url``) and an object
+``body``, every line naming the first line's model, no ``custom_id`` twice. Whatever is wrong is
 recorded as a problem (``{"code", "message", "param", "line"}``; the first 50), and
 the batch fails validation with them. A line's directives (``[emu:batch_slow=N]``,
 ``[emu:batch_expire]``) set how long it takes to answer and whether it is answered.
@@ -20,38 +22,54 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat.emulator._answers import parse_directives
+from polars_azurechat.emulator._responses import chat_body
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._files import File
     from polars_azurechat.emulator._tokens import Estimator
 
-__all__ = ["Line", "api_of", "read_file", "request_problem"]
+__all__ = ["RESPONSES", "Line", "api_of", "endpoint_of", "read_file", "request_problem"]
 
 _CHAT = "/chat/completions"
 _EMBEDDINGS = "/embeddings"
+#: The Responses API's endpoint (Azure's Global Batch takes it on the v1 API only).
+RESPONSES = "/v1/responses"
 
 
-def _endpoint(url: Any) -> str | None:
-    """``/chat/completions`` or ``/embeddings`` for either spelling, else ``None``."""
+def endpoint_of(url: Any) -> str | None:
+    """The endpoint ``url`` names, or ``None``.
+
+    ``/chat/completions`` and ``/embeddings`` (either with a ``/v1`` prefix), and
+    ``/v1/responses``.
+    """
     for endpoint in (_CHAT, _EMBEDDINGS):
         if url in (endpoint, "/v1" + endpoint):
             return endpoint
+    if url == RESPONSES:
+        return RESPONSES
     return None
 
 
-def api_of(endpoint: str) -> Literal["chat", "embeddings"]:
+def api_of(endpoint: str) -> Literal["chat", "embeddings", "responses"]:
     """What a batch's lines ask for, by its (valid) ``endpoint``.
 
     Examples
     --------
-    >>> api_of("/chat/completions"), api_of("/v1/embeddings")
-    ('chat', 'embeddings')
+    >>> api_of("/chat/completions"), api_of("/v1/embeddings"), api_of("/v1/responses")
+    ('chat', 'embeddings', 'responses')
     """
-    return "embeddings" if _endpoint(endpoint) == _EMBEDDINGS else "chat"
+    kind = endpoint_of(endpoint)
+    return (
+        "embeddings"
+        if kind == _EMBEDDINGS
+        else "responses"
+        if kind == RESPONSES
+        else "chat"
+    )
 
 
 def request_problem(
-    body: Mapping[str, Any], file: File | None, now: float
+    body: Mapping[str, Any], file: File | None, now: float, *, v1: bool = True
 ) -> str | None:
     """Why a create request cannot make a batch of ``file`` at ``now`` (``None``: it can).
 
@@ -63,6 +81,9 @@ def request_problem(
         The input file it names, if it exists.
     now
         The time on the clock.
+    v1
+        The request came by the v1 API (``/openai/v1/batches``), the only one that
+        takes ``/v1/responses`` batches.
     """
     file_id = body.get("input_file_id")
     if file is None:
@@ -74,8 +95,14 @@ def request_problem(
             f"The input file '{file_id}' is not processed yet (status 'pending'); "
             "wait until it is 'processed'."
         )
-    if _endpoint(body.get("endpoint")) is None:
+    endpoint = endpoint_of(body.get("endpoint"))
+    if endpoint is None:
         return f"The endpoint '{body.get('endpoint')}' is not supported."
+    if endpoint == RESPONSES and not v1:
+        return (
+            f"The endpoint '{RESPONSES}' is supported on the v1 API only "
+            "(/openai/v1/batches, without an api-version)."
+        )
     if body.get("completion_window") != "24h":
         return "The completion_window must be '24h'."
     if not _metadata_ok(body.get("metadata")):
@@ -275,7 +302,17 @@ def _line_request(
             number,
         )
         return None
-    if _endpoint(item.get("url")) != _endpoint(endpoint):
+    url = endpoint_of(item.get("url"))
+    if url is None:
+        _problem(
+            problems,
+            "invalid_url",
+            f"The url '{str(item.get('url'))[:100]}' of line {number} is not a "
+            "supported endpoint.",
+            number,
+        )
+        return None
+    if url != endpoint_of(endpoint):
         _problem(
             problems,
             "url_mismatch",
@@ -288,7 +325,13 @@ def _line_request(
 
 
 def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
-    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable)."""
+    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable).
+
+    A Responses API body is read as the chat body it is equivalent to (its
+    ``instructions`` and ``input``), as its online route reads it.
+    """
+    if "messages" not in body and "input" in body:
+        body = chat_body(body)[0] or {}
     try:
         pairs = [(str(m["role"]), str(m["content"])) for m in body["messages"]]
     except (KeyError, TypeError):

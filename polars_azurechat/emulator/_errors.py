@@ -21,6 +21,7 @@ __all__ = [
     "output_filter_results",
     "prompt_filter_results",
     "rate_limit_response",
+    "responses_content_filters",
 ]
 
 ACCESS_DENIED = (
@@ -141,6 +142,33 @@ def prompt_filter_results(*, jailbreak: bool = False) -> list[dict[str, Any]]:
     }
     return [
         {"prompt_index": 0, "content_filter_results": dict(sorted(results.items()))}
+    ]
+
+
+def responses_content_filters(
+    *, jailbreak: bool = False, output_filtered: bool = False
+) -> list[dict[str, Any]]:
+    """A Responses API answer's ``content_filters``: the prompt's, then the output's.
+
+    Azure's Responses API puts what chat completions splits between
+    ``prompt_filter_results`` and each choice's ``content_filter_results`` in one
+    top-level list, an item per source (``source_type`` ``prompt`` or
+    ``completion``), each with ``blocked`` and its ``content_filter_results``
+    (the shape of Azure's REST spec sample, azure-rest-api-specs PR 42141, and of its
+    Responses content-filter error body).
+    """
+    [prompt] = prompt_filter_results(jailbreak=jailbreak)
+    return [
+        {
+            "blocked": False,
+            "source_type": "prompt",
+            "content_filter_results": prompt["content_filter_results"],
+        },
+        {
+            "blocked": output_filtered,
+            "source_type": "completion",
+            "content_filter_results": output_filter_results(output_filtered),
+        },
     ]
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from polars_azurechat.emulator._body import _wrong_type, invalid
+from polars_azurechat.emulator._errors import responses_content_filters
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._chat import Answer
@@ -101,6 +102,13 @@ _RENAMED = {
     "reasoning_effort": "reasoning.effort",
     "response_format": "text.format",
 }
+
+#: The operation a 429's message names: the chat pipeline's, and this API's. Azure's
+#: quota 429 names the operation it counted ("Requests to the ChatCompletions_Create
+#: Operation have exceeded ..."); no Responses 429 text was found in Azure's docs, so
+#: the Responses operation is named as the chat one is (``Responses_Create``).
+CHAT_OPERATION = "ChatCompletions_Create"
+RESPONSES_OPERATION = "Responses_Create"
 
 _INPUT_ROLES = ("user", "system", "developer", "assistant")
 _TEXT_PARTS = ("input_text", "output_text")
@@ -298,7 +306,8 @@ def responses_error(response: web.Response, *, renamed: bool = False) -> web.Res
     """An error answer as the Responses API sends it; any other answer as it is.
 
     The body's ``error`` gets Azure's four fields (``code``, ``message``, ``param``,
-    ``type``; ``None`` when unsaid). ``renamed``: the error is about the translated
+    ``type``; ``None`` when unsaid); a 429's message names this API's operation
+    (``Responses_Create``), not the chat pipeline's. ``renamed``: the error is about the translated
     chat body, whose parameters are named as this API names them
     (``max_completion_tokens`` is ``max_output_tokens``). The headers
     (``retry-after-ms``, ``x-ratelimit-*``) stay.
@@ -313,7 +322,7 @@ def responses_error(response: web.Response, *, renamed: bool = False) -> web.Res
     if not isinstance(err, dict):
         return response  # Entra's {"statusCode": 401, "message": ...}
     param = err.get("param")
-    message = str(err.get("message") or "")
+    message = str(err.get("message") or "").replace(CHAT_OPERATION, RESPONSES_OPERATION)
     if renamed:
         for old, new in _RENAMED.items():
             message = message.replace(f"'{old}'", f"'{new}'")
@@ -411,4 +420,8 @@ def response_payload(
         },
         "user": body.get("user"),
         "metadata": body.get("metadata") or {},
+        # Azure's, not OpenAI's: the prompt's and the output's filter results
+        "content_filters": responses_content_filters(
+            jailbreak=a.jailbreak_detected, output_filtered=a.output_filtered
+        ),
     }

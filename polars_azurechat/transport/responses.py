@@ -19,6 +19,10 @@ chat completions                           Responses API
 ``finish_reason`` ``stop`` / ``length``    ``status`` ``completed`` / ``incomplete``
                                            (``incomplete_details.reason``)
 ``usage.prompt_tokens`` ...                ``usage.input_tokens`` ...
+``prompt_filter_results`` (Azure's)        ``content_filters`` items of
+                                           ``source_type`` ``prompt`` (Azure's)
+``choices[0].content_filter_results``      ``content_filters`` items of
+                                           ``source_type`` ``completion``
 =========================================  ==========================================
 
 ``store`` is ``false`` unless the job sets it: a bulk job has no use for Azure keeping
@@ -137,7 +141,12 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
     ``incomplete`` takes its reason (``max_output_tokens`` is ``length``). A body that
     is not a response is a :class:`~polars_azurechat.errors.MalformedResponseError`.
     """
-    from polars_azurechat.transport.http import Completion, _int_header
+    from polars_azurechat.transport.http import (
+        Completion,
+        _flagged,
+        _int_header,
+        _prompt_flags,
+    )
 
     try:
         body = json.loads(raw)
@@ -161,6 +170,7 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             finish = _FINISH.get(str(reason), str(reason or "incomplete"))
         else:
             finish = str(status) if status is not None else None
+        filters = _content_filters(body.get("content_filters"))
         usage = body.get("usage") or {}
         out_details = usage.get("output_tokens_details") or {}
         in_details = usage.get("input_tokens_details") or {}
@@ -180,7 +190,38 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             reasoning_tokens=out_details.get("reasoning_tokens"),
             cached_tokens=in_details.get("cached_tokens"),
             service_tier=body.get("service_tier"),
+            filtered=tuple(
+                sorted({n for f in filters["completion"] for n in _flagged(f)})
+            ),
+            prompt_filter=_prompt_flags(
+                [{"content_filter_results": f} for f in filters["prompt"]]
+            ),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a response ({type(exc).__name__})"
         raise MalformedResponseError(msg) from exc
+
+
+def _content_filters(items: Any) -> dict[str, list[Any]]:
+    """Azure's ``content_filters`` of a response: each source's filter results.
+
+    Azure's Responses API gives the prompt's and the output's filter results as one
+    top-level list (``[{"blocked", "source_type": "prompt" | "completion",
+    "content_filter_results"}, ...]``), where chat completions has
+    ``prompt_filter_results`` and each choice's ``content_filter_results``. OpenAI's
+    own API sends none (an empty reading).
+
+    Examples
+    --------
+    >>> jb = {"jailbreak": {"filtered": False, "detected": True}}
+    >>> _content_filters([{"source_type": "prompt", "content_filter_results": jb}])
+    {'prompt': [{'jailbreak': {'filtered': False, 'detected': True}}], 'completion': []}
+    """
+    out: dict[str, list[Any]] = {"prompt": [], "completion": []}
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        source = item.get("source_type")
+        if source in out:
+            out[str(source)].append(item.get("content_filter_results"))
+    return out
