@@ -225,7 +225,7 @@ def test_validation_failures_name_the_reason(
     elif case == "url":  # a known endpoint, not the batch's
         lines[1]["url"] = "/v1/responses"
     elif case == "unknown_url":
-        lines[1]["url"] = "/embeddings"
+        lines[1]["url"] = "/v1/completions"
     elif case == "duplicate":
         lines[1]["custom_id"] = "a"
     elif case == "method":
