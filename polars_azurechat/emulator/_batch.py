@@ -8,7 +8,9 @@ same key or Entra ID token as the chat endpoint:
     upload, list, retrieve, delete, download: ``emulator/_files.py``.
 ``POST /openai/batches``
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
-    metadata}``; the file must be a processed ``batch`` file.
+    metadata, output_expires_after}``; the file must be a processed ``batch`` file;
+    ``output_expires_after`` (optional) is checked as a file's ``expires_after`` and
+    makes the output and error files expire.
 ``GET /openai/batches`` (``limit``, ``after``; newest first), ``GET
 /openai/batches/{id}``, ``POST /openai/batches/{id}/cancel``
     list, retrieve, cancel.
@@ -73,7 +75,7 @@ from aiohttp import web
 from polars_azurechat.emulator._batch_lines import read_file, request_problem
 from polars_azurechat.emulator._batch_record import Batch
 from polars_azurechat.emulator._errors import api_version_problem, error_response
-from polars_azurechat.emulator._files import File, FileStore, page
+from polars_azurechat.emulator._files import File, FileStore, expiry_problem, page
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._server import _App
@@ -281,9 +283,14 @@ class BatchService:
         file = self._files.get(file_id) if isinstance(file_id, str) else None
         now = self.clock()
         problem = request_problem(body, file, now)
+        expiry = body.get("output_expires_after")
+        if problem is None and expiry is not None:
+            problem = expiry_problem(expiry, "output_expires_after")
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)
+        if expiry is not None:
+            batch.output_expires_s = float(expiry["seconds"])
         self._batches[batch.id] = batch
         self.count("batches_created")
         logger.debug("batch %s created (%d lines)", batch.id, len(batch.lines))
@@ -480,21 +487,12 @@ class BatchService:
     def _finish(self, b: Batch, status: str, at: float) -> None:
         """End ``b`` with ``status`` at ``at``: write its output and error files."""
         b.add_not_answered(status)
-        b.output_file_id = self._output_file(b.id, "output", b.output, at)
+        expires = b.output_expires_s
+        b.output_file_id = self._files.add_output(b.id, "output", b.output, at, expires)
         if b.errors or self.empty_error_file:
-            b.error_file_id = self._output_file(b.id, "error", b.errors, at)
+            b.error_file_id = self._files.add_output(
+                b.id, "error", b.errors, at, expires
+            )
         b.status = status
         b.times[status] = at
         logger.debug("batch %s %s", b.id, status)
-
-    def _output_file(
-        self, batch_id: str, kind: str, lines: list[dict[str, Any]], at: float
-    ) -> str:
-        data = "".join(
-            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
-            for line in lines
-        ).encode()
-        file = self._files.add(
-            f"{batch_id}_{kind}.jsonl", "batch_output", data, at=at, ready=at
-        )
-        return file.id
