@@ -32,6 +32,7 @@ from .fakes import FakeClock
 
 DEPLOYMENT = "gpt-4o-mini-batch"
 API_VERSION = "2024-10-21"
+CHAT: Any = "/chat/completions"  # Azure's endpoint (the SDK's types name OpenAI's)
 FAST: dict[str, Any] = {
     "validating_s": 0.05,
     "line_s": 0.001,
@@ -103,7 +104,7 @@ def _batch_files(cache: Path) -> list[tuple[str, str, float | None, str | None]]
         rows = db.execute(
             "SELECT file_id, kind, deleted_at, outcome FROM batch_files ORDER BY rowid"
         ).fetchall()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [tuple(r) for r in rows]
 
 
 # -- the emulator ------------------------------------------------------------------
@@ -174,13 +175,13 @@ def test_output_expires_after_on_batch_create(
     with pytest.raises(openai.BadRequestError, match="output_expires_after"):
         client.batches.create(
             input_file_id=file.id,
-            endpoint="/chat/completions",
+            endpoint=CHAT,
             completion_window="24h",
             output_expires_after={"anchor": "created_at", "seconds": 60},
         )
     batch = client.batches.create(
         input_file_id=file.id,
-        endpoint="/chat/completions",
+        endpoint=CHAT,
         completion_window="24h",
         output_expires_after={"anchor": "created_at", "seconds": 7200},
     )
