@@ -1,7 +1,7 @@
 """The ``polars-azurechat`` command: ``run``, ``plan``, ``batches``, ``emulator``.
 
-``run`` answers a Parquet job, ``plan`` estimates it, ``batches`` lists or cancels a
-batch-mode job's batches, ``emulator`` serves a local Azure-compatible server.
+``run`` answers a Parquet job, ``plan`` estimates it, ``batches`` lists, cancels or
+cleans up a batch-mode job's batches, ``emulator`` serves a local Azure-compatible server.
 """
 
 from __future__ import annotations
@@ -563,8 +563,18 @@ def batches_command(
             "online with --batch-fallback online).",
         ),
     ] = False,
+    cleanup: Annotated[
+        bool,
+        typer.Option(
+            "--cleanup",
+            help="Delete the files (input, output, error) of the finished batches "
+            "whose answers are in the cache, at the endpoint of AZURE_OPENAI_ENDPOINT "
+            "/ .env (Azure keeps at most 500 files); the files of batches still "
+            "running are kept.",
+        ),
+    ] = False,
 ) -> None:
-    """List the batches of a batch-mode job (from its cache file), or cancel them."""
+    """List, cancel or clean up the batches of a batch-mode job (from its cache file)."""
     from polars_azurechat.batch.state import BatchStateStore
     from polars_azurechat.store.sqlite import SqliteCache
 
@@ -575,12 +585,14 @@ def batches_command(
     except AzureChatError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:  # cancelling takes the file (refused while a job runs its batches)
-        state = BatchStateStore(cache, lock=cancel)
+        state = BatchStateStore(cache, lock=cancel or cleanup)
     except AzureChatError as exc:
         raise typer.BadParameter(str(exc)) from None
     with state:
         if cancel:
             _cancel_batches(state)
+        if cleanup:
+            _cleanup_batches(state)
         chunks = state.chunks()
         if not chunks:
             typer.echo(f"{cache}: no batches")
@@ -599,6 +611,44 @@ def batches_command(
             f"{len(chunks)} chunk(s), {live} still live (a rerun of the job attaches "
             "to them)"
         )
+
+
+def _cleanup_batches(state: Any) -> None:
+    """Delete the files of the done chunks the state holds at the configured endpoint."""
+    from polars_azurechat.batch.api import Api
+    from polars_azurechat.batch.housekeeping import Cleaned, cleanup
+    from polars_azurechat.batch.mode import batch_client
+
+    try:
+        config = ChatConfig.from_env()
+    except AzureChatError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    client = batch_client(config)
+    host = str(client.base_url.host)
+    chunks = state.chunks()
+    done = [c for c in chunks if c.phase == "done"]
+    elsewhere = [c for c in done if c.host != host]
+    cleaned = Cleaned()
+    try:
+        for deployment in sorted({c.deployment for c in done if c.host == host}):
+            mine = [c for c in done if c.host == host and c.deployment == deployment]
+            cleaned.add(cleanup(state, Api(client, deployment), mine))
+    except AzureChatError as exc:
+        typer.echo(f"error: {_first_line(exc)}", err=True)
+        raise typer.Exit(1) from None
+    for line in cleaned.lines(len(done) - len(elsewhere)):
+        typer.echo(line)
+    live = sum(c.live for c in chunks)
+    if live:
+        typer.echo(f"{live} batch chunk(s) not finished: their files are kept")
+    if elsewhere:
+        hosts = ", ".join(sorted({c.host for c in elsewhere}))
+        typer.echo(
+            f"{len(elsewhere)} finished chunk(s) at {hosts} were not cleaned: the "
+            f"configured endpoint is {host}"
+        )
+    if cleaned.failed:
+        raise typer.Exit(1)
 
 
 def _cancel_batches(state: Any) -> None:

@@ -143,7 +143,8 @@ def test_rows_come_back_in_order_from_shuffled_output(
     rows = _rows(emu, prompts)
     bad = ("bad-key", ChatRequest(messages=[], error=InputError("empty messages")))
     seen: list[BatchProgress] = []
-    results = _runner(emu, clock, state, progress=seen.append).run([*rows, bad])
+    runner = _runner(emu, clock, state, progress=seen.append, delete_files=False)
+    results = runner.run([*rows, bad])  # its file kept, to be read below
     assert _content(results, rows) == [str(i + 1000) for i in [*range(25), *range(5)]]
     assert all(results[k].error is None and results[k].attempts == 1 for k, _ in rows)
     assert results["bad-key"].error == "InputError: empty messages"
@@ -192,12 +193,13 @@ def test_a_job_past_the_file_limits_is_split(
     assert sorted(c.lines for c in state.chunks()) == [3, 5, 5, 5, 5]
     # by bytes: 1,000 bytes hold 4 lines of ~220 bytes
     rows = _rows(emu, [f"Say {i}" for i in range(12)])
-    runner = _runner(emu, clock, state, max_bytes=1000)
+    runner = _runner(emu, clock, state, max_bytes=1000, delete_files=False)
     assert 200 < len(runner._chunker.line(*rows[0])) <= 250
     results = runner.run(rows)
     assert _content(results, rows) == [f"Echo: Say {i}" for i in range(12)]
     sizes = [f.bytes for f in _client(emu).files.list(purpose="batch")]  # newest first
-    assert len(sizes) == 5 + 3 and max(sizes[:3]) <= 1000
+    # the first run's 5 files were deleted once its chunks were done
+    assert len(sizes) == 3 and max(sizes) <= 1000
 
 
 def test_per_line_errors_become_row_errors(

@@ -29,6 +29,8 @@ from polars_azurechat.transport.http import sdk_errors
 
 __all__ = [
     "BATCH_URL",
+    "EXPIRES_AFTER",
+    "FILE_EXPIRY_S",
     "RESPONSES_URL",
     "STRUCTURED_API_VERSION",
     "TRANSIENT",
@@ -40,6 +42,13 @@ __all__ = [
 BATCH_URL = "/chat/completions"
 #: The same for the Responses API (Azure takes it on the v1 API only).
 RESPONSES_URL = "/v1/responses"
+#: How long every file the package uploads, and every output and error file of its
+#: batches, lives on the server: 14 days (Azure takes 14 to 30), far past a batch's
+#: 24-hour completion window. The job deletes them as soon as their answers are in
+#: the cache; the expiry is for the files of a job that never got that far.
+FILE_EXPIRY_S = 14 * 24 * 3600
+#: The expiry policy sent as ``expires_after`` and ``output_expires_after``.
+EXPIRES_AFTER: dict[str, Any] = {"anchor": "created_at", "seconds": FILE_EXPIRY_S}
 #: Structured outputs in batches need this api-version or a later one.
 STRUCTURED_API_VERSION = "2024-08-01"
 #: The errors of a call that may well succeed when made again (a poll is retried).
@@ -83,10 +92,23 @@ class Api:
         """Upload ``data`` as a file named ``name`` (``purpose="batch"``).
 
         A file object is read as it is sent (httpx streams a multipart file part).
+        The file expires :data:`FILE_EXPIRY_S` after its upload.
         """
         return self._run(
-            lambda: self.client.files.create(file=(name, data), purpose="batch")
+            lambda: self.client.files.create(
+                file=(name, data), purpose="batch", expires_after=EXPIRES_AFTER
+            )
         )
+
+    def delete(self, file_id: str) -> bool:
+        """Delete the file ``file_id``: ``True``, or ``False`` if it was already gone."""
+        try:
+            self._run(lambda: self.client.files.delete(file_id))
+        except RedirectError:
+            raise  # not a file that is gone: the endpoint sends elsewhere
+        except NotFoundError:
+            return False
+        return True
 
     def file(self, file_id: str) -> Any | None:
         """The file ``file_id``, or ``None`` if the server no longer has it."""
@@ -133,13 +155,17 @@ class Api:
                 yield rest
 
     def create(self, file_id: str, metadata: dict[str, str]) -> Any:
-        """Create a batch (24 hours) of the input file ``file_id``, with ``metadata``."""
+        """Create a batch (24 hours) of the input file ``file_id``, with ``metadata``.
+
+        Its output and error files expire :data:`FILE_EXPIRY_S` after they are made.
+        """
         return self._run(
             lambda: self.client.batches.create(
                 input_file_id=file_id,
                 endpoint=self.endpoint,
                 completion_window="24h",
                 metadata=metadata,
+                output_expires_after=EXPIRES_AFTER,
             )
         )
 

@@ -44,6 +44,8 @@ collects them), and the rows not answered get a
 :class:`~polars_azurechat.errors.DeadlineExceededError` saying so.
 ``on_results`` receives each batch's results (a page at a time, as its files are
 read) before its chunk is marked done: the place to write them to the answer cache.
+Then the batch's input, output and error files are deleted from the server
+(:mod:`~polars_azurechat.batch.housekeeping`; every file also expires on its own).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from polars_azurechat.batch.chunks import (
     Chunk,
     Chunker,
 )
+from polars_azurechat.batch.housekeeping import Housekeeper
 from polars_azurechat.batch.planner import Planner
 from polars_azurechat.batch.poll import (
     TERMINAL,
@@ -155,7 +158,7 @@ class BatchRunner:
         Called as ``hook(step, chunk)`` at each step (``"planned"``, ``"uploading"``,
         ``"uploaded"``, ``"file_recorded"``, ``"file_processed"``, ``"creating"``,
         ``"created"``, ``"batch_recorded"``, ``"polled"``, ``"collected"``,
-        ``"done"``). ``"uploaded"`` and ``"created"`` come after the call returned and
+        ``"done"``, ``"cleaned"``). ``"uploaded"`` and ``"created"`` come after the call returned and
         before its id is written. Tests raise from it to stand for a crash.
     sleep, clock
         How to wait and what time it is (tests pass a fake clock).
@@ -164,6 +167,8 @@ class BatchRunner:
         answer is then parsed and validated, as online.
     api
         ``"chat"``, or ``"responses"``: ``/v1/responses`` lines (:func:`_api_for`).
+    delete_files
+        Delete a batch's files once its chunk is done (tests reading them: ``False``).
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class BatchRunner:
         clock: Callable[[], float] = time.monotonic,
         schema: OutputSchema | None = None,
         api: Literal["chat", "responses"] = "chat",
+        delete_files: bool = True,
     ) -> None:
         if max_lines < 1 or max_bytes < 1:
             raise ConfigurationError("max_lines and max_bytes must be positive")
@@ -227,6 +233,7 @@ class BatchRunner:
         self.sleep = sleep
         self.clock = clock
         self.schema = schema
+        self._keeper = Housekeeper(self._api, state) if delete_files else None
         # the parts of a run, each given the settings it uses (read here, once)
         self._chunker = Chunker(
             self.params, deployment, max_lines=max_lines, max_bytes=max_bytes, api=api
@@ -326,7 +333,7 @@ class BatchRunner:
         with contextlib.suppress(_DeadlinePassed):  # what is left is settled below
             drive(
                 chunks,
-                fits=self._fits,
+                fits=lambda chunk, active: _fits(self.limit, chunk, active),
                 submit=lambda chunk: self._submit(chunk, spool),
                 poll=lambda chunk, active: self._poll(chunk, active, spool),
                 report=lambda: self._report(chunks),
@@ -362,15 +369,6 @@ class BatchRunner:
         """The enqueued-token limit in force: the given one, or the learned one."""
         known = [x for x in (self.enqueued_tokens_limit, self.learned_limit) if x]
         return min(known) if known else None
-
-    # -- planning ------------------------------------------------------------------
-
-    def _fits(self, chunk: Chunk, active: Sequence[Chunk]) -> bool:
-        """Whether ``chunk`` may be submitted now under the enqueued-token limit."""
-        limit = self.limit
-        if limit is None or not active:
-            return True
-        return sum(c.tokens for c in active) + chunk.tokens <= limit
 
     # -- submitting ----------------------------------------------------------------
 
@@ -419,6 +417,8 @@ class BatchRunner:
         self._step("polled", chunk)
         if status not in TERMINAL:
             return "running"
+        if self._keeper is not None:  # known before its rows are read: cleanable
+            self._keeper.record_outputs(chunk.name, batch)
         if status == "failed":
             errors = list(batch.errors.data or []) if batch.errors else []
             if any(e.code == "token_limit_exceeded" for e in errors):
@@ -470,6 +470,9 @@ class BatchRunner:
         )
         chunk.status = status
         self._step("done", chunk)
+        if self._keeper is not None:  # every row failed: a rerun reuses its file
+            self._keeper.clean(chunk.name, keep_input=n > 0 and failed == n)
+            self._step("cleaned", chunk)
 
     def _deliver(self, chunk_results: Mapping[str, ChatResult], spool: Spool) -> None:
         if self.on_results is not None:
@@ -522,6 +525,13 @@ def _api_for(client: Any, deployment: str, api: str) -> Api:
         check_responses_client(client)
         return Api(client, deployment, endpoint=RESPONSES_URL)
     return Api(client, deployment, endpoint=BATCH_URL)
+
+
+def _fits(limit: int | None, chunk: Chunk, active: Sequence[Chunk]) -> bool:
+    """Whether ``chunk`` may be submitted now under the enqueued-token ``limit``."""
+    if limit is None or not active:
+        return True
+    return sum(c.tokens for c in active) + chunk.tokens <= limit
 
 
 class _DeadlinePassed(Exception):  # noqa: N818 - an outcome, not a bug

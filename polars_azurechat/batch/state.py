@@ -25,7 +25,10 @@ committed before the step it announces, or right after the step that returned th
    ``token_limit_exceeded`` sends the chunk back to *uploaded* (its file is kept)
    and the next create is attempt ``n + 1``.
 5. When the batch ended and its results were handed over (to the cache), the chunk
-   is **done**. A chunk whose file cannot be rebuilt on a rerun (its requests are
+   is **done**. Its files (the input file, recorded when uploaded, and the batch's
+   output and error files, recorded when it ended) are then deleted from the server
+   and each deletion written down (``batch_files``), so nothing is deleted twice and
+   ``polars-azurechat batches --cleanup`` finds what a crashed job left. A chunk whose file cannot be rebuilt on a rerun (its requests are
    no longer asked for) and was never uploaded is **abandoned**: nothing was sent.
 
 So whichever step a ``kill -9`` interrupts, a rerun with the same requests finds the
@@ -35,7 +38,8 @@ holds: no request is uploaded or submitted twice. A done chunk cut again with th
 content (every row of it failed, and the rerun asks for them again) starts over as
 *planned*, keeping its attempt count and its file if the server still has it.
 
-The tables are ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` (and the
+The tables are ``batch_chunks``, ``batch_chunk_keys``, ``batch_jobs`` and
+``batch_files`` (and the
 index ``batch_chunk_keys_by_key``), with their own connection, so they live in the
 answer cache's file (batch mode keeps them there; :class:`~polars_azurechat.store.sqlite.SqliteCache`
 accepts exactly these objects, with exactly these columns, beside its own) or in a
@@ -72,6 +76,8 @@ __all__ = [
     "BatchJobRecord",
     "BatchStateStore",
     "ChunkRecord",
+    "FileKind",
+    "FileRecord",
     "NewChunk",
     "Phase",
     "check_batch_lock",
@@ -82,6 +88,8 @@ logger = logging.getLogger(__name__)
 Phase = Literal[
     "planned", "uploading", "uploaded", "creating", "submitted", "done", "abandoned"
 ]
+#: What a file recorded in ``batch_files`` is to its chunk.
+FileKind = Literal["input", "output", "error"]
 #: The phases of a chunk that still has work (or a batch) on the server.
 LIVE_PHASES: tuple[Phase, ...] = (
     "planned",
@@ -124,6 +132,16 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_files (
+    file_id TEXT PRIMARY KEY,
+    chunk TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    batch_id TEXT,
+    deleted_at REAL,
+    outcome TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 #: The state's tables and their columns, in order (the answer cache accepts exactly
@@ -152,6 +170,16 @@ TABLES: dict[str, tuple[str, ...]] = {
         "chunk",
         "attempt",
         "status",
+        "created_at",
+        "updated_at",
+    ),
+    "batch_files": (
+        "file_id",
+        "chunk",
+        "kind",
+        "batch_id",
+        "deleted_at",
+        "outcome",
         "created_at",
         "updated_at",
     ),
@@ -200,6 +228,28 @@ class BatchJobRecord:
     status: str | None
     created_at: float
     updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A file on the server that belongs to a chunk, and whether it was deleted."""
+
+    file_id: str
+    chunk: str
+    kind: FileKind
+    #: the batch whose output or error file it is (``None``: the input file)
+    batch_id: str | None
+    #: when it was deleted (or found gone), ``None`` while it may still exist
+    deleted_at: float | None
+    #: ``"deleted"``, ``"gone"`` (a 404), or why the last delete failed
+    outcome: str | None
+    created_at: float
+    updated_at: float
+
+
+_FILE_COLUMNS = (
+    "file_id, chunk, kind, batch_id, deleted_at, outcome, created_at, updated_at"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -363,6 +413,22 @@ class BatchStateStore:
         rows = self._query(sql + " ORDER BY created_at, rowid", args)
         return [BatchJobRecord(*row) for row in rows]
 
+    def files(
+        self, chunk: str | None = None, *, undeleted: bool = False
+    ) -> list[FileRecord]:
+        """The files recorded (of ``chunk``; only those not deleted yet), oldest first."""
+        sql = f"SELECT {_FILE_COLUMNS} FROM batch_files"  # noqa: S608 - our columns
+        where, args = [], []
+        if chunk is not None:
+            where.append("chunk = ?")
+            args.append(chunk)
+        if undeleted:
+            where.append("deleted_at IS NULL")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._query(sql + " ORDER BY created_at, rowid", args)
+        return [FileRecord(*row) for row in rows]
+
     # -- writing -------------------------------------------------------------------
 
     def add_chunks(self, new: Iterable[NewChunk]) -> list[ChunkRecord]:
@@ -413,6 +479,48 @@ class BatchStateStore:
     def uploaded(self, chunk: str, file_id: str) -> None:
         """The file of ``chunk`` was uploaded as ``file_id`` (or found on the server)."""
         self._set(chunk, phase="uploaded", file_id=file_id)
+        self.file_made(chunk, file_id, "input")
+
+    def file_made(
+        self, chunk: str, file_id: str, kind: FileKind, batch_id: str | None = None
+    ) -> None:
+        """Record a file of ``chunk`` on the server (once; a known file is left as is)."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO batch_files (file_id, chunk, kind, batch_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (file_id, chunk, kind, batch_id, now, now),
+            )
+
+    def file_deleted(self, file_id: str, outcome: str = "deleted") -> None:
+        """The file ``file_id`` was deleted (or found gone): never delete it again.
+
+        An input file is also forgotten by its chunk, so a rerun cutting the same
+        chunk again uploads it anew instead of looking for it.
+        """
+        now = self._clock()
+        with self._lock:
+            db = self._db
+            with _transaction(db):
+                db.execute(
+                    "UPDATE batch_files SET deleted_at = ?, outcome = ?, "
+                    "updated_at = ? WHERE file_id = ?",
+                    (now, outcome, now, file_id),
+                )
+                db.execute(
+                    "UPDATE batch_chunks SET file_id = NULL, updated_at = ? "
+                    "WHERE file_id = ? AND phase IN ('done', 'abandoned')",
+                    (now, file_id),
+                )
+
+    def file_not_deleted(self, file_id: str, why: str) -> None:
+        """Deleting ``file_id`` failed (``why``): a later cleanup tries again."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE batch_files SET outcome = ?, updated_at = ? WHERE file_id = ?",
+                (why[:500], self._clock(), file_id),
+            )
 
     def reupload(self, chunk: str, reason: str) -> None:
         """The file of ``chunk`` is gone or broken: upload it again."""

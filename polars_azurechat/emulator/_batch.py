@@ -8,12 +8,14 @@ same key or Entra ID token as the chat endpoint:
     upload, list, retrieve, delete, download: ``emulator/_files.py``.
 ``POST /openai/batches``
     ``{input_file_id, endpoint: "/chat/completions", completion_window: "24h",
-    metadata}``; the file must be a processed ``batch`` file. The endpoint may be
-    ``/embeddings`` too (lines of embeddings bodies, answered by the embeddings
-    route's code; their inputs' tokens are what the batch enqueues), or
-    ``"/v1/responses"`` (on ``/openai/v1/batches`` only, as Azure takes it): Responses
-    API lines, each answered as ``POST /openai/v1/responses`` answers it (the same
-    code: :meth:`_App.answer` with ``api="responses"``).
+    metadata, output_expires_after}``; the file must be a processed ``batch`` file;
+    ``output_expires_after`` (optional) is checked as a file's ``expires_after`` and
+    makes the output and error files expire. The endpoint may be ``/embeddings`` too
+    (lines of embeddings bodies, answered by the embeddings route's code; their inputs'
+    tokens are what the batch enqueues), or ``"/v1/responses"`` (on
+    ``/openai/v1/batches`` only, as Azure takes it): Responses API lines, each answered
+    as ``POST /openai/v1/responses`` answers it (the same code: :meth:`_App.answer`
+    with ``api="responses"``).
 ``GET /openai/batches`` (``limit``, ``after``; newest first), ``GET
 /openai/batches/{id}``, ``POST /openai/batches/{id}/cancel``
     list, retrieve, cancel.
@@ -82,7 +84,7 @@ from polars_azurechat.emulator._errors import (
     api_version_problem,
     error_response,
 )
-from polars_azurechat.emulator._files import File, FileStore, page
+from polars_azurechat.emulator._files import File, FileStore, expiry_problem, page
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._server import _App
@@ -291,13 +293,22 @@ class BatchService:
         now = self.clock()
         v1 = request.path.startswith(V1_PREFIX)
         problem = request_problem(body, file, now, v1=v1)
+        expiry = body.get("output_expires_after")
+        if problem is None and expiry is not None:
+            problem = expiry_problem(expiry, "output_expires_after")
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)
+        if expiry is not None:
+            batch.output_expires_s = float(expiry["seconds"])
         self._batches[batch.id] = batch
         self.count("batches_created")
         logger.debug("batch %s created (%d lines)", batch.id, len(batch.lines))
         return web.json_response(self._batch_json(batch))
+
+    def held(self) -> list[Batch]:
+        """Every batch created (in order), with its lines (kept after its files go)."""
+        return list(self._batches.values())
 
     async def list_batches(self, request: web.Request) -> web.Response:
         """``GET /openai/batches``: newest first."""
@@ -491,21 +502,12 @@ class BatchService:
     def _finish(self, b: Batch, status: str, at: float) -> None:
         """End ``b`` with ``status`` at ``at``: write its output and error files."""
         b.add_not_answered(status)
-        b.output_file_id = self._output_file(b.id, "output", b.output, at)
+        expires = b.output_expires_s
+        b.output_file_id = self._files.add_output(b.id, "output", b.output, at, expires)
         if b.errors or self.empty_error_file:
-            b.error_file_id = self._output_file(b.id, "error", b.errors, at)
+            b.error_file_id = self._files.add_output(
+                b.id, "error", b.errors, at, expires
+            )
         b.status = status
         b.times[status] = at
         logger.debug("batch %s %s", b.id, status)
-
-    def _output_file(
-        self, batch_id: str, kind: str, lines: list[dict[str, Any]], at: float
-    ) -> str:
-        data = "".join(
-            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
-            for line in lines
-        ).encode()
-        file = self._files.add(
-            f"{batch_id}_{kind}.jsonl", "batch_output", data, at=at, ready=at
-        )
-        return file.id

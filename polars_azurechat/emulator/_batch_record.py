@@ -55,6 +55,8 @@ class Batch:
     error_data: list[dict[str, Any]] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
+    #: ``output_expires_after.seconds``: the output and error files expire then
+    output_expires_s: float | None = None
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     def add_answer(self, line: Line, status: int, request_id: str, body: Any) -> None:

@@ -1,8 +1,10 @@
 """Azure OpenAI's files endpoints, emulated: the files batches read and write.
 
 ``POST /openai/files``
-    multipart upload (``purpose``, ``file``); a ``batch`` file must be named
-    ``*.jsonl``. The file is ``pending`` for ``file_processing_s``, then
+    multipart upload (``purpose``, ``file``, and optionally ``expires_after[anchor]``
+    = ``created_at`` and ``expires_after[seconds]`` in [3600, 2592000], else a 400);
+    a ``batch`` file must be named ``*.jsonl``. A file given an expiry reports
+    ``expires_at`` and is gone (404, and from the list) once the clock reaches it. The file is ``pending`` for ``file_processing_s``, then
     ``processed``. A file whose content holds ``[emu:file_pending]`` stays
     ``pending`` for ever (``[emu:file_pending=N]``: ``N`` seconds more of the clock),
     as an Azure file sometimes does.
@@ -18,6 +20,7 @@ belongs to a :class:`~polars_azurechat.emulator._batch.BatchService`, whose chec
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -31,12 +34,15 @@ from polars_azurechat.emulator._errors import error_response
 if TYPE_CHECKING:
     from polars_azurechat.emulator._batch import BatchService
 
-__all__ = ["File", "FileStore", "page"]
+__all__ = ["EXPIRY_S", "File", "FileStore", "expiry_problem", "page"]
 
 logger = logging.getLogger(__name__)
 
 #: ``[emu:file_pending]`` or ``[emu:file_pending=N]`` in a file's content.
 _FILE_PENDING = re.compile(rb"\[emu:file_pending(?:=(\d+(?:\.\d+)?))?\]")
+
+#: The expiries Azure takes (``expires_after.seconds``, ``output_expires_after``).
+EXPIRY_S = (3600, 2_592_000)
 
 _PURPOSES = frozenset(
     {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
@@ -53,6 +59,8 @@ class File:
     data: bytes
     created_at: int
     ready: float  # processed from this time on the clock
+    expires: float | None = None  # gone from this time on the clock
+    expires_at: int | None = None  # the same, as Unix seconds
 
     def as_json(self, now: float) -> dict[str, Any]:
         """The file object the endpoints answer, at ``now`` on the clock."""
@@ -65,6 +73,7 @@ class File:
             "purpose": self.purpose,
             "status": "processed" if now >= self.ready else "pending",
             "status_details": None,
+            "expires_at": self.expires_at,
         }
 
 
@@ -92,9 +101,20 @@ class FileStore:
             router.add_get(root + "/{file_id}/content", self.file_content)
 
     def add(
-        self, filename: str, purpose: str, data: bytes, *, at: float, ready: float
+        self,
+        filename: str,
+        purpose: str,
+        data: bytes,
+        *,
+        at: float,
+        ready: float,
+        expires_s: float | None = None,
     ) -> File:
-        """A new file stored, created at ``at`` and processed from ``ready`` (clock)."""
+        """A new file stored, created at ``at`` and processed from ``ready`` (clock).
+
+        It is gone ``expires_s`` after ``at`` (``None``: never).
+        """
+        expires = None if expires_s is None else at + expires_s
         file = File(
             id=f"file-{uuid.uuid4().hex}",
             filename=filename,
@@ -102,13 +122,42 @@ class FileStore:
             data=data,
             created_at=self.host.epoch(at),
             ready=ready,
+            expires=expires,
+            expires_at=None if expires is None else self.host.epoch(expires),
         )
         self._files[file.id] = file
         return file
 
+    def add_output(
+        self,
+        batch_id: str,
+        kind: str,
+        lines: list[dict[str, Any]],
+        at: float,
+        expires_s: float | None,
+    ) -> str:
+        """The id of a batch's new ``kind`` (output or error) file of ``lines``."""
+        data = "".join(
+            json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
+            for line in lines
+        ).encode()
+        name = f"{batch_id}_{kind}.jsonl"
+        purpose = "batch_output"
+        file = self.add(name, purpose, data, at=at, ready=at, expires_s=expires_s)
+        return file.id
+
     def get(self, file_id: str) -> File | None:
-        """The file ``file_id``, if it is stored."""
+        """The file ``file_id``, if it is stored (and has not expired)."""
+        self._expire()
         return self._files.get(file_id)
+
+    def _expire(self) -> None:
+        """Forget the files whose expiry the clock has reached, as Azure deletes them."""
+        now = self.host.clock()
+        for file in list(self._files.values()):
+            if file.expires is not None and now >= file.expires:
+                del self._files[file.id]
+                logger.debug("file %s expired", file.id)
 
     async def upload(self, request: web.Request) -> web.Response:
         """``POST /openai/files``: a multipart upload."""
@@ -118,6 +167,7 @@ class FileStore:
         purpose: str | None = None
         filename: str | None = None
         data: bytes | None = None
+        expiry: dict[str, Any] = {}
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
@@ -125,6 +175,8 @@ class FileStore:
                     continue
                 if part.name == "purpose":
                     purpose = (await part.text()).strip()
+                elif part.name in ("expires_after[anchor]", "expires_after[seconds]"):
+                    expiry[part.name[14:-1]] = (await part.text()).strip()
                 elif part.name == "file":
                     filename = part.filename or ""
                     data = bytes(await part.read())
@@ -146,6 +198,9 @@ class FileStore:
                 "invalidPayload",
                 "A file for batch must be a JSON Lines file named '*.jsonl'.",
             )
+        problem = expiry_problem(expiry, "expires_after") if expiry else None
+        if problem is not None:
+            return error_response(400, "invalidPayload", problem)
         now = self.host.clock()
         file = self.add(
             filename or "",
@@ -153,6 +208,7 @@ class FileStore:
             data,
             at=now,
             ready=now + self.host.file_processing_s + _held_pending(data),
+            expires_s=float(expiry["seconds"]) if expiry else None,
         )
         self.host.count("files_uploaded")
         logger.debug("file %s uploaded (%d bytes)", file.id, len(data))
@@ -160,7 +216,7 @@ class FileStore:
 
     def _file(self, request: web.Request) -> File | web.Response:
         file_id = request.match_info["file_id"]
-        file = self._files.get(file_id)
+        file = self.get(file_id)
         if file is None:
             return error_response(404, "fileNotFound", f"File {file_id} not found.")
         return file
@@ -170,6 +226,7 @@ class FileStore:
         refused = await self.host.guard(request)
         if refused is not None:
             return refused
+        self._expire()
         now = self.host.clock()
         purpose = request.query.get("purpose")
         files = [f for f in self._files.values() if purpose in (None, f.purpose)]
@@ -208,6 +265,27 @@ class FileStore:
         if isinstance(file, web.Response):
             return file
         return web.Response(body=file.data, content_type="application/octet-stream")
+
+
+def expiry_problem(value: Any, name: str) -> str | None:
+    """Why ``value`` is not an expiry policy Azure takes (``None``: it is).
+
+    ``{"anchor": "created_at", "seconds": N}`` with ``N`` a whole number in
+    :data:`EXPIRY_S`; ``name`` is the field named in the message.
+    """
+    low, high = EXPIRY_S
+    if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
+        return f"{name} must have exactly 'anchor' and 'seconds'."
+    if value["anchor"] != "created_at":
+        return f"{name}.anchor must be 'created_at', not {value['anchor']!r}."
+    seconds = value["seconds"]
+    if isinstance(seconds, str) and seconds.isdigit():
+        seconds = int(seconds)
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        return f"{name}.seconds must be an integer."
+    if not low <= seconds <= high:
+        return f"{name}.seconds must be between {low} and {high}, not {seconds}."
+    return None
 
 
 def _held_pending(data: bytes) -> float:

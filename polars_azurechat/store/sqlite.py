@@ -158,7 +158,8 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
     applied_at``) and ``answers`` (the columns of ``m001_initial``), where
     ``_migrations`` records only migrations this version knows and records
     ``m001_initial`` exactly when ``answers`` exists; and batch mode's state, the
-    tables ``batch_chunks``, ``batch_chunk_keys`` and ``batch_jobs`` with exactly the
+    tables ``batch_chunks``, ``batch_chunk_keys``, ``batch_jobs`` and ``batch_files``
+    with exactly the
     columns :data:`polars_azurechat.batch.state.TABLES` lists and the index
     ``batch_chunk_keys_by_key``. SQLite's own objects (``sqlite_*``) are ignored.
     """
@@ -320,8 +321,8 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
     completion_tokens, created_at``, in this order), every migration recorded in
     ``_migrations`` is known to this version, and ``answers`` exists exactly when
     ``m001_initial`` is recorded; besides them, batch mode's state may be there (it
-    lives in the cache file): the tables ``batch_chunks``, ``batch_chunk_keys`` and
-    ``batch_jobs``, each with exactly its columns, and the index
+    lives in the cache file): the tables ``batch_chunks``, ``batch_chunk_keys``,
+    ``batch_jobs`` and ``batch_files``, each with exactly its columns, and the index
     ``batch_chunk_keys_by_key``. Anything else (another table, a ``batch_*`` table
     with other columns, ...) is another program's file (or a damaged or newer cache)
     and is refused, never modified.
