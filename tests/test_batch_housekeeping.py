@@ -31,7 +31,8 @@ from polars_azurechat.emulator._files import FileStore
 from .fakes import FakeClock
 
 DEPLOYMENT = "gpt-4o-mini-batch"
-API_VERSION = "2024-10-21"
+API_VERSION = "2025-03-01-preview"  # the first classic one that takes expiries
+OLD_API_VERSION = "2024-10-21"
 CHAT: Any = "/chat/completions"  # Azure's endpoint (the SDK's types name OpenAI's)
 FAST: dict[str, Any] = {
     "validating_s": 0.05,
@@ -72,10 +73,17 @@ def client(emu: Emulator) -> Iterator[openai.AzureOpenAI]:
 
 
 def _job(
-    emu: Emulator, cache: Path, clock: FakeClock | None = None, **kw: Any
+    emu: Emulator,
+    cache: Path,
+    clock: FakeClock | None = None,
+    api_version: str | None = None,
+    **kw: Any,
 ) -> pac.Completer:
     config = pac.ChatConfig(
-        azure_endpoint=emu.url, api_key=emu.api_key, deployment=DEPLOYMENT
+        azure_endpoint=emu.url,
+        api_key=emu.api_key,
+        deployment=DEPLOYMENT,
+        **({} if api_version is None else {"api_version": api_version}),
     )
     options: dict[str, Any] = {
         "max_tokens": 20,
@@ -115,9 +123,9 @@ def test_the_emulator_checks_expires_after_as_azure_does(
 ) -> None:
     data = b'{"x": 1}\n'
     for bad, why in [
-        ({"anchor": "last_active_at", "seconds": 3600}, "anchor"),
-        ({"anchor": "created_at", "seconds": 3599}, "between 3600 and 2592000"),
-        ({"anchor": "created_at", "seconds": 2_592_001}, "between 3600 and 2592000"),
+        ({"anchor": "last_active_at", "seconds": 1_209_600}, "anchor"),
+        ({"anchor": "created_at", "seconds": 3600}, "between 1209600 and 2592000"),
+        ({"anchor": "created_at", "seconds": 2_592_001}, "between 1209600 and 2592000"),
     ]:
         with pytest.raises(openai.BadRequestError, match=why):
             client.files.create(
@@ -127,7 +135,7 @@ def test_the_emulator_checks_expires_after_as_azure_does(
             )
     plain = client.files.create(file=("b.jsonl", data), purpose="batch")
     assert plain.expires_at is None
-    for seconds in (3600, 2_592_000):
+    for seconds in (1_209_600, 2_592_000):
         kept = client.files.create(
             file=("c.jsonl", data),
             purpose="batch",
@@ -143,10 +151,10 @@ def test_a_file_is_gone_once_its_expiry_passes(
     short = client.files.create(
         file=("a.jsonl", data),
         purpose="batch",
-        expires_after={"anchor": "created_at", "seconds": 3600},
+        expires_after={"anchor": "created_at", "seconds": 1_209_600},
     )
     plain = client.files.create(file=("b.jsonl", data), purpose="batch")
-    clock.advance(3599)
+    clock.advance(1_209_599)
     assert client.files.retrieve(short.id).expires_at == short.expires_at
     clock.advance(1)
     with pytest.raises(openai.NotFoundError):
@@ -183,14 +191,14 @@ def test_output_expires_after_on_batch_create(
         input_file_id=file.id,
         endpoint=CHAT,
         completion_window="24h",
-        output_expires_after={"anchor": "created_at", "seconds": 7200},
+        output_expires_after={"anchor": "created_at", "seconds": 1_300_000},
     )
     clock.advance(10)
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.output_file_id and done.error_file_id
     output = client.files.retrieve(done.output_file_id)
-    assert output.expires_at == output.created_at + 7200
-    clock.advance(7200)
+    assert output.expires_at == output.created_at + 1_300_000
+    clock.advance(1_300_000)
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(done.output_file_id)
     with pytest.raises(openai.NotFoundError):
@@ -200,23 +208,32 @@ def test_output_expires_after_on_batch_create(
 # -- the job -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", [API_VERSION, OLD_API_VERSION])
 def test_uploads_and_batch_outputs_carry_an_expiry(
-    emu: Emulator, clock: FakeClock, client: openai.AzureOpenAI, tmp_path: Path
+    emu: Emulator,
+    clock: FakeClock,
+    client: openai.AzureOpenAI,
+    tmp_path: Path,
+    version: str,
 ) -> None:
+    # an api-version older than 2025-03-01-preview takes no expiry (the emulator,
+    # as Azure, refuses the argument): none is sent, and the job still deletes
     seen: list[Any] = []
 
     def look(step: str, chunk: str) -> None:
         if step == "done":  # before the files are deleted
             seen.extend(_all_files(client))
 
-    with _job(emu, tmp_path / "c.sqlite", clock) as job:
+    with _job(emu, tmp_path / "c.sqlite", clock, api_version=version) as job:
         assert job._batch is not None
         job._batch.settings["hook"] = look
         assert job.run(_arith(3)) == ["1000", "1001", "1002"]
     assert sorted(f.purpose for f in seen) == ["batch", "batch_output", "batch_output"]
     assert FILE_EXPIRY_S == 14 * 24 * 3600  # Azure takes 14 to 30 days
     for f in seen:
-        assert f.expires_at == f.created_at + FILE_EXPIRY_S, f
+        expected = None if version == OLD_API_VERSION else f.created_at + FILE_EXPIRY_S
+        assert f.expires_at == expected, f
+    assert _all_files(client) == []  # deleted either way
 
 
 def test_a_finished_job_leaves_no_files_and_a_rerun_answers_from_the_cache(

@@ -47,8 +47,12 @@ RESPONSES_URL = "/v1/responses"
 #: 24-hour completion window. The job deletes them as soon as their answers are in
 #: the cache; the expiry is for the files of a job that never got that far.
 FILE_EXPIRY_S = 14 * 24 * 3600
-#: The expiry policy sent as ``expires_after`` and ``output_expires_after``.
+#: The expiry policy sent as ``expires_after`` and ``output_expires_after`` (Azure
+#: takes 14 to 30 days; with expiries a resource may hold 10,000 files, not 500).
 EXPIRES_AFTER: dict[str, Any] = {"anchor": "created_at", "seconds": FILE_EXPIRY_S}
+#: The first classic api-version that takes expiries (the v1 API takes them); an
+#: older one gets none: the job's own deletes still clean up.
+EXPIRY_API_VERSION = "2025-03-01"
 #: Structured outputs in batches need this api-version or a later one.
 STRUCTURED_API_VERSION = "2024-08-01"
 #: The errors of a call that may well succeed when made again (a poll is retried).
@@ -80,6 +84,13 @@ class Api:
         self.host = str(client.base_url.host)
         version = getattr(client, "_api_version", None)
         self.api_version = str(version) if version else None
+        #: what uploads and batches are sent to expire them (none: an api-version
+        #: older than :data:`EXPIRY_API_VERSION`)
+        self.expiry = (
+            EXPIRES_AFTER
+            if self.api_version is None or self.api_version >= EXPIRY_API_VERSION
+            else None
+        )
 
     def _run(self, call: Callable[[], Any]) -> Any:
         with sdk_errors(self.deployment, self.host):
@@ -92,11 +103,12 @@ class Api:
         """Upload ``data`` as a file named ``name`` (``purpose="batch"``).
 
         A file object is read as it is sent (httpx streams a multipart file part).
-        The file expires :data:`FILE_EXPIRY_S` after its upload.
+        The file expires :data:`FILE_EXPIRY_S` after its upload (see ``expiry``).
         """
+        extra = {} if self.expiry is None else {"expires_after": self.expiry}
         return self._run(
             lambda: self.client.files.create(
-                file=(name, data), purpose="batch", expires_after=EXPIRES_AFTER
+                file=(name, data), purpose="batch", **extra
             )
         )
 
@@ -157,15 +169,17 @@ class Api:
     def create(self, file_id: str, metadata: dict[str, str]) -> Any:
         """Create a batch (24 hours) of the input file ``file_id``, with ``metadata``.
 
-        Its output and error files expire :data:`FILE_EXPIRY_S` after they are made.
+        Its output and error files expire :data:`FILE_EXPIRY_S` after they are made
+        (see ``expiry``).
         """
+        extra = {} if self.expiry is None else {"output_expires_after": self.expiry}
         return self._run(
             lambda: self.client.batches.create(
                 input_file_id=file_id,
                 endpoint=self.endpoint,
                 completion_window="24h",
                 metadata=metadata,
-                output_expires_after=EXPIRES_AFTER,
+                **extra,
             )
         )
 

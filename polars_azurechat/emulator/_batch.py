@@ -84,7 +84,13 @@ from polars_azurechat.emulator._errors import (
     api_version_problem,
     error_response,
 )
-from polars_azurechat.emulator._files import File, FileStore, expiry_problem, page
+from polars_azurechat.emulator._files import (
+    File,
+    FileStore,
+    expiry_problem,
+    expiry_version_problem,
+    page,
+)
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._server import _App
@@ -295,7 +301,9 @@ class BatchService:
         problem = request_problem(body, file, now, v1=v1)
         expiry = body.get("output_expires_after")
         if problem is None and expiry is not None:
-            problem = expiry_problem(expiry, "output_expires_after")
+            problem = expiry_version_problem(
+                request, "output_expires_after"
+            ) or expiry_problem(expiry, "output_expires_after")
         if problem is not None or file is None:
             return error_response(400, "invalidPayload", problem or "")
         batch = self._parse(file, str(body["endpoint"]), body.get("metadata"), now)

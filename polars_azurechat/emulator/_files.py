@@ -2,7 +2,9 @@
 
 ``POST /openai/files``
     multipart upload (``purpose``, ``file``, and optionally ``expires_after[anchor]``
-    = ``created_at`` and ``expires_after[seconds]`` in [3600, 2592000], else a 400);
+    = ``created_at`` and ``expires_after[seconds]`` in [1209600, 2592000] (14 to 30 days,
+    as Azure takes it; on the classic routes from api-version 2025-03-01-preview), else a
+    400);
     a ``batch`` file must be named ``*.jsonl``. A file given an expiry reports
     ``expires_at`` and is gone (404, and from the list) once the clock reaches it. The file is ``pending`` for ``file_processing_s``, then
     ``processed``. A file whose content holds ``[emu:file_pending]`` stays
@@ -34,7 +36,15 @@ from polars_azurechat.emulator._errors import error_response
 if TYPE_CHECKING:
     from polars_azurechat.emulator._batch import BatchService
 
-__all__ = ["EXPIRY_S", "File", "FileStore", "expiry_problem", "page"]
+__all__ = [
+    "EXPIRY_API_VERSION",
+    "EXPIRY_S",
+    "File",
+    "FileStore",
+    "expiry_problem",
+    "expiry_version_problem",
+    "page",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ logger = logging.getLogger(__name__)
 _FILE_PENDING = re.compile(rb"\[emu:file_pending(?:=(\d+(?:\.\d+)?))?\]")
 
 #: The expiries Azure takes (``expires_after.seconds``, ``output_expires_after``).
-EXPIRY_S = (3600, 2_592_000)
+EXPIRY_S = (1_209_600, 2_592_000)
 
 _PURPOSES = frozenset(
     {"batch", "fine-tune", "assistants", "vision", "user_data", "evals"}
@@ -198,7 +208,12 @@ class FileStore:
                 "invalidPayload",
                 "A file for batch must be a JSON Lines file named '*.jsonl'.",
             )
-        problem = expiry_problem(expiry, "expires_after") if expiry else None
+        problem = (
+            expiry_version_problem(request, "expires_after")
+            or expiry_problem(expiry, "expires_after")
+            if expiry
+            else None
+        )
         if problem is not None:
             return error_response(400, "invalidPayload", problem)
         now = self.host.clock()
@@ -265,6 +280,23 @@ class FileStore:
         if isinstance(file, web.Response):
             return file
         return web.Response(body=file.data, content_type="application/octet-stream")
+
+
+#: The first classic api-version that takes ``expires_after`` (the v1 API takes it).
+EXPIRY_API_VERSION = "2025-03-01-preview"
+
+
+def expiry_version_problem(request: web.Request, name: str) -> str | None:
+    """Why the request's api-version takes no ``name`` (an expiry), or ``None``."""
+    version = request.query.get("api-version")
+    if request.path.startswith("/openai/v1/") or version is None:
+        return None
+    if version >= EXPIRY_API_VERSION[:10]:
+        return None
+    return (
+        f"Unrecognized request argument supplied: {name} (api-version {version}; "
+        f"it needs {EXPIRY_API_VERSION} or later)."
+    )
 
 
 def expiry_problem(value: Any, name: str) -> str | None:
