@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import polars_azurechat as pac
 from polars_azurechat.batch.api import FILE_EXPIRY_S
 from polars_azurechat.cli import app
+from polars_azurechat.config import DEFAULT_API_VERSION
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.emulator._errors import error_response
@@ -83,7 +84,7 @@ def _job(
         azure_endpoint=emu.url,
         api_key=emu.api_key,
         deployment=DEPLOYMENT,
-        **({} if api_version is None else {"api_version": api_version}),
+        api_version=api_version or DEFAULT_API_VERSION,
     )
     options: dict[str, Any] = {
         "max_tokens": 20,

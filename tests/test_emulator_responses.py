@@ -368,6 +368,14 @@ def test_a_jailbreak_filtered_prompt_through_responses_is_a_row_error(
     assert blocked["error"].startswith("ContentFilterError")
     assert "jailbreak" in blocked["error"]
     assert fresh.stats()["routes"]["responses"] == 2
+    # the 400 names what it filtered as this API does: content_filters, by source
+    status, _, body = _post(
+        fresh, "/openai/v1/responses", {"model": "d", "input": "[emu:jailbreak] x"}
+    )
+    assert status == 400 and "innererror" not in body["error"]
+    [item] = body["error"]["content_filters"]
+    assert item["source_type"] == "prompt" and item["blocked"] is True
+    assert item["content_filter_results"]["jailbreak"]["filtered"] is True
 
 
 def test_fault_markers_work_through_responses() -> None:

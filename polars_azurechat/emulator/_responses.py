@@ -335,6 +335,18 @@ def responses_error(response: web.Response, *, renamed: bool = False) -> web.Res
         "param": param,
         "type": err.get("type"),
     }
+    inner = shaped.pop("innererror", None)
+    if isinstance(inner, dict) and "content_filter_result" in inner:
+        # this API names what was filtered in ``content_filters``, by source
+        shaped["content_filters"] = [
+            {
+                "blocked": True,
+                "source_type": "prompt",
+                "content_filter_results": inner["content_filter_result"],
+            }
+        ]
+    elif inner is not None:
+        shaped["innererror"] = inner
     headers = {
         name: value
         for name, value in response.headers.items()

@@ -585,9 +585,19 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 def _filtered_categories(err: Mapping[str, Any]) -> list[str]:
+    """What a content-filter error filtered (chat: ``innererror``; Responses too).
+
+    Chat completions name it in ``innererror.content_filter_result``, the Responses
+    API in ``content_filters`` (one item per source).
+    """
     inner = err.get("innererror")
     result = inner.get("content_filter_result") if isinstance(inner, dict) else None
-    return list(_flagged(result))
+    found = set(_flagged(result))
+    filters = err.get("content_filters")
+    for item in filters if isinstance(filters, list) else ():
+        if isinstance(item, dict):
+            found.update(_flagged(item.get("content_filter_results")))
+    return sorted(found)
 
 
 def _flagged(results: Any) -> tuple[str, ...]:
