@@ -395,6 +395,9 @@ def embed_many(
     *,
     dimensions: int | None = None,
     model: str | None = None,
+    inputs_per_request: int = MAX_INPUTS,
+    request_tokens: int = REQUEST_TOKENS,
+    truncate: bool = False,
     config: ChatConfig | None = None,
     **params: Unpack[EmbedOptionsDict],
 ) -> list[list[float] | None]:
@@ -404,7 +407,7 @@ def embed_many(
     ----------
     texts
         Strings, or ``None`` (a ``None`` vector).
-    dimensions, model, config
+    dimensions, model, inputs_per_request, request_tokens, truncate, config
         As for :class:`Embedder`.
     **params
         Job options, as for :class:`Embedder`.
@@ -423,5 +426,13 @@ def embed_many(
     >>> len(vs[0]), vs[1]
     (3, None)
     """
-    with Embedder(dimensions=dimensions, model=model, config=config, **params) as job:
+    with Embedder(
+        dimensions=dimensions,
+        model=model,
+        inputs_per_request=inputs_per_request,
+        request_tokens=request_tokens,
+        truncate=truncate,
+        config=config,
+        **params,
+    ) as job:
         return job.run(texts).to_list()
