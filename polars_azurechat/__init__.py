@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from polars_azurechat import namespace as _namespace  # registers `.chat`
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.deployments import Deployment, load_deployments
+from polars_azurechat.embeddings import Embedder, embed, embed_many
 from polars_azurechat.engine import warm as _warm
 from polars_azurechat.errors import (
     APIConnectionError,
@@ -107,6 +108,7 @@ __all__ = [
     "ContextLengthError",
     "DeadlineExceededError",
     "Deployment",
+    "Embedder",
     "InputError",
     "LimiterError",
     "MalformedResponseError",
@@ -128,6 +130,8 @@ __all__ = [
     "__version__",
     "complete",
     "complete_many",
+    "embed",
+    "embed_many",
     "load_deployments",
     "messages",
     "plan",

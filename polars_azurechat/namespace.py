@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING, Unpack
 
 import polars as pl
 
-from polars_azurechat import functions
+from polars_azurechat import embeddings, functions
 from polars_azurechat.options import ChatOptionsDict, with_options
 
 if TYPE_CHECKING:
     import openai
 
     from polars_azurechat.config import ChatConfig
+    from polars_azurechat.embeddings import EmbedOptionsDict
     from polars_azurechat.options import ChatOptions
 
 __all__ = ["ChatNamespace"]
@@ -79,4 +80,55 @@ class ChatNamespace:
         """
         return functions.complete(
             self._expr, config=config, client=client, options=options, **params
+        )
+
+    def embed(
+        self,
+        *,
+        dimensions: int | None = None,
+        model: str | None = None,
+        inputs_per_request: int = embeddings.MAX_INPUTS,
+        request_tokens: int = embeddings.REQUEST_TOKENS,
+        truncate: bool = False,
+        config: ChatConfig | None = None,
+        **params: Unpack[EmbedOptionsDict],
+    ) -> pl.Expr:
+        """Embed every row (String texts); see :func:`polars_azurechat.embed`.
+
+        Parameters
+        ----------
+        dimensions, model, inputs_per_request, request_tokens, truncate, config
+            As for :class:`polars_azurechat.Embedder`.
+        **params
+            Job options (``deployment``, ``cache``, ``max_concurrency``, ...).
+
+        Returns
+        -------
+        pl.Expr
+            ``Array(Float32, n)`` vectors, one per row (null for a null text).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> lf = pl.LazyFrame({"text": ["red apples", "stock market"]})
+        >>> q = lf.select(
+        ...     pl.col("text").chat.embed(
+        ...         deployment="text-embedding-3-small", dimensions=8
+        ...     )
+        ... )
+        >>> q.collect_schema()["text"]
+        Array(Float32, shape=(8,))
+        >>> q.collect().height
+        2
+        """
+        return embeddings.embed(
+            self._expr,
+            dimensions=dimensions,
+            model=model,
+            inputs_per_request=inputs_per_request,
+            request_tokens=request_tokens,
+            truncate=truncate,
+            config=config,
+            **params,
         )

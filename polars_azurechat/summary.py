@@ -55,6 +55,10 @@ PRICES: dict[str, tuple[float, ...]] = {
     "gpt-4": (30.00, 60.00),
     "gpt-35-turbo": (0.50, 1.50),
     "gpt-3.5-turbo": (0.50, 1.50),
+    # embedding models: input tokens only
+    "text-embedding-3-small": (0.02, 0.0),
+    "text-embedding-3-large": (0.13, 0.0),
+    "text-embedding-ada-002": (0.10, 0.0),
 }
 
 #: The share of the Global Standard price each processing tier costs: Global Batch and
@@ -331,6 +335,8 @@ class RunSummary:
     cache_close_wait_s: float | None = None
     cache_lost: int = 0
     stopped: str | None = None
+    #: embeddings: the texts the requests carried (several per request)
+    inputs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a plain dict."""
@@ -367,7 +373,8 @@ class RunSummary:
             f"{truncated}, {self.failed:,} failed, {self.null_rows:,} null; "
             f"{self.cached:,} from cache, {self.deduplicated:,} deduplicated)",
             f"requests:  {self.requests:,} ({self.retries:,} retried, "
-            f"{self.rate_limited:,} rate-limited)",
+            f"{self.rate_limited:,} rate-limited"
+            f"{f'; {self.inputs:,} inputs' if self.inputs else ''})",
             f"tokens:    {self.prompt_tokens:,} prompt{cached}, "
             f"{self.completion_tokens:,} completion{reasoning}",
             f"rate:      {self.requests_per_minute:,.0f} requests/min"
@@ -574,6 +581,7 @@ def summarize(
         flex_fallbacks=st.flex_fallbacks,
         capacity_refused=st.capacity_refused,
         spilled_over=sum(c.get("spilled_over", 0) for c in st.by_deployment.values()),
+        inputs=st.inputs_sent,
     )
 
 

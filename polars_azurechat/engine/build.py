@@ -21,7 +21,7 @@ from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import ConfigurationError
 from polars_azurechat.summary import SpendingCap, price_for
-from polars_azurechat.transport.http import ChatTransport, Transport
+from polars_azurechat.transport.http import Api, ChatTransport, Transport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
 from polars_azurechat.transport.responses import responses_params
@@ -29,10 +29,14 @@ from polars_azurechat.transport.sdk import SdkTransport
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.frontdoor import AnswerCache
+    from polars_azurechat.engine.texts import EmbeddingSpec
     from polars_azurechat.options import ChatOptions
     from polars_azurechat.schema.output import OutputSchema
 
 logger = logging.getLogger(__name__)
+
+#: An embeddings request's time bound (``timeout_s`` unset).
+EMBEDDING_TIMEOUT_S = 60.0
 
 
 def build_engine(
@@ -42,14 +46,16 @@ def build_engine(
     config: ChatConfig | None,
     client: Any,
     prices: Mapping[str, tuple[float, ...]],
+    embedding: EmbeddingSpec | None = None,
 ) -> tuple[ChatEngine, SpendingCap | None, ChatConfig | None]:
     """The engine of a job with options ``opts`` and body ``fields``; its cap; its config.
 
     ``config`` and ``client`` are the job's (at most one of them); without either,
     the endpoint and credential come from the environment (the config returned).
+    ``embedding``: an embeddings job (its requests go to ``/embeddings``).
     """
     max_tokens = max_tokens_of(fields)
-    if max_tokens is None and opts.tokens_per_minute is not None:
+    if max_tokens is None and opts.tokens_per_minute is not None and not embedding:
         logger.warning(
             "tokens_per_minute is set but max_tokens is not: Azure then reserves the "
             "model's whole context per request; set max_tokens"
@@ -64,7 +70,11 @@ def build_engine(
         responses_params(fields)  # a field it has no equivalent for: refused now
     reasoning = "reasoning_effort" in fields or "max_completion_tokens" in fields
     timeout_s = opts.attempt_timeout_s(max_tokens, reasoning=reasoning)
-    pool = _pool(opts, _deployments(opts, config, client), config, client, timeout_s)
+    api: Api = opts.api
+    if embedding is not None:  # no answer to wait for: 60 s for up to 2,048 inputs
+        timeout_s, api = opts.timeout_s or EMBEDDING_TIMEOUT_S, "embeddings"
+    deployments = _deployments(opts, config, client)
+    pool = _pool(opts, deployments, config, client, timeout_s, api)
     cap = None
     if opts.max_cost_usd is not None:
         cap = _spending_cap(
@@ -82,6 +92,7 @@ def build_engine(
         flex_fallback=opts.flex_fallback,
         schema=schema,
         spending_cap=cap,
+        embedding=embedding,
     )
     return engine, cap, config
 
@@ -167,6 +178,7 @@ def _pool(
     config: ChatConfig | None,
     client: Any,
     timeout_s: float,
+    api: Api,
 ) -> Pool:
     """The routes of ``deployments``: their transports and limiters.
 
@@ -183,7 +195,7 @@ def _pool(
                 )
                 raise ConfigurationError(msg)
             transport: ChatTransport = SdkTransport(
-                client, deployment=d.name, timeout_s=timeout_s, api=opts.api
+                client, deployment=d.name, timeout_s=timeout_s, api=api
             )
             cfg = None
         else:
@@ -202,7 +214,7 @@ def _pool(
                 api_version=cfg.api_version,
                 auth=auth,
                 timeout_s=timeout_s,
-                api=opts.api,
+                api=api,
             )
         limiter = _limiter(
             opts.limiter,

@@ -39,6 +39,8 @@ from polars_azurechat.transport.ratelimit import RateLimiter
 from polars_azurechat.transport.retry import build_retrying
 
 if TYPE_CHECKING:
+    from polars_azurechat.engine.embed import PackingSender
+    from polars_azurechat.engine.texts import EmbeddingSpec
     from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
@@ -123,6 +125,7 @@ class ChatEngine:
         pool: Pool | None = None,
         schema: OutputSchema | None = None,
         spending_cap: SpendingCap | None = None,
+        embedding: EmbeddingSpec | None = None,
     ) -> None:
         if max_concurrency < 1:
             msg = f"max_concurrency must be >= 1, got {max_concurrency}"
@@ -139,13 +142,15 @@ class ChatEngine:
         #: the first deployment's: it names the cache key and the model
         self.transport = pool.primary.transport
         self.limiter = pool.primary.limiter
+        host, name = self.transport.endpoint_host, self.transport.deployment
         #: what every request carries besides its messages (its key, body, tokens)
-        self.shape = RequestShape(
-            params or {},
-            schema,
-            host=self.transport.endpoint_host,
-            deployment=self.transport.deployment,
-        )
+        self.shape = RequestShape(params or {}, schema, host=host, deployment=name)
+        sender_class = OnlineSender
+        if embedding is not None:
+            from polars_azurechat.engine import embed
+
+            self.shape = embed.EmbeddingShape(embedding, host=host, deployment=name)
+            sender_class = embed.EmbeddingOnline
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.deadline_s = deadline_s
@@ -154,7 +159,7 @@ class ChatEngine:
             self.shape, cache, progress=progress, on_put=self._schedule_flush
         )
         #: how a request travels online: one per row through the pool, retried
-        self.sender = OnlineSender(
+        self.sender = sender_class(
             pool,
             self.shape,
             max_concurrency=max_concurrency,
@@ -164,6 +169,13 @@ class ChatEngine:
             flex_fallback=flex_fallback,
             spending_cap=spending_cap,
         )
+        #: an embeddings job's sender: many leaders per request (``None``: chat)
+        self.packer: PackingSender | None = None
+        if embedding is not None:
+            assert isinstance(self.sender, embed.EmbeddingOnline)  # noqa: S101
+            self.packer = embed.PackingSender(
+                self.sender, embedding, max_concurrency=max_concurrency
+            )
         self._flush_scheduled = False
         #: the job's runs (one collect, one ``complete_many`` call, one CLI job each)
         self.runs = Runs(
@@ -420,15 +432,16 @@ class ChatEngine:
                 if result.exception is None:
                     run.answer_kept()  # counted after a stop: kept in the grace
 
-        workers = [
-            asyncio.ensure_future(worker())
-            for _ in range(min(self.max_concurrency, len(intake.todo)))
-        ]
+        n = min(self.max_concurrency, len(intake.todo))
+        workers = [] if self.packer is not None else [worker() for _ in range(n)]
+        if self.packer is not None and intake.todo:
+            workers.append(self.packer.send(run, intake, door))
+        tasks = [asyncio.ensure_future(w) for w in workers]
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(*tasks)
         finally:
-            for w in workers:
-                w.cancel()
+            for t in tasks:
+                t.cancel()
             if self.cache is not None:  # handed to the writer: the loop never waits
                 self.cache.flush(wait=False)
         return door.finish(intake, st)

@@ -65,6 +65,8 @@ class RunStats:
     cached: int = 0
     deduplicated: int = 0
     requests: int = 0
+    #: embeddings: the texts answered by the requests (several per request)
+    inputs_sent: int = 0
     retries: int = 0
     rate_limited: int = 0
     failures_by_kind: collections.Counter[str] = dataclasses.field(

@@ -37,12 +37,14 @@ from polars_azurechat.errors import (
     UnsupportedParameterError,
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
+from polars_azurechat.transport.embeddings import parse_embeddings
 from polars_azurechat.transport.responses import parse_response, responses_params
 
 logger = logging.getLogger(__name__)
 
-#: Which API a job's requests go to: chat completions, or the Responses API.
-Api = Literal["chat", "responses"]
+#: Which API a job's requests go to: chat completions, the Responses API, or
+#: embeddings (``/embeddings``: many texts per request, see :mod:`.embeddings`).
+Api = Literal["chat", "responses", "embeddings"]
 
 #: The longest server-requested delay we honour (openai-python uses 60 s; Azure asks less).
 MAX_RETRY_AFTER_S = 120.0
@@ -108,6 +110,9 @@ class Completion:
     #: served by the deployment's spillover (standard) deployment, whose
     #: ``x-ratelimit-*`` headers these are (``x-ms-spillover-from-*``)
     spilled_over: bool = False
+    #: an embeddings answer's vectors, in input order: little-endian float32 bytes,
+    #: base64-encoded (as ``encoding_format="base64"`` sends them)
+    vectors: list[str] | None = None
 
 
 class Transport:
@@ -138,17 +143,18 @@ class Transport:
         # the Responses API is the v1 API's
         self.api_version = V1 if api == "responses" else api_version
         self.surface = surface_of(self.api_version)
-        self._parse = parse_response if api == "responses" else parse_completion
+        self._parse = _PARSERS.get(api, parse_completion)
         self._messages = b'"input":' if api == "responses" else b'"messages":'
         if self.surface == V1:  # the deployment goes in the body's "model"
-            path = "responses" if api == "responses" else "chat/completions"
+            path = _V1_PATHS.get(api, "chat/completions")
             self.url = f"{self.endpoint}/openai/v1/{path}"
             self._query: dict[str, str] = {}
             self._model: dict[str, Any] = {"model": deployment}
         else:
+            path = "embeddings" if api == "embeddings" else "chat/completions"
             self.url = (
                 f"{self.endpoint}/openai/deployments/{quote(deployment, safe='')}"
-                "/chat/completions"
+                f"/{path}"
             )
             self._query = {"api-version": api_version}
             self._model = {}
@@ -270,6 +276,14 @@ class Transport:
     def endpoint_host(self) -> str:
         """Host part of the endpoint (safe to show: never a user name or password)."""
         return host_of(self.endpoint)
+
+
+#: How each API's 200 body is read, and its path on the v1 surface.
+_PARSERS: dict[str, Callable[[bytes, Mapping[str, str]], Completion]] = {
+    "responses": parse_response,
+    "embeddings": parse_embeddings,
+}
+_V1_PATHS = {"responses": "responses", "embeddings": "embeddings"}
 
 
 def _dumps(value: Any) -> bytes:

