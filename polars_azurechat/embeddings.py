@@ -11,11 +11,12 @@ deployment's name: :data:`~polars_azurechat.engine.texts.EMBEDDING_MODELS`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack
 
 import polars as pl
 
@@ -25,6 +26,7 @@ from polars_azurechat.engine.texts import (
     MAX_INPUTS,
     REQUEST_TOKENS,
     EmbeddingSpec,
+    TextsRequest,
     check_text_dtype,
     texts_to_requests,
     vectors_to_series,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from polars_azurechat.deployments import Deployment
     from polars_azurechat.engine.core import ChatEngine
     from polars_azurechat.engine.progress import ProgressBar
+    from polars_azurechat.engine.runs import Run
 
 __all__ = [
     "MAX_INPUTS",
@@ -51,6 +54,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 
 class EmbedOptionsDict(TypedDict, total=False):
@@ -270,18 +275,98 @@ class Embedder:
             mode="online",
         )
 
-    def _answer(
-        self, batches: Iterable[tuple[int, Sequence[Any]]]
-    ) -> Iterator[tuple[int, list[ChatResult | None]]]:
+    def requests(
+        self, texts: pl.Series | Iterable[str | None]
+    ) -> list[TextsRequest | None]:
+        """The job's requests for ``texts`` (a String column, or a list of texts).
+
+        ``None`` for a null text; an empty or over-long text (without ``truncate``)
+        carries its input error, and fails alone when answered.
+
+        Examples
+        --------
+        >>> import polars_azurechat as pac
+        >>> job = pac.Embedder(deployment="text-embedding-3-small", dimensions=4)
+        >>> [r is None for r in job.requests(["red apples", None])]
+        [False, True]
+        >>> job.close()
+        """
+        if isinstance(texts, pl.Series):
+            check_text_dtype(texts.dtype)
+            texts = texts.to_list()
+        return texts_to_requests(list(texts), truncate=self.spec.truncate)
+
+    def answer_batches(
+        self,
+        batches: Iterable[tuple[K, Sequence[Any]]],
+        *,
+        read_ahead: int = SLICES_IN_FLIGHT,
+    ) -> Iterator[tuple[K, list[ChatResult | None]]]:
+        """Answer batches of requests; yield ``(key, results)`` in input order.
+
+        As :meth:`polars_azurechat.Completer.answer_batches` online: at most
+        ``read_ahead`` batches are being answered at once (the next ones are not
+        read until an earlier one is yielded), so memory follows the read-ahead,
+        not the input. Use it inside :meth:`run_scope` to make the batches one run;
+        :func:`~polars_azurechat.engine.texts.vectors_to_series` (or
+        ``results``' ``content``, each vector's base64) gives the vectors.
+
+        Parameters
+        ----------
+        batches
+            ``(key, requests)`` pairs (the requests from :meth:`requests`); the key
+            is handed back with the results.
+        read_ahead
+            Batches being answered at once.
+
+        Yields
+        ------
+        tuple
+            ``(key, results)``: one :class:`~polars_azurechat._types.ChatResult` per
+            request (``None`` for a ``None`` request; a failed row has ``error``).
+
+        Examples
+        --------
+        >>> import polars_azurechat as pac
+        >>> job = pac.Embedder(deployment="text-embedding-3-small", dimensions=4)
+        >>> batches = [("a", job.requests(["red apples", ""])), ("b", [None])]
+        >>> with job.run_scope():
+        ...     out = [
+        ...         (k, [r and r.error is None for r in rs])
+        ...         for k, rs in job.answer_batches(batches)
+        ...     ]
+        >>> out
+        [('a', [True, False]), ('b', [None])]
+        >>> job.close()
+        """
         bar = self._bar
 
-        def counted() -> Iterator[tuple[int, Sequence[Any]]]:
+        def counted() -> Iterator[tuple[K, Sequence[Any]]]:
             for key, requests in batches:
                 if bar is not None:
                     bar.add_total(len(requests))
                 yield key, requests
 
-        return self.engine.pipeline(counted(), read_ahead=SLICES_IN_FLIGHT)
+        yield from self.engine.pipeline(counted(), read_ahead=read_ahead)
+
+    def run_scope(self) -> contextlib.AbstractContextManager[Run]:
+        """One explicit run: every batch answered inside belongs to it."""
+        return self.engine.runs.scope()
+
+    def expect_rows(self, n: int) -> None:
+        """Tell the progress bar the run's row count ahead (e.g. from a file's footer)."""
+        if self._bar is not None:
+            self._bar.known_total = n
+
+    @property
+    def shows_progress(self) -> bool:
+        """The job draws a progress bar."""
+        return self._bar is not None
+
+    def _answer(
+        self, batches: Iterable[tuple[int, Sequence[Any]]]
+    ) -> Iterator[tuple[int, list[ChatResult | None]]]:
+        return self.answer_batches(batches, read_ahead=SLICES_IN_FLIGHT)
 
     def _policy(self, failed: list[tuple[int, ChatResult]], total: int) -> None:
         apply_policy(self.options.on_error, failed, total)
