@@ -1,7 +1,8 @@
-"""The ``polars-azurechat`` command: ``run``, ``plan``, ``batches``, ``emulator``.
+"""The ``polars-azurechat`` command: ``run``, ``embed``, ``plan``, ``batches``, ``emulator``.
 
-``run`` answers a Parquet job, ``plan`` estimates it, ``batches`` lists, cancels or
-cleans up a batch-mode job's batches, ``emulator`` serves a local Azure-compatible server.
+``run`` answers a Parquet job, ``embed`` embeds one (``_embed_cli.py``), ``plan``
+estimates a run, ``batches`` lists, cancels or cleans up a batch-mode job's batches,
+``emulator`` serves a local Azure-compatible server.
 """
 
 from __future__ import annotations
@@ -728,3 +729,7 @@ def emulator_command(
         serve(chosen, host=host, port=port)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+# the ``embed`` command lives in its own module, registered on ``app`` as it loads
+from polars_azurechat import _embed_cli  # noqa: E402, F401

@@ -1,0 +1,294 @@
+"""The ``polars-azurechat embed`` command: a Parquet column of texts to vectors.
+
+Registered on :data:`polars_azurechat.cli.app` (``cli.py`` imports this module). It
+works as ``run`` does: the paths and the column are checked before any request, the
+file is read in record batches answered through :meth:`Embedder.answer_batches`
+(bounded memory at any size), written through an :class:`OutputFile`, and the
+summary is printed at the end. The vectors are written as Arrow
+``fixed_size_list<float32>[n]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+
+from polars_azurechat._flags import with_flags
+from polars_azurechat.cli import (
+    _first_line,
+    _options,
+    _progress_logging,
+    _publish,
+    _read_files,
+    _row_count,
+    _stops,
+    _take_output,
+    _write,
+    app,
+    option_flags,
+)
+from polars_azurechat.config import ChatConfig
+from polars_azurechat.embeddings import Embedder, EmbedOptionsDict
+from polars_azurechat.engine.texts import (
+    MAX_INPUTS,
+    REQUEST_TOKENS,
+    check_text_dtype,
+    vectors_to_series,
+)
+from polars_azurechat.errors import AzureChatError
+from polars_azurechat.options import ChatOptions
+from polars_azurechat.outputs import reads_of
+
+#: Rows read, embedded and written at a time by ``embed``.
+BATCH_ROWS = 8_192
+#: Batches being embedded at once (as ``run``'s).
+BATCHES_IN_FLIGHT = 4
+#: The deployment ``embed --emulator`` uses when none is given.
+EMULATOR_DEPLOYMENT = "text-embedding-3-small"
+
+#: The job options that apply to embeddings (``run``'s flags for them).
+EMBED_OPTIONS = EmbedOptionsDict.__optional_keys__
+
+
+def embed_flags() -> list[Any]:
+    """``run``'s option flags that apply to embeddings (same names, defaults, docs)."""
+    return [p for p in option_flags() if p.name in EMBED_OPTIONS]
+
+
+@app.command("embed", no_args_is_help=True)
+@with_flags(embed_flags)
+def embed_command(
+    input_path: Annotated[Path, typer.Argument(help="Input Parquet file.")],
+    output_path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
+    *,
+    column: Annotated[str, typer.Option(help="Column of texts (String).")] = "text",
+    output_column: Annotated[
+        str, typer.Option(help="Name of the vector column.")
+    ] = "embedding",
+    dimensions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The vectors' length, sent as 'dimensions' (text-embedding-3); "
+            "default: the model's native size.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The deployment's model, when its name does not start with it "
+            "(gives the vectors' size without --dimensions, and the price)."
+        ),
+    ] = None,
+    inputs_per_request: Annotated[
+        int, typer.Option(min=1, help="Texts per request at most (Azure: 2,048).")
+    ] = MAX_INPUTS,
+    request_tokens: Annotated[
+        int,
+        typer.Option(min=1, help="Tokens per request at most (Azure: 300,000)."),
+    ] = REQUEST_TOKENS,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate/--no-truncate",
+            help="Cut a text over 8,192 tokens to fit (else its row fails).",
+        ),
+    ] = False,
+    emulator: Annotated[
+        bool,
+        typer.Option("--emulator", help="Run against the built-in emulator, offline."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    **option_values: Any,
+) -> None:
+    """Read INPUT_PATH, embed every row of --column, write all columns plus the vector.
+
+    The vector column is fixed_size_list<float32>[n] (null for a null or failed
+    row), beside '<output-column>_error' (why a row failed).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _check_texts(input_path, column, output_column)
+    options = _options(option_values)
+    spec = {
+        "dimensions": dimensions,
+        "model": model,
+        "inputs_per_request": inputs_per_request,
+        "request_tokens": request_tokens,
+        "truncate": truncate,
+    }
+    with contextlib.ExitStack() as stack:
+        out = _take_output(
+            stack,
+            output_path,
+            overwrite,
+            "OUTPUT_PATH",
+            reads_of(input_path, options.cache, _read_files(None, option_values)),
+        )
+        job = stack.enter_context(_job(stack, options, spec, emulator))
+        if job.shows_progress:
+            job.expect_rows(_row_count(input_path))
+        started = time.perf_counter()
+        try:
+            with _progress_logging(job.shows_progress), _stops() as stopped_by:
+                embed_parquet(job, input_path, out.partial, column, output_column)
+        except AzureChatError as exc:
+            typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            by = stopped_by[0]
+            typer.echo(f"interrupted by {by}; {_kept(job)}\n{job.summary()}", err=True)
+            raise typer.Exit(143 if by == "SIGTERM" else 130) from None
+        wall = time.perf_counter() - started
+        summary = job.summary()
+        if summary.failed and options.on_error == "raise":
+            out.keep_partial()
+            typer.echo(
+                f"error: {summary.failed:,} of {summary.rows + summary.null_rows:,} "
+                f"rows failed (--on-error raise); every row's vector or error is in "
+                f"{out.partial}\n{summary}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        _publish(out, summary)
+    typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _job(
+    stack: contextlib.ExitStack,
+    options: ChatOptions,
+    spec: dict[str, Any],
+    emulator: bool,
+) -> Embedder:
+    """The embeddings job of the flags (on a started emulator with ``--emulator``)."""
+    config = None
+    params = {k: getattr(options, k) for k in EMBED_OPTIONS}
+    if emulator:
+        from polars_azurechat.emulator import Emulator
+
+        emu = stack.enter_context(Emulator())
+        deployment = options.deployment or EMULATOR_DEPLOYMENT
+        config = ChatConfig(
+            azure_endpoint=emu.url, api_key=emu.api_key, deployment=deployment
+        )
+    try:
+        return Embedder(config=config, **spec, **params)
+    except (AzureChatError, ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _kept(job: Embedder) -> str:
+    """What an interrupted ``embed`` kept, and how to resume it."""
+    cache = job.engine.cache
+    if cache is None:
+        return "nothing was kept: pass --cache FILE to resume after a stop"
+    if cache.broken:
+        return f"{cache.broken}, so nothing was kept"
+    return f"vectors so far are in {cache.path}: run the same command to resume"
+
+
+def _check_texts(path: Path, column: str, output_column: str) -> None:
+    """Refuse, before any request, a file that is not Parquet or lacks a text column."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist or is not a file")
+    try:
+        schema = pl.scan_parquet(path).collect_schema()
+    except Exception as exc:  # noqa: BLE001 - any reader failure means: not Parquet
+        msg = f"{path} is not a readable Parquet file ({type(exc).__name__})"
+        raise typer.BadParameter(msg) from None
+    if column not in schema:
+        raise typer.BadParameter(
+            f"{path} has no column {column!r}; it has {', '.join(schema.names())}"
+        )
+    try:
+        check_text_dtype(schema[column])
+    except TypeError:
+        msg = f"column {column!r} is {schema[column]}, not String: embed takes texts"
+        raise typer.BadParameter(msg) from None
+    for name in (output_column, f"{output_column}_error"):
+        if name in schema:
+            msg = (
+                f"{path} already has a column {name!r}: every input column is "
+                "kept, so pass another --output-column"
+            )
+            raise typer.BadParameter(msg)
+
+
+def embed_parquet(
+    job: Embedder, src: Path, dst: Path, column: str, output_column: str
+) -> None:
+    """Embed ``src``'s ``column`` batch by batch into ``dst``, in order, in bounded memory.
+
+    Every column of ``src`` is kept; ``output_column`` (``Array(Float32, n)``, in
+    Parquet ``fixed_size_list<float32>[n]``) and ``<output_column>_error`` are
+    added. At most :data:`BATCHES_IN_FLIGHT` batches of :data:`BATCH_ROWS` rows are
+    read ahead, all in one run; each is written once it and those before it are
+    answered.
+
+    Parameters
+    ----------
+    job
+        The embeddings job.
+    src, dst
+        The Parquet file read and the one written.
+    column, output_column
+        The texts' column and the vectors'.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, pyarrow.parquet as pq
+    >>> import polars as pl, polars_azurechat as pac
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> pl.DataFrame({"t": ["red apples", None]}).write_parquet(d / "in.parquet")
+    >>> with pac.Embedder(deployment="text-embedding-3-small", dimensions=4) as job:
+    ...     embed_parquet(job, d / "in.parquet", d / "out.parquet", "t", "v")
+    >>> t = pq.read_schema(d / "out.parquet").field("v").type
+    >>> type(t).__name__, str(t.value_type), t.list_size
+    ('FixedSizeListType', 'float', 4)
+    >>> pl.read_parquet(d / "out.parquet")["v"].null_count()
+    1
+    """
+    import pyarrow.parquet as pq
+
+    reader = pq.ParquetFile(src)
+    size = job.spec.size
+
+    def batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS):
+            df = pl.DataFrame(pl.from_arrow(batch))
+            yield df, job.requests(df[column])
+
+    def answered(df: pl.DataFrame, results: list[Any]) -> pl.DataFrame:
+        errors = [None if r is None else r.error for r in results]
+        return df.with_columns(
+            vectors_to_series(results, size, output_column),
+            pl.Series(f"{output_column}_error", errors, dtype=pl.String),
+        )
+
+    writer: Any = None
+    try:
+        with job.run_scope():
+            for df, results in job.answer_batches(
+                batches(), read_ahead=BATCHES_IN_FLIGHT
+            ):
+                writer = _write(writer, dst, answered(df, results).to_arrow())
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # an empty file: write the output schema with no rows
+        empty = pl.DataFrame(pl.from_arrow(reader.schema_arrow.empty_table()))
+        answered(empty, []).write_parquet(dst)
