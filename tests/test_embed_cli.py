@@ -306,3 +306,17 @@ def test_every_embedding_option_is_a_flag_with_run_s_default() -> None:
     assert "truncate" in flags and "output_column" in flags
     # chat-only options are not flags of embed
     assert not {"system", "output", "mode", "api", "max_tokens"} & set(flags)
+
+
+def test_a_wrong_key_stops_with_a_clear_message_and_no_output(
+    env: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-wrong-secret-value")
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pl.DataFrame({"text": [f"text {i}" for i in range(50)]}).write_parquet(src)
+    result = _embed(src, dst, "--dimensions", "4", "--inputs-per-request", "5")
+    assert result.exit_code == 1, result.output
+    assert "access denied" in result.output
+    assert "sk-wrong-secret-value" not in result.output
+    assert env.stats()["requests"] < 10  # the run stopped at the first 401s
+    assert not dst.exists() and not list(tmp_path.glob("*.partial"))
