@@ -2,7 +2,7 @@
 
 python examples/similar_tickets.py
 
-Labelled and new tickets are embedded (one `Array(Float32, 256)` column each); for
+Labelled and new tickets are embedded (one `Array(Float32, 1536)` column each); for
 every new ticket, `top_k_many` finds the three most similar labelled tickets (cosine,
 one matrix product), and they go into its prompt as examples; then `chat.complete`
 classifies it into a typed column. Offline against the emulator: its vectors are a
@@ -60,9 +60,8 @@ with Emulator() as emu:  # an Azure-compatible server on 127.0.0.1: drop it for 
     labelled = pl.DataFrame(LABELLED, schema=["text", "label"], orient="row")
     new = pl.DataFrame({"ticket": range(1, len(NEW) + 1), "text": NEW})
 
-    with pac.Embedder(
-        config=config, deployment="text-embedding-3-small", dimensions=256
-    ) as embedder:
+    # the native 1,536 numbers: the emulator's shortened vectors keep few of the words
+    with pac.Embedder(config=config, deployment="text-embedding-3-small") as embedder:
         labelled = labelled.with_columns(v=embedder.expr("text"))
         new = new.with_columns(v=embedder.expr("text"))
 

@@ -249,17 +249,19 @@ def test_nearest_neighbours_over_the_emulator(emu: Emulator) -> None:
             ]
         }
     )
-    job = {"deployment": "text-embedding-3-small", "dimensions": 256, "config": cfg}
+    job = {"deployment": "text-embedding-3-small", "config": cfg}
     df = df.with_columns(v=pac.embed("text", **job))  # type: ignore[arg-type]
     query = pac.embed_many(["apples red"], **job)[0]  # type: ignore[arg-type]
     best = pac.top_k(df, "v", query, k=3)
-    assert best["text"].to_list()[:2] == [
+    # the two texts with "red" and "apples" first, well ahead of any other
+    assert set(best["text"].to_list()[:2]) == {
         "red apples are sweet",
         "green apples and red apples",
-    ]
+    }
     assert best["similarity"][1] > 0.3 > abs(best["similarity"][2])
     sims = df.select(pac.cosine_similarity("v", query))["v"]
-    assert sims.null_count() == 1 and sims.arg_max() == 1
+    assert sims.null_count() == 1 and sims.arg_max() in (1, 3)
+    assert sims.to_list()[4] is None
     many = pac.top_k_many(df, "v", df["v"], k=1)  # each text is its own nearest
     assert many["text"].to_list() == df["text"].drop_nulls().to_list()
     assert np.allclose(many["similarity"].to_numpy(), 1.0, atol=1e-6)
