@@ -55,13 +55,20 @@ from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
+    from polars_azurechat.vectors import cosine_similarity, top_k, top_k_many
 
     __version__: str
 
 #: Names loaded on first use (each costs import time a job may never need).
 #: (``plan`` is not among them: importing the submodule ``polars_azurechat.plan``
 #: would set the package's ``plan`` to the module.)
-_LAZY = {"OutputSchema": "polars_azurechat.schema.output"}
+#: (the vectors' functions load numpy: a job that only embeds or chats never does.)
+_LAZY = {
+    "OutputSchema": "polars_azurechat.schema.output",
+    "cosine_similarity": "polars_azurechat.vectors",
+    "top_k": "polars_azurechat.vectors",
+    "top_k_many": "polars_azurechat.vectors",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -130,9 +137,12 @@ __all__ = [
     "__version__",
     "complete",
     "complete_many",
+    "cosine_similarity",
     "embed",
     "embed_many",
     "load_deployments",
     "messages",
     "plan",
+    "top_k",
+    "top_k_many",
 ]
