@@ -72,6 +72,9 @@ def test_killed_run_resumes_without_paying_twice(tmp_path: Path) -> None:
     assert df["answer"].to_list() == [str(i + 7) for i in range(ROWS)]
     assert df["answer_error"].null_count() == ROWS
     assert first >= 150
-    assert total <= ROWS + CONCURRENCY, (first, total)
+    # Lost to the kill: the requests in flight (at most CONCURRENCY) and the answers that
+    # arrived while the writer thread committed the previous ones (at most one commit's
+    # worth; under a loaded machine a few rows). Never more than twice the concurrency.
+    assert total <= ROWS + 2 * CONCURRENCY, (first, total)
     assert "from cache" in err.decode()
     print(f"killed after {first} requests; both runs sent {total} for {ROWS} rows")  # noqa: T201 - shown with -s
