@@ -90,6 +90,7 @@ def build_engine(
         cache=cache,
         on_truncated=opts.on_truncated,
         flex_fallback=opts.flex_fallback,
+        repair=opts.repair,
         schema=schema,
         spending_cap=cap,
         embedding=embedding,

@@ -113,6 +113,9 @@ class Completion:
     #: an embeddings answer's vectors, in input order: little-endian float32 bytes,
     #: base64-encoded (as ``encoding_format="base64"`` sends them)
     vectors: list[str] | None = None
+    #: ``choices[0].logprobs.content`` as ``(token, logprob)`` pairs, when asked
+    #: (``logprobs=True``); ``None`` otherwise
+    logprobs: tuple[tuple[str, float], ...] | None = None
 
 
 class Transport:
@@ -637,6 +640,14 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+def _logprobs(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """``choices[0].logprobs.content`` as ``(token, logprob)`` pairs (``None``: absent)."""
+    content = value.get("content") if isinstance(value, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    return tuple((str(t["token"]), float(t["logprob"])) for t in content)
+
+
 def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
     """Read a chat completion body; a body that is not one is a malformed response."""
     try:
@@ -670,6 +681,7 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             service_tier=_str_or_none(body.get("service_tier")),
             prompt_filter=_prompt_flags(body.get("prompt_filter_results")),
             spilled_over=_spilled_over(headers),
+            logprobs=_logprobs(choice.get("logprobs")),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"
