@@ -47,6 +47,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         ("questions_offline.py", "correct: 100 of 100"),
         ("plain_python.py", "{'input': 'What is 53 + 53?', 'content': '106'}"),
         ("typed_tickets.py", "answered 12 of 12 tickets with 12 requests; failed: 0"),
+        ("tasks.py", "kept 3 of 8 tickets asking for a refund"),
         (
             "similar_tickets.py",
             "classified 5 of 5 new tickets, each prompt with 3 similar labelled tickets",

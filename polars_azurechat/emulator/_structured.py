@@ -20,8 +20,8 @@ JSON text) into a writer of nested closures, as a job sends the same one each ti
 - integers and numbers: the result of the prompt's arithmetic question ("What is
   6 x 7?" gives 42) when it asks one, else a small number from the hash; kept within
   ``minimum``/``maximum``;
-- booleans: when the system message quotes a condition (``"..."``), whether the
-  prompt shares one of its words (4 letters or more, not a common word; the first 5
+- booleans: when the system message quotes a condition (its first ``"..."``),
+  whether the prompt shares one of its words (4 letters or more, not a common word; the first 5
   letters compared, so "refunds" meets "refund"); else from the hash; arrays: 1 or 2
   items (within ``minItems``/``maxItems``).
 
@@ -298,8 +298,9 @@ class _Prompt:
         self.number: Fraction | None = arithmetic(prompt)
         #: the stems of a condition quoted in the system message (empty: none)
         self.condition: frozenset[str] = frozenset()
-        if '"' in context:
-            self.condition = _stems(" ".join(_QUOTED.findall(context)))
+        quoted = _QUOTED.search(context) if '"' in context else None
+        if quoted is not None:
+            self.condition = _stems(quoted.group(1))
 
     def meets(self) -> bool:
         """Whether the prompt shares a word with the quoted condition."""
