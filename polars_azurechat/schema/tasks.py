@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import json
 import math
@@ -148,14 +149,14 @@ class Task:
     field: str | None
     confidence: bool = False
 
-    @property
+    @functools.cached_property
     def answer_dtype(self) -> pl.Struct:
         """The typed answer's Struct (what ``complete`` would give)."""
         schema = output_schema(self.response_format)
         assert schema is not None  # noqa: S101 - a task's answer is always typed
         return schema.dtype
 
-    @property
+    @functools.cached_property
     def dtype(self) -> pl.DataType:
         """The column's dtype."""
         answer = self.answer_dtype
