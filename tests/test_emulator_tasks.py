@@ -64,10 +64,10 @@ def ask(
     messages = [] if system is None else [{"role": "system", "content": system}]
     messages.append({"role": "user", "content": user})
     messages.extend(more or [])
-    return client.chat.completions.create(
+    return client.chat.completions.create(  # type: ignore[call-overload]
         model="gpt-4o-mini",
-        messages=messages,  # type: ignore[arg-type]
-        response_format=fmt,  # type: ignore[arg-type]
+        messages=messages,
+        response_format=fmt,
         **kwargs,
     )
 

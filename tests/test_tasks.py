@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from pathlib import Path
+from typing import Any
 
 import openai
 import polars as pl
@@ -63,19 +64,18 @@ def test_every_task_s_dtype_is_known_before_any_request(
         enum_topic=tasks.classify(col, Topic, config=config),
     )
     schema = q.collect_schema()
-    assert schema == pl.Schema(
-        {
-            "topic": pl.Enum(LABELS),
-            "sure": pl.Struct({"label": pl.Enum(LABELS), "confidence": pl.Float64}),
-            "refund": pl.Boolean,
-            "refund_sure": pl.Struct({"match": pl.Boolean, "confidence": pl.Float64}),
-            "mood": pl.Enum(["positive", "neutral", "negative"]),
-            "order": pl.Struct({"total": pl.Int64, "rush": pl.Boolean}),
-            "short": pl.String,
-            "french": pl.String,
-            "enum_topic": pl.Enum(["billing", "shipping"]),
-        }
-    )
+    expected: dict[str, Any] = {
+        "topic": pl.Enum(LABELS),
+        "sure": pl.Struct({"label": pl.Enum(LABELS), "confidence": pl.Float64}),
+        "refund": pl.Boolean,
+        "refund_sure": pl.Struct({"match": pl.Boolean, "confidence": pl.Float64}),
+        "mood": pl.Enum(["positive", "neutral", "negative"]),
+        "order": pl.Struct({"total": pl.Int64, "rush": pl.Boolean}),
+        "short": pl.String,
+        "french": pl.String,
+        "enum_topic": pl.Enum(["billing", "shipping"]),
+    }
+    assert schema == pl.Schema(expected)
     assert emulator.stats()["requests"] == 0
 
 
@@ -244,13 +244,13 @@ def test_confidence_is_the_label_s_probability(
         azure_endpoint=emulator.url, api_key=emulator.api_key, api_version="2024-10-21"
     )
     system = tasks.explain_prompt("classify", labels=LABELS)
-    reply = client.chat.completions.create(
+    reply = client.chat.completions.create(  # type: ignore[call-overload]
         model="gpt-4o-mini",
         messages=[
             {"role": "system", "content": system},
             {"role": "user", "content": TICKETS[3]},
         ],
-        response_format=_classify_format(),  # type: ignore[arg-type]
+        response_format=_classify_format(),
         logprobs=True,
     )
     assert reply.choices[0].logprobs is not None
@@ -311,7 +311,7 @@ def test_a_reasoning_deployment_refuses_logprobs_clearly() -> None:
             "not supported with this model" in str(info.value)
         )
         stats = emu.stats()
-        assert stats["statuses"].get(400, 0) >= 1
+        assert stats["statuses"].get("400", 0) >= 1
         assert stats["requests"] <= 2  # the first 400 stops the run
 
 

@@ -90,11 +90,11 @@ def build_engine(
         cache=cache,
         on_truncated=opts.on_truncated,
         flex_fallback=opts.flex_fallback,
-        repair=opts.repair,
         schema=schema,
         spending_cap=cap,
         embedding=embedding,
     )
+    engine.sender.repair = opts.repair  # how an invalid typed answer is sent again
     return engine, cap, config
 
 

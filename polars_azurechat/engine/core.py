@@ -122,7 +122,6 @@ class ChatEngine:
         cache: AnswerCache | None = None,
         on_truncated: str = "keep",
         flex_fallback: bool = False,
-        repair: str = "resend",
         pool: Pool | None = None,
         schema: OutputSchema | None = None,
         spending_cap: SpendingCap | None = None,
@@ -169,7 +168,6 @@ class ChatEngine:
             on_truncated=on_truncated,
             flex_fallback=flex_fallback,
             spending_cap=spending_cap,
-            repair=repair,
         )
         #: an embeddings job's sender: many leaders per request (``None``: chat)
         self.packer: PackingSender | None = None

@@ -162,7 +162,8 @@ class Task:
         answer = self.answer_dtype
         if self.field is None:
             return answer
-        value = answer.to_schema()[self.field]
+        value = next(f.dtype for f in answer.fields if f.name == self.field)
+        assert isinstance(value, pl.DataType)  # noqa: S101 - a Struct's field
         if not self.confidence:
             return value
         return pl.Struct({self.field: value, "confidence": pl.Float64()})
