@@ -100,6 +100,7 @@ def run_complete(url: str, df: pl.DataFrame) -> list[Any]:
             max_concurrency=CONCURRENCY,
         )
         .struct.field("label")
+        .alias("t")
     )
     return out["t"].to_list()
 

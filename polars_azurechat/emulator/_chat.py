@@ -409,10 +409,11 @@ def _answer_text(
     Free text names the last user message's images (what the model saw of them).
     A structured answer is derived from the last user message and the system
     message (a condition quoted there decides booleans). ``glitch`` (the random
-    ``bad_json_rate``) and ``[emu:bad_json]`` break the schema, except in a repair:
-    when the conversation ends with an answer, then a user message naming the
-    ``schema`` (a validation error, as ``repair="teach"`` sends), the model learns
-    from it and answers the user message before its answer again, well.
+    ``bad_json_rate``) breaks the schema, in any conversation; ``[emu:bad_json]``
+    too, except in a repair: when the conversation ends with an answer, then a user
+    message naming the ``schema`` (a validation error, as ``repair="teach"`` sends),
+    the model learns from it and answers the user message before its answer again,
+    well.
     """
     last_user = next(
         (content for role, content in reversed(pairs) if role == "user"),
@@ -421,10 +422,12 @@ def _answer_text(
     if schema is None:
         return answer_for(last_user) + _seen(messages)
     context = "\n".join(c for r, c in pairs if r in ("system", "developer"))
+    if glitch:  # a random slip: a taught resend may slip too
+        return broken_answer(schema, last_user)
     question = _repaired(pairs)
     if question is not None:
         return structured_answer(schema, question, context=context)
-    if glitch or "bad_json" in directives:
+    if "bad_json" in directives:
         return broken_answer(schema, last_user)
     return structured_answer(
         schema, last_user, schema_text=schema_text, context=context
