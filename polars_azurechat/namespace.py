@@ -201,25 +201,63 @@ class ChatNamespace:
         return tasks.filter(self._expr, condition, **kwargs)
 
     def extract(self, schema: Any, **kwargs: Any) -> pl.Expr:
-        """The fields of ``schema`` from each row; see :func:`polars_azurechat.tasks.extract`."""
+        """The fields of ``schema`` from each row; see :func:`polars_azurechat.tasks.extract`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"note": ["What is 6 x 7?"]})
+        >>> df.select(pl.col("note").chat.extract(pl.Struct({"n": pl.Int64})))["note"][
+        ...     0
+        ... ]
+        {'n': 42}
+        """
         from polars_azurechat import tasks
 
         return tasks.extract(self._expr, schema, **kwargs)
 
     def sentiment(self, **kwargs: Any) -> pl.Expr:
-        """Each row's sentiment; see :func:`polars_azurechat.tasks.sentiment`."""
+        """Each row's sentiment; see :func:`polars_azurechat.tasks.sentiment`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"review": ["Negative: it broke"]})
+        >>> df.select(pl.col("review").chat.sentiment())["review"].to_list()
+        ['negative']
+        """
         from polars_azurechat import tasks
 
         return tasks.sentiment(self._expr, **kwargs)
 
     def summarize(self, **kwargs: Any) -> pl.Expr:
-        """A summary of each row; see :func:`polars_azurechat.tasks.summarize`."""
+        """A summary of each row; see :func:`polars_azurechat.tasks.summarize`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"text": ["A long story about a late parcel"]})
+        >>> df.select(pl.col("text").chat.summarize(max_words=10)).dtypes
+        [String]
+        """
         from polars_azurechat import tasks
 
         return tasks.summarize(self._expr, **kwargs)
 
     def translate(self, to: str, **kwargs: Any) -> pl.Expr:
-        """Each row translated into ``to``; see :func:`polars_azurechat.tasks.translate`."""
+        """Each row translated into ``to``; see :func:`polars_azurechat.tasks.translate`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"text": ["Good morning"]})
+        >>> df.select(pl.col("text").chat.translate("French")).dtypes
+        [String]
+        """
         from polars_azurechat import tasks
 
         return tasks.translate(self._expr, to, **kwargs)
