@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
 
+from polars_azurechat.errors import UnsupportedParameterError, remember_for_polars
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions, ChatOptionsDict
 from polars_azurechat.prompts import messages
@@ -128,6 +129,8 @@ class _TaskCompleter(Completer):
     task: Task
     #: the column is the task's messages (images sent), not the texts
     task_messages: bool = False
+    #: the error the task raised last (clearer than the engine's), or None
+    task_error: BaseException | None = None
 
     @property
     def _return_dtype(self) -> pl.DataType:
@@ -143,7 +146,23 @@ class _TaskCompleter(Completer):
                 raise TypeError(msg)
             if s.dtype not in (pl.String, pl.Null):
                 s = s.cast(pl.String)
-        return super()._series(s)
+        try:
+            return super()._series(s)
+        except UnsupportedParameterError as exc:
+            if not (self.task.confidence and exc.param == "logprobs"):
+                raise
+            told = UnsupportedParameterError(
+                "confidence=True asks for log-probabilities (logprobs), which this "
+                "deployment refuses (a reasoning model does): drop confidence=True. "
+                f"{exc}",
+                param="logprobs",
+                status_code=exc.status_code,
+                request_id=exc.request_id,
+                code=exc.code,
+            )
+            self.task_error = told  # held: Polars' copy of it finds it
+            remember_for_polars(told)
+            raise told from exc
 
     def _results_series(
         self, results: Sequence[ChatResult | None], name: str
