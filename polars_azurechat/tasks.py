@@ -27,9 +27,9 @@ Confidence (``classify``, ``filter``, ``sentiment``): ``confidence=True`` asks f
 the answer's log-probabilities (``logprobs=True``: more completion tokens billed) and
 gives the probability of the chosen answer: the product of the probabilities of the
 tokens that spell the label (or ``true``/``false``) within the JSON answer, that is
-``exp`` of the sum of their log-probabilities. It is null for a row answered from the
-cache (the cache keeps answers, not their log-probabilities) or whose tokens do not
-spell the answer. Reasoning models refuse ``logprobs``: a job that sets
+``exp`` of the sum of their log-probabilities (null when the tokens do not spell the
+answer). The cache keeps the log-probabilities with the answer, so a cached row has
+its confidence too. Reasoning models refuse ``logprobs``: a job that sets
 ``reasoning_effort`` or ``max_completion_tokens`` is refused before any request;
 otherwise the deployment's 400 stops the run with an
 :class:`~polars_azurechat.UnsupportedParameterError` naming ``logprobs``.

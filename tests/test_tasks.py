@@ -7,6 +7,7 @@ it, and writes its own log-probabilities); request counts are the emulator's.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from polars_azurechat import tasks
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator
 
+from ._redis import redis_server
 from .test_images import png
 
 TICKETS = [
@@ -279,22 +281,37 @@ def _classify_format() -> dict[str, object]:
     }
 
 
-def test_confidence_from_the_cache_is_null(
-    emulator: Emulator, config: ChatConfig, tmp_path: Path
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_confidence_comes_from_the_cache_too(
+    emulator: Emulator, config: ChatConfig, tmp_path: Path, store: str
 ) -> None:
-    q = _frame().select(
-        tasks.classify(
-            "ticket",
-            LABELS,
-            confidence=True,
-            cache=tmp_path / "c.sqlite",
-            config=config,
+    # the cache keeps an answer's log-probabilities (a file of the first version,
+    # without them, is migrated: tests/test_cache.py)
+    with contextlib.ExitStack() as stack:
+        cache = (
+            str(tmp_path / "c.sqlite")
+            if store == "sqlite"
+            else stack.enter_context(redis_server())
         )
+        _confidence_twice(emulator, config, cache)
+
+
+def _confidence_twice(emulator: Emulator, config: ChatConfig, cache: str) -> None:
+    q = _frame().select(
+        tasks.classify("ticket", LABELS, confidence=True, cache=cache, config=config)
     )
     first = q.collect()["ticket"].to_list()
+    assert emulator.stats()["requests"] == 4
     again = q.collect()["ticket"].to_list()
-    assert [r and r["label"] for r in first] == [r and r["label"] for r in again]
-    assert first[0]["confidence"] is not None and again[0]["confidence"] is None
+    assert emulator.stats()["requests"] == 4  # all from the cache
+    assert again == first
+    assert all(r is None or r["confidence"] is not None for r in again)
+    # the plain job (no logprobs asked) is another request: its own cache entries
+    plain = _frame().select(
+        tasks.classify("ticket", LABELS, cache=cache, config=config)
+    )
+    assert plain.collect()["ticket"].to_list() == [r and r["label"] for r in first]
+    assert emulator.stats()["requests"] == 8
 
 
 def test_a_reasoning_deployment_refuses_logprobs_clearly() -> None:
