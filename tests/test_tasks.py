@@ -413,3 +413,33 @@ def test_classify_product_photos(emulator: Emulator, config: ChatConfig) -> None
     emulator.reset()
     df.select(pl.col("title").chat.classify(["shoe", "handbag"], config=config))
     assert with_images > emulator.stats()["prompt_tokens"]  # the images were sent
+
+
+def test_a_cache_of_the_first_version_is_migrated_to_keep_logprobs(
+    emulator: Emulator, config: ChatConfig, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    db.execute(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, content TEXT, finish_reason "
+        "TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created_at REAL "
+        "NOT NULL)"
+    )
+    db.execute("INSERT INTO _migrations VALUES ('m001_initial', 0)")
+    db.execute("INSERT INTO answers VALUES ('k', '106', 'stop', 3, 1, 0)")
+    db.commit()
+    db.close()
+    q = pl.DataFrame({"t": ["billing"]}).select(
+        tasks.classify("t", LABELS, confidence=True, cache=path, config=config)
+    )
+    assert q["t"][0]["label"] == "billing"
+    db = sqlite3.connect(path)
+    columns = [r[1] for r in db.execute("PRAGMA table_info(answers)")]
+    stored = db.execute("SELECT logprobs FROM answers WHERE key != 'k'").fetchall()
+    old = db.execute("SELECT logprobs FROM answers WHERE key = 'k'").fetchone()
+    db.close()
+    assert columns[-1] == "logprobs" and old == (None,)
+    assert len(stored) == 1 and '"billing"' in stored[0][0]
