@@ -413,9 +413,9 @@ def test_classify_product_photos(emulator: Emulator, config: ChatConfig) -> None
     emulator.reset()
     df.select(pl.col("title").chat.classify(["shoe", "handbag"], config=config))
     assert with_images > emulator.stats()["prompt_tokens"]  # the images were sent
-    labels = {"labels": ["shoe", "handbag"]}
-    seen = tasks.plan("classify", df["title"], images=df["photo"], **labels)
-    blind = tasks.plan("classify", df["title"], **labels)
+    labels = ["shoe", "handbag"]
+    seen = tasks.plan("classify", df["title"], images=df["photo"], labels=labels)
+    blind = tasks.plan("classify", df["title"], labels=labels)
     assert seen.prompt_tokens > blind.prompt_tokens and seen.requests == 2
 
 
