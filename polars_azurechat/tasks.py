@@ -216,6 +216,9 @@ def _run(
 ) -> pl.Expr:
     expr = pl.col(expr) if isinstance(expr, str) else expr
     fields = _job_params(task, params)
+    if options is not None and options.output != "content":
+        msg = f"{task.name}() gives its own column: options= must keep output='content'"
+        raise TypeError(msg)
     if images is None:  # String prompts: the task's prompt is the system message
         job = _TaskCompleter(
             config=config, client=client, options=options, system=task.system, **fields

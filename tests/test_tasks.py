@@ -184,6 +184,10 @@ def test_bad_arguments_are_refused_before_any_request(
         tasks.filter("t", "x", config=config, system="be nice")
     with pytest.raises(TypeError, match="gives its own column"):
         tasks.sentiment("t", config=config, output="struct")
+    with pytest.raises(TypeError, match="must keep output='content'"):
+        tasks.extract(
+            "t", Order, config=config, options=pac.ChatOptions(output="struct")
+        )
     with pytest.raises(ValueError, match="max_words must be an integer >= 1"):
         tasks.summarize("t", max_words=0, config=config)
     with pytest.raises(ValueError, match="reasoning models refuse"):
