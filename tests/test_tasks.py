@@ -451,3 +451,24 @@ def test_a_cache_of_the_first_version_is_migrated_to_keep_logprobs(
     db.close()
     assert columns[-1] == "logprobs" and old == (None,)
     assert len(stored) == 1 and '"billing"' in stored[0][0]
+
+
+def test_a_task_runs_in_batch_mode_too(
+    emulator: Emulator, config: ChatConfig, tmp_path: Path
+) -> None:
+    df = pl.DataFrame({"t": ["billing issue", "shipping issue", None]})
+    out = df.select(
+        tasks.classify(
+            "t",
+            LABELS,
+            confidence=True,
+            mode="batch",
+            cache=tmp_path / "c.sqlite",
+            batch_poll_s=0.2,
+            config=config,
+        )
+    )["t"].to_list()
+    assert [r and r["label"] for r in out] == ["billing", "shipping", None]
+    assert all(0.9 <= r["confidence"] <= 0.99 for r in out[:2])
+    stats = emulator.stats()
+    assert stats["batch"]["lines_answered"] == 2 and stats["requests"] == 0
