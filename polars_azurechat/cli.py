@@ -32,6 +32,7 @@ from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions
 from polars_azurechat.outputs import OutputError, OutputFile, reads_of
+from polars_azurechat.report import cli_report
 
 #: ``run --emulator --mode batch``: the emulator's batches take a fraction of a second,
 #: and the job looks at them this often (unless --batch-poll-s is given).
@@ -140,6 +141,10 @@ def run(
         bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the run's report (table, charts) to this HTML file."),
+    ] = None,
     **option_values: Any,
 ) -> None:
     """Read INPUT_PATH, answer every row of --column, write all columns plus the answer."""
@@ -185,6 +190,7 @@ def run(
         except (AzureChatError, ValueError, TypeError) as exc:
             raise typer.BadParameter(str(exc)) from None
         job.log_problems(failed=False, truncated=False)  # the summary says it
+        cli_report(stack, job, report)  # matplotlib checked now, written at the end
         if job.shows_progress:
             job.expect_rows(_row_count(input_path))
         started = time.perf_counter()

@@ -36,6 +36,7 @@ from polars_azurechat.options import (
     typed_body,
     with_options,
 )
+from polars_azurechat.report import Reports
 from polars_azurechat.summary import (
     RunSummary,
     SpendingCap,
@@ -250,7 +251,7 @@ def complete_many(
         return job.run(rows)
 
 
-class Completer:
+class Completer(Reports):
     """A configured chat-completion job: its options, connections, quota and cache.
 
     :func:`complete` and :func:`complete_many` build one; build it yourself to read the
@@ -529,25 +530,33 @@ class Completer:
     def summary(self, *, last_run: bool = False) -> RunSummary:
         """What this job did: across every run, or in the last one only.
 
-        A run still waiting for more chunks of its query is ended first.
+        A run still waiting for more chunks of its query is ended first. A summary
+        of one run has its ``timeline`` (its counters over time): in a notebook it
+        shows as a table, and ``summary.plot()`` draws it (see ``report()``).
         """
-        self.engine.runs.finish()
+        runs = self.engine.runs
+        runs.finish()
         batch = self._batch
+        run = runs.last
         if last_run:
-            run = self.engine.runs.last
             stats = _run_stats(run, self.engine.clock) if run is not None else None
             counts = (
                 batch.counts.get(run.id)
                 if batch is not None and run is not None
                 else None
             )
-            return self._summarize(stats, counts)
+            return self._summarize(stats, counts, run)
         return self._summarize(
-            self.engine.runs.stats, None if batch is None else batch.total()
+            runs.stats,
+            None if batch is None else batch.total(),
+            run if runs.count == 1 else None,
         )
 
     def _summarize(
-        self, st: RunStats | None, counts: BatchCounts | None = None
+        self,
+        st: RunStats | None,
+        counts: BatchCounts | None = None,
+        run: Run | None = None,
     ) -> RunSummary:
         if st is None:
             from polars_azurechat.engine.core import RunStats
@@ -567,6 +576,7 @@ class Completer:
             prices=self._prices,
             cap=self.spending_cap,
             mode=self.options.mode,
+            timeline=None if run is None else run.timeline,
         )
 
     def _series(self, s: pl.Series) -> pl.Series:

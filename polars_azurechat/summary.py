@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from polars_azurechat.batch.mode import BatchCounts
     from polars_azurechat.engine.core import RunStats
     from polars_azurechat.engine.frontdoor import AnswerCache
+    from polars_azurechat.engine.timeline import Timeline
     from polars_azurechat.transport.pool import Pool
 
 __all__ = [
@@ -290,6 +291,10 @@ class RunSummary:
     With a spending cap: ``max_cost_usd``, ``spent_usd`` (the real cost of the
     answers the job paid for, under the cap's rule) and ``capped`` (rows refused
     with :class:`~polars_azurechat.errors.SpendingCapError`).
+
+    ``timeline``: the run's counters over time (sampled while it ran; its
+    ``frame()`` is a DataFrame), when the summary covers one run; :meth:`plot`
+    draws it. In a notebook the summary shows as a table.
     """
 
     rows: int
@@ -337,10 +342,51 @@ class RunSummary:
     stopped: str | None = None
     #: embeddings: the texts the requests carried (several per request)
     inputs: int = 0
+    timeline: Timeline | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     def as_dict(self) -> dict[str, Any]:
-        """The summary as a plain dict."""
-        return dataclasses.asdict(self)
+        """The summary as a plain dict (without the timeline)."""
+        d = dataclasses.asdict(dataclasses.replace(self, timeline=None))
+        del d["timeline"]
+        return d
+
+    def plot(self) -> Any:
+        """Draw the run: rows and requests over time, 429s, quotas, tokens and cost.
+
+        Returns a matplotlib ``Figure`` (see :func:`polars_azurechat.report.plot`);
+        needs matplotlib (``pip install "polars-azurechat[notebook]"``) and a
+        summary of one run (``job.summary(last_run=True)``).
+        """
+        from polars_azurechat.report import plot
+
+        return plot(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_html(self) -> str:
+        """The summary as an HTML table: each line of ``str(summary)`` is a row.
+
+        A notebook shows the summary so.
+        """
+        import html
+
+        rows = []
+        for line in str(self).splitlines():
+            sub = line.startswith("  ")  # a deployment of a pool
+            label, _, value = line.strip().partition(": ")
+            pad = "padding-left:2em;" if sub else ""
+            rows.append(
+                f'<tr><th style="{pad}text-align:left">{html.escape(label)}</th>'
+                f'<td style="text-align:left">{html.escape(value.strip())}</td></tr>'
+            )
+        return (
+            '<table class="polars-azurechat-summary">'
+            "<caption>polars-azurechat run summary</caption>"
+            f"{''.join(rows)}</table>"
+        )
 
     def __str__(self) -> str:
         def quota(value: float | None, window: float | None) -> str:
@@ -471,6 +517,7 @@ def summarize(
     prices: Mapping[str, tuple[float, ...]],
     cap: SpendingCap | None,
     mode: str,
+    timeline: Timeline | None = None,
 ) -> RunSummary:
     """A job's :class:`RunSummary` from its counters, pool, cache and cap.
 
@@ -491,6 +538,8 @@ def summarize(
         Names the model when no answer did.
     prices, cap, mode
         Price overrides, the spending cap (or ``None``), ``"online"`` or ``"batch"``.
+    timeline
+        The run's counters over time (a summary of one run), or ``None``.
 
     Returns
     -------
@@ -582,6 +631,7 @@ def summarize(
         capacity_refused=st.capacity_refused,
         spilled_over=sum(c.get("spilled_over", 0) for c in st.by_deployment.values()),
         inputs=st.inputs_sent,
+        timeline=None if timeline is None else timeline.copy(),
     )
 
 

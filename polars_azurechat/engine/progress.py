@@ -1,8 +1,11 @@
 """The progress bar of a job's runs, and what a run says when it ends.
 
-Not meant for outside use: :class:`ProgressBar` is one tqdm bar per run, shared by
-every chunk of it; :func:`run_started` and :func:`run_ended` are the engine's
-run hooks (the bar, and one warning per run for failed rows and truncated answers).
+Not meant for outside use: :class:`ProgressBar` is one bar per run, shared by every
+chunk of it: a tqdm bar on stderr, or in a notebook (Jupyter, VS Code: an ipykernel)
+an HTML display updated in place (:class:`HtmlBar`, no ipywidgets needed);
+:func:`run_started` and :func:`run_ended` are the engine's run hooks (the bar, the
+run's timeline for its report, and one warning per run for failed rows and truncated
+answers).
 """
 
 from __future__ import annotations
@@ -15,10 +18,23 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from polars_azurechat.engine.timeline import Sampler
+
 if TYPE_CHECKING:
     from polars_azurechat.engine.core import ChatEngine, Run, RunStats
 
-__all__ = ["ProgressBar", "attach", "run_ended", "run_started", "show_progress"]
+__all__ = [
+    "HtmlBar",
+    "ProgressBar",
+    "attach",
+    "in_notebook",
+    "run_ended",
+    "run_started",
+    "show_progress",
+]
+
+#: A notebook's bar is redrawn at most this often (seconds); its end always is.
+HTML_REDRAW_S = 0.1
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +52,24 @@ def attach(
         runs = engine.runs
         bar = ProgressBar(lambda: None if runs.last is None else runs.last.stats)
         engine.progress = bar.update
-    engine.runs.on_start = functools.partial(run_started, bar)
-    engine.runs.on_end = functools.partial(run_ended, bar, reports)
+    sampler = Sampler(engine)
+    engine.runs.on_start = functools.partial(run_started, bar, sampler)
+    engine.runs.on_end = functools.partial(run_ended, bar, sampler, reports)
     return bar
 
 
-def run_started(bar: ProgressBar | None, run: Run) -> None:
-    """A run started: the previous run's bar is closed."""
+def run_started(bar: ProgressBar | None, sampler: Sampler, run: Run) -> None:
+    """A run started: the previous run's bar is closed; its timeline starts."""
     if bar is not None:
         bar.start_run()
+    sampler.start(run)
 
 
-def run_ended(bar: ProgressBar | None, reports: dict[str, bool], run: Run) -> None:
+def run_ended(
+    bar: ProgressBar | None, sampler: Sampler, reports: dict[str, bool], run: Run
+) -> None:
     """The run is over: close its bar (at 100%), say once what went wrong."""
+    sampler.stop(run)
     if bar is not None:
         bar.close()
     st = run.stats
@@ -71,15 +92,39 @@ def run_ended(bar: ProgressBar | None, reports: dict[str, bool], run: Run) -> No
 
 
 def show_progress(progress: bool | None) -> bool:
-    """Whether a job draws a bar: as asked, else when stderr is a terminal."""
+    """Whether a job draws a bar: as asked, else in a notebook or on a terminal."""
     if progress is not None:
         return progress
+    if in_notebook():
+        return True
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a notebook's kernel (Jupyter, VS Code: ipykernel's shell).
+
+    IPython is not imported for this: outside IPython it is not loaded.
+    """
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return shell is not None and any(
+        c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__
+    )
+
+
+def _new_bar(total: int) -> Any:
+    """A notebook's HTML bar, or a tqdm bar on stderr."""
+    if in_notebook():
+        return HtmlBar(total=total, desc="chat.complete")
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="chat.complete", dynamic_ncols=True)
+
+
 class ProgressBar:
-    """One tqdm bar per run, shared by every chunk of it, that ends at 100%.
+    """One bar per run, shared by every chunk of it, that ends at 100%.
 
     Its total is the known row count (the CLI reads it from the Parquet footer) or
     grows as chunks arrive. The postfix shows the run's tokens/s, retries, 429s and
@@ -101,16 +146,9 @@ class ProgressBar:
 
     def add_total(self, n: int) -> None:
         """``n`` more rows are on their way."""
-        from tqdm.auto import tqdm
-
         with self._lock:
             if self._bar is None:
-                self._bar = tqdm(
-                    total=self.known_total or 0,
-                    unit="row",
-                    desc="chat.complete",
-                    dynamic_ncols=True,
-                )
+                self._bar = _new_bar(self.known_total or 0)
             bar = self._bar
             if self.known_total is None or bar.total < bar.n + n:
                 bar.total = max(bar.total, bar.n) + n
@@ -178,3 +216,84 @@ class ProgressBar:
             f"failed={st.failed}{per}",
             refresh=False,
         )
+
+
+class HtmlBar:
+    """A progress bar drawn as one notebook display, updated in place.
+
+    ``IPython.display.display(..., display_id=True)`` shows it, the handle's
+    ``update`` redraws it (an ``update_display_data`` message): Jupyter and VS Code
+    both redraw the same output, and no ipywidgets are needed. It has the part of
+    tqdm's interface :class:`ProgressBar` uses; it is redrawn at most every
+    :data:`HTML_REDRAW_S` seconds, and always when it is full and when it closes.
+    """
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total = total
+        self.n = 0
+        self.desc = desc
+        self.postfix = ""
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+        self._closed = False
+        from IPython.display import display
+
+        self._handle: Any = display(  # type: ignore[no-untyped-call]
+            self._data(), raw=True, display_id=True
+        )
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        """As tqdm's: the seconds since the bar opened."""
+        return {"elapsed": time.monotonic() - self._started}
+
+    def update(self, n: int) -> None:
+        """``n`` more rows are done."""
+        self.n += n
+        self.refresh(force=self.n >= self.total)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """The text after the counts (tokens/s, retries, 429s, failures)."""
+        self.postfix = text
+        if refresh:
+            self.refresh()
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Redraw, unless the last redraw was less than :data:`HTML_REDRAW_S` ago."""
+        now = time.monotonic()
+        if self._closed or (not force and now - self._drawn_at < HTML_REDRAW_S):
+            return
+        self._drawn_at = now
+        self._handle.update(self._data(), raw=True)
+
+    def close(self) -> None:
+        """The last redraw (the run's final counts)."""
+        self.refresh(force=True)
+        self._closed = True
+
+    def text(self) -> str:
+        """The bar's state in one line."""
+        total = max(self.total, self.n)
+        pct = 100 * self.n // total if total else 0
+        elapsed = self.format_dict["elapsed"]
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        tail = f", {self.postfix}" if self.postfix else ""
+        return (
+            f"{self.desc}: {pct}% {self.n:,}/{total:,} rows "
+            f"[{elapsed:.1f} s, {rate:,.1f} rows/s{tail}]"
+        )
+
+    def _data(self) -> dict[str, str]:
+        import html
+
+        total = max(self.total, self.n, 1)
+        text = self.text()
+        return {
+            "text/plain": text,
+            "text/html": (
+                '<div class="polars-azurechat-progress">'
+                f'<progress value="{self.n}" max="{total}" '
+                'style="width:40ex;vertical-align:middle"></progress> '
+                f"<code>{html.escape(text)}</code></div>"
+            ),
+        }

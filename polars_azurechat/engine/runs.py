@@ -33,10 +33,13 @@ if TYPE_CHECKING:
     from tenacity import AsyncRetrying
 
     from polars_azurechat._types import ChatResult
+    from polars_azurechat.engine.timeline import Timeline
     from polars_azurechat.transport.http import Completion
 
-__all__ = ["RUN_GRACE_S", "STOP_GRACE_S", "Run", "RunStats", "Runs"]
+__all__ = ["RUN_GRACE_S", "SAMPLE_S", "STOP_GRACE_S", "Run", "RunStats", "Runs"]
 
+#: Seconds between two samples of a run's counters, for its report (the timeline).
+SAMPLE_S = 0.25
 #: A chunk arriving this soon after the previous one ended belongs to the same run
 #: (Polars hands a collect's chunks over in waves, with short gaps between them).
 RUN_GRACE_S = 0.2
@@ -205,6 +208,8 @@ class Run:
         self.futures: set[concurrent.futures.Future[Any]] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = RunStats()
+        #: its counters over time, for the run report (see :mod:`.timeline`)
+        self.timeline: Timeline | None = None
         self.ended: float | None = None
         self.busy_since: float | None = None
         #: the retry policy of this run's requests (it reads the run's deadline)
@@ -309,6 +314,8 @@ class Runs:
         self.on_end: Callable[[Run], None] | None = None
         #: how long a stopping run waits for the answers in flight (tests shorten it)
         self.stop_grace_s = STOP_GRACE_S
+        #: seconds between two samples of a run's counters (tests shorten it)
+        self.sample_s = SAMPLE_S
         self._lock = threading.Lock()
         self._active = 0
         self._current: Run | None = None
