@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Reports", "html_report", "plot", "require_matplotlib", "save"]
 
+#: The request rate drawn is averaged over this many seconds (or two samples).
+RATE_OVER_S = 1.0
 #: What to install for the report's drawing.
 INSTALL_HINT = 'pip install "polars-azurechat[notebook]"'
 
@@ -130,11 +132,11 @@ def _steps(t: list[float], counts: list[int]) -> tuple[list[float], list[int]]:
 
 
 def _marks(ax: Axes, tl: Timeline, y: list[int]) -> None:
-    """The 429s (red crosses) and retries (orange triangles), on the line ``y``."""
+    """The 429s (red crosses) and retries (orange rings), on the line ``y``."""
     series = tl.series
-    for name, color, marker, label in (
-        ("rate_limited", "tab:red", "x", "429s"),
-        ("retries", "tab:orange", "v", "retries"),
+    for name, style, label in (
+        ("retries", {"edgecolors": "tab:orange", "facecolors": "none"}, "retries"),
+        ("rate_limited", {"color": "tab:red", "marker": "x"}, "429s"),
     ):
         at, by = _steps(tl.t_s, series[name])
         if at:
@@ -142,11 +144,10 @@ def _marks(ax: Axes, tl: Timeline, y: list[int]) -> None:
             ax.scatter(
                 at,
                 ys,
-                s=[20 + 10 * min(b, 20) for b in by],
-                color=color,
-                marker=marker,
+                s=[30 + 12 * min(b, 20) for b in by],
                 label=f"{label} ({series[name][-1]:,})",
                 zorder=3,
+                **style,  # type: ignore[arg-type]
             )
 
 
@@ -163,23 +164,27 @@ def _draw_progress(ax: Axes, tl: Timeline) -> None:
     ax.grid(alpha=0.3)
 
 
-def _per_minute(t: list[float], counts: list[Any]) -> list[float]:
-    """The rate of a cumulative count between samples, per minute."""
+def _per_minute(t: list[float], counts: list[Any], over_s: float) -> list[float]:
+    """The rate of a cumulative count, per minute, over the last ``over_s`` seconds."""
     out = [0.0]
+    j = 0
     for i in range(1, len(t)):
-        dt = t[i] - t[i - 1]
-        a, b = counts[i - 1] or 0, counts[i] or 0
+        while j < i - 1 and t[i] - t[j + 1] >= over_s:
+            j += 1
+        dt = t[i] - t[j]
+        a, b = counts[j] or 0, counts[i] or 0
         out.append((b - a) * 60.0 / dt if dt > 0 else out[-1])
     return out
 
 
 def _draw_rates(ax: Axes, tl: Timeline) -> None:
     t = tl.t_s
+    over = max(RATE_OVER_S, 2 * tl.interval_s)
     colors = [f"C{i}" for i in range(10)]
     for i, (name, cols) in enumerate(tl.deployments.items()):
         color = colors[i % len(colors)]
-        rate = _per_minute(t, cols["requests"])
-        ax.step(t, rate, where="post", color=color, label=f"{name}: requests/min")
+        rate = _per_minute(t, cols["requests"], over)
+        ax.plot(t, rate, color=color, label=f"{name}: requests/min")
         quota = cols["requests_per_minute_quota"]
         if any(q is not None for q in quota):
             ax.plot(
@@ -201,7 +206,7 @@ def _draw_rates(ax: Axes, tl: Timeline) -> None:
                 label=f"{name}: 429s",
             )
     ax.set_title("requests per minute, by deployment")
-    ax.set_ylabel("requests/min")
+    ax.set_ylabel(f"requests/min (over {over:g} s)")
     ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
 
@@ -211,8 +216,14 @@ def _draw_tokens(ax: Axes, tl: Timeline, s: RunSummary) -> None:
 
     t, series = tl.t_s, tl.series
     prompt, completion = series["prompt_tokens"], series["completion_tokens"]
-    ax.plot(t, prompt, color="tab:purple", label="prompt tokens")
-    ax.plot(t, completion, color="tab:brown", label="completion tokens")
+    ax.stackplot(
+        t,
+        prompt,
+        completion,
+        colors=["tab:purple", "tab:pink"],
+        alpha=0.6,
+        labels=["prompt tokens", "completion tokens"],
+    )
     ax.set_title("tokens and cost")
     ax.set_ylabel("tokens")
     ax.grid(alpha=0.3)
