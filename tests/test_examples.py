@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -152,7 +153,16 @@ def _check_outputs(nb: Any) -> None:
         for out in cell.outputs:
             assert out.output_type != "error", "".join(out.get("traceback", []))
             assert not (out.output_type == "stream" and out.name == "stderr"), out.text
-    assert "100 of 100 answers correct" in _stdout(_cell(nb, "pac.Completer("))
+    answer = _cell(nb, "job = pac.Completer(")
+    assert "100 of 100 answers correct" in _stdout(answer)
+    # the run's progress: one display, updated in place, ending at 100%
+    bars = [
+        o.data["text/plain"]
+        for o in answer.outputs
+        if o.output_type == "display_data" and "<progress" in o.data["text/html"]
+    ]
+    assert len(bars) == 1
+    assert bars[0].startswith("chat.complete: 100% 100/100 rows")
     assert "(100 answered, 0 failed, 0 null;" in _stdout(_cell(nb, "job.summary()"))
     assert "rows:      100 (" in _stdout(_cell(nb, "pac.plan("))
     # typed answers: the Struct's fields are columns, known before any request
@@ -167,6 +177,25 @@ def _check_outputs(nb: Any) -> None:
     assert pngs[0].startswith(_PNG_MAGIC)
     # the sweep's table follows the plot
     assert any(o.output_type == "execute_result" for o in plot.outputs)
+    # the run report: the summary as a table, then the figure of the run
+    report = _cell(nb, "limited.report(")
+    tables = [
+        o.data["text/html"]
+        for o in report.outputs
+        if o.output_type == "display_data" and "text/html" in o.data
+    ]
+    assert any('<table class="polars-azurechat-summary">' in t for t in tables)
+    assert any("200 (200 answered, 0 failed, 0 null;" in t for t in tables)
+    # four questions script a 429 each; the quota may add some
+    limited = [re.search(r"(\d+) rate-limited", t) for t in tables]
+    assert any(m and int(m[1]) >= 4 for m in limited)
+    figure = [
+        base64.b64decode(o.data["image/png"])
+        for o in report.outputs
+        if o.output_type == "execute_result" and "image/png" in o.data
+    ]
+    assert len(figure) == 1
+    assert figure[0].startswith(_PNG_MAGIC)
 
 
 @pytest.mark.slow
