@@ -305,8 +305,9 @@ class Reports:
         >>> job = pac.Completer(max_tokens=20)
         >>> job.run(["What is 1 + 1?", "What is 2 + 3?"])
         ['2', '5']
+        >>> from pathlib import Path
         >>> fig = job.report("report.html")
-        >>> "<svg" in open("report.html").read()
+        >>> "<svg" in Path("report.html").read_text()
         True
         >>> job.close()
         """
