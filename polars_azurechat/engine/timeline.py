@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -177,18 +178,22 @@ class Timeline:
 class Sampler:
     """Samples each run of one engine into ``run.timeline`` (see the module docstring).
 
-    It holds the engine (never the job). :meth:`start` is called when a run starts,
-    :meth:`stop` once when it ends. The step is the engine's ``runs.sample_s``.
+    It holds the engine weakly (its timer must not keep a dropped job alive), never
+    the job. :meth:`start` is called when a run starts, :meth:`stop` once when it
+    ends. The step is the engine's ``runs.sample_s``.
     """
 
     def __init__(self, engine: ChatEngine) -> None:
-        self.engine = engine
+        self._engine = weakref.ref(engine)
         self.interval_s = SAMPLE_S
         self._lock = threading.Lock()
 
     def start(self, run: Run) -> None:
         """A run started: its first point now, then one every ``interval_s``."""
-        self.interval_s = self.engine.runs.sample_s
+        engine = self._engine()
+        if engine is None:
+            return
+        self.interval_s = engine.runs.sample_s
         run.timeline = Timeline(step_s=self.interval_s, interval_s=self.interval_s)
         self.sample(run)
         loop = _loop.loop()
@@ -199,17 +204,17 @@ class Sampler:
         self.sample(run, last=True)
 
     def _tick(self, run: Run) -> None:
-        if run.finished or run.timeline is None:
+        if run.finished or run.timeline is None or self._engine() is None:
             return
         self.sample(run)
         asyncio.get_running_loop().call_later(self.interval_s, self._tick, run)
 
     def sample(self, run: Run, *, last: bool = False) -> None:
         """Record the run's counters now (on the loop, or once the run is over)."""
-        engine = self.engine
+        engine = self._engine()
         with self._lock:
             timeline = run.timeline
-            if timeline is None or (run.finished and not last):
+            if engine is None or timeline is None or (run.finished and not last):
                 return
             t = max(0.0, engine.runs.clock() - run.started)
             if timeline.t_s and t < timeline.t_s[-1]:
