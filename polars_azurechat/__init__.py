@@ -54,7 +54,7 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
-    from polars_azurechat import tasks
+    from polars_azurechat import tasks as tasks
     from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.vectors import cosine_similarity, top_k, top_k_many
 
