@@ -109,7 +109,6 @@ def make_spark(url: str, df: pl.DataFrame) -> Callable[[], pl.DataFrame]:
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("polars-azurechat-bench")
-        .config("spark.pyspark.python", sys.executable)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .getOrCreate()

@@ -11,6 +11,7 @@ given, so Spark plans the job without running anything.
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,12 +26,13 @@ from polars_azurechat.cluster.arrow import (
 from polars_azurechat.cluster.quota import task_share, tasks_at_once
 from polars_azurechat.cluster.tally import SparkSummary, TallyParam
 from polars_azurechat.cluster.worker import AnswerPartitions, JobSpec, digest_of
+from polars_azurechat.config import ChatConfig
 from polars_azurechat.options import ChatOptions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["check_columns", "map_partitions", "remember", "summary_of"]
+__all__ = ["check_columns", "check_job", "map_partitions", "remember", "summary_of"]
 
 logger = logging.getLogger("polars_azurechat.spark")
 
@@ -95,6 +97,7 @@ def map_partitions(
         msg = f"concurrent_tasks must be >= 1, got {tasks}"
         raise ValueError(msg)
     shared = task_share(dict(params), options, tasks, what=f"spark.{_verb(kind)}")
+    check_job(kind, config, shared)
     tally = _accumulator(spark)
     spec = JobSpec(
         kind=kind,
@@ -107,10 +110,39 @@ def map_partitions(
         appended=tuple((n, spark_arrow_type(t, large=large)) for n, t in typed),
         tally=tally,
     )
-    out = df.mapInArrow(AnswerPartitions(spec), schema)
+    with warnings.catch_warnings():
+        # PySpark checks pandas' version for every Arrow UDF, mapInArrow too, which
+        # uses no pandas: its warning about pandas 3 says nothing about this job
+        warnings.filterwarnings(
+            "ignore",
+            message="PySpark does not yet fully support pandas",
+            category=FutureWarning,
+        )
+        out = df.mapInArrow(AnswerPartitions(spec), schema)
     if tally is not None:
         remember(out, tally)
     return out
+
+
+def check_job(kind: str, config: Any, params: Mapping[str, Any]) -> None:
+    """Build the job once on the driver, without its cache and limiter, and close it.
+
+    What only a job's construction checks (a spending cap's price, a pool, the typed
+    answer's schema) then fails here, before anything runs, not on every executor.
+    Only with a :class:`ChatConfig`: a function or the executors' environment may give
+    what the driver does not have.
+    """
+    if not isinstance(config, ChatConfig):
+        return
+    safe = {**params, "cache": None, "limiter": None, "progress": False}
+    if kind == "chat":
+        from polars_azurechat.functions import Completer
+
+        Completer(config=config, **safe).close()
+    else:
+        from polars_azurechat.embeddings import Embedder
+
+        Embedder(config=config, **safe).close()
 
 
 def remember(df: DataFrame, summary: Any) -> None:

@@ -67,11 +67,14 @@ def tally_of(s: RunSummary) -> dict[str, float]:
     """One partition's run as counts: its summary's, its busy time, model and cost.
 
     The model and whether the cost is known are keys too (``model=<name>``,
-    ``unpriced``), so the tally stays a sum.
+    ``unpriced``), so the tally stays a sum; a partition that paid for nothing (every
+    row from the cache) adds no model and no cost.
     """
     out: dict[str, float] = {k: float(getattr(s, k)) for k in COUNTS}
     out["partitions"] = 1
     out["task_s"] = s.wall_s
+    if not (s.requests or s.batch_answered):
+        return out  # nothing paid (cached, null or failed before sending): no model
     if s.estimated_cost_usd is None:
         out["unpriced"] = 1
     else:

@@ -109,11 +109,14 @@ def digest_of(kind: str, config: Any, params: Mapping[str, Any]) -> str:
     try:
         raw = cloudpickle.dumps((kind, config, dict(sorted(params.items()))))
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds of error
+        why = str(exc).split("\n", 1)[0][:200]
         msg = (
             f"the job's config and options cannot be sent to the executors "
-            f"({type(exc).__name__}); for an Entra ID credential pass config= a "
-            "function that builds the ChatConfig on each executor, e.g. "
-            "lambda: ChatConfig(azure_endpoint=..., credential=ManagedIdentityCredential())"
+            f"({type(exc).__name__}: {why}); for an Entra ID credential pass config= "
+            "a function that builds the ChatConfig on each executor, e.g. lambda: "
+            "ChatConfig(azure_endpoint=..., credential=ManagedIdentityCredential()); "
+            "a response_format model must be defined at the top level of a module or "
+            "notebook"
         )
         raise TypeError(msg) from None
     return hashlib.sha256(raw).hexdigest()
