@@ -279,8 +279,12 @@ def test_each_task_gets_its_share_of_every_quota_and_of_the_cap() -> None:
     assert (b.requests_per_minute, b.tokens_per_minute) == (None, None)
     assert (shared["max_cost_usd"], shared["max_tokens"]) == (2.0, 5)
     assert params["max_cost_usd"] == 8.0  # the caller's keywords are left alone
-    redis = {"limiter": "redis://127.0.0.1:1/0", "requests_per_minute": 600}
-    assert task_share(redis, ChatOptions(**redis), 4, what="spark.complete") == redis
+    redis: dict[str, Any] = {
+        "limiter": "redis://127.0.0.1:1/0",
+        "requests_per_minute": 600,
+    }
+    options, _ = ChatOptions.split(redis)
+    assert task_share(redis, options, 4, what="spark.complete") == redis
 
 
 class Sum(BaseModel):
@@ -426,7 +430,7 @@ def test_batch_mode_runs_from_the_driver_and_joins_back_by_row(
 ) -> None:
     import polars_azurechat.spark as pac_spark
 
-    fast = {
+    fast: dict[str, Any] = {
         "validating_s": 0.05,
         "line_s": 0.001,
         "finalizing_s": 0.05,

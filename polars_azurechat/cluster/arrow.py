@@ -46,9 +46,7 @@ def plain_arrow_type(t: pa.DataType) -> pa.DataType:
     ):
         return pa.list_(plain_arrow_type(t.value_type))
     if types.is_struct(t):
-        return pa.struct(
-            [pa.field(f.name, plain_arrow_type(f.type)) for f in t]  # type: ignore[attr-defined]
-        )
+        return pa.struct([pa.field(f.name, plain_arrow_type(f.type)) for f in t])
     return t
 
 

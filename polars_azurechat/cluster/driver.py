@@ -170,7 +170,7 @@ def _accumulator(spark: Any) -> Any:
     except Exception:  # noqa: BLE001 - Spark Connect: no SparkContext
         logger.info("Spark Connect: no accumulator, so no summary on the driver")
         return None
-    return sc.accumulator({}, TallyParam())  # type: ignore[arg-type]
+    return sc.accumulator({}, TallyParam())
 
 
 def _verb(kind: str) -> str:

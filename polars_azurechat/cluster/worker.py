@@ -107,7 +107,7 @@ def digest_of(kind: str, config: Any, params: Mapping[str, Any]) -> str:
     from pyspark import cloudpickle
 
     try:
-        raw = cloudpickle.dumps((kind, config, dict(sorted(params.items()))))
+        raw = cloudpickle.dumps((kind, config, dict(sorted(params.items()))))  # type: ignore[no-untyped-call]
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds of error
         why = str(exc).split("\n", 1)[0][:200]
         msg = (
