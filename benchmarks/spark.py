@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def main() -> int:
     args = parser.parse_args()
     n = 2000 if args.quick else 20_000
     logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     df = frame(n)
     walls: dict[str, float] = {}
