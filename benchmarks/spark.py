@@ -152,7 +152,9 @@ def main() -> int:
     args = parser.parse_args()
     n = 2000 if args.quick else 20_000
     logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+    warnings.filterwarnings(
+        "ignore", message="PySpark does not yet fully support pandas"
+    )
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     df = frame(n)
     walls: dict[str, float] = {}
