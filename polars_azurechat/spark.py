@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Unpack
 
 import polars as pl
 
+from polars_azurechat.cluster.tally import SparkSummary
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.options import ChatOptions, ChatOptionsDict, typed_body
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from polars_azurechat.cluster.tally import SparkSummary
     from polars_azurechat.embeddings import EmbedOptionsDict
 
-__all__ = ["complete", "embed", "summary"]
+__all__ = ["SparkSummary", "complete", "embed", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def embed(
         if v is not None
     }
     size = EmbeddingSpec.build(
-        deployment=_embedding_deployment(options, config),
+        deployment=_embedding_deployment(options, config, dimensions, model),
         model=model,
         dimensions=dimensions,
         truncate=truncate,
@@ -302,7 +302,9 @@ def summary(df: DataFrame) -> SparkSummary:
     return summary_of(df)
 
 
-def _embedding_deployment(options: ChatOptions, config: Config) -> str:
+def _embedding_deployment(
+    options: ChatOptions, config: Config, dimensions: int | None, model: str | None
+) -> str:
     """The deployment that names the vectors' model, as the executors will see it."""
     import os
 
@@ -312,4 +314,11 @@ def _embedding_deployment(options: ChatOptions, config: Config) -> str:
         return options.deployment
     if isinstance(config, ChatConfig) and config.deployment:
         return config.deployment
-    return os.environ.get("AZURE_OPENAI_DEPLOYMENT", "") or "embeddings"
+    name = os.environ.get("AZURE_OPENAI_DEPLOYMENT", "")
+    if not name and dimensions is None and model is None:
+        msg = (
+            "the vectors' size is not known on the driver: give dimensions=, or "
+            "model=, or deployment= (the executors' deployment is not known here)"
+        )
+        raise ValueError(msg)
+    return name or model or "embeddings"

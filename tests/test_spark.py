@@ -111,7 +111,9 @@ def _rows(spark: Any, n: int, k: int, partitions: int) -> Any:
     return spark.createDataFrame(rows, "id long, q string").repartition(partitions)
 
 
-def test_a_wrong_keyword_fails_before_anything_runs() -> None:
+def test_a_wrong_keyword_fails_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import polars_azurechat.spark as pac_spark
 
     # every option and body field, typed for type checkers as at every entry point
@@ -120,6 +122,9 @@ def test_a_wrong_keyword_fails_before_anything_runs() -> None:
         pac_spark.complete(object(), max_token=5)  # type: ignore[arg-type, call-arg]
     with pytest.raises(TypeError, match="embeddings take no 'max_tokens'"):
         pac_spark.embed(object(), max_tokens=5)  # type: ignore[arg-type, call-arg]
+    monkeypatch.delenv("AZURE_OPENAI_DEPLOYMENT", raising=False)
+    with pytest.raises(ValueError, match="the vectors' size is not known"):
+        pac_spark.embed(object())  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
