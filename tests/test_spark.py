@@ -466,3 +466,21 @@ def test_batch_mode_runs_from_the_driver_and_joins_back_by_row(
     assert stats["batch"]["lines_answered"] == 7  # the distinct prompts
     s = pac_spark.summary(out)
     assert (s.rows, s.batch_answered, s.requests) == (7, 7, 0)
+
+
+@pytest.mark.slow
+def test_on_error_raise_fails_the_job_naming_the_row(local_spark: Session) -> None:
+    import polars_azurechat.spark as pac_spark
+
+    df = local_spark.spark.createDataFrame(
+        [(0, "What is 1 + 1?"), (1, "[emu:filter] no")], "id int, q string"
+    ).coalesce(1)
+    with Emulator() as emu:
+        out = pac_spark.complete(
+            df, column="q", config=_config(emu), on_error="raise", max_tokens=5
+        )
+        with pytest.raises(Exception, match="CompletionFailed") as info:
+            out.collect()
+    # Spark tried the task again (local[2,3]) before failing the job with the rows
+    assert "1 of 2 rows failed (rows 1)" in str(info.value)
+    assert "ContentFilterError" in str(info.value)
