@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from polars_azurechat._json import messages_json
 from polars_azurechat._types import REASONING_LENGTH
 from polars_azurechat.config import V1, host_of, surface_of
 from polars_azurechat.errors import (
@@ -247,14 +248,15 @@ class Transport:
         else:
             if n == len(fixed) and self._fixed_json:
                 messages = self._input(body["messages"])
-                return b"".join((self._fixed_json, _dumps(messages), b"}"))
+                return b"".join((self._fixed_json, messages_json(messages), b"}"))
         # first use, or other parameters: encode them (and keep the objects alive,
         # so their identity cannot be taken by another object)
         self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
         fields = self._fields(dict(self._fixed))
         head = _dumps({**self._model, **fields})[:-1]  # no closing brace
         self._fixed_json = head + (b"," if len(head) > 1 else b"") + self._messages
-        return b"".join((self._fixed_json, _dumps(self._input(body["messages"])), b"}"))
+        messages = self._input(body["messages"])
+        return b"".join((self._fixed_json, messages_json(messages), b"}"))
 
     def _fields(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """The body's fields besides the messages, as this API names them."""
