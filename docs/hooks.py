@@ -8,6 +8,8 @@
 - ``<!-- api-index -->`` becomes the table of every name in
   ``polars_azurechat.__all__``, each a cross-reference to its API page (a name with
   no page fails the strict build).
+- ``<!-- api: MODULE -->`` becomes the mkdocstrings directive for the names in the
+  module's ``__all__``.
 - ``<!-- include: NAME -->`` becomes the text of ``docs/NAME`` (``design.md`` stays
   where the tests and other documents point to it).
 - The docstrings use Sphinx roles (``:class:`~polars_azurechat.Completer```); in the
@@ -25,6 +27,7 @@ from typing import Any
 
 DOCS = Path(__file__).parent
 
+_API = re.compile(r"<!-- api: ([\w.]+) -->")
 _INCLUDE = re.compile(r"<!-- include: ([\w.-]+) -->")
 _ROLE = re.compile(
     r":(?:py:)?(?:class|func|meth|attr|mod|exc|data|obj|const):<code>(~?)([\w.]+)(\(\))?</code>"
@@ -59,6 +62,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         markdown = markdown.replace("<!-- options-table -->", options_table())
     if "<!-- api-index -->" in markdown:
         markdown = markdown.replace("<!-- api-index -->", api_index())
+    markdown = _API.sub(lambda m: api_directive(m.group(1)), markdown)
     return _INCLUDE.sub(lambda m: (DOCS / m.group(1)).read_text(encoding="utf-8"), markdown)
 
 
@@ -195,6 +199,26 @@ def _localns() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - pydantic comes with openai
         pass
     return ns
+
+
+def api_directive(module_name: str) -> str:
+    """A mkdocstrings directive for the names the module exports (its ``__all__``).
+
+    The reference is read from the imported module, where a module's imports look like
+    its own names: listing ``__all__`` keeps each page to what the module exports.
+    """
+    import importlib
+
+    module = importlib.import_module(module_name)
+    names = [n for n in module.__all__ if not n.startswith("_")]
+    return "\n".join(
+        [
+            f"::: {module_name}",
+            "    options:",
+            "      show_root_heading: false",
+            f"      members: [{', '.join(names)}]",
+        ]
+    )
 
 
 def api_index() -> str:
