@@ -49,7 +49,9 @@ def on_config(config: Any) -> Any:
     name = "polars_azurechat.__main__"
     if name not in sys.modules:
         stand_in = types.ModuleType(name, "``python -m polars_azurechat``: the CLI.")
-        stand_in.__file__ = str(Path(polars_azurechat.__file__).with_name("__main__.py"))
+        stand_in.__file__ = str(
+            Path(polars_azurechat.__file__).with_name("__main__.py")
+        )
         sys.modules[name] = stand_in
     return config
 
@@ -63,7 +65,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if "<!-- api-index -->" in markdown:
         markdown = markdown.replace("<!-- api-index -->", api_index())
     markdown = _API.sub(lambda m: api_directive(m.group(1)), markdown)
-    return _INCLUDE.sub(lambda m: (DOCS / m.group(1)).read_text(encoding="utf-8"), markdown)
+    return _INCLUDE.sub(
+        lambda m: (DOCS / m.group(1)).read_text(encoding="utf-8"), markdown
+    )
 
 
 def on_page_content(html_text: str, page: Any, config: Any, files: Any) -> str:
@@ -72,7 +76,11 @@ def on_page_content(html_text: str, page: Any, config: Any, files: Any) -> str:
     def link(m: re.Match[str]) -> str:
         short, target, call = m.group(1), m.group(2), m.group(3) or ""
         shown = target.rsplit(".", 1)[-1] if short else target
-        ident = target if target.startswith("polars_azurechat") else f"polars_azurechat.{target}"
+        ident = (
+            target
+            if target.startswith("polars_azurechat")
+            else f"polars_azurechat.{target}"
+        )
         return (
             f'<autoref identifier="{html.escape(ident)}" optional>'
             f"<code>{html.escape(shown + call)}</code></autoref>"
@@ -129,13 +137,17 @@ def _command(name: str, cmd: Any) -> str:
         lines += ["| argument | type | help |", "|---|---|---|"]
         for p in args:
             helptext = getattr(p, "help", None) or ""
-            lines.append(f"| `{(p.name or '').upper()}` | {_type(p)} | {_cell(helptext)} |")
+            lines.append(
+                f"| `{(p.name or '').upper()}` | {_type(p)} | {_cell(helptext)} |"
+            )
         lines.append("")
     if opts:
         lines += ["| flag | type | default | help |", "|---|---|---|---|"]
         for p in opts:
             flags = " / ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
-            lines.append(f"| {flags} | {_type(p)} | {_default(p)} | {_cell(p.help or '')} |")
+            lines.append(
+                f"| {flags} | {_type(p)} | {_default(p)} | {_cell(p.help or '')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -191,7 +203,11 @@ def _localns() -> dict[str, Any]:
     from polars_azurechat.deployments import Deployment
     from polars_azurechat.schema.output import OutputSchema
 
-    ns: dict[str, Any] = {"pl": pl, "Deployment": Deployment, "OutputSchema": OutputSchema}
+    ns: dict[str, Any] = {
+        "pl": pl,
+        "Deployment": Deployment,
+        "OutputSchema": OutputSchema,
+    }
     try:
         from pydantic import BaseModel
 
@@ -228,12 +244,16 @@ def api_index() -> str:
     lines = ["| name | kind | module |", "|---|---|---|"]
     for name in pac.__all__:
         if name == "__version__":
-            lines.append("| `__version__` | str | `polars_azurechat` (the installed version) |")
+            lines.append(
+                "| `__version__` | str | `polars_azurechat` (the installed version) |"
+            )
             continue
         obj = getattr(pac, name)
         module = obj.__module__
-        kind = "exception" if isinstance(obj, type) and issubclass(obj, BaseException) else (
-            "class" if isinstance(obj, type) else "function"
+        kind = (
+            "exception"
+            if isinstance(obj, type) and issubclass(obj, BaseException)
+            else ("class" if isinstance(obj, type) else "function")
         )
         lines.append(f"| [`{name}`][{module}.{name}] | {kind} | `{module}` |")
     return "\n".join(lines)
