@@ -96,15 +96,21 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _code(text: str) -> str:
+    """Code in a table cell (a ``|`` inside backticks would end the cell)."""
+    shown = html.escape(" ".join(text.split())).replace("|", "&#124;")
+    return f"<code>{shown}</code>"
+
+
 def _default(param: Any) -> str:
     value = param.default
     if value is None or repr(value).startswith(("Sentinel", "<")) or callable(value):
         return ""
     if getattr(param, "is_flag", False) and param.secondary_opts:
-        return f"`{param.opts[0] if value else param.secondary_opts[0]}`"
+        return _code(param.opts[0] if value else param.secondary_opts[0])
     if isinstance(value, (list, tuple)):
-        return "" if not value else f"`{' '.join(map(str, value))}`"
-    return f"`{value}`"
+        return "" if not value else _code(" ".join(map(str, value)))
+    return _code(str(value))
 
 
 def _type(param: Any) -> str:
@@ -115,8 +121,7 @@ def _type(param: Any) -> str:
         return " \\| ".join(f"`{c}`" for c in kind.choices)
     descriptor = getattr(param, "type_descriptor", None)
     hint = descriptor.annotation if descriptor is not None else kind
-    text = _cell(_type_name(hint))
-    return f"`{text}`" + (" (repeatable)" if param.multiple else "")
+    return _code(_type_name(hint)) + (" (repeatable)" if param.multiple else "")
 
 
 def _command(name: str, cmd: Any) -> str:
@@ -191,9 +196,8 @@ def options_table() -> str:
         else:
             default = ""
         kind = _type_name(hints.get(f.name, f.type))
-        lines.append(
-            f"| `{f.name}` | `{_cell(kind)}` | `{_cell(default)}` | {_cell(f.metadata.get('doc', ''))} |"
-        )
+        doc = _cell(f.metadata.get("doc", ""))
+        lines.append(f"| `{f.name}` | {_code(kind)} | {_code(default)} | {doc} |")
     return "\n".join(lines)
 
 
