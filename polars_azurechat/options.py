@@ -733,7 +733,12 @@ def with_options(
             params, return_annotation=inspect.signature(func).return_annotation
         )
         if func.__doc__:
-            func.__doc__ = func.__doc__.replace("{options}", options_doc())
+            # the entries take the placeholder's indentation (a method's is deeper)
+            line = next(
+                (x for x in func.__doc__.splitlines() if x.strip() == "{options}"), ""
+            )
+            indent = line[: len(line) - len(line.lstrip())]
+            func.__doc__ = func.__doc__.replace("{options}", options_doc(indent))
         return func
 
     return decorate

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import inspect
 import os
 import shutil
 import subprocess
@@ -29,8 +30,6 @@ from polars_azurechat.options import ChatOptions
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-pytestmark = pytest.mark.slow
 
 
 def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -68,6 +67,7 @@ def _text(site: Path, page: str) -> str:
     return (site / page / "index.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_site_builds_strict_with_the_generated_references(site: Path) -> None:
     """Every public name, every option and every command is on the built site."""
     api = _text(site, "reference/api")
@@ -96,6 +96,7 @@ def test_site_builds_strict_with_the_generated_references(site: Path) -> None:
     assert "The way a row travels" in design or "Layers" in design
 
 
+@pytest.mark.slow
 def test_strict_build_fails_on_a_broken_link_or_reference(tmp_path: Path) -> None:
     """The same configuration, one page with a broken link and reference: no site."""
     docs = tmp_path / "docs"
@@ -169,6 +170,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize(
     ("page", "heading", "code"),
@@ -196,6 +198,7 @@ def test_page_renders_in_chromium(
     assert _visit(served + page, check) == []
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_console_errors_are_seen(site: Path, served: str) -> None:
     """A page whose script fails and logs an error: both are reported."""
@@ -206,3 +209,16 @@ def test_console_errors_are_seen(site: Path, served: str) -> None:
     errors = _visit(served + "broken.html", lambda tab: None)
     assert "boom" in errors
     assert any("undefinedThing" in e for e in errors)
+
+
+def test_generated_option_docs_keep_the_docstrings_indentation() -> None:
+    """Each option is its own numpydoc entry, in functions and in methods alike."""
+    from polars_azurechat.functions import Completer, complete, complete_many
+    from polars_azurechat.namespace import ChatNamespace
+    from polars_azurechat.plan import plan
+
+    for obj in (complete, complete_many, Completer, ChatNamespace.complete, plan):
+        doc = inspect.cleandoc(obj.__doc__ or "")
+        for field in dataclasses.fields(ChatOptions):
+            assert f"\n{field.name} : " in doc, (obj, field.name)
+            assert f"\n    {field.metadata['doc']}" in doc, (obj, field.name)
