@@ -46,6 +46,8 @@ def on_config(config: Any) -> Any:
 
     import polars_azurechat
 
+    if str(DOCS) not in sys.path:  # griffe_extensions.py, named in mkdocs.yml
+        sys.path.insert(0, str(DOCS))
     name = "polars_azurechat.__main__"
     if name not in sys.modules:
         stand_in = types.ModuleType(name, "``python -m polars_azurechat``: the CLI.")

@@ -102,6 +102,9 @@ def test_site_builds_strict_with_the_generated_references(site: Path) -> None:
         text = page.read_text(encoding="utf-8")
         assert ", default " not in text, page
         assert 'class="----' not in text, page
+        # a constant shows its "#:" comment, not its type's docstring
+        assert "str(object=" not in text, page
+        assert "frozenset() -&gt;" not in text, page
     design = _text(site, "concepts/design")
     assert "The way a row travels" in design or "Layers" in design
 
