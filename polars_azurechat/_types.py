@@ -103,6 +103,8 @@ class ChatResult:
     service_tier: str | None = None
     #: the prompt's flagged filter categories (``"jailbreak:detected"``, ...)
     prompt_filter: tuple[str, ...] | None = None
+    #: the answer's ``(token, logprob)`` pairs (``logprobs=True``; cached with it)
+    logprobs: tuple[tuple[str, float], ...] | None = None
 
     @property
     def error(self) -> str | None:

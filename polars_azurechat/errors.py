@@ -252,8 +252,8 @@ class UnsupportedParameterError(BadRequestError):
     """
 
     def __init__(self, message: str, *, param: str | None = None, **kw: Any) -> None:
+        self.param = param  # before: Polars' copy takes the original's (see the root)
         super().__init__(message, **kw)
-        self.param = param
 
 
 class ContentFilterError(BadRequestError):

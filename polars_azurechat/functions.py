@@ -595,14 +595,7 @@ class Completer:
                 slices(), read_ahead=SLICES_IN_FLIGHT
             ):
                 failed.extend((offset + i, r) for i, r in _failures(results))
-                parts.append(
-                    results_to_series(
-                        results,
-                        output=self.options.output,
-                        name=s.name,
-                        schema=self.output_schema,
-                    )
-                )
+                parts.append(self._results_series(results, s.name))
             _apply_policy(self.options.on_error, failed, len(s))
         except AzureChatError as exc:
             self._failed(exc)
@@ -634,8 +627,14 @@ class Completer:
         except AzureChatError as exc:
             self._failed(exc)
             raise
+        return self._results_series(results, s.name)
+
+    def _results_series(
+        self, results: Sequence[ChatResult | None], name: str
+    ) -> pl.Series:
+        """The column of a chunk's results, of :attr:`_return_dtype` (tasks convert)."""
         return results_to_series(
-            results, output=self.options.output, name=s.name, schema=self.output_schema
+            results, output=self.options.output, name=name, schema=self.output_schema
         )
 
 

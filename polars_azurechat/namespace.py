@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
 
@@ -132,3 +132,132 @@ class ChatNamespace:
             config=config,
             **params,
         )
+
+    # -- tasks (polars_azurechat.tasks): one call each, a prompt and a typed answer
+
+    def classify(self, labels: Any, **kwargs: Any) -> pl.Expr:
+        """Put each row's text in one of ``labels``; see :func:`polars_azurechat.tasks.classify`.
+
+        Parameters
+        ----------
+        labels
+            The labels (a list, a ``{label: description}`` dict, an Enum).
+        **kwargs
+            As for :func:`polars_azurechat.tasks.classify`.
+
+        Returns
+        -------
+        pl.Expr
+            An ``Enum`` of the labels (``confidence=True``: ``Struct{label,
+            confidence}``).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame(
+        ...     {"ticket": ["My invoice is wrong", "Where is my parcel?"]}
+        ... )
+        >>> topic = pl.col("ticket").chat.classify(["invoice", "parcel"], max_tokens=20)
+        >>> df.select(topic)["ticket"].to_list()
+        ['invoice', 'parcel']
+        """
+        from polars_azurechat import tasks
+
+        return tasks.classify(self._expr, labels, **kwargs)
+
+    def filter(self, condition: str, **kwargs: Any) -> pl.Expr:
+        """Whether each row's text meets ``condition``; see :func:`polars_azurechat.tasks.filter`.
+
+        Parameters
+        ----------
+        condition
+            What a row must meet, in words.
+        **kwargs
+            As for :func:`polars_azurechat.tasks.filter`.
+
+        Returns
+        -------
+        pl.Expr
+            ``Boolean``, for ``.filter()``.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"ticket": ["Refund me now", "Great app"]})
+        >>> df.filter(pl.col("ticket").chat.filter("wants a refund", max_tokens=20))
+        shape: (1, 1)
+        ┌───────────────┐
+        │ ticket        │
+        │ ---           │
+        │ str           │
+        ╞═══════════════╡
+        │ Refund me now │
+        └───────────────┘
+        """
+        from polars_azurechat import tasks
+
+        return tasks.filter(self._expr, condition, **kwargs)
+
+    def extract(self, schema: Any, **kwargs: Any) -> pl.Expr:
+        """The fields of ``schema`` from each row; see :func:`polars_azurechat.tasks.extract`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"note": ["What is 6 x 7?"]})
+        >>> df.select(pl.col("note").chat.extract(pl.Struct({"n": pl.Int64})))["note"][
+        ...     0
+        ... ]
+        {'n': 42}
+        """
+        from polars_azurechat import tasks
+
+        return tasks.extract(self._expr, schema, **kwargs)
+
+    def sentiment(self, **kwargs: Any) -> pl.Expr:
+        """Each row's sentiment; see :func:`polars_azurechat.tasks.sentiment`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"review": ["Negative: it broke"]})
+        >>> df.select(pl.col("review").chat.sentiment())["review"].to_list()
+        ['negative']
+        """
+        from polars_azurechat import tasks
+
+        return tasks.sentiment(self._expr, **kwargs)
+
+    def summarize(self, **kwargs: Any) -> pl.Expr:
+        """A summary of each row; see :func:`polars_azurechat.tasks.summarize`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"text": ["A long story about a late parcel"]})
+        >>> df.select(pl.col("text").chat.summarize(max_words=10)).dtypes
+        [String]
+        """
+        from polars_azurechat import tasks
+
+        return tasks.summarize(self._expr, **kwargs)
+
+    def translate(self, to: str, **kwargs: Any) -> pl.Expr:
+        """Each row translated into ``to``; see :func:`polars_azurechat.tasks.translate`.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_azurechat
+        >>> df = pl.DataFrame({"text": ["Good morning"]})
+        >>> df.select(pl.col("text").chat.translate("French")).dtypes
+        [String]
+        """
+        from polars_azurechat import tasks
+
+        return tasks.translate(self._expr, to, **kwargs)

@@ -49,6 +49,7 @@ OnTruncated = Literal["keep", "error"]
 Mode = Literal["online", "batch"]
 Api = Literal["chat", "responses"]
 BatchFallback = Literal["online"]
+Repair = Literal["resend", "teach"]
 
 #: Chat-completions body fields a keyword may set (the openai SDK's
 #: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
@@ -183,6 +184,12 @@ class ChatOptions:
         "them; "
         "``raise``: every row runs, then CompletionFailed lists the failed rows.",
     )
+    repair: Repair = _opt(
+        "resend",
+        "A typed answer that fails validation is sent again (an attempt): "
+        "``resend``: as it was; ``teach``: with the answer and the validation error "
+        "added as messages (an assistant turn, then a user turn).",
+    )
     on_truncated: OnTruncated = _opt(
         "keep",
         "An answer cut at max_tokens (finish_reason 'length'): ``keep`` it (counted "
@@ -285,6 +292,7 @@ class ChatOptions:
         _check_int("max_concurrency", self.max_concurrency)
         _check_int("max_attempts", self.max_attempts)
         _check_choice("on_truncated", self.on_truncated, OnTruncated)
+        _check_choice("repair", self.repair, Repair)
         _check_choice("api", self.api, Api)
         for name in (
             "timeout_s",
@@ -498,6 +506,7 @@ class ChatOptionsDictNoOutput(ChatBodyDict, total=False):
     timeout_s: float | None
     deadline_s: float | None
     on_error: OnError
+    repair: Repair
     on_truncated: OnTruncated
     cache: str | os.PathLike[str] | None
     limiter: str | None
@@ -684,6 +693,7 @@ def option_parameters() -> list[inspect.Parameter]:
         "output": "Literal['content', 'struct']",
         "on_error": "Literal['null', 'raise']",
         "on_truncated": "Literal['keep', 'error']",
+        "repair": "Literal['resend', 'teach']",
         "mode": "Literal['online', 'batch']",
         "batch_fallback": "Literal['online'] | None",
     }

@@ -1,8 +1,8 @@
 """The offline examples run, so they never rot.
 
-``examples/quickstart.ipynb`` is executed in a real Jupyter kernel (nbclient + ipykernel,
-running this interpreter) and is committed with its outputs. After editing it, refresh
-the outputs from the repository root with::
+``examples/quickstart.ipynb`` and ``examples/tasks.ipynb`` are executed in a real
+Jupyter kernel (nbclient + ipykernel, running this interpreter) and are committed with
+their outputs. After editing one, refresh the outputs from the repository root with::
 
     python tests/test_examples.py --update-notebook
 """
@@ -31,6 +31,7 @@ except ImportError:  # run as a script: python tests/test_examples.py --update-n
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 NOTEBOOK = EXAMPLES / "quickstart.ipynb"
+TASKS_NOTEBOOK = EXAMPLES / "tasks.ipynb"
 DATA = REPO / "data" / "questions.parquet"
 
 CELL_TIMEOUT_S = 60
@@ -47,6 +48,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         ("questions_offline.py", "correct: 100 of 100"),
         ("plain_python.py", "{'input': 'What is 53 + 53?', 'content': '106'}"),
         ("typed_tickets.py", "answered 12 of 12 tickets with 12 requests; failed: 0"),
+        ("tasks.py", "kept 3 of 8 tickets asking for a refund"),
         (
             "similar_tickets.py",
             "classified 5 of 5 new tickets, each prompt with 3 similar labelled tickets",
@@ -202,6 +204,53 @@ def test_quickstart_notebook_is_committed_with_outputs() -> None:
     _check_outputs(nb)
 
 
+def _check_tasks_outputs(nb: Any) -> None:
+    """What a reader of examples/tasks.ipynb must see (classify, filter, photos)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    for cell in code:
+        for out in cell.outputs:
+            assert out.output_type != "error", "".join(out.get("traceback", []))
+            assert not (out.output_type == "stream" and out.name == "stderr"), out.text
+    assert "- parcel: deliveries and shipping" in _stdout(_cell(nb, "explain_prompt"))
+    schema = _stdout(_cell(nb, "collect_schema()"))
+    assert "('refund', Struct({'match': Boolean, 'confidence': Float64}))" in schema
+    assert "requests so far: 0" in schema
+    assert "kept 3 tickets asking for a refund" in _stdout(_cell(nb, "refunds = "))
+    photos = _cell(nb, 'images=pl.col("photo")')
+    shown = "".join(
+        o.data["text/plain"]
+        for o in photos.outputs
+        if o.output_type == "execute_result"
+    )
+    assert (
+        "trail running shoe ┆ shoe" in shown and "wool scarf         ┆ scarf" in shown
+    )
+
+
+def test_tasks_notebook_is_committed_with_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(TASKS_NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    _check_tasks_outputs(nb)
+
+
+@pytest.mark.slow
+def test_tasks_notebook_runs_in_a_kernel() -> None:
+    """Execute examples/tasks.ipynb afresh: the same outputs as the committed ones."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(TASKS_NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    with _layout() as workdir:
+        execute_notebook(nb, workdir)
+    _check_tasks_outputs(nb)
+
+
 # -- refreshing the committed outputs -------------------------------------------------
 
 
@@ -217,11 +266,11 @@ def _strip_volatile(nb: Any) -> None:
     nb.metadata.get("language_info", {}).pop("version", None)
 
 
-def update_notebook() -> None:
-    """Execute examples/quickstart.ipynb and save it with its outputs."""
+def update_notebook(path: Path = NOTEBOOK) -> None:
+    """Execute a notebook of examples/ and save it with its outputs."""
     import nbformat
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
+    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
@@ -229,13 +278,13 @@ def update_notebook() -> None:
     with _layout() as workdir:
         execute_notebook(nb, workdir)
     _strip_volatile(nb)
-    _check_outputs(nb)
+    (_check_outputs if path == NOTEBOOK else _check_tasks_outputs)(nb)
     nbformat.validate(nb)
-    nbformat.write(nb, NOTEBOOK)  # type: ignore[no-untyped-call]
+    nbformat.write(nb, path)  # type: ignore[no-untyped-call]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python tests/test_examples.py --update-notebook``."""
+    """``python tests/test_examples.py --update-notebook`` (quickstart and tasks)."""
     parser = argparse.ArgumentParser(
         description="Refresh the committed outputs of examples/quickstart.ipynb."
     )
@@ -246,8 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"execute {NOTEBOOK.relative_to(REPO)} and save it with its outputs",
     )
     parser.parse_args(argv)
-    update_notebook()
-    sys.stdout.write(f"updated {NOTEBOOK}\n")
+    for path in (NOTEBOOK, TASKS_NOTEBOOK):
+        update_notebook(path)
+        sys.stdout.write(f"updated {path}\n")
 
 
 if __name__ == "__main__":

@@ -493,6 +493,49 @@ def test_batch_mode_sends_image_rows_as_online_does(tmp_path: Path) -> None:
     assert summary.prompt_tokens >= 2 * 255
 
 
+def test_the_responses_api_sends_images_as_input_image_parts(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    # online and in Batch mode: the same answers as chat, row i's image in row i
+    clock = FakeClock(10_000.0)
+    df = pl.DataFrame({"photo": [png(40, 20), gif(5, 5), b"nope", png(40, 20)]})
+    column = df.select(messages(user="Which?", images=pl.col("photo"), detail="low"))
+    expected = [
+        "Echo: Which? [images: png 40x20]",
+        "Echo: Which? [images: gif 5x5]",
+        None,
+        "Echo: Which? [images: png 40x20]",
+    ]
+    chat = column.select(pac.complete("messages", max_tokens=30))
+    assert chat.to_series().to_list() == expected
+    before = emulator.stats()["routes"]["responses"]
+    with pac.Completer(api="responses", max_tokens=30, progress=False) as job:
+        online = column.select(job.expr("messages"))
+        summary = job.summary()
+    assert online.to_series().to_list() == expected
+    assert emulator.stats()["routes"]["responses"] - before == 2  # deduplicated
+    # the emulator counted the images as chat does: 85 tokens each at low detail
+    assert summary.prompt_tokens >= 2 * 85
+    with Emulator(clock=clock) as emu:
+        config = pac.ChatConfig(base_url=emu.base_url, api_key=emu.api_key)
+        job = pac.Completer(
+            config=config,
+            api="responses",
+            deployment="gpt-4o-mini-batch",
+            max_tokens=30,
+            progress=False,
+            mode="batch",
+            batch_poll_s=1.0,
+            cache=str(tmp_path / "r.sqlite"),
+        )
+        assert job._batch is not None
+        job._batch.settings.update(sleep=clock.blocking_sleep, clock=clock)
+        with job:
+            batch = column.select(job.expr("messages"))
+        assert emu.stats()["batch"]["lines_answered"] == 2
+    assert batch.to_series().to_list() == expected
+
+
 def test_cli_run_on_a_parquet_file_with_image_parts(tmp_path: Path) -> None:
     src, out = tmp_path / "photos.parquet", tmp_path / "answers.parquet"
     df = pl.DataFrame(

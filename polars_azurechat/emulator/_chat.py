@@ -27,6 +27,7 @@ from polars_azurechat.emulator._errors import (
     prompt_filter_results,
     rate_limit_response,
 )
+from polars_azurechat.emulator._logprobs import logprobs_content
 from polars_azurechat.emulator._prompt_cache import MIN_TOKENS
 from polars_azurechat.emulator._quota import ceil_ms
 from polars_azurechat.emulator._reasoning import (
@@ -80,6 +81,8 @@ class Answer:
     jailbreak_detected: bool = False
     #: the tier that answered (``default`` unless flex or priority was asked)
     service_tier: str = "default"
+    #: ``choices[0].logprobs.content`` (``logprobs: true`` asked), else ``None``
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class Chat:
@@ -179,8 +182,14 @@ class Chat:
                 )
             if delay_s > 0:
                 await self.sleep(delay_s)
-        text = _answer_text(schema, schema_text, directives, last_user, messages)
+        glitch = (  # drawn only when asked: the faults' random sequence stays
+            schema is not None
+            and s.bad_json_rate > 0
+            and lane.rng.random() < s.bad_json_rate
+        )
+        text = _answer_text(schema, schema_text, directives, pairs, messages, glitch)
         answer = self._complete(text, directives, max_tokens, thought)
+        _add_logprobs(answer, body, last_user)
         answer.cached_tokens = cached
         answer.jailbreak_detected = "jailbreak_detected" in directives
         answer.service_tier = tier if tier in ("flex", "priority") else "default"
@@ -271,6 +280,13 @@ class Chat:
         return answer
 
 
+def _add_logprobs(answer: Answer, body: Any, prompt: str) -> None:
+    """The answer's tokens' log-probabilities, when the body asks (``logprobs``)."""
+    if body.get("logprobs") and answer.content:
+        top = body.get("top_logprobs") or 0
+        answer.logprobs = logprobs_content(answer.content, prompt, top)
+
+
 def latency_s(lane: Lane, directives: dict[str, str], extra_ms: float = 0.0) -> float:
     """The seconds one answer on ``lane`` takes: latency, jitter, ``[emu:delay=N]``.
 
@@ -321,7 +337,11 @@ def chat_payload(a: Answer) -> dict[str, Any]:
                     "refusal": a.refusal,
                 },
                 "finish_reason": a.finish_reason,
-                "logprobs": None,
+                "logprobs": (
+                    None
+                    if a.logprobs is None
+                    else {"content": a.logprobs, "refusal": None}
+                ),
                 "content_filter_results": output_filter_results(a.output_filtered),
             }
         ],
@@ -380,15 +400,50 @@ def _answer_text(
     schema: dict[str, Any] | None,
     schema_text: str | None,
     directives: dict[str, str],
-    last_user: str,
+    pairs: list[tuple[str, str]],
     messages: list[dict[str, Any]],
+    glitch: bool = False,
 ) -> str:
-    """What the model says to ``last_user``: free text, or JSON following ``schema``.
+    """What the model says to the last user message: free text, or JSON for ``schema``.
 
     Free text names the last user message's images (what the model saw of them).
+    A structured answer is derived from the last user message and the system
+    message (a condition quoted there decides booleans). ``glitch`` (the random
+    ``bad_json_rate``) breaks the schema, in any conversation; ``[emu:bad_json]``
+    too, except in a repair: when the conversation ends with an answer, then a user
+    message naming the ``schema`` (a validation error, as ``repair="teach"`` sends),
+    the model learns from it and answers the user message before its answer again,
+    well.
     """
+    last_user = next(
+        (content for role, content in reversed(pairs) if role == "user"),
+        pairs[-1][1],
+    )
     if schema is None:
         return answer_for(last_user) + _seen(messages)
+    context = "\n".join(c for r, c in pairs if r in ("system", "developer"))
+    if glitch:  # a random slip: a taught resend may slip too
+        return broken_answer(schema, last_user)
+    question = _repaired(pairs)
+    if question is not None:
+        return structured_answer(schema, question, context=context)
     if "bad_json" in directives:
         return broken_answer(schema, last_user)
-    return structured_answer(schema, last_user, schema_text=schema_text)
+    return structured_answer(
+        schema, last_user, schema_text=schema_text, context=context
+    )
+
+
+def _repaired(pairs: list[tuple[str, str]]) -> str | None:
+    """The question a repair conversation asks again (``None``: not a repair)."""
+    if (
+        len(pairs) < 3
+        or pairs[-1][0] != "user"
+        or pairs[-2][0] != "assistant"
+        or "schema" not in pairs[-1][1].lower()
+    ):
+        return None
+    return next(
+        (c for r, c in reversed(pairs[:-2]) if r == "user"),
+        None,
+    )

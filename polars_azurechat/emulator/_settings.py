@@ -88,6 +88,10 @@ class EmulatorSettings:
     hang_rate, drop_rate, malformed_rate
         Share of requests that hang for ``hang_s``, lose their connection, or get a 200
         whose body is not JSON.
+    bad_json_rate
+        Share of structured-output answers (``json_schema``) that break their schema
+        (at random, seeded), as ``[emu:bad_json]`` does for one prompt; a resend may
+        be answered well.
     hang_s
         How long a hang lasts before the emulator gives up with a 504.
     retry_after_ms
@@ -162,6 +166,7 @@ class EmulatorSettings:
     hang_rate: float = 0.0
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
+    bad_json_rate: float = 0.0
     hang_s: float = 3600.0
     retry_after_ms: int | None = 1
     context_tokens: int = 128_000
@@ -260,6 +265,7 @@ DEPLOYMENT_FIELDS = frozenset(
         "hang_rate",
         "drop_rate",
         "malformed_rate",
+        "bad_json_rate",
         "hang_s",
         "retry_after_ms",
         "context_tokens",

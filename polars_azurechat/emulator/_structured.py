@@ -9,7 +9,10 @@ JSON text) into a writer of nested closures, as a job sends the same one each ti
 - ``$ref`` into ``$defs``/``definitions``: followed (a recursive type stops at null);
 - ``anyOf`` / type lists: the first type that is not null (the answer fills every
   field it can);
-- ``enum``: one value chosen by a hash of the prompt and the field path; ``const``: it;
+- ``enum``: the string value the prompt names (a whole word, any case, ``_`` read
+  as a space; the earliest one it names), else one value chosen by a hash of the
+  prompt and the field path (so a classifier answers the label a text names);
+  ``const``: it;
 - strings: the prompt's first words (directives left out); formats ``date``,
   ``date-time`` (UTC, ``Z``), ``time``, ``email``, ``uuid`` get a value of that
   format derived from the hash; ``minLength``/``maxLength`` are honoured, ``pattern``
@@ -17,7 +20,10 @@ JSON text) into a writer of nested closures, as a job sends the same one each ti
 - integers and numbers: the result of the prompt's arithmetic question ("What is
   6 x 7?" gives 42) when it asks one, else a small number from the hash; kept within
   ``minimum``/``maximum``;
-- booleans: from the hash; arrays: 1 or 2 items (within ``minItems``/``maxItems``).
+- booleans: when the system message quotes a condition (its first ``"..."``),
+  whether the prompt shares one of its words (4 letters or more, not a common word; the first 5
+  letters compared, so "refunds" meets "refund"); else from the hash; arrays: 1 or 2
+  items (within ``minItems``/``maxItems``).
 
 :func:`broken_answer` gives an answer that breaks the schema (``[emu:bad_json]``).
 """
@@ -123,7 +129,11 @@ def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def structured_answer(
-    schema: dict[str, Any], prompt: str, *, schema_text: str | None = None
+    schema: dict[str, Any],
+    prompt: str,
+    *,
+    schema_text: str | None = None,
+    context: str = "",
 ) -> str:
     """A compact JSON answer to ``prompt`` that validates against ``schema``.
 
@@ -136,6 +146,8 @@ def structured_answer(
     schema_text
         ``json.dumps(schema)``, when the caller has it: the schema is compiled once
         per text (computed here otherwise).
+    context
+        The system message: a condition quoted there decides the booleans.
 
     Returns
     -------
@@ -157,7 +169,7 @@ def structured_answer(
     >>> structured_answer(schema, "What is 6 x 7?")
     '{"question":"What is 6 x 7?","result":42,"unit":"m"}'
     """
-    value = _plan(schema, schema_text)(_Prompt(prompt))
+    value = _plan(schema, schema_text)(_Prompt(prompt, context))
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -204,21 +216,108 @@ def _plan(schema: dict[str, Any], text: str | None = None) -> _Fill:
     return fill
 
 
+#: Words a quoted condition's matching leaves out (they say nothing of the topic).
+_COMMON = frozenset(
+    [
+        "about",
+        "above",
+        "after",
+        "also",
+        "among",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "could",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "from",
+        "have",
+        "having",
+        "into",
+        "itself",
+        "just",
+        "more",
+        "most",
+        "must",
+        "other",
+        "over",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "until",
+        "very",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+        "text",
+        "mentions",
+        "mention",
+        "says",
+        "contains",
+    ]
+)
+_QUOTED = re.compile(r'"([^"]+)"')
+_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
 class _Prompt:
     """What an answer is derived from: the prompt, its words and its arithmetic."""
 
-    __slots__ = ("number", "raw", "text")
+    __slots__ = ("condition", "number", "raw", "text")
 
-    def __init__(self, prompt: str) -> None:
+    def __init__(self, prompt: str, context: str = "") -> None:
         self.raw = prompt.encode()
         self.text = strip_directives(prompt)
         self.number: Fraction | None = arithmetic(prompt)
+        #: the stems of a condition quoted in the system message (empty: none)
+        self.condition: frozenset[str] = frozenset()
+        quoted = _QUOTED.search(context) if '"' in context else None
+        if quoted is not None:
+            self.condition = _stems(quoted.group(1))
+
+    def meets(self) -> bool:
+        """Whether the prompt shares a word with the quoted condition."""
+        return bool(self.condition & _stems(self.text))
 
     def hash(self, seed: Any) -> int:
         """A 64-bit hash of the field (``seed``: its path, hashed) and the prompt."""
         h = seed.copy()
         h.update(self.raw)
         return int.from_bytes(h.digest()[:8], "big")
+
+
+def _stems(text: str) -> frozenset[str]:
+    """The first 5 letters of each uncommon word of 4 letters or more."""
+    return frozenset(
+        w[:5] for w in (m.lower() for m in _WORD.findall(text)) if w not in _COMMON
+    )
 
 
 def _seed(path: str) -> Any:
@@ -280,7 +379,7 @@ class _Compiler:
             return _real(schema, path)
         if kind == "boolean":
             seed = _seed(path)
-            return lambda p: p.hash(seed) % 2 == 0
+            return lambda p: p.meets() if p.condition else p.hash(seed) % 2 == 0
         return _constant(None)
 
     def object(self, schema: dict[str, Any], path: str, refs: tuple[str, ...]) -> _Fill:
@@ -320,7 +419,27 @@ def _enum(enum: list[Any], path: str) -> _Fill:
     seed = _seed(path)
     if any(isinstance(v, dict | list) for v in values):
         return lambda p: copy.deepcopy(values[p.hash(seed) % len(values)])
-    return lambda p: values[p.hash(seed) % len(values)]
+    named = {v.lower(): v for v in values if isinstance(v, str) and v.strip()}
+    if not named:
+        return lambda p: values[p.hash(seed) % len(values)]
+    # the longest first: "very positive" before "positive"
+    alternatives = sorted(named, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?<!\w)("
+        + "|".join(re.escape(v).replace("_", "[ _]") for v in alternatives)
+        + r")(?!\w)",
+        re.IGNORECASE,
+    )
+
+    def fill(p: _Prompt) -> Any:
+        m = pattern.search(p.text)
+        if m is not None:
+            return named.get(m.group(1).lower().replace(" ", "_")) or named.get(
+                m.group(1).lower(), values[0]
+            )
+        return values[p.hash(seed) % len(values)]
+
+    return fill
 
 
 def _union_branch(schema: dict[str, Any], members: list[Any]) -> Any:

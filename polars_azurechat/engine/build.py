@@ -94,6 +94,7 @@ def build_engine(
         spending_cap=cap,
         embedding=embedding,
     )
+    engine.sender.repair = opts.repair  # how an invalid typed answer is sent again
     return engine, cap, config
 
 

@@ -86,6 +86,9 @@ class OnlineSender:
         Send a flex request refused for capacity again on the default tier.
     spending_cap
         The job's spending cap, or ``None``.
+    repair
+        ``"resend"`` an invalid typed answer's request as it was, or ``"teach"``:
+        send it with the answer and the validation error added (:func:`taught`).
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class OnlineSender:
         on_truncated: str = "keep",
         flex_fallback: bool = False,
         spending_cap: SpendingCap | None = None,
+        repair: str = "resend",
     ) -> None:
         self.pool = pool
+        self.repair = repair
         self.flex_fallback = flex_fallback
         self.shape = shape
         self.schema: OutputSchema | None = shape.schema
@@ -223,6 +228,8 @@ class OnlineSender:
             return completion, schema.parse(completion.content)
         except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
             exc = invalid_answer(schema.name, err, completion.request_id)
+            if self.repair == "teach":  # what the resend tells the model
+                sent.invalid = (completion.content or "", str(err))
         sent.spend(completion)  # Azure charged it: a resend holds its worst case again
         st = run.stats
         # the attempt was answered and charged: its tokens count
@@ -264,7 +271,12 @@ class OnlineSender:
                         raise run.fatal
                     run.check_deadline(self.clock())
                     sent.hold()  # after an invalid answer: the cap may refuse a resend
-                    return await self._attempt(run, body, cost, sent), None
+                    if sent.invalid is None:
+                        return await self._attempt(run, body, cost, sent), None
+                    told = taught(body, *sent.invalid)
+                    sent.invalid = None
+                    added = len(told["messages"][-1]["content"]) // 3 + 10
+                    return await self._attempt(run, told, cost + added, sent), None
         except AzureChatError as exc:
             return None, exc
         return None, first  # pragma: no cover - tenacity re-raises or returns
@@ -534,6 +546,8 @@ class _Sent:
     cap: SpendingCap | None = None
     worst: float = 0.0
     held: bool = False
+    #: ``repair="teach"``: the last invalid answer and why (the next attempt says so)
+    invalid: tuple[str, str] | None = None
 
     def hold(self) -> None:
         """Hold the worst case of the next attempt (no-op if held or no cap).
@@ -562,6 +576,33 @@ class _Sent:
         if self.held or spent:
             cap.settle(self.worst if self.held else 0.0, spent)
         self.held = False
+
+
+#: The user turn a taught resend adds after the invalid answer (``repair="teach"``).
+TEACH_PROMPT = (
+    "Your answer above is not valid for the required JSON schema: {error}. "
+    "Answer the request again, with JSON that follows the schema exactly."
+)
+
+
+def taught(body: Mapping[str, Any], answer: str, error: str) -> dict[str, Any]:
+    """``body`` with the invalid ``answer`` and its validation ``error`` added.
+
+    The resend of ``repair="teach"``: the answer as an assistant turn, then a user
+    turn (:data:`TEACH_PROMPT`) naming what did not validate. The row's cache key
+    stays its original request's.
+
+    Examples
+    --------
+    >>> body = {"messages": [{"role": "user", "content": "hi"}]}
+    >>> [m["role"] for m in taught(body, '{"a": 1}', "a: not a string")["messages"]]
+    ['user', 'assistant', 'user']
+    """
+    turns = [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": TEACH_PROMPT.format(error=error)},
+    ]
+    return {**body, "messages": [*body["messages"], *turns]}
 
 
 def answer_error(
@@ -641,4 +682,5 @@ def completed(
         cached_tokens=completion.cached_tokens,
         service_tier=completion.service_tier,
         prompt_filter=completion.prompt_filter,
+        logprobs=completion.logprobs if ok else None,
     )

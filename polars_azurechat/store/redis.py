@@ -168,6 +168,7 @@ class RedisCache(BufferedCache[tuple[str, bytes]]):
                 "p": result.prompt_tokens,
                 "o": result.completion_tokens,
                 "t": time.time(),
+                **({} if result.logprobs is None else {"l": result.logprobs}),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -220,6 +221,7 @@ def _hit(raw: bytes) -> ChatResult:
         completion_tokens=d["o"],
         attempts=0,
         cached=True,
+        logprobs=None if d.get("l") is None else tuple((t, p) for t, p in d["l"]),
     )
 
 

@@ -73,6 +73,8 @@ _MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    # an answer's (token, logprob) pairs, when the request asked for them (JSON)
+    ("m002_logprobs", "ALTER TABLE answers ADD COLUMN logprobs TEXT"),
 ]
 
 
@@ -224,10 +226,13 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
         )
     if "answers" in objects:
         columns = _columns(db, "answers")
-        if columns != _ANSWERS_COLUMNS:
+        expected = _ANSWERS_COLUMNS + (
+            ("logprobs",) if "m002_logprobs" in applied else ()
+        )
+        if columns != expected:
             return (
                 "an SQLite database of another program (its 'answers' table has columns "
-                f"({', '.join(columns)}), not ({', '.join(_ANSWERS_COLUMNS)})); "
+                f"({', '.join(columns)}), not ({', '.join(expected)})); "
                 "give the cache a new file name"
             )
     return None
@@ -318,7 +323,8 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
     database with objects is ours only if its objects (ignoring SQLite's own
     ``sqlite_*``) are among the tables ``_migrations`` (columns ``name, applied_at``)
     and ``answers`` (columns ``key, content, finish_reason, prompt_tokens,
-    completion_tokens, created_at``, in this order), every migration recorded in
+    completion_tokens, created_at``, in this order, then ``logprobs`` once
+    ``m002_logprobs`` is recorded), every migration recorded in
     ``_migrations`` is known to this version, and ``answers`` exists exactly when
     ``m001_initial`` is recorded; besides them, batch mode's state may be there (it
     lives in the cache file): the tables ``batch_chunks``, ``batch_chunk_keys``,
@@ -575,11 +581,12 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
                 result.prompt_tokens,
                 result.completion_tokens,
                 time.time(),
+                None if result.logprobs is None else json.dumps(result.logprobs),
             ),
         )
 
     def _result(self, row: tuple[Any, ...]) -> ChatResult:
-        _, content, finish, prompt, completion, _ = row
+        _, content, finish, prompt, completion, _, logprobs = row
         return ChatResult(
             content=content,
             finish_reason=finish,
@@ -587,6 +594,7 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
             completion_tokens=completion,
             attempts=0,
             cached=True,
+            logprobs=None if logprobs is None else stored_logprobs(logprobs),
         )
 
     def _errors(self, *, writing: bool) -> tuple[type[Exception], ...]:
@@ -619,7 +627,7 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         try:
             handle.execute("BEGIN IMMEDIATE")
             handle.executemany(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", rows
             )
             handle.execute("COMMIT")
         except BaseException:
@@ -639,6 +647,11 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         if self.broken is None:  # a broken cache closed its connection
             with suppress(sqlite3.Error):
                 self._db.close()
+
+
+def stored_logprobs(text: str | bytes) -> tuple[tuple[str, float], ...]:
+    """An answer's ``(token, logprob)`` pairs from their stored JSON."""
+    return tuple((str(t), float(p)) for t, p in json.loads(text))
 
 
 def _busy(error: sqlite3.Error) -> bool:

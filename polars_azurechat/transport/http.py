@@ -38,7 +38,11 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 from polars_azurechat.transport.embeddings import parse_embeddings
-from polars_azurechat.transport.responses import parse_response, responses_params
+from polars_azurechat.transport.responses import (
+    parse_response,
+    responses_input,
+    responses_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,9 @@ class Completion:
     #: an embeddings answer's vectors, in input order: little-endian float32 bytes,
     #: base64-encoded (as ``encoding_format="base64"`` sends them)
     vectors: list[str] | None = None
+    #: ``choices[0].logprobs.content`` as ``(token, logprob)`` pairs, when asked
+    #: (``logprobs=True``); ``None`` otherwise
+    logprobs: tuple[tuple[str, float], ...] | None = None
 
 
 class Transport:
@@ -145,6 +152,10 @@ class Transport:
         self.surface = surface_of(self.api_version)
         self._parse = _PARSERS.get(api, parse_completion)
         self._messages = b'"input":' if api == "responses" else b'"messages":'
+        #: the messages as this API takes them (the Responses API names parts its way)
+        self._input: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = (
+            responses_input if api == "responses" else _same
+        )
         if self.surface == V1:  # the deployment goes in the body's "model"
             path = _V1_PATHS.get(api, "chat/completions")
             self.url = f"{self.endpoint}/openai/v1/{path}"
@@ -235,14 +246,15 @@ class Transport:
             n += 1
         else:
             if n == len(fixed) and self._fixed_json:
-                return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+                messages = self._input(body["messages"])
+                return b"".join((self._fixed_json, _dumps(messages), b"}"))
         # first use, or other parameters: encode them (and keep the objects alive,
         # so their identity cannot be taken by another object)
         self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
         fields = self._fields(dict(self._fixed))
         head = _dumps({**self._model, **fields})[:-1]  # no closing brace
         self._fixed_json = head + (b"," if len(head) > 1 else b"") + self._messages
-        return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+        return b"".join((self._fixed_json, _dumps(self._input(body["messages"])), b"}"))
 
     def _fields(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """The body's fields besides the messages, as this API names them."""
@@ -284,6 +296,10 @@ _PARSERS: dict[str, Callable[[bytes, Mapping[str, str]], Completion]] = {
     "embeddings": parse_embeddings,
 }
 _V1_PATHS = {"responses": "responses", "embeddings": "embeddings"}
+
+
+def _same(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return messages
 
 
 def _dumps(value: Any) -> bytes:
@@ -637,6 +653,14 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+def _logprobs(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """``choices[0].logprobs.content`` as ``(token, logprob)`` pairs (``None``: absent)."""
+    content = value.get("content") if isinstance(value, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    return tuple((str(t["token"]), float(t["logprob"])) for t in content)
+
+
 def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
     """Read a chat completion body; a body that is not one is a malformed response."""
     try:
@@ -670,6 +694,7 @@ def parse_completion(raw: bytes, headers: Mapping[str, str]) -> Completion:
             service_tier=_str_or_none(body.get("service_tier")),
             prompt_filter=_prompt_flags(body.get("prompt_filter_results")),
             spilled_over=_spilled_over(headers),
+            logprobs=_logprobs(choice.get("logprobs")),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = f"200 with a body that is not a chat completion ({type(exc).__name__})"

@@ -1,0 +1,426 @@
+"""The tasks' prompts, typed answers and columns. Internal: see :mod:`polars_azurechat.tasks`.
+
+A :class:`Task` is what one task call sends and gives: its system message (a prompt
+of :data:`PROMPTS` with its placeholders filled), the strict ``response_format`` of
+its answer and how the answer becomes the column (one property of it, and the answer's
+probability from its tokens: :func:`answer_confidence`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import polars as pl
+
+from polars_azurechat.options import output_schema
+
+if TYPE_CHECKING:
+    from polars_azurechat._types import ChatResult
+
+__all__ = [
+    "BUILDERS",
+    "CLASSIFY_PROMPT",
+    "EXTRACT_PROMPT",
+    "FILTER_PROMPT",
+    "PROMPTS",
+    "SENTIMENT_LABELS",
+    "SENTIMENT_PROMPT",
+    "SUMMARIZE_PROMPT",
+    "TRANSLATE_PROMPT",
+    "Task",
+    "answer_confidence",
+    "build_task",
+]
+
+#: ``classify``'s system message; ``{labels}`` is one line per label
+#: (``- label: description``), ``{instructions}`` yours (a line), if any.
+CLASSIFY_PROMPT: Final = (
+    "Classify the text the user sends into exactly one of these labels:\n"
+    "{labels}\n"
+    "{instructions}"
+    'Answer in JSON as {"label": "<label>"}, the label spelt exactly as listed.'
+)
+#: ``filter``'s system message; ``{condition}`` is the condition.
+FILTER_PROMPT: Final = (
+    'Decide whether the text the user sends meets this condition: "{condition}"\n'
+    "{instructions}"
+    'Answer in JSON as {"match": true} when it does, {"match": false} when it '
+    "does not."
+)
+#: ``sentiment``'s system message (``{labels}`` as for ``classify``).
+SENTIMENT_PROMPT: Final = (
+    "Classify the sentiment the text the user sends expresses, as one of:\n"
+    "{labels}\n"
+    "{instructions}"
+    'Answer in JSON as {"label": "<label>"}.'
+)
+#: ``extract``'s system message.
+EXTRACT_PROMPT: Final = (
+    "Extract the fields of the JSON schema from the text the user sends. Use null "
+    "for a field the text does not give, where the schema allows null; do not "
+    "guess.\n"
+    "{instructions}"
+    "Answer in JSON following the schema."
+)
+#: ``summarize``'s system message; ``{max_words}`` is the word bound.
+SUMMARIZE_PROMPT: Final = (
+    "Summarize the text the user sends in at most {max_words} words, in its "
+    "language.\n"
+    "{instructions}"
+    'Answer in JSON as {"summary": "<summary>"}.'
+)
+#: ``translate``'s system message; ``{language}`` is the target language.
+TRANSLATE_PROMPT: Final = (
+    "Translate the text the user sends into {language}. Keep its meaning, tone and "
+    "formatting; translate nothing else.\n"
+    "{instructions}"
+    'Answer in JSON as {"translation": "<translation>"}.'
+)
+#: Every task's default prompt, by name.
+PROMPTS: Final = {
+    "classify": CLASSIFY_PROMPT,
+    "filter": FILTER_PROMPT,
+    "sentiment": SENTIMENT_PROMPT,
+    "extract": EXTRACT_PROMPT,
+    "summarize": SUMMARIZE_PROMPT,
+    "translate": TRANSLATE_PROMPT,
+}
+#: ``sentiment``'s labels.
+SENTIMENT_LABELS: Final = ("positive", "neutral", "negative")
+
+_PLACEHOLDER = re.compile(r"\{(labels|condition|instructions|max_words|language)\}")
+
+
+def _render(template: str, **values: str) -> str:
+    """``template`` with its placeholders filled (other braces are left as they are)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _instructions(text: str | None) -> str:
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        msg = f"instructions must be a str, got {type(text).__name__}"
+        raise TypeError(msg)
+    return text.strip() + "\n" if text.strip() else ""
+
+
+def _prompt(prompt: str | None, default: str) -> str:
+    if prompt is None:
+        return default
+    if not isinstance(prompt, str) or not prompt.strip():
+        msg = f"prompt must be a non-empty str, got {prompt!r:.60}"
+        raise TypeError(msg)
+    return prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task, ready to run: its system message, its answer's type, its column.
+
+    Built by the task functions (and :func:`explain_prompt`); read it to see exactly
+    what is sent.
+
+    Attributes
+    ----------
+    name
+        The task (``"classify"``, ...).
+    system
+        The system message sent with every row.
+    response_format
+        The answer's type (a JSON-schema dict, or the model given to ``extract``).
+    field
+        The answer's property that makes the column (``None``: the whole Struct).
+    confidence
+        Whether the column adds the answer's probability.
+    """
+
+    name: str
+    system: str
+    response_format: Any
+    field: str | None
+    confidence: bool = False
+
+    @functools.cached_property
+    def answer_dtype(self) -> pl.Struct:
+        """The typed answer's Struct (what ``complete`` would give)."""
+        schema = output_schema(self.response_format)
+        assert schema is not None  # noqa: S101 - a task's answer is always typed
+        return schema.dtype
+
+    @functools.cached_property
+    def dtype(self) -> pl.DataType:
+        """The column's dtype."""
+        answer = self.answer_dtype
+        if self.field is None:
+            return answer
+        value = next(f.dtype for f in answer.fields if f.name == self.field)
+        assert isinstance(value, pl.DataType)  # noqa: S101 - a Struct's field
+        if not self.confidence:
+            return value
+        return pl.Struct({self.field: value, "confidence": pl.Float64()})
+
+    def column(self, results: Sequence[ChatResult | None], name: str) -> pl.Series:
+        """The column of ``results`` (a failed or null row is null)."""
+        field = self.field
+        assert field is not None  # noqa: S101 - extract keeps complete's column
+        values = [
+            None if r is None or r.parsed is None else r.parsed[field] for r in results
+        ]
+        dtype = self.dtype
+        if not self.confidence:
+            return pl.Series(name, values, dtype=dtype)
+        assert isinstance(dtype, pl.Struct)  # noqa: S101
+        key = dtype.fields[0].name
+        rows = [
+            None
+            if v is None or r is None
+            else {key: v, "confidence": answer_confidence(r.content, r.logprobs, field)}
+            for v, r in zip(values, results, strict=True)
+        ]
+        return pl.Series(name, rows, dtype=dtype)
+
+
+def answer_confidence(
+    content: str | None,
+    logprobs: Sequence[tuple[str, float]] | None,
+    field: str,
+) -> float | None:
+    """The probability of the value of ``field`` in a JSON answer, from its tokens.
+
+    ``exp`` of the sum of the log-probabilities of the tokens that overlap the
+    value's characters (a string's inside its quotes; ``true``/``false``).
+    ``None`` when there are none, or the tokens do not spell ``content``.
+
+    Examples
+    --------
+    >>> tokens = [('{"', 0.0), ("label", 0.0), ('":"', 0.0), ("bill", -0.1)]
+    >>> tokens += [("ing", -0.2), ('"}', 0.0)]
+    >>> round(answer_confidence('{"label":"billing"}', tokens, "label"), 4)
+    0.7408
+    """
+    if not content or not logprobs:
+        return None
+    span = _value_span(content, field)
+    if span is None:
+        return None
+    start, end = span
+    total, position, used = 0.0, 0, False
+    for token, logprob in logprobs:
+        after = position + len(token)
+        if after > start and position < end:
+            total += logprob
+            used = True
+        position = after
+    if position != len(content) or not used:
+        return None
+    return math.exp(total)
+
+
+_LITERAL = re.compile(r"true|false|-?\d+(?:\.\d+)?")
+
+
+def _value_span(content: str, field: str) -> tuple[int, int] | None:
+    """Where the value of ``field`` is in ``content`` (a string's without quotes)."""
+    m = re.search(r'"' + re.escape(field) + r'"\s*:\s*', content)
+    if m is None:
+        return None
+    i = m.end()
+    if content.startswith('"', i):
+        try:
+            _, end = json.decoder.scanstring(content, i + 1)  # type: ignore[attr-defined]
+        except ValueError:
+            return None
+        return i + 1, end - 1
+    literal = _LITERAL.match(content, i)
+    return None if literal is None else literal.span()
+
+
+# -- building the tasks ---------------------------------------------------------------
+
+
+def _labels(labels: Any) -> dict[str, str]:
+    """The labels as ``{label: description}`` (``""``: none), checked."""
+    if isinstance(labels, type) and issubclass(labels, enum.Enum):
+        labels = [m.value for m in labels]
+    elif isinstance(labels, pl.Enum):
+        labels = labels.categories.to_list()
+    if isinstance(labels, Mapping):
+        out = dict(labels)
+    elif isinstance(labels, Sequence) and not isinstance(labels, str | bytes):
+        out = dict.fromkeys(labels, "")
+    else:
+        msg = (
+            "labels must be a list of strings, a {label: description} dict, an Enum "
+            f"class or a pl.Enum, got {type(labels).__name__}"
+        )
+        raise TypeError(msg)
+    for label, description in out.items():
+        if not isinstance(label, str) or not label.strip():
+            msg = f"labels must be non-empty strings, got {label!r}"
+            raise TypeError(msg)
+        if not isinstance(description, str):
+            msg = f"the description of label {label!r} must be a str"
+            raise TypeError(msg)
+    if len(out) < 2:
+        msg = f"classify needs at least 2 distinct labels, got {list(out)}"
+        raise ValueError(msg)
+    return out
+
+
+def _object(name: str, key: str, prop: dict[str, Any]) -> dict[str, Any]:
+    """A strict ``response_format`` of one property ``key``."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": name,
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {key: prop},
+                "required": [key],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def _classify_task(
+    labels: Any,
+    instructions: str | None = None,
+    prompt: str | None = None,
+    confidence: bool = False,
+    *,
+    _name: str = "classify",
+    _default: str = CLASSIFY_PROMPT,
+) -> Task:
+    chosen = _labels(labels)
+    lines = "\n".join(
+        f"- {label}: {about}" if about else f"- {label}"
+        for label, about in chosen.items()
+    )
+    system = _render(
+        _prompt(prompt, _default),
+        labels=lines,
+        instructions=_instructions(instructions),
+    )
+    fmt = _object(_name, "label", {"type": "string", "enum": list(chosen)})
+    return Task(_name, system, fmt, "label", _flag("confidence", confidence))
+
+
+def _sentiment_task(
+    instructions: str | None = None,
+    prompt: str | None = None,
+    confidence: bool = False,
+    labels: Any = SENTIMENT_LABELS,
+) -> Task:
+    return _classify_task(
+        labels,
+        instructions,
+        prompt,
+        confidence,
+        _name="sentiment",
+        _default=SENTIMENT_PROMPT,
+    )
+
+
+def _filter_task(
+    condition: str,
+    instructions: str | None = None,
+    prompt: str | None = None,
+    confidence: bool = False,
+) -> Task:
+    if not isinstance(condition, str) or not condition.strip():
+        msg = f"condition must be a non-empty str, got {condition!r:.60}"
+        raise TypeError(msg)
+    system = _render(
+        _prompt(prompt, FILTER_PROMPT),
+        condition=condition.strip(),
+        instructions=_instructions(instructions),
+    )
+    fmt = _object("filter", "match", {"type": "boolean"})
+    return Task("filter", system, fmt, "match", _flag("confidence", confidence))
+
+
+def _extract_task(
+    schema: Any, instructions: str | None = None, prompt: str | None = None
+) -> Task:
+    if output_schema(schema) is None:  # a typed answer's type, checked now
+        msg = "extract needs a pydantic model, a JSON-schema dict or a pl.Struct"
+        raise TypeError(msg)
+    system = _render(
+        _prompt(prompt, EXTRACT_PROMPT), instructions=_instructions(instructions)
+    )
+    return Task("extract", system, schema, None)
+
+
+def _summarize_task(
+    max_words: int = 50, instructions: str | None = None, prompt: str | None = None
+) -> Task:
+    if not isinstance(max_words, int) or isinstance(max_words, bool) or max_words < 1:
+        msg = f"max_words must be an integer >= 1, got {max_words!r}"
+        raise ValueError(msg)
+    system = _render(
+        _prompt(prompt, SUMMARIZE_PROMPT),
+        max_words=str(max_words),
+        instructions=_instructions(instructions),
+    )
+    fmt = _object("summary", "summary", {"type": "string"})
+    return Task("summarize", system, fmt, "summary")
+
+
+def _translate_task(
+    to: str, instructions: str | None = None, prompt: str | None = None
+) -> Task:
+    if not isinstance(to, str) or not to.strip():
+        msg = f"to must be a language name (a non-empty str), got {to!r:.60}"
+        raise TypeError(msg)
+    system = _render(
+        _prompt(prompt, TRANSLATE_PROMPT),
+        language=to.strip(),
+        instructions=_instructions(instructions),
+    )
+    fmt = _object("translation", "translation", {"type": "string"})
+    return Task("translate", system, fmt, "translation")
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value
+
+
+BUILDERS: Final[dict[str, Callable[..., Task]]] = {
+    "classify": _classify_task,
+    "filter": _filter_task,
+    "sentiment": _sentiment_task,
+    "extract": _extract_task,
+    "summarize": _summarize_task,
+    "translate": _translate_task,
+}
+
+
+def build_task(name: str, arguments: Mapping[str, Any]) -> Task:
+    """The task ``name`` with ``arguments`` (its own), checked."""
+    builder = BUILDERS.get(name)
+    if builder is None:
+        msg = f"no task {name!r}; the tasks are {', '.join(BUILDERS)}"
+        raise ValueError(msg)
+    own = {k for k in inspect.signature(builder).parameters if not k.startswith("_")}
+    unknown = set(arguments) - own
+    if unknown:
+        msg = (
+            f"{name}() takes no argument {sorted(unknown)[0]!r}; its arguments are "
+            f"{', '.join(sorted(own))}"
+        )
+        raise TypeError(msg)
+    return builder(**arguments)
