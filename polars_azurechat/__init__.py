@@ -54,6 +54,7 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
+    from polars_azurechat import tasks as tasks
     from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.vectors import cosine_similarity, top_k, top_k_many
 
@@ -79,6 +80,8 @@ def __getattr__(name: str) -> Any:
             value: Any = version("polars-azurechat")
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             value = "0.0.0"
+    elif name in _SUBMODULES:  # ``pac.tasks.classify``: the module, on first use
+        value = importlib.import_module(f"{__name__}.{name}")
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:
@@ -89,8 +92,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, "__version__"])
+    return sorted([*globals(), *_LAZY, *_SUBMODULES, "__version__"])
 
+
+#: Public submodules reachable as attributes without an import of their own.
+_SUBMODULES = frozenset({"tasks"})
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 del _namespace

@@ -742,8 +742,9 @@ def with_options(
         func.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             params, return_annotation=inspect.signature(func).return_annotation
         )
-        if func.__doc__:
-            func.__doc__ = func.__doc__.replace("{options}", options_doc())
+        if func.__doc__:  # the entries take the {options} line's indentation
+            indent = func.__doc__.split("{options}")[0].rsplit("\n", 1)[-1]
+            func.__doc__ = func.__doc__.replace("{options}", options_doc(indent))
         return func
 
     return decorate

@@ -86,6 +86,8 @@ def _image_parts(detail: str) -> Any:
                 f"List of either column, not {dtype}"
             )
             raise TypeError(msg)
+        if not isinstance(dtype, pl.List):  # one image a row: no Python loop
+            return _one_image_parts(s, detail)
         out: list[list[dict[str, Any]]] = []
         for row in s.to_list():
             values = row if isinstance(row, list) else [row]
@@ -103,6 +105,43 @@ def _image_parts(detail: str) -> Any:
         return pl.Series(s.name, out, dtype=PARTS_DTYPE)
 
     return parts
+
+
+def _one_image_parts(s: pl.Series, detail: str) -> pl.Series:
+    """A column of one image a row (URLs or bytes) as lists of one part (none if null).
+
+    Bytes become data URLs in Polars: the MIME type from the signature (as
+    :func:`~polars_azurechat._images.image_type` reads it), the base64 by
+    ``bin.encode``; bytes of no image format get ``application/octet-stream``, and
+    their row fails before any request.
+    """
+    col = pl.col(s.name)
+    if s.dtype == pl.Binary:
+        sig = col.bin
+        mime = (
+            pl.when(sig.starts_with(b"\x89PNG\r\n\x1a\n"))
+            .then(pl.lit("image/png"))
+            .when(sig.starts_with(b"\xff\xd8\xff"))
+            .then(pl.lit("image/jpeg"))
+            .when(sig.starts_with(b"GIF87a") | sig.starts_with(b"GIF89a"))
+            .then(pl.lit("image/gif"))
+            .when(sig.starts_with(b"RIFF") & (sig.slice(8, 4) == b"WEBP"))
+            .then(pl.lit("image/webp"))
+            .otherwise(pl.lit("application/octet-stream"))
+        )
+        url = pl.concat_str(
+            pl.lit("data:"), mime, pl.lit(";base64,"), sig.encode("base64")
+        )
+    else:
+        url = col.cast(pl.String)
+    part = pl.struct(
+        type=pl.lit("image_url", dtype=pl.String),
+        text=pl.lit(None, dtype=pl.String),
+        image_url=pl.struct(url=url, detail=pl.lit(detail, dtype=pl.String)),
+    )
+    empty = pl.lit([], dtype=PARTS_DTYPE)
+    out = pl.when(col.is_not_null()).then(pl.concat_list([part])).otherwise(empty)
+    return s.to_frame().select(out.cast(PARTS_DTYPE).alias(s.name)).to_series()
 
 
 def messages(

@@ -206,13 +206,13 @@ def _job_params(task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
 def _run(
     task: Task,
     expr: str | pl.Expr,
-    *,
-    images: pl.Expr | None,
-    detail: str,
     config: ChatConfig | None,
     client: openai.OpenAI | None,
     options: ChatOptions | None,
     params: Mapping[str, Any],
+    *,
+    images: pl.Expr | None = None,
+    detail: str = "auto",
 ) -> pl.Expr:
     expr = pl.col(expr) if isinstance(expr, str) else expr
     fields = _job_params(task, params)
@@ -307,14 +307,7 @@ def classify(
     """
     task = BUILDERS["classify"](labels, instructions, prompt, confidence)
     return _run(
-        task,
-        expr,
-        images=images,
-        detail=detail,
-        config=config,
-        client=client,
-        options=options,
-        params=params,
+        task, expr, config, client, options, params, images=images, detail=detail
     )
 
 
@@ -371,14 +364,7 @@ def filter(  # the name users look for; the builtin is not used here
     """
     task = BUILDERS["filter"](condition, instructions, prompt, confidence)
     return _run(
-        task,
-        expr,
-        images=images,
-        detail=detail,
-        config=config,
-        client=client,
-        options=options,
-        params=params,
+        task, expr, config, client, options, params, images=images, detail=detail
     )
 
 
@@ -422,16 +408,7 @@ def sentiment(
     ['positive', 'negative']
     """
     task = BUILDERS["sentiment"](instructions, prompt, confidence, labels)
-    return _run(
-        task,
-        expr,
-        images=None,
-        detail="auto",
-        config=config,
-        client=client,
-        options=options,
-        params=params,
-    )
+    return _run(task, expr, config, client, options, params)
 
 
 def extract(
@@ -483,14 +460,7 @@ def extract(
     """
     task = BUILDERS["extract"](schema, instructions, prompt)
     return _run(
-        task,
-        expr,
-        images=images,
-        detail=detail,
-        config=config,
-        client=client,
-        options=options,
-        params=params,
+        task, expr, config, client, options, params, images=images, detail=detail
     )
 
 
@@ -535,16 +505,7 @@ def summarize(
     [String]
     """
     task = BUILDERS["summarize"](max_words, instructions, prompt)
-    return _run(
-        task,
-        expr,
-        images=None,
-        detail="auto",
-        config=config,
-        client=client,
-        options=options,
-        params=params,
-    )
+    return _run(task, expr, config, client, options, params)
 
 
 def translate(
@@ -587,16 +548,7 @@ def translate(
     [String]
     """
     task = BUILDERS["translate"](to, instructions, prompt)
-    return _run(
-        task,
-        expr,
-        images=None,
-        detail="auto",
-        config=config,
-        client=client,
-        options=options,
-        params=params,
-    )
+    return _run(task, expr, config, client, options, params)
 
 
 def plan(

@@ -59,7 +59,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from polars_azurechat.transport.http import Api, Completion, read_answer
-from polars_azurechat.transport.responses import parse_response, responses_params
+from polars_azurechat.transport.responses import (
+    parse_response,
+    responses_input,
+    responses_params,
+)
 
 __all__ = [
     "Handler",
@@ -372,7 +376,7 @@ class MemoryTransport:
             wire = {
                 "model": self.deployment,
                 **responses_params(fields),
-                "input": body.get("messages"),
+                "input": responses_input(body.get("messages") or []),
             }
         request = MemoryRequest(
             json.loads(json.dumps(wire)), self.deployment, self._headers, timeout_s

@@ -202,6 +202,39 @@ def test_the_format_and_size_come_from_the_header(
     assert seen is not None and (seen.width, seen.height) == size
 
 
+def test_a_large_image_is_read_from_its_head_and_a_deep_jpeg_whole() -> None:
+    # a photo's format and size come from its first bytes; its byte count from the
+    # base64's length; a JPEG whose frame header lies past the head is decoded whole
+    big = png(640, 480) + bytes(200_000)
+    head, nbytes, size = _images.peek_data_url(_data_url(big))
+    assert len(head) < len(big) and nbytes == len(big) and size == (640, 480)
+    deep = jpeg(1, 1)
+    exif = b"Exif\x00\x00" + bytes(60_000)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+    deep = deep[:2] + app1 + jpeg(300, 200)[2:]
+    assert _images.peek_data_url(_data_url(deep))[1:] == (len(deep), (300, 200))
+    assert _tokens.url_tokens(_data_url(deep), "high") == 85 + 170 * 1
+    assert _images.url_problem(_data_url(big)[:-1]) == (
+        "has a data URL that cannot be read: its base64 is broken"
+    )
+
+
+def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:
+    # one image a row is built in Polars (no Python loop): the same URLs as data_url
+    images = [png(3, 2), jpeg(4, 4), gif(1, 1), webp(9, 9, b"VP8L"), b"nope", None]
+    df = pl.DataFrame({"photo": images}, schema={"photo": pl.Binary})
+    built = df.select(messages(user="?", images=pl.col("photo")))["messages"]
+    urls = [
+        [p["image_url"]["url"] for p in row[0]["content"][1:]]
+        for row in built.to_list()
+    ]
+    assert urls == [[_images.data_url(b)] if b is not None else [] for b in images]
+    assert urls[4][0].startswith("data:application/octet-stream;base64,")
+    listed = df.select(pl.concat_list(pl.col("photo")).alias("photo"))
+    as_lists = listed.select(messages(user="?", images=pl.col("photo")))["messages"]
+    assert as_lists.to_list()[:5] == built.to_list()[:5]  # the Python path agrees
+
+
 def test_messages_builds_parts_from_urls_bytes_and_lists() -> None:
     first, second = png(8, 8), jpeg(64, 32)
     df = pl.DataFrame(
@@ -491,6 +524,49 @@ def test_batch_mode_sends_image_rows_as_online_does(tmp_path: Path) -> None:
     assert stats["batch"]["lines_answered"] == 2  # the duplicate went once
     assert summary.failed == 1 and summary.deduplicated == 1
     assert summary.prompt_tokens >= 2 * 255
+
+
+def test_the_responses_api_sends_images_as_input_image_parts(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    # online and in Batch mode: the same answers as chat, row i's image in row i
+    clock = FakeClock(10_000.0)
+    df = pl.DataFrame({"photo": [png(40, 20), gif(5, 5), b"nope", png(40, 20)]})
+    column = df.select(messages(user="Which?", images=pl.col("photo"), detail="low"))
+    expected = [
+        "Echo: Which? [images: png 40x20]",
+        "Echo: Which? [images: gif 5x5]",
+        None,
+        "Echo: Which? [images: png 40x20]",
+    ]
+    chat = column.select(pac.complete("messages", max_tokens=30))
+    assert chat.to_series().to_list() == expected
+    before = emulator.stats()["routes"]["responses"]
+    with pac.Completer(api="responses", max_tokens=30, progress=False) as job:
+        online = column.select(job.expr("messages"))
+        summary = job.summary()
+    assert online.to_series().to_list() == expected
+    assert emulator.stats()["routes"]["responses"] - before == 2  # deduplicated
+    # the emulator counted the images as chat does: 85 tokens each at low detail
+    assert summary.prompt_tokens >= 2 * 85
+    with Emulator(clock=clock) as emu:
+        config = pac.ChatConfig(base_url=emu.base_url, api_key=emu.api_key)
+        job = pac.Completer(
+            config=config,
+            api="responses",
+            deployment="gpt-4o-mini-batch",
+            max_tokens=30,
+            progress=False,
+            mode="batch",
+            batch_poll_s=1.0,
+            cache=str(tmp_path / "r.sqlite"),
+        )
+        assert job._batch is not None
+        job._batch.settings.update(sleep=clock.blocking_sleep, clock=clock)
+        with job:
+            batch = column.select(job.expr("messages"))
+        assert emu.stats()["batch"]["lines_answered"] == 2
+    assert batch.to_series().to_list() == expected
 
 
 def test_cli_run_on_a_parquet_file_with_image_parts(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM stop a job at once, on real subprocesses.
+"""Ctrl-C and SIGTERM stop a job (chat or embeddings) at once, on real subprocesses.
 
 Each test runs a 3,000-row job (200 ms latency, concurrency 16: about 37 s if left to
 run) in a child process against the emulator in this process, waits until the emulator
@@ -256,3 +256,53 @@ _STDOUT: list[str] = []
 def _collect_stdout(msg: dict[str, Any]) -> None:
     if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
         _STDOUT.append(msg["content"]["text"])
+
+
+def test_embed_cli_stops_at_once_keeps_what_it_had_and_a_rerun_resumes(
+    slow_emulator: tuple[Emulator, threading.Event], tmp_path: Path
+) -> None:
+    # one text per request, so the signal comes in the middle of many requests
+    emu, seen_40 = slow_emulator
+    cache = tmp_path / "vectors.sqlite"
+    out = tmp_path / "out.parquet"
+    src = tmp_path / "texts.parquet"
+    pl.DataFrame({"t": [f"text number {i}" for i in range(ROWS)]}).write_parquet(src)
+    args = [
+        sys.executable,
+        "-m",
+        "polars_azurechat",
+        "embed",
+        str(src),
+        str(out),
+        "--column",
+        "t",
+        "--deployment",
+        "text-embedding-3-small",
+        "--inputs-per-request",
+        "1",
+        "--max-concurrency",
+        str(CONCURRENCY),
+        "--cache",
+        str(cache),
+        "--no-progress",
+    ]
+    rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, signal.SIGINT)
+    assert elapsed < STOPS_WITHIN_S, stderr
+    assert rc == 130, stderr
+    assert after <= CONCURRENCY
+    assert "Traceback" not in stderr
+    assert "interrupted by Ctrl-C" in stderr and str(cache) in stderr
+    assert not out.exists() and not out.with_name("out.parquet.partial").exists()
+    kept = _answers_in(cache)
+    assert kept > 0
+    # the rerun (many texts a request now) sends only the texts the cache does not hold
+    emu.reset()
+    env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1"}
+    i = args.index("--inputs-per-request")
+    rerun = args[:i] + args[i + 2 :]
+    done = subprocess.run(rerun, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert emu.stats()["embeddings"]["inputs"] == ROWS - kept
+    written = pl.read_parquet(out)
+    assert written["t"].to_list() == [f"text number {i}" for i in range(ROWS)]
+    assert written["embedding_error"].null_count() == ROWS

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from polars_azurechat._types import ChatRequest, ChatResult
@@ -47,6 +47,10 @@ MAX_FILE_LINES = 100_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 #: Input files are named ``polars-azurechat-<sha256 of the content>.jsonl``.
 FILE_PREFIX = "polars-azurechat-"
+
+
+def _same(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return messages
 
 
 def digest(data: bytes) -> str:
@@ -137,16 +141,24 @@ class Chunker:
         self.max_bytes = max_bytes
         self.api = api
         if api == "responses":
-            from polars_azurechat.transport.responses import responses_params
+            from polars_azurechat.transport.responses import (
+                responses_input,
+                responses_params,
+            )
 
             self._fields: Mapping[str, Any] = responses_params(params)
+            self._messages: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = (
+                responses_input
+            )
             self._url, self._input = RESPONSES_URL, "input"
         else:
             self._fields, self._url, self._input = params, BATCH_URL, "messages"
+            self._messages = _same
 
     def line(self, key: str, req: ChatRequest) -> bytes:
         """The JSONL line of ``req``, named ``key`` (``custom_id``), newline included."""
-        body = {**self._fields, "model": self.deployment, self._input: req.messages}
+        messages = self._messages(req.messages)
+        body = {**self._fields, "model": self.deployment, self._input: messages}
         line = {"custom_id": key, "method": "POST", "url": self._url, "body": body}
         return (
             json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"

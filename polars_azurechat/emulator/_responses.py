@@ -10,8 +10,9 @@ as a response object (:func:`response_payload`):
 Responses API                              chat completions
 =========================================  ==========================================
 ``input`` (a string, or messages whose     ``messages`` (a string is one user
-``content`` is a string or                 message; the parts' texts joined)
-``input_text`` parts)
+``content`` is a string or                 message; the parts' texts joined;
+``input_text``/``input_image`` parts)      with images, chat's ``text`` and
+                                           ``image_url`` parts)
 ``instructions``                           a first ``system`` message
 ``max_output_tokens`` (at least 16)        ``max_completion_tokens``
 ``reasoning: {effort}``                    ``reasoning_effort``
@@ -257,23 +258,35 @@ def _message(item: Any, where: str) -> tuple[dict[str, Any], web.Response | None
         return {}, _wrong_type(
             f"{where}.content", "one of a string or array of input items", content
         )
-    texts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         if not isinstance(part, Mapping):
             return {}, _wrong_type(at, "an object", part)
-        if part.get("type") not in _TEXT_PARTS:
+        kind = part.get("type")
+        if kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str):  # a file_id: the emulator keeps no files
+                return {}, _wrong_type(f"{at}.image_url", "a string", url)
+            detail = part.get("detail", "auto")
+            parts.append(
+                {"type": "image_url", "image_url": {"url": url, "detail": detail}}
+            )
+            continue
+        if kind not in _TEXT_PARTS:
             return {}, invalid(
-                f"Invalid value: '{str(part.get('type'))[:40]}'. The emulator takes "
-                "'input_text' parts only.",
+                f"Invalid value: '{str(kind)[:40]}'. The emulator takes "
+                "'input_text' and 'input_image' parts only.",
                 param=f"{at}.type",
                 code="invalid_value",
             )
         text = part.get("text")
         if not isinstance(text, str):
             return {}, _wrong_type(f"{at}.text", "a string", text)
-        texts.append(text)
-    return {"role": role, "content": "".join(texts)}, None
+        parts.append({"type": "text", "text": text})
+    if any(p["type"] == "image_url" for p in parts):  # checked and counted as chat's
+        return {"role": role, "content": parts}, None
+    return {"role": role, "content": "".join(p["text"] for p in parts)}, None
 
 
 def _limit_problem(limit: Any) -> web.Response | None:

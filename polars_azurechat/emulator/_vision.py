@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,16 +107,26 @@ def picture(url: str, detail: str) -> Picture | None:
     """
     if not url.startswith("data:"):
         return Picture("url", *URL_SIZE, detail)
-    try:
-        data = base64.b64decode(url.partition(",")[2], validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    read = _read(data)
+    read = _read_url(url)
     if read is None:
         return None
     kind, size = read
     width, height = size if size is not None and min(size) > 0 else URL_SIZE
     return Picture(kind, width, height, detail)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_url(url: str) -> tuple[str, tuple[int, int] | None] | None:
+    """A data URL's ``(format, size)``, read once a request.
+
+    Checking, counting and answering a request ask again for the same URL; its
+    base64 is decoded whole, as Azure does.
+    """
+    try:
+        data = base64.b64decode(url.partition(",")[2], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _read(data)
 
 
 def text_of(content: Any) -> str:

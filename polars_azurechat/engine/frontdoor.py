@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from polars_azurechat._json import messages_json
 from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.store.sqlite import request_key_parts
@@ -158,9 +158,7 @@ class RequestShape:
 
     def key(self, req: ChatRequest) -> str:
         """:func:`~polars_azurechat.store.sqlite.request_key` of ``req``, the same digest."""
-        messages = json.dumps(
-            req.messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        messages = messages_json(req.messages, canonical=True)
         return hashlib.sha256(self._head + messages + self._tail).hexdigest()
 
     def body(self, req: ChatRequest) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from polars_azurechat._json import messages_json
 from polars_azurechat._types import ChatResult
 from polars_azurechat.batch.state import INDEXES as BATCH_INDEXES
 from polars_azurechat.batch.state import TABLES as BATCH_TABLES
@@ -108,7 +109,9 @@ def request_key(
     True
     """
     head, tail = request_key_parts(host=host, deployment=deployment, params=params)
-    return hashlib.sha256(head + _canonical(messages) + tail).hexdigest()
+    return hashlib.sha256(
+        head + messages_json(messages, canonical=True) + tail
+    ).hexdigest()
 
 
 def request_key_parts(

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from polars_azurechat._json import messages_json
 from polars_azurechat._types import REASONING_LENGTH
 from polars_azurechat.config import V1, host_of, surface_of
 from polars_azurechat.errors import (
@@ -38,7 +39,11 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 from polars_azurechat.transport.embeddings import parse_embeddings
-from polars_azurechat.transport.responses import parse_response, responses_params
+from polars_azurechat.transport.responses import (
+    parse_response,
+    responses_input,
+    responses_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +153,10 @@ class Transport:
         self.surface = surface_of(self.api_version)
         self._parse = _PARSERS.get(api, parse_completion)
         self._messages = b'"input":' if api == "responses" else b'"messages":'
+        #: the messages as this API takes them (the Responses API names parts its way)
+        self._input: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = (
+            responses_input if api == "responses" else _same
+        )
         if self.surface == V1:  # the deployment goes in the body's "model"
             path = _V1_PATHS.get(api, "chat/completions")
             self.url = f"{self.endpoint}/openai/v1/{path}"
@@ -238,14 +247,16 @@ class Transport:
             n += 1
         else:
             if n == len(fixed) and self._fixed_json:
-                return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+                messages = self._input(body["messages"])
+                return b"".join((self._fixed_json, messages_json(messages), b"}"))
         # first use, or other parameters: encode them (and keep the objects alive,
         # so their identity cannot be taken by another object)
         self._fixed = tuple((k, v) for k, v in body.items() if k != "messages")
         fields = self._fields(dict(self._fixed))
         head = _dumps({**self._model, **fields})[:-1]  # no closing brace
         self._fixed_json = head + (b"," if len(head) > 1 else b"") + self._messages
-        return b"".join((self._fixed_json, _dumps(body["messages"]), b"}"))
+        messages = self._input(body["messages"])
+        return b"".join((self._fixed_json, messages_json(messages), b"}"))
 
     def _fields(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         """The body's fields besides the messages, as this API names them."""
@@ -287,6 +298,10 @@ _PARSERS: dict[str, Callable[[bytes, Mapping[str, str]], Completion]] = {
     "embeddings": parse_embeddings,
 }
 _V1_PATHS = {"responses": "responses", "embeddings": "embeddings"}
+
+
+def _same(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return messages
 
 
 def _dumps(value: Any) -> bytes:

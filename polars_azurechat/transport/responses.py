@@ -11,7 +11,10 @@ for the fields every request shares, and a reading of its answer:
 =========================================  ==========================================
 chat completions                           Responses API
 =========================================  ==========================================
-``messages``                               ``input`` (the same list of messages)
+``messages``                               ``input`` (the same list of messages; a
+                                           part ``text`` is ``input_text``, an
+                                           assistant's ``output_text``; ``image_url``
+                                           is ``input_image``: :func:`responses_input`)
 ``max_tokens``, ``max_completion_tokens``  ``max_output_tokens``
 ``reasoning_effort``                       ``reasoning: {effort}``
 ``response_format`` (``json_schema``)      ``text: {format: {type: json_schema, ...}}``
@@ -37,7 +40,7 @@ from typing import Any
 
 from polars_azurechat.errors import MalformedResponseError
 
-__all__ = ["UNSUPPORTED", "parse_response", "responses_params"]
+__all__ = ["UNSUPPORTED", "parse_response", "responses_input", "responses_params"]
 
 #: Chat-completions fields the Responses API has no equivalent for (refused at once).
 UNSUPPORTED = frozenset(
@@ -121,6 +124,59 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
     out.setdefault("store", False)
     return out
+
+
+def responses_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat ``messages`` as the Responses API's ``input`` (the same list when all text).
+
+    A content that is a string goes as it is. A list of parts (text and images, as
+    :func:`polars_azurechat.messages` builds for ``images=``) is renamed part by part:
+    ``{"type": "text"}`` is ``input_text`` (an assistant's own turn: ``output_text``),
+    ``{"type": "image_url", "image_url": {"url", "detail"}}`` is ``input_image`` with
+    the URL and the detail beside the type.
+
+    Examples
+    --------
+    >>> plain = [{"role": "user", "content": "hi"}]
+    >>> responses_input(plain) is plain
+    True
+    >>> parts = [
+    ...     {"type": "text", "text": "What is it?"},
+    ...     {
+    ...         "type": "image_url",
+    ...         "image_url": {"url": "https://x/a.png", "detail": "low"},
+    ...     },
+    ... ]
+    >>> responses_input([{"role": "user", "content": parts}])[0]["content"]
+    [{'type': 'input_text', 'text': 'What is it?'}, {'type': 'input_image', 'image_url': 'https://x/a.png', 'detail': 'low'}]
+    """
+    if all(isinstance(m.get("content"), str) for m in messages):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            text = "output_text" if message.get("role") == "assistant" else "input_text"
+            message = {**message, "content": [_part(p, text) for p in content]}
+        out.append(message)
+    return out
+
+
+def _part(part: Any, text: str) -> Any:
+    """One chat content part as the Responses API's (an unknown one as it is)."""
+    if not isinstance(part, Mapping):
+        return part
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": text, "text": part.get("text")}
+    image = part.get("image_url")
+    if kind == "image_url" and isinstance(image, Mapping):
+        return {
+            "type": "input_image",
+            "image_url": image.get("url"),
+            "detail": image.get("detail") or "auto",
+        }
+    return part
 
 
 def _text_format(response_format: Any) -> Any:

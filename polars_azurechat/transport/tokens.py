@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from polars_azurechat._images import decode_data_url, image_size
+from polars_azurechat._images import peek_data_url
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ def image_tokens(size: tuple[int, int] | None, detail: str | None = "auto") -> i
     return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * max(1, tiles)
 
 
-@functools.lru_cache(maxsize=4096)
 def url_tokens(url: str, detail: str | None = "auto") -> int:
     """An image part's tokens: a data URL's size read from its header.
 
@@ -96,7 +95,7 @@ def url_tokens(url: str, detail: str | None = "auto") -> int:
     size = None
     if detail != "low" and url.startswith("data:"):
         try:
-            size = image_size(decode_data_url(url))
+            size = peek_data_url(url)[2]  # the header only
         except ValueError:
             size = None
     return image_tokens(size, detail)
