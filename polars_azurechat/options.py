@@ -210,8 +210,9 @@ class ChatOptions:
     )
     progress: bool | None = _opt(
         None,
-        "Show a progress bar: ``None`` when stderr is a terminal, ``True`` always "
-        "(in a notebook too), ``False`` never.",
+        "Show a progress bar: ``None`` in a notebook (Jupyter, VS Code: one display "
+        "per run, updated in place) or when stderr is a terminal, ``True`` always, "
+        "``False`` never.",
     )
     flex_fallback: bool = _opt(
         False,
