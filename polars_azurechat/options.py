@@ -210,9 +210,8 @@ class ChatOptions:
     )
     progress: bool | None = _opt(
         None,
-        "Show a progress bar: ``None`` in a notebook (Jupyter, VS Code: one display "
-        "per run, updated in place) or when stderr is a terminal, ``True`` always, "
-        "``False`` never.",
+        "Show a progress bar: ``None`` in a notebook (Jupyter, VS Code) or when "
+        "stderr is a terminal, ``True`` always, ``False`` never.",
     )
     flex_fallback: bool = _opt(
         False,
