@@ -110,6 +110,31 @@ def test_plan_of_a_large_model_and_a_token_bound_pool() -> None:
     assert p.estimated_wall_s == pytest.approx(10.0 * (-(-tokens // 2_000) - 1) + 1.0)
 
 
+def test_the_embed_cli_plans_without_sending_or_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from polars_azurechat.cli import app
+
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pl.DataFrame({"t": [*_texts(100), None]}).write_parquet(src)
+    with Emulator() as emu:
+        for key, value in emu.env(SMALL).items():
+            monkeypatch.setenv(key, value)
+        args = ["embed", str(src), str(out), "--column", "t", "--dimensions", "8"]
+        result = CliRunner().invoke(
+            app, [*args, "--inputs-per-request", "40", "--plan"]
+        )
+        assert emu.stats()["requests"] == 0
+    assert result.exit_code == 0, result.output
+    tokens = sum(text_tokens(t) for t in _texts(100))
+    assert "101 (3 requests; 0 cannot be sent" in result.output
+    assert f"{tokens:,} prompt" in result.output
+    assert "text-embedding-3-small, input tokens only" in result.output
+    assert not out.exists()
+
+
 # -- quota, pool, Entra ID ---------------------------------------------------------
 
 
