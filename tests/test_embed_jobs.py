@@ -313,7 +313,10 @@ def test_the_summary_counts_requests_inputs_tokens_and_cost() -> None:
     assert s.prompt_tokens == tokens and s.completion_tokens == 0
     assert s.estimated_cost_usd == pytest.approx(tokens * 0.02 / 1e6)
     text = str(s)
-    assert "100" in text and "$" in text
+    assert "121 (120 answered, 0 failed, 1 null; 0 from cache, 20 deduplicated)" in text
+    assert "requests:  4 (0 retried, 0 rate-limited; 100 inputs)" in text
+    assert f"{tokens:,} prompt, 0 completion" in text
+    assert "(text-embedding-3-small)" in text
 
 
 # -- kill -9 and resume (the CLI) --------------------------------------------------
