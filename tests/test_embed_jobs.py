@@ -391,3 +391,5 @@ def test_a_killed_embed_resumes_from_its_cache_without_paying_twice(
     assert first["requests"] >= 150
     # lost to the kill: the packs in flight and those answered during the last commit
     assert total["inputs"] <= ROWS + 2 * CONCURRENCY * PER_REQUEST, (first, total)
+    assert "from cache" in err.decode()
+    print(f"killed after {first}; both runs sent {total} for {ROWS} rows")  # noqa: T201 - shown with -s
