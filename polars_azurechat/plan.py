@@ -281,6 +281,7 @@ def plan_embeddings(
     :meth:`polars_azurechat.Embedder.plan`.
     """
     from polars_azurechat.engine.embed import pack
+    from polars_azurechat.engine.texts import MAX_INPUT_TOKENS
 
     tokens: list[int | None] = []
     errors: list[str | None] = []
@@ -300,7 +301,7 @@ def plan_embeddings(
             "request_tokens": pl.Int64,
             "error": pl.String,
         },
-    ).with_columns(over_context=pl.lit(value=False))
+    ).with_columns(over_context=pl.col("request_tokens") > MAX_INPUT_TOKENS)
     packs = pack(list(unique.items()), inputs_per_request, request_tokens)
     quota_tokens = sum(r.tokens for r in unique.values())
     wall_s, bound_by = wall_time(opts, len(packs), quota_tokens, latency_s)

@@ -87,6 +87,7 @@ def test_plan_estimates_tokens_packs_cost_and_time_and_sends_nothing() -> None:
     assert p.prompt_tokens == tokens + sum(text_tokens(t) for t in _texts(10))
     assert p.unsendable == 1 and "empty" in (p.rows["error"][61] or "")
     assert p.rows["prompt_tokens"][60] is None
+    assert p.rows["over_context"].to_list() == [False] * 60 + [None, None]
     assert p.estimated_cost_usd == pytest.approx(tokens * 0.02 / 1e6)
     # 7 requests at 24 a minute (4 a 10-s window): one window's wait, then the last
     assert (p.bound_by, p.estimated_wall_s) == ("requests_per_minute", 10.5)
