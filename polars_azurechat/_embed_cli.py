@@ -108,6 +108,14 @@ def embed_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUTPUT_PATH.")
     ] = False,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Estimate tokens, requests, cost and wall time (at 1 s a request) "
+            "without sending anything; OUTPUT_PATH is not written.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     **option_values: Any,
 ) -> None:
@@ -129,6 +137,12 @@ def embed_command(
         "request_tokens": request_tokens,
         "truncate": truncate,
     }
+    if plan:
+        with contextlib.ExitStack() as stack:
+            job = stack.enter_context(_job(stack, options, spec, emulator))
+            texts = pl.read_parquet(input_path, columns=[column])[column]
+            typer.echo(str(job.plan(texts)))
+        return
     with contextlib.ExitStack() as stack:
         out = _take_output(
             stack,

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from polars_azurechat.engine.core import ChatEngine
     from polars_azurechat.engine.progress import ProgressBar
     from polars_azurechat.engine.runs import Run
+    from polars_azurechat.plan import Plan
 
 __all__ = [
     "MAX_INPUTS",
@@ -176,6 +177,7 @@ class Embedder:
         from polars_azurechat.engine.build import build_engine
 
         self._prices = dict(prices or {})
+        self._model = model or name  # the price's name (by prefix)
         self.engine: ChatEngine
         #: The spending cap (``max_cost_usd``), shared by every run of the job.
         self.spending_cap: SpendingCap | None
@@ -273,6 +275,44 @@ class Embedder:
             prices=self._prices,
             cap=self.spending_cap,
             mode="online",
+        )
+
+    def plan(
+        self, texts: pl.Series | Iterable[str | None], *, latency_s: float = 1.0
+    ) -> Plan:
+        """Estimate embedding ``texts`` without sending anything: tokens, cost, time.
+
+        Identical texts count once and the rest are packed as the job packs them;
+        the cost is the tokens at the model's input price, and the wall time is
+        bound by the job's ``max_concurrency`` and quota, ``latency_s`` a request
+        (as :func:`polars_azurechat.plan`).
+
+        Examples
+        --------
+        >>> import polars_azurechat as pac
+        >>> job = pac.Embedder(
+        ...     deployment="text-embedding-3-small", dimensions=4, inputs_per_request=2
+        ... )
+        >>> p = job.plan(["red apples", "red apples", "pears", "plums", None, ""])
+        >>> p.requests, p.request_tokens, p.rows["prompt_tokens"].to_list()
+        (2, 6, [2, 2, 2, 2, None, None])
+        >>> print(p)  # doctest: +NORMALIZE_WHITESPACE
+        rows:      6 (2 requests; 1 cannot be sent, 0 over the context)
+        tokens:    8 prompt, 6 counted against the quota
+        cost:      $0.0000 (text-embedding-3-small, input tokens only)
+        wall:      ~1.0 s (bound by concurrency)
+        >>> job.close()
+        """
+        from polars_azurechat.plan import plan_embeddings
+
+        return plan_embeddings(
+            self.requests(texts),
+            opts=self.options,
+            inputs_per_request=self.spec.inputs_per_request,
+            request_tokens=self.spec.request_tokens,
+            model=self._model,
+            latency_s=latency_s,
+            prices=self._prices,
         )
 
     def requests(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
 
@@ -17,6 +17,9 @@ from polars_azurechat.options import (
     with_options,
 )
 from polars_azurechat.summary import batch_price, price_for
+
+if TYPE_CHECKING:
+    from polars_azurechat.engine.texts import TextsRequest
 
 __all__ = ["Plan", "plan"]
 
@@ -55,19 +58,19 @@ class Plan:
     estimated_wall_s: float
     bound_by: str
     estimated_batch_cost_usd: float | None = None
+    #: ``"chat"``, or ``"embeddings"`` (:meth:`~polars_azurechat.Embedder.plan`:
+    #: ``requests`` are packs of texts, the cost is input tokens only)
+    kind: str = "chat"
 
     def __str__(self) -> str:
-        cost = (
-            f"${self.estimated_cost_usd:,.4f} online, "
-            f"${self.estimated_batch_cost_usd or 0.0:,.4f} batch ({self.model}"
-            + (
-                ", completion at max_tokens: an upper bound)"
-                if self.max_completion_tokens
-                else ", prompt only: set max_tokens to bound the completion)"
+        if self.kind == "embeddings":
+            cost = (
+                f"${self.estimated_cost_usd:,.4f} ({self.model}, input tokens only)"
+                if self.estimated_cost_usd is not None
+                else f"unknown (no price for {self.model!r}; pass prices=)"
             )
-            if self.estimated_cost_usd is not None
-            else f"unknown (no price for {self.model!r}; pass prices=)"
-        )
+        else:
+            cost = self._chat_cost()
         return "\n".join(
             [
                 f"rows:      {self.rows.height:,} ({self.requests:,} requests; "
@@ -78,6 +81,19 @@ class Plan:
                 f"cost:      {cost}",
                 f"wall:      ~{self.estimated_wall_s:,.1f} s (bound by {self.bound_by})",
             ]
+        )
+
+    def _chat_cost(self) -> str:
+        return (
+            f"${self.estimated_cost_usd:,.4f} online, "
+            f"${self.estimated_batch_cost_usd or 0.0:,.4f} batch ({self.model}"
+            + (
+                ", completion at max_tokens: an upper bound)"
+                if self.max_completion_tokens
+                else ", prompt only: set max_tokens to bound the completion)"
+            )
+            if self.estimated_cost_usd is not None
+            else f"unknown (no price for {self.model!r}; pass prices=)"
         )
 
 
@@ -152,16 +168,7 @@ def plan(
     (0.1662, 0.0831)
     """
     opts, body = ChatOptions.split(params, base=options)
-    system, max_concurrency = opts.system, opts.max_concurrency
-    requests_per_minute, tokens_per_minute = (
-        opts.requests_per_minute,
-        opts.tokens_per_minute,
-    )
-    if opts.deployments:  # a pool: the sum of its quotas, if each is given
-        rpms = [d.requests_per_minute for d in opts.deployments]
-        tpms = [d.tokens_per_minute for d in opts.deployments]
-        requests_per_minute = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
-        tokens_per_minute = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
+    system = opts.system
     from polars_azurechat.engine.frontdoor import (
         RequestShape,  # (its cache import is lazy)
     )
@@ -199,17 +206,7 @@ def plan(
         },
     ).with_columns(over_context=pl.col("request_tokens") > context_tokens)
     n = len(unique)
-    quota_tokens = sum(unique.values())
-    bounds = {"concurrency": math.ceil(n / max_concurrency) * latency_s if n else 0.0}
-    windows_per_minute = 60 / WINDOW_S
-    if requests_per_minute and n:
-        per_window = max(1, int(requests_per_minute / windows_per_minute))
-        bounds["requests_per_minute"] = WINDOW_S * ((n - 1) // per_window) + latency_s
-    if tokens_per_minute and n:
-        per_window_t = max(1.0, tokens_per_minute / windows_per_minute)
-        windows = math.ceil(quota_tokens / per_window_t)
-        bounds["tokens_per_minute"] = WINDOW_S * (windows - 1) + latency_s
-    bound_by = max(bounds, key=lambda k: bounds[k])
+    wall_s, bound_by = wall_time(opts, n, sum(unique.values()), latency_s)
     price = price_for(model, prices)
     prompt_total = int(rows["prompt_tokens"].sum() or 0)
     cost = batch_cost = None
@@ -230,7 +227,97 @@ def plan(
         unsendable=sum(1 for e in errors if e is not None),
         model=model,
         estimated_cost_usd=cost,
-        estimated_wall_s=bounds[bound_by],
+        estimated_wall_s=wall_s,
         bound_by=bound_by,
         estimated_batch_cost_usd=batch_cost,
+    )
+
+
+def wall_time(
+    opts: ChatOptions, n: int, quota_tokens: int, latency_s: float
+) -> tuple[float, str]:
+    """The wall time of ``n`` requests of ``quota_tokens`` in all, and what bounds it.
+
+    The slowest of: the concurrency (``n / max_concurrency`` rounds of ``latency_s``),
+    the requests per minute and the tokens per minute (a pool: the sum of its
+    deployments' quotas, if each is given), enforced over :data:`WINDOW_S` windows.
+    """
+    rpm, tpm = opts.requests_per_minute, opts.tokens_per_minute
+    if opts.deployments:  # a pool: the sum of its quotas, if each is given
+        rpms = [d.requests_per_minute for d in opts.deployments]
+        tpms = [d.tokens_per_minute for d in opts.deployments]
+        rpm = None if None in rpms else sum(rpms)  # type: ignore[arg-type]
+        tpm = None if None in tpms else sum(tpms)  # type: ignore[arg-type]
+    bounds = {
+        "concurrency": math.ceil(n / opts.max_concurrency) * latency_s if n else 0.0
+    }
+    windows_per_minute = 60 / WINDOW_S
+    if rpm and n:
+        per_window = max(1, int(rpm / windows_per_minute))
+        bounds["requests_per_minute"] = WINDOW_S * ((n - 1) // per_window) + latency_s
+    if tpm and n:
+        per_window_t = max(1.0, tpm / windows_per_minute)
+        windows = math.ceil(quota_tokens / per_window_t)
+        bounds["tokens_per_minute"] = WINDOW_S * (windows - 1) + latency_s
+    bound_by = max(bounds, key=lambda k: bounds[k])
+    return bounds[bound_by], bound_by
+
+
+def plan_embeddings(
+    requests: Sequence[TextsRequest | None],
+    *,
+    opts: ChatOptions,
+    inputs_per_request: int,
+    request_tokens: int,
+    model: str,
+    latency_s: float = 1.0,
+    prices: Mapping[str, tuple[float, ...]] | None = None,
+) -> Plan:
+    """The :class:`Plan` of an embeddings job's ``requests`` (one per row); internal.
+
+    Identical texts count once; the others are packed as the job packs them
+    (``inputs_per_request`` texts, ``request_tokens`` tokens a request at most). The
+    cost is the tokens at the model's input price. Users call
+    :meth:`polars_azurechat.Embedder.plan`.
+    """
+    from polars_azurechat.engine.embed import pack
+    from polars_azurechat.engine.texts import MAX_INPUT_TOKENS
+
+    tokens: list[int | None] = []
+    errors: list[str | None] = []
+    unique: dict[str, TextsRequest] = {}
+    for req in requests:
+        if req is None or req.error is not None:
+            tokens.append(None)
+            errors.append(None if req is None else str(req.error))
+            continue
+        tokens.append(req.tokens)
+        errors.append(None)
+        unique.setdefault(req.texts[0], req)
+    rows = pl.DataFrame(
+        {"prompt_tokens": tokens, "request_tokens": tokens, "error": errors},
+        schema={
+            "prompt_tokens": pl.Int64,
+            "request_tokens": pl.Int64,
+            "error": pl.String,
+        },
+    ).with_columns(over_context=pl.col("request_tokens") > MAX_INPUT_TOKENS)
+    packs = pack(list(unique.items()), inputs_per_request, request_tokens)
+    quota_tokens = sum(r.tokens for r in unique.values())
+    wall_s, bound_by = wall_time(opts, len(packs), quota_tokens, latency_s)
+    total = int(rows["prompt_tokens"].sum() or 0)
+    price = price_for(model, prices)
+    return Plan(
+        rows=rows,
+        requests=len(packs),
+        prompt_tokens=total,
+        request_tokens=quota_tokens,
+        max_completion_tokens=None,
+        over_context=0,
+        unsendable=sum(1 for e in errors if e is not None),
+        model=model,
+        estimated_cost_usd=None if price is None else quota_tokens * price[0] / 1e6,
+        estimated_wall_s=wall_s,
+        bound_by=bound_by,
+        kind="embeddings",
     )

@@ -147,13 +147,17 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_it_dropped(
     # sooner than the grace would have ended: the second Ctrl-C did not wait for it
     assert time.monotonic() - first < STOP_GRACE_S, stderr
     assert child.returncode != 0 and "KeyboardInterrupt" in stderr
+    # the answers due before the first Ctrl-C may still be on their way (a loaded
+    # machine): kept, and said; those the emulator holds for seconds are dropped
     said = re.search(
-        r"Ctrl-C again stopped it at once: 0 answers that arrived after the first were "
-        r"kept, (\d+) requests in flight were dropped \(Azure may bill them\)",
+        r"Ctrl-C again stopped it at once: (\d+) answers? that arrived after the first "
+        r"(?:was|were) kept, (\d+) requests in flight were dropped \(Azure may bill "
+        r"them\)",
         stderr,
     )
     assert said is not None, stderr
-    assert int(said[1]) == emu.stats()["requests"] - _kept(cache) >= 1
+    assert int(said[1]) < CONCURRENCY
+    assert int(said[2]) == emu.stats()["requests"] - _kept(cache) >= 1
 
 
 def test_the_cli_says_what_the_grace_kept(

@@ -246,12 +246,13 @@ class Run:
         """How the interrupted run stopped, in words ("" if it was not interrupted)."""
         by, kept = self.interrupted, self.grace_kept
         answers = "answer" if kept == 1 else "answers"
+        were = "was" if kept == 1 else "were"
         if by is None:
             return ""
         if self.halted == "again":
             return (
                 f"{by} again stopped it at once: {kept:,} {answers} that arrived after "
-                f"the first were kept, {self.dropped:,} requests in flight were "
+                f"the first {were} kept, {self.dropped:,} requests in flight were "
                 "dropped (Azure may bill them)"
             )
         if self.halted == "grace":
