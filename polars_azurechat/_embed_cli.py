@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,20 +19,15 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from polars_azurechat._flags import with_flags
-from polars_azurechat.cli import (
-    _first_line,
-    _options,
-    _progress_logging,
-    _publish,
-    _read_files,
-    _row_count,
-    _stops,
-    _take_output,
-    _write,
-    app,
-    option_flags,
+from polars_azurechat._cli_files import (
+    read_files,
+    row_count,
+    run_to_file,
+    say_wrote,
+    take_output,
 )
+from polars_azurechat._flags import with_flags
+from polars_azurechat.cli import _options, _write, app, option_flags
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.embeddings import Embedder, EmbedOptionsDict
 from polars_azurechat.engine.texts import (
@@ -144,42 +138,25 @@ def embed_command(
             typer.echo(str(job.plan(texts)))
         return
     with contextlib.ExitStack() as stack:
-        out = _take_output(
+        out = take_output(
             stack,
             output_path,
             overwrite,
             "OUTPUT_PATH",
-            reads_of(input_path, options.cache, _read_files(None, option_values)),
+            reads_of(input_path, options.cache, read_files(None, option_values)),
         )
         job = stack.enter_context(_job(stack, options, spec, emulator))
         if job.shows_progress:
-            job.expect_rows(_row_count(input_path))
-        started = time.perf_counter()
-        try:
-            with _progress_logging(job.shows_progress), _stops() as stopped_by:
-                embed_parquet(job, input_path, out.partial, column, output_column)
-        except AzureChatError as exc:
-            typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            by = stopped_by[0]
-            typer.echo(f"interrupted by {by}; {_kept(job)}\n{job.summary()}", err=True)
-            raise typer.Exit(143 if by == "SIGTERM" else 130) from None
-        wall = time.perf_counter() - started
-        summary = job.summary()
-        if summary.failed and options.on_error == "raise":
-            out.keep_partial()
-            typer.echo(
-                f"error: {summary.failed:,} of {summary.rows + summary.null_rows:,} "
-                f"rows failed (--on-error raise); every row's vector or error is in "
-                f"{out.partial}\n{summary}",
-                err=True,
-            )
-            raise typer.Exit(1)
-        _publish(out, summary)
-    typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
-    if summary.failed:
-        raise typer.Exit(1)
+            job.expect_rows(row_count(input_path))
+        wall, summary = run_to_file(
+            job,
+            lambda: embed_parquet(job, input_path, out.partial, column, output_column),
+            out,
+            on_error=options.on_error,
+            kept=lambda: _kept(job),
+            what="vector",
+        )
+    say_wrote(output_path, wall, summary)
 
 
 def _job(

@@ -13,15 +13,22 @@ import inspect
 import json
 import logging
 import os
-import signal
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import polars as pl
 import typer
 
+from polars_azurechat._cli_files import (
+    first_line,
+    publish,
+    read_files,
+    row_count,
+    run_to_file,
+    say_wrote,
+    take_output,
+)
 from polars_azurechat._flags import attribute_docs, dataclass_flags, with_flags
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
@@ -31,8 +38,11 @@ from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
 from polars_azurechat.functions import Completer
 from polars_azurechat.options import ChatOptions
-from polars_azurechat.outputs import OutputError, OutputFile, reads_of
+from polars_azurechat.outputs import reads_of
 from polars_azurechat.report import cli_report
+
+if TYPE_CHECKING:
+    pass
 
 #: ``run --emulator --mode batch``: the emulator's batches take a fraction of a second,
 #: and the job looks at them this often (unless --batch-poll-s is given).
@@ -167,13 +177,13 @@ def run(
 
     with contextlib.ExitStack() as stack:
         # taken for the whole run: a second run to the same file is refused here
-        out = _take_output(
+        out = take_output(
             stack,
             output_path,
             overwrite,
             "OUTPUT_PATH",
             reads_of(
-                input_path, options.cache, _read_files(response_format, option_values)
+                input_path, options.cache, read_files(response_format, option_values)
             ),
         )
         if options.mode == "batch":
@@ -192,71 +202,18 @@ def run(
         job.log_problems(failed=False, truncated=False)  # the summary says it
         cli_report(stack, job, report)  # matplotlib checked now, written at the end
         if job.shows_progress:
-            job.expect_rows(_row_count(input_path))
-        started = time.perf_counter()
-        try:
-            with _progress_logging(job.shows_progress), _stops() as stopped_by:
-                _answer_parquet(
-                    job, input_path, out.partial, column, output_column, options.output
-                )
-        except AzureChatError as exc:
-            typer.echo(f"error: {_first_line(exc)}\n{job.summary()}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            by = stopped_by[0]
-            kept = _kept_after_stop(job, options)
-            typer.echo(f"interrupted by {by}; {kept}\n{job.summary()}", err=True)
-            raise typer.Exit(143 if by == "SIGTERM" else 130) from None
-        wall = time.perf_counter() - started
-        summary = job.summary()
-        if summary.failed and options.on_error == "raise":
-            out.keep_partial()
-            typer.echo(
-                f"error: {summary.failed:,} of {summary.rows + summary.null_rows:,} "
-                f"rows failed (--on-error raise); every row's answer or error is in "
-                f"{out.partial}\n{summary}",
-                err=True,
-            )
-            raise typer.Exit(1)
-        _publish(out, summary)
-    typer.echo(f"wrote {output_path} in {wall:.2f} s\n{summary}", err=True)
-    if summary.failed:
-        raise typer.Exit(1)
-
-
-def _read_files(
-    response_format: Path | None, option_values: Mapping[str, Any]
-) -> list[tuple[str, Path | None]]:
-    """The files a command reads besides its input and cache (never written)."""
-    return [
-        ("the --response-format file", response_format),
-        ("the --deployments file", option_values.get("deployments")),
-    ]
-
-
-def _take_output(
-    stack: contextlib.ExitStack,
-    path: Path,
-    overwrite: bool,
-    name: str,
-    reads: dict[str, Any],
-) -> OutputFile:
-    """Check ``path`` and take it for this run (every file the CLI writes)."""
-    try:
-        return stack.enter_context(
-            OutputFile(path, overwrite=overwrite, name=name, reads=reads)
+            job.expect_rows(row_count(input_path))
+        wall, summary = run_to_file(
+            job,
+            lambda: _answer_parquet(
+                job, input_path, out.partial, column, output_column, options.output
+            ),
+            out,
+            on_error=options.on_error,
+            kept=lambda: _kept_after_stop(job, options),
+            what="answer",
         )
-    except OutputError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def _publish(out: OutputFile, summary: object = "") -> None:
-    """Move the written file into place; a file that appeared meanwhile is kept."""
-    try:
-        out.publish()
-    except OutputError as exc:
-        typer.echo(f"error: {exc}\n{summary}".rstrip(), err=True)
-        raise typer.Exit(1) from None
+    say_wrote(output_path, wall, summary)
 
 
 def _check_batch_state(cache: str | os.PathLike[str] | None) -> None:
@@ -441,41 +398,6 @@ def _check_input(path: Path, column: str) -> None:
         raise typer.BadParameter(f"column {column!r}: {exc}") from None
 
 
-def _row_count(path: Path) -> int:
-    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).split("\n\nThis error occurred", 1)[0].strip()
-
-
-@contextlib.contextmanager
-def _stops() -> Iterator[list[str]]:
-    """SIGTERM stops the job as Ctrl-C does; yields [what stopped it] for the message."""
-    stopped_by = ["Ctrl-C"]
-
-    def on_term(signum: int, frame: object) -> None:
-        stopped_by[0] = "SIGTERM"
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield stopped_by
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _progress_logging(progress: bool) -> Iterator[None]:
-    if not progress:
-        yield
-        return
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with logging_redirect_tqdm():
-        yield
-
-
 @app.command(no_args_is_help=True)
 @with_flags(option_flags)
 def plan(
@@ -525,7 +447,7 @@ def plan(
     with contextlib.ExitStack() as stack:
         rows_file = None
         if rows_out is not None:  # the rules of run's OUTPUT_PATH, checked first
-            rows_file = _take_output(
+            rows_file = take_output(
                 stack,
                 rows_out,
                 overwrite,
@@ -533,7 +455,7 @@ def plan(
                 reads_of(
                     input_path,
                     options.cache,
-                    _read_files(response_format, option_values),
+                    read_files(response_format, option_values),
                 ),
             )
         series = pl.read_parquet(input_path, columns=[column]).to_series()
@@ -547,7 +469,7 @@ def plan(
         )
         if rows_file is not None:
             estimate.rows.write_parquet(rows_file.partial)
-            _publish(rows_file)
+            publish(rows_file)
     typer.echo(str(estimate))
 
 
@@ -641,7 +563,7 @@ def _cleanup_batches(state: Any) -> None:
             mine = [c for c in done if c.host == host and c.deployment == deployment]
             cleaned.add(cleanup(state, Api(client, deployment), mine))
     except AzureChatError as exc:
-        typer.echo(f"error: {_first_line(exc)}", err=True)
+        typer.echo(f"error: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
     for line in cleaned.lines(len(done) - len(elsewhere)):
         typer.echo(line)
@@ -677,7 +599,7 @@ def _cancel_batches(state: Any) -> None:
             runner = BatchRunner(client, deployment=deployment, state=state)
             cancelled.extend(runner.cancel())
     except AzureChatError as exc:
-        typer.echo(f"error: {_first_line(exc)}", err=True)
+        typer.echo(f"error: {first_line(exc)}", err=True)
         raise typer.Exit(1) from None
     typer.echo(
         f"cancelled {len(cancelled)} batch(es)"
