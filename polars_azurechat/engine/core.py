@@ -188,6 +188,7 @@ class ChatEngine:
         self._finalizer = weakref.finalize(
             self, _close, [r.transport for r in pool.routes], cache
         )
+        _loop.on_exit(self._finalizer)
         _interrupt.register(self)
 
     @property

@@ -15,6 +15,7 @@ wakeup fd installed before ours, so whoever relied on it still gets them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -64,6 +65,7 @@ def install() -> None:
             _sockets = (reader, writer)
             loop = _loop.loop()
             loop.call_soon_threadsafe(loop.add_reader, reader.fileno(), _on_wakeup)
+            _loop.after_stop(_uninstall)
         ours = _sockets[1].fileno()
         try:
             previous = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
@@ -91,6 +93,24 @@ def _on_wakeup() -> None:
                 listener.interrupt(reason)
             except Exception:
                 logger.exception("interrupting a job failed")
+
+
+def _uninstall(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit, the loop stopped: put back the wakeup fd we found, close our sockets."""
+    global _sockets, _previous_fd
+    with _lock:
+        if _sockets is None:
+            return
+        reader, writer = _sockets
+        loop.remove_reader(reader.fileno())
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                now = signal.set_wakeup_fd(_previous_fd)
+                if now != writer.fileno():  # somebody replaced ours: theirs stays
+                    signal.set_wakeup_fd(now)
+        reader.close()
+        writer.close()
+        _sockets, _previous_fd = None, -1
 
 
 def _forget_after_fork() -> None:
