@@ -239,6 +239,8 @@ def api_directive(module_name: str) -> str:
             "    options:",
             "      show_root_heading: false",
             f"      members: [{', '.join(names)}]",
+            # the jobs' close() lives in a shared base (polars_azurechat._handle)
+            "      inherited_members: [close]",
         ]
     )
 

@@ -15,11 +15,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import polars as pl
 
+from polars_azurechat._handle import JobHandle
 from polars_azurechat._types import ChatResult, OnError
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.engine.texts import (
@@ -80,7 +80,7 @@ class EmbedOptionsDict(TypedDict, total=False):
 _OPTIONS = EmbedOptionsDict.__optional_keys__
 
 
-class Embedder:
+class Embedder(JobHandle):
     """A configured embeddings job: its options, connections, quota and cache.
 
     Parameters
@@ -193,29 +193,8 @@ class Embedder:
             self.engine, opts.progress, reports
         )
 
-    def __repr__(self) -> str:
-        t = self.engine.transport
-        return (
-            f"Embedder(deployment={t.deployment!r}, host={t.endpoint_host!r}, "
-            f"size={self.spec.size})"
-        )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the job's connections, cache and progress bar."""
-        if self._bar is not None:
-            self._bar.close()
-        self.engine.close()
+    def _described(self) -> str:
+        return f"size={self.spec.size}"
 
     @property
     def dtype(self) -> pl.Array:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 import polars as pl
 
+from polars_azurechat._handle import JobHandle
 from polars_azurechat._types import ChatRequest, ChatResult, result_dtype
 from polars_azurechat.config import ChatConfig
 from polars_azurechat.engine.convert import (
@@ -251,7 +251,7 @@ def complete_many(
         return job.run(rows)
 
 
-class Completer(Reports):
+class Completer(JobHandle, Reports):
     """A configured chat-completion job: its options, connections, quota and cache.
 
     :func:`complete` and :func:`complete_many` build one; build it yourself to read the
@@ -350,31 +350,13 @@ class Completer(Reports):
                 bar=self._bar,
             )
 
-    def __repr__(self) -> str:
-        t = self.engine.transport
-        return (
-            f"Completer(deployment={t.deployment!r}, host={t.endpoint_host!r}, "
-            f"output={self.options.output!r}, on_error={self.options.on_error!r})"
-        )
+    def _described(self) -> str:
+        o = self.options
+        return f"output={o.output!r}, on_error={o.on_error!r}"
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the job's connections, cache and progress bar (it cannot be used after)."""
-        if self._bar is not None:
-            self._bar.close()
+    def _close_more(self) -> None:
         if self._batch is not None:
             self._batch.close()
-        self.engine.close()
 
     @property
     def last_error(self) -> BaseException | None:
