@@ -882,9 +882,22 @@ def polars_azurechat_select(
 HEAVY_MODULES = ("openai", "aiohttp", "pyarrow", "tiktoken")
 
 
+#: The import scenario's environment: bytecode may be cached, as in a user's install
+#: (pip compiles a wheel's modules when it installs them, and Python writes the cache of
+#: an editable install on first import). Where PYTHONDONTWRITEBYTECODE is set (it is on
+#: some build machines) the package would be compiled from source at every import and
+#: timed against polars' precompiled modules: 1.33x instead of 1.2x in one run.
+_WITH_BYTECODE = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def _python_wall(code: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tempfile.gettempdir())
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tempfile.gettempdir(),
+        env=_WITH_BYTECODE,
+    )
     return time.perf_counter() - t0
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from polars_azurechat import namespace as _namespace  # registers `.chat`
 from polars_azurechat.config import ChatConfig
-from polars_azurechat.deployments import Deployment, load_deployments
 from polars_azurechat.embeddings import Embedder, embed, embed_many
 from polars_azurechat.engine import warm as _warm
 from polars_azurechat.errors import (
@@ -50,11 +49,12 @@ from polars_azurechat.errors import (
 from polars_azurechat.functions import Completer, complete, complete_many
 from polars_azurechat.options import ChatOptions
 from polars_azurechat.plan import Plan, plan
-from polars_azurechat.prompts import messages
 from polars_azurechat.summary import RunSummary
 
 if TYPE_CHECKING:
     from polars_azurechat import tasks as tasks
+    from polars_azurechat.deployments import Deployment, load_deployments
+    from polars_azurechat.prompts import messages
     from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.vectors import cosine_similarity, top_k, top_k_many
 
@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 #: would set the package's ``plan`` to the module.)
 #: (the vectors' functions load numpy: a job that only embeds or chats never does.)
 _LAZY = {
+    "Deployment": "polars_azurechat.deployments",
+    "load_deployments": "polars_azurechat.deployments",
+    "messages": "polars_azurechat.prompts",
     "OutputSchema": "polars_azurechat.schema.output",
     "cosine_similarity": "polars_azurechat.vectors",
     "top_k": "polars_azurechat.vectors",

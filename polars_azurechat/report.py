@@ -15,7 +15,6 @@ Drawing needs matplotlib, which is optional: ``pip install
 
 from __future__ import annotations
 
-import html
 import io
 import os
 from pathlib import Path
@@ -261,7 +260,7 @@ def html_report(summary: RunSummary) -> str:
         "<style>body{font-family:sans-serif;margin:2em}"
         "table{border-collapse:collapse}th,td{padding:2px 8px;"
         "border-bottom:1px solid #ddd;font-family:monospace}</style></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n"
+        f"<body><h1>{title}</h1>\n"
         f"{summary.to_html()}\n"
         f'<figure class="polars-azurechat-report">{svg}</figure>\n'
         "</body></html>\n"
