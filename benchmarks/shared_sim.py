@@ -60,12 +60,17 @@ def virtual_loop() -> asyncio.AbstractEventLoop:
 
 
 async def job(
-    k: int, rows: int, quota: Quota, stats: dict[str, float], limiters: dict
+    k: int,
+    rows: int,
+    quota: Quota,
+    stats: dict[str, float],
+    limiters: dict,
+    seed: int = 0,
 ) -> None:
     """One job: ``rows`` requests through its own limiter, retried on 429s."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(STARTS[k])
-    rnd = random.Random(k)
+    rnd = random.Random(seed * 100 + k)
     limiter = RateLimiter(requests_per_minute=RPM, clock=loop.time, sleep=asyncio.sleep)
     limiters[k] = limiter
     left = [rows]
@@ -114,33 +119,46 @@ async def sampler(stats: dict[str, float], limiters: dict) -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("rows", type=int, nargs="?", default=150)
-    parser.add_argument("--sample", action="store_true")
-    args = parser.parse_args()
+def simulate(rows: int, seed: int = 0, sample: bool = False) -> dict[str, float]:
+    """Run the four jobs; their counts, ``end`` (virtual s) and ``fastest``."""
     loop = virtual_loop()
     settings = EmulatorSettings(requests_per_minute=RPM, window_s=WINDOW_S)
     quota = Quota(settings, clock=loop.time)
     stats = {"requests": 0.0, "429s": 0.0, "lost": 0.0, "end": 0.0}
     limiters: dict[int, RateLimiter] = {}
-    if args.sample:
+    if sample:
         loop.create_task(sampler(stats, limiters))
-    t0 = time.perf_counter()
 
     async def jobs() -> None:
         await asyncio.gather(
-            *(job(k, args.rows, quota, stats, limiters) for k in range(len(STARTS)))
+            *(job(k, rows, quota, stats, limiters, seed) for k in range(len(STARTS)))
         )
 
-    loop.run_until_complete(jobs())
-    n = args.rows * len(STARTS)
-    fastest = (n / (RPM * WINDOW_S / 60) - 1) * WINDOW_S + LATENCY_S
+    try:
+        loop.run_until_complete(jobs())
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.close()
+    n = rows * len(STARTS)
+    stats["fastest"] = (n / (RPM * WINDOW_S / 60) - 1) * WINDOW_S + LATENCY_S
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("rows", type=int, nargs="?", default=150)
+    parser.add_argument("--sample", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="the latencies' jitter")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    stats = simulate(args.rows, args.seed, args.sample)
+    fastest = stats["fastest"]
     print(
         f"{len(STARTS)} jobs x {args.rows} rows: requests {stats['requests']:.0f}, "
         f"429s {stats['429s']:.0f} ({stats['429s'] / stats['requests']:.1%}), lost "
         f"{stats['lost']:.0f}, wall {stats['end']:.1f} s virtual, about "
-        f"{stats['end'] / fastest:.1f}x the fastest schedule ({fastest:.1f} s); "
+        f"{stats['end'] / fastest:.2f}x the fastest schedule ({fastest:.1f} s); "
         + ", ".join(f"{k} {v:.1f} s" for k, v in stats.items() if k.startswith("job"))
         + f" ({time.perf_counter() - t0:.2f} s real)"
     )

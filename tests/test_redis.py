@@ -249,9 +249,11 @@ def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
     if shared:  # 200 rows at 100 per 10 s: one window turn, almost no 429
         assert n429 <= 4, stats
         assert clock.now - 1000 >= 10.0
-    else:  # both burst into the same window: 97-98 429s in most runs; a job that
-        # began a little late finds the window spent and learns sooner (34 seen once)
-        assert n429 >= 20, stats
+    else:  # both burst into the same window: a job that reads the other's use in
+        # the headers paces itself (crowd mode). Before it, 97-98 429s in most runs;
+        # now 2-13 in 15-23 s (Redis: one window turn)
+        assert any(job.limiter.crowd is not None for job in jobs)
+        assert n429 <= 20, stats
 
 
 @pytest.mark.slow

@@ -157,6 +157,10 @@ class Ramp:
             self.hold_until = None
             self._wake()
 
+    def holds(self, ticket: Ticket) -> bool:
+        """Whether ``ticket`` is one of the ramp's admissions, not answered yet."""
+        return id(ticket) in self._open
+
     def answered(
         self,
         ticket: Ticket,

@@ -65,16 +65,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from polars_azurechat.transport.crowd import Crowd, found_others, met_full
 from polars_azurechat.transport.ramp import Ramp
 from polars_azurechat.transport.windows import (
     CANDIDATE_WINDOWS,
-    MAX_MARGIN_SHARE,
     Burst,
     Charges,
     Learning,
     Resource,
     Ticket,
     Window,
+    learn_from_retry,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ class RateLimiter:
         Monotonic clock and awaitable sleep (injected in tests).
     """
 
+    #: Pace requests by :class:`~polars_azurechat.transport.crowd.Crowd` when others
+    #: use the deployment too (a limiter that shares one ledger does not need to).
+    crowding = True
+
     def __init__(
         self,
         *,
@@ -168,6 +173,8 @@ class RateLimiter:
         self._burst = Burst()  # the admissions of the last REORDER_S
         self._last: Ticket | None = None
         self._tracking = True  # keep the ledger (until a headerless answer says no)
+        #: others use the deployment too: requests are paced by this (module crowd)
+        self.crowd: Crowd | None = None
 
     # -- what is known --------------------------------------------------------------------
 
@@ -197,7 +204,9 @@ class RateLimiter:
         for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
             res = self.resources[name]
             budget = res.budget()
-            if budget is not None:
+            if name == "requests" and self.crowd is not None:
+                wait = max(wait, self.crowd.wait(now))
+            elif budget is not None:
                 window = self._windows[res.window]
                 wait = max(wait, window.wait_for(name, budget, cost, now))
         return max(0.0, wait)
@@ -351,6 +360,8 @@ class RateLimiter:
             self._clock(), charge, reserve=reserve, estimate=tokens, probe=probe
         )
         self.ramp.admitted(ticket)
+        if self.crowd is not None:
+            self.crowd.admitted(ticket.sent_at)
         if not self._tracking:  # nothing to learn and nothing to enforce: no ledger
             return ticket
         learning = ticket.learning = Learning(quiet=self._open == 0)
@@ -432,6 +443,8 @@ class RateLimiter:
                     {w: learning.high[w][k] + extra + late for w in CANDIDATE_WINDOWS},
                     quiet,
                 )
+        if remaining_requests is not None:
+            self._crowd_answer(ticket, float(remaining_requests))
         ticket.forget_counts()
         self._ramp_answered(
             ticket,
@@ -457,6 +470,11 @@ class RateLimiter:
         the oldest admission still inside it leaves.
         """
         now = self._clock()
+        if resource == "requests" and self.crowd is not None:
+            self.crowd.refused(now)
+        elif resource == "requests" and self.crowding and ticket is not None:
+            in_ramp = self.ramp.holds(ticket)  # others filled the window we met
+            self.crowd = met_full(self.resources["requests"], in_ramp, now)
         if ticket is not None:
             self._close(ticket)
             ticket.forget_counts()
@@ -473,26 +491,19 @@ class RateLimiter:
             self._cooldown_until = now + wait
         if retry_after_s is not None and resource in self.resources:
             res = self.resources[resource]
-            window = self._windows.get(res.window)
-            if (
-                res.known
-                and ticket is not None
-                and window is not None
-                and retry_after_s < MAX_MARGIN_SHARE * res.window
-            ):
-                # our ledger let it go that much too early: the server took the
-                # admissions it waits for in later than our margin allows
-                short = now + retry_after_s - ticket.sent_at
-                window.fell_short(ticket, short, now)
-                logger.debug(
-                    "%s: a 429 %.3f s early; margin of the %g-s window now %.3f s",
-                    resource,
-                    short,
-                    window.length,
-                    window.margin,
-                )
-            else:
-                self._learn_window(res, now + retry_after_s)
+            learn_from_retry(res, self._windows, ticket, now + retry_after_s, now)
+
+    def _crowd_answer(self, ticket: Ticket, remaining: float) -> None:
+        """A success: the crowd's pace learns from it, or it shows others are here."""
+        now, res, learning = self._clock(), self.resources["requests"], ticket.learning
+        if self.crowd is not None:
+            self.crowd.answered(remaining, now)
+        elif self.crowding and learning is not None and res.window in learning.high:
+            # the most the server can have counted of ours: its neighbours in a burst
+            # may have reached it first
+            most = learning.high[res.window][0] + self._burst.after(learning)[0]
+            ours = most, self._windows[res.window].requests
+            self.crowd = found_others(res, remaining, ours, now)
 
     def _ramp_answered(
         self,
@@ -503,16 +514,3 @@ class RateLimiter:
         """A ramp's admission is answered: the ramp's budget readings, once all are."""
         for name, budget in self.ramp.answered(ticket, refused, remaining):
             self.resources[name].reading(budget)
-
-    def _learn_window(self, res: Resource, frees_at: float) -> None:
-        """Settle the window that frees capacity when the server says it will."""
-        best, best_err = None, float("inf")
-        for length in CANDIDATE_WINDOWS:
-            oldest = self._windows[length].oldest()
-            if oldest is None:
-                continue
-            err = abs(oldest.sent_at + length - frees_at)
-            if err < best_err:
-                best, best_err = length, err
-        if best is not None and best_err <= max(0.25, 0.1 * best):
-            res.settle(best)

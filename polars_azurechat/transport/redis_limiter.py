@@ -229,6 +229,8 @@ class RedisLimiter(RateLimiter):
         As for :class:`RateLimiter`.
     """
 
+    crowding = False  # the ledger is shared: others' use is in it
+
     def __init__(
         self,
         url: str,

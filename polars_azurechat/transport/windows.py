@@ -504,3 +504,46 @@ class Burst:
         if learning.after is not None:
             return learning.after
         return (self._seq - learning.seq - 1, self._cum - learning.end)
+
+
+def learn_from_retry(
+    res: Resource,
+    windows: dict[float, Window],
+    ticket: Ticket | None,
+    frees_at: float,
+    now: float,
+) -> None:
+    """A 429 for ``res`` said capacity frees at ``frees_at``: learn from it.
+
+    Under a known window, a wait shorter than a tenth of it means our ledger let the
+    request go too early (the server took the admissions it waits for in later than
+    the margin allows): that window's margin grows. Otherwise it names the window: the
+    candidate whose oldest admission leaves it then is settled.
+    """
+    window = windows.get(res.window)
+    if (
+        res.known
+        and ticket is not None
+        and window is not None
+        and frees_at - now < MAX_MARGIN_SHARE * res.window
+    ):
+        short = frees_at - ticket.sent_at
+        window.fell_short(ticket, short, now)
+        logger.debug(
+            "%s: a 429 %.3f s early; margin of the %g-s window now %.3f s",
+            res.name,
+            short,
+            window.length,
+            window.margin,
+        )
+        return
+    best, best_err = None, float("inf")
+    for length in CANDIDATE_WINDOWS:
+        oldest = windows[length].oldest()
+        if oldest is None:
+            continue
+        err = abs(oldest.sent_at + length - frees_at)
+        if err < best_err:
+            best, best_err = length, err
+    if best is not None and best_err <= max(0.25, 0.1 * best):
+        res.settle(best)
