@@ -483,6 +483,9 @@ class Emulator:
             asyncio.run_coroutine_threadsafe(
                 self._runner.cleanup(), self._loop
             ).result()
+        # requests still held (a hang fault, a long latency) end now, not when the
+        # collector finds their tasks ("Task was destroyed but it is pending!")
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -530,6 +533,18 @@ def serve(
         shutdown_timeout=0.1,
         backlog=4096,
     )
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task on the running loop and wait for them to end.
+
+    (The emulator imports nothing of the client: ``engine.loop`` has its own.)
+    """
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 def _warn_if_exposed(host: str, settings: EmulatorSettings) -> None:
