@@ -10,11 +10,13 @@ is run.
 
 It models the mechanism, not the measurement: no HTTP, no process start-up, a 429 back
 in 1 ms, a fixed latency with 10% jitter, 6 attempts per row, tokens not limited. Its
-figures are its own. On the limiter of December 2026 it shows the stall the real
-benchmark shows (a job that starts while the window is full reads a budget of 0 from
-its ramp: 1 request per assumed 60-s window, then about one per probe) at 2.6% 429s,
-but 7.6x the fastest schedule where the real benchmark measured 1.96x (4 x 150 rows).
-Only the real benchmark decides a target.
+figures are its own. Before crowd mode (``transport/crowd.py``) it showed the stall the
+real benchmark showed (a job that starts while the window is full read a budget of 0
+from its ramp: 1 request per assumed 60-s window, then about one per probe) at 2.6%
+429s and 7.6x the fastest schedule (4 x 150 rows; the real benchmark: 1.96x). With it:
+7.0% and 1.30x (4 x 150), 6.1% and 1.21x (4 x 300), where the real benchmark measured
+5.6% and 1.20x (4 x 300). ``tests/test_crowd.py`` runs it. Only the real benchmark
+decides a target.
 
 Run: ``python benchmarks/shared_sim.py [ROWS_PER_JOB] [--sample]`` (``--sample`` prints
 each limiter's window, budget and the requests sent every 2 s of virtual time).

@@ -54,6 +54,9 @@ seen over 60 s too). :class:`RateLimiter` models it instead of assuming it:
   answer (200 with what remains, or a 429 with the true wait) teaches the window. (If
   no shorter candidate would, a probe goes after :data:`PROBE_AFTER_S` blocked.)
 - A 429 pauses every admission until the time it names.
+- Under a given request quota, a limiter that sees other processes use the deployment
+  paces its requests by an AIMD rate instead of the learned request budget
+  (:mod:`~polars_azurechat.transport.crowd`).
 
 Clock and sleep are injected, so tests never wait.
 """
