@@ -417,3 +417,36 @@ def test_plan_sums_the_quotas_of_a_pool() -> None:
     pooled = pac.plan(rows, deployments=pool, latency_s=0.2, max_tokens=5)
     assert pooled.estimated_wall_s < alone.estimated_wall_s
     assert pooled.estimated_wall_s == pytest.approx(20.2, abs=0.5)  # 400 per 10 s
+
+
+def test_the_first_tier_is_not_passed_over_while_its_slow_start_reads_the_budget() -> (
+    None
+):
+    # After the first answer (with rate-limit headers) the first tier waits for the
+    # rest of its ramp's answers before admitting more. That is not "full": the
+    # second tier must not take those requests (pool.py priority: 4-6 spilled).
+    clock = FakeClock()
+    ptu = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+    paygo = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+    pool = Pool(
+        [Route("ptu", None, ptu, priority=0), Route("paygo", None, paygo, priority=1)],  # type: ignore[arg-type]
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    first, _ = pool._try(10, None)
+    assert first is not None and first[0].name == "ptu"
+    ramp = []
+    for _ in range(6):  # the ramp's next admissions, as its clock allows
+        clock.advance(0.01)
+        got, _ = pool._try(10, None)
+        assert got is not None and got[0].name == "ptu"
+        ramp.append(got[1])
+    ptu.on_success(first[1], 93, None)  # the first answer: the hold begins
+    clock.advance(0.001)
+    pool._try(10, None)  # the hold lets one more go to find out whether it is full
+    assert not ptu.ramp.starting and ptu.ramping
+    got, _ = pool._try(10, None)
+    assert got is None  # held: wait for the ramp's answers, do not spill
+    for k, ticket in enumerate(ramp):
+        ptu.on_success(ticket, 92 - k, None)
+    assert not ptu.ramping

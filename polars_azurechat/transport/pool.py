@@ -225,8 +225,8 @@ class Pool:
                         route.breaker.admitted()
                     return (route, ticket), 0.0
                 hint = min(hint, route.limiter.wait_hint(tokens))
-            if any(r.limiter.starting for r in ready):
-                break  # its first answer says what it can take: not full yet
+            if any(r.limiter.ramping for r in ready):
+                break  # its slow start's answers say what it can take: not full yet
         return None, hint
 
     def done(self, route: Route, exc: BaseException | None = None) -> None:

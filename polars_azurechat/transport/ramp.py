@@ -123,6 +123,11 @@ class Ramp:
         """The first request is out and not yet answered."""
         return not self.over and self.first_sent
 
+    @property
+    def holding(self) -> bool:
+        """After the first answer, the rest of the ramp's answers are waited for."""
+        return self.hold_until is not None and self._clock() < self.hold_until
+
     def first(self) -> None:
         """The first request goes now: the ramp's clock starts."""
         self.first_sent = True

@@ -270,9 +270,9 @@ class RateLimiter:
         return None
 
     @property
-    def starting(self) -> bool:
-        """The first request is out and not yet answered (admission ramps up)."""
-        return self.ramp.starting
+    def ramping(self) -> bool:
+        """Slow start is not over: its first answer, or the rest of its answers, awaited."""
+        return self.ramp.starting or self.ramp.holding
 
     def wait_hint(self, tokens: int = 0) -> float:
         """Seconds after which :meth:`try_acquire` may succeed (an upper bound to poll at)."""

@@ -311,7 +311,7 @@ class RedisLimiter(RateLimiter):
 
     def try_acquire(self, tokens: int = 0) -> Ticket | None:
         """Admit now if both the shared windows and the local limiter allow."""
-        if self.starting:
+        if self.ramp.starting:
             return None
         admitted = self._shared(tokens)
         if not isinstance(admitted, list):
