@@ -313,8 +313,8 @@ class RateLimiter:
         for name, cost in (("requests", 1), ("tokens", self._scaled(tokens))):
             res = self.resources[name]
             budget = res.budget()
-            if budget is None:
-                continue
+            if budget is None or (name == "requests" and self.crowd is not None):
+                continue  # (a crowd's pace governs requests: no probe jumps it)
             wait = self._windows[res.window].wait_for(name, budget, cost, now)
             if wait <= 0:
                 continue
