@@ -157,7 +157,11 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_it_dropped(
     )
     assert said is not None, stderr
     assert int(said[1]) < CONCURRENCY
-    assert int(said[2]) == emu.stats()["requests"] - _kept(cache) >= 1
+    # every request the emulator counted and no answer was kept for is said dropped;
+    # on a loaded machine one more may be said: started by the client, its bytes not
+    # yet at the server when the process ended (the client cannot tell; 8 for 7 once)
+    unanswered = emu.stats()["requests"] - _kept(cache)
+    assert 1 <= unanswered <= int(said[2]) <= unanswered + 1, stderr
 
 
 def test_the_cli_says_what_the_grace_kept(
