@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Callable
 
 __all__ = [
     "DETAILS",
@@ -114,11 +115,20 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """The size in the first start-of-frame segment, walking the segments."""
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
+    return _jpeg_size_at(lambda at, n: data[at : at + n])
+
+
+def _jpeg_size_at(read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
+    """:func:`_jpeg_size` through ``read(at, n)``: the ``n`` bytes at ``at`` (or fewer).
+
+    Only each segment's marker and length are read, so a data URL's JPEG is walked
+    without decoding the metadata between them.
+    """
+    i = 2
+    while len(seen := read(i, 9)) >= 4:
+        if seen[0] != 0xFF:
             return None
-        marker = data[i + 1]
+        marker = seen[1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
@@ -126,9 +136,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             i += 2
             continue
         if marker in _SOF:
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            height, width = struct.unpack(">HH", seen[5:9])
             return width, height
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        (length,) = struct.unpack(">H", seen[2:4])
         i += 2 + length
     return None
 
@@ -148,9 +158,10 @@ def data_url(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-#: How much of a data URL's base64 is decoded to read its format and size: 16 KiB of
-#: bytes, past every header but a JPEG's behind large metadata (then it is decoded whole).
-HEAD_CHARS = 16 * 1024 // 3 * 4
+#: How much of a data URL's base64 is decoded to read its format and size: 48 bytes,
+#: past a PNG's, GIF's or WEBP's header; a JPEG's segments are then walked (each one's
+#: marker and length decoded where it lies, see :func:`_jpeg_size_at`).
+HEAD_CHARS = 64
 
 
 def decode_data_url(url: str) -> bytes:
@@ -170,28 +181,46 @@ def decode_data_url(url: str) -> bytes:
 
 
 def _payload(url: str) -> str:
-    head, sep, payload = url.partition(",")
-    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+    return url[_start(url) :]
+
+
+def _start(url: str) -> int:
+    """Where a data URL's base64 starts (the URL itself is not copied: 67 KB a photo)."""
+    comma = url.find(",", 0, 256)
+    head = url[: max(comma, 0)]
+    if comma < 0 or not head.startswith("data:") or not head.endswith(";base64"):
         msg = "a data URL must read data:<type>;base64,<bytes>"
         raise ValueError(msg)
-    return payload
+    return comma + 1
 
 
 def _b64(payload: str) -> bytes:
     try:
-        return base64.b64decode(payload, validate=True)
+        return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         msg = "its base64 is broken"
         raise ValueError(msg) from None
 
 
+def _b64_at(text: str, at: int, n: int, start: int = 0) -> bytes:
+    """The ``n`` decoded bytes at byte ``at`` of the base64 from ``text[start]`` on.
+
+    Only the base64 quads that hold them are decoded (4 characters a 3 bytes); fewer
+    bytes at the end.
+    """
+    first = at // 3
+    last = -(-(at + n) // 3)
+    quads = _b64(text[start + 4 * first : start + 4 * last])
+    return quads[at - 3 * first : at - 3 * first + n]
+
+
 def peek_data_url(url: str) -> tuple[bytes, int, tuple[int, int] | None]:
     r"""A base64 ``data:`` URL's first bytes, its size in bytes, and the image's size.
 
-    Only the first :data:`HEAD_CHARS` characters are decoded (and checked): a
-    50 KB photo costs a 16 KiB decode, not a whole one (the rest of the base64 is
-    checked by Azure, which refuses that row alone). A JPEG whose frame header lies
-    past them is decoded whole.
+    Only the first :data:`HEAD_CHARS` characters are decoded (and checked), and for
+    a JPEG its segments' markers and lengths: a 50 KB photo costs a few short decodes,
+    not a whole one (the rest of the base64 is checked by Azure, which refuses that
+    row alone).
 
     Raises
     ------
@@ -203,19 +232,20 @@ def peek_data_url(url: str) -> tuple[bytes, int, tuple[int, int] | None]:
     >>> peek_data_url("data:image/gif;base64,R0lGODlhAwACAA==")
     (b'GIF89a\x03\x00\x02\x00', 10, (3, 2))
     """
-    payload = _payload(url)
-    n = len(payload)
+    start = _start(url)
+    n = len(url) - start
     if n <= HEAD_CHARS:
-        data = _b64(payload)
+        data = _b64(url[start:])
         return data, len(data), image_size(data)
     if n % 4:
         msg = "its base64 is broken"
         raise ValueError(msg)
-    head = _b64(payload[:HEAD_CHARS])
-    nbytes = n // 4 * 3 - (payload[-2:].count("="))
-    size = image_size(head)
-    if size is None and image_type(head) == "image/jpeg":
-        size = image_size(_b64(payload))
+    head = _b64(url[start : start + HEAD_CHARS])
+    nbytes = n // 4 * 3 - (url[-2:].count("="))
+    if image_type(head) == "image/jpeg":
+        size = _jpeg_size_at(lambda at, k: _b64_at(url, at, k, start))
+    else:
+        size = image_size(head)
     return head, nbytes, size
 
 

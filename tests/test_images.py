@@ -7,7 +7,9 @@ read (neither decodes an image).
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import struct
 import urllib.error
 import urllib.request
@@ -17,6 +19,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import polars_azurechat as pac
@@ -217,6 +221,31 @@ def test_a_large_image_is_read_from_its_head_and_a_deep_jpeg_whole() -> None:
     assert _images.url_problem(_data_url(big)[:-1]) == (
         "has a data URL that cannot be read: its base64 is broken"
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=40), at=st.integers(0, 45), n=st.integers(0, 12))
+def test_the_bytes_at_a_place_decode_only_their_quads(
+    data: bytes, at: int, n: int
+) -> None:
+    # the client's and the emulator's partial decodes give the bytes a whole one gives
+    text = base64.b64encode(data).decode()
+    assert _images._b64_at(text, at, n) == data[at : at + n]
+    decoded = _vision._base64(text)
+    assert decoded is not None and len(decoded) == len(data)
+    assert decoded[at : at + n] == data[at : at + n]
+    if at < len(data):
+        assert decoded[at] == data[at]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet="AQg+/=\n -", max_size=12))
+def test_the_emulator_takes_the_base64_a_whole_decode_takes(text: str) -> None:
+    # checked by its alphabet and padding, not decoded whole: RFC 4648's grammar (the
+    # standard library's strict mode takes "AAAA=" and "AAAA===" on Python 3.11)
+    quad = "[A-Za-z0-9+/]"
+    grammar = f"(?:{quad}{{4}})*(?:{quad}{{2}}==|{quad}{{3}}=)?"
+    assert (_vision._base64(text) is not None) == bool(re.fullmatch(grammar, text))
 
 
 def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:

