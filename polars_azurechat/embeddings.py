@@ -32,7 +32,7 @@ from polars_azurechat.engine.texts import (
     vectors_to_series,
 )
 from polars_azurechat.errors import AzureChatError, remember_for_polars
-from polars_azurechat.functions import SLICE_ROWS, SLICES_IN_FLIGHT
+from polars_azurechat.functions import SLICES_IN_FLIGHT, slice_rows
 from polars_azurechat.functions import _apply_policy as apply_policy
 from polars_azurechat.functions import _failures as failures
 from polars_azurechat.options import ChatOptions
@@ -403,9 +403,11 @@ class Embedder(JobHandle):
         check_text_dtype(s.dtype)
         truncate, size = self.spec.truncate, self.spec.size
 
+        rows = slice_rows(s)
+
         def slices() -> Iterator[tuple[int, list[Any]]]:
-            for offset in range(0, len(s), SLICE_ROWS):
-                part = s.slice(offset, SLICE_ROWS).to_list()
+            for offset in range(0, len(s), rows):
+                part = s.slice(offset, rows).to_list()
                 yield offset, texts_to_requests(part, truncate=truncate)
 
         failed: list[tuple[int, ChatResult]] = []

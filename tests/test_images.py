@@ -231,11 +231,12 @@ def test_the_bytes_at_a_place_decode_only_their_quads(
     # the client's and the emulator's partial decodes give the bytes a whole one gives
     text = base64.b64encode(data).decode()
     assert _images._b64_at(text, at, n) == data[at : at + n]
-    decoded = _vision._base64(text)
-    assert decoded is not None and len(decoded) == len(data)
-    assert decoded[at : at + n] == data[at : at + n]
-    if at < len(data):
-        assert decoded[at] == data[at]
+    for head in ("", "data:image/png;base64,"):  # checked and read in place
+        decoded = _vision._base64(head + text, len(head))
+        assert decoded is not None and len(decoded) == len(data)
+        assert decoded[at : at + n] == data[at : at + n]
+        if at < len(data):
+            assert decoded[at] == data[at]
 
 
 @settings(max_examples=500, deadline=None)
@@ -245,7 +246,10 @@ def test_the_emulator_takes_the_base64_a_whole_decode_takes(text: str) -> None:
     # standard library's strict mode takes "AAAA=" and "AAAA===" on Python 3.11)
     quad = "[A-Za-z0-9+/]"
     grammar = f"(?:{quad}{{4}})*(?:{quad}{{2}}==|{quad}{{3}}=)?"
-    assert (_vision._base64(text) is not None) == bool(re.fullmatch(grammar, text))
+    valid = bool(re.fullmatch(grammar, text))
+    assert (_vision._base64(text) is not None) == valid
+    for head in ("data:image/png;base64,", "data:;=,", "=="):  # in place, after a head
+        assert (_vision._base64(head + text, len(head)) is not None) == valid
 
 
 def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:

@@ -112,6 +112,29 @@ def test_chunks_larger_than_a_slice_are_answered_in_order(
     assert emulator.stats()["peak_in_flight"] <= 5
 
 
+def test_large_rows_are_sliced_by_bytes_and_answered_in_order(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a slice holds about SLICE_BYTES of the column: rows of ~1 KB in 4 KB slices
+    monkeypatch.setattr(functions, "SLICE_BYTES", 4_000)
+    monkeypatch.setattr(functions, "MIN_SLICE_ROWS", 2)
+    padding = " " * 1_000
+    df = pl.DataFrame({"q": [f"What is {i} + 1?{padding}" for i in range(30)]})
+    assert functions.slice_rows(df["q"]) in (3, 4)
+    sizes: list[int] = []
+    real = functions.series_to_requests
+
+    def counted(s: pl.Series, **kw: object) -> object:
+        sizes.append(len(s))
+        return real(s, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(functions, "series_to_requests", counted)
+    with pac.Completer(max_concurrency=4) as job:
+        out = df.select(job.expr("q"))["q"].to_list()
+    assert out == [str(i + 1) for i in range(30)]
+    assert sum(sizes) == 30 and max(sizes) <= 4 and len(sizes) >= 8
+
+
 def test_pipeline_reads_ahead_at_most_what_it_is_told(emulator: Emulator) -> None:
     pulled = 0
     yielded = 0

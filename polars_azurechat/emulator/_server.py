@@ -6,10 +6,11 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import orjson
 from aiohttp import web
 
 from polars_azurechat.emulator._batch import BatchService
@@ -236,11 +237,25 @@ class _App:
             payload = response_payload(
                 answer, body, reasoning=is_reasoning(lane.settings)
             )
-            return web.json_response(payload, headers=answer.headers)
+            return _json(payload, answer.headers)
         answer = await self.chat_answers.answer(lane, body, request=request, n=n)
         if isinstance(answer, web.Response):
             return answer
-        return web.json_response(chat_payload(answer), headers=answer.headers)
+        return _json(chat_payload(answer), answer.headers)
+
+
+def _json(payload: Any, headers: Mapping[str, str]) -> web.Response:
+    """A 200 answer's JSON body, written by orjson.
+
+    The standard library's encoder was a tenth of the emulator's time a request at
+    latency 0.
+    """
+    return web.Response(
+        body=orjson.dumps(payload),
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 #: What each route's body asks for.
