@@ -14,7 +14,9 @@ shows what the emulator and loopback allow, and the package's cost beside it.
 Printed beside it: the client CPU per row of each way, their difference
 (the client's cost of an image: building the data URL, checking it, estimating its
 tokens, encoding the request), and how long building the message column takes
-(base64 of the bytes).
+(base64 of the bytes). The emulator's CPU per row is printed too: it has one core, so
+``1 / its CPU per image row`` bounds the image job whatever the client does, and the
+ceiling line says what ratio that bound leaves (text only is bound by the client).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from bench import (
     timed,
     verdict,
 )
-from typed import pin
+from typed import pin, process_cpu_s
 
 import polars_azurechat as pac
 from polars_azurechat.config import ChatConfig
@@ -121,9 +123,13 @@ def speed(n: int, rounds: int) -> bool:
         f"building the message column (data URLs): {built:.2f} s, "
         f"{1e6 * built / n:.0f} us per image"
     )
-    print(f"{'way':30} {'wall s':>8} {'rows/s':>8} {'client CPU ms/row':>18}  correct")
+    print(
+        f"{'way':30} {'wall s':>8} {'rows/s':>8} {'client CPU ms/row':>18} "
+        f"{'emulator CPU ms/row':>20}  correct"
+    )
     best: dict[str, float] = {}
     cpu_best: dict[str, float] = {}
+    emu_best: dict[str, float] = {}
     ok = True
     with emulator_process_pid() as (url, pid):
         pinned = pin(pid)
@@ -134,15 +140,18 @@ def speed(n: int, rounds: int) -> bool:
         for r in range(rounds):
             for name, (df, expected, fn) in ways.items():
                 emulator_stats(url, reset=True)
+                emu0 = process_cpu_s(pid)
                 wall, cpu, out = timed(lambda df=df, fn=fn: fn(url, df))  # type: ignore[misc]
+                emu = 1000 * (process_cpu_s(pid) - emu0) / n
                 correct = out == expected
                 ok &= correct
                 rate = n / wall
                 best[name] = max(best.get(name, 0.0), rate)
                 cpu_best[name] = min(cpu_best.get(name, 1e9), 1000 * cpu / n)
+                emu_best[name] = min(emu_best.get(name, 1e9), emu)
                 print(
                     f"{name + f' #{r + 1}':30} {wall:8.3f} {rate:8.0f} "
-                    f"{1000 * cpu / n:18.3f}  {correct}",
+                    f"{1000 * cpu / n:18.3f} {emu:20.3f}  {correct}",
                     flush=True,
                 )
     ratio = best["with a 50 KB PNG"] / best["text only"]
@@ -159,6 +168,14 @@ def speed(n: int, rounds: int) -> bool:
         f"a bare aiohttp client sending the same requests: images / text {floor:.2f} "
         f"(the emulator's and loopback's limit; {bare_per_image:.3f} ms CPU per image); "
         f"chat.complete() with images / bare aiohttp with images {ours:.2f}"
+    )
+    emu_img = emu_best["with a 50 KB PNG"]
+    ceiling = min(1.0, 1000 / emu_img / best["text only"]) if emu_img > 0 else 1.0
+    print(
+        f"the emulator's CPU per row: text {emu_best['text only']:.3f} ms, with a "
+        f"photo {emu_img:.3f} ms; on its one core it answers at most "
+        f"{1000 / max(emu_img, 1e-9):,.0f} image rows/s: a ceiling of {ceiling:.2f} "
+        "on the ratio, whatever the client does"
     )
     return verdict(
         "rows/s with images / text only, each answer naming its image",

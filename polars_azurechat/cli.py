@@ -36,7 +36,7 @@ from polars_azurechat.emulator._batch import BatchService
 from polars_azurechat.emulator._settings import exposure_warning
 from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
-from polars_azurechat.functions import Completer
+from polars_azurechat.functions import Completer, rows_per_slice
 from polars_azurechat.options import ChatOptions
 from polars_azurechat.outputs import reads_of
 from polars_azurechat.report import cli_report
@@ -302,14 +302,15 @@ def _answer_parquet(
     import pyarrow.parquet as pq
 
     reader = pq.ParquetFile(src)
+    rows = _batch_rows(reader)
 
     def batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
-        for batch in reader.iter_batches(batch_size=BATCH_ROWS):
+        for batch in reader.iter_batches(batch_size=rows):
             df = pl.DataFrame(pl.from_arrow(batch))
             yield df, job.requests(df[column])
 
     def frames() -> Iterator[pl.DataFrame]:  # batch mode's second pass
-        for batch in pq.ParquetFile(src).iter_batches(batch_size=BATCH_ROWS):
+        for batch in pq.ParquetFile(src).iter_batches(batch_size=rows):
             yield pl.DataFrame(pl.from_arrow(batch))
 
     def answered_batches() -> Iterator[tuple[pl.DataFrame, list[Any]]]:
@@ -318,7 +319,7 @@ def _answer_parquet(
             return
         first = (  # the column only, with no frame kept: the keys are held to the end
             (None, job.requests(pl.DataFrame(pl.from_arrow(b))[column]))
-            for b in reader.iter_batches(batch_size=BATCH_ROWS, columns=[column])
+            for b in reader.iter_batches(batch_size=rows, columns=[column])
         )
         for (_, results), df in zip(job.answer_batches(first), frames(), strict=True):
             yield df, results
@@ -348,6 +349,20 @@ def _answer_parquet(
     if writer is None:  # an empty file: write the output schema with no rows
         empty = pl.DataFrame(pl.from_arrow(reader.schema_arrow.empty_table()))
         answered(empty, []).write_parquet(dst)
+
+
+def _batch_rows(reader: Any) -> int:
+    """Rows per batch of a Parquet file: :data:`BATCH_ROWS`, fewer when rows are large.
+
+    A batch holds about :data:`~polars_azurechat.functions.SLICE_BYTES` of the file's
+    data (its row groups' uncompressed size per row): a photo a row is 50-70 KB, and
+    four batches of 8,192 of them were gigabytes.
+    """
+    meta = reader.metadata
+    if not meta.num_rows:
+        return BATCH_ROWS
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return rows_per_slice(size / meta.num_rows, BATCH_ROWS)
 
 
 def _schema_file(path: Path) -> Any:

@@ -653,9 +653,22 @@ def slice_rows(s: pl.Series) -> int:
     >>> slice_rows(pl.Series(["x" * 67_000] * 1_000))
     500
     """
-    per_row = s.estimated_size() / max(len(s), 1)
-    fit = int(SLICE_BYTES // max(per_row, 1.0))
-    return max(min(SLICE_ROWS, fit), min(MIN_SLICE_ROWS, SLICE_ROWS))
+    return rows_per_slice(s.estimated_size() / max(len(s), 1))
+
+
+def rows_per_slice(bytes_per_row: float, most: int | None = None) -> int:
+    """Rows of ``bytes_per_row`` that make about :data:`SLICE_BYTES`.
+
+    At most ``most`` (:data:`SLICE_ROWS`), at least :data:`MIN_SLICE_ROWS`.
+
+    Examples
+    --------
+    >>> rows_per_slice(120), rows_per_slice(67_000), rows_per_slice(10**9)
+    (8192, 500, 256)
+    """
+    most = SLICE_ROWS if most is None else most
+    fit = int(SLICE_BYTES // max(bytes_per_row, 1.0))
+    return max(min(most, fit), min(MIN_SLICE_ROWS, most))
 
 
 def _apply_policy(

@@ -191,6 +191,45 @@ def test_run_streams_in_batches_and_keeps_order(
     assert df["answer"].to_list() == [str(i + 3) for i in range(n)]
 
 
+def test_run_cuts_batches_of_large_rows_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    import polars_azurechat.cli as cli
+    import polars_azurechat.functions as functions
+
+    # rows of ~2 KB (a photo's data URL is 67 KB) in batches of about 10 KB
+    monkeypatch.setattr(functions, "SLICE_BYTES", 10_000)
+    monkeypatch.setattr(functions, "MIN_SLICE_ROWS", 2)
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    n = 60
+    padding = " " * 2_000
+    pl.DataFrame(
+        {"i": range(n), "q": [f"What is {i} + 3?{padding}" for i in range(n)]}
+    ).write_parquet(src, row_group_size=25, compression="uncompressed")
+    assert 3 <= cli._batch_rows(pq.ParquetFile(src)) <= 5
+    sizes: list[int] = []
+    real = cli.Completer.requests
+
+    def counted(self: object, rows: pl.Series) -> object:
+        sizes.append(len(rows))
+        return real(self, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli.Completer, "requests", counted)
+    with Emulator() as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(
+            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
+        )
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(out)
+    assert df["i"].to_list() == list(range(n))
+    assert df["answer"].to_list() == [str(i + 3) for i in range(n)]
+    assert sum(sizes) == n and max(sizes) <= 5
+
+
 def test_run_on_an_empty_file_writes_the_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
