@@ -165,6 +165,18 @@ def test_wrong_key_stops_with_a_clear_message_and_no_secret(
     assert not list(tmp_path.glob("*.partial"))
 
 
+def _answer_q(src: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> pl.DataFrame:
+    """``run`` on column ``q`` of ``src`` against an emulator; the output file read."""
+    with Emulator() as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(
+            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
+        )
+    assert result.exit_code == 0, result.output
+    return pl.read_parquet(out)
+
+
 def test_run_streams_in_batches_and_keeps_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,14 +191,7 @@ def test_run_streams_in_batches_and_keeps_order(
             "q": [f"[emu:delay={i % 7}] What is {i} + 3?" for i in range(n)],
         }
     ).write_parquet(src, row_group_size=100)
-    with Emulator() as emu:
-        for k, v in emu.env().items():
-            monkeypatch.setenv(k, v)
-        result = runner.invoke(
-            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
-        )
-    assert result.exit_code == 0, result.output
-    df = pl.read_parquet(out)
+    df = _answer_q(src, out, monkeypatch)
     assert df["i"].to_list() == list(range(n))  # written in input order
     assert df["answer"].to_list() == [str(i + 3) for i in range(n)]
 
@@ -217,14 +222,7 @@ def test_run_cuts_batches_of_large_rows_by_bytes(
         return real(self, rows)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cli.Completer, "requests", counted)
-    with Emulator() as emu:
-        for k, v in emu.env().items():
-            monkeypatch.setenv(k, v)
-        result = runner.invoke(
-            app, ["run", str(src), str(out), "--column", "q", "--no-progress"]
-        )
-    assert result.exit_code == 0, result.output
-    df = pl.read_parquet(out)
+    df = _answer_q(src, out, monkeypatch)
     assert df["i"].to_list() == list(range(n))
     assert df["answer"].to_list() == [str(i + 3) for i in range(n)]
     assert sum(sizes) == n and max(sizes) <= 5
