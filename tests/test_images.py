@@ -358,6 +358,47 @@ def test_a_bad_image_or_too_many_fail_alone_before_any_request(
     assert emulator.stats()["requests"] == 2  # the failed rows sent nothing
 
 
+def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
+    emulator: Emulator,
+) -> None:
+    photo = png(100, 7) + bytes(1_000)
+    whole = base64.b64encode(photo).decode()
+    cut = b"\xff\xd8\xff\xfe\x00\x30" + bytes(46) + b"\xff\xc0\x00\x11"  # ends in SOF
+    urls = [
+        "data:image/png;base64," + whole,
+        "data:image/png;base64," + base64.encodebytes(photo).decode(),  # line breaks
+        "data:image/png;base64," + whole[:-8] + "!!!!" + whole[-4:],  # past the head
+        "data:image/png;base64,"
+        + whole.replace("+", "-").replace("/", "_"),  # URL-safe
+        "DATA:image/png;BASE64," + whole,  # a scheme's case does not matter
+        "data:image/png;base64,",
+        _data_url(cut),
+    ]
+    assert whole != whole.replace("+", "-").replace("/", "_")
+    assert _images.peek_data_url(_data_url(cut))[2] is None  # its size is unknown
+    df = pl.DataFrame({"u": urls})
+    expr = messages(user="What is it?", images=pl.col("u"))
+    plan = pac.plan(df.select(expr).to_series())
+    assert plan.unsendable == 4
+    out = df.select(pac.complete(expr, output="struct", max_tokens=30))
+    errors = [r["error"] for r in out.to_series().to_list()]
+    assert errors[0] is None and errors[4] is None and errors[6] is None
+    for i in (1, 2, 3):
+        assert "has a data URL that cannot be read: its base64 is broken" in errors[i]
+    assert "is empty (a data URL of no bytes)" in errors[5]
+    assert emulator.stats()["requests"] == 3  # the broken rows sent nothing
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet="AQg+/=\n -", max_size=12))
+def test_the_client_checks_base64_as_rfc_4648_does(text: str) -> None:
+    quad = "[A-Za-z0-9+/]"
+    grammar = f"(?:{quad}{{4}})*(?:{quad}{{2}}==|{quad}{{3}}=)?"
+    valid = bool(re.fullmatch(grammar, text))
+    for head in ("data:image/png;base64,", "data:;=,"):
+        assert _images._broken_base64(head + text, len(head)) is not valid
+
+
 # -- 3. token estimates: client and emulator, quota, cap, plan --------------------------
 
 

@@ -162,7 +162,7 @@ def picture(url: str, detail: str) -> Picture | None:
     >>> picture("data:image/png;base64,JVBERi0=", "auto") is None
     True
     """
-    if not url.startswith("data:"):
+    if not _is_data(url):
         return Picture("url", *URL_SIZE, detail)
     read = _read_url(url)
     if read is None:
@@ -170,6 +170,11 @@ def picture(url: str, detail: str) -> Picture | None:
     kind, size = read
     width, height = size if size is not None and min(size) > 0 else URL_SIZE
     return Picture(kind, width, height, detail)
+
+
+def _is_data(url: str) -> bool:
+    """A ``data:`` URL (a scheme is read in any case)."""
+    return url[:5].lower() == "data:"
 
 
 Read = tuple[str, tuple[int, int] | None] | None
@@ -299,13 +304,13 @@ def parts_problem(
                 f"{at}.image_url.detail",
                 "invalid_value",
             )
-        if not url.startswith(("https://", "http://", "data:")):
+        if not url[:8].lower().startswith(("https://", "http://", "data:")):
             return images, (
                 "Invalid image URL.",
                 f"{at}.image_url.url",
                 "invalid_image_url",
             )
-        if url.startswith("data:") and picture(url, "auto") is None:
+        if _is_data(url) and picture(url, "auto") is None:
             return images, (UNSUPPORTED, f"{at}.image_url.url", "invalid_image_format")
         images += 1
     return images, None
