@@ -40,6 +40,10 @@ class Plan:
         for rows that cannot be sent; null for null rows.
     requests
         Requests the job would send (identical rows are sent once).
+    prompt_tokens, request_tokens
+        The prompt tokens of those requests, and what Azure counts against the quota
+        for them (prompt plus ``max_tokens``): identical rows count once, as they
+        are sent once; ``rows`` gives each row's figures.
     estimated_cost_usd, estimated_batch_cost_usd
         The cost online and in batch mode (the batch price:
         :data:`~polars_azurechat.summary.BATCH_DISCOUNT` of the online one), with
@@ -157,15 +161,16 @@ def plan(
     [60]
     >>> print(p)  # doctest: +NORMALIZE_WHITESPACE
     rows:      3 (1 requests; 0 cannot be sent, 0 over the context)
-    tokens:    30 prompt, 50 counted against the quota
+    tokens:    15 prompt, 25 counted against the quota
     cost:      $0.0000 online, $0.0000 batch (gpt-4o-mini, completion at max_tokens: an upper bound)
     wall:      ~1.0 s (bound by concurrency)
 
     Online and batch cost side by side (the batch price is half the online one):
 
-    >>> big = plan(pl.Series(["Summarise this text. " * 50] * 1000), max_tokens=200)
+    >>> texts = [f"Summarise text {i}. " + "It goes on. " * 50 for i in range(1000)]
+    >>> big = plan(pl.Series(texts), max_tokens=200)
     >>> round(big.estimated_cost_usd, 4), round(big.estimated_batch_cost_usd, 4)
-    (0.1662, 0.0831)
+    (0.1522, 0.0761)
     """
     opts, body = ChatOptions.split(params, base=options)
     system = opts.system
@@ -184,7 +189,7 @@ def plan(
     prompt: list[int | None] = []
     counted: list[int | None] = []
     errors: list[str | None] = []
-    unique: dict[str, int] = {}
+    unique: dict[str, int] = {}  # key -> prompt tokens of each request sent
     reserved = shape.reserved
     for req in requests:
         if req is None or req.error is not None:
@@ -196,7 +201,7 @@ def plan(
         prompt.append(p)
         counted.append(p + reserved)
         errors.append(None)
-        unique.setdefault(shape.key(req), p + reserved)
+        unique.setdefault(shape.key(req), p)
     rows = pl.DataFrame(
         {"prompt_tokens": prompt, "request_tokens": counted, "error": errors},
         schema={
@@ -205,15 +210,15 @@ def plan(
             "error": pl.String,
         },
     ).with_columns(over_context=pl.col("request_tokens") > context_tokens)
+    # what is sent is what is counted and paid: identical rows go once
     n = len(unique)
-    wall_s, bound_by = wall_time(opts, n, sum(unique.values()), latency_s)
+    prompt_total = sum(unique.values())
+    request_total = prompt_total + reserved * n
+    wall_s, bound_by = wall_time(opts, n, request_total, latency_s)
     price = price_for(model, prices)
-    prompt_total = int(rows["prompt_tokens"].sum() or 0)
     cost = batch_cost = None
     if price is not None:
-        completion = (max_tokens or 0) * (
-            rows.height - rows["prompt_tokens"].null_count()
-        )
+        completion = (max_tokens or 0) * n
         cost = (prompt_total * price[0] + completion * price[1]) / 1_000_000
         cheap = batch_price(price)
         batch_cost = (prompt_total * cheap[0] + completion * cheap[1]) / 1_000_000
@@ -221,7 +226,7 @@ def plan(
         rows=rows,
         requests=n,
         prompt_tokens=prompt_total,
-        request_tokens=int(rows["request_tokens"].sum() or 0),
+        request_tokens=request_total,
         max_completion_tokens=max_tokens,
         over_context=int(rows["over_context"].sum() or 0),
         unsendable=sum(1 for e in errors if e is not None),

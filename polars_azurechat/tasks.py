@@ -556,6 +556,7 @@ def plan(
     data: pl.Series | Sequence[Any],
     *,
     images: pl.Series | None = None,
+    detail: str = "auto",
     **arguments: Any,
 ) -> Plan:
     """Estimate a task without sending anything (:func:`polars_azurechat.plan`).
@@ -568,6 +569,8 @@ def plan(
         The texts (a ``pl.Series`` or a list).
     images
         The rows' images, if the task sends them.
+    detail
+        Azure's ``detail`` for the images (``low`` counts 85 tokens an image).
     **arguments
         The task's own arguments (``labels=``, ...), then :func:`polars_azurechat.plan`'s
         (``model``, ``latency_s``, options and body fields such as ``max_tokens``).
@@ -605,6 +608,7 @@ def plan(
             system=spec.system,
             user=pl.col("text"),
             images=None if images is None else pl.col("images"),
+            detail=detail,
         )
     ).to_series()
     return plan_job(rows, **params)

@@ -421,6 +421,10 @@ def test_classify_product_photos(emulator: Emulator, config: ChatConfig) -> None
     seen = tasks.plan("classify", df["title"], images=df["photo"], labels=labels)
     blind = tasks.plan("classify", df["title"], labels=labels)
     assert seen.prompt_tokens > blind.prompt_tokens and seen.requests == 2
+    low = tasks.plan(
+        "classify", df["title"], images=df["photo"], detail="low", labels=labels
+    )
+    assert low.prompt_tokens == seen.prompt_tokens - 2 * 170  # a tile each: 255 -> 85
 
 
 def test_a_cache_of_the_first_version_is_migrated_to_keep_logprobs(
