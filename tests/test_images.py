@@ -169,8 +169,14 @@ def test_python_rows_with_parts_become_requests_with_null_fields_left_out() -> N
                 "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}],
             }
         ],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": "https://x"}],
+            }
+        ],
     ]
-    ok, audio, assistant, detail, ftp = rows_to_requests(rows)
+    ok, audio, assistant, detail, ftp, bare = rows_to_requests(rows)
     assert ok is not None and ok.error is None
     assert ok.messages[0]["content"] == [
         {"type": "text", "text": "What is it?"},
@@ -180,6 +186,7 @@ def test_python_rows_with_parts_become_requests_with_null_fields_left_out() -> N
     assert assistant is not None and "user only" in str(assistant.error)
     assert detail is not None and "detail 'huge'" in str(detail.error)
     assert ftp is not None and "not an https:// or a data: URL" in str(ftp.error)
+    assert bare is not None and "image_url is a string" in str(bare.error)
 
 
 # -- 2. messages(images=...) and the image's header -------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Literal, Self
 import orjson
 from aiohttp import web
 
-from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.emulator._batch import MAX_FILE_BYTES, BatchService
 from polars_azurechat.emulator._body import missing_model, read_body
 from polars_azurechat.emulator._chat import Chat, chat_payload
 from polars_azurechat.emulator._embeddings import (
@@ -57,7 +57,9 @@ class _App:
         self.state = state
         self.chat_answers = Chat(state)
         self.embeddings = Embeddings(state, self.chat_answers)
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        # a Batch input file of MAX_FILE_BYTES is refused by the Batch service in
+        # Azure's words, not by aiohttp (room for the multipart envelope)
+        self.app = web.Application(client_max_size=MAX_FILE_BYTES + 1024 * 1024)
         router = self.app.router
         router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
         router.add_post("/openai/v1/chat/completions", self.chat_v1)
@@ -139,6 +141,9 @@ class _App:
                 response = responses_error(response)
         except Dropped:
             status = "dropped"
+            raise
+        except web.HTTPException as exc:  # aiohttp's own refusal (a 413: too large)
+            status = str(exc.status)
             raise
         else:
             status = str(response.status)

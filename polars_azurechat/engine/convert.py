@@ -208,6 +208,11 @@ def _parts(
             if role != "user":
                 return parts, f"{where} is an image in a {role} message (user only)"
             image = part.get("image_url")
+            if isinstance(image, str):
+                return parts, (
+                    f"{where}: image_url is a string; Azure takes "
+                    "{'url': ..., 'detail': ...}"
+                )
             image = image if isinstance(image, dict) else {}
             url, detail = image.get("url"), image.get("detail")
             problem = url_problem(url)
