@@ -381,8 +381,17 @@ class Completer(JobHandle, Reports):
         return column.map_batches(
             self._series,
             return_dtype=self._return_dtype,
-            is_elementwise=self._batch is None,
+            is_elementwise=self._batch is None and self._elementwise(),
         )
+
+    def _elementwise(self) -> bool:
+        """Whether Polars may treat the expression as row by row.
+
+        A filter written after it is then applied before it (fewer rows sent), and it
+        streams. A predicate is not: Polars would merge it with the filters before
+        it, and send every row.
+        """
+        return True
 
     @property
     def _return_dtype(self) -> pl.DataType:

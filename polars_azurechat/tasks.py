@@ -136,6 +136,11 @@ class _TaskCompleter(Completer):
     def _return_dtype(self) -> pl.DataType:
         return self.task.dtype
 
+    def _elementwise(self) -> bool:
+        # filter() goes in .filter(): as an elementwise predicate, Polars would merge
+        # it with the cheap filters before it and send it every row
+        return self.task.name != "filter"
+
     def _series(self, s: pl.Series) -> pl.Series:
         if not self.task_messages:
             if isinstance(s.dtype, pl.List | pl.Array | pl.Struct):

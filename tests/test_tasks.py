@@ -126,6 +126,24 @@ def test_filter_keeps_the_rows_that_meet_the_condition(
     assert flags.to_list() == [False, True, None, False, False]
 
 
+@pytest.mark.parametrize("engine", ["in-memory", "streaming"])
+def test_filter_after_a_cheap_filter_is_sent_only_the_rows_it_kept(
+    emulator: Emulator, config: ChatConfig, engine: Any
+) -> None:
+    # Polars merges elementwise predicates into one (every row evaluated): filter()
+    # is not elementwise, so the cheap filter runs first
+    lf = pl.LazyFrame({"id": range(200), "text": [f"refund {i}" for i in range(200)]})
+    llm = pl.col("text").chat.filter("asks for a refund", config=config)
+    out = lf.filter(pl.col("id") < 10).filter(llm).collect(engine=engine)
+    assert out["id"].to_list() == list(range(10))
+    assert emulator.stats()["requests"] == 10
+    # classify stays elementwise: a filter written after it is applied before it
+    emulator.reset()
+    topic = pl.col("text").chat.classify(["billing", "refund"], config=config)
+    out = lf.with_columns(t=topic).filter(pl.col("id") < 5).collect(engine=engine)
+    assert out.height == 5 and emulator.stats()["requests"] == 5
+
+
 def test_a_prompt_is_readable_and_can_be_replaced(
     emulator: Emulator, config: ChatConfig
 ) -> None:
