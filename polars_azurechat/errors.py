@@ -246,8 +246,10 @@ class UnsupportedParameterError(BadRequestError):
 
     Azure's ``unsupported_parameter`` / ``unsupported_value`` (a reasoning model given
     ``max_tokens``, ``temperature``, ``logprobs``, ...) and ``OperationNotSupported``
-    (a deployment that does not do chat completions). Every row would repeat it, so
-    the first such answer stops the run, as a 401 does; ``param`` names the parameter
+    (a deployment that does not do chat completions), and any 400 whose ``param`` is a
+    body field every request of the job sends (``seed``, ``response_format``: not the
+    messages). Every row would repeat it, so the first such answer stops the run, as a
+    401 does; ``param`` names the parameter
     (``None`` when Azure does not) and the message says what to change.
     """
 

@@ -16,13 +16,18 @@ go through ``extra_body={...}``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, get_args
+
+from polars_azurechat._body_fields import (
+    BODY_FIELDS,
+    REASONING_EFFORTS,
+    RESERVED_FIELDS,
+    check_body,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_FIELDS",
+    "REASONING_EFFORTS",
+    "RESERVED_FIELDS",
     "BatchFallback",
     "ChatBodyDict",
     "ChatOptions",
@@ -41,6 +48,7 @@ __all__ = [
     "OnError",
     "OnTruncated",
     "OutputKind",
+    "check_body",
 ]
 
 OutputKind = Literal["content", "struct"]
@@ -50,53 +58,6 @@ Mode = Literal["online", "batch"]
 Api = Literal["chat", "responses"]
 BatchFallback = Literal["online"]
 Repair = Literal["resend", "teach"]
-
-#: Chat-completions body fields a keyword may set (the openai SDK's
-#: ``CompletionCreateParams``, less ``messages``/``model``/``n``/``stream`` which the
-#: engine owns, plus Azure's ``data_sources``). A test keeps it equal to the SDK's list.
-#: The values of ``reasoning_effort`` (the models of today take a subset each).
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
-
-BODY_FIELDS = frozenset(
-    {
-        "audio",
-        "data_sources",
-        "frequency_penalty",
-        "function_call",
-        "functions",
-        "logit_bias",
-        "logprobs",
-        "max_completion_tokens",
-        "max_tokens",
-        "metadata",
-        "modalities",
-        "moderation",
-        "parallel_tool_calls",
-        "prediction",
-        "presence_penalty",
-        "prompt_cache_key",
-        "prompt_cache_options",
-        "prompt_cache_retention",
-        "reasoning_effort",
-        "response_format",
-        "safety_identifier",
-        "seed",
-        "service_tier",
-        "stop",
-        "store",
-        "stream_options",
-        "temperature",
-        "tool_choice",
-        "tools",
-        "top_logprobs",
-        "top_p",
-        "user",
-        "verbosity",
-        "web_search_options",
-    }
-)
-#: Body fields the engine sets itself.
-RESERVED_FIELDS = frozenset({"messages", "model", "n", "stream"})
 
 
 def _opt(default: Any, doc: str, **metadata: Any) -> Any:
@@ -541,58 +502,6 @@ class ChatOptionsDict(ChatOptionsDictNoOutput, total=False):
     """
 
     output: OutputKind
-
-
-def check_body(body: Mapping[str, Any]) -> None:
-    """Refuse body fields the engine owns, unknown fields and values JSON cannot carry."""
-    for key in body:
-        if key in RESERVED_FIELDS:
-            msg = f"{key} cannot be passed as a parameter: the engine sets it"
-            raise ValueError(msg)
-        if key != "extra_body" and key not in BODY_FIELDS:
-            known = [*ChatOptions.names(), *sorted(BODY_FIELDS), "extra_body"]
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            msg = (
-                f"unknown keyword {key!r}{hint}; custom body fields go in "
-                "extra_body={...}"
-            )
-            raise TypeError(msg)
-    extra = body.get("extra_body")
-    if extra is not None and not isinstance(extra, Mapping):
-        msg = f"extra_body must be a mapping, got {type(extra).__name__}"
-        raise TypeError(msg)
-    for key, value in body.items():
-        if key == "response_format" and output_schema(value) is not None:
-            continue  # a typed answer's type: checked (and made JSON) by OutputSchema
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            msg = f"parameter {key}={value!r} is not JSON-serialisable (or is NaN/inf)"
-            raise ValueError(msg) from exc
-    if (
-        body.get("max_tokens") is not None
-        and body.get("max_completion_tokens") is not None
-    ):
-        msg = (
-            "max_tokens and max_completion_tokens are both given: give one "
-            "(max_completion_tokens for reasoning models, which refuse max_tokens)"
-        )
-        raise ValueError(msg)
-    effort = body.get("reasoning_effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
-        msg = (
-            f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
-            f"got {effort!r}"
-        )
-        raise ValueError(msg)
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            msg = f"{key} must be a positive integer, got {value!r}"
-            raise ValueError(msg)
 
 
 def output_schema(response_format: Any) -> OutputSchema | None:

@@ -195,6 +195,13 @@ def test_extra_body_is_sent_at_the_top_level(emulator: Emulator) -> None:
         ({"on_error": "skip"}, "on_error must be 'null' or 'raise'"),
         ({"messages": []}, "messages cannot be passed"),
         ({"max_tokens": 0}, "max_tokens must be a positive integer"),
+        ({"temperature": 3.5}, "temperature must be from 0 to 2"),
+        ({"temperature": "hot"}, "temperature must be a number from 0 to 2"),
+        ({"top_p": True}, "top_p must be a number from 0 to 1"),
+        ({"top_logprobs": 25}, "top_logprobs must be from 0 to 20"),
+        ({"top_logprobs": 2.5}, "top_logprobs must be an integer from 0 to 20"),
+        ({"presence_penalty": -3}, "presence_penalty must be from -2 to 2"),
+        ({"logprobs": "yes"}, "logprobs must be True or False"),
     ],
 )
 def test_bad_values_name_the_option(
@@ -203,6 +210,16 @@ def test_bad_values_name_the_option(
     with pytest.raises((ValueError, TypeError), match=message):
         pac.complete("q", **kw)
     assert emulator.stats()["requests"] == 0
+
+
+def test_a_400_about_a_job_wide_field_stops_the_run(emulator: Emulator) -> None:
+    # a value the client does not check (seed must be an integer): Azure's 400 names
+    # the field, which every request of the job sends: the first stops the run
+    df = pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(200)]})
+    with pytest.raises(pac.UnsupportedParameterError, match="refuses 'seed'"):
+        df.select(pac.complete("q", seed="abc", max_concurrency=4))
+    assert emulator.stats()["statuses"] == {"400": emulator.stats()["requests"]}
+    assert emulator.stats()["requests"] <= 8
 
 
 def test_options_object_and_keywords_combine(emulator: Emulator) -> None:

@@ -37,6 +37,7 @@ from polars_azurechat.errors import (
     ServerError,
     UnsupportedParameterError,
 )
+from polars_azurechat.options import BODY_FIELDS
 from polars_azurechat.transport.auth import KeyAuth, TokenAuth
 from polars_azurechat.transport.embeddings import parse_embeddings
 from polars_azurechat.transport.responses import (
@@ -413,6 +414,14 @@ def status_error(
         )
     if status == 400 and code in REPEATED_400_CODES:
         return unsupported_error(err, server_msg, where, kw)
+    field = _job_field(err.get("param"))
+    if status == 400 and field is not None:
+        return UnsupportedParameterError(
+            f"400 {where} refuses {field!r}, which every request of the job sends "
+            f"(the run stops: every row would repeat it). Azure said: {server_msg}",
+            param=field,
+            **kw,
+        )
     if status == 400 and code == "context_length_exceeded":
         return ContextLengthError(f"400 context too long: {server_msg}", **kw)
     if status == 400 or (400 <= status < 500 and status not in (408, 409)):
@@ -430,6 +439,18 @@ _INSTEAD = {
     "temperature": "leave temperature unset (this model takes only the default, 1)",
     "top_p": "leave top_p unset (this model takes only the default)",
 }
+
+
+def _job_field(param: Any) -> str | None:
+    """The job-wide body field a 400's ``param`` names, or ``None``.
+
+    ``response_format`` for ``response_format.json_schema``; ``None`` for the
+    messages (each row's own) and what is not a body field.
+    """
+    if not isinstance(param, str) or not param:
+        return None
+    field = param.split(".", 1)[0].split("[", 1)[0]
+    return field if field in BODY_FIELDS else None
 
 
 def unsupported_error(
