@@ -16,6 +16,7 @@ from polars_azurechat.config import ChatConfig
 from polars_azurechat.embeddings import Embedder, embed, embed_many
 from polars_azurechat.engine import warm as _warm
 from polars_azurechat.errors import (
+    AnswerConversionError,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -109,6 +110,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AnswerConversionError",
     "AuthenticationError",
     "AzureChatError",
     "BadRequestError",

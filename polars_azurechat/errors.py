@@ -26,6 +26,8 @@ Every exception derives from one root, so ``except AzureChatError`` catches them
     ├── TruncatedError              the answer was cut at ``max_tokens`` (``on_truncated="error"``,
     │                               or always for a typed answer)
     ├── RefusalError                the model refused to give a typed answer (``message.refusal``)
+    ├── AnswerConversionError       a typed answer validated, but its model's dump does not fit
+    │                               the column (a serializer's doing; not retried)
     ├── DeadlineExceededError       the run's ``deadline_s`` passed before the row was answered
     ├── SpendingCapError            sending the row could take the job past ``max_cost_usd``
     ├── BatchIncompleteError        (batch mode) the row's batch expired or was cancelled first
@@ -47,6 +49,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AnswerConversionError",
     "AuthenticationError",
     "AzureChatError",
     "BadRequestError",
@@ -198,6 +201,20 @@ class SchemaValidationError(RequestError):
     ) -> None:
         self.path = path
         self.problem = problem
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class AnswerConversionError(AzureChatError):
+    """A typed answer validated, but its pydantic model's dump does not fit the column.
+
+    The model's own ``field_serializer`` or ``model_serializer`` dumps a value of
+    another type than the schema says (a number as a string, ...). The answer was
+    right and a resend dumps the same way, so it is not retried: change the model.
+    ``request_id`` is Azure's id of the answer.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
         self.request_id = request_id
         super().__init__(message)
 

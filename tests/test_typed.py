@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pytest
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_serializer, field_validator
 
 import polars_azurechat as pac
 from polars_azurechat.config import ChatConfig
@@ -276,6 +276,64 @@ def test_an_answer_that_breaks_the_schema_is_retried_then_fails_alone(
     assert summary.requests == 5
     err = job.last_error
     assert err is None  # on_error="null": the run raised nothing
+
+
+class Named(BaseModel):
+    full_name: str = Field(serialization_alias="fullName")
+
+
+class Inner(BaseModel):
+    city: str = Field(validation_alias="town")
+
+
+class Outer(BaseModel):
+    places: list[Inner]
+
+
+class Hashed(BaseModel):
+    total: int
+
+    @field_serializer("total")
+    def tag(self, value: int) -> str:
+        return f"#{value}"
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (Named, "Named.full_name is asked for as 'full_name' but dumped as 'fullName'"),
+        (Outer, "Inner.city is asked for as 'town' but dumped as 'city'"),
+    ],
+)
+def test_a_field_named_two_ways_is_refused_before_any_request(
+    emulator: Emulator, config: ChatConfig, model: type[BaseModel], words: str
+) -> None:
+    # the column would have lost the value (null, no error): refused instead
+    with pytest.raises(TypeError, match=words):
+        pl.col("q").chat.complete(config=config, response_format=model)
+    assert emulator.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("repair", ["resend", "teach"])
+def test_a_dump_that_does_not_fit_the_column_fails_once_not_retried(
+    emulator: Emulator, config: ChatConfig, repair: str
+) -> None:
+    # the answer is valid; the model's serializer turns the int into a string
+    df = pl.DataFrame({"q": ["What is 6 x 7?", "What is 1 + 1?"]})
+    with pac.Completer(
+        config=config, response_format=Hashed, output="struct", repair=repair
+    ) as job:
+        rows = df.select(job.expr("q"))["q"].to_list()
+        summary = job.summary()
+    assert emulator.stats()["requests"] == 2  # one each: a resend dumps the same way
+    for row in rows:
+        assert row["attempts"] == 1 and row["parsed"] is None
+        assert row["error"].startswith(
+            "AnswerConversionError: the answer validated against 'Hashed', but the "
+            "model's dump does not fit the column"
+        )
+    assert summary.failed_attempts == {"AnswerConversionError": 2}
+    assert summary.retries == 0
 
 
 def test_a_validation_retry_can_succeed(emulator: Emulator, config: ChatConfig) -> None:

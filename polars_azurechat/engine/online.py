@@ -27,6 +27,7 @@ from tenacity.wait import wait_base
 
 from polars_azurechat._types import REASONING_LENGTH, ChatRequest, ChatResult
 from polars_azurechat.errors import (
+    AnswerConversionError,
     AuthenticationError,
     AzureChatError,
     ContentFilterError,
@@ -41,7 +42,7 @@ from polars_azurechat.errors import (
     UnsupportedParameterError,
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
-from polars_azurechat.schema.errors import SchemaMismatchError
+from polars_azurechat.schema.errors import DumpMismatchError, SchemaMismatchError
 from polars_azurechat.transport.http import (
     Completion,
     is_capacity_refusal,
@@ -228,14 +229,15 @@ class OnlineSender:
             return completion, schema.parse(completion.content)
         except Exception as err:  # noqa: BLE001 - a user's validator may raise anything
             exc = invalid_answer(schema.name, err, completion.request_id)
-            if self.repair == "teach":  # what the resend tells the model
+            retried = isinstance(exc, SchemaValidationError)
+            if self.repair == "teach" and retried:  # what the resend tells the model
                 sent.invalid = (completion.content or "", str(err))
         sent.spend(completion)  # Azure charged it: a resend holds its worst case again
         st = run.stats
         # the attempt was answered and charged: its tokens count
         st.add_usage(completion)
         st.failures_by_kind[type(exc).__name__] += 1
-        st.retries += 1
+        st.retries += retried
         logger.debug("attempt %d gave an invalid typed answer: %s", sent.count, exc)
         raise exc
 
@@ -480,12 +482,22 @@ def _said(request_id: str | None) -> str:
 
 def invalid_answer(
     name: str, err: Exception, request_id: str | None
-) -> SchemaValidationError:
+) -> SchemaValidationError | AnswerConversionError:
     """The attempt's error for an answer that is not valid for the schema ``name``.
 
-    The message names where and what did not validate, never the answer's values.
+    The message names where and what did not validate, never the answer's values. An
+    answer that validated but whose model dumps what the column cannot take is the
+    model's doing: :class:`AnswerConversionError`, not retried.
     """
     said = _said(request_id)
+    if isinstance(err, DumpMismatchError):
+        return AnswerConversionError(
+            f"the answer validated against {name!r}, but the model's dump does not "
+            f"fit the column its schema gives ({err} converting it): a "
+            f"field_serializer or model_serializer that changes a value's type does "
+            f"this; not retried, as a resend dumps the same way{said}",
+            request_id=request_id,
+        )
     if not isinstance(err, SchemaMismatchError):
         problem = f"{type(err).__name__} raised while validating"
         return SchemaValidationError(

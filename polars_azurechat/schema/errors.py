@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "DumpMismatchError",
     "SchemaMismatchError",
     "bad_value",
     "join_path",
@@ -102,3 +103,11 @@ def show(value: Any) -> str:
     """The ``repr`` of a value for a message, cut to 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class DumpMismatchError(ValueError):
+    """A validated answer's model dump does not fit the column (the model's doing).
+
+    Raised by a pydantic model's parser when its ``model_dump`` gives values its JSON
+    schema does not describe (a custom serializer): not the answer's fault.
+    """

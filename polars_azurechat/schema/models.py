@@ -18,7 +18,13 @@ from typing import Any, Final
 
 import polars as pl
 
-from polars_azurechat.schema.errors import SchemaMismatchError, join_path, kind_of, show
+from polars_azurechat.schema.errors import (
+    DumpMismatchError,
+    SchemaMismatchError,
+    join_path,
+    kind_of,
+    show,
+)
 from polars_azurechat.schema.values import Conv, list_conv, nullable_conv, utc
 
 __all__ = ["ModelParser", "is_pydantic_model", "pydantic_reader"]
@@ -182,6 +188,50 @@ def is_pydantic_model(obj: Any) -> bool:
     )
 
 
+def alias_problem(model: Any) -> str | None:
+    """Where ``model`` (or a model in it) names a field two ways, or ``None``.
+
+    The schema asks the model that answers for each field by the name pydantic
+    validates (``validation_alias``, else ``alias``, else the attribute); the column
+    is read from the model's dump (``serialization_alias``, else ``alias``, else the
+    attribute). Where the two differ, the field's value would be lost.
+
+    Examples
+    --------
+    >>> from pydantic import BaseModel, Field
+    >>> class Person(BaseModel):
+    ...     full_name: str = Field(serialization_alias="fullName")
+    >>> alias_problem(Person)
+    "Person.full_name is asked for as 'full_name' but dumped as 'fullName'"
+    """
+    seen: set[Any] = set()
+    stack = [model]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for attr, info in current.model_fields.items():
+            where = f"{current.__name__}.{attr}"
+            asked = info.validation_alias
+            if asked is None:
+                asked = info.alias or attr
+            if not isinstance(asked, str):
+                return f"{where} has a validation_alias of {type(asked).__name__}"
+            dumped = info.serialization_alias or info.alias or attr
+            if asked != dumped:
+                return f"{where} is asked for as {asked!r} but dumped as {dumped!r}"
+            stack.extend(_models_in(info.annotation))
+    return None
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The pydantic models an annotation holds (in lists, unions, ``Annotated``)."""
+    if is_pydantic_model(annotation):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
 class ModelParser:
     """Parses a pydantic model's answers into the column's values.
 
@@ -236,7 +286,5 @@ class ModelParser:
             out = conv(dumped)
         except (ValueError, TypeError, AttributeError) as err:
             # a custom serializer dumped what the schema does not say
-            raise SchemaMismatchError(
-                f"{type(err).__name__}: {err}", safe=type(err).__name__
-            ) from None
+            raise DumpMismatchError(type(err).__name__) from None  # no answer values
         return out

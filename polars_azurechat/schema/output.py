@@ -64,7 +64,7 @@ import polars as pl
 from polars_azurechat.schema.compile import Node, compile_root
 from polars_azurechat.schema.dtypes import from_dtype
 from polars_azurechat.schema.errors import SchemaMismatchError
-from polars_azurechat.schema.models import ModelParser, is_pydantic_model
+from polars_azurechat.schema.models import ModelParser, alias_problem, is_pydantic_model
 from polars_azurechat.schema.strict import to_strict
 
 __all__ = ["OutputSchema"]
@@ -249,6 +249,13 @@ class OutputSchema:
         # to_strict_json_schema: that lives in a private module (openai.lib._pydantic)
         # that may move, importing openai costs ~0.5 s, and one rewrite then serves
         # pydantic and dict schemas alike (tests check the strict shape).
+        problem = alias_problem(model)
+        if problem is not None:
+            msg = (
+                f"{problem}: the column would lose that field's value; give it one "
+                "name for both (alias=)"
+            )
+            raise TypeError(msg)
         raw = model.model_json_schema(by_alias=True, mode="validation")
         strict = to_strict(raw, optional_nullable=False)
         dtype, node = compile_root(strict)
