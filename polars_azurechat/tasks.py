@@ -37,6 +37,7 @@ otherwise the deployment's 400 stops the run with an
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
@@ -45,7 +46,7 @@ import polars as pl
 
 from polars_azurechat.errors import UnsupportedParameterError, remember_for_polars
 from polars_azurechat.functions import Completer
-from polars_azurechat.options import ChatOptions, ChatOptionsDict
+from polars_azurechat.options import BODY_FIELDS, ChatOptions, ChatOptionsDict
 from polars_azurechat.prompts import messages
 from polars_azurechat.schema.tasks import (
     BUILDERS,
@@ -123,6 +124,17 @@ def explain_prompt(task: str, **arguments: Any) -> str:
 # -- running them -----------------------------------------------------------------------
 
 
+def _texts(s: pl.Series, task: str) -> pl.Series:
+    """A task's column of texts as String; a list or struct column is refused."""
+    if isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
+        msg = (
+            f"{task}() takes a column of texts (String), not {s.dtype}: give the "
+            "text column (images go in images=)"
+        )
+        raise TypeError(msg)
+    return s if s.dtype in (pl.String, pl.Null) else s.cast(pl.String)
+
+
 class _TaskCompleter(Completer):
     """A :class:`Completer` whose column is a task's (its dtype and conversion)."""
 
@@ -131,6 +143,11 @@ class _TaskCompleter(Completer):
     task_messages: bool = False
     #: the error the task raised last (clearer than the engine's), or None
     task_error: BaseException | None = None
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        # a task refuses output=: its run's warning points to on_error="raise"
+        self._reports["struct"] = False
 
     @property
     def _return_dtype(self) -> pl.DataType:
@@ -143,14 +160,7 @@ class _TaskCompleter(Completer):
 
     def _series(self, s: pl.Series) -> pl.Series:
         if not self.task_messages:
-            if isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
-                msg = (
-                    f"{self.task.name}() takes a column of texts (String), not "
-                    f"{s.dtype}: give the text column (images go in images=)"
-                )
-                raise TypeError(msg)
-            if s.dtype not in (pl.String, pl.Null):
-                s = s.cast(pl.String)
+            s = _texts(s, self.task.name)
         try:
             return super()._series(s)
         except UnsupportedParameterError as exc:
@@ -177,6 +187,29 @@ class _TaskCompleter(Completer):
         return self.task.column(results, name)
 
 
+def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
+    """Refuse a keyword that is a misspelling of one of the task's own arguments.
+
+    (The job's options and body fields are checked later, with their own hints; the
+    task's arguments are not among them.)
+    """
+    own = [
+        *(k for k in inspect.signature(BUILDERS[task.name]).parameters),
+        "images",
+        "detail",
+    ]
+    known = {*ChatOptions.names(), *BODY_FIELDS, "extra_body"}
+    for key in params:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
+        if close:
+            msg = (
+                f"{task.name}() takes no argument {key!r} (did you mean {close[0]!r}?)"
+            )
+            raise TypeError(msg)
+
+
 def _job_params(task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
     """The job's keywords: the user's, the task's response format and log-probs."""
     for key in ("response_format", "system", "output"):
@@ -189,7 +222,11 @@ def _job_params(task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
             }[key]
             msg = f"{task.name}() takes no {key}= ({hint})"
             raise TypeError(msg)
+    _near_miss(task, params)
     out = {**params, "response_format": task.response_format}
+    if task.confidence and params.get("logprobs") is False:
+        msg = "confidence=True asks for logprobs: drop logprobs=False"
+        raise ValueError(msg)
     if task.confidence:
         reasoning = [
             k for k in ("reasoning_effort", "max_completion_tokens") if k in params
@@ -223,6 +260,12 @@ def _run(
     fields = _job_params(task, params)
     if options is not None and options.output != "content":
         msg = f"{task.name}() gives its own column: options= must keep output='content'"
+        raise TypeError(msg)
+    if options is not None and options.system is not None:
+        msg = (
+            f"{task.name}() takes no system (the task's prompt is the system message: "
+            "use instructions= or prompt=); options= sets one"
+        )
         raise TypeError(msg)
     if images is None:  # String prompts: the task's prompt is the system message
         job = _TaskCompleter(
@@ -605,7 +648,7 @@ def plan(
     spec = build_task(task, {k: v for k, v in arguments.items() if k in own})
     params = _job_params(spec, {k: v for k, v in arguments.items() if k not in own})
     texts = data if isinstance(data, pl.Series) else pl.Series("text", list(data))
-    frame = pl.DataFrame({"text": texts.cast(pl.String)})
+    frame = pl.DataFrame({"text": _texts(texts, task)})
     if images is not None:
         frame = frame.with_columns(images.alias("images"))
     rows = frame.select(

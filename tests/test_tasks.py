@@ -208,6 +208,22 @@ def test_bad_arguments_are_refused_before_any_request(
         )
     with pytest.raises(ValueError, match="max_words must be an integer >= 1"):
         tasks.summarize("t", max_words=0, config=config)
+    with pytest.raises(ValueError, match="'a' is given twice"):
+        tasks.classify("t", ["a", "b", "a"], config=config)
+    with pytest.raises(TypeError, match="options= sets one"):
+        tasks.classify("t", LABELS, options=pac.ChatOptions(system="x"))
+    with pytest.raises(TypeError, match="did you mean 'instructions'"):
+        tasks.classify("t", LABELS, instruction="be brief")
+    with pytest.raises(TypeError, match="did you mean 'max_words'"):
+        tasks.summarize("t", max_word=3)
+    with pytest.raises(ValueError, match="drop logprobs=False"):
+        tasks.filter("t", "x", confidence=True, logprobs=False)
+    with pytest.raises(TypeError, match=r"classify\(\) needs labels="):
+        tasks.explain_prompt("classify")
+    with pytest.raises(TypeError, match=r"translate\(\) needs to="):
+        tasks.plan("translate", ["hello"])
+    with pytest.raises(TypeError, match="takes a column of texts"):
+        tasks.plan("classify", [[{"role": "user", "content": "x"}]], labels=LABELS)
     with pytest.raises(ValueError, match="reasoning models refuse"):
         tasks.classify(
             "t", LABELS, confidence=True, config=config, reasoning_effort="low"
@@ -336,7 +352,9 @@ def _confidence_twice(emulator: Emulator, config: ChatConfig, cache: str) -> Non
     assert emulator.stats()["requests"] == 8
 
 
-def test_a_reasoning_deployment_refuses_logprobs_clearly() -> None:
+def test_a_reasoning_deployment_refuses_logprobs_clearly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with Emulator(per_deployment={"o4-mini": {"model": "o4-mini"}}) as emu:
         config = ChatConfig(
             azure_endpoint=emu.url, api_key=emu.api_key, deployment="o4-mini"
@@ -344,6 +362,7 @@ def test_a_reasoning_deployment_refuses_logprobs_clearly() -> None:
         df = pl.DataFrame({"t": ["billing question", "shipping question"]})
         with pytest.raises(pac.UnsupportedParameterError) as info:
             df.select(tasks.classify("t", LABELS, confidence=True, config=config))
+        assert "rows failed and are null" not in caplog.text  # the run raised
         assert str(info.value).startswith(
             "confidence=True asks for log-probabilities (logprobs), which this "
             "deployment refuses"
@@ -352,6 +371,19 @@ def test_a_reasoning_deployment_refuses_logprobs_clearly() -> None:
         stats = emu.stats()
         assert stats["statuses"].get("400", 0) >= 1
         assert stats["requests"] == 1  # the first 400 stops the run
+
+
+def test_a_task_s_failed_rows_point_to_on_error_raise(
+    emulator: Emulator, config: ChatConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a task refuses output=: its warning names the option that shows each row's error
+    df = pl.DataFrame({"t": ["billing question", "[emu:refuse] shipping question"]})
+    out = df.select(tasks.classify("t", LABELS, config=config))
+    assert out["t"].to_list() == ["billing", None]
+    assert "1 of 2 rows failed and are null" in caplog.text
+    assert "on_error='raise' names each row's error" in caplog.text
+    with pytest.raises(pac.CompletionFailed, match=r"1 of 2 rows failed \(rows 1\)"):
+        df.select(tasks.classify("t", LABELS, config=config, on_error="raise"))
 
 
 @pytest.mark.parametrize(

@@ -74,13 +74,15 @@ def run_ended(
         bar.close()
     st = run.stats
     total = st.rows + st.null_rows
-    if reports["failed"] and st.failed:
+    if reports["failed"] and st.failed and run.fatal is None:  # (a fatal one is raised)
         logger.warning(
-            "chat.complete: %d of %d rows failed and are null (first: %s); "
-            "output='struct' gives each row's error",
+            "chat.complete: %d of %d rows failed and are null (first: %s); %s",
             st.failed,
             total,
             st.first_error,
+            "output='struct' gives each row's error"
+            if reports.get("struct", True)
+            else "on_error='raise' names each row's error",
         )
     if reports["truncated"] and st.truncated:
         logger.warning(

@@ -257,6 +257,10 @@ def _labels(labels: Any) -> dict[str, str]:
         out = dict(labels)
     elif isinstance(labels, Sequence) and not isinstance(labels, str | bytes):
         out = dict.fromkeys(labels, "")
+        if 1 < len(out) < len(labels):  # (one label, repeated: refused below)
+            twice = next(x for i, x in enumerate(labels) if x in labels[:i])
+            msg = f"labels must be distinct: {twice!r} is given twice"
+            raise ValueError(msg)
     else:
         msg = (
             "labels must be a list of strings, a {label: description} dict, an Enum "
@@ -422,5 +426,13 @@ def build_task(name: str, arguments: Mapping[str, Any]) -> Task:
             f"{name}() takes no argument {sorted(unknown)[0]!r}; its arguments are "
             f"{', '.join(sorted(own))}"
         )
+        raise TypeError(msg)
+    needed = [
+        k
+        for k, p in inspect.signature(builder).parameters.items()
+        if p.default is inspect.Parameter.empty and k not in arguments
+    ]
+    if needed:
+        msg = f"{name}() needs {', '.join(f'{k}=' for k in needed)}"
         raise TypeError(msg)
     return builder(**arguments)
