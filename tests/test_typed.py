@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pytest
-from pydantic import BaseModel, Field, field_serializer, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
 
 import polars_azurechat as pac
 from polars_azurechat.config import ChatConfig
@@ -290,6 +290,11 @@ class Outer(BaseModel):
     places: list[Inner]
 
 
+class Login(BaseModel):
+    user: str
+    password: SecretStr | None
+
+
 class Hashed(BaseModel):
     total: int
 
@@ -303,6 +308,7 @@ class Hashed(BaseModel):
     [
         (Named, "Named.full_name is asked for as 'full_name' but dumped as 'fullName'"),
         (Outer, "Inner.city is asked for as 'town' but dumped as 'city'"),
+        (Login, "Login.password is a SecretStr, which dumps masked.*use str"),
     ],
 )
 def test_a_field_named_two_ways_is_refused_before_any_request(

@@ -189,7 +189,7 @@ def is_pydantic_model(obj: Any) -> bool:
 
 
 def alias_problem(model: Any) -> str | None:
-    """Where ``model`` (or a model in it) names a field two ways, or ``None``.
+    """Where ``model`` (or a model in it) names a field two ways, or hides it.
 
     The schema asks the model that answers for each field by the name pydantic
     validates (``validation_alias``, else ``alias``, else the attribute); the column
@@ -221,7 +221,25 @@ def alias_problem(model: Any) -> str | None:
             dumped = info.serialization_alias or info.alias or attr
             if asked != dumped:
                 return f"{where} is asked for as {asked!r} but dumped as {dumped!r}"
+            secret = _secret_in(info.annotation)
+            if secret is not None:
+                return f"{where} is a {secret}, which dumps masked ('**********')"
             stack.extend(_models_in(info.annotation))
+    return None
+
+
+def _secret_in(annotation: Any) -> str | None:
+    """The name of a pydantic secret type the annotation holds, or ``None``."""
+    import pydantic
+
+    if isinstance(annotation, type) and issubclass(
+        annotation, pydantic.SecretStr | pydantic.SecretBytes
+    ):
+        return annotation.__name__
+    for arg in typing.get_args(annotation):
+        found = _secret_in(arg)
+        if found is not None:
+            return found
     return None
 
 
