@@ -248,15 +248,16 @@ def test_the_bytes_at_a_place_decode_only_their_quads(
 
 @settings(max_examples=500, deadline=None)
 @given(text=st.text(alphabet="AQg+/=\n -", max_size=12))
-def test_the_emulator_takes_the_base64_a_whole_decode_takes(text: str) -> None:
-    # checked by its alphabet and padding, not decoded whole: RFC 4648's grammar (the
-    # standard library's strict mode takes "AAAA=" and "AAAA===" on Python 3.11)
+def test_client_and_emulator_take_the_base64_rfc_4648_takes(text: str) -> None:
+    # each checks by alphabet and padding, not by a whole decode: RFC 4648's grammar
+    # (the standard library's strict mode takes "AAAA=" and "AAAA===" on Python 3.11)
     quad = "[A-Za-z0-9+/]"
     grammar = f"(?:{quad}{{4}})*(?:{quad}{{2}}==|{quad}{{3}}=)?"
     valid = bool(re.fullmatch(grammar, text))
     assert (_vision._base64(text) is not None) == valid
     for head in ("data:image/png;base64,", "data:;=,", "=="):  # in place, after a head
         assert (_vision._base64(head + text, len(head)) is not None) == valid
+        assert _images._broken_base64(head + text, len(head)) is not valid
 
 
 def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:
@@ -394,16 +395,6 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
         assert "has a data URL that cannot be read: its base64 is broken" in errors[i]
     assert "is empty (a data URL of no bytes)" in errors[5]
     assert emulator.stats()["requests"] == 3  # the broken rows sent nothing
-
-
-@settings(max_examples=500, deadline=None)
-@given(text=st.text(alphabet="AQg+/=\n -", max_size=12))
-def test_the_client_checks_base64_as_rfc_4648_does(text: str) -> None:
-    quad = "[A-Za-z0-9+/]"
-    grammar = f"(?:{quad}{{4}})*(?:{quad}{{2}}==|{quad}{{3}}=)?"
-    valid = bool(re.fullmatch(grammar, text))
-    for head in ("data:image/png;base64,", "data:;=,"):
-        assert _images._broken_base64(head + text, len(head)) is not valid
 
 
 # -- 3. token estimates: client and emulator, quota, cap, plan --------------------------
