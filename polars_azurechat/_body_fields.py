@@ -140,6 +140,9 @@ def _check_bounds(body: Mapping[str, Any]) -> None:
     if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
         msg = f"logprobs must be True or False, got {body['logprobs']!r}"
         raise TypeError(msg)
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        msg = "top_logprobs needs logprobs=True (Azure refuses it alone)"
+        raise ValueError(msg)
 
 
 #: Body fields Azure bounds, as the chat-completions reference gives them:

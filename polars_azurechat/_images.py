@@ -308,6 +308,9 @@ def url_problem(url: object) -> str | None:
         shown = data[:8].decode("latin-1")
         shown = "".join(c if c.isprintable() else "." for c in shown)
         return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
+    mime = url[5 : url.find(";")].lower()
+    if not mime.startswith("image/"):
+        return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"
     if nbytes > MAX_IMAGE_BYTES:
         return f"is {nbytes:,} bytes, over Azure's {MAX_IMAGE_BYTES:,} (20 MB)"
     return None

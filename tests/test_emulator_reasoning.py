@@ -97,8 +97,16 @@ def test_sampling_parameters_are_unsupported(
     assert body["error"]["message"] == (
         f"Unsupported parameter: '{param}' is not supported with this model."
     )
-    # the same body is fine on a model that does not reason
-    fine, _ = _post(emu, {"model": "gpt-4o-mini", "messages": ASK, param: value})
+    # the same body is fine on a model that does not reason (top_logprobs with
+    # logprobs: alone, every model refuses it)
+    body = {"model": "gpt-4o-mini", "messages": ASK, param: value}
+    if param == "top_logprobs":
+        alone, refused = _post(emu, body)
+        assert alone == 400 and refused["error"]["message"] == (
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled."
+        )
+        body["logprobs"] = True
+    fine, _ = _post(emu, body)
     assert fine == 200
 
 

@@ -394,6 +394,10 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
     for i in (1, 2, 3):
         assert "has a data URL that cannot be read: its base64 is broken" in errors[i]
     assert "is empty (a data URL of no bytes)" in errors[5]
+    text_type = "data:text/plain;base64," + whole
+    assert _images.url_problem(text_type) == (
+        "has a data URL of type 'text/plain': Azure takes image/* types only"
+    )
     assert emulator.stats()["requests"] == 3  # the broken rows sent nothing
 
 
@@ -559,6 +563,22 @@ def test_the_emulator_answers_image_parts_and_refuses_what_azure_refuses(
     assert status == 400 and body["error"]["code"] == "too_many_images"
     status, body = _post(emulator, user({"type": "input_audio", "text": "x"}))
     assert status == 400 and body["error"]["code"] == "invalid_value"
+    photo = base64.b64encode(gif(3, 2)).decode()
+    for url, words in [
+        (
+            "data:text/plain;base64," + photo,
+            "but got unsupported MIME type 'text/plain'",
+        ),
+        ("data:image/gif," + photo, "but got a value that is not base64"),
+        ("data:image/gif;base64,", "The image size must be greater than zero"),
+        (
+            "data:image/gif;base64," + photo + "A" * (28 * 1024 * 1024),
+            "cannot exceed 20971520 bytes",
+        ),
+    ]:
+        status, body = _post(emulator, user(text, image(url)))
+        assert status == 400 and words in body["error"]["message"], url[:30]
+        assert body["error"]["param"] == "messages[0].content[1].image_url.url"
 
 
 def test_batch_mode_sends_image_rows_as_online_does(tmp_path: Path) -> None:

@@ -202,6 +202,7 @@ def test_extra_body_is_sent_at_the_top_level(emulator: Emulator) -> None:
         ({"top_logprobs": 2.5}, "top_logprobs must be an integer from 0 to 20"),
         ({"presence_penalty": -3}, "presence_penalty must be from -2 to 2"),
         ({"logprobs": "yes"}, "logprobs must be True or False"),
+        ({"top_logprobs": 2}, "top_logprobs needs logprobs=True"),
     ],
 )
 def test_bad_values_name_the_option(

@@ -22,7 +22,13 @@ from aiohttp import web
 from polars_azurechat.emulator._errors import error_response
 from polars_azurechat.emulator._vision import MAX_IMAGES, parts_problem
 
-__all__ = ["MAX_DEPTH", "body_problem", "missing_model", "read_body"]
+__all__ = [
+    "MAX_DEPTH",
+    "body_problem",
+    "logprobs_problem",
+    "missing_model",
+    "read_body",
+]
 
 #: The deepest nesting of arrays and objects a body may have (a structured-output
 #: schema's included: Azure allows far fewer levels in a schema).
@@ -273,3 +279,17 @@ def missing_model() -> web.Response:
         param="model",
         code="missing_required_parameter",
     )
+
+
+def logprobs_problem(body: Mapping[str, Any]) -> web.Response | None:
+    """Azure's 400 for ``top_logprobs`` without ``logprobs: true``.
+
+    Checked after a reasoning model's own refusal of both.
+    """
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        return invalid(
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled.",
+            param="top_logprobs",
+            code="invalid_request_error",
+        )
+    return None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from polars_azurechat.emulator._answers import answer_for, parse_directives
-from polars_azurechat.emulator._body import body_problem, invalid
+from polars_azurechat.emulator._body import body_problem, invalid, logprobs_problem
 from polars_azurechat.emulator._errors import (
     content_filter_response,
     error_response,
@@ -118,7 +118,9 @@ class Chat:
         st = self.state
         s = lane.settings
         # Azure's 400 for a wrong type or range, or what the model does not take
-        refused = body_problem(body) or reasoning_problem(body, s)
+        refused = (
+            body_problem(body) or reasoning_problem(body, s) or logprobs_problem(body)
+        )
         if refused is not None:
             return refused
         messages = body["messages"]

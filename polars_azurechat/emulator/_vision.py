@@ -172,6 +172,41 @@ def picture(url: str, detail: str) -> Picture | None:
     return Picture(kind, width, height, detail)
 
 
+#: Azure's largest input image, in bytes.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def _data_url_problem(url: str, at: str) -> tuple[str, str, str] | None:
+    """Azure's ``(message, param, code)`` for a data URL it refuses, or ``None``.
+
+    An image MIME type and ``;base64`` (``data:image/png;base64,...``), bytes of more
+    than none and at most 20 MB, of a format Azure reads.
+    """
+    comma = url.find(",")
+    head = url[5 : max(comma, 5)].lower()
+    mime, _, encoding = head.partition(";")
+    if comma < 0 or not mime.startswith("image/") or encoding != "base64":
+        got = f"unsupported MIME type '{mime}'" if mime else "no MIME type"
+        return (
+            f"Invalid '{at}'. Expected a base64-encoded data URL with an image MIME "
+            f"type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got "
+            + (got if encoding == "base64" else "a value that is not base64"),
+            at,
+            "invalid_value",
+        )
+    size = (len(url) - comma - 1) // 4 * 3 - (len(url) - len(url.rstrip("=")))
+    if not 0 < size <= MAX_IMAGE_BYTES:
+        return (
+            f"The image size must be greater than zero and cannot exceed "
+            f"{MAX_IMAGE_BYTES} bytes.",
+            at,
+            "invalid_value",
+        )
+    if picture(url, "auto") is None:
+        return UNSUPPORTED, at, "invalid_image_format"
+    return None
+
+
 def _is_data(url: str) -> bool:
     """A ``data:`` URL (a scheme is read in any case)."""
     return url[:5].lower() == "data:"
@@ -310,7 +345,9 @@ def parts_problem(
                 f"{at}.image_url.url",
                 "invalid_image_url",
             )
-        if _is_data(url) and picture(url, "auto") is None:
-            return images, (UNSUPPORTED, f"{at}.image_url.url", "invalid_image_format")
+        if _is_data(url):
+            problem = _data_url_problem(url, f"{at}.image_url.url")
+            if problem is not None:
+                return images, problem
         images += 1
     return images, None
