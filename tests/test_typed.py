@@ -198,15 +198,26 @@ def test_text_and_json_object_stay_strings(
 ) -> None:
     df = pl.DataFrame({"q": ["What is 1 + 1?"]})
     plain = df.select(pac.complete("q", config=config))
-    as_json = df.select(
-        pac.complete("q", config=config, response_format={"type": "json_object"})
-    )
     text = df.select(pac.complete("q", config=config, response_format={"type": "text"}))
-    for out in (plain, as_json, text):
+    for out in (plain, text):
         assert out.schema["q"] == pl.String
         assert out["q"].to_list() == ["2"]
     struct = df.select(pac.complete("q", config=config, output="struct"))
     assert "parsed" not in struct.schema["q"].to_schema()
+    # JSON mode: a String of JSON; a row without the word 'json' fails before sending
+    asks = pl.DataFrame({"q": ["What is 1 + 1? Answer in JSON.", "What is 1 + 1?"]})
+    emulator.reset()
+    as_json = asks.select(
+        pac.complete(
+            "q", config=config, response_format={"type": "json_object"}, output="struct"
+        )
+    )
+    rows = as_json["q"].to_list()
+    assert json.loads(rows[0]["content"]) == {"answer": "2"}
+    assert rows[1]["error"].startswith(
+        "InputError: response_format json_object needs the word 'json'"
+    )
+    assert emulator.stats()["requests"] == 1
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -125,10 +126,9 @@ class Chat:
             return refused
         messages = body["messages"]
         pairs = _message_pairs(messages)
-        try:  # structured outputs: the schema the answer must follow, if any
-            schema = requested_schema(body)
-        except ResponseFormatError as err:
-            return invalid(str(err), param="response_format")
+        schema, json_mode, refused = _answer_format(body, pairs)
+        if refused is not None:
+            return refused
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_completion_tokens")
@@ -189,7 +189,15 @@ class Chat:
             and s.bad_json_rate > 0
             and lane.rng.random() < s.bad_json_rate
         )
-        text = _answer_text(schema, schema_text, directives, pairs, messages, glitch)
+        text = _answer_text(
+            schema,
+            schema_text,
+            directives,
+            pairs,
+            messages,
+            glitch,
+            json_mode=json_mode,
+        )
         answer = self._complete(text, directives, max_tokens, thought)
         _add_logprobs(answer, body, last_user)
         answer.cached_tokens = cached
@@ -398,6 +406,38 @@ def _prompt_text(pairs: list[tuple[str, str]]) -> str:
     return "\n".join(f"{role}: {content}" for role, content in pairs)
 
 
+def _json_object(text: str) -> str:
+    """JSON mode's answer: the text as a JSON object."""
+    return json.dumps({"answer": text}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _answer_format(
+    body: Mapping[str, Any], pairs: list[tuple[str, str]]
+) -> tuple[dict[str, Any] | None, bool, web.Response | None]:
+    """How the answer is written, or Azure's 400 for the ``response_format``.
+
+    The schema it follows (structured outputs, else ``None``) and whether JSON mode
+    (``json_object``) is asked.
+    """
+    try:
+        schema = requested_schema(body)
+    except ResponseFormatError as err:
+        return None, False, invalid(str(err), param="response_format")
+    fmt = body.get("response_format")
+    json_mode = isinstance(fmt, Mapping) and fmt.get("type") == "json_object"
+    if json_mode and not any("json" in text.lower() for _, text in pairs):
+        return (
+            None,
+            True,
+            invalid(
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                param="messages",
+            ),
+        )
+    return schema, json_mode, None
+
+
 def _answer_text(
     schema: dict[str, Any] | None,
     schema_text: str | None,
@@ -405,8 +445,12 @@ def _answer_text(
     pairs: list[tuple[str, str]],
     messages: list[dict[str, Any]],
     glitch: bool = False,
+    *,
+    json_mode: bool = False,
 ) -> str:
     """What the model says to the last user message: free text, or JSON for ``schema``.
+
+    In JSON mode (``json_mode``) free text comes as ``{"answer": text}``.
 
     Free text names the last user message's images (what the model saw of them).
     A structured answer is derived from the last user message and the system
@@ -422,7 +466,8 @@ def _answer_text(
         pairs[-1][1],
     )
     if schema is None:
-        return answer_for(last_user) + _seen(messages)
+        text = answer_for(last_user) + _seen(messages)
+        return _json_object(text) if json_mode else text
     context = "\n".join(c for r, c in pairs if r in ("system", "developer"))
     if glitch:  # a random slip: a taught resend may slip too
         return broken_answer(schema, last_user)

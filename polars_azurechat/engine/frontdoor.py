@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from polars_azurechat._json import messages_json
 from polars_azurechat._types import ChatRequest, ChatResult
+from polars_azurechat.errors import InputError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.store.sqlite import request_key_parts
 from polars_azurechat.transport import tokens as _tokens
@@ -156,6 +157,12 @@ class RequestShape:
             host=host, deployment=deployment, params=params
         )
 
+    @property
+    def json_mode(self) -> bool:
+        """Whether the job asks for JSON mode (``response_format`` ``json_object``)."""
+        fmt = self.params.get("response_format")
+        return isinstance(fmt, Mapping) and fmt.get("type") == "json_object"
+
     def key(self, req: ChatRequest) -> str:
         """:func:`~polars_azurechat.store.sqlite.request_key` of ``req``, the same digest."""
         digest = hashlib.sha256(self._head)  # the parts hashed in turn, not joined:
@@ -275,11 +282,16 @@ class FrontDoor:
         todo: dict[str, int] = {}
         followers: list[tuple[int, str]] = []
         key = self.shape.key
+        json_mode = self.shape.json_mode
         for i, req in enumerate(requests):
             if req is None:
                 stats.null_rows += 1
-            elif req.error is not None:
-                results[i] = unsendable = ChatResult(exception=req.error)
+            elif req.error is not None or (json_mode and not _says_json(req)):
+                error = req.error or InputError(
+                    "response_format json_object needs the word 'json' in the "
+                    "messages (Azure refuses the request otherwise)"
+                )
+                results[i] = unsendable = ChatResult(exception=error)
                 stats.count(unsendable)
             else:
                 k = key(req)
@@ -358,3 +370,15 @@ class FrontDoor:
         if self.progress is not None and intake.followers:
             self.progress(len(intake.followers))
         return results
+
+
+def _says_json(req: ChatRequest) -> bool:
+    """Whether a request's messages hold the word ``json`` (JSON mode needs it)."""
+    for message in req.messages:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"text": content}]
+        for part in parts:
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if isinstance(text, str) and "json" in text.lower():
+                return True
+    return False
