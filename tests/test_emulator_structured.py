@@ -419,6 +419,14 @@ def test_text_keeps_plain_answers_and_json_mode_answers_a_json_object(
     )
 
 
+def _strict(schema: dict[str, Any], strict: object = True) -> dict[str, Any]:
+    """A strict ``json_schema`` response format around ``schema``."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "strict": strict, "schema": schema},
+    }
+
+
 @pytest.mark.parametrize(
     ("response_format", "words"),
     [
@@ -436,6 +444,43 @@ def test_text_keeps_plain_answers_and_json_mode_answers_a_json_object(
             "'a b' must match",
         ),
         ({"type": "yaml"}, "Invalid value: 'yaml'"),
+        (
+            _strict({"type": "object", "properties": {}}, strict="yes"),
+            "expected a boolean",
+        ),
+        (
+            _strict({"anyOf": [{"type": "object"}]}),
+            "schema must be a JSON Schema of 'type: \"object\"', got 'type: \"None\"'",
+        ),
+        (
+            _strict({"type": "object", "properties": {"a": {"type": "string"}}}),
+            "In context=(), 'additionalProperties' is required to be supplied and to "
+            "be false.",
+        ),
+        (
+            _strict(
+                {
+                    "type": "object",
+                    "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                    "required": ["a"],
+                    "additionalProperties": False,
+                }
+            ),
+            "array including every key in properties. Missing 'b'.",
+        ),
+        (
+            _strict(
+                {
+                    "type": "object",
+                    "properties": {
+                        "at": {"type": "object", "properties": {"city": {}}}
+                    },
+                    "required": ["at"],
+                    "additionalProperties": False,
+                }
+            ),
+            "In context=('properties', 'at'), 'additionalProperties' is required",
+        ),
     ],
 )
 def test_malformed_response_format_is_a_400(

@@ -79,7 +79,10 @@ def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
         ``response_format.json_schema.schema`` when ``response_format`` is of type
         ``json_schema``; ``None`` without ``response_format`` or for ``text`` and
         ``json_object``. ``strict`` is not required (a schema without
-        ``additionalProperties: false`` is accepted, as Azure does without strict).
+        ``additionalProperties: false`` is accepted, as Azure does without strict);
+        with ``strict: true`` the schema must follow strict mode's rules (an object
+        root; every object ``additionalProperties: false`` and every property
+        required), or Azure's 400 names the first place that does not.
 
     Raises
     ------
@@ -125,7 +128,69 @@ def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(schema, dict):
         msg = "Missing required parameter: 'response_format.json_schema.schema'."
         raise ResponseFormatError(msg)
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        msg = (
+            "Invalid type for 'response_format.json_schema.strict': expected a "
+            f"boolean, but got {type(strict).__name__} instead."
+        )
+        raise ResponseFormatError(msg)
+    if strict:
+        problem = _strict_problem(schema)
+        if problem is not None:
+            msg = f"Invalid schema for response_format '{name}': {problem}"
+            raise ResponseFormatError(msg)
     return schema
+
+
+def _strict_problem(schema: dict[str, Any]) -> str | None:
+    """What strict mode refuses in ``schema``, in Azure's words, or ``None``.
+
+    The root is an object; every object sets ``additionalProperties: false`` and
+    lists every property in ``required`` (structured outputs' documented rules).
+    """
+    if schema.get("type") != "object":
+        return (
+            "schema must be a JSON Schema of 'type: \"object\"', got "
+            f"'type: \"{schema.get('type')}\"'."
+        )
+    stack: list[tuple[Any, tuple[str, ...]]] = [(schema, ())]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "object" or "properties" in node:
+            context = f"In context={where!r}, "
+            if node.get("additionalProperties") is not False:
+                return (
+                    f"{context}'additionalProperties' is required to be supplied and "
+                    "to be false."
+                )
+            properties = node.get("properties") or {}
+            required = node.get("required")
+            missing = [
+                k
+                for k in properties
+                if not isinstance(required, list) or k not in required
+            ]
+            if missing:
+                return (
+                    f"{context}'required' is required to be supplied and to be an "
+                    f"array including every key in properties. Missing '{missing[0]}'."
+                )
+            stack.extend((v, (*where, "properties", k)) for k, v in properties.items())
+        stack.extend(
+            (v, (*where, key, k))
+            for key in ("$defs", "definitions")
+            for k, v in (node.get(key) or {}).items()
+        )
+        stack.extend(
+            (m, (*where, "anyOf", str(i)))
+            for i, m in enumerate(node.get("anyOf") or [])
+        )
+        if isinstance(node.get("items"), dict):
+            stack.append((node["items"], (*where, "items")))
+    return None
 
 
 def structured_answer(
