@@ -273,6 +273,15 @@ def _broken_base64(url: str, start: int) -> bool:
     return url.encode("ascii").translate(None, _BASE64) != head + b"=" * pad
 
 
+def _shown(url: str) -> str:
+    """The start of a URL for an error, without a user name or password in it."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        rest = authority.rpartition("@")[2] + slash + path
+    return (scheme + sep + rest)[:30]
+
+
 def url_problem(url: object) -> str | None:
     """What keeps an image URL from being sent, or ``None``.
 
@@ -295,7 +304,7 @@ def url_problem(url: object) -> str | None:
     if scheme.startswith(("https://", "http://")):
         return None
     if not scheme.startswith("data:"):
-        return f"has URL {url[:30]!r}: not an https:// or a data: URL"
+        return f"has URL {_shown(url)!r}: not an https:// or a data: URL"
     try:
         data, nbytes, _ = peek_data_url(url)
     except ValueError as exc:

@@ -187,21 +187,29 @@ class _TaskCompleter(Completer):
         return self.task.column(results, name)
 
 
+#: The tasks that take ``images=``.
+_SEE_IMAGES = ("classify", "filter", "extract")
+
+
 def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
     """Refuse a keyword that is a misspelling of one of the task's own arguments.
 
     (The job's options and body fields are checked later, with their own hints; the
     task's arguments are not among them.)
     """
-    own = [
-        *(k for k in inspect.signature(BUILDERS[task.name]).parameters),
-        "images",
-        "detail",
-    ]
+    own = [*(k for k in inspect.signature(BUILDERS[task.name]).parameters)]
+    if task.name in _SEE_IMAGES:
+        own += ["images", "detail"]
     known = {*ChatOptions.names(), *BODY_FIELDS, "extra_body"}
     for key in params:
         if key in known:
             continue
+        if key in ("images", "detail"):
+            msg = (
+                f"{task.name}() takes no {key}=: the tasks that see images are "
+                f"{', '.join(_SEE_IMAGES)}"
+            )
+            raise TypeError(msg)
         close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
         if close:
             msg = (

@@ -394,6 +394,8 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
     for i in (1, 2, 3):
         assert "has a data URL that cannot be read: its base64 is broken" in errors[i]
     assert "is empty (a data URL of no bytes)" in errors[5]
+    secret = _images.url_problem("ftp://user:hunter2@example.com/a.png")
+    assert secret == "has URL 'ftp://example.com/a.png': not an https:// or a data: URL"
     text_type = "data:text/plain;base64," + whole
     assert _images.url_problem(text_type) == (
         "has a data URL of type 'text/plain': Azure takes image/* types only"

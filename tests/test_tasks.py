@@ -216,6 +216,8 @@ def test_bad_arguments_are_refused_before_any_request(
         tasks.classify("t", LABELS, instruction="be brief")
     with pytest.raises(TypeError, match="did you mean 'max_words'"):
         tasks.summarize("t", max_word=3)
+    with pytest.raises(TypeError, match="the tasks that see images are classify"):
+        pl.col("t").chat.sentiment(images=pl.col("photo"))
     with pytest.raises(ValueError, match="drop logprobs=False"):
         tasks.filter("t", "x", confidence=True, logprobs=False)
     with pytest.raises(TypeError, match=r"classify\(\) needs labels="):
