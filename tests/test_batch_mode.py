@@ -185,6 +185,23 @@ def test_typed_answers_in_batch_mode(
     assert batch[2] is None and failed == 1  # a SchemaValidationError, as online
 
 
+def test_two_batch_columns_of_one_eager_select_share_a_cache(
+    emu: Emulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Polars runs both at once: the second job of this process waits for the first
+    # (another process would be refused), then runs its own batch
+    cache = tmp_path / "b.sqlite"
+    df = pl.DataFrame({"q": _arith(5), "p": _arith(5, 100)})
+    with (
+        _job(emu, cache, clock, mode="batch") as first,
+        _job(emu, cache, clock, mode="batch", max_tokens=30) as second,
+    ):
+        out = df.with_columns(a=first.expr("q"), b=second.expr("p"))
+    assert out["a"].to_list() == [str(i + 1000) for i in range(5)]
+    assert out["b"].to_list() == [str(i + 1000) for i in range(100, 105)]
+    assert _batch_stats(emu)["batches_created"] == 2
+
+
 def test_a_streaming_collect_is_one_set_of_batches(
     emu: Emulator, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -47,10 +47,12 @@ file of their own.
 The file is created owner-only (0600). Nothing secret is written: ids, hashes, counts.
 
 One job at a time: a store takes an OS-level lock (``flock``) on the lock file
-``<file>.batch-lock`` beside it for as long as it is open, so a second job (another
-process, or another job of this process) opening the same file is refused with a
+``<file>.batch-lock`` beside it for as long as it is open, so a second job of another
+process (or of the same thread) opening the same file is refused with a
 :class:`~polars_azurechat.errors.CacheError` naming the job that holds it (pid, host,
-since when) instead of submitting the same rows again. The lock of a process that
+since when) instead of submitting the same rows again. A job of this process in
+another thread (two batch-mode expressions of one eager ``select``, which Polars runs
+at once) waits for its turn instead, then finds the first job's answers in the cache. The lock of a process that
 died (``kill -9``) is released by the operating system; its lock file is taken over.
 """
 
@@ -610,23 +612,77 @@ class BatchStateStore:
             return list(self._db.execute(sql, tuple(args)).fetchall())
 
 
-def _batch_lock(path: Path) -> FileLock:
-    """Take ``path`` for one job's batches, or raise :class:`CacheError` naming who has it."""
+@dataclasses.dataclass
+class _Gate:
+    """The process's turn at one batch state file, and the thread whose job has it."""
+
+    turn: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    owner: int | None = None
+
+
+_GATES: dict[str, _Gate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass
+class _HeldBatchLock:
+    """The file lock of a batch state and this process's turn at it, released together."""
+
+    file_lock: FileLock
+    gate: _Gate
+
+    def release(self) -> None:
+        try:
+            self.file_lock.release()
+        finally:
+            self.gate.owner = None
+            self.gate.turn.release()
+
+
+def _batch_lock(path: Path, *, wait: bool = True) -> _HeldBatchLock:
+    """Take ``path`` for one job's batches, or raise :class:`CacheError` naming who has it.
+
+    Another process's job is refused. Another job of this process, in another thread
+    (two batch-mode expressions of one eager ``select`` run at once), is waited for
+    (``wait``): its batches end, then this job finds their answers in the cache.
+    """
+    with _GATES_LOCK:
+        gate = _GATES.setdefault(os.path.realpath(path), _Gate())
+    me = threading.get_ident()
+    if not gate.turn.acquire(blocking=False):
+        if gate.owner == me or not wait:
+            raise _busy(path, "another job of this process") from None
+        logger.info(
+            "cache %s: another job of this process runs its batches: waiting", path
+        )
+        gate.turn.acquire()
+    gate.owner = me
     lock = FileLock(path.with_name(path.name + ".batch-lock"), what=f"cache {path}")
     try:
         lock.acquire()
     except FileBusyError as exc:
-        who = f"another job ({exc.holder})" if exc.holder else "another job"
-        msg = (
-            f"cache {path}: its batches are being run by {who}, which holds "
-            f"{lock.lock_path}; wait for it to end or stop it (two jobs on one batch "
-            "state would submit the same rows twice)"
-        )
-        raise CacheError(msg) from None
+        gate.owner = None
+        gate.turn.release()
+        raise _busy(path, f"another job ({exc.holder})" if exc.holder else "") from None
     except OSError as exc:
+        gate.owner = None
+        gate.turn.release()
         msg = f"cache {path}: cannot write {lock.lock_path} ({exc.strerror or exc})"
         raise CacheError(msg) from None
-    return lock
+    except BaseException:
+        gate.owner = None
+        gate.turn.release()
+        raise
+    return _HeldBatchLock(lock, gate)
+
+
+def _busy(path: Path, who: str) -> CacheError:
+    lock_path = path.with_name(path.name + ".batch-lock")
+    return CacheError(
+        f"cache {path}: its batches are being run by {who or 'another job'}, which "
+        f"holds {lock_path}; wait for it to end or stop it (two jobs on one batch "
+        "state would submit the same rows twice)"
+    )
 
 
 def check_batch_lock(path: str | os.PathLike[str]) -> None:
@@ -653,7 +709,7 @@ def check_batch_lock(path: str | os.PathLike[str]) -> None:
     """
     p = Path(path)
     if p.parent.is_dir():
-        _batch_lock(p).release()
+        _batch_lock(p, wait=False).release()
 
 
 @contextlib.contextmanager
