@@ -149,7 +149,8 @@ class ChatOptions:
         "resend",
         "A typed answer that fails validation is sent again (an attempt): "
         "``resend``: as it was; ``teach``: with the answer and the validation error "
-        "added as messages (an assistant turn, then a user turn).",
+        "added as messages (an assistant turn, then a user turn). In batch mode only "
+        "with ``batch_fallback='online'`` (a batch's answer is final).",
     )
     on_truncated: OnTruncated = _opt(
         "keep",
@@ -318,6 +319,13 @@ class ChatOptions:
                 msg = f"{' and '.join(given)} {verb} for mode='batch' only"
                 raise ValueError(msg)
             return
+        if self.repair == "teach" and self.batch_fallback is None:
+            msg = (
+                "repair='teach' resends an invalid typed answer, which a batch does not "
+                "(its answer is the row's): in mode='batch' it needs "
+                "batch_fallback='online', which sends such rows again online"
+            )
+            raise ValueError(msg)
         if self.cache is None:
             msg = (
                 "mode='batch' needs cache=FILE (an SQLite file): the submitted batches "

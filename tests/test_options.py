@@ -203,6 +203,10 @@ def test_extra_body_is_sent_at_the_top_level(emulator: Emulator) -> None:
         ({"presence_penalty": -3}, "presence_penalty must be from -2 to 2"),
         ({"logprobs": "yes"}, "logprobs must be True or False"),
         ({"top_logprobs": 2}, "top_logprobs needs logprobs=True"),
+        (
+            {"mode": "batch", "cache": "c.sqlite", "repair": "teach"},
+            "in mode='batch' it needs batch_fallback='online'",
+        ),
     ],
 )
 def test_bad_values_name_the_option(
