@@ -354,6 +354,37 @@ def _confidence_twice(emulator: Emulator, config: ChatConfig, cache: str) -> Non
     assert emulator.stats()["requests"] == 8
 
 
+def test_confidence_of_a_label_whose_characters_span_tokens() -> None:
+    # Azure splits a CJK character or an emoji across tokens (each token's bytes
+    # hold part of its UTF-8): the parts are joined back, their probabilities
+    # multiplied, so the tokens spell the answer and the confidence is found
+    from polars_azurechat.schema.tasks import answer_confidence
+    from polars_azurechat.transport.http import _logprobs
+
+    answer = '{"label":"日本"}'
+    parts = [
+        ('{"', 0.0, None),
+        ("label", 0.0, None),
+        ('":"', 0.0, None),
+        ("bytes:\\xe6\\x97", -0.25, [0xE6, 0x97]),
+        ("bytes:\\xa5", -0.25, [0xA5]),
+        ("本", -0.5, list("本".encode())),
+        ('"}', 0.0, None),
+    ]
+    tokens = _logprobs(
+        {
+            "content": [
+                {"token": t, "logprob": lp, **({"bytes": b} if b else {})}
+                for t, lp, b in parts
+            ]
+        }
+    )
+    assert tokens is not None and "".join(t for t, _ in tokens) == answer
+    assert answer_confidence(answer, list(tokens), "label") == pytest.approx(
+        math.exp(-1.0)
+    )
+
+
 def test_a_reasoning_deployment_refuses_logprobs_clearly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
