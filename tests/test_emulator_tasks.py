@@ -115,6 +115,10 @@ def test_logprobs_when_asked_spell_the_answer(client: openai.AzureOpenAI) -> Non
     top = by_token["billing"].top_logprobs
     assert len(top) == 3 and top[0].token == "billing"
     assert top[0].logprob >= top[1].logprob >= top[2].logprob
+    assert all(t.bytes == list(t.token.encode()) for t in top)  # as Azure's carry
+    wide = ask(client, "about it", LABELS, logprobs=True, top_logprobs=20)
+    for t in wide.choices[0].logprobs.content:  # a distribution: at most 1 in all
+        assert sum(math.exp(o.logprob) for o in t.top_logprobs) <= 1.0 + 1e-9
     again = ask(client, "billing", LABELS, logprobs=True)
     assert [t.logprob for t in again.choices[0].logprobs.content] == [
         t.logprob for t in tokens

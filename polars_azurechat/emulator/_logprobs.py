@@ -68,11 +68,18 @@ def logprobs_content(answer: str, prompt: str, top: int = 0) -> list[dict[str, A
             "bytes": list(token.encode()),
             "top_logprobs": [],
         }
-        if top:
+        if top:  # the others share what the chosen one leaves: halves, so at most it
             rest = max(1e-9, 1.0 - math.exp(logprob))
-            entry["top_logprobs"] = [{"token": token, "logprob": logprob}] + [
-                {"token": f"{token}{'_' * k}", "logprob": math.log(rest / (k + 1))}
-                for k in range(1, top)
+            others = [f"{token}{'_' * k}" for k in range(1, top)]
+            entry["top_logprobs"] = [
+                {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+            ] + [
+                {
+                    "token": t,
+                    "logprob": math.log(rest / 2**k),
+                    "bytes": list(t.encode()),
+                }
+                for k, t in enumerate(others, 1)
             ]
         out.append(entry)
     return out
