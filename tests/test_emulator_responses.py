@@ -586,3 +586,23 @@ def test_the_prompt_cache_serves_responses_as_it_serves_chat(fresh: Emulator) ->
         assert fresh.stats()["cached_tokens"] == sum(cached[api])
     assert cached["chat"] == cached["responses"]
     assert cached["responses"][0] == 0 and min(cached["responses"][1:]) >= 1024
+
+
+def test_a_refused_input_item_is_named_as_the_request_names_it(fresh: Emulator) -> None:
+    # the error is found in the translated chat body: named back in this API's terms
+    image = {"type": "input_image", "image_url": "data:image/png;base64,JVBERi0="}
+    for instructions, at in ((None, 0), ("be brief", 0)):
+        body: dict[str, Any] = {
+            "model": "gpt-4o-mini",
+            "input": [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "What is it?"}, image],
+                }
+            ],
+        }
+        if instructions:
+            body["instructions"] = instructions
+        status, _, answer = _post(fresh, "/openai/v1/responses", body)
+        assert status == 400
+        assert answer["error"]["param"] == f"input[{at}].content[1].image_url"

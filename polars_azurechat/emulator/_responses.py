@@ -31,6 +31,7 @@ not ``max_completion_tokens``); every error body has Azure's four fields
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -315,7 +316,34 @@ def _response_format(fmt: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(fmt)  # json_object, or a type the chat pipeline refuses
 
 
-def responses_error(response: web.Response, *, renamed: bool = False) -> web.Response:
+_MESSAGE_PARAM = re.compile(r"messages\[(\d+)\]((?:\.[A-Za-z_]+|\[\d+\])*)")
+
+
+def input_param(param: str, offset: int) -> str:
+    """A chat body's ``messages[i]...`` path as the Responses request names it.
+
+    ``offset``: 1 when ``instructions`` became ``messages[0]``. An input item's image
+    is ``image_url`` (a string), not ``image_url.url``.
+
+    Examples
+    --------
+    >>> input_param("messages[1].content[1].image_url.url", 1)
+    'input[0].content[1].image_url'
+    >>> input_param("messages[0].content", 1), input_param("temperature", 0)
+    ('instructions', 'temperature')
+    """
+
+    def named(match: re.Match[str]) -> str:
+        i = int(match.group(1)) - offset
+        rest = match.group(2).replace(".image_url.url", ".image_url")
+        return f"input[{i}]{rest}" if i >= 0 else "instructions"
+
+    return _MESSAGE_PARAM.sub(named, param)
+
+
+def responses_error(
+    response: web.Response, *, renamed: bool = False, offset: int = 0
+) -> web.Response:
     """An error answer as the Responses API sends it; any other answer as it is.
 
     The body's ``error`` gets Azure's four fields (``code``, ``message``, ``param``,
@@ -336,11 +364,12 @@ def responses_error(response: web.Response, *, renamed: bool = False) -> web.Res
         return response  # Entra's {"statusCode": 401, "message": ...}
     param = err.get("param")
     message = str(err.get("message") or "").replace(CHAT_OPERATION, RESPONSES_OPERATION)
-    if renamed:
+    if renamed:  # messages[i] is input[i - offset] (instructions came first)
         for old, new in _RENAMED.items():
             message = message.replace(f"'{old}'", f"'{new}'")
+        message = input_param(message, offset)
         if isinstance(param, str):
-            param = _RENAMED.get(param, param)
+            param = input_param(_RENAMED.get(param, param), offset)
     shaped = {
         **err,
         "code": err.get("code"),

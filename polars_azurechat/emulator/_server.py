@@ -238,7 +238,8 @@ class _App:
                 return refused
             answer = await self.chat_answers.answer(lane, chat, request=request, n=n)
             if isinstance(answer, web.Response):  # named as this API names it
-                return responses_error(answer, renamed=True)
+                first = 1 if body.get("instructions") else 0  # (then messages[0])
+                return responses_error(answer, renamed=True, offset=first)
             payload = response_payload(
                 answer, body, reasoning=is_reasoning(lane.settings)
             )
