@@ -258,9 +258,10 @@ _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 def _broken_base64(url: str, start: int) -> bool:
     """Whether ``url[start:]`` is not strict base64.
 
-    Strict: whole quads of the alphabet, then at most two ``=``. All of it is checked (24 us for a 50 KB photo): Azure decodes the whole image, and
-    a row it would refuse fails here, before any request. What the alphabet leaves of
-    the URL must be what it leaves of the header, then the padding.
+    Strict: whole quads of the alphabet, then at most two ``=``. All of it is checked
+    (24 us for a 50 KB photo): Azure decodes the whole image, and a row it would
+    refuse fails here, before any request. What the alphabet leaves of the URL must be
+    what it leaves of the header, then the padding.
     """
     n = len(url) - start
     if n % 4 or not url.isascii():

@@ -192,10 +192,11 @@ def plan(
     unique: dict[str, int] = {}  # key -> prompt tokens of each request sent
     reserved = shape.reserved
     for req in requests:
-        if req is None or req.error is not None:
+        error = None if req is None else shape.problem(req)
+        if req is None or error is not None:
             prompt.append(None)
             counted.append(None)
-            errors.append(None if req is None else str(req.error))
+            errors.append(None if error is None else str(error))
             continue
         p = shape.prompt_tokens(req)
         prompt.append(p)

@@ -218,6 +218,8 @@ def test_text_and_json_object_stay_strings(
         "InputError: response_format json_object needs the word 'json'"
     )
     assert emulator.stats()["requests"] == 1
+    planned = pac.plan(asks["q"], response_format={"type": "json_object"})
+    assert planned.unsendable == 1 and planned.requests == 1
 
 
 @pytest.mark.parametrize(

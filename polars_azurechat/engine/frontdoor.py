@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from polars_azurechat._json import messages_json
 from polars_azurechat._types import ChatRequest, ChatResult
-from polars_azurechat.errors import InputError
+from polars_azurechat.errors import AzureChatError, InputError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.store.sqlite import request_key_parts
 from polars_azurechat.transport import tokens as _tokens
@@ -157,11 +157,22 @@ class RequestShape:
             host=host, deployment=deployment, params=params
         )
 
-    @property
-    def json_mode(self) -> bool:
-        """Whether the job asks for JSON mode (``response_format`` ``json_object``)."""
+    def problem(self, req: ChatRequest) -> AzureChatError | None:
+        """Why ``req`` cannot be sent with this job's parameters, or ``None``.
+
+        Its own input error, or JSON mode (``response_format`` ``json_object``) with
+        messages that do not hold the word "json", which Azure refuses.
+        """
+        if req.error is not None:
+            return req.error
         fmt = self.params.get("response_format")
-        return isinstance(fmt, Mapping) and fmt.get("type") == "json_object"
+        json_mode = isinstance(fmt, Mapping) and fmt.get("type") == "json_object"
+        if json_mode and not _says_json(req):
+            return InputError(
+                "response_format json_object needs the word 'json' in the messages "
+                "(Azure refuses the request otherwise)"
+            )
+        return None
 
     def key(self, req: ChatRequest) -> str:
         """:func:`~polars_azurechat.store.sqlite.request_key` of ``req``, the same digest."""
@@ -282,15 +293,11 @@ class FrontDoor:
         todo: dict[str, int] = {}
         followers: list[tuple[int, str]] = []
         key = self.shape.key
-        json_mode = self.shape.json_mode
+        problem = self.shape.problem
         for i, req in enumerate(requests):
             if req is None:
                 stats.null_rows += 1
-            elif req.error is not None or (json_mode and not _says_json(req)):
-                error = req.error or InputError(
-                    "response_format json_object needs the word 'json' in the "
-                    "messages (Azure refuses the request otherwise)"
-                )
+            elif (error := problem(req)) is not None:
                 results[i] = unsendable = ChatResult(exception=error)
                 stats.count(unsendable)
             else:
