@@ -359,7 +359,7 @@ def test_confidence_of_a_label_whose_characters_span_tokens() -> None:
     # hold part of its UTF-8): the parts are joined back, their probabilities
     # multiplied, so the tokens spell the answer and the confidence is found
     from polars_azurechat.schema.tasks import answer_confidence
-    from polars_azurechat.transport.http import _logprobs
+    from polars_azurechat.transport.logprobs import token_logprobs
 
     answer = '{"label":"日本"}'
     parts = [
@@ -371,7 +371,7 @@ def test_confidence_of_a_label_whose_characters_span_tokens() -> None:
         ("本", -0.5, list("本".encode())),
         ('"}', 0.0, None),
     ]
-    tokens = _logprobs(
+    tokens = token_logprobs(
         {
             "content": [
                 {"token": t, "logprob": lp, **({"bytes": b} if b else {})}
