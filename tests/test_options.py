@@ -222,7 +222,7 @@ def test_a_400_about_a_job_wide_field_stops_the_run(emulator: Emulator) -> None:
     # the field, which every request of the job sends: the first stops the run
     df = pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(200)]})
     with pytest.raises(pac.UnsupportedParameterError, match="refuses 'seed'"):
-        df.select(pac.complete("q", seed="abc", max_concurrency=4))
+        df.select(pac.complete("q", seed="abc", max_concurrency=4))  # type: ignore[arg-type]
     assert emulator.stats()["statuses"] == {"400": emulator.stats()["requests"]}
     assert emulator.stats()["requests"] <= 8
 

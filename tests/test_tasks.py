@@ -213,9 +213,9 @@ def test_bad_arguments_are_refused_before_any_request(
     with pytest.raises(TypeError, match="options= sets one"):
         tasks.classify("t", LABELS, options=pac.ChatOptions(system="x"))
     with pytest.raises(TypeError, match="did you mean 'instructions'"):
-        tasks.classify("t", LABELS, instruction="be brief")
+        tasks.classify("t", LABELS, instruction="be brief")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="did you mean 'max_words'"):
-        tasks.summarize("t", max_word=3)
+        tasks.summarize("t", max_word=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="the tasks that see images are classify"):
         pl.col("t").chat.sentiment(images=pl.col("photo"))
     with pytest.raises(ValueError, match="drop logprobs=False"):

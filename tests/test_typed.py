@@ -335,7 +335,7 @@ def test_a_field_named_two_ways_is_refused_before_any_request(
 
 @pytest.mark.parametrize("repair", ["resend", "teach"])
 def test_a_dump_that_does_not_fit_the_column_fails_once_not_retried(
-    emulator: Emulator, config: ChatConfig, repair: str
+    emulator: Emulator, config: ChatConfig, repair: Literal["resend", "teach"]
 ) -> None:
     # the answer is valid; the model's serializer turns the int into a string
     df = pl.DataFrame({"q": ["What is 6 x 7?", "What is 1 + 1?"]})
