@@ -14,7 +14,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BODY_FIELDS", "REASONING_EFFORTS", "RESERVED_FIELDS", "check_body"]
+__all__ = [
+    "BODY_FIELDS",
+    "REASONING_EFFORTS",
+    "RESERVED_FIELDS",
+    "check_body",
+    "known_keywords",
+]
 
 #: The values of ``reasoning_effort`` (the models of today take a subset each).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -64,6 +70,13 @@ BODY_FIELDS = frozenset(
 RESERVED_FIELDS = frozenset({"messages", "model", "n", "stream"})
 
 
+def known_keywords() -> list[str]:
+    """Every keyword a job takes: its options, the body fields and ``extra_body``."""
+    from polars_azurechat.options import ChatOptions
+
+    return [*ChatOptions.names(), *sorted(BODY_FIELDS), "extra_body"]
+
+
 def check_body(body: Mapping[str, Any]) -> None:
     """Refuse body fields the engine owns, unknown fields and values JSON cannot carry."""
     for key in body:
@@ -71,10 +84,7 @@ def check_body(body: Mapping[str, Any]) -> None:
             msg = f"{key} cannot be passed as a parameter: the engine sets it"
             raise ValueError(msg)
         if key != "extra_body" and key not in BODY_FIELDS:
-            from polars_azurechat.options import ChatOptions
-
-            known = [*ChatOptions.names(), *sorted(BODY_FIELDS), "extra_body"]
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(key, known_keywords(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             msg = (
                 f"unknown keyword {key!r}{hint}; custom body fields go in "

@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
 
+from polars_azurechat._body_fields import known_keywords
 from polars_azurechat.errors import UnsupportedParameterError, remember_for_polars
 from polars_azurechat.functions import Completer
-from polars_azurechat.options import BODY_FIELDS, ChatOptions, ChatOptionsDict
+from polars_azurechat.options import ChatOptions, ChatOptionsDict
 from polars_azurechat.prompts import messages
 from polars_azurechat.schema.tasks import (
     BUILDERS,
@@ -197,10 +198,10 @@ def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
     (The job's options and body fields are checked later, with their own hints; the
     task's arguments are not among them.)
     """
-    own = [*(k for k in inspect.signature(BUILDERS[task.name]).parameters)]
+    own = list(inspect.signature(BUILDERS[task.name]).parameters)
     if task.name in _SEE_IMAGES:
         own += ["images", "detail"]
-    known = {*ChatOptions.names(), *BODY_FIELDS, "extra_body"}
+    known = set(known_keywords())
     for key in params:
         if key in known:
             continue

@@ -660,18 +660,15 @@ def _batch_lock(path: Path, *, wait: bool = True) -> _HeldBatchLock:
     lock = FileLock(path.with_name(path.name + ".batch-lock"), what=f"cache {path}")
     try:
         lock.acquire()
-    except FileBusyError as exc:
+    except BaseException as exc:
         gate.owner = None
         gate.turn.release()
-        raise _busy(path, f"another job ({exc.holder})" if exc.holder else "") from None
-    except OSError as exc:
-        gate.owner = None
-        gate.turn.release()
-        msg = f"cache {path}: cannot write {lock.lock_path} ({exc.strerror or exc})"
-        raise CacheError(msg) from None
-    except BaseException:
-        gate.owner = None
-        gate.turn.release()
+        if isinstance(exc, FileBusyError):
+            who = f"another job ({exc.holder})" if exc.holder else ""
+            raise _busy(path, who) from None
+        if isinstance(exc, OSError):
+            msg = f"cache {path}: cannot write {lock.lock_path} ({exc.strerror or exc})"
+            raise CacheError(msg) from None
         raise
     return _HeldBatchLock(lock, gate)
 

@@ -194,7 +194,8 @@ def _data_url_problem(url: str, at: str) -> tuple[str, str, str] | None:
             at,
             "invalid_value",
         )
-    size = (len(url) - comma - 1) // 4 * 3 - (len(url) - len(url.rstrip("=")))
+    pad = 2 if url.endswith("==") else 1 if url.endswith("=") else 0  # (no copy)
+    size = (len(url) - comma - 1) // 4 * 3 - pad
     if not 0 < size <= MAX_IMAGE_BYTES:
         return (
             f"The image size must be greater than zero and cannot exceed "

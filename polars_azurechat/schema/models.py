@@ -12,7 +12,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import Any, Final
 
@@ -201,9 +201,12 @@ def alias_problem(model: Any) -> str | None:
     >>> from pydantic import BaseModel, Field
     >>> class Person(BaseModel):
     ...     full_name: str = Field(serialization_alias="fullName")
-    >>> alias_problem(Person)
-    "Person.full_name is asked for as 'full_name' but dumped as 'fullName'"
+    >>> print(alias_problem(Person))
+    Person.full_name is asked for as 'full_name' but dumped as 'fullName': the column would lose that field's value; give it one name (alias=)
     """
+    import pydantic
+
+    secrets = (pydantic.SecretStr, pydantic.SecretBytes)
     seen: set[Any] = set()
     stack = [model]
     while stack:
@@ -219,35 +222,29 @@ def alias_problem(model: Any) -> str | None:
             if not isinstance(asked, str):
                 return f"{where} has a validation_alias of {type(asked).__name__}"
             dumped = info.serialization_alias or info.alias or attr
+            lost = "the column would lose that field's value"
             if asked != dumped:
-                return f"{where} is asked for as {asked!r} but dumped as {dumped!r}"
-            secret = _secret_in(info.annotation)
+                return (
+                    f"{where} is asked for as {asked!r} but dumped as {dumped!r}: "
+                    f"{lost}; give it one name (alias=)"
+                )
+            types = list(_types_in(info.annotation))
+            secret = next((t for t in types if issubclass(t, secrets)), None)
             if secret is not None:
-                return f"{where} is a {secret}, which dumps masked ('**********')"
-            stack.extend(_models_in(info.annotation))
+                return (
+                    f"{where} is a {secret.__name__}, which dumps masked "
+                    f"('**********'): {lost}; use str"
+                )
+            stack.extend(t for t in types if is_pydantic_model(t))
     return None
 
 
-def _secret_in(annotation: Any) -> str | None:
-    """The name of a pydantic secret type the annotation holds, or ``None``."""
-    import pydantic
-
-    if isinstance(annotation, type) and issubclass(
-        annotation, pydantic.SecretStr | pydantic.SecretBytes
-    ):
-        return annotation.__name__
+def _types_in(annotation: Any) -> Iterator[type]:
+    """The classes an annotation names (inside lists, unions, ``Annotated``)."""
+    if isinstance(annotation, type):
+        yield annotation
     for arg in typing.get_args(annotation):
-        found = _secret_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _models_in(annotation: Any) -> list[Any]:
-    """The pydantic models an annotation holds (in lists, unions, ``Annotated``)."""
-    if is_pydantic_model(annotation):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+        yield from _types_in(arg)
 
 
 class ModelParser:

@@ -251,9 +251,7 @@ class OutputSchema:
         # pydantic and dict schemas alike (tests check the strict shape).
         problem = alias_problem(model)
         if problem is not None:
-            fix = "use str" if "masked" in problem else "give it one name (alias=)"
-            msg = f"{problem}: the column would lose that field's value; {fix}"
-            raise TypeError(msg)
+            raise TypeError(problem)
         raw = model.model_json_schema(by_alias=True, mode="validation")
         strict = to_strict(raw, optional_nullable=False)
         dtype, node = compile_root(strict)
