@@ -9,6 +9,8 @@ its answers until the test lets them go.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +100,8 @@ class Running:
 
     def ended(self) -> str:
         self.thread.join(30)
+        if self.thread.is_alive():  # a hang: every thread's stack, to find where
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         assert not self.thread.is_alive()
         assert isinstance(self.raised, KeyboardInterrupt), self.raised
         return str(self.raised)
