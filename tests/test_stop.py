@@ -9,6 +9,7 @@ its answers until the test lets them go.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import faulthandler
 import sys
 import threading
@@ -178,4 +179,30 @@ def test_a_second_ctrl_c_stops_at_once(cache: SqliteCache, clock: FakeClock) -> 
     )
     assert engine.runs.stats.stopped is not None
     assert "Ctrl-C again stopped it at once" in str(engine.runs.stats.stopped)
+    engine.close()
+
+
+def test_a_batch_registered_after_the_halt_is_cancelled(
+    cache: SqliteCache, clock: FakeClock
+) -> None:
+    # The race behind a rare hang under load: the batch started on the loop and the
+    # stop halted the run before the submitting thread registered the batch's
+    # future (it was kept off the GIL), so the halt missed it and it never ended.
+    server = Held()
+    engine = _engine(server, cache, clock)
+    requests = [ChatRequest([{"role": "user", "content": f"q{i}"}]) for i in range(40)]
+    with engine.runs.scope() as run:
+        future = _loop.submit(engine._run_batch(run, requests))  # not registered yet
+        assert server.all_in.wait(30)
+        _loop.loop().call_soon_threadsafe(engine.interrupt, "Ctrl-C")
+        server.release()
+        ticks = threading.Event()  # never set: waits of 10 ms while the loop halts
+        for _ in range(3000):  # the halt comes and goes, missing the batch
+            if run.halted is not None or ticks.wait(0.01):
+                break
+        assert run.halted == "answered"
+        assert not future.done()  # the workers wait for admissions that never come
+        run.track(future)
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(30)
     engine.close()

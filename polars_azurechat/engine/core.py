@@ -304,8 +304,7 @@ class ChatEngine:
         self, run: Run, requests: Sequence[ChatRequest | None]
     ) -> concurrent.futures.Future[list[ChatResult | None]]:
         future = _loop.submit(self._run_batch(run, requests))
-        run.futures.add(future)
-        future.add_done_callback(run.futures.discard)
+        run.track(future)
         return future
 
     def interrupt(self, reason: str) -> None:

@@ -223,6 +223,20 @@ class Run:
         extra = 0.0 if self.busy_since is None else now - self.busy_since
         return self.stats.wall_s + extra
 
+    def track(self, future: concurrent.futures.Future[Any]) -> None:
+        """Register one of this run's batches, so a stop can cancel it (any thread).
+
+        The batch may already have started on the loop, and a stop have halted the
+        run, before the submitting thread got here (kept off the GIL meanwhile): the
+        halt then missed it, so it is cancelled here. Registered first and checked
+        second, while :meth:`Runs.halt` marks the run first and cancels second: one
+        of the two always sees the other.
+        """
+        self.futures.add(future)
+        future.add_done_callback(self.futures.discard)
+        if self.halted is not None:
+            future.cancel()
+
     def request_started(self) -> None:
         """One of this run's requests goes on the wire (on the loop)."""
         self.in_flight += 1
