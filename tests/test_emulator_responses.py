@@ -247,8 +247,10 @@ def test_max_tokens_to_a_reasoning_deployment_over_v1_stops_the_run(
 ) -> None:
     prompts = [f"What is {i} + 1?" for i in range(20)]
     with pytest.raises(UnsupportedParameterError, match="max_completion_tokens"):
-        _run(_v1(fresh), prompts, deployment="o4", max_tokens=50)
+        _run(_v1(fresh), prompts, deployment="o4", max_tokens=50, max_concurrency=2)
     stats = fresh.stats()
+    # at most the requests in flight when the first 400 came back (how many the
+    # ramp had sent by then depends on the machine's load: bound it by the option)
     assert 1 <= stats["requests"] <= 2
     assert stats["statuses"] == {"400": stats["requests"]}
     assert stats["routes"]["v1"] == stats["requests"]
