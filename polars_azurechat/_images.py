@@ -19,6 +19,8 @@ import binascii
 import struct
 from collections.abc import Callable
 
+import pybase64
+
 __all__ = [
     "DETAILS",
     "MAX_IMAGES",
@@ -251,27 +253,19 @@ def peek_data_url(url: str) -> tuple[bytes, int, tuple[int, int] | None]:
     return head, nbytes, size
 
 
-#: The base64 alphabet (RFC 4648; ``=`` pads the end only).
-_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
 def _broken_base64(url: str, start: int) -> bool:
     """Whether ``url[start:]`` is not strict base64.
 
-    Strict: whole quads of the alphabet, then at most two ``=``. All of it is checked
-    (24 us for a 50 KB photo): Azure decodes the whole image, and a row it would
-    refuse fails here, before any request. What the alphabet leaves of the URL must be
-    what it leaves of the header, then the padding.
+    Strict: whole quads of the alphabet, then at most two ``=``. All of it is checked:
+    Azure decodes the whole image, and a row it would refuse fails here, before any
+    request. pybase64 (SIMD) decodes a 50 KB photo's in 8 us; the standard library's
+    strict decoder took 160 us, a check by ``bytes.translate`` 28 us.
     """
-    n = len(url) - start
-    if n % 4 or not url.isascii():
+    try:
+        pybase64.b64decode(url[start:], validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a character that is not ASCII
         return True
-    last = url[-3:] if n else ""  # n is a multiple of 4: these are the base64's
-    pad = len(last) - len(last.rstrip("="))
-    if pad > 2:
-        return True
-    head = url[:start].encode("ascii").translate(None, _BASE64)
-    return url.encode("ascii").translate(None, _BASE64) != head + b"=" * pad
+    return False
 
 
 def _shown(url: str) -> str:
