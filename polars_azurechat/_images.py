@@ -301,7 +301,7 @@ def url_problem(url: object) -> str | None:
     if not scheme.startswith("data:"):
         return f"has URL {_shown(url)!r}: not an https:// or a data: URL"
     try:
-        data, nbytes, _ = peek_data_url(url)
+        data, nbytes, size = peek_data_url(url)
     except ValueError as exc:
         return f"has a data URL that cannot be read: {exc}"
     if _broken_base64(url, _start(url)):
@@ -312,6 +312,10 @@ def url_problem(url: object) -> str | None:
         shown = data[:8].decode("latin-1")
         shown = "".join(c if c.isprintable() else "." for c in shown)
         return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
+    if size is not None and min(size) == 0:
+        return (
+            f"is an image of {size[0]}x{size[1]} pixels (Azure refuses it as invalid)"
+        )
     mime = url[5 : url.find(";")].lower()
     if not mime.startswith("image/"):
         return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"

@@ -401,8 +401,12 @@ class Completer(JobHandle, Reports):
         return pl.String() if schema is None else schema.dtype
 
     def run(self, rows: Rows) -> list[Any]:
-        """Answer a list of message lists or prompts as one run (see :func:`complete_many`)."""
-        requests = rows_to_requests(list(rows), system=self.options.system)
+        """Answer a list of message lists or prompts as one run (see :func:`complete_many`).
+
+        ``rows`` may be a ``pl.Series`` of them (read with ``to_list``).
+        """
+        listed = rows.to_list() if isinstance(rows, pl.Series) else list(rows)
+        requests = rows_to_requests(listed, system=self.options.system)
         with self.engine.runs.scope() as run:
             try:
                 results = self._answer_all(requests)

@@ -44,10 +44,11 @@ from polars_azurechat.emulator._structured import (
     requested_schema,
     structured_answer,
 )
-from polars_azurechat.emulator._vision import pictures, text_of
+from polars_azurechat.emulator._vision import pictures, text_of, vision_problem
 
 if TYPE_CHECKING:
     from polars_azurechat.emulator._lane import Lane
+    from polars_azurechat.emulator._settings import EmulatorSettings
     from polars_azurechat.emulator._state import State
 
 __all__ = [
@@ -86,6 +87,14 @@ class Answer:
     logprobs: list[dict[str, Any]] | None = None
 
 
+def _refusal(body: Any, s: EmulatorSettings) -> web.Response | None:
+    """Azure's 400 for a wrong type or range, or what the model does not take."""
+    refused = body_problem(body) or reasoning_problem(body, s)
+    if refused is None and (text_only := vision_problem(body, s.model)) is not None:
+        refused = invalid(text_only[0], param=text_only[1])  # (Azure gives no code)
+    return refused or logprobs_problem(body)
+
+
 class Chat:
     """Answers chat-completions bodies on the emulator's lanes.
 
@@ -119,9 +128,7 @@ class Chat:
         st = self.state
         s = lane.settings
         # Azure's 400 for a wrong type or range, or what the model does not take
-        refused = (
-            body_problem(body) or reasoning_problem(body, s) or logprobs_problem(body)
-        )
+        refused = _refusal(body, s)
         if refused is not None:
             return refused
         messages = body["messages"]

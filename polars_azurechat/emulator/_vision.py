@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["URL_SIZE", "Picture", "parts_problem", "picture", "pictures", "text_of"]
+__all__ = [
+    "URL_SIZE",
+    "Picture",
+    "parts_problem",
+    "picture",
+    "pictures",
+    "reads_images",
+    "text_of",
+    "vision_problem",
+]
 
 #: Azure's most images in one request (the messages' together).
 MAX_IMAGES = 50
@@ -26,6 +36,13 @@ URL_SIZE = (1024, 1024)
 UNSUPPORTED = (
     "You uploaded an unsupported image. Please make sure your image has of one the "
     "following formats: ['png', 'jpeg', 'gif', 'webp']."
+)
+#: Azure's (and OpenAI's) message for an image sent to a model that reads text only.
+NOT_VISION = "Invalid content type. image_url is only supported by certain models."
+#: Models that read text only: o1-mini, o1-preview, o3-mini, GPT-3.5, GPT-4 (0613).
+_TEXT_ONLY = re.compile(
+    r"(o1-mini|o1-preview|o3-mini|gpt-35|gpt-3\.5)|gpt-4(-32k)?(-\d{4})?$",
+    re.IGNORECASE,
 )
 
 
@@ -205,6 +222,42 @@ def _data_url_problem(url: str, at: str) -> tuple[str, str, str] | None:
         )
     if picture(url, "auto") is None:
         return UNSUPPORTED, at, "invalid_image_format"
+    read = _read_url(url)
+    if read is not None and read[1] is not None and min(read[1]) == 0:
+        return "Invalid image.", at, "invalid_image"  # no pixels: not an image
+    return None
+
+
+def reads_images(model: str) -> bool:
+    """Whether a deployment of ``model`` takes image parts (Azure's vision models).
+
+    Examples
+    --------
+    >>> [reads_images(m) for m in ("gpt-4o-mini", "o3-mini", "o3", "gpt-4", "gpt-4.1")]
+    [True, False, True, False, True]
+    """
+    return _TEXT_ONLY.match(model) is None
+
+
+def vision_problem(body: Mapping[str, Any], model: str) -> tuple[str, str] | None:
+    """Azure's ``(message, param)`` for an image sent to a text-only model, or ``None``.
+
+    The 400 has no code; its ``param`` is the first image part's ``type``.
+
+    Examples
+    --------
+    >>> image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+    >>> body = {"messages": [{"role": "user", "content": [image]}]}
+    >>> vision_problem(body, "o3-mini")[1], vision_problem(body, "o4-mini")
+    ('messages[0].content[0].type', None)
+    """
+    if reads_images(model):
+        return None
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if part.get("type") == "image_url":
+                return NOT_VISION, f"messages[{i}].content[{j}].type"
     return None
 
 

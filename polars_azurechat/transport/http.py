@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol
@@ -405,7 +406,22 @@ def status_error(
             f"OPENAI_API_VERSION for {where}. Azure said: {server_msg}",
             **kw,
         )
-    if status == 400 and code == "content_filter":
+    if status == 400 and (refused := _refused(err, code, server_msg, where, kw)):
+        return refused
+    if status == 400 or (400 <= status < 500 and status not in (408, 409)):
+        return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
+    return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
+
+
+def _refused(
+    err: Mapping[str, Any],
+    code: str | None,
+    server_msg: str,
+    where: str,
+    kw: dict[str, Any],
+) -> APIStatusError | None:
+    """The 400s read by their code or ``param``; ``None``: a plain invalid request."""
+    if code == "content_filter":
         categories = _filtered_categories(err)
         shown = ", ".join(categories) or "unspecified"
         return ContentFilterError(
@@ -413,27 +429,37 @@ def status_error(
             categories=categories,
             **kw,
         )
-    if status == 400 and code in REPEATED_400_CODES:
+    if code in REPEATED_400_CODES:
         return unsupported_error(err, server_msg, where, kw)
+    if _PART_TYPE.match(str(err.get("param") or "")):
+        return UnsupportedParameterError(  # our parts are text and images only
+            f"400 {where} does not read images: use a deployment of a vision model "
+            "(gpt-4o, gpt-4.1, o1, o3, o4-mini, gpt-5) or leave the images out (the "
+            f"run stops: every row with an image would repeat it). Azure said: "
+            f"{server_msg}",
+            param="images",
+            **kw,
+        )
     field = _job_field(err.get("param"))
-    if status == 400 and field is not None:
+    if field is not None:
         return UnsupportedParameterError(
             f"400 {where} refuses {field!r}, which every request of the job sends "
             f"(the run stops: every row would repeat it). Azure said: {server_msg}",
             param=field,
             **kw,
         )
-    if status == 400 and code == "context_length_exceeded":
+    if code == "context_length_exceeded":
         return ContextLengthError(f"400 context too long: {server_msg}", **kw)
-    if status == 400 or (400 <= status < 500 and status not in (408, 409)):
-        return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
-    return ServerError(f"{status} server error from {where}: {server_msg}", **kw)
+    return None
 
 
 #: 400 codes every row of a job would repeat: the first stops the run.
 REPEATED_400_CODES = frozenset(
     {"unsupported_parameter", "unsupported_value", "OperationNotSupported"}
 )
+#: A 400's ``param`` naming a content part's type (``messages.[0].content.[1].type``):
+#: the model does not take that kind of part (the client sends text and images only).
+_PART_TYPE = re.compile(r"(messages|input)\.?\[\d+\]\.content\.?\[\d+\]\.type$")
 #: What to do instead, by the parameter a reasoning model refuses.
 _INSTEAD = {
     "max_tokens": "use max_completion_tokens= (CLI --max-completion-tokens) instead",

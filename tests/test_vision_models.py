@@ -1,0 +1,141 @@
+"""Images sent where Azure refuses them: a text-only model, an image of no pixels.
+
+Against the emulator over HTTP: a deployment of a model that reads text only (o3-mini,
+o1-mini, GPT-3.5, GPT-4 0613) answers an image part with Azure's 400 (no code, its
+``param`` the part's type); the client stops the run at the first, naming the images.
+An image whose header says 0 pixels a side fails before any request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pytest
+
+import polars_azurechat as pac
+from polars_azurechat import _images
+from polars_azurechat.emulator import Emulator
+from polars_azurechat.errors import UnsupportedParameterError
+from polars_azurechat.prompts import messages
+
+from .test_images import gif, png
+
+#: A reasoning model that reads images beside one that does not.
+PER = {"o3-mini": {"model": "o3-mini"}, "o4-mini": {"model": "o4-mini"}}
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator(per_deployment=PER) as emulator:
+        yield emulator
+
+
+def _post(emu: Emulator, deployment: str, body: object) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"{emu.url}/openai/deployments/{deployment}/chat/completions"
+        "?api-version=2024-10-21",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "api-key": emu.api_key},
+    )
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _ask(url: str) -> dict[str, Any]:
+    parts = [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+    ]
+    return {"messages": [{"role": "user", "content": parts}]}
+
+
+def _data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_the_emulator_refuses_an_image_to_a_text_only_model_as_azure_does(
+    emu: Emulator,
+) -> None:
+    status, body = _post(emu, "o3-mini", _ask("https://example.com/cat.png"))
+    assert status == 400
+    assert body["error"] == {
+        "message": (
+            "Invalid content type. image_url is only supported by certain models."
+        ),
+        "type": "invalid_request_error",
+        "param": "messages[0].content[1].type",
+        "code": None,
+    }
+    # the same request to a model that reads images, and text alone to o3-mini
+    assert _post(emu, "o4-mini", _ask("https://example.com/cat.png"))[0] == 200
+    text = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    status, body = _post(emu, "o3-mini", text)
+    assert status == 200 and body["choices"][0]["message"]["content"] == "Echo: hi"
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_images_to_a_text_only_deployment_stop_the_run_naming_the_images(
+    emu: Emulator, api: str
+) -> None:
+    df = pl.DataFrame({"photo": [png(4, 3, shade=i) for i in range(40)]})
+    config = pac.ChatConfig(base_url=emu.base_url, api_key=emu.api_key)
+    column = df.select(messages(user="Which?", images=pl.col("photo"), detail="low"))
+    with (
+        pytest.raises(UnsupportedParameterError, match="does not read images") as info,
+        pac.Completer(
+            config=config,
+            deployment="o3-mini",
+            api=api,  # type: ignore[arg-type]
+            max_concurrency=2,
+            progress=False,
+        ) as job,
+    ):
+        job.run(column.to_series())
+    assert info.value.param == "images"
+    assert "use a deployment of a vision model" in str(info.value)
+    stats = emu.stats()
+    # the run stopped at the first 400: what was in flight then, not the 40 rows
+    assert 1 <= stats["requests"] <= 2
+    assert stats["statuses"] == {"400": stats["requests"]}
+
+
+def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> None:
+    flat = png(0, 0)
+    assert _images.peek_data_url(_data_url(flat))[2] == (0, 0)
+    assert _images.url_problem(_data_url(flat)) == (
+        "is an image of 0x0 pixels (Azure refuses it as invalid)"
+    )
+    # the emulator reads the header its own way, and refuses it as Azure does
+    status, body = _post(emu, "gpt-4o-mini", _ask(_data_url(flat)))
+    assert status == 400 and body["error"]["code"] == "invalid_image"
+    emu.reset()
+    df = pl.DataFrame({"photo": [gif(3, 2), flat, gif(0, 5), gif(3, 2)]})
+    config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
+    out = df.select(
+        pac.complete(
+            messages(user="What is it?", images=pl.col("photo"), detail="low"),
+            config=config,
+            deployment="gpt-4o-mini",
+            output="struct",
+            max_tokens=30,
+        )
+    ).to_series()
+    rows = out.to_list()
+    assert [r["content"] for r in rows] == [
+        "Echo: What is it? [images: gif 3x2]",
+        None,
+        None,
+        "Echo: What is it? [images: gif 3x2]",
+    ]
+    assert "is an image of 0x0 pixels" in rows[1]["error"]
+    assert "is an image of 0x5 pixels" in rows[2]["error"]
+    assert emu.stats()["requests"] == 1  # the two good rows are one request
