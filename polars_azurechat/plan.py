@@ -62,6 +62,11 @@ class Plan:
     estimated_wall_s: float
     bound_by: str
     estimated_batch_cost_usd: float | None = None
+    #: The prompt tokens the model bills, where it bills images otherwise than the
+    #: quota counts them (gpt-4o-mini: 2,833 + 5,667 a tile; see
+    #: :func:`~polars_azurechat.transport.tokens.image_billing`); the cost is priced
+    #: on them. ``None``: as ``prompt_tokens``.
+    billed_prompt_tokens: int | None = None
     #: ``"chat"``, or ``"embeddings"`` (:meth:`~polars_azurechat.Embedder.plan`:
     #: ``requests`` are packs of texts, the cost is input tokens only)
     kind: str = "chat"
@@ -81,11 +86,18 @@ class Plan:
                 f"{self.unsendable:,} cannot be sent, {self.over_context:,} over the "
                 "context)",
                 f"tokens:    {self.prompt_tokens:,} prompt, "
-                f"{self.request_tokens:,} counted against the quota",
+                + self._billed()
+                + f"{self.request_tokens:,} counted against the quota",
                 f"cost:      {cost}",
                 f"wall:      ~{self.estimated_wall_s:,.1f} s (bound by {self.bound_by})",
             ]
         )
+
+    def _billed(self) -> str:
+        billed = self.billed_prompt_tokens
+        if billed is None or billed == self.prompt_tokens:
+            return ""
+        return f"{billed:,} billed ({self.model}'s price of an image), "
 
     def _chat_cost(self) -> str:
         return (
@@ -177,6 +189,7 @@ def plan(
     from polars_azurechat.engine.frontdoor import (
         RequestShape,  # (its cache import is lazy)
     )
+    from polars_azurechat.transport import tokens as _tokens
 
     # the job's request shape: max_tokens, and a typed answer's schema, which is part
     # of each request's prompt (Azure counts it)
@@ -190,6 +203,7 @@ def plan(
     counted: list[int | None] = []
     errors: list[str | None] = []
     unique: dict[str, int] = {}  # key -> prompt tokens of each request sent
+    billed: dict[str, int] = {}  # key -> what the model bills for its images beyond
     reserved = shape.reserved
     for req in requests:
         error = None if req is None else shape.problem(req)
@@ -202,7 +216,10 @@ def plan(
         prompt.append(p)
         counted.append(p + reserved)
         errors.append(None)
-        unique.setdefault(shape.key(req), p)
+        key = shape.key(req)
+        if key not in unique:
+            unique[key] = p
+            billed[key] = _tokens.billed_image_extra(req.messages, model)
     rows = pl.DataFrame(
         {"prompt_tokens": prompt, "request_tokens": counted, "error": errors},
         schema={
@@ -218,11 +235,12 @@ def plan(
     wall_s, bound_by = wall_time(opts, n, request_total, latency_s)
     price = price_for(model, prices)
     cost = batch_cost = None
+    billed_total = prompt_total + sum(billed.values())
     if price is not None:
         completion = (max_tokens or 0) * n
-        cost = (prompt_total * price[0] + completion * price[1]) / 1_000_000
+        cost = (billed_total * price[0] + completion * price[1]) / 1_000_000
         cheap = batch_price(price)
-        batch_cost = (prompt_total * cheap[0] + completion * cheap[1]) / 1_000_000
+        batch_cost = (billed_total * cheap[0] + completion * cheap[1]) / 1_000_000
     return Plan(
         rows=rows,
         requests=n,
@@ -236,6 +254,7 @@ def plan(
         estimated_wall_s=wall_s,
         bound_by=bound_by,
         estimated_batch_cost_usd=batch_cost,
+        billed_prompt_tokens=billed_total,
     )
 
 

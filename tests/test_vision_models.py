@@ -1,9 +1,11 @@
-"""Images sent where Azure refuses them: a text-only model, an image of no pixels.
+"""What models do with images: refuse them, or bill them their own way.
 
 Against the emulator over HTTP: a deployment of a model that reads text only (o3-mini,
 o1-mini, GPT-3.5, GPT-4 0613) answers an image part with Azure's 400 (no code, its
 ``param`` the part's type); the client stops the run at the first, naming the images.
-An image whose header says 0 pixels a side fails before any request.
+An image whose header says 0 pixels a side fails before any request. gpt-4o-mini bills
+an image at 2,833 tokens and 5,667 a tile, the patch models by 32-px patches: ``plan``
+and the spending cap price images as the model bills them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import pytest
 import polars_azurechat as pac
 from polars_azurechat import _images
 from polars_azurechat.emulator import Emulator
+from polars_azurechat.engine.convert import rows_to_requests
+from polars_azurechat.engine.frontdoor import RequestShape
 from polars_azurechat.errors import UnsupportedParameterError
 from polars_azurechat.prompts import messages
+from polars_azurechat.summary import SpendingCap, price_for
+from polars_azurechat.transport import tokens as _tokens
 
 from .test_images import gif, png
 
@@ -139,3 +145,65 @@ def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> 
     assert "is an image of 0x0 pixels" in rows[1]["error"]
     assert "is an image of 0x5 pixels" in rows[2]["error"]
     assert emu.stats()["requests"] == 1  # the two good rows are one request
+
+
+def test_each_model_bills_an_image_by_its_own_rule() -> None:
+    # OpenAI's worked example of the patch rule: 1800 x 2400 is scaled to 1056 x 1408,
+    # 33 x 44 patches
+    assert _tokens.image_billing("gpt-4.1-mini").tokens((1800, 2400), "high") == (
+        -(-1452 * 162 // 100)
+    )
+    # usage measured on a 128 x 64 image with a short text (about 12 tokens):
+    # gpt-4o-mini 2,845 at low detail and 8,512 at high; o4-mini 26 at either
+    mini = _tokens.image_billing("gpt-4o-mini-2024-07-18")
+    assert (mini.tokens((128, 64), "low"), mini.tokens((128, 64), "high")) == (
+        2845 - 12,
+        8512 - 12,
+    )
+    o4 = _tokens.image_billing("o4-mini")
+    assert o4.tokens((128, 64), "low") == o4.tokens((128, 64), "high") == 26 - 12
+    # a model billed as the quota counts: no extra; an unknown size: the most
+    assert _tokens.image_billing("gpt-4o").tokens((128, 64), "high") == 255
+    assert mini.tokens(None, "auto") == 2833 + 8 * 5667
+    assert o4.tokens(None, "low") == -(-1536 * 172 // 100)
+
+
+def _request(*photos: bytes, detail: str = "high") -> Any:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "What is it?"}]
+    for photo in photos:
+        image = {"url": _data_url(photo), "detail": detail}
+        parts.append({"type": "image_url", "image_url": image})
+    (req,) = rows_to_requests([[{"role": "user", "content": parts}]])
+    assert req is not None and req.error is None
+    return req
+
+
+def test_plan_prices_images_as_the_model_bills_them() -> None:
+    df = pl.DataFrame({"photo": [png(1024, 1024), png(100, 100), png(100, 100)]})
+    column = df.select(messages(user="What?", images=pl.col("photo")))["messages"]
+    as_4o = pac.plan(column, max_tokens=20, model="gpt-4o")
+    as_mini = pac.plan(column, max_tokens=20, model="gpt-4o-mini")
+    # the same requests and the same quota count (the identical rows go once) ...
+    assert as_4o.requests == as_mini.requests == 2
+    assert as_mini.prompt_tokens == as_4o.prompt_tokens
+    assert as_mini.request_tokens == as_4o.request_tokens
+    assert as_4o.billed_prompt_tokens == as_4o.prompt_tokens
+    # ... but gpt-4o-mini bills the 4-tile and the 1-tile image at its own rule
+    extra = (2833 + 4 * 5667 - 765) + (2833 + 5667 - 255)
+    assert as_mini.billed_prompt_tokens == as_mini.prompt_tokens + extra
+    price = price_for("gpt-4o-mini")
+    assert price is not None and as_mini.estimated_cost_usd is not None
+    expected = (as_mini.prompt_tokens + extra) * price[0] + 2 * 20 * price[1]
+    assert as_mini.estimated_cost_usd == pytest.approx(expected / 1e6)
+    assert f"{as_mini.prompt_tokens + extra:,} billed (gpt-4o-mini" in str(as_mini)
+    assert "billed" not in str(as_4o)
+
+
+def test_the_spending_cap_holds_what_the_model_bills_for_an_image() -> None:
+    shape = RequestShape({"max_tokens": 10}, deployment="d")
+    text, photo = _request(), _request(png(1024, 1024))
+    mini = SpendingCap(1.0, (1.0, 0.0), "gpt-4o-mini")  # $1 a million input tokens
+    four = SpendingCap(1.0, (1.0, 0.0), "gpt-4o")
+    assert shape.worst_cost(text, mini) == shape.worst_cost(text, four)
+    held = (shape.worst_cost(photo, mini) - shape.worst_cost(photo, four)) * 1e6
+    assert held == pytest.approx(2833 + 4 * 5667 - 765)

@@ -203,7 +203,10 @@ class RequestShape:
         self, req: ChatRequest, cap: SpendingCap, *, batch: bool = False
     ) -> float:
         """The most one attempt of ``req`` can cost, at the online or the batch price."""
-        return cap.worst_case(self.prompt_tokens(req), self.max_tokens, batch=batch)
+        billed = self.prompt_tokens(req) + _tokens.billed_image_extra(
+            req.messages, cap.model
+        )  # the model's own price of an image (gpt-4o-mini: 33x the tile rule's)
+        return cap.worst_case(billed, self.max_tokens, batch=batch)
 
     def parse_cached(self, hits: dict[str, ChatResult]) -> dict[str, ChatResult]:
         """Parse cached typed answers; one that no longer validates is left out.

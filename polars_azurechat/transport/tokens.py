@@ -13,12 +13,19 @@ so that its shortest side is 768 px, and costs 85 + 170 per 512-px tile it cover
 ``"auto"`` counts as ``"high"``. The size comes from a data URL's header; an
 ``https://`` image's size is not known here (the client never fetches it), so it counts
 as the most any image costs after Azure's resizing: 8 tiles, 1,445 tokens (85 at low
-detail). These are the gpt-4o and gpt-4.1 figures; models with other per-image
-multipliers (gpt-4o-mini) are charged more by Azure than estimated here.
+detail). These are the gpt-4o, gpt-4.1 and o3 figures, and what the quota is estimated
+with for every model (the client does not know the model behind a deployment).
+
+Some models bill an image differently (:func:`image_billing`): gpt-4o-mini at 2,833
+tokens and 5,667 a tile (an image costs what it costs on gpt-4o), gpt-4.1-mini,
+gpt-4.1-nano and o4-mini by 32-px patches (at most 1,536) times 1.62, 2.46 and 1.72.
+Where the model is known (``plan(model=)``, a spending cap priced by the deployment's
+name) the cost counts what it bills: :func:`billed_image_extra`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -99,6 +106,115 @@ def url_tokens(url: str, detail: str | None = "auto") -> int:
         except ValueError:
             size = None
     return image_tokens(size, detail)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageBilling:
+    """How a model bills an image: a tile rule of its own, or patches times a factor.
+
+    ``tile`` set: ``base`` at low detail, else ``base + tile`` per 512-px tile after
+    the resizing of :func:`image_tokens`. ``patch_factor`` set: the 32-px patches that
+    cover the image (scaled down to fit 1,536), times the factor, whatever the detail.
+    """
+
+    base: int = IMAGE_BASE_TOKENS
+    tile: int = IMAGE_TILE_TOKENS
+    patch_factor: float | None = None
+
+    def tokens(self, size: tuple[int, int] | None, detail: str | None) -> int:
+        """One image's billed tokens (``size`` ``None``: the most it can be).
+
+        Examples
+        --------
+        >>> mini = image_billing("gpt-4o-mini-2024-07-18")
+        >>> mini.tokens((4000, 3000), "low"), mini.tokens((1024, 1024), "high")
+        (2833, 25501)
+        >>> nano = image_billing("gpt-4.1-nano")
+        >>> nano.tokens((1024, 1024), "low"), nano.tokens((1800, 2400), "high")
+        (2520, 3572)
+        """
+        if self.patch_factor is None:
+            counted = image_tokens(size, detail)  # 85 + 170 per tile
+            tiles = (counted - IMAGE_BASE_TOKENS) // IMAGE_TILE_TOKENS
+            return self.base + self.tile * tiles
+        return math.ceil(round(_patches(size) * self.patch_factor, 6))
+
+
+def _patches(size: tuple[int, int] | None) -> int:
+    """The 32-px patches covering an image, scaled down to fit 1,536 if over."""
+    if size is None or min(size) <= 0:
+        return _MAX_PATCHES
+    width, height = float(size[0]), float(size[1])
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches <= _MAX_PATCHES:
+        return patches
+    scale = math.sqrt(32 * 32 * _MAX_PATCHES / (width * height))
+    w, h = width * scale / 32, height * scale / 32
+    scale *= min(math.floor(w) / w, math.floor(h) / h)  # whole patches a side
+    w, h = round(width * scale / 32, 6), round(height * scale / 32, 6)
+    return min(_MAX_PATCHES, math.ceil(w) * math.ceil(h))
+
+
+_MAX_PATCHES = 1536
+#: Models that bill images otherwise than :func:`image_tokens` counts them, by the
+#: prefix of their name (OpenAI's and Azure's vision pricing).
+_BILLING = {
+    "gpt-4o-mini": ImageBilling(2833, 5667),
+    "gpt-4.1-mini": ImageBilling(patch_factor=1.62),
+    "gpt-4.1-nano": ImageBilling(patch_factor=2.46),
+    "o4-mini": ImageBilling(patch_factor=1.72),
+}
+
+
+def image_billing(model: str | None) -> ImageBilling:
+    """How ``model`` bills an image, by the longest prefix of its name in the table.
+
+    Examples
+    --------
+    >>> image_billing("gpt-4o").tokens((1024, 1024), "high")  # as counted
+    765
+    """
+    name = (model or "").lower()
+    found = [k for k in _BILLING if name.startswith(k)]
+    return _BILLING[max(found, key=len)] if found else ImageBilling()
+
+
+def billed_image_extra(messages: Sequence[Mapping[str, Any]], model: str | None) -> int:
+    """What ``model`` bills for the images of ``messages`` beyond their counted tokens.
+
+    0 for a model billed as counted; negative where it bills less (patches).
+
+    Examples
+    --------
+    >>> image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+    >>> msgs = [{"role": "user", "content": [image]}]
+    >>> billed_image_extra(msgs, "gpt-4o-mini"), billed_image_extra(msgs, "gpt-4o")
+    (46724, 0)
+    """
+    billing = image_billing(model)
+    if billing == ImageBilling():
+        return 0
+    extra = 0
+    for m in messages:
+        content = m["content"]
+        for part in content if isinstance(content, list) else ():
+            if part.get("type") == "image_url":
+                image = part.get("image_url") or {}
+                url, detail = image.get("url") or "", image.get("detail")
+                size = (
+                    _size_of(url) if detail != "low" or billing.patch_factor else None
+                )
+                extra += billing.tokens(size, detail) - image_tokens(size, detail)
+    return extra
+
+
+def _size_of(url: str) -> tuple[int, int] | None:
+    if not url.startswith("data:"):
+        return None
+    try:
+        return peek_data_url(url)[2]
+    except ValueError:
+        return None
 
 
 def content_tokens(content: Any, count: Callable[[str], int]) -> int:
