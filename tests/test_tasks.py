@@ -394,7 +394,13 @@ def test_a_reasoning_deployment_refuses_logprobs_clearly(
         )
         df = pl.DataFrame({"t": ["billing question", "shipping question"]})
         with pytest.raises(pac.UnsupportedParameterError) as info:
-            df.select(tasks.classify("t", LABELS, confidence=True, config=config))
+            # one at a time: the second row cannot go while the first awaits its 400
+            # (the ramp sends a second 3 ms after the first, however slow the answer)
+            df.select(
+                tasks.classify(
+                    "t", LABELS, confidence=True, config=config, max_concurrency=1
+                )
+            )
         assert "rows failed and are null" not in caplog.text  # the run raised
         assert str(info.value).startswith(
             "confidence=True asks for log-probabilities (logprobs), which this "
