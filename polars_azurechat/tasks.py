@@ -165,7 +165,7 @@ class _TaskCompleter(Completer):
         try:
             return super()._series(s)
         except UnsupportedParameterError as exc:
-            if not (self.task.confidence and exc.param == "logprobs"):
+            if not (self.task.confidence and exc.param in ("logprobs", "include")):
                 raise
             told = UnsupportedParameterError(
                 "confidence=True asks for log-probabilities (logprobs), which this "
@@ -246,9 +246,6 @@ def _job_params(task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
                 f"refuse ({reasoning[0]}= says this job runs one); drop "
                 "confidence=True, or use a chat model"
             )
-            raise ValueError(msg)
-        if params.get("api") == "responses":
-            msg = "confidence=True needs api='chat' (chat completions' logprobs)"
             raise ValueError(msg)
         out["logprobs"] = True
     return out

@@ -565,3 +565,63 @@ def test_a_task_runs_in_batch_mode_too(
     assert all(0.9 <= r["confidence"] <= 0.99 for r in out[:2])
     stats = emulator.stats()
     assert stats["batch"]["lines_answered"] == 2 and stats["requests"] == 0
+
+
+def test_confidence_through_the_responses_api_is_chats(emulator: Emulator) -> None:
+    # include=["message.output_text.logprobs"] and top_logprobs on the wire; each
+    # output_text part's logprobs read back as chat's logprobs.content
+    config = ChatConfig(
+        azure_endpoint=emulator.url,
+        api_key=emulator.api_key,
+        deployment="gpt-4o-mini",
+        api_version="v1",
+    )
+    df = pl.DataFrame({"t": ["my invoice is wrong", "where is my parcel", "日本"]})
+    got = {
+        api: df.select(
+            tasks.classify("t", LABELS, confidence=True, api=api, config=config)
+        )
+        .to_series()
+        .to_list()
+        for api in ("chat", "responses")
+    }
+    assert got["responses"] == got["chat"]
+    assert all(0 < row["confidence"] <= 1 for row in got["chat"])
+    stats = emulator.stats()
+    assert stats["routes"]["responses"] == 3 and stats["routes"]["v1"] == 3
+    # the emulator's Responses answer carries them only when include asks
+    base = {"model": "gpt-4o-mini", "input": "Say hi", "max_output_tokens": 16}
+    for include, expected in (([], False), (["message.output_text.logprobs"], True)):
+        raw = openai.OpenAI(base_url=emulator.base_url, api_key=emulator.api_key)
+        answer = raw.responses.create(**base, include=include, top_logprobs=2)  # type: ignore[call-overload]
+        [part] = answer.output[0].content
+        assert bool(part.logprobs) is expected
+        if expected:
+            assert "".join(t.token for t in part.logprobs) == part.text
+            assert all(len(t.top_logprobs) == 2 for t in part.logprobs)
+
+
+def test_confidence_to_a_reasoning_deployment_over_responses_stops_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Emulator(per_deployment={"o4-mini": {"model": "o4-mini"}}) as emu:
+        config = ChatConfig(base_url=emu.base_url, api_key=emu.api_key)
+        df = pl.DataFrame({"t": ["billing question", "shipping question"]})
+        with pytest.raises(pac.UnsupportedParameterError) as info:
+            df.select(
+                tasks.classify(
+                    "t",
+                    LABELS,
+                    confidence=True,
+                    api="responses",
+                    deployment="o4-mini",
+                    config=config,
+                    max_concurrency=1,
+                )
+            )
+        assert str(info.value).startswith(
+            "confidence=True asks for log-probabilities (logprobs), which this "
+            "deployment refuses"
+        )
+        assert "'include'" in str(info.value)  # the Responses API's field
+        assert emu.stats()["requests"] == 1

@@ -95,7 +95,9 @@ MOVED = {
 MIN_OUTPUT_TOKENS = 16
 
 #: Fields passed to the chat pipeline as they are (it checks and reads them).
-_PASSED = ("temperature", "top_p", "top_logprobs", "store", "user", "prompt_cache_key")
+_PASSED = ("temperature", "top_p", "store", "user", "prompt_cache_key")
+#: What ``include`` names to get each ``output_text`` part's ``logprobs``.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 #: The parameters of a translated body, as this API names them in an error.
 _RENAMED = {
@@ -103,6 +105,7 @@ _RENAMED = {
     "max_completion_tokens": "max_output_tokens",
     "reasoning_effort": "reasoning.effort",
     "response_format": "text.format",
+    "logprobs": "include",
 }
 
 #: The operation a 429's message names: the chat pipeline's, and this API's. Azure's
@@ -172,6 +175,16 @@ def _translate(body: Mapping[str, Any], chat: dict[str, Any]) -> web.Response | 
             return _wrong_type("reasoning", "an object", reasoning)
         if reasoning.get("effort") is not None:
             chat["reasoning_effort"] = reasoning["effort"]
+    include = body.get("include")
+    if include is not None:
+        if not isinstance(include, list) or not all(
+            isinstance(i, str) for i in include
+        ):
+            return _wrong_type("include", "an array of strings", include)
+        if LOGPROBS_INCLUDE in include:  # chat's logprobs, and how many alternatives
+            chat["logprobs"] = True
+            if "top_logprobs" in body:
+                chat["top_logprobs"] = body["top_logprobs"]
     text = body.get("text")
     if text is not None:
         if not isinstance(text, Mapping):
@@ -421,7 +434,7 @@ def response_payload(
                 "type": "output_text",
                 "text": a.content,
                 "annotations": [],
-                "logprobs": [],
+                "logprobs": a.logprobs or [],  # asked for by include
             }
         ]
     else:

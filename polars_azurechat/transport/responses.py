@@ -19,6 +19,10 @@ chat completions                           Responses API
 ``reasoning_effort``                       ``reasoning: {effort}``
 ``response_format`` (``json_schema``)      ``text: {format: {type: json_schema, ...}}``
 ``choices[0].message.content``             the ``output_text`` parts of ``output``
+``logprobs: true``, ``top_logprobs``       ``include: ["message.output_text.logprobs"]``,
+                                           ``top_logprobs``; each ``output_text``
+                                           part's ``logprobs`` is chat's
+                                           ``logprobs.content``
 ``finish_reason`` ``stop`` / ``length``    ``status`` ``completed`` / ``incomplete``
                                            (``incomplete_details.reason``)
 ``usage.prompt_tokens`` ...                ``usage.input_tokens`` ...
@@ -39,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from polars_azurechat.errors import MalformedResponseError
+from polars_azurechat.transport.logprobs import token_logprobs
 
 __all__ = ["UNSUPPORTED", "parse_response", "responses_input", "responses_params"]
 
@@ -47,8 +52,6 @@ UNSUPPORTED = frozenset(
     {
         "n",
         "stop",
-        "logprobs",
-        "top_logprobs",
         "logit_bias",
         "frequency_penalty",
         "presence_penalty",
@@ -61,6 +64,10 @@ UNSUPPORTED = frozenset(
         "function_call",
     }
 )
+
+#: What ``include`` asks for to get the output text's log-probabilities (each
+#: ``output_text`` part's ``logprobs``: chat's ``logprobs.content``, token by token).
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 #: The least ``max_output_tokens`` the Responses API takes (a 400 below it).
 MIN_OUTPUT_TOKENS = 16
@@ -120,6 +127,9 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
             out.setdefault("text", {})["format"] = _text_format(value)
         elif key == "verbosity":
             out.setdefault("text", {})["verbosity"] = value
+        elif key == "logprobs":  # asked for by an include, not a flag
+            if value:
+                out.setdefault("include", []).append(LOGPROBS_INCLUDE)
         else:
             out[key] = value
     out.setdefault("store", False)
@@ -209,6 +219,7 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
         if body.get("object") != "response":
             raise TypeError("not a response object")  # noqa: TRY301
         texts: list[str] = []
+        tokens: list[Any] | None = None  # the parts' logprobs, when any part has some
         refusal = None
         for item in body.get("output") or []:
             if item.get("type") != "message":
@@ -216,6 +227,8 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             for part in item.get("content") or []:
                 if part.get("type") == "output_text":
                     texts.append(str(part["text"]))
+                    if part.get("logprobs"):
+                        tokens = (tokens or []) + list(part["logprobs"])
                 elif part.get("type") == "refusal":
                     refusal = str(part.get("refusal") or "")
         status = body.get("status")
@@ -246,6 +259,7 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             reasoning_tokens=out_details.get("reasoning_tokens"),
             cached_tokens=in_details.get("cached_tokens"),
             service_tier=body.get("service_tier"),
+            logprobs=None if tokens is None else token_logprobs({"content": tokens}),
             filtered=tuple(
                 sorted({n for f in filters["completion"] for n in _flagged(f)})
             ),
