@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from polars_azurechat._images import DETAILS, data_url
+from polars_azurechat._images import DETAILS
 
 __all__ = ["MESSAGES_DTYPE", "PARTS_DTYPE", "PARTS_MESSAGES_DTYPE", "messages"]
 
@@ -68,12 +68,6 @@ def _text_part(text: pl.Expr) -> pl.Expr:
     return pl.when(text.is_not_null()).then(pl.concat_list([part]))
 
 
-def _image_url(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return data_url(bytes(value))
-
-
 def _image_parts(detail: str) -> Any:
     """The function turning a chunk of an image column into lists of image parts."""
 
@@ -86,38 +80,21 @@ def _image_parts(detail: str) -> Any:
                 f"List of either column, not {dtype}"
             )
             raise TypeError(msg)
-        if not isinstance(dtype, pl.List):  # one image a row: no Python loop
-            return _one_image_parts(s, detail)
-        out: list[list[dict[str, Any]]] = []
-        for row in s.to_list():
-            values = row if isinstance(row, list) else [row]
-            out.append(
-                [
-                    {
-                        "type": "image_url",
-                        "text": None,
-                        "image_url": {"url": _image_url(v), "detail": detail},
-                    }
-                    for v in values
-                    if v is not None
-                ]
-            )
-        return pl.Series(s.name, out, dtype=PARTS_DTYPE)
+        return _image_parts_of(s, detail)
 
     return parts
 
 
-def _one_image_parts(s: pl.Series, detail: str) -> pl.Series:
-    """A column of one image a row (URLs or bytes) as lists of one part (none if null).
+def _image_part(image: pl.Expr, binary: bool, detail: str) -> pl.Expr:
+    """The image part of each value of ``image``: a URL, or bytes as a data URL.
 
     Bytes become data URLs in Polars: the MIME type from the signature (as
     :func:`~polars_azurechat._images.image_type` reads it), the base64 by
     ``bin.encode``; bytes of no image format get ``application/octet-stream``, and
     their row fails before any request.
     """
-    col = pl.col(s.name)
-    if s.dtype == pl.Binary:
-        sig = col.bin
+    if binary:
+        sig = image.bin
         mime = (
             pl.when(sig.starts_with(b"\x89PNG\r\n\x1a\n"))
             .then(pl.lit("image/png"))
@@ -133,14 +110,31 @@ def _one_image_parts(s: pl.Series, detail: str) -> pl.Series:
             pl.lit("data:"), mime, pl.lit(";base64,"), sig.encode("base64")
         )
     else:
-        url = col.cast(pl.String)
-    part = pl.struct(
+        url = image.cast(pl.String)
+    return pl.struct(
         type=pl.lit("image_url", dtype=pl.String),
         text=pl.lit(None, dtype=pl.String),
         image_url=pl.struct(url=url, detail=pl.lit(detail, dtype=pl.String)),
     )
+
+
+def _image_parts_of(s: pl.Series, detail: str) -> pl.Series:
+    """A column of images (one a row, or a list a row) as lists of image parts.
+
+    No Python loop over the rows: one image a row is a list of one part (none if
+    null); a list keeps its images in order, its nulls left out (a null list: none).
+    """
+    col = pl.col(s.name)
     empty = pl.lit([], dtype=PARTS_DTYPE)
-    out = pl.when(col.is_not_null()).then(pl.concat_list([part])).otherwise(empty)
+    if isinstance(s.dtype, pl.List):
+        binary = s.dtype.inner == pl.Binary
+        listed = col.list.drop_nulls().list.eval(
+            _image_part(pl.element(), binary, detail)
+        )
+        out = pl.when(col.is_not_null()).then(listed).otherwise(empty)
+    else:
+        part = _image_part(col, s.dtype == pl.Binary, detail)
+        out = pl.when(col.is_not_null()).then(pl.concat_list([part])).otherwise(empty)
     return s.to_frame().select(out.cast(PARTS_DTYPE).alias(s.name)).to_series()
 
 

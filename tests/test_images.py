@@ -261,7 +261,7 @@ def test_client_and_emulator_take_the_base64_rfc_4648_takes(text: str) -> None:
 
 
 def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:
-    # one image a row is built in Polars (no Python loop): the same URLs as data_url
+    # built in Polars (no Python loop over rows): the same URLs as data_url
     images = [png(3, 2), jpeg(4, 4), gif(1, 1), webp(9, 9, b"VP8L"), b"nope", None]
     df = pl.DataFrame({"photo": images}, schema={"photo": pl.Binary})
     built = df.select(messages(user="?", images=pl.col("photo")))["messages"]
@@ -273,7 +273,14 @@ def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:
     assert urls[4][0].startswith("data:application/octet-stream;base64,")
     listed = df.select(pl.concat_list(pl.col("photo")).alias("photo"))
     as_lists = listed.select(messages(user="?", images=pl.col("photo")))["messages"]
-    assert as_lists.to_list()[:5] == built.to_list()[:5]  # the Python path agrees
+    assert as_lists.to_list()[:5] == built.to_list()[:5]
+    # a list a row is built in Polars too: its images in order, nulls left out
+    rows = [[*images[:3], None, *images[4:5]], None, [], [None], images[3:4]]
+    many = pl.DataFrame({"photo": rows}, schema={"photo": pl.List(pl.Binary)})
+    got = many.select(messages(user="?", images=pl.col("photo")))["messages"]
+    assert [
+        [p["image_url"]["url"] for p in row[0]["content"][1:]] for row in got.to_list()
+    ] == [[_images.data_url(b) for b in r or () if b is not None] for r in rows]
 
 
 def test_messages_builds_parts_from_urls_bytes_and_lists() -> None:
