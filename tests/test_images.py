@@ -521,12 +521,15 @@ def test_the_same_image_dedups_and_a_different_one_does_not(
 
 # -- 5. the emulator, batch mode and the CLI --------------------------------------------
 
-CHAT = "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+CHAT = "/openai/deployments/{}/chat/completions?api-version=2024-10-21"
 
 
-def _post(emu: Emulator, body: object) -> tuple[int, Any]:
+def post(
+    emu: Emulator, body: object, deployment: str = "gpt-4o-mini"
+) -> tuple[int, Any]:
+    """POST a chat body to a deployment of the emulator: the status and the JSON."""
     req = urllib.request.Request(
-        emu.url + CHAT,
+        emu.url + CHAT.format(deployment),
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "api-key": emu.api_key},
     )
@@ -548,29 +551,29 @@ def test_the_emulator_answers_image_parts_and_refuses_what_azure_refuses(
     def image(url: str, detail: str = "low") -> dict[str, Any]:
         return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
 
-    status, body = _post(emulator, user(text, image(_data_url(gif(3, 2)))))
+    status, body = post(emulator, user(text, image(_data_url(gif(3, 2)))))
     assert status == 200
     assert (
         body["choices"][0]["message"]["content"]
         == "Echo: What is it? [images: gif 3x2]"
     )
     assert body["usage"]["prompt_tokens"] == 3 + 4 + 3 + 85  # chars estimate + low
-    status, body = _post(
+    status, body = post(
         emulator, user(text, image("data:image/png;base64,JVBERi0xLjc="))
     )
     assert status == 400 and body["error"]["code"] == "invalid_image_format"
     assert body["error"]["param"] == "messages[0].content[1].image_url.url"
-    status, body = _post(emulator, user(text, image("https://x/y.png"), role="system"))
+    status, body = post(emulator, user(text, image("https://x/y.png"), role="system"))
     assert (
         status == 400
         and "only allowed for messages with role 'user'" in body["error"]["message"]
     )
-    status, body = _post(emulator, user(text, image("https://x/y.png", "medium")))
+    status, body = post(emulator, user(text, image("https://x/y.png", "medium")))
     assert status == 400 and body["error"]["param"].endswith("image_url.detail")
     many = [image("https://x/y.png")] * 51
-    status, body = _post(emulator, user(text, *many))
+    status, body = post(emulator, user(text, *many))
     assert status == 400 and body["error"]["code"] == "too_many_images"
-    status, body = _post(emulator, user({"type": "input_audio", "text": "x"}))
+    status, body = post(emulator, user({"type": "input_audio", "text": "x"}))
     assert status == 400 and body["error"]["code"] == "invalid_value"
     photo = base64.b64encode(gif(3, 2)).decode()
     for url, words in [
@@ -585,7 +588,7 @@ def test_the_emulator_answers_image_parts_and_refuses_what_azure_refuses(
             "cannot exceed 20971520 bytes",
         ),
     ]:
-        status, body = _post(emulator, user(text, image(url)))
+        status, body = post(emulator, user(text, image(url)))
         assert status == 400 and words in body["error"]["message"], url[:30]
         assert body["error"]["param"] == "messages[0].content[1].image_url.url"
 

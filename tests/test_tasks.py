@@ -471,13 +471,18 @@ def test_a_task_teaches_through_its_option(
     assert emulator.stats()["requests"] == 3
 
 
-def test_teaching_works_through_the_responses_api(emulator: Emulator) -> None:
-    config = ChatConfig(
+def _over_v1(emulator: Emulator) -> ChatConfig:
+    """The emulator's gpt-4o-mini over the v1 API (the Responses API's only one)."""
+    return ChatConfig(
         azure_endpoint=emulator.url,
         api_key=emulator.api_key,
         deployment="gpt-4o-mini",
         api_version="v1",
     )
+
+
+def test_teaching_works_through_the_responses_api(emulator: Emulator) -> None:
+    config = _over_v1(emulator)
     df = pl.DataFrame({"t": ["[emu:bad_json] billing", "shipping"]})
     out = df.select(
         tasks.classify("t", LABELS, repair="teach", api="responses", config=config)
@@ -570,12 +575,7 @@ def test_a_task_runs_in_batch_mode_too(
 def test_confidence_through_the_responses_api_is_chats(emulator: Emulator) -> None:
     # include=["message.output_text.logprobs"] and top_logprobs on the wire; each
     # output_text part's logprobs read back as chat's logprobs.content
-    config = ChatConfig(
-        azure_endpoint=emulator.url,
-        api_key=emulator.api_key,
-        deployment="gpt-4o-mini",
-        api_version="v1",
-    )
+    config = _over_v1(emulator)
     df = pl.DataFrame({"t": ["my invoice is wrong", "where is my parcel", "日本"]})
     got = {
         api: df.select(

@@ -11,9 +11,6 @@ and the spending cap price images as the model bills them.
 from __future__ import annotations
 
 import base64
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +27,7 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import SpendingCap, price_for
 from polars_azurechat.transport import tokens as _tokens
 
-from .test_images import gif, png
+from .test_images import gif, png, post
 
 #: A reasoning model that reads images beside one that does not.
 PER = {"o3-mini": {"model": "o3-mini"}, "o4-mini": {"model": "o4-mini"}}
@@ -40,20 +37,6 @@ PER = {"o3-mini": {"model": "o3-mini"}, "o4-mini": {"model": "o4-mini"}}
 def emu() -> Iterator[Emulator]:
     with Emulator(per_deployment=PER) as emulator:
         yield emulator
-
-
-def _post(emu: Emulator, deployment: str, body: object) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"{emu.url}/openai/deployments/{deployment}/chat/completions"
-        "?api-version=2024-10-21",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "api-key": emu.api_key},
-    )
-    try:
-        with urllib.request.urlopen(req) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def _ask(url: str) -> dict[str, Any]:
@@ -71,7 +54,7 @@ def _data_url(data: bytes) -> str:
 def test_the_emulator_refuses_an_image_to_a_text_only_model_as_azure_does(
     emu: Emulator,
 ) -> None:
-    status, body = _post(emu, "o3-mini", _ask("https://example.com/cat.png"))
+    status, body = post(emu, _ask("https://example.com/cat.png"), "o3-mini")
     assert status == 400
     assert body["error"] == {
         "message": (
@@ -82,9 +65,9 @@ def test_the_emulator_refuses_an_image_to_a_text_only_model_as_azure_does(
         "code": None,
     }
     # the same request to a model that reads images, and text alone to o3-mini
-    assert _post(emu, "o4-mini", _ask("https://example.com/cat.png"))[0] == 200
+    assert post(emu, _ask("https://example.com/cat.png"), "o4-mini")[0] == 200
     text = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
-    status, body = _post(emu, "o3-mini", text)
+    status, body = post(emu, text, "o3-mini")
     assert status == 200 and body["choices"][0]["message"]["content"] == "Echo: hi"
 
 
@@ -121,7 +104,7 @@ def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> 
         "is an image of 0x0 pixels (Azure refuses it as invalid)"
     )
     # the emulator reads the header its own way, and refuses it as Azure does
-    status, body = _post(emu, "gpt-4o-mini", _ask(_data_url(flat)))
+    status, body = post(emu, _ask(_data_url(flat)))
     assert status == 400 and body["error"]["code"] == "invalid_image"
     emu.reset()
     df = pl.DataFrame({"photo": [gif(3, 2), flat, gif(0, 5), gif(3, 2)]})
