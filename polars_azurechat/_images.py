@@ -313,9 +313,7 @@ def url_problem(url: object) -> str | None:
         shown = "".join(c if c.isprintable() else "." for c in shown)
         return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
     if size is not None and min(size) == 0:
-        return (
-            f"is an image of {size[0]}x{size[1]} pixels (Azure refuses it as invalid)"
-        )
+        return f"is {size[0]}x{size[1]} pixels: Azure refuses an image with no pixels"
     mime = url[5 : url.find(";")].lower()
     if not mime.startswith("image/"):
         return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"

@@ -422,8 +422,12 @@ def plan(
         str, typer.Option(help="Column of messages or prompts.")
     ] = "messages",
     model: Annotated[
-        str, typer.Option(help="The deployment's model, for prices.")
-    ] = "gpt-4o-mini",
+        str | None,
+        typer.Option(
+            help="The deployment's model, for prices (default: the deployment's "
+            "name, else gpt-4o-mini)."
+        ),
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     max_completion_tokens: Annotated[
         int | None,

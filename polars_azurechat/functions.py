@@ -405,6 +405,8 @@ class Completer(JobHandle, Reports):
 
         ``rows`` may be a ``pl.Series`` of them (read with ``to_list``).
         """
+        if isinstance(rows, pl.Series):
+            check_dtype(rows.dtype)  # as chat.complete does: a TypeError naming it
         listed = rows.to_list() if isinstance(rows, pl.Series) else list(rows)
         requests = rows_to_requests(listed, system=self.options.system)
         with self.engine.runs.scope() as run:

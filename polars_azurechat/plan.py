@@ -119,7 +119,7 @@ class Plan:
 def plan(
     data: pl.Series | Sequence[Any],
     *,
-    model: str = "gpt-4o-mini",
+    model: str | None = None,
     latency_s: float = 1.0,
     context_tokens: int = 128_000,
     prices: Mapping[str, tuple[float, ...]] | None = None,
@@ -137,7 +137,9 @@ def plan(
     data
         A column (``pl.Series``) of message lists or prompts, or a Python list of them.
     model
-        The model the deployment runs, for the token count's price.
+        The model the deployment runs, for the price of its tokens and images
+        (default: the ``deployment`` option's name, as a spending cap prices it,
+        else ``"gpt-4o-mini"``).
     latency_s
         The expected time of one request.
     context_tokens
@@ -185,6 +187,7 @@ def plan(
     (0.1522, 0.0761)
     """
     opts, body = ChatOptions.split(params, base=options)
+    model = model or opts.deployment or "gpt-4o-mini"
     system = opts.system
     from polars_azurechat.engine.frontdoor import (
         RequestShape,  # (its cache import is lazy)

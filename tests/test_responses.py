@@ -120,3 +120,24 @@ def test_the_wire_body_is_the_responses_api_s(clock: FakeClock) -> None:
             "store": False,
             "input": messages,
         }
+
+
+def test_logprobs_join_the_jobs_own_include_without_changing_it(
+    clock: FakeClock,
+) -> None:
+    seen: list[Any] = []
+
+    def handler(request: MemoryRequest) -> MemoryResponse:
+        seen.append(request.body.get("include"))
+        return response_answer("ok")
+
+    own = ["reasoning.encrypted_content"]
+    for params in (
+        {"logprobs": True, "include": own, "max_completion_tokens": 20},
+        {"include": own, "logprobs": True, "max_completion_tokens": 20},
+    ):
+        transport = MemoryTransport(handler, api="responses", deployment="d")
+        _engine(transport, clock, params=params).run([_req("hi")])
+    both = ["reasoning.encrypted_content", "message.output_text.logprobs"]
+    assert seen == [both, both]
+    assert own == ["reasoning.encrypted_content"]  # the job's list is left as it was

@@ -101,7 +101,7 @@ def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> 
     flat = png(0, 0)
     assert _images.peek_data_url(_data_url(flat))[2] == (0, 0)
     assert _images.url_problem(_data_url(flat)) == (
-        "is an image of 0x0 pixels (Azure refuses it as invalid)"
+        "is 0x0 pixels: Azure refuses an image with no pixels"
     )
     # the emulator reads the header its own way, and refuses it as Azure does
     status, body = post(emu, _ask(_data_url(flat)))
@@ -125,8 +125,8 @@ def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> 
         None,
         "Echo: What is it? [images: gif 3x2]",
     ]
-    assert "is an image of 0x0 pixels" in rows[1]["error"]
-    assert "is an image of 0x5 pixels" in rows[2]["error"]
+    assert "the image is 0x0 pixels: Azure refuses" in rows[1]["error"]
+    assert "the image is 0x5 pixels" in rows[2]["error"]
     assert emu.stats()["requests"] == 1  # the two good rows are one request
 
 
@@ -190,3 +190,39 @@ def test_the_spending_cap_holds_what_the_model_bills_for_an_image() -> None:
     assert shape.worst_cost(text, mini) == shape.worst_cost(text, four)
     held = (shape.worst_cost(photo, mini) - shape.worst_cost(photo, four)) * 1e6
     assert held == pytest.approx(2833 + 4 * 5667 - 765)
+
+
+def test_a_data_url_in_capitals_is_read_and_counted_as_one_in_lower_case() -> None:
+    lower = _data_url(png(200, 100))
+    upper = "DATA:image/png;BASE64," + lower.split(",", 1)[1]
+    assert _tokens.url_tokens(upper, "high") == _tokens.url_tokens(lower, "high") == 255
+    part = {"type": "image_url", "image_url": {"url": upper, "detail": "high"}}
+    msgs = [{"role": "user", "content": [part]}]
+    assert _tokens.billed_image_extra(msgs, "gpt-4o-mini") == 2833 + 5667 - 255
+
+
+def test_plan_prices_by_the_deployments_name_unless_a_model_is_named() -> None:
+    df = pl.DataFrame({"photo": [png(1024, 1024)]})
+    column = df.select(messages(user="What?", images=pl.col("photo")))["messages"]
+    nano = pac.plan(column, max_tokens=20, deployment="gpt-4.1-nano")
+    assert nano.model == "gpt-4.1-nano"
+    assert nano.billed_prompt_tokens == nano.prompt_tokens - 765 + 2520
+    assert pac.plan(column, max_tokens=20).model == "gpt-4o-mini"
+    named = pac.plan(column, max_tokens=20, deployment="prod", model="gpt-4o")
+    assert named.model == "gpt-4o" and named.estimated_cost_usd is not None
+    unknown = pac.plan(column, max_tokens=20, deployment="prod")
+    assert unknown.estimated_cost_usd is None
+    assert "no price for 'prod'; pass prices=" in str(unknown)
+
+
+def test_run_refuses_a_series_of_another_dtype_as_complete_does() -> None:
+    with (
+        pac.Completer(
+            progress=False,
+            config=pac.ChatConfig(
+                azure_endpoint="http://127.0.0.1:9", api_key="k", deployment="d"
+            ),
+        ) as job,
+        pytest.raises(TypeError, match="Int64"),
+    ):
+        job.run(pl.Series([1, 2]))

@@ -94,6 +94,8 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
     ... }
     >>> responses_params({"response_format": fmt})["text"]
     {'format': {'type': 'json_schema', 'name': 'A', 'schema': {}, 'strict': True}}
+    >>> responses_params({"include": ["reasoning.encrypted_content"], "logprobs": True})
+    {'include': ['reasoning.encrypted_content', 'message.output_text.logprobs'], 'store': False}
     >>> responses_params({"seed": 1})
     Traceback (most recent call last):
     ...
@@ -112,6 +114,7 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
         )
         raise ValueError(msg)
     out: dict[str, Any] = {}
+    include: list[Any] = []  # a new list: the job's own is never changed
     for key, value in params.items():
         if key in ("max_tokens", "max_completion_tokens"):
             if isinstance(value, int) and value < MIN_OUTPUT_TOKENS:
@@ -129,9 +132,14 @@ def responses_params(params: Mapping[str, Any]) -> dict[str, Any]:
             out.setdefault("text", {})["verbosity"] = value
         elif key == "logprobs":  # asked for by an include, not a flag
             if value:
-                out.setdefault("include", []).append(LOGPROBS_INCLUDE)
+                include.append(LOGPROBS_INCLUDE)
+        elif key == "include":  # the job's own (extra_body), kept beside it
+            given = value if isinstance(value, list | tuple) else [value]
+            include[:0] = [i for i in given if i is not None and i not in include]
         else:
             out[key] = value
+    if include:
+        out["include"] = list(dict.fromkeys(include))
     out.setdefault("store", False)
     return out
 

@@ -100,7 +100,7 @@ def url_tokens(url: str, detail: str | None = "auto") -> int:
     85
     """
     size = None
-    if detail != "low" and url.startswith("data:"):
+    if detail != "low" and url[:5].lower() == "data:":
         try:
             size = peek_data_url(url)[2]  # the header only
         except ValueError:
@@ -209,7 +209,7 @@ def billed_image_extra(messages: Sequence[Mapping[str, Any]], model: str | None)
 
 
 def _size_of(url: str) -> tuple[int, int] | None:
-    if not url.startswith("data:"):
+    if url[:5].lower() != "data:":
         return None
     try:
         return peek_data_url(url)[2]
