@@ -650,6 +650,12 @@ def plan(
 
     if task not in BUILDERS:
         build_task(task, {})  # raises, naming the tasks
+    if images is not None and task not in _SEE_IMAGES:  # as the task itself refuses
+        msg = (
+            f"{task}() takes no images=: the tasks that see images are "
+            f"{', '.join(_SEE_IMAGES)}"
+        )
+        raise TypeError(msg)
     own = set(inspect.signature(BUILDERS[task]).parameters)
     spec = build_task(task, {k: v for k, v in arguments.items() if k in own})
     params = _job_params(spec, {k: v for k, v in arguments.items() if k not in own})

@@ -251,6 +251,10 @@ def test_the_cache_answers_a_second_run_and_plan_estimates_it(
     plain = pac.plan(texts, max_tokens=20)
     # the task's prompt and schema are part of every request
     assert p.prompt_tokens > plain.prompt_tokens + 4 * 40
+    # a task that sees no images refuses them in plan as it does when it runs
+    photos = pl.Series([png(8, 8)] * len(TICKETS))
+    with pytest.raises(TypeError, match="sentiment\\(\\) takes no images="):
+        tasks.plan("sentiment", texts, images=photos, max_tokens=20)
     first = _frame().select(
         tasks.classify("ticket", LABELS, cache=cache, config=config, max_tokens=20)
     )
