@@ -166,6 +166,11 @@ _BILLING = {
 }
 
 
+#: The billing of a model that bills images as the quota counts them.
+_AS_COUNTED = ImageBilling()
+
+
+@functools.cache  # asked once a request by the spending cap: the same few names
 def image_billing(model: str | None) -> ImageBilling:
     """How ``model`` bills an image, by the longest prefix of its name in the table.
 
@@ -176,7 +181,7 @@ def image_billing(model: str | None) -> ImageBilling:
     """
     name = (model or "").lower()
     found = [k for k in _BILLING if name.startswith(k)]
-    return _BILLING[max(found, key=len)] if found else ImageBilling()
+    return _BILLING[max(found, key=len)] if found else _AS_COUNTED
 
 
 def billed_image_extra(messages: Sequence[Mapping[str, Any]], model: str | None) -> int:
@@ -192,7 +197,7 @@ def billed_image_extra(messages: Sequence[Mapping[str, Any]], model: str | None)
     (46724, 0)
     """
     billing = image_billing(model)
-    if billing == ImageBilling():
+    if billing is _AS_COUNTED:
         return 0
     extra = 0
     for m in messages:
