@@ -407,7 +407,9 @@ class Completer(JobHandle, Reports):
         """
         if isinstance(rows, pl.Series):
             check_dtype(rows.dtype)  # as chat.complete does: a TypeError naming it
-        listed = rows.to_list() if isinstance(rows, pl.Series) else list(rows)
+            listed = rows.to_list()
+        else:
+            listed = list(rows)
         requests = rows_to_requests(listed, system=self.options.system)
         with self.engine.runs.scope() as run:
             try:

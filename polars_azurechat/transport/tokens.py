@@ -99,13 +99,23 @@ def url_tokens(url: str, detail: str | None = "auto") -> int:
     >>> url_tokens("https://example.com/cat.png", "low")
     85
     """
-    size = None
-    if detail != "low" and url[:5].lower() == "data:":
-        try:
-            size = peek_data_url(url)[2]  # the header only
-        except ValueError:
-            size = None
-    return image_tokens(size, detail)
+    return image_tokens(None if detail == "low" else _size_of(url), detail)
+
+
+def _size_of(url: str) -> tuple[int, int] | None:
+    """A data URL's image size, read from its header (``None``: not known here)."""
+    if url[:5].lower() != "data:":
+        return None
+    try:
+        return peek_data_url(url)[2]  # the header only
+    except ValueError:
+        return None
+
+
+def _image_of(part: Mapping[str, Any]) -> tuple[str, str | None]:
+    """An image part's URL and detail."""
+    image = part.get("image_url") or {}
+    return image.get("url") or "", image.get("detail")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,22 +214,12 @@ def billed_image_extra(messages: Sequence[Mapping[str, Any]], model: str | None)
         content = m["content"]
         for part in content if isinstance(content, list) else ():
             if part.get("type") == "image_url":
-                image = part.get("image_url") or {}
-                url, detail = image.get("url") or "", image.get("detail")
+                url, detail = _image_of(part)
                 size = (
                     _size_of(url) if detail != "low" or billing.patch_factor else None
                 )
                 extra += billing.tokens(size, detail) - image_tokens(size, detail)
     return extra
-
-
-def _size_of(url: str) -> tuple[int, int] | None:
-    if url[:5].lower() != "data:":
-        return None
-    try:
-        return peek_data_url(url)[2]
-    except ValueError:
-        return None
 
 
 def content_tokens(content: Any, count: Callable[[str], int]) -> int:
@@ -229,8 +229,7 @@ def content_tokens(content: Any, count: Callable[[str], int]) -> int:
     total = 0
     for part in content or ():
         if part.get("type") == "image_url":
-            image = part.get("image_url") or {}
-            total += url_tokens(image.get("url") or "", image.get("detail"))
+            total += url_tokens(*_image_of(part))
         else:
             total += count(part.get("text") or "")
     return total
