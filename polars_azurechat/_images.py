@@ -19,8 +19,6 @@ import binascii
 import struct
 from collections.abc import Callable
 
-import pybase64
-
 __all__ = [
     "DETAILS",
     "MAX_IMAGES",
@@ -261,6 +259,8 @@ def _broken_base64(url: str, start: int) -> bool:
     request. pybase64 (SIMD) decodes a 50 KB photo's in 8 us; the standard library's
     strict decoder took 160 us, a check by ``bytes.translate`` 28 us.
     """
+    import pybase64  # here, not at import: only a data URL needs it
+
     try:
         pybase64.b64decode(url[start:], validate=True)
     except (binascii.Error, ValueError):  # ValueError: a character that is not ASCII
