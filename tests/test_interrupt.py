@@ -91,10 +91,12 @@ def _interrupt(
 
 @pytest.mark.parametrize("mode", ["complete_many", "eager", "streaming"])
 def test_ctrl_c_stops_a_python_job_at_once_and_a_rerun_resumes(
-    slow_emulator: tuple[Emulator, threading.Event], mode: str, tmp_path: Path
+    quick_disk: Path,
+    slow_emulator: tuple[Emulator, threading.Event],
+    mode: str,
 ) -> None:
     emu, seen_40 = slow_emulator
-    cache = tmp_path / "answers.sqlite"
+    cache = quick_disk / "answers.sqlite"
     args = [sys.executable, "-c", CHILD, mode, str(cache)]
     rc, stderr, elapsed, after = _interrupt(args, emu, seen_40, signal.SIGINT)
     assert elapsed < STOPS_WITHIN_S, stderr
@@ -158,13 +160,14 @@ def _parquet(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_cli_stops_at_once_names_the_cache_and_exits_128_plus_signal(
+    quick_disk: Path,
     slow_emulator: tuple[Emulator, threading.Event],
     tmp_path: Path,
     sig: int,
     code: int,
 ) -> None:
     emu, seen_40 = slow_emulator
-    cache = tmp_path / "answers.sqlite"
+    cache = quick_disk / "answers.sqlite"
     out = tmp_path / "out.parquet"
     args = [
         sys.executable,
@@ -259,11 +262,11 @@ def _collect_stdout(msg: dict[str, Any]) -> None:
 
 
 def test_embed_cli_stops_at_once_keeps_what_it_had_and_a_rerun_resumes(
-    slow_emulator: tuple[Emulator, threading.Event], tmp_path: Path
+    quick_disk: Path, slow_emulator: tuple[Emulator, threading.Event], tmp_path: Path
 ) -> None:
     # one text per request, so the signal comes in the middle of many requests
     emu, seen_40 = slow_emulator
-    cache = tmp_path / "vectors.sqlite"
+    cache = quick_disk / "vectors.sqlite"
     out = tmp_path / "out.parquet"
     src = tmp_path / "texts.parquet"
     pl.DataFrame({"t": [f"text number {i}" for i in range(ROWS)]}).write_parquet(src)

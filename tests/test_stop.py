@@ -128,6 +128,9 @@ def test_a_stop_admits_nothing_and_keeps_the_answers_in_flight(
     )
     assert f"; {note}; answers so far are in the cache" in message
     assert engine.runs.stats.stopped == note
+    # written before the raise; so the process's exit does not wait for the disk's
+    # housekeeping after them (tests/test_slow_disk.py)
+    assert cache.hurry
     engine.close()
 
 
@@ -178,6 +181,7 @@ def test_a_second_ctrl_c_stops_at_once(cache: SqliteCache, clock: FakeClock) -> 
         "flight were dropped (Azure may bill them)" in message
     )
     assert engine.runs.stats.stopped is not None
+    assert cache.hurry
     assert "Ctrl-C again stopped it at once" in str(engine.runs.stats.stopped)
     engine.close()
 

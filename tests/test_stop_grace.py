@@ -98,10 +98,12 @@ def _ended(child: subprocess.Popen[str]) -> str:
 
 @pytest.mark.parametrize("mode", ["complete_many", "streaming"])
 def test_a_first_ctrl_c_keeps_the_answers_in_flight(
-    delayed: tuple[Emulator, threading.Event], tmp_path: Path, mode: str
+    quick_disk: Path,
+    delayed: tuple[Emulator, threading.Event],
+    mode: str,
 ) -> None:
     emu, seen = delayed
-    cache = tmp_path / "answers.sqlite"
+    cache = quick_disk / "answers.sqlite"
     child = _start([sys.executable, "-c", CHILD, mode, str(cache)], emu)
     assert seen.wait(60), "the child never reached 20 requests"
     sent = time.monotonic()
@@ -130,10 +132,10 @@ def test_a_first_ctrl_c_keeps_the_answers_in_flight(
 
 @pytest.mark.parametrize("delayed", [NEVER_MS], ids=["never"], indirect=True)
 def test_a_second_ctrl_c_stops_at_once_and_says_what_it_dropped(
-    delayed: tuple[Emulator, threading.Event], tmp_path: Path
+    quick_disk: Path, delayed: tuple[Emulator, threading.Event]
 ) -> None:
     emu, seen = delayed
-    cache = tmp_path / "answers.sqlite"
+    cache = quick_disk / "answers.sqlite"
     child = _start([sys.executable, "-c", CHILD, "complete_many", str(cache)], emu)
     assert child.stderr is not None
     assert seen.wait(60), "the child never reached 20 requests"
@@ -165,10 +167,10 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_it_dropped(
 
 
 def test_the_cli_says_what_the_grace_kept(
-    delayed: tuple[Emulator, threading.Event], tmp_path: Path
+    quick_disk: Path, delayed: tuple[Emulator, threading.Event], tmp_path: Path
 ) -> None:
     emu, seen = delayed
-    cache = tmp_path / "answers.sqlite"
+    cache = quick_disk / "answers.sqlite"
     source = tmp_path / "in.parquet"
     pl.DataFrame({"q": [f"What is {i} + 1?" for i in range(ROWS)]}).write_parquet(
         source

@@ -279,6 +279,8 @@ class ChatEngine:
             # Ctrl-C raised in this thread (or a batch cancelled by it): no more
             # admissions, the answers in flight awaited a short grace, then the
             # run's batches cancelled; then say what was kept
+            if self.cache is not None:  # its close waits for the answers, no more
+                self.cache.hurry = True
             try:
                 self._wait_out_grace(run, pending)
             except KeyboardInterrupt:  # the second came before the grace's handler

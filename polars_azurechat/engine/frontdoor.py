@@ -56,6 +56,8 @@ class AnswerCache(Protocol):
     busy: str | None
     #: answers given up at ``close`` because the store stayed busy
     lost: int
+    #: set when the job was interrupted: ``close`` skips the store's housekeeping
+    hurry: bool
     close_wait_s: float
 
     @property

@@ -69,6 +69,11 @@ class BufferedCache(abc.ABC, Generic[Row]):
         is held elsewhere), the one-line reason. Cleared by the next write that goes.
     lost
         Answers given up at :meth:`close` because the store stayed busy.
+    hurry
+        Set when the job was interrupted (Ctrl-C, SIGTERM): :meth:`close` still waits
+        for the answers to be written, but not for the store's housekeeping after
+        them (SQLite's checkpoint, two disk syncs that a slow disk can make seconds
+        long); the next open does it.
     """
 
     #: the logger of the subclass's module (its warnings are its own)
@@ -78,6 +83,7 @@ class BufferedCache(abc.ABC, Generic[Row]):
         self.broken: str | None = None
         self.busy: str | None = None
         self.lost = 0
+        self.hurry = False
         self.close_wait_s = close_wait_s
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -59,6 +60,8 @@ READ_BUSY_S = 0.1
 #: How long one write attempt (on the writer thread) waits for the lock before the
 #: writer backs off and tries again.
 WRITE_BUSY_S = 0.05
+#: How long an interrupted job's close waits for the checkpoint (see ``hurry``).
+HURRIED_CLOSE_S = 0.5
 
 _MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -647,9 +650,26 @@ class SqliteCache(BufferedCache[tuple[Any, ...]]):
         return int(self._db.execute("SELECT count(*) FROM answers").fetchone()[0])
 
     def _disconnect(self) -> None:
-        if self.broken is None:  # a broken cache closed its connection
+        if self.broken is not None:  # a broken cache closed its connection
+            return
+        if not self.hurry:
             with suppress(sqlite3.Error):
                 self._db.close()
+            return
+        # the last connection's close folds the WAL into the file (a checkpoint, with
+        # two disk syncs): off this thread, waited for a moment. If the process ends
+        # first, the committed answers stay in the -wal file and the next open folds
+        # them in (SQLite's recovery): nothing is lost.
+        closer = threading.Thread(
+            target=_close_quietly, args=(self._db,), name="cache-close", daemon=True
+        )
+        closer.start()
+        closer.join(HURRIED_CLOSE_S)
+
+
+def _close_quietly(db: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        db.close()
 
 
 def stored_logprobs(text: str | bytes) -> tuple[tuple[str, float], ...]:
