@@ -39,8 +39,10 @@ STOPS_WITHIN_S = 2.0
 
 CHILD = textwrap.dedent(
     f"""
-    import logging, sys
+    import faulthandler, logging, signal, sys
     import polars_azurechat as pac
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a slow end: where it is
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     mode, cache = sys.argv[1], sys.argv[2]
@@ -87,8 +89,13 @@ def _kept(path: Path) -> int:
 
 
 def _ended(child: subprocess.Popen[str]) -> str:
+    """The child's stderr once it ended; if it is slow to, with every thread's stack."""
     try:
-        _, stderr = child.communicate(timeout=30)
+        try:
+            _, stderr = child.communicate(timeout=STOPS_WITHIN_S + 1)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # its stacks, into the failure's message
+            _, stderr = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
