@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 #: How long the tracer holds each disk sync.
 SYNC_S = 1.0
+STRACE = shutil.which("strace")
 ANSWERS = 50
 
 CHILD = textwrap.dedent(
@@ -62,9 +62,10 @@ def _close_under_slow_syncs(path: Path, mode: str) -> float:
     try:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
+        assert STRACE is not None
         tracer = subprocess.Popen(
             [
-                "strace",
+                STRACE,
                 "-f",
                 "-p",
                 str(child.pid),
@@ -98,7 +99,7 @@ def _close_under_slow_syncs(path: Path, mode: str) -> float:
                 proc.communicate()
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
 def test_a_hurried_close_does_not_wait_for_the_checkpoint_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
