@@ -13,6 +13,7 @@ per chunk of rows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -43,9 +44,31 @@ def _part(value: object, name: str, *, allowed: str = "a str or a pl.Expr") -> p
     if isinstance(value, str):
         return pl.lit(value, dtype=pl.String)
     if isinstance(value, pl.Expr):
-        return value.cast(pl.String)
+        # its dtype is known when the frame is computed: checked then, in one call a
+        # chunk (a List would fail Polars' cast, a Struct would be sent as "{...}")
+        return value.map_batches(
+            functools.partial(_as_text, name=name),
+            return_dtype=pl.String,
+            is_elementwise=True,
+        )
     msg = f"messages(): {name} must be {allowed}, not {type(value).__name__}"
     raise TypeError(msg)
+
+
+def _as_text(s: pl.Series, *, name: str) -> pl.Series:
+    """A chunk of a message's expression as String; ``TypeError`` for a nested dtype."""
+    if s.dtype.is_nested() or s.dtype == pl.Object:
+        hint = (
+            "; for several texts a row, join them first (.list.join)"
+            if isinstance(s.dtype, pl.List | pl.Array)
+            else ""
+        )
+        msg = (
+            f"messages(): {name} must give text (String, or a number, a date or a "
+            f"category, cast to String), not {s.dtype}{hint}"
+        )
+        raise TypeError(msg)
+    return s.cast(pl.String)
 
 
 def _optional_part(value: object, name: str) -> pl.Expr | None:
@@ -181,9 +204,10 @@ def messages(
     -------
     pl.Expr
         Of dtype ``List(Struct{role: String, content: String})``, named
-        ``"messages"``. Expressions that are not String are cast to String. With
-        ``images``, of dtype :data:`PARTS_MESSAGES_DTYPE`: each content a list of
-        parts, ``List(Struct{type, text, image_url: Struct{url, detail}})``; the user
+        ``"messages"``. Expressions that are not String are cast to String (a
+        List, Array or Struct is refused). With ``images``, of dtype
+        :data:`PARTS_MESSAGES_DTYPE`: each content a list of parts,
+        ``List(Struct{type, text, image_url: Struct{url, detail}})``; the user
         message's parts are its text, then its images.
 
         Nulls: a row whose user message is null gives a null list (the engine sends
@@ -196,8 +220,9 @@ def messages(
     ------
     TypeError
         An argument is not a ``str`` or a ``pl.Expr`` (``examples``: not pairs of
-        them); the message names the argument. ``images`` is not an expression, or
-        (when the frame is computed) not of a dtype above.
+        them); the message names the argument. When the frame is computed: a
+        message's expression gives a List, Array or Struct (the message names the
+        argument and the dtype), or ``images`` is not of a dtype above.
     ValueError
         ``detail`` is not ``"auto"``, ``"low"`` or ``"high"``.
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import polars as pl
@@ -182,3 +183,36 @@ def test_user_is_keyword_only_and_required() -> None:
         messages("hello")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         messages()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "words"),
+    [
+        ("tags", [["a", "b"]], "user must give text (String, or a number, a date"),
+        ("meta", [{"x": 1}], "not Struct({'x': Int64})"),
+    ],
+)
+def test_a_nested_column_is_refused_naming_the_argument_and_its_dtype(
+    column: str, values: list[Any], words: str
+) -> None:
+    # a Struct would otherwise be sent as the text "{1}", a List fail Polars' cast
+    df = pl.DataFrame({column: values, "q": ["hi"]})
+    with pytest.raises(TypeError, match=re.escape(words)):
+        df.select(messages(user=pl.col(column)))
+    with pytest.raises(TypeError, match="messages\\(\\): system must give text"):
+        df.lazy().select(messages(system=pl.col(column), user=pl.col("q"))).collect(
+            engine="streaming"
+        )
+    if column == "tags":  # the hint: join a row's texts first
+        with pytest.raises(TypeError, match=re.escape(".list.join")):
+            df.select(messages(user="u", examples=[(pl.col(column), "a")]))
+
+
+def test_numbers_and_categories_are_sent_as_their_text() -> None:
+    df = pl.DataFrame(
+        {"n": [3], "c": ["red"]}, schema={"n": pl.Int8, "c": pl.Categorical}
+    )
+    out = df.select(messages(system=pl.col("c"), user=pl.col("n")))
+    assert out["messages"].to_list() == [
+        [{"role": "system", "content": "red"}, {"role": "user", "content": "3"}]
+    ]
