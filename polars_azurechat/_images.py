@@ -103,7 +103,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
         width, height = struct.unpack("<HH", data[26:30])
         return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and data[20:21] == b"\x2f":
+    if chunk == b"VP8L" and data[20:21] == b"\x2f" and len(data) >= 25:
         bits = int.from_bytes(data[21:25], "little")
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if chunk == b"VP8X" and len(data) >= 30:
@@ -292,6 +292,8 @@ def url_problem(url: object) -> str | None:
     'is not a PNG, JPEG, GIF or WEBP image (its bytes start with %PDF-)'
     >>> url_problem("data:image/gif;base64,R0lGODlhAwACAA=!")
     'has a data URL that cannot be read: its base64 is broken'
+    >>> url_problem("data:image/gif;base64,R0lGODlhAwA=")  # 8 bytes: no height
+    'is a GIF whose header gives no size (cut short or damaged)'
     """
     if not isinstance(url, str):
         return "has no URL" if url is None else "has a URL that is not a string"
@@ -312,7 +314,10 @@ def url_problem(url: object) -> str | None:
         shown = data[:8].decode("latin-1")
         shown = "".join(c if c.isprintable() else "." for c in shown)
         return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
-    if size is not None and min(size) == 0:
+    if size is None:  # all its bytes are here: a header that ends early, or damaged
+        kind = str(image_type(data)).partition("/")[2].upper()
+        return f"is a {kind} whose header gives no size (cut short or damaged)"
+    if min(size) == 0:
         return f"is {size[0]}x{size[1]} pixels: Azure refuses an image with no pixels"
     mime = url[5 : url.find(";")].lower()
     if not mime.startswith("image/"):

@@ -394,20 +394,22 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
     df = pl.DataFrame({"u": urls})
     expr = messages(user="What is it?", images=pl.col("u"))
     plan = pac.plan(df.select(expr).to_series())
-    assert plan.unsendable == 4
+    assert plan.unsendable == 5
     out = df.select(pac.complete(expr, output="struct", max_tokens=30))
     errors = [r["error"] for r in out.to_series().to_list()]
-    assert errors[0] is None and errors[4] is None and errors[6] is None
+    assert errors[0] is None and errors[4] is None
     for i in (1, 2, 3):
         assert "has a data URL that cannot be read: its base64 is broken" in errors[i]
     assert "is empty (a data URL of no bytes)" in errors[5]
+    # all its bytes are here and they end inside the size: Azure cannot decode it
+    assert "is a JPEG whose header gives no size (cut short or damaged)" in errors[6]
     secret = _images.url_problem("ftp://user:hunter2@example.com/a.png")
     assert secret == "has URL 'ftp://example.com/a.png': not an https:// or a data: URL"
     text_type = "data:text/plain;base64," + whole
     assert _images.url_problem(text_type) == (
         "has a data URL of type 'text/plain': Azure takes image/* types only"
     )
-    assert emulator.stats()["requests"] == 3  # the broken rows sent nothing
+    assert emulator.stats()["requests"] == 2  # the broken rows sent nothing
 
 
 # -- 3. token estimates: client and emulator, quota, cap, plan --------------------------

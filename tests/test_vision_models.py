@@ -27,7 +27,7 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import SpendingCap, price_for
 from polars_azurechat.transport import tokens as _tokens
 
-from .test_images import gif, png, post
+from .test_images import gif, png, post, webp
 
 #: A reasoning model that reads images beside one that does not.
 PER = {"o3-mini": {"model": "o3-mini"}, "o4-mini": {"model": "o4-mini"}}
@@ -226,3 +226,37 @@ def test_run_refuses_a_series_of_another_dtype_as_complete_does() -> None:
         pytest.raises(TypeError, match="Int64"),
     ):
         job.run(pl.Series([1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("cut", "kind"),
+    [(24, "PNG"), (10, "GIF"), (25, "WEBP")],  # the bytes that end each one's size
+    ids=["png-in-ihdr", "gif-in-size", "webp-in-chunk"],
+)
+def test_an_image_cut_inside_its_header_fails_alone_before_any_request(
+    emu: Emulator, cut: int, kind: str
+) -> None:
+    whole = {"PNG": png(3, 2), "GIF": gif(3, 2), "WEBP": webp(3, 2, b"VP8L")}[kind]
+    assert _images.image_size(whole[:cut]) == (3, 2)
+    url = _data_url(whole[: cut - 1])  # one byte short of its size
+    assert _images.url_problem(url) == (
+        f"is a {kind} whose header gives no size (cut short or damaged)"
+    )
+    # Azure cannot decode it; the emulator, reading the header its own way, agrees
+    status, body = post(emu, _ask(url))
+    assert status == 400 and body["error"]["code"] == "invalid_image"
+    emu.reset()
+    df = pl.DataFrame({"photo": [whole[: cut - 1], whole]})
+    config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
+    rows = df.select(
+        pac.complete(
+            messages(user="What is it?", images=pl.col("photo"), detail="low"),
+            config=config,
+            deployment="gpt-4o-mini",
+            output="struct",
+            max_tokens=30,
+        )
+    ).to_series()
+    assert f"the image is a {kind} whose header gives no size" in rows[0]["error"]
+    assert rows[1]["content"] == f"Echo: What is it? [images: {kind.lower()} 3x2]"
+    assert emu.stats()["requests"] == 1

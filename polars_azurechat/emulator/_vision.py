@@ -144,24 +144,28 @@ def _jpeg(data: Bytes) -> tuple[int, int] | None:
 
 def _webp(data: Bytes) -> tuple[int, int] | None:
     chunk = data[12:16]
-    if chunk == b"VP8X":
+    if chunk == b"VP8X" and len(data) >= 30:
         return _le(data, 24, 3) + 1, _le(data, 27, 3) + 1
-    if chunk == b"VP8L":
+    if chunk == b"VP8L" and len(data) >= 25:
         bits = _le(data, 21, 4)
         return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
-    if chunk == b"VP8 ":
+    if chunk == b"VP8 " and len(data) >= 30:
         return _le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF
     return None
 
 
 def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
-    """``(format, size)`` of image bytes, ``None`` when they are no image Azure takes."""
+    """``(format, size)`` of image bytes, ``None`` when they are no image Azure takes.
+
+    The size is ``None`` when the bytes end before it (a file cut short).
+    """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png", (_be(data, 16, 4), _be(data, 20, 4))
+        size = (_be(data, 16, 4), _be(data, 20, 4)) if len(data) >= 24 else None
+        return "png", size
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg", _jpeg(data)
     if data[:4] == b"GIF8":
-        return "gif", (_le(data, 6, 2), _le(data, 8, 2))
+        return "gif", (_le(data, 6, 2), _le(data, 8, 2)) if len(data) >= 10 else None
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp", _webp(data)
     return None
@@ -223,8 +227,9 @@ def _data_url_problem(url: str, at: str) -> tuple[str, str, str] | None:
     if picture(url, "auto") is None:
         return UNSUPPORTED, at, "invalid_image_format"
     read = _read_url(url)
-    if read is not None and read[1] is not None and min(read[1]) == 0:
-        return "Invalid image.", at, "invalid_image"  # no pixels: not an image
+    if read is not None and (read[1] is None or min(read[1]) == 0):
+        # no pixels, or a header cut short: nothing Azure can decode
+        return "Invalid image.", at, "invalid_image"
     return None
 
 
