@@ -419,7 +419,7 @@ def test_the_sdks_errors_map_to_ours_for_both_users_of_a_client() -> None:
     batch mode (no time bound)."""
     import openai
 
-    from polars_azurechat.transport.http import sdk_errors
+    from polars_azurechat.transport.status import sdk_errors
 
     response = SimpleNamespace(
         status_code=429,

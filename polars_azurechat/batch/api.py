@@ -3,7 +3,7 @@
 :class:`Api` wraps an ``openai.AzureOpenAI`` client, or an ``AsyncAzureOpenAI`` one
 (whose calls then run on the process's background loop), for the ``files`` and
 ``batches`` resources; every SDK error comes out as the package's own
-(:func:`~polars_azurechat.transport.http.sdk_errors`). A 404 on a file or a batch
+(:func:`~polars_azurechat.transport.status.sdk_errors`). A 404 on a file or a batch
 means it is gone; a 3xx (:class:`~polars_azurechat.errors.RedirectError`, a kind of
 404) is raised as it is.
 """
@@ -25,7 +25,7 @@ from polars_azurechat.errors import (
     RedirectError,
     ServerError,
 )
-from polars_azurechat.transport.http import sdk_errors
+from polars_azurechat.transport.status import sdk_errors
 
 __all__ = [
     "BATCH_URL",

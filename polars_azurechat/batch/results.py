@@ -6,7 +6,7 @@ its key by ``custom_id`` (the order of lines is not the input's). A line's
 (:func:`~polars_azurechat.transport.http.parse_completion`, or
 :func:`~polars_azurechat.transport.responses.parse_response` for Responses API
 batches), an error status as
-:func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
+:func:`~polars_azurechat.transport.status.status_error` maps it. Rows an expired or
 cancelled batch never answered get a :class:`~polars_azurechat.errors.BatchIncompleteError`;
 rows of a batch that failed (validation, a quota it can never fit) get a
 :class:`~polars_azurechat.errors.BatchFailedError` naming Azure's reason.
@@ -27,12 +27,9 @@ from polars_azurechat.errors import (
     BatchIncompleteError,
     MalformedResponseError,
 )
-from polars_azurechat.transport.http import (
-    mark_emptied,
-    parse_completion,
-    status_error,
-)
+from polars_azurechat.transport.http import mark_emptied, parse_completion
 from polars_azurechat.transport.responses import parse_response
+from polars_azurechat.transport.status import status_error
 
 if TYPE_CHECKING:
     from polars_azurechat.batch.api import Api

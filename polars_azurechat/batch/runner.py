@@ -26,7 +26,7 @@
    back to its key by ``custom_id`` (the order of lines is not the input's). A
    line's ``response.body`` is read as the online path reads a body
    (:func:`~polars_azurechat.transport.http.parse_completion`), an error status as
-   :func:`~polars_azurechat.transport.http.status_error` maps it. Rows an expired or
+   :func:`~polars_azurechat.transport.status.status_error` maps it. Rows an expired or
    cancelled batch never answered get a :class:`BatchIncompleteError`; rows of a
    batch that failed (validation, a quota it can never fit) get a
    :class:`BatchFailedError` naming Azure's reason

@@ -325,8 +325,7 @@ class ChatEngine:
         """After a :class:`KeyboardInterrupt` in this thread: let the grace run out.
 
         Asks for the first stage of a stop (if no signal did), then waits until the
-        run's batches end: the requests in flight answered, or the grace over. A
-        second Ctrl-C meanwhile stops them at once.
+        run's batches end (answered, or the grace over); a second Ctrl-C ends them.
         """
         loop = _loop.loop()
         loop.call_soon_threadsafe(

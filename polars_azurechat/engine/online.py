@@ -43,12 +43,12 @@ from polars_azurechat.errors import (
 )
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
 from polars_azurechat.schema.errors import DumpMismatchError, SchemaMismatchError
-from polars_azurechat.transport.http import (
-    Completion,
+from polars_azurechat.transport.http import Completion
+from polars_azurechat.transport.retry import is_retryable
+from polars_azurechat.transport.status import (
     is_capacity_refusal,
     rate_limited_resource,
 )
-from polars_azurechat.transport.retry import is_retryable
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.core import Run

@@ -215,12 +215,8 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
     ``incomplete`` takes its reason (``max_output_tokens`` is ``length``). A body that
     is not a response is a :class:`~polars_azurechat.errors.MalformedResponseError`.
     """
-    from polars_azurechat.transport.http import (
-        Completion,
-        _flagged,
-        _int_header,
-        _prompt_flags,
-    )
+    from polars_azurechat.transport.http import Completion, _int_header, _prompt_flags
+    from polars_azurechat.transport.status import flagged
 
     try:
         body = json.loads(raw)
@@ -269,7 +265,7 @@ def parse_response(raw: bytes, headers: Mapping[str, str]) -> Any:
             service_tier=body.get("service_tier"),
             logprobs=None if tokens is None else token_logprobs({"content": tokens}),
             filtered=tuple(
-                sorted({n for f in filters["completion"] for n in _flagged(f)})
+                sorted({n for f in filters["completion"] for n in flagged(f)})
             ),
             prompt_filter=_prompt_flags(
                 [{"content_filter_results": f} for f in filters["prompt"]]

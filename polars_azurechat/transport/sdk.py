@@ -14,9 +14,9 @@ from polars_azurechat.transport.http import (
     Completion,
     mark_emptied,
     parse_completion,
-    sdk_errors,
 )
 from polars_azurechat.transport.responses import parse_response, responses_params
+from polars_azurechat.transport.status import sdk_errors
 
 __all__ = ["SdkTransport", "client_api_version"]
 
