@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -27,6 +28,7 @@ from polars_azurechat.prompts import messages
 from polars_azurechat.summary import SpendingCap, price_for
 from polars_azurechat.transport import tokens as _tokens
 
+from .fakes import FakeClock
 from .test_images import gif, png, post, webp
 
 #: A reasoning model that reads images beside one that does not.
@@ -260,3 +262,34 @@ def test_an_image_cut_inside_its_header_fails_alone_before_any_request(
     assert f"the image is a {kind} whose header gives no size" in rows[0]["error"]
     assert rows[1]["content"] == f"Echo: What is it? [images: {kind.lower()} 3x2]"
     assert emu.stats()["requests"] == 1
+
+
+def test_in_batch_mode_images_to_a_text_only_deployment_fail_each_line_saying_so(
+    tmp_path: Path,
+) -> None:
+    # Azure answers every line of a Batch job: the 400 every row repeats is each
+    # row's error, and it says so; it does not claim that the run stopped
+    clock = FakeClock(10_000.0)
+    df = pl.DataFrame({"photo": [png(4, 3, shade=i) for i in range(3)]})
+    column = df.select(messages(user="Which?", images=pl.col("photo"), detail="low"))
+    with Emulator(clock=clock, per_deployment=PER) as emu:
+        job = pac.Completer(
+            config=pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key),
+            deployment="o3-mini",
+            mode="batch",
+            batch_poll_s=1.0,
+            cache=str(tmp_path / "b.sqlite"),
+            progress=False,
+            output="struct",
+        )
+        assert job._batch is not None
+        job._batch.settings.update(sleep=clock.blocking_sleep, clock=clock)
+        with job:
+            rows = column.select(job.expr("messages")).to_series().to_list()
+        lines = emu.stats()["batch"]["lines_failed"]
+    assert lines == 3  # Azure answered each line: with its 400
+    for row in rows:
+        assert row["content"] is None
+        assert "does not read images" in row["error"]
+        assert "(every line of the Batch job repeats it)" in row["error"]
+        assert "the run stops" not in row["error"]

@@ -177,7 +177,9 @@ class ResultReader:
                     return exc
                 return self.answer(completion)
             if isinstance(code, int):
-                return status_error(code, headers, raw, self.deployment, self.host)
+                return status_error(
+                    code, headers, raw, self.deployment, self.host, batch=True
+                )
         if isinstance(error, dict):
             code_text = str(error.get("code"))
             message = str(error.get("message"))

@@ -40,9 +40,19 @@ MAX_RETRY_AFTER_S = 120.0
 
 
 def status_error(
-    status: int, headers: Mapping[str, str], raw: bytes, deployment: str, host: str
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    deployment: str,
+    host: str,
+    *,
+    batch: bool = False,
 ) -> APIStatusError:
-    """Map an error status and Azure's error body to one of our exceptions."""
+    """Map an error status and Azure's error body to one of our exceptions.
+
+    ``batch``: a line of a Batch job's output. A 400 that every row would repeat
+    then says so, not that the run stops (Azure has answered every line already).
+    """
     body: Any
     try:
         body = json.loads(raw)
@@ -97,7 +107,14 @@ def status_error(
             f"OPENAI_API_VERSION for {where}. Azure said: {server_msg}",
             **kw,
         )
-    if status == 400 and (refused := _refused(err, code, server_msg, where, kw)):
+    repeats = (
+        "every line of the Batch job repeats it"
+        if batch
+        else "the run stops: every row would repeat it"
+    )
+    if status == 400 and (
+        refused := _refused(err, code, server_msg, where, kw, repeats)
+    ):
         return refused
     if status == 400 or (400 <= status < 500 and status not in (408, 409)):
         return BadRequestError(f"{status} invalid request: {server_msg}", **kw)
@@ -110,8 +127,12 @@ def _refused(
     server_msg: str,
     where: str,
     kw: dict[str, Any],
+    repeats: str,
 ) -> APIStatusError | None:
-    """The 400s read by their code or ``param``; ``None``: a plain invalid request."""
+    """The 400s read by their code or ``param``; ``None``: a plain invalid request.
+
+    ``repeats``: what follows from a 400 every row would repeat (said in brackets).
+    """
     if code == "content_filter":
         categories = _filtered_categories(err)
         shown = ", ".join(categories) or "unspecified"
@@ -121,13 +142,12 @@ def _refused(
             **kw,
         )
     if code in REPEATED_400_CODES:
-        return unsupported_error(err, server_msg, where, kw)
+        return unsupported_error(err, server_msg, where, kw, repeats)
     if _PART_TYPE.match(str(err.get("param") or "")):
         return UnsupportedParameterError(  # our parts are text and images only
             f"400 {where} does not read images: use a deployment of a vision model "
-            "(gpt-4o, gpt-4.1, o1, o3, o4-mini, gpt-5) or leave the images out (the "
-            f"run stops: every row with an image would repeat it). Azure said: "
-            f"{server_msg}",
+            f"(gpt-4o, gpt-4.1, o1, o3, o4-mini, gpt-5) or leave the images out "
+            f"({repeats}). Azure said: {server_msg}",
             param="images",
             **kw,
         )
@@ -135,7 +155,7 @@ def _refused(
     if field is not None:
         return UnsupportedParameterError(
             f"400 {where} refuses {field!r}, which every request of the job sends "
-            f"(the run stops: every row would repeat it). Azure said: {server_msg}",
+            f"({repeats}). Azure said: {server_msg}",
             param=field,
             **kw,
         )
@@ -176,7 +196,11 @@ def _job_field(param: Any) -> str | None:
 
 
 def unsupported_error(
-    err: Mapping[str, Any], server_msg: str, where: str, kw: dict[str, Any]
+    err: Mapping[str, Any],
+    server_msg: str,
+    where: str,
+    kw: dict[str, Any],
+    repeats: str,
 ) -> UnsupportedParameterError:
     """A 400 that every row would repeat: names the parameter and what to change."""
     param = err.get("param")
@@ -187,8 +211,7 @@ def unsupported_error(
     else:
         what = f"{where} refuses this request for every row"
     return UnsupportedParameterError(
-        f"400 {what} (the run stops: every row would repeat it). Azure said: "
-        f"{server_msg}",
+        f"400 {what} ({repeats}). Azure said: {server_msg}",
         param=param,
         **kw,
     )
