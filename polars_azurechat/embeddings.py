@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import polars as pl
@@ -36,7 +36,7 @@ from polars_azurechat.functions import SLICES_IN_FLIGHT, slice_rows
 from polars_azurechat.functions import _apply_policy as apply_policy
 from polars_azurechat.functions import _failures as failures
 from polars_azurechat.options import ChatOptions
-from polars_azurechat.summary import RunSummary, SpendingCap, summarize
+from polars_azurechat.summary import Prices, RunSummary, SpendingCap, summarize
 
 if TYPE_CHECKING:
     from polars_azurechat.deployments import Deployment
@@ -104,7 +104,8 @@ class Embedder(JobHandle):
         included).
     prices
         ``{model name prefix: (input, output)}`` in USD per million tokens, merged
-        over :data:`polars_azurechat.summary.PRICES` (which has the three models).
+        over :data:`polars_azurechat.summary.PRICES` (which has the three models), or
+        ``{deployment: model}`` for a deployment named otherwise than its model.
     **params
         Job options, as for :func:`polars_azurechat.complete`: ``deployment``,
         ``deployments`` (a pool), ``max_concurrency``, ``requests_per_minute``,
@@ -145,7 +146,7 @@ class Embedder(JobHandle):
         request_tokens: int = REQUEST_TOKENS,
         truncate: bool = False,
         config: ChatConfig | None = None,
-        prices: Mapping[str, tuple[float, ...]] | None = None,
+        prices: Prices | None = None,
         **params: Unpack[EmbedOptionsDict],
     ) -> None:
         unknown = sorted(set(params) - _OPTIONS)

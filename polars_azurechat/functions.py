@@ -38,6 +38,7 @@ from polars_azurechat.options import (
 )
 from polars_azurechat.report import Reports
 from polars_azurechat.summary import (
+    Prices,
     RunSummary,
     SpendingCap,
     summarize,
@@ -276,7 +277,9 @@ class Completer(JobHandle, Reports):
     prices
         ``{model name prefix: (input, output)}`` (or ``(input, output, cached input)``)
         in USD per million tokens, merged over :data:`polars_azurechat.summary.PRICES`
-        for the cost estimate.
+        for the cost estimate and ``max_cost_usd``; or ``{deployment: model}`` for a
+        deployment whose name does not start with its model's (``{"prod-mini":
+        "gpt-4o-mini"}``): it is priced, and its images billed, as that model.
     **params
         Chat-completions body fields, as for :func:`complete`.
 
@@ -315,7 +318,7 @@ class Completer(JobHandle, Reports):
         config: ChatConfig | None = None,
         client: openai.OpenAI | None = None,
         options: ChatOptions | None = None,
-        prices: Mapping[str, tuple[float, ...]] | None = None,
+        prices: Prices | None = None,
         **params: Unpack[ChatOptionsDict],
     ) -> None:
         opts, body = ChatOptions.split(params, base=options)

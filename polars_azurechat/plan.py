@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
@@ -16,7 +16,7 @@ from polars_azurechat.options import (
     typed_body,
     with_options,
 )
-from polars_azurechat.summary import batch_price, price_for
+from polars_azurechat.summary import Prices, batch_price, model_for, price_for
 
 if TYPE_CHECKING:
     from polars_azurechat.engine.texts import TextsRequest
@@ -122,7 +122,7 @@ def plan(
     model: str | None = None,
     latency_s: float = 1.0,
     context_tokens: int = 128_000,
-    prices: Mapping[str, tuple[float, ...]] | None = None,
+    prices: Prices | None = None,
     options: ChatOptions | None = None,
     **params: Unpack[ChatOptionsDict],
 ) -> Plan:
@@ -139,13 +139,14 @@ def plan(
     model
         The model the deployment runs, for the price of its tokens and images
         (default: the ``deployment`` option's name, as a spending cap prices it,
-        else ``"gpt-4o-mini"``).
+        else ``"gpt-4o-mini"``; a name ``prices`` maps to a model is that model).
     latency_s
         The expected time of one request.
     context_tokens
         The model's context window; longer requests are flagged.
     prices
-        Overrides for :data:`polars_azurechat.summary.PRICES`.
+        Overrides for :data:`polars_azurechat.summary.PRICES`: a price by model name
+        prefix, or the model a deployment runs (``{"prod-mini": "gpt-4o-mini"}``).
     options
         A :class:`ChatOptions` to start from; keywords change it.
     {options}
@@ -187,7 +188,8 @@ def plan(
     (0.1522, 0.0761)
     """
     opts, body = ChatOptions.split(params, base=options)
-    model = model or opts.deployment or "gpt-4o-mini"
+    # a deployment named otherwise than its model: prices={"prod-mini": "gpt-4o-mini"}
+    model = model_for(model or opts.deployment or "gpt-4o-mini", prices)
     system = opts.system
     from polars_azurechat.engine.frontdoor import (
         RequestShape,  # (its cache import is lazy)
@@ -299,7 +301,7 @@ def plan_embeddings(
     request_tokens: int,
     model: str,
     latency_s: float = 1.0,
-    prices: Mapping[str, tuple[float, ...]] | None = None,
+    prices: Prices | None = None,
 ) -> Plan:
     """The :class:`Plan` of an embeddings job's ``requests`` (one per row); internal.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from polars_azurechat.errors import SpendingCapError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
@@ -21,11 +21,13 @@ __all__ = [
     "BATCH_DISCOUNT",
     "PRICES",
     "TIER_FACTORS",
+    "Prices",
     "RunSummary",
     "SpendingCap",
     "batch_price",
     "cost_of",
     "estimate_cost",
+    "model_for",
     "price_for",
     "summarize",
 ]
@@ -101,8 +103,36 @@ def cost_of(
     return usd * TIER_FACTORS.get(tier, 1.0)
 
 
+#: ``prices=``: by name prefix, a price ``(input, output)`` or ``(input, output, cached
+#: input)`` in USD per million tokens, or the name of the model a deployment runs (its
+#: price, and the way it bills images, are then that model's).
+Prices = Mapping[str, tuple[float, ...] | str]
+_V = TypeVar("_V")
+
+
+def _longest(name: str, table: Mapping[str, _V]) -> _V | None:
+    """The value of the longest key of ``table`` that starts ``name`` (any case)."""
+    lower = name.lower()
+    matches = [k for k in table if lower.startswith(k.lower())]
+    return table[max(matches, key=len)] if matches else None
+
+
+def model_for(name: str, prices: Prices | None = None) -> str:
+    """The model deployment ``name`` runs: the one ``prices`` names for it, or ``name``.
+
+    Examples
+    --------
+    >>> model_for("prod-mini", {"prod-mini": "gpt-4o-mini"})
+    'gpt-4o-mini'
+    >>> model_for("gpt-4o-2024-08-06", {"prod-mini": "gpt-4o-mini"})
+    'gpt-4o-2024-08-06'
+    """
+    named = _longest(name, prices or {})
+    return named if isinstance(named, str) else name
+
+
 def price_for(
-    model: str | None, prices: Mapping[str, tuple[float, ...]] | None = None
+    model: str | None, prices: Prices | None = None
 ) -> tuple[float, ...] | None:
     """The USD-per-million price of ``model`` (see :data:`PRICES`), by longest prefix.
 
@@ -112,15 +142,16 @@ def price_for(
     (0.15, 0.6, 0.075)
     >>> price_for("my-model", {"my-model": (1.0, 2.0)})
     (1.0, 2.0)
+    >>> price_for("prod-mini", {"prod-mini": "gpt-4o-mini"})  # the model it runs
+    (0.15, 0.6, 0.075)
     >>> price_for("unknown") is None
     True
     """
     if not model:
         return None
     table = {**PRICES, **(prices or {})}
-    name = model.lower()
-    matches = [k for k in table if name.startswith(k.lower())]
-    return table[max(matches, key=len)] if matches else None
+    priced = {k: v for k, v in table.items() if not isinstance(v, str)}
+    return _longest(model_for(model, prices), priced)
 
 
 #: The rule for batch prices: Azure's Global Batch deployments cost this share of the
@@ -144,7 +175,7 @@ def estimate_cost(
     model: str | None,
     prompt_tokens: int,
     completion_tokens: int,
-    prices: Mapping[str, tuple[float, ...]] | None = None,
+    prices: Prices | None = None,
     *,
     cached_tokens: int = 0,
     tier: str = "default",
@@ -514,7 +545,7 @@ def summarize(
     pool: Pool,
     cache: AnswerCache | None,
     deployment: str,
-    prices: Mapping[str, tuple[float, ...]],
+    prices: Prices,
     cap: SpendingCap | None,
     mode: str,
     timeline: Timeline | None = None,
@@ -654,7 +685,7 @@ def _cost(
     model: str | None,
     st: RunStats,
     counts: BatchCounts,
-    prices: Mapping[str, tuple[float, ...]],
+    prices: Prices,
 ) -> float | None:
     """The run's cost: online tokens at the online price, batch ones at the batch price.
 

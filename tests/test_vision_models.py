@@ -293,3 +293,43 @@ def test_in_batch_mode_images_to_a_text_only_deployment_fail_each_line_saying_so
         assert "does not read images" in row["error"]
         assert "(every line of the Batch job repeats it)" in row["error"]
         assert "the run stops" not in row["error"]
+
+
+def test_a_deployment_named_otherwise_is_priced_and_billed_as_the_model_prices_names(
+    emu: Emulator,
+) -> None:
+    # "prod-mini" runs gpt-4o-mini: as a price tuple it is priced right, but its
+    # images by the tile rule (765 tokens for 1024x1024, gpt-4o-mini bills 25,501);
+    # named as the model, the cap holds what the model bills, and plan says it
+    df = pl.DataFrame({"photo": [png(1024, 1024)]})
+    column = df.select(messages(user="What?", images=pl.col("photo"), detail="high"))
+    config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
+
+    def run(prices: dict[str, Any]) -> dict[str, Any]:
+        with pac.Completer(
+            config=config,
+            deployment="prod-mini",
+            max_tokens=20,
+            max_cost_usd=0.001,  # the tile rule's worst case fits, the billed one not
+            output="struct",
+            progress=False,
+            prices=prices,
+        ) as job:
+            row: dict[str, Any] = column.select(job.expr("messages")).item()
+        return row
+
+    priced = run({"prod-mini": (0.15, 0.60)})
+    assert priced["error"] is None and emu.stats()["requests"] == 1
+    emu.reset()
+    named = run({"prod-mini": "gpt-4o-mini"})
+    assert "would take the job past max_cost_usd=$0.001000" in named["error"]
+    assert emu.stats()["requests"] == 0  # refused before it was sent
+    plan = pac.plan(
+        column["messages"],
+        max_tokens=20,
+        deployment="prod-mini",
+        prices={"prod-mini": "gpt-4o-mini"},
+    )
+    assert plan.model == "gpt-4o-mini"
+    assert plan.billed_prompt_tokens == plan.prompt_tokens - 765 + 2833 + 4 * 5667
+    assert plan.estimated_cost_usd is not None

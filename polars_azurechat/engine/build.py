@@ -20,7 +20,7 @@ from polars_azurechat.deployments import Deployment
 from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.engine.frontdoor import max_tokens_of
 from polars_azurechat.errors import ConfigurationError
-from polars_azurechat.summary import SpendingCap, price_for
+from polars_azurechat.summary import Prices, SpendingCap, model_for, price_for
 from polars_azurechat.transport.http import Api, ChatTransport, Transport
 from polars_azurechat.transport.pool import Pool, Route
 from polars_azurechat.transport.ratelimit import RateLimiter
@@ -45,7 +45,7 @@ def build_engine(
     schema: OutputSchema | None,
     config: ChatConfig | None,
     client: Any,
-    prices: Mapping[str, tuple[float, ...]],
+    prices: Prices,
     embedding: EmbeddingSpec | None = None,
 ) -> tuple[ChatEngine, SpendingCap | None, ChatConfig | None]:
     """The engine of a job with options ``opts`` and body ``fields``; its cap; its config.
@@ -108,9 +108,7 @@ def open_cache(where: Any) -> AnswerCache | None:
     return None if where is None else SqliteCache(where)
 
 
-def _spending_cap(
-    max_cost_usd: float, deployment: str, prices: Mapping[str, tuple[float, ...]]
-) -> SpendingCap:
+def _spending_cap(max_cost_usd: float, deployment: str, prices: Prices) -> SpendingCap:
     """The job's cap, priced by its deployment's name (refused without a price)."""
     price = price_for(deployment, prices)
     if price is None:
@@ -121,7 +119,7 @@ def _spending_cap(
             "million tokens"
         )
         raise ConfigurationError(msg)
-    return SpendingCap(max_cost_usd, price, deployment)
+    return SpendingCap(max_cost_usd, price, model_for(deployment, prices))
 
 
 def _deployments(
