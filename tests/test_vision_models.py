@@ -49,6 +49,22 @@ def _ask(url: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": parts}]}
 
 
+def _asked_about(emu: Emulator, photos: list[bytes]) -> list[dict[str, Any]]:
+    """Each photo's row, asked "What is it?" of the emulator's gpt-4o-mini."""
+    df = pl.DataFrame({"photo": photos})
+    out = df.select(
+        pac.complete(
+            messages(user="What is it?", images=pl.col("photo"), detail="low"),
+            config=pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key),
+            deployment="gpt-4o-mini",
+            output="struct",
+            max_tokens=30,
+        )
+    )
+    rows: list[dict[str, Any]] = out.to_series().to_list()
+    return rows
+
+
 def _data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -109,18 +125,7 @@ def test_an_image_of_no_pixels_fails_alone_before_any_request(emu: Emulator) -> 
     status, body = post(emu, _ask(_data_url(flat)))
     assert status == 400 and body["error"]["code"] == "invalid_image"
     emu.reset()
-    df = pl.DataFrame({"photo": [gif(3, 2), flat, gif(0, 5), gif(3, 2)]})
-    config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
-    out = df.select(
-        pac.complete(
-            messages(user="What is it?", images=pl.col("photo"), detail="low"),
-            config=config,
-            deployment="gpt-4o-mini",
-            output="struct",
-            max_tokens=30,
-        )
-    ).to_series()
-    rows = out.to_list()
+    rows = _asked_about(emu, [gif(3, 2), flat, gif(0, 5), gif(3, 2)])
     assert [r["content"] for r in rows] == [
         "Echo: What is it? [images: gif 3x2]",
         None,
@@ -248,17 +253,7 @@ def test_an_image_cut_inside_its_header_fails_alone_before_any_request(
     status, body = post(emu, _ask(url))
     assert status == 400 and body["error"]["code"] == "invalid_image"
     emu.reset()
-    df = pl.DataFrame({"photo": [whole[: cut - 1], whole]})
-    config = pac.ChatConfig(azure_endpoint=emu.url, api_key=emu.api_key)
-    rows = df.select(
-        pac.complete(
-            messages(user="What is it?", images=pl.col("photo"), detail="low"),
-            config=config,
-            deployment="gpt-4o-mini",
-            output="struct",
-            max_tokens=30,
-        )
-    ).to_series()
+    rows = _asked_about(emu, [whole[: cut - 1], whole])
     assert f"the image is a {kind} whose header gives no size" in rows[0]["error"]
     assert rows[1]["content"] == f"Echo: What is it? [images: {kind.lower()} 3x2]"
     assert emu.stats()["requests"] == 1
