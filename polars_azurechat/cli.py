@@ -77,6 +77,42 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _parse_prices(texts: list[str] | None) -> dict[str, tuple[float, ...] | str]:
+    """``--price NAME=MODEL`` or ``NAME=INPUT,OUTPUT[,CACHED]``, as ``prices=``."""
+    prices: dict[str, tuple[float, ...] | str] = {}
+    for text in texts or ():
+        name, sep, value = (t.strip() for t in text.partition("="))
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            price = tuple(float(p) for p in parts)
+        except ValueError:
+            price = ()
+        if sep and name and len(parts) == 1 and parts[0] and not price:
+            prices[name] = parts[0]  # the model the deployment runs
+        elif sep and name and len(price) in (2, 3) and min(price) >= 0:
+            prices[name] = price
+        else:
+            msg = (
+                "--price takes NAME=MODEL (the model deployment NAME runs) or "
+                "NAME=INPUT,OUTPUT[,CACHED] (USD per million tokens), not "
+                f"{text!r}"
+            )
+            raise typer.BadParameter(msg)
+    return prices
+
+
+#: ``--price``, for ``run`` and ``plan``.
+PriceFlag = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--price",
+        help="A deployment's price: NAME=MODEL (priced, and its images billed, as "
+        "that model) or NAME=INPUT,OUTPUT[,CACHED] in USD per million tokens, "
+        "by name prefix; repeatable.",
+    ),
+]
+
+
 def option_flags() -> list[inspect.Parameter]:
     """Every option of :class:`ChatOptions` as a flag (``run`` and ``plan`` take them)."""
     return dataclass_flags(
@@ -155,6 +191,7 @@ def run(
         Path | None,
         typer.Option(help="Write the run's report (table, charts) to this HTML file."),
     ] = None,
+    price: PriceFlag = None,
     **option_values: Any,
 ) -> None:
     """Read INPUT_PATH, answer every row of --column, write all columns plus the answer."""
@@ -174,6 +211,7 @@ def run(
         response_format,
     )
     options = _options(option_values)
+    prices = _parse_prices(price)
 
     with contextlib.ExitStack() as stack:
         # taken for the whole run: a second run to the same file is refused here
@@ -194,7 +232,10 @@ def run(
         try:
             job = stack.enter_context(
                 Completer(
-                    config=config, options=options.replace(output="struct"), **params
+                    config=config,
+                    options=options.replace(output="struct"),
+                    prices=prices,
+                    **params,
                 )
             )
         except (AzureChatError, ValueError, TypeError) as exc:
@@ -448,6 +489,7 @@ def plan(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the --rows-out file.")
     ] = False,
+    price: PriceFlag = None,
     **option_values: Any,
 ) -> None:
     """Estimate tokens, cost and wall time of a run, without sending anything.
@@ -458,6 +500,7 @@ def plan(
 
     _check_input(input_path, column)
     options = _options(option_values)
+    prices = _parse_prices(price)
     body = _body_params(
         None,
         {"max_tokens": max_tokens, "max_completion_tokens": max_completion_tokens},
@@ -483,6 +526,7 @@ def plan(
             model=model,
             latency_s=latency_s,
             context_tokens=context_tokens,
+            prices=prices,
             options=options,
             **body,
         )

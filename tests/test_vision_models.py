@@ -17,9 +17,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner, Result
 
 import polars_azurechat as pac
 from polars_azurechat import _images
+from polars_azurechat.cli import app
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.engine.convert import rows_to_requests
 from polars_azurechat.engine.frontdoor import RequestShape
@@ -328,3 +330,33 @@ def test_a_deployment_named_otherwise_is_priced_and_billed_as_the_model_prices_n
     assert plan.model == "gpt-4o-mini"
     assert plan.billed_prompt_tokens == plan.prompt_tokens - 765 + 2833 + 4 * 5667
     assert plan.estimated_cost_usd is not None
+
+
+def test_cli_price_names_a_deployments_model_or_price(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    src = tmp_path / "photos.parquet"
+    pl.DataFrame({"photo": [png(1024, 1024)]}).select(
+        messages(user="What?", images=pl.col("photo"), detail="high")
+    ).write_parquet(src)
+    flags = ["--deployment", "prod-mini", "--max-tokens", "20", "--no-progress"]
+    cli = CliRunner()
+
+    def run(*more: str) -> Result:
+        out = tmp_path / "out.parquet"
+        args = ["run", str(src), str(out), "--overwrite", *flags, *more]
+        return cli.invoke(app, [*args, "--max-cost-usd", "0.001"], env=emu.env())
+
+    unpriced = run()
+    assert unpriced.exit_code == 2
+    assert "--price prod-mini=gpt-4o-mini" in unpriced.output
+    assert run("--price", "prod-mini=0.15,0.60").exit_code == 0
+    assert emu.stats()["requests"] == 1  # images by the tile rule: within the cap
+    emu.reset()
+    named = run("--price", "prod-mini=gpt-4o-mini")  # billed as gpt-4o-mini bills
+    assert "SpendingCapError" in named.output and emu.stats()["requests"] == 0
+    plan = cli.invoke(app, ["plan", str(src), *flags, "--price", "prod=gpt-4o-mini"])
+    assert plan.exit_code == 0, plan.output
+    assert "billed (gpt-4o-mini's price of an image)" in plan.output
+    bad = cli.invoke(app, ["plan", str(src), "--price", "prod-mini=1,2,3,4"])
+    assert bad.exit_code == 2 and "--price takes NAME=MODEL" in bad.output

@@ -111,15 +111,18 @@ def open_cache(where: Any) -> AnswerCache | None:
 def _spending_cap(max_cost_usd: float, deployment: str, prices: Prices) -> SpendingCap:
     """The job's cap, priced by its deployment's name (refused without a price)."""
     price = price_for(deployment, prices)
+    model = model_for(deployment, prices)
     if price is None:
+        named = f"it runs {model!r}" if model != deployment else "its name"
         msg = (
-            f"max_cost_usd needs the price of deployment {deployment!r}, and its name "
+            f"max_cost_usd needs the price of deployment {deployment!r}, and {named} "
             "starts with no model of the price table (polars_azurechat.summary.PRICES): "
-            f"give Completer(prices={{{deployment!r}: (input, output)}}) in USD per "
-            "million tokens"
+            f"name its model, Completer(prices={{{deployment!r}: 'gpt-4o-mini'}}), or "
+            f"give its price, Completer(prices={{{deployment!r}: (input, output)}}) in "
+            f"USD per million tokens (CLI: --price {deployment}=gpt-4o-mini)"
         )
         raise ConfigurationError(msg)
-    return SpendingCap(max_cost_usd, price, model_for(deployment, prices))
+    return SpendingCap(max_cost_usd, price, model)
 
 
 def _deployments(
