@@ -252,9 +252,18 @@ class Run:
             asyncio.get_running_loop().call_soon(self.on_drained)
 
     def answer_kept(self) -> None:
-        """An answer was delivered after the stop (kept in the cache)."""
-        if self.interrupted is not None and self.halted is None:
-            self.grace_kept += 1
+        """An answer was delivered after the stop (kept in the cache).
+
+        One may still come after the halt: its batch's cancellation reaches the loop
+        a turn later, and an answer already read is delivered meanwhile. It is kept,
+        so it is not one of the dropped.
+        """
+        if self.interrupted is None:
+            return
+        self.grace_kept += 1
+        if self.halted is not None and self.dropped > 0:
+            self.dropped -= 1
+            self.stats.stopped = self.stop_note()
 
     def stop_note(self) -> str:
         """How the interrupted run stopped, in words ("" if it was not interrupted)."""
