@@ -166,13 +166,21 @@ def test_a_grace_that_runs_out_drops_what_is_still_in_flight_and_says_so(
     engine.close()
 
 
-def test_a_second_ctrl_c_stops_at_once(cache: SqliteCache, clock: FakeClock) -> None:
+def _stopped_once(
+    cache: SqliteCache, clock: FakeClock
+) -> tuple[Held, ChatEngine, Running]:
+    """A run with its answers held, after a first Ctrl-C (a grace only a second ends)."""
     server = Held()
     engine = _engine(server, cache, clock)
     engine.runs.stop_grace_s = 3600.0  # only the second signal can end it
     running = Running(engine, 40)
     assert server.all_in.wait(30)
     running.interrupt()
+    return server, engine, running
+
+
+def test_a_second_ctrl_c_stops_at_once(cache: SqliteCache, clock: FakeClock) -> None:
+    _, engine, running = _stopped_once(cache, clock)
     running.interrupt()
     message = running.ended()
     assert (
@@ -193,12 +201,7 @@ def test_answers_read_as_the_second_ctrl_c_halts_are_kept_and_not_said_dropped(
     # batch's future reaches its task through call_soon_threadsafe): answers already
     # read in that turn are delivered and kept. They once were said dropped (a CI run
     # said 7 dropped where the cache showed 5 unanswered).
-    server = Held()
-    engine = _engine(server, cache, clock)
-    engine.runs.stop_grace_s = 3600.0
-    running = Running(engine, 40)
-    assert server.all_in.wait(30)
-    running.interrupt()
+    server, engine, running = _stopped_once(cache, clock)
 
     def answers_then_second_ctrl_c() -> None:  # one loop turn: as it races for real
         server.released.set()  # the held answers are read ...
