@@ -171,6 +171,7 @@ def test_the_job_and_the_cli_take_a_redis_cache(redis_url: str, tmp_path: Any) -
 def _limited_engine(
     emu: Emulator, url: str, clock: Any, scope: str, **limits: Any
 ) -> ChatEngine:
+    limits.setdefault("window_s", 10.0)
     from polars_azurechat.transport.redis_limiter import RedisLimiter
 
     transport = Transport(
@@ -186,7 +187,6 @@ def _limited_engine(
         shared_clock=clock,
         clock=clock,
         sleep=clock.sleep,
-        window_s=10.0,
         **limits,
     )
     engine = ChatEngine(
@@ -281,6 +281,49 @@ def test_a_429_pauses_every_job(redis_url: str) -> None:
     assert b.try_acquire() is not None
 
 
+@pytest.mark.slow
+def test_a_pause_reaches_a_process_on_the_fast_path_before_the_window_is_known(
+    redis_url: str,
+) -> None:
+    # far from its budget, a process admits a few on counts a moment old without asking
+    # Redis (nor seeing another's 429 pause). With the window not known yet, "far" and
+    # "a few" follow the shortest window's budget (6000 per minute: 100 per 1 s), not
+    # the 60-s window's: 300 unchecked admissions poured into what is a 1-s window
+    from polars_azurechat.transport.redis_limiter import RedisLimiter
+
+    clock = FakeClock()
+
+    def make() -> RedisLimiter:
+        return RedisLimiter(
+            redis_url,
+            scope="fast-path-test",
+            shared_clock=clock,
+            clock=clock,
+            sleep=clock.sleep,
+            requests_per_minute=6000,
+        )
+
+    a, b = make(), make()
+    a.ramp.end()
+    b.ramp.end()
+
+    async def go() -> list[float]:
+        await a.acquire()  # through the script: the fast path opens
+        refused = await b.acquire()
+        b.on_rate_limited(3.0, refused, "requests")  # every process pauses 3 s
+        start, sent = clock.now, []
+        for _ in range(40):
+            await a.acquire()
+            sent.append(clock.now - start)
+        return sent
+
+    sent = asyncio.run(go())
+    assert not a.resources["requests"].known
+    during = [t for t in sent if t < 3.0]
+    assert len(during) <= 5, sent  # 5% of the 1-s budget at most
+    assert len(sent) - len(during) >= 35
+
+
 def test_an_unreachable_limiter_stops_the_job_before_any_request(
     emulator: Emulator, config: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -343,6 +386,41 @@ def test_a_job_joining_mid_run_shares_what_is_left(redis_url: str) -> None:
     # 350 rows at 100 per 10 s: 4 windows; the joiner took its share, no storm
     assert stats["statuses"].get("429", 0) <= 4, stats
     assert clock.now - 1000 >= 30.0
+
+
+@pytest.mark.slow
+def test_a_job_after_another_starts_from_the_window_it_learned(redis_url: str) -> None:
+    # a Spark or Ray task, or the next job of a pipeline: a new limiter on a deployment
+    # in use. It assumed a 60-s window and learned it again from a ledger full of the
+    # first job's admissions: a 10-s quota's next job took 6x its schedule, its window
+    # flipping between candidates (and 429s on a 1-s quota)
+    clock = NetworkClock()
+    scope = "next-job-test"
+    with Emulator(clock=clock, requests_per_minute=600, request_window_s=10.0) as emu:
+        first = _limited_engine(
+            emu, redis_url, clock, scope, requests_per_minute=600, window_s=None
+        )
+        clock.watch(first)
+        assert first.limiter is not None
+        assert not first.limiter.resources["requests"].known
+        out = first.run(_questions(250))
+        assert first.limiter.resources["requests"].window == 10.0
+        before, began = emu.stats()["statuses"].get("429", 0), clock.now
+        second = _limited_engine(
+            emu, redis_url, clock, scope, requests_per_minute=600, window_s=None
+        )
+        clock.watch(second)
+        assert second.limiter is not None
+        res = second.limiter.resources["requests"]
+        assert (res.known, res.window) == (True, 10.0)  # before its first request
+        out += second.run(_questions(300, start=250))
+        took = clock.now - began
+        stats = emu.stats()
+    answers = [r.content if r else None for r in out]
+    assert answers == [str(i + 12) for i in range(550)]
+    assert stats["statuses"].get("429", 0) - before <= 2, stats
+    # 300 rows at 100 per 10 s, after a job that filled its windows: 3 window turns
+    assert took <= 40.0, took
 
 
 def test_a_process_joining_a_busy_deployment_keeps_the_deployments_budget(

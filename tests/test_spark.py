@@ -215,8 +215,12 @@ def test_2000_rows_through_a_held_quota_a_task_killed_and_retried(
     assert {r["answer_finish_reason"] for r in rows} == {"stop"}
     # the retried task found its rows in Redis: no row was paid for twice
     assert stats["statuses"].get("200") == n, stats["statuses"]
-    # 500 per 1-s window shared by both workers through Redis: no storm
-    assert stats["statuses"].get("429", 0) <= 0.02 * stats["requests"], stats
+    # 500 per 1-s window shared by both workers through Redis: no storm. Until the
+    # window is learned, one turn of it may refuse what was in flight when the first
+    # 429 came back (the workers, and each new one Spark starts, join with the window
+    # learned); a storm refuses that many at every turn
+    n429 = stats["statuses"].get("429", 0)
+    assert n429 <= 0.02 * stats["requests"] + stats["peak_in_flight"], stats
     s = pac_spark.summary(out)
     # the killed attempt's counts are dropped; its retry's rows came from the cache
     assert (s.partitions, s.rows, s.answered, s.failed) == (8, n, n, 0)

@@ -37,6 +37,7 @@ from polars_azurechat.transport.windows import (
     CANDIDATE_WINDOWS,
     MARGIN_S,
     MARGIN_SHARE,
+    Resource,
     Ticket,
 )
 
@@ -263,6 +264,7 @@ class RedisLimiter(RateLimiter):
         self._gate: asyncio.Lock | None = None
         self._published = 0.0
         self._windows_arg = ",".join(f"{w:g}" for w in CANDIDATE_WINDOWS)
+        self._join()
 
     def __repr__(self) -> str:
         return f"RedisLimiter({self.url!r})"
@@ -400,14 +402,10 @@ class RedisLimiter(RateLimiter):
         cost = self._cost(tokens)
         own = False
         for k, name in enumerate(("requests", "tokens")):
-            res = self.resources[name]
-            budget = res.budget()
-            if budget is None:
-                continue
-            own = True
-            i = CANDIDATE_WINDOWS.index(res.window)
-            if counts[2 * i + k] + (1 if k == 0 else cost) > FAST_SHARE * budget:
-                return False
+            for i, budget in _budgets(self.resources[name]):
+                own = True
+                if counts[2 * i + k] + (1 if k == 0 else cost) > FAST_SHARE * budget:
+                    return False
         if budgeted and not own:
             return False  # others know a budget this process does not: ask the script
         self._granted -= 1
@@ -446,8 +444,8 @@ class RedisLimiter(RateLimiter):
         self._members[id(ticket)] = _text(reply[1])
         counts = [int(x) for x in reply[3:]]
         self._last_counts = (self._clock(), bool(int(reply[2])), list(counts))
-        budget = self.resources["requests"].budget()
-        self._granted = 64 if budget is None else int(FAST_GRANT * budget)
+        budgets = [b for _, b in _budgets(self.resources["requests"])]
+        self._granted = int(FAST_GRANT * min(budgets)) if budgets else 64
         self._set_used(ticket, counts)
 
     def _set_used(self, ticket: Ticket, counts: list[int]) -> None:
@@ -560,21 +558,58 @@ class RedisLimiter(RateLimiter):
         if best is not None and best_err <= max(0.25, 0.1 * best):
             res.settle(best)
 
+    def _join(self) -> None:
+        """Start from the windows other processes learned for this deployment.
+
+        A process joining a deployment in use (a Spark or Ray task after another, a
+        second job) would otherwise assume the 60-s window and learn it again, from a
+        ledger full of the others' admissions: its estimates then scatter, the window
+        it picks may flip between candidates, and a wrong one either floods the server
+        or holds the job for most of a minute.
+        """
+        import redis
+
+        try:
+            raw = self._client.hgetall(self._learned_key)
+        except redis.RedisError as exc:
+            raise self._lost(exc) from None
+        learned = {_text(k): float(_text(v)) for k, v in raw.items()}
+        for prefix, name in (("r", "requests"), ("t", "tokens")):
+            res = self.resources[name]
+            window = learned.get(prefix + "w")
+            if window in CANDIDATE_WINDOWS and not res.known:
+                logger.debug("%s: joining with the shared window, %g s", name, window)
+                res.window, res.known = window, True
+
     def _publish(self) -> None:
-        """Share the budgets this process learned (a joining process starts with them)."""
+        """Share what this process learned: windows, and budgets once learned.
+
+        A joining process starts with them (:meth:`_join`); a process given no budget
+        has the shared gate enforce the learned one.
+        """
         import redis
 
         fields: dict[str, float] = {}
+        stale: list[str] = []  # a budget learned over another window
         for prefix, name in (("r", "requests"), ("t", "tokens")):
             res = self.resources[name]
-            learned = res.learned() if hasattr(res, "learned") else None
-            if learned is not None and res.known:
+            if not res.known:
+                continue
+            fields[prefix + "w"] = float(res.window)
+            learned = res.learned()
+            if learned is None:
+                stale.append(prefix + "b")
+            else:
                 fields[prefix + "b"] = float(learned)
-                fields[prefix + "w"] = float(res.window)
         if not fields:
             return
         try:
-            self._client.hset(self._learned_key, mapping=fields)
+            with self._client.pipeline() as pipe:
+                if stale:
+                    pipe.hdel(self._learned_key, *stale)
+                pipe.hset(self._learned_key, mapping=fields)
+                pipe.expire(self._learned_key, 600)
+                pipe.execute()
         except redis.RedisError as exc:
             logger.warning("%s", self._lost(exc))
 
@@ -584,6 +619,26 @@ class RedisLimiter(RateLimiter):
             self._client.close()
         except Exception:  # closing must not raise
             logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+def _budgets(res: Resource) -> list[tuple[int, float]]:
+    """The windows the fast path keeps far from: (candidate index, budget) each.
+
+    Until the window is known it may be any candidate up to the assumed one: a
+    per-minute quota assumed over 60 s would let a process admit a minute's budget
+    on the fast path, unchecked, into what may be a 1-s window (and past a shared
+    pause a 429 set), so every candidate's own budget bounds it.
+    """
+    if res.known:
+        windows = [res.window]
+    else:
+        windows = [w for w in CANDIDATE_WINDOWS if w <= res.window]
+    out = []
+    for w in windows:
+        budget = res.budget(w)
+        if budget is not None:
+            out.append((CANDIDATE_WINDOWS.index(w), budget))
+    return out
 
 
 def _text(value: Any) -> str:
