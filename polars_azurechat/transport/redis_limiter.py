@@ -559,25 +559,16 @@ class RedisLimiter(RateLimiter):
             res.settle(best)
 
     def _join(self) -> None:
-        """Start from the windows other processes learned for this deployment.
-
-        A process joining a deployment in use (a Spark or Ray task after another, a
-        second job) would otherwise assume the 60-s window and learn it again, from a
-        ledger full of the others' admissions: its estimates then scatter, the window
-        it picks may flip between candidates, and a wrong one either floods the server
-        or holds the job for most of a minute.
-        """
+        """Start from the windows others learned for this deployment (see :func:`_windows`)."""
         import redis
 
         try:
             raw = self._client.hgetall(self._learned_key)
         except redis.RedisError as exc:
             raise self._lost(exc) from None
-        learned = {_text(k): float(_text(v)) for k, v in raw.items()}
-        for prefix, name in (("r", "requests"), ("t", "tokens")):
+        for name, window in _windows(raw).items():
             res = self.resources[name]
-            window = learned.get(prefix + "w")
-            if window in CANDIDATE_WINDOWS and not res.known:
+            if not res.known:
                 logger.debug("%s: joining with the shared window, %g s", name, window)
                 res.window, res.known = window, True
 
@@ -619,6 +610,24 @@ class RedisLimiter(RateLimiter):
             self._client.close()
         except Exception:  # closing must not raise
             logger.debug("closing the Redis connection failed", exc_info=True)
+
+
+def _windows(learned: dict[Any, Any]) -> dict[str, float]:
+    """The windows published in the ``learned`` hash, per resource.
+
+    A process joining a deployment in use (a Spark or Ray task after another, a second
+    job) would otherwise assume the 60-s window and learn it again, from a ledger full
+    of the others' admissions: its estimates then scatter, the window it picks may flip
+    between candidates, and a wrong one either floods the server or holds the job for
+    most of a minute.
+    """
+    fields = {_text(k): float(_text(v)) for k, v in learned.items()}
+    out = {}
+    for prefix, name in (("r", "requests"), ("t", "tokens")):
+        window = fields.get(prefix + "w")
+        if window in CANDIDATE_WINDOWS:
+            out[name] = window
+    return out
 
 
 def _budgets(res: Resource) -> list[tuple[int, float]]:
