@@ -268,6 +268,42 @@ def _broken_base64(url: str, start: int) -> bool:
     return False
 
 
+#: Most PNG chunks walked to find its end (libpng writes 8 KB of pixels a chunk: a
+#: 20 MB image holds about 2,600); past them a PNG is not judged.
+MAX_PNG_CHUNKS = 4096
+
+
+def _needs(head: bytes, nbytes: int, read: Callable[[int, int], bytes]) -> int | None:
+    r"""The bytes a PNG's chunks or a WEBP's RIFF header give, when past ``nbytes``.
+
+    ``None`` for an image whose bytes are all there (or another format: a JPEG's or
+    a GIF's end is found only by decoding it). A PNG's chunks are walked by their
+    lengths, each one's 8-byte header decoded where it lies, to its IEND (data after
+    it is ignored, as decoders do); a WEBP gives its length in its first bytes.
+
+    Examples
+    --------
+    >>> riff = b"RIFF" + (100).to_bytes(4, "little") + b"WEBPVP8L"
+    >>> _needs(riff, 60, lambda at, n: riff[at : at + n])
+    108
+    """
+    if head.startswith(_PNG):
+        at = 8
+        for _ in range(MAX_PNG_CHUNKS):
+            chunk = read(at, 8)
+            if len(chunk) < 8:  # the bytes end before IEND
+                return max(at + 12, nbytes + 1)
+            end = at + 12 + int.from_bytes(chunk[:4], "big")
+            if end > nbytes or chunk[4:8] == b"IEND":
+                return end if end > nbytes else None
+            at = end
+        return None
+    if image_type(head) == "image/webp":
+        need = 8 + int.from_bytes(head[4:8], "little")
+        return need if need > nbytes else None
+    return None
+
+
 def _shown(url: str) -> str:
     """The start of a URL for an error, without a user name or password in it."""
     scheme, sep, rest = url.partition("://")
@@ -319,6 +355,14 @@ def url_problem(url: object) -> str | None:
         return f"is a {kind} whose header gives no size (cut short or damaged)"
     if min(size) == 0:
         return f"is {size[0]}x{size[1]} pixels: Azure refuses an image with no pixels"
+    start = _start(url)
+    need = _needs(data, nbytes, lambda at, n: _b64_at(url, at, n, start))
+    if need is not None:
+        kind = str(image_type(data)).partition("/")[2].upper()
+        return (
+            f"is a {kind} cut short: {nbytes:,} bytes of the {need:,} its "
+            f"{'chunks' if kind == 'PNG' else 'RIFF header'} give (a partial download?)"
+        )
     mime = url[5 : url.find(";")].lower()
     if not mime.startswith("image/"):
         return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"

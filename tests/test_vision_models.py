@@ -261,6 +261,38 @@ def test_an_image_cut_inside_its_header_fails_alone_before_any_request(
     assert emu.stats()["requests"] == 1
 
 
+def test_an_image_cut_in_its_body_fails_alone_before_any_request(
+    emu: Emulator,
+) -> None:
+    # a partial download: the header is whole, the pixels are not. A PNG's chunks and
+    # a WEBP's RIFF length say where the bytes end; data after IEND is ignored
+    photo = png(40, 30, shade=7)
+    webp_photo = webp(3, 2, b"VP8L")
+    cases = {
+        "in IDAT": (
+            photo[:-20],
+            f"{len(photo) - 20:,} bytes of the {len(photo) - 12:,}",
+        ),
+        "no IEND": (photo[:-12], f"{len(photo) - 12:,} bytes of the {len(photo):,}"),
+        "webp": (webp_photo[:-3], f"of the {len(webp_photo):,} its RIFF header give"),
+    }
+    for cut, said in cases.values():
+        assert _images.image_size(cut) is not None  # the header is whole
+        problem = _images.url_problem(_images.data_url(cut))
+        assert problem is not None and said in problem, problem
+        assert problem.startswith(("is a PNG cut short: ", "is a WEBP cut short: "))
+        # the emulator, walking the chunks its own way, refuses it as Azure would
+        status, body = post(emu, _ask(_images.data_url(cut)))
+        assert status == 400 and body["error"]["code"] == "invalid_image", body
+    assert _images.url_problem(_images.data_url(photo + b"trailing")) is None
+    emu.reset()
+    rows = _asked_about(emu, [photo[:-20], photo + b"trailing", webp_photo[:-3]])
+    assert "the image is a PNG cut short" in rows[0]["error"]
+    assert rows[1]["content"] == "Echo: What is it? [images: png 40x30]"
+    assert "the image is a WEBP cut short" in rows[2]["error"]
+    assert emu.stats()["requests"] == 1
+
+
 def test_in_batch_mode_images_to_a_text_only_deployment_fail_each_line_saying_so(
     tmp_path: Path,
 ) -> None:

@@ -157,18 +157,30 @@ def _webp(data: Bytes) -> tuple[int, int] | None:
 def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
     """``(format, size)`` of image bytes, ``None`` when they are no image Azure takes.
 
-    The size is ``None`` when the bytes end before it (a file cut short).
+    The size is ``None`` when the bytes end before it, or before the end a PNG's
+    chunks or a WEBP's RIFF length give (a file cut short: nothing Azure decodes).
     """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        size = (_be(data, 16, 4), _be(data, 20, 4)) if len(data) >= 24 else None
-        return "png", size
+        whole = len(data) >= 24 and _png_ends(data)
+        return "png", (_be(data, 16, 4), _be(data, 20, 4)) if whole else None
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg", _jpeg(data)
     if data[:4] == b"GIF8":
         return "gif", (_le(data, 6, 2), _le(data, 8, 2)) if len(data) >= 10 else None
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", _webp(data)
+        whole = _le(data, 4, 4) + 8 <= len(data)  # RIFF's length: all but 8 bytes
+        return "webp", _webp(data) if whole else None
     return None
+
+
+def _png_ends(data: Bytes) -> bool:
+    """Whether a PNG's chunks, hopped by their lengths, reach IEND within its bytes."""
+    at = 8
+    while at + 12 <= len(data):
+        if data[at + 4 : at + 8] == b"IEND":
+            return True
+        at += 12 + _be(data, at, 4)
+    return False
 
 
 def picture(url: str, detail: str) -> Picture | None:
