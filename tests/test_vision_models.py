@@ -158,6 +158,18 @@ def test_each_model_bills_an_image_by_its_own_rule() -> None:
     assert _tokens.image_billing("gpt-4o").tokens((128, 64), "high") == 255
     assert mini.tokens(None, "auto") == 2833 + 8 * 5667
     assert o4.tokens(None, "low") == -(-1536 * 172 // 100)
+    # the gpt-5 family and o1/o3 (OpenAI's vision pricing table): gpt-5 70 + 140 a
+    # tile, o1 and o3 75 + 150, gpt-5-mini and -nano patches times 1.62 and 2.46 (its
+    # worked example: 1024 x 1024 on gpt-5-mini is 1,659)
+    square = (1024, 1024)  # 768 x 768 after the resizing: 4 tiles
+    assert _tokens.image_billing("gpt-5").tokens(square, "high") == 70 + 4 * 140
+    assert _tokens.image_billing("gpt-5-chat").tokens(square, "low") == 70
+    assert _tokens.image_billing("gpt-5-mini").tokens(square, "high") == 1659
+    assert _tokens.image_billing("gpt-5-nano").tokens(square, "low") == -(
+        -1024 * 246 // 100
+    )
+    assert _tokens.image_billing("o3").tokens(square, "high") == 75 + 4 * 150
+    assert _tokens.image_billing("o1-2024-12-17").tokens(square, "low") == 75
 
 
 def _request(*photos: bytes, detail: str = "high") -> Any:

@@ -173,6 +173,11 @@ _BILLING = {
     "gpt-4.1-mini": ImageBilling(patch_factor=1.62),
     "gpt-4.1-nano": ImageBilling(patch_factor=2.46),
     "o4-mini": ImageBilling(patch_factor=1.72),
+    "gpt-5": ImageBilling(70, 140),  # and gpt-5-chat, gpt-5.1, gpt-5.2
+    "gpt-5-mini": ImageBilling(patch_factor=1.62),
+    "gpt-5-nano": ImageBilling(patch_factor=2.46),
+    "o1": ImageBilling(75, 150),  # and o1-pro (o1-mini reads no image)
+    "o3": ImageBilling(75, 150),  # and o3-pro (o3-mini reads no image)
 }
 
 
