@@ -256,22 +256,27 @@ def test_two_jobs_at_once_share_one_quota(redis_url: str, shared: bool) -> None:
         assert n429 <= 20, stats
 
 
-@pytest.mark.slow
-def test_a_429_pauses_every_job(redis_url: str) -> None:
+def _two_limiters(url: str, scope: str, clock: FakeClock, **limits: Any) -> list[Any]:
+    """Two processes' limiters on one deployment, on one fake clock."""
     from polars_azurechat.transport.redis_limiter import RedisLimiter
 
-    clock = FakeClock()
-
-    def make() -> RedisLimiter:
-        return RedisLimiter(
-            redis_url,
-            scope="cooldown-test",
+    return [
+        RedisLimiter(
+            url,
+            scope=scope,
             shared_clock=clock,
             clock=clock,
             sleep=clock.sleep,
+            **limits,
         )
+        for _ in range(2)
+    ]
 
-    a, b = make(), make()
+
+@pytest.mark.slow
+def test_a_429_pauses_every_job(redis_url: str) -> None:
+    clock = FakeClock()
+    a, b = _two_limiters(redis_url, "cooldown-test", clock)
     a.ramp.end()  # past slow start: only the shared gate matters
     b.ramp.end()
     ticket = asyncio.run(a.acquire())
@@ -289,21 +294,8 @@ def test_a_pause_reaches_a_process_on_the_fast_path_before_the_window_is_known(
     # Redis (nor seeing another's 429 pause). With the window not known yet, "far" and
     # "a few" follow the shortest window's budget (6000 per minute: 100 per 1 s), not
     # the 60-s window's: 300 unchecked admissions poured into what is a 1-s window
-    from polars_azurechat.transport.redis_limiter import RedisLimiter
-
     clock = FakeClock()
-
-    def make() -> RedisLimiter:
-        return RedisLimiter(
-            redis_url,
-            scope="fast-path-test",
-            shared_clock=clock,
-            clock=clock,
-            sleep=clock.sleep,
-            requests_per_minute=6000,
-        )
-
-    a, b = make(), make()
+    a, b = _two_limiters(redis_url, "fast-path-test", clock, requests_per_minute=6000)
     a.ramp.end()
     b.ramp.end()
 
@@ -429,22 +421,10 @@ def test_a_process_joining_a_busy_deployment_keeps_the_deployments_budget(
     # another process took 97 of the window's 100: the joiner's ramp takes the last 3
     # and the server says none remain. Its own ramp (3 taken + 0 left) is not the
     # deployment's budget (read so, it held a job to 3 requests per window)
-    from polars_azurechat.transport.redis_limiter import RedisLimiter
-
     clock = FakeClock()
-
-    def make() -> RedisLimiter:
-        return RedisLimiter(
-            redis_url,
-            scope="joining-ramp-test",
-            shared_clock=clock,
-            clock=clock,
-            sleep=clock.sleep,
-            requests_per_minute=600,
-            window_s=10.0,
-        )
-
-    other, joiner = make(), make()
+    other, joiner = _two_limiters(
+        redis_url, "joining-ramp-test", clock, requests_per_minute=600, window_s=10.0
+    )
     other.ramp.end()
 
     async def go() -> None:
