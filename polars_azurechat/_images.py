@@ -337,7 +337,7 @@ def url_problem(url: object) -> str | None:
     if scheme.startswith(("https://", "http://")):
         return None
     if not scheme.startswith("data:"):
-        return f"has URL {_shown(url)!r}: not an https:// or a data: URL"
+        return f"has URL {_shown(url)!r}: not an http(s):// or a data: URL"
     try:
         data, nbytes, size = peek_data_url(url)
     except ValueError as exc:
@@ -347,8 +347,8 @@ def url_problem(url: object) -> str | None:
     if not data:
         return "is empty (a data URL of no bytes)"
     if image_type(data) is None:
-        shown = data[:8].decode("latin-1")
-        shown = "".join(c if c.isprintable() else "." for c in shown)
+        text = data[:8].decode("latin-1")
+        shown = text if text.isprintable() else f"0x{data[:8].hex()}"
         return f"is not a PNG, JPEG, GIF or WEBP image (its bytes start with {shown})"
     if size is None:  # all its bytes are here: a header that ends early, or damaged
         kind = str(image_type(data)).partition("/")[2].upper()
@@ -363,9 +363,15 @@ def url_problem(url: object) -> str | None:
             f"is a {kind} cut short: {nbytes:,} bytes of the {need:,} its "
             f"{'chunks' if kind == 'PNG' else 'RIFF header'} give (a partial download?)"
         )
-    mime = url[5 : url.find(";")].lower()
+    head = url[5 : _start(url) - 1].lower()
+    mime = head.partition(";")[0]
     if not mime.startswith("image/"):
         return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"
+    if head != mime + ";base64":  # Azure reads data:<type>;base64, and no parameter
+        return (
+            f"has a data URL with parameters ({head[len(mime) + 1 : -7][:40]!r}): "
+            "Azure takes data:<type>;base64,<bytes> only"
+        )
     if nbytes > MAX_IMAGE_BYTES:
         return f"is {nbytes:,} bytes, over Azure's {MAX_IMAGE_BYTES:,} (20 MB)"
     return None

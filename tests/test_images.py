@@ -185,7 +185,7 @@ def test_python_rows_with_parts_become_requests_with_null_fields_left_out() -> N
     assert audio is not None and "expected 'text' or 'image_url'" in str(audio.error)
     assert assistant is not None and "user only" in str(assistant.error)
     assert detail is not None and "detail 'huge'" in str(detail.error)
-    assert ftp is not None and "not an https:// or a data: URL" in str(ftp.error)
+    assert ftp is not None and "not an http(s):// or a data: URL" in str(ftp.error)
     assert bare is not None and "image_url is a string" in str(bare.error)
 
 
@@ -404,7 +404,9 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
     # all its bytes are here and they end inside the size: Azure cannot decode it
     assert "is a JPEG whose header gives no size (cut short or damaged)" in errors[6]
     secret = _images.url_problem("ftp://user:hunter2@example.com/a.png")
-    assert secret == "has URL 'ftp://example.com/a.png': not an https:// or a data: URL"
+    assert (
+        secret == "has URL 'ftp://example.com/a.png': not an http(s):// or a data: URL"
+    )
     text_type = "data:text/plain;base64," + whole
     assert _images.url_problem(text_type) == (
         "has a data URL of type 'text/plain': Azure takes image/* types only"
@@ -705,3 +707,20 @@ def test_cli_run_on_a_parquet_file_with_image_parts(tmp_path: Path) -> None:
     plan = CliRunner().invoke(app, ["plan", str(src), "--max-tokens", "20"])
     assert plan.exit_code == 0, plan.output
     assert "3 requests" in plan.output
+
+
+def test_a_data_url_with_parameters_or_unprintable_bytes_is_refused_by_name() -> None:
+    # Azure reads data:<type>;base64,<bytes>: a parameter between them (a file name,
+    # a charset) made it answer 400 after the request was paid for
+    b64 = base64.b64encode(png(3, 2)).decode()
+    for params in ("name=x.png", "charset=utf-8"):
+        url = f"data:image/png;{params};base64,{b64}"
+        assert _images.url_problem(url) == (
+            f"has a data URL with parameters ({params!r}): Azure takes "
+            "data:<type>;base64,<bytes> only"
+        )
+    assert _images.url_problem(f"data:IMAGE/PNG;BASE64,{b64}") is None  # any case
+    # bytes that are not text are shown in hex, not as dots
+    assert _images.url_problem("data:image/png;base64,AAAAAAAAAAA=") == (
+        "is not a PNG, JPEG, GIF or WEBP image (its bytes start with 0x0000000000000000)"
+    )

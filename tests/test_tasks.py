@@ -159,11 +159,21 @@ def test_a_prompt_is_readable_and_can_be_replaced(
     assert tasks.PROMPTS["filter"] == tasks.FILTER_PROMPT
     # the system message sent is the prompt given: the emulator decides by the words
     # quoted in it, here not the condition's
-    mine = 'Answer true when the text is about "crashes". {instructions}'
+    mine = 'Answer true when the text is about "crashes" ({condition} is wrong).'
     out = _frame().select(
         pl.col("ticket").chat.filter("asks for a refund", prompt=mine, config=config)
     )
     assert out.collect()["ticket"].to_list() == [False, False, None, False, True]
+    # instructions given to a prompt without {instructions} end it, on a line; a
+    # prompt without the task's own argument is refused (it would not be sent)
+    assert tasks.explain_prompt(
+        "filter", condition="x", prompt=mine, instructions="Be strict."
+    ) == ('Answer true when the text is about "crashes" (x is wrong).\nBe strict.')
+    with pytest.raises(ValueError, match=r"prompt= has no \{condition\}"):
+        tasks.explain_prompt("filter", condition="x", prompt="Is it a crash?")
+    with pytest.raises(ValueError, match=r"prompt= has no \{labels\}"):
+        pl.col("t").chat.classify(["a", "b"], prompt="Pick one.", config=config)
+    assert emulator.stats()["requests"] == 4  # the run above (its null row not sent)
 
 
 def test_sentiment_summarize_translate_extract(

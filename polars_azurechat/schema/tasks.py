@@ -100,8 +100,29 @@ _PLACEHOLDER = re.compile(r"\{(labels|condition|instructions|max_words|language)
 
 
 def _render(template: str, **values: str) -> str:
-    """``template`` with its placeholders filled (other braces are left as they are)."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    r"""``template`` with its placeholders filled (other braces are left as they are).
+
+    A prompt of one's own lacking ``{instructions}`` gets them on a line at its end;
+    lacking another placeholder of the task (``{labels}``, ``{condition}``, ...), it
+    is refused: what was given would not be sent.
+
+    Examples
+    --------
+    >>> _render("Sort it.", instructions="Be strict.\n")
+    'Sort it.\nBe strict.'
+    """
+    for name, value in values.items():
+        if value and "{" + name + "}" not in template:
+            if name != "instructions":
+                msg = (
+                    f"prompt= has no {{{name}}}: the task's {name} would not be sent; "
+                    f"put {{{name}}} where it goes (explain_prompt() shows the "
+                    "task's own prompt)"
+                )
+                raise ValueError(msg)
+            template = template.rstrip("\n") + "\n{instructions}"
+    filled = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    return filled.rstrip("\n") if template.endswith("{instructions}") else filled
 
 
 def _instructions(text: str | None) -> str:
