@@ -147,12 +147,17 @@ class _TaskCompleter(Completer):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        # a task refuses output=: its run's warning points to on_error="raise"
-        self._reports["struct"] = False
+        # without output="struct", a run's warning points to on_error="raise"
+        self._reports["struct"] = self._struct
+
+    @property
+    def _struct(self) -> bool:
+        """``output="struct"``: complete's struct, the task's value in ``parsed``."""
+        return self.options.output == "struct"
 
     @property
     def _return_dtype(self) -> pl.DataType:
-        return self.task.dtype
+        return super()._return_dtype if self._struct else self.task.dtype
 
     def _elementwise(self) -> bool:
         # filter() goes in .filter(): as an elementwise predicate, Polars would merge
@@ -183,7 +188,7 @@ class _TaskCompleter(Completer):
     def _results_series(
         self, results: Sequence[ChatResult | None], name: str
     ) -> pl.Series:
-        if self.task.field is None:
+        if self.task.field is None or self._struct:
             return super()._results_series(results, name)
         return self.task.column(results, name)
 
@@ -221,16 +226,21 @@ def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
 
 def _job_params(task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
     """The job's keywords: the user's, the task's response format and log-probs."""
-    for key in ("response_format", "system", "output"):
+    for key in ("response_format", "system"):
         if key in params:
             hint = {
                 "response_format": "the task sets it",
                 "system": "the task's prompt is the system message: use instructions= "
                 "or prompt=",
-                "output": "a task gives its own column",
             }[key]
             msg = f"{task.name}() takes no {key}= ({hint})"
             raise TypeError(msg)
+    if params.get("output") == "struct" and task.confidence:
+        msg = (
+            "confidence=True gives the task's own column: drop output='struct' (its "
+            "rows' errors: on_error='raise'), or confidence"
+        )
+        raise ValueError(msg)
     _near_miss(task, params)
     out = {**params, "response_format": task.response_format}
     if task.confidence and params.get("logprobs") is False:
@@ -264,9 +274,6 @@ def _run(
 ) -> pl.Expr:
     expr = pl.col(expr) if isinstance(expr, str) else expr
     fields = _job_params(task, params)
-    if options is not None and options.output != "content":
-        msg = f"{task.name}() gives its own column: options= must keep output='content'"
-        raise TypeError(msg)
     if options is not None and options.system is not None:
         msg = (
             f"{task.name}() takes no system (the task's prompt is the system message: "

@@ -210,12 +210,10 @@ def test_bad_arguments_are_refused_before_any_request(
         tasks.classify("t", LABELS, config=config, response_format={"type": "text"})
     with pytest.raises(TypeError, match="use instructions= or prompt="):
         tasks.filter("t", "x", config=config, system="be nice")
-    with pytest.raises(TypeError, match="gives its own column"):
-        tasks.sentiment("t", config=config, output="struct")
-    with pytest.raises(TypeError, match="must keep output='content'"):
-        tasks.extract(
-            "t", Order, config=config, options=pac.ChatOptions(output="struct")
-        )
+    with pytest.raises(ValueError, match="output must be 'content' or 'struct'"):
+        tasks.sentiment("t", config=config, output="columns")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="drop output='struct'"):
+        tasks.filter("t", "x", config=config, output="struct", confidence=True)
     with pytest.raises(ValueError, match="max_words must be an integer >= 1"):
         tasks.summarize("t", max_words=0, config=config)
     with pytest.raises(ValueError, match="'a' is given twice"):
@@ -429,7 +427,7 @@ def test_a_reasoning_deployment_refuses_logprobs_clearly(
 def test_a_task_s_failed_rows_point_to_on_error_raise(
     emulator: Emulator, config: ChatConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a task refuses output=: its warning names the option that shows each row's error
+    # without output="struct", the warning names the option that shows each row's error
     df = pl.DataFrame({"t": ["billing question", "[emu:refuse] shipping question"]})
     out = df.select(tasks.classify("t", LABELS, config=config))
     assert out["t"].to_list() == ["billing", None]
@@ -437,6 +435,16 @@ def test_a_task_s_failed_rows_point_to_on_error_raise(
     assert "on_error='raise' names each row's error" in caplog.text
     with pytest.raises(pac.CompletionFailed, match=r"1 of 2 rows failed \(rows 1\)"):
         df.select(tasks.classify("t", LABELS, config=config, on_error="raise"))
+    # output="struct": complete's struct, each row's error beside its typed value,
+    # the dtype known before the run
+    lazy = df.lazy().select(tasks.classify("t", LABELS, config=config, output="struct"))
+    schema = lazy.collect_schema()
+    rows = lazy.collect()
+    assert rows.schema == schema
+    assert schema["t"].to_schema()["parsed"] == pl.Struct({"label": pl.Enum(LABELS)})
+    first, second = rows["t"].to_list()
+    assert first["parsed"] == {"label": "billing"} and first["error"] is None
+    assert second["parsed"] is None and "RefusalError" in second["error"]
 
 
 @pytest.mark.parametrize(
