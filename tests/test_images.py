@@ -130,6 +130,12 @@ def test_the_parts_dtype_is_taken_and_a_wrong_one_named() -> None:
     )
     with pytest.raises(TypeError, match="image_url"):
         check_dtype(no_url)
+    # a column of image bytes given as the messages (chat.complete, the CLI's --column)
+    for photos in (pl.Binary(), pl.List(pl.Binary())):
+        with pytest.raises(TypeError, match=r"not .*Binary.*\.messages\(images=\)"):
+            check_dtype(photos)
+    with pytest.raises(TypeError, match=r"not Int64$"):
+        check_dtype(pl.Int64())
 
 
 def test_python_rows_with_parts_become_requests_with_null_fields_left_out() -> None:

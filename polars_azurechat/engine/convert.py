@@ -92,6 +92,9 @@ def check_dtype(dtype: pl.DataType) -> None:
         f"chat.complete() takes a String column of prompts or a "
         f"List(Struct{{role, content}}) column of messages, not {dtype}"
     )
+    if dtype == pl.Binary or (isinstance(dtype, pl.List) and dtype.inner == pl.Binary):
+        # image bytes: they go in a message, with its text
+        msg += " (images: build the messages with polars_azurechat.messages(images=))"
     raise TypeError(msg)
 
 
