@@ -145,10 +145,11 @@ class _TaskCompleter(Completer):
     #: the error the task raised last (clearer than the engine's), or None
     task_error: BaseException | None = None
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, task: Task, **kw: Any) -> None:
+        self.task = task
         super().__init__(**kw)
         # without output="struct", a run's warning points to on_error="raise"
-        self._reports["struct"] = self._struct
+        self._reports.update(struct=self._struct, call=f"chat.{task.name}")
 
     @property
     def _struct(self) -> bool:
@@ -282,12 +283,15 @@ def _run(
         raise TypeError(msg)
     if images is None:  # String prompts: the task's prompt is the system message
         job = _TaskCompleter(
-            config=config, client=client, options=options, system=task.system, **fields
+            task,
+            config=config,
+            client=client,
+            options=options,
+            system=task.system,
+            **fields,
         )
-        job.task = task
         return job.expr(expr)
-    job = _TaskCompleter(config=config, client=client, options=options, **fields)
-    job.task = task
+    job = _TaskCompleter(task, config=config, client=client, options=options, **fields)
     job.task_messages = True
     return job.expr(
         messages(system=task.system, user=expr, images=images, detail=detail).alias(

@@ -431,7 +431,7 @@ def test_a_task_s_failed_rows_point_to_on_error_raise(
     df = pl.DataFrame({"t": ["billing question", "[emu:refuse] shipping question"]})
     out = df.select(tasks.classify("t", LABELS, config=config))
     assert out["t"].to_list() == ["billing", None]
-    assert "1 of 2 rows failed and are null" in caplog.text
+    assert "chat.classify: 1 of 2 rows failed and are null" in caplog.text
     assert "on_error='raise' names each row's error" in caplog.text
     with pytest.raises(pac.CompletionFailed, match=r"1 of 2 rows failed \(rows 1\)"):
         df.select(tasks.classify("t", LABELS, config=config, on_error="raise"))

@@ -40,11 +40,12 @@ logger = logging.getLogger(__name__)
 
 
 def attach(
-    engine: ChatEngine, progress: bool | None, reports: dict[str, bool]
+    engine: ChatEngine, progress: bool | None, reports: dict[str, Any]
 ) -> ProgressBar | None:
     """Hook a job's bar (if ``progress`` asks for one) and reports into its runs.
 
-    ``reports`` says what each run logs when it ends (failed rows, truncated answers);
+    ``reports`` says what each run logs when it ends (failed rows, truncated answers),
+    and the call it names (``"call"``, else ``chat.complete``);
     the hooks hold the engine, never the job (the job would then never die).
     """
     bar = None
@@ -66,7 +67,7 @@ def run_started(bar: ProgressBar | None, sampler: Sampler, run: Run) -> None:
 
 
 def run_ended(
-    bar: ProgressBar | None, sampler: Sampler, reports: dict[str, bool], run: Run
+    bar: ProgressBar | None, sampler: Sampler, reports: dict[str, Any], run: Run
 ) -> None:
     """The run is over: close its bar (at 100%), say once what went wrong."""
     sampler.stop(run)
@@ -76,7 +77,8 @@ def run_ended(
     total = st.rows + st.null_rows
     if reports["failed"] and st.failed and run.fatal is None:  # (a fatal one is raised)
         logger.warning(
-            "chat.complete: %d of %d rows failed and are null (first: %s); %s",
+            "%s: %d of %d rows failed and are null (first: %s); %s",
+            reports.get("call", "chat.complete"),
             st.failed,
             total,
             st.first_error,
@@ -86,8 +88,9 @@ def run_ended(
         )
     if reports["truncated"] and st.truncated:
         logger.warning(
-            "chat.complete: %d of %d answers were cut at max_tokens "
+            "%s: %d of %d answers were cut at max_tokens "
             "(finish_reason 'length'); raise max_tokens, or pass on_truncated='error'",
+            reports.get("call", "chat.complete"),
             st.truncated,
             total,
         )
