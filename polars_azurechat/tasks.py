@@ -275,6 +275,8 @@ def _run(
 ) -> pl.Expr:
     expr = pl.col(expr) if isinstance(expr, str) else expr
     fields = _job_params(task, params)
+    if options is not None and options.output == "struct" and task.confidence:
+        _job_params(task, {"output": "struct"})  # refused as the keyword is
     if options is not None and options.system is not None:
         msg = (
             f"{task.name}() takes no system (the task's prompt is the system message: "

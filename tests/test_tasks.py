@@ -214,6 +214,9 @@ def test_bad_arguments_are_refused_before_any_request(
         tasks.sentiment("t", config=config, output="columns")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="drop output='struct'"):
         tasks.filter("t", "x", config=config, output="struct", confidence=True)
+    struct = pac.ChatOptions(output="struct")
+    with pytest.raises(ValueError, match="drop output='struct'"):
+        tasks.classify("t", LABELS, config=config, options=struct, confidence=True)
     with pytest.raises(ValueError, match="max_words must be an integer >= 1"):
         tasks.summarize("t", max_words=0, config=config)
     with pytest.raises(ValueError, match="'a' is given twice"):
