@@ -332,10 +332,7 @@ class Completer(JobHandle, Reports):
         self._bar: ProgressBar | None = None
         #: What to log once per run: failed rows (with on_error="null") and truncated
         #: answers (the CLI prints its summary instead).
-        self._reports: dict[str, Any] = {
-            "failed": opts.on_error == "null",
-            "truncated": True,
-        }
+        self._reports: dict[str, Any] = {"failed": opts.on_error == "null"}
         self.engine: ChatEngine
         #: The spending cap (``max_cost_usd``), shared by every run of the job.
         self.spending_cap: SpendingCap | None

@@ -364,6 +364,32 @@ def test_the_cap_online(emu: Emulator, tmp_path: Path) -> None:
     assert emu.stats()["requests"] == 10
 
 
+def test_the_cap_online_answers_as_many_rows_at_any_concurrency(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    # rows sent together each hold their worst case: a row that fits once those end
+    # waits for them, instead of being refused for what the job never spends (at 64
+    # at once, 3 of 10 rows were answered where one at a time answered 10)
+    prompts = _arith(10)
+    worst = _worst(prompts, batch=False)
+    cap = 3.5 * max(worst)  # room for three worst cases, and every row's real cost
+    answered = []
+    for conc in (1, 64):
+        emu.reset()
+        with _job(
+            emu, tmp_path / f"c{conc}.sqlite", max_cost_usd=cap, max_concurrency=conc
+        ) as job:
+            out = job.run(prompts)
+            summary = job.summary()
+        answered.append(sum(a is not None for a in out))
+        assert out == [str(i + 1000) for i in range(10)]
+        assert emu.stats()["requests"] == 10 and summary.capped == 0
+        assert summary.spent_usd is not None and summary.spent_usd <= cap
+        assert job.spending_cap is not None
+        assert job.spending_cap.committed_usd == pytest.approx(0.0, abs=1e-12)
+    assert answered == [10, 10]
+
+
 class Total(BaseModel):
     total: int
 

@@ -37,7 +37,6 @@ from polars_azurechat.errors import (
     RateLimitError,
     RefusalError,
     SchemaValidationError,
-    SpendingCapError,
     TruncatedError,
     UnsupportedParameterError,
 )
@@ -168,10 +167,10 @@ class OnlineSender:
         if cap is not None:  # admitted only if its worst case stays under the cap
             sent.cap = cap
             sent.worst = shape.worst_cost(req, cap)
-            try:
-                sent.hold()
-            except SpendingCapError as refused:
+            refused = await cap.reserve_waiting(sent.worst)
+            if refused is not None:
                 return ChatResult(exception=refused)
+            sent.held = True
         answer: _Answer | None = None
         failure: AzureChatError | None = None
         try:

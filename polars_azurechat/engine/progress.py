@@ -86,7 +86,7 @@ def run_ended(
             if reports.get("struct", True)
             else "on_error='raise' names each row's error",
         )
-    if reports["truncated"] and st.truncated:
+    if reports.get("truncated", True) and st.truncated:
         logger.warning(
             "%s: %d of %d answers were cut at max_tokens "
             "(finish_reason 'length'); raise max_tokens, or pass on_truncated='error'",
