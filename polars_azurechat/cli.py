@@ -251,7 +251,7 @@ def run(
             ),
             out,
             on_error=options.on_error,
-            kept=lambda: _kept_after_stop(job, options),
+            kept=lambda: _kept_after_stop(job, options, emulator=emulator),
             what="answer",
         )
     say_wrote(output_path, wall, summary)
@@ -300,11 +300,24 @@ def _start_emulator(
     return config, options
 
 
-def _kept_after_stop(job: Completer, options: ChatOptions) -> str:
+#: Why a ``run --emulator`` cannot be resumed: its answers are keyed to its port.
+EMULATOR_GONE = (
+    "this run's own emulator ended with it, and a rerun with --emulator starts "
+    "another (on another port, the cache's keys name the port): it sends everything "
+    "again; to resume, run against one that stays (polars-azurechat emulator "
+    "--port N, its AZURE_OPENAI_ENDPOINT)"
+)
+
+
+def _kept_after_stop(
+    job: Completer, options: ChatOptions, *, emulator: bool = False
+) -> str:
     """What an interrupted ``run`` kept, and how to resume or cancel it."""
     cache = job.engine.cache
     if cache is None:
         return "nothing was kept: pass --cache FILE to resume after a stop"
+    if emulator:
+        return f"what was answered is in {cache.path}, but {EMULATOR_GONE}"
     if options.mode == "batch":
         return (
             f"the batches submitted keep running and are recorded in "

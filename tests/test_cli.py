@@ -283,3 +283,19 @@ def test_run_with_a_schema_file_writes_typed_columns(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 2
     assert "not JSON" in " ".join(bad.output.replace("│", " ").split())
+
+
+def test_a_stopped_emulator_run_says_a_rerun_cannot_resume(tmp_path: Path) -> None:
+    # run --emulator starts its own emulator on a free port, and the cache's keys name
+    # the port: "run the same command to resume" sent everything again
+    import polars_azurechat as pac
+    from polars_azurechat.cli import _kept_after_stop
+
+    cache = tmp_path / "c.sqlite"
+    config = pac.ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="k")
+    with pac.Completer(config=config, deployment="d", cache=str(cache)) as job:
+        own = _kept_after_stop(job, job.options, emulator=True)
+        fixed = _kept_after_stop(job, job.options)
+    assert own.startswith(f"what was answered is in {cache}, but this run's own")
+    assert "sends everything again" in own and "emulator --port N" in own
+    assert fixed == f"answers so far are in {cache}: run the same command to resume"
