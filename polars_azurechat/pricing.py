@@ -5,13 +5,15 @@ Re-exported by :mod:`polars_azurechat.summary`, where a run's cost is summed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from polars_azurechat.errors import SpendingCapError
 from polars_azurechat.options import DEFAULT_RESERVED_COMPLETION_TOKENS
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -268,6 +270,8 @@ class SpendingCap:
         refused for them would be refused for what the job never spends (so as many
         rows as ``max_concurrency`` lets go at once, not what fits).
         """
+        import asyncio  # here: importing the package does not load it
+
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
