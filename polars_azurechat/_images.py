@@ -342,7 +342,8 @@ def url_problem(url: object) -> str | None:
         data, nbytes, size = peek_data_url(url)
     except ValueError as exc:
         return f"has a data URL that cannot be read: {exc}"
-    if _broken_base64(url, _start(url)):
+    start = _start(url)  # (peek_data_url checked that it is one)
+    if _broken_base64(url, start):
         return "has a data URL that cannot be read: its base64 is broken"
     if not data:
         return "is empty (a data URL of no bytes)"
@@ -355,7 +356,6 @@ def url_problem(url: object) -> str | None:
         return f"is a {kind} whose header gives no size (cut short or damaged)"
     if min(size) == 0:
         return f"is {size[0]}x{size[1]} pixels: Azure refuses an image with no pixels"
-    start = _start(url)
     need = _needs(data, nbytes, lambda at, n: _b64_at(url, at, n, start))
     if need is not None:
         kind = str(image_type(data)).partition("/")[2].upper()
@@ -363,7 +363,7 @@ def url_problem(url: object) -> str | None:
             f"is a {kind} cut short: {nbytes:,} bytes of the {need:,} its "
             f"{'chunks' if kind == 'PNG' else 'RIFF header'} give (a partial download?)"
         )
-    head = url[5 : _start(url) - 1].lower()
+    head = url[5 : start - 1].lower()
     mime = head.partition(";")[0]
     if not mime.startswith("image/"):
         return f"has a data URL of type {mime[:40]!r}: Azure takes image/* types only"

@@ -257,8 +257,7 @@ class SpendingCap:
         """Hold ``worst`` for a request; or the error saying why it may not be sent."""
         with self._lock:
             held = self.spent_usd + self.committed_usd
-            if self._fits(held + worst):
-                self.committed_usd += worst
+            if self._took(worst):
                 return None
             self.refused += 1
         return self._refusal(worst, held)
@@ -276,8 +275,7 @@ class SpendingCap:
         while True:
             with self._lock:
                 held = self.spent_usd + self.committed_usd
-                if self._fits(held + worst):
-                    self.committed_usd += worst
+                if self._took(worst):
                     return None
                 if self.committed_usd <= 0 or not self._fits(self.spent_usd + worst):
                     self.refused += 1
@@ -285,6 +283,13 @@ class SpendingCap:
                 woken: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, woken))
             await woken
+
+    def _took(self, worst: float) -> bool:
+        """Hold ``worst`` if it fits beside what is spent and held (under the lock)."""
+        if not self._fits(self.spent_usd + self.committed_usd + worst):
+            return False
+        self.committed_usd += worst
+        return True
 
     def _fits(self, total: float) -> bool:
         # a relative margin: float sums must not refuse what exactly fits
