@@ -119,13 +119,25 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size_at(read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
-    """:func:`_jpeg_size` through ``read(at, n)``: the ``n`` bytes at ``at`` (or fewer).
+    """:func:`_jpeg_size` through ``read(at, n)``: the ``n`` bytes at ``at`` (or fewer)."""
+    at = _jpeg_frame_at(read)
+    if at is None:
+        return None
+    seen = read(at, 9)
+    if len(seen) < 9:  # the file ends inside its size
+        return None
+    height, width = struct.unpack(">HH", seen[5:9])
+    return width, height
+
+
+def _jpeg_frame_at(read: Callable[[int, int], bytes]) -> int | None:
+    """Where a JPEG's first start-of-frame segment starts, walking the segments.
 
     Only each segment's marker and length are read, so a data URL's JPEG is walked
     without decoding the metadata between them.
     """
     i = 2
-    while len(seen := read(i, 9)) >= 4:
+    while len(seen := read(i, 4)) >= 4:
         if seen[0] != 0xFF:
             return None
         marker = seen[1]
@@ -136,10 +148,7 @@ def _jpeg_size_at(read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
             i += 2
             continue
         if marker in _SOF:
-            if len(seen) < 9:  # the file ends inside its size
-                return None
-            height, width = struct.unpack(">HH", seen[5:9])
-            return width, height
+            return i
         (length,) = struct.unpack(">H", seen[2:4])
         i += 2 + length
     return None
@@ -251,8 +260,8 @@ def peek_data_url(url: str) -> tuple[bytes, int, tuple[int, int] | None]:
     return head, nbytes, size
 
 
-def _broken_base64(url: str, start: int) -> bool:
-    """Whether ``url[start:]`` is not strict base64.
+def _decoded(url: str, start: int) -> bytes | None:
+    """The bytes of ``url[start:]``, ``None`` when it is not strict base64.
 
     Strict: whole quads of the alphabet, then at most two ``=``. All of it is checked:
     Azure decodes the whole image, and a row it would refuse fails here, before any
@@ -262,10 +271,9 @@ def _broken_base64(url: str, start: int) -> bool:
     import pybase64  # here, not at import: only a data URL needs it
 
     try:
-        pybase64.b64decode(url[start:], validate=True)
+        return pybase64.b64decode(url[start:], validate=True)
     except (binascii.Error, ValueError):  # ValueError: a character that is not ASCII
-        return True
-    return False
+        return None
 
 
 #: Most PNG chunks walked to find its end (libpng writes 8 KB of pixels a chunk: a
@@ -273,35 +281,105 @@ def _broken_base64(url: str, start: int) -> bool:
 MAX_PNG_CHUNKS = 4096
 
 
-def _needs(head: bytes, nbytes: int, read: Callable[[int, int], bytes]) -> int | None:
-    r"""The bytes a PNG's chunks or a WEBP's RIFF header give, when past ``nbytes``.
+def _png_needs(data: bytes) -> int | None:
+    """The bytes a PNG's chunks give, when past its own; ``None`` when all are here.
 
-    ``None`` for an image whose bytes are all there (or another format: a JPEG's or
-    a GIF's end is found only by decoding it). A PNG's chunks are walked by their
-    lengths, each one's 8-byte header decoded where it lies, to its IEND (data after
-    it is ignored, as decoders do); a WEBP gives its length in its first bytes.
+    The chunks are walked by their lengths to IEND (data after it is ignored, as
+    decoders do).
+    """
+    at = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        if at + 8 > len(data):  # the bytes end before IEND
+            return max(at + 12, len(data) + 1)
+        end = at + 12 + int.from_bytes(data[at : at + 4], "big")
+        if end > len(data) or data[at + 4 : at + 8] == b"IEND":
+            return end if end > len(data) else None
+        at = end
+    return None
+
+
+def _gif_blocks(data: bytes, at: int) -> int | None:
+    """Past the data sub-blocks at ``at`` (each its length, then its bytes; 0 ends)."""
+    while at < len(data):
+        size = data[at]
+        at += 1 + size
+        if size == 0:
+            return at
+    return None
+
+
+def _gif_table(flags: int) -> int:
+    """The bytes of the colour table a GIF's flags byte announces."""
+    return 3 << (flags & 7) + 1 if flags & 0x80 else 0
+
+
+def _gif_whole(data: bytes) -> bool:
+    """Whether a GIF's bytes reach the end of its first image (or its trailer).
+
+    Its blocks are walked: extensions and the first image's descriptor, colour table
+    and data sub-blocks. Later frames are not judged; a byte that starts no block
+    ends the walk (damage that is not a cut is Azure's to judge).
+    """
+    at = 13 + _gif_table(data[10])
+    while at < len(data) and data[at] in (0x21, 0x2C):
+        image = data[at] == 0x2C
+        if image:
+            if at + 10 > len(data):
+                return False
+            at += 10 + _gif_table(data[at + 9]) + 1  # + its LZW code size
+        else:
+            at += 2  # the introducer and the extension's label
+        after = _gif_blocks(data, at)
+        if after is None:
+            return False
+        if image:
+            return True
+        at = after
+    return at < len(data)  # the trailer, or a byte that starts no block
+
+
+def _cut_short(data: bytes) -> str | None:
+    """Why image bytes that read as an image end too soon, or ``None``.
+
+    A PNG's chunks or a WEBP's RIFF header give its length; a JPEG must hold its end
+    marker (FF D9) after its frame header (entropy-coded data never holds one); a
+    GIF's walk must reach the end of its first image.
 
     Examples
     --------
     >>> riff = b"RIFF" + (100).to_bytes(4, "little") + b"WEBPVP8L"
-    >>> _needs(riff, 60, lambda at, n: riff[at : at + n])
-    108
+    >>> _cut_short(riff + bytes(44))
+    'is a WEBP cut short: 60 bytes of the 108 its RIFF header gives (a partial download?)'
     """
-    if head.startswith(_PNG):
-        at = 8
-        for _ in range(MAX_PNG_CHUNKS):
-            chunk = read(at, 8)
-            if len(chunk) < 8:  # the bytes end before IEND
-                return max(at + 12, nbytes + 1)
-            end = at + 12 + int.from_bytes(chunk[:4], "big")
-            if end > nbytes or chunk[4:8] == b"IEND":
-                return end if end > nbytes else None
-            at = end
+    kind = image_type(data)
+    n = len(data)
+    if kind == "image/jpeg":
+        frame = _jpeg_frame_at(lambda at, k: data[at : at + k])
+        if frame is None or data.find(b"\xff\xd9", frame) >= 0:
+            return None
+        return (
+            f"is a JPEG cut short: its {n:,} bytes hold no end marker (FF D9) after "
+            "its frame header (a partial download?)"
+        )
+    if kind == "image/gif":
+        if n >= 13 and _gif_whole(data):
+            return None
+        return (
+            f"is a GIF cut short: its {n:,} bytes end inside its first image "
+            "(a partial download?)"
+        )
+    if kind == "image/png":
+        need, given = _png_needs(data), "its chunks give"
+    elif kind == "image/webp":
+        need, given = 8 + int.from_bytes(data[4:8], "little"), "its RIFF header gives"
+    else:
         return None
-    if image_type(head) == "image/webp":
-        need = 8 + int.from_bytes(head[4:8], "little")
-        return need if need > nbytes else None
-    return None
+    if need is None or need <= n:
+        return None
+    return (
+        f"is a {kind[6:].upper()} cut short: {n:,} bytes of the {need:,} {given} "
+        "(a partial download?)"
+    )
 
 
 def _shown(url: str) -> str:
@@ -343,7 +421,8 @@ def url_problem(url: object) -> str | None:
     except ValueError as exc:
         return f"has a data URL that cannot be read: {exc}"
     start = _start(url)  # (peek_data_url checked that it is one)
-    if _broken_base64(url, start):
+    whole = _decoded(url, start)
+    if whole is None:
         return "has a data URL that cannot be read: its base64 is broken"
     if not data:
         return "is empty (a data URL of no bytes)"
@@ -356,13 +435,9 @@ def url_problem(url: object) -> str | None:
         return f"is a {kind} whose header gives no size (cut short or damaged)"
     if min(size) == 0:
         return f"is {size[0]}x{size[1]} pixels: Azure refuses an image with no pixels"
-    need = _needs(data, nbytes, lambda at, n: _b64_at(url, at, n, start))
-    if need is not None:
-        kind = str(image_type(data)).partition("/")[2].upper()
-        return (
-            f"is a {kind} cut short: {nbytes:,} bytes of the {need:,} its "
-            f"{'chunks' if kind == 'PNG' else 'RIFF header'} give (a partial download?)"
-        )
+    cut = _cut_short(whole)
+    if cut is not None:
+        return cut
     head = url[5 : start - 1].lower()
     mime = head.partition(";")[0]
     if not mime.startswith("image/"):

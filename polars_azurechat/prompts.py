@@ -108,6 +108,13 @@ def _image_parts(detail: str) -> Any:
     return parts
 
 
+def _has_image(s: pl.Series) -> pl.Series:
+    """Whether each row of an image column has an image (a list: one not null)."""
+    if isinstance(s.dtype, pl.List):
+        return s.list.drop_nulls().list.len().fill_null(0) > 0
+    return s.is_not_null()
+
+
 def _image_part(image: pl.Expr, binary: bool, detail: str) -> pl.Expr:
     """The image part of each value of ``image``: a URL, or bytes as a data URL.
 
@@ -211,7 +218,9 @@ def messages(
         message's parts are its text, then its images.
 
         Nulls: a row whose user message is null gives a null list (the engine sends
-        no request for a null row and leaves its answer null). A null system or
+        no request for a null row and leaves its answer null); with ``images``, a
+        row whose user text is null but which has an image sends the image alone,
+        and a row with neither is null. A null system or
         assistant message is left out of that row's list, and so is an example pair
         when either of its parts is null. With only ``str`` arguments the expression
         is a single literal list, broadcast over the frame by ``with_columns``.
@@ -264,7 +273,7 @@ def messages(
     Images: a Binary column of image bytes (here a 1x1 GIF) becomes data URLs.
 
     >>> gif = b"GIF89a" + bytes.fromhex(
-    ...     "01000100800000ffffff0000002c000000000100010000020244003b"
+    ...     "01000100800000ffffff0000002c00000000010001000002024401003b"
     ... )
     >>> photos = pl.DataFrame({"photo": [gif]})
     >>> msgs = photos.select(
@@ -329,9 +338,9 @@ def messages(
         pictures = images.map_batches(
             _image_parts(detail), return_dtype=PARTS_DTYPE, is_elementwise=True
         )
-        parts.append(
-            _message("user", pl.concat_list([_text_part(user_expr), pictures]))
-        )
+        # a null text with an image: the image alone (the row is null with neither)
+        text = _text_part(user_expr).fill_null(pl.lit([], dtype=PARTS_DTYPE))
+        parts.append(_message("user", pl.concat_list([text, pictures])))
     if assistant_expr is not None:
         parts.append(message("assistant", assistant_expr))
         may_be_null |= isinstance(assistant, pl.Expr)
@@ -342,5 +351,10 @@ def messages(
             pl.element().filter(pl.element().struct.field("content").is_not_null())
         )
     if isinstance(user, pl.Expr):
-        out = pl.when(user_expr.is_not_null()).then(out)
+        sent = user_expr.is_not_null()
+        if images is not None:
+            sent |= images.map_batches(
+                _has_image, return_dtype=pl.Boolean, is_elementwise=True
+            )
+        out = pl.when(sent).then(out)
     return out.alias("messages")

@@ -263,7 +263,7 @@ def test_client_and_emulator_take_the_base64_rfc_4648_takes(text: str) -> None:
     assert (_vision._base64(text) is not None) == valid
     for head in ("data:image/png;base64,", "data:;=,", "=="):  # in place, after a head
         assert (_vision._base64(head + text, len(head)) is not None) == valid
-        assert _images._broken_base64(head + text, len(head)) is not valid
+        assert (_images._decoded(head + text, len(head)) is not None) == valid
 
 
 def test_a_column_of_bytes_becomes_the_data_urls_python_would_build() -> None:
@@ -326,9 +326,24 @@ def test_messages_builds_parts_from_urls_bytes_and_lists() -> None:
         "url": "https://example.com/a.png",
         "detail": "auto",
     }
-    # a null image: the text alone; a null user message: a null row
+    # a null image: the text alone; a null user text with an image: the image alone
     assert [p["type"] for p in rows[1]["by_url"][-1]["content"]] == ["text"]
-    assert rows[2]["by_url"] is None
+    assert rows[2]["by_url"][-1]["content"] == [
+        {
+            "type": "image_url",
+            "text": None,
+            "image_url": {"url": "https://x/y.gif", "detail": "auto"},
+        }
+    ]
+    assert [p["type"] for p in rows[2]["by_bytes"][0]["content"]] == ["image_url"]
+    # a null user text and no image (a null, an empty list or a null list): a null row
+    neither = pl.DataFrame(
+        {"q": [None, None, None], "album": [None, [], [None]]},
+        schema={"q": pl.String, "album": pl.List(pl.Binary)},
+    )
+    assert neither.select(
+        messages(user=pl.col("q"), images=pl.col("album"))
+    ).to_series().to_list() == [None, None, None]
     # bytes become data URLs with the MIME type of their signature
     url = rows[0]["by_bytes"][0]["content"][1]["image_url"]
     assert url == {"url": _data_url(first), "detail": "low"}
@@ -345,6 +360,27 @@ def test_messages_builds_parts_from_urls_bytes_and_lists() -> None:
         messages(user="x", images=pl.col("url"), detail="medium")
     with pytest.raises(Exception, match="images must be a String"):
         pl.DataFrame({"n": [1]}).select(messages(user="x", images=pl.col("n")))
+
+
+def test_an_image_without_text_is_sent_alone_and_a_row_of_neither_stays_null(
+    emulator: Emulator,
+) -> None:
+    df = pl.DataFrame(
+        {"q": [None, "Which?", None], "photo": [png(3, 2), png(5, 4), None]}
+    )
+    out = df.select(
+        pac.complete(
+            messages(user=pl.col("q"), images=pl.col("photo")),
+            output="struct",
+            max_tokens=30,
+        )
+    )
+    rows = out.to_series().to_list()
+    assert rows[0]["content"].endswith("[images: png 3x2]")
+    assert rows[0]["error"] is None
+    assert rows[1]["content"] == "Echo: Which? [images: png 5x4]"
+    assert rows[2] is None  # nothing to send: null in, null out
+    assert emulator.stats()["requests"] == 2
 
 
 def test_a_bad_image_or_too_many_fail_alone_before_any_request(

@@ -305,6 +305,73 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
     assert emu.stats()["requests"] == 1
 
 
+def _scanned_jpeg(width: int, height: int) -> bytes:
+    """A JPEG laid out as a camera writes one: an Exif thumbnail (a JPEG of its own,
+    with its own end marker), the frame header, a Huffman table, a scan of
+    entropy-coded bytes (0xFF stuffed as FF 00, restart markers FF D0..D7), the end."""
+    thumb = b"\xff\xd8\xff\xdb\x00\x04\x00\x00" + bytes(40) + b"\xff\xd9"
+    exif = b"Exif\x00\x00" + thumb
+    app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    sof = b"\xff\xc0\x00\x11\x08" + height.to_bytes(2, "big")
+    sof += width.to_bytes(2, "big") + b"\x03" + bytes(9)
+    dht = b"\xff\xc4\x00\x14" + bytes(18)
+    sos = b"\xff\xda\x00\x0c\x03" + bytes(9)
+    scan = b"".join(bytes([i % 251, 0xFF, 0x00, 0xD9]) for i in range(400))
+    scan += b"\xff\xd3" + scan
+    return b"\xff\xd8" + app1 + sof + dht + sos + scan + b"\xff\xd9"
+
+
+def _framed_gif(width: int, height: int) -> bytes:
+    """A GIF with a colour table, a graphic control extension, and one image of
+    several data sub-blocks, then its trailer."""
+    screen = b"GIF89a" + width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    screen += b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"
+    image = b"\x2c" + bytes(4) + screen[6:10] + b"\x00" + b"\x02"
+    image += (b"\xff" + bytes(range(255))) * 3 + b"\x05" + bytes(5) + b"\x00"
+    return screen + control + image + b"\x3b"
+
+
+def test_a_jpeg_or_gif_cut_in_its_body_fails_alone_before_any_request(
+    emu: Emulator,
+) -> None:
+    photo, anim = _scanned_jpeg(40, 30), _framed_gif(40, 30)
+    assert _images.image_size(photo) == (40, 30) == _images.image_size(anim)
+    cut = {
+        # a partial download: cut in the scan (the thumbnail's end marker, before
+        # the frame header, does not count)
+        "jpeg in its scan": (photo[:-300], "is a JPEG cut short: its "),
+        "jpeg without its end marker": (photo[:-2], "hold no end marker (FF D9)"),
+        "gif in its image": (anim[:-100], "is a GIF cut short: its "),
+        "gif before its last sub-block's end": (anim[:-2], "end inside its first"),
+        "gif in its screen": (anim[:12], "is a GIF cut short: its 12 bytes"),
+    }
+    for name, (data, said) in cut.items():
+        problem = _images.url_problem(_data_url(data))
+        assert problem is not None and said in problem, (name, problem)
+        # the emulator, reading the file its own way, refuses it as Azure would
+        status, body = post(emu, _ask(_data_url(data)))
+        assert status == 400 and body["error"]["code"] == "invalid_image", name
+    whole = {
+        "jpeg": photo,
+        "jpeg then a video (a motion photo)": photo + bytes(range(256)) * 4,
+        "gif": anim,
+        "gif without its trailer": anim[:-1],
+    }
+    for name, data in whole.items():
+        assert _images.url_problem(_data_url(data)) is None, name
+        status, body = post(emu, _ask(_data_url(data)))
+        assert status == 200, (name, body)
+    emu.reset()
+    rows = _asked_about(emu, [photo[:-300], photo, anim[:-100], anim])
+    assert [r["error"] is None for r in rows] == [False, True, False, True]
+    assert "the image is a JPEG cut short" in rows[0]["error"]
+    assert rows[1]["content"] == "Echo: What is it? [images: jpeg 40x30]"
+    assert "the image is a GIF cut short" in rows[2]["error"]
+    assert rows[3]["content"] == "Echo: What is it? [images: gif 40x30]"
+    assert emu.stats()["requests"] == 2
+
+
 def test_in_batch_mode_images_to_a_text_only_deployment_fail_each_line_saying_so(
     tmp_path: Path,
 ) -> None:

@@ -128,18 +128,65 @@ def _le(data: Bytes, at: int, n: int) -> int:
     return int.from_bytes(data[at : at + n], "little")
 
 
-def _jpeg(data: Bytes) -> tuple[int, int] | None:
+def _jpeg_frame(data: Bytes) -> int | None:
+    """Where a JPEG's frame header (its first SOF segment) starts."""
     at = 2
     while at + 9 <= len(data) and data[at] == 0xFF:
         marker = data[at + 1]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return _be(data, at + 7, 2), _be(data, at + 5, 2)
+            return at
         at += (
             2
             if 0xD0 <= marker <= 0xD8 or marker in (0x01, 0xFF)
             else 2 + _be(data, at + 2, 2)
         )
     return None
+
+
+def _jpeg(data: Bytes) -> tuple[int, int] | None:
+    """A JPEG's size, ``None`` when its bytes end before it or before its end marker.
+
+    A decoder reads a JPEG's scans to its end marker (FF D9); the last one in the
+    file must come after the frame header (metadata before it may hold a thumbnail's).
+    """
+    at = _jpeg_frame(data)
+    if at is None or bytes(data[at:]).rfind(b"\xff\xd9") < 0:
+        return None
+    return _be(data, at + 7, 2), _be(data, at + 5, 2)
+
+
+def _gif_ends(data: Bytes) -> bool:
+    """Whether a GIF's bytes hold its first image whole, or reach its trailer.
+
+    After the screen descriptor and its colour table come blocks: an extension
+    (``!``, a label, data sub-blocks) or an image (``,``, a descriptor, a colour table,
+    the LZW code size, data sub-blocks); sub-blocks are a length byte and that many
+    bytes, a zero ending them. Later frames are not read.
+    """
+    if len(data) < 13:
+        return False
+    blocks = bytes(data[:])
+    flags = blocks[10]
+    at = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    while at < len(blocks):
+        kind = blocks[at]
+        if kind == 0x2C:
+            if at + 10 > len(blocks):
+                return False
+            flags = blocks[at + 9]
+            at += 11 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+        elif kind == 0x21:
+            at += 2
+        else:  # the trailer, or damage that is not a cut
+            return True
+        while at < len(blocks) and blocks[at]:
+            at += blocks[at] + 1
+        if at >= len(blocks):
+            return False
+        if kind == 0x2C:
+            return True
+        at += 1
+    return False
 
 
 def _webp(data: Bytes) -> tuple[int, int] | None:
@@ -158,7 +205,8 @@ def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
     """``(format, size)`` of image bytes, ``None`` when they are no image Azure takes.
 
     The size is ``None`` when the bytes end before it, or before the end a PNG's
-    chunks or a WEBP's RIFF length give (a file cut short: nothing Azure decodes).
+    chunks or a WEBP's RIFF length give, before a JPEG's end marker or inside a GIF's
+    first image (a file cut short: nothing Azure decodes).
     """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         whole = len(data) >= 24 and _png_ends(data)
@@ -166,7 +214,7 @@ def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg", _jpeg(data)
     if data[:4] == b"GIF8":
-        return "gif", (_le(data, 6, 2), _le(data, 8, 2)) if len(data) >= 10 else None
+        return "gif", (_le(data, 6, 2), _le(data, 8, 2)) if _gif_ends(data) else None
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         whole = _le(data, 4, 4) + 8 <= len(data)  # RIFF's length: all but 8 bytes
         return "webp", _webp(data) if whole else None
@@ -190,7 +238,7 @@ def picture(url: str, detail: str) -> Picture | None:
     --------
     >>> picture("https://example.com/cat.png", "low")
     Picture(kind='url', width=1024, height=1024, detail='low')
-    >>> picture("data:image/gif;base64,R0lGODlhAwACAA==", "auto").label()
+    >>> picture("data:image/gif;base64,R0lGODlhAwACAAAAADs=", "auto").label()
     'gif 3x2'
     >>> picture("data:image/png;base64,JVBERi0=", "auto") is None
     True
