@@ -229,6 +229,33 @@ def test_identical_requests_are_sent_once(clock: FakeClock) -> None:
     assert [r.attempts for r in results if r][:3] == [1, 1, 0]
 
 
+def test_a_later_batch_of_a_run_takes_what_an_earlier_one_was_answered(
+    clock: FakeClock,
+) -> None:
+    # a frame of many chunks, a lazy query's waves, the CLI's batches: one run, many
+    # batches; a row asking what an earlier batch was answered is not sent again
+    engine, transport = _memory_engine(Server(), clock)
+    one, two = _req("What is 1 + 1?"), _req("What is 2 + 2?")
+    with engine.runs.scope() as run:
+        for batch in ([one, one], [one, two, None], [two]):
+            (results,) = [r for _, r in engine.pipeline([(None, batch)])]
+            expected = [None if q is None else "2" if q is one else "4" for q in batch]
+            assert [r.content if r else None for r in results] == expected
+        assert len(transport.requests) == 2
+        assert run.stats.deduplicated == 3 and run.stats.answered == 5
+        assert [r.attempts for r in results if r] == [0]  # not sent: no attempt
+    # the run is over: its answers are dropped, and a new run sends again
+    assert list(run.recent.keys()) == []
+    engine.run([one])
+    assert len(transport.requests) == 3
+    # past its budget a run forgets its oldest answers, and a row asking is sent again
+    with engine.runs.scope() as run:
+        run.recent.budget = 1
+        for batch in ([one], [one]):
+            list(engine.pipeline([(None, batch)]))
+    assert len(transport.requests) == 5
+
+
 def test_deadline_fails_what_is_left_without_hanging() -> None:
     clock = FakeClock()
     server = Server({"x": _times(_error(500))})

@@ -418,7 +418,7 @@ class ChatEngine:
             run.tasks.add(task)
             task.add_done_callback(run.tasks.discard)
         st, door = run.stats, self.door
-        intake = door.take(requests, st)
+        intake = door.take(requests, st, run.recent)
         if intake.todo:
             for route in self.pool.routes:
                 await route.transport.open(self.max_concurrency)

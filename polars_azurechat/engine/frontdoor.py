@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
     from polars_azurechat.summary import SpendingCap
 
-__all__ = ["AnswerCache", "FrontDoor", "Intake", "RequestShape"]
+__all__ = ["AnswerCache", "FrontDoor", "Intake", "Recent", "RequestShape"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,67 @@ class RequestShape:
         return out
 
 
+#: How much of a run's answers :class:`Recent` keeps (their text, estimated).
+RECENT_BYTES = 64 * 1024 * 1024
+#: What an answer costs :class:`Recent` besides its text (its key, the result object).
+RECENT_OVERHEAD = 512
+
+
+class Recent:
+    """A run's good answers by key, so that a row asking again later is not sent again.
+
+    Within one batch the door sends a request once; a request another batch is sending
+    is awaited (the online sender). This keeps what was answered for the batches that
+    follow (a frame of many chunks, a lazy query's waves, the CLI's batches), up to
+    ``budget`` bytes of answers: past it, the oldest are forgotten (a row asking one of
+    them is sent again; a cache file keeps every answer).
+
+    Examples
+    --------
+    >>> recent = Recent(budget=1_500)  # two answers of 100 characters
+    >>> recent.put("a", ChatResult(content="x" * 100))
+    >>> recent.put("b", ChatResult(content="y" * 100))
+    >>> sorted(recent.keys()), recent.get("a").content[:3]
+    (['a', 'b'], 'xxx')
+    >>> recent.put("c", ChatResult(content="z" * 100))  # over budget: "b" goes
+    >>> sorted(recent.keys())
+    ['a', 'c']
+    """
+
+    def __init__(self, budget: int = RECENT_BYTES) -> None:
+        self.budget = budget
+        self._answers: OrderedDict[str, tuple[ChatResult, int]] = OrderedDict()
+        self._bytes = 0
+
+    def keys(self) -> Iterable[str]:
+        """The keys kept, oldest first."""
+        return self._answers.keys()
+
+    def get(self, key: str) -> ChatResult | None:
+        """The answer kept for ``key`` (now the newest), or ``None``."""
+        kept = self._answers.get(key)
+        if kept is None:
+            return None
+        self._answers.move_to_end(key)
+        return kept[0]
+
+    def put(self, key: str, result: ChatResult) -> None:
+        """Keep a good answer (an error is not kept: a later row tries again)."""
+        if result.exception is not None or key in self._answers:
+            return
+        size = RECENT_OVERHEAD + len(result.content or "")
+        self._answers[key] = (result, size)
+        self._bytes += size
+        while self._bytes > self.budget and self._answers:
+            _, (_, dropped) = self._answers.popitem(last=False)
+            self._bytes -= dropped
+
+    def clear(self) -> None:
+        """Forget every answer (the run is over)."""
+        self._answers.clear()
+        self._bytes = 0
+
+
 @dataclasses.dataclass(slots=True)
 class Intake:
     """One batch of rows at the door: what is answered, and what the sender must do."""
@@ -244,6 +306,8 @@ class Intake:
     followers: list[tuple[int, str]]
     #: answers by key (cache hits, then what the sender delivers), for the followers
     answers: dict[str, ChatResult]
+    #: the run's answers, kept for its later batches (``None``: none kept)
+    recent: Recent | None = None
 
 
 class FrontDoor:
@@ -292,8 +356,17 @@ class FrontDoor:
         self.progress = progress
         self.on_put = on_put
 
-    def take(self, requests: Sequence[ChatRequest | None], stats: RunStats) -> Intake:
-        """Settle what the door can: nulls, unsendable rows, duplicates, cache hits."""
+    def take(
+        self,
+        requests: Sequence[ChatRequest | None],
+        stats: RunStats,
+        recent: Recent | None = None,
+    ) -> Intake:
+        """Settle what the door can: nulls, unsendable rows, duplicates, cache hits.
+
+        ``recent``: the run's answers so far; a request among them is answered from
+        there (counted as deduplicated), and what the sender delivers is kept there.
+        """
         results: list[ChatResult | None] = [None] * len(requests)
         todo: dict[str, int] = {}
         followers: list[tuple[int, str]] = []
@@ -312,15 +385,25 @@ class FrontDoor:
                 else:
                     todo[k] = i
         answers: dict[str, ChatResult] = {}
+        if recent is not None and todo:
+            for k in list(todo):
+                earlier = recent.get(k)
+                if earlier is not None:
+                    answers[k] = earlier
+                    results[todo.pop(k)] = again = dataclasses.replace(
+                        earlier, attempts=0
+                    )
+                    stats.count(again)
+                    stats.deduplicated += 1
         if self.cache is not None and todo:
-            answers = self.shape.parse_cached(self.cache.get_many(todo))
-            for k, hit in answers.items():
-                results[todo.pop(k)] = hit
+            hits = self.shape.parse_cached(self.cache.get_many(todo))
+            for k, hit in hits.items():
+                results[todo.pop(k)] = answers[k] = hit
                 stats.count(hit)
-            stats.cached += len(answers)
+            stats.cached += len(hits)
         if self.progress is not None:
             self.progress(len(requests) - len(todo) - len(followers))
-        return Intake(requests, results, todo, followers, answers)
+        return Intake(requests, results, todo, followers, answers, recent)
 
     def keep(self, key: str, result: ChatResult) -> None:
         """Put a good answer in the cache (an error is not kept: a rerun tries again)."""
@@ -346,6 +429,8 @@ class FrontDoor:
         """
         intake.results[intake.todo[key]] = intake.answers[key] = result
         stats.count(result)
+        if intake.recent is not None:
+            intake.recent.put(key, result)
         if not kept:
             self.keep(key, result)
         if self.progress is not None and not shown:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from polars_azurechat._types import REASONING_LENGTH
 from polars_azurechat.engine import loop as _loop
+from polars_azurechat.engine.frontdoor import Recent
 from polars_azurechat.errors import AzureChatError, DeadlineExceededError
 
 logger = logging.getLogger(__name__)
@@ -208,6 +209,8 @@ class Run:
         self.futures: set[concurrent.futures.Future[Any]] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stats = RunStats()
+        #: its answers, for its later batches asking the same (dropped at its end)
+        self.recent = Recent()
         #: its counters over time, for the run report (see :mod:`.timeline`)
         self.timeline: Timeline | None = None
         self.ended: float | None = None
@@ -461,6 +464,7 @@ class Runs:
             if run.finished:
                 return
             run.finished = True
+        run.recent.clear()
         if self.on_end is not None:
             self.on_end(run)
 
