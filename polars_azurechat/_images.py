@@ -130,6 +130,11 @@ def _jpeg_size_at(read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
     return width, height
 
 
+#: Most bytes skipped between a JPEG's segments looking for the next marker (a writer's
+#: stray bytes; libjpeg skips them with a warning).
+JPEG_JUNK = 64
+
+
 def _jpeg_frame_at(read: Callable[[int, int], bytes]) -> int | None:
     """Where a JPEG's first start-of-frame segment starts, walking the segments.
 
@@ -138,8 +143,12 @@ def _jpeg_frame_at(read: Callable[[int, int], bytes]) -> int | None:
     """
     i = 2
     while len(seen := read(i, 4)) >= 4:
-        if seen[0] != 0xFF:
-            return None
+        if seen[0] != 0xFF:  # bytes that are no marker: skipped, as libjpeg does
+            skip = read(i, JPEG_JUNK).find(b"\xff")
+            if skip < 0:
+                return None
+            i += skip
+            continue
         marker = seen[1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -284,28 +293,42 @@ MAX_PNG_CHUNKS = 4096
 def _png_needs(data: bytes) -> int | None:
     """The bytes a PNG's chunks give, when past its own; ``None`` when all are here.
 
-    The chunks are walked by their lengths to IEND (data after it is ignored, as
-    decoders do).
+    The chunks are walked by their lengths to IEND. Decoders need no IEND: bytes that
+    end inside it, or between two chunks once the pixels (IDAT) began, are whole (data
+    after IEND is ignored).
     """
-    at = 8
+    at, pixels = 8, False
     for _ in range(MAX_PNG_CHUNKS):
-        if at + 8 > len(data):  # the bytes end before IEND
-            return max(at + 12, len(data) + 1)
-        end = at + 12 + int.from_bytes(data[at : at + 4], "big")
-        if end > len(data) or data[at + 4 : at + 8] == b"IEND":
-            return end if end > len(data) else None
-        at = end
+        head = data[at : at + 8]
+        if len(head) < 8:  # the bytes end between chunks, or in a chunk's header
+            whole = pixels and _IEND.startswith(head)
+            return None if whole else max(at + 12, len(data) + 1)
+        end = at + 12 + int.from_bytes(head[:4], "big")
+        if head[4:] == b"IEND":
+            return None
+        if end > len(data):
+            return end
+        at, pixels = end, pixels or head[4:] == b"IDAT"
     return None
 
 
-def _gif_blocks(data: bytes, at: int) -> int | None:
-    """Past the data sub-blocks at ``at`` (each its length, then its bytes; 0 ends)."""
+#: The header of a PNG's last chunk (its length, 0, then its type).
+_IEND = b"\x00\x00\x00\x00IEND"
+
+
+def _gif_blocks(data: bytes, at: int) -> int:
+    """Past the data sub-blocks at ``at`` (each its length, then its bytes; 0 ends).
+
+    When the bytes end first: ``len(data)`` if they end between two sub-blocks, more
+    if inside one or before the first.
+    """
+    start = at
     while at < len(data):
         size = data[at]
         at += 1 + size
         if size == 0:
             return at
-    return None
+    return at if at > start else at + 1  # no sub-block at all: none is whole
 
 
 def _gif_table(flags: int) -> int:
@@ -317,8 +340,9 @@ def _gif_whole(data: bytes) -> bool:
     """Whether a GIF's bytes reach the end of its first image (or its trailer).
 
     Its blocks are walked: extensions and the first image's descriptor, colour table
-    and data sub-blocks. Later frames are not judged; a byte that starts no block
-    ends the walk (damage that is not a cut is Azure's to judge).
+    and data sub-blocks, whole (decoders need neither the last terminator nor the
+    trailer). Later frames are not judged; a byte that starts no block ends the walk
+    (damage that is not a cut is Azure's to judge).
     """
     at = 13 + _gif_table(data[10])
     while at < len(data) and data[at] in (0x21, 0x2C):
@@ -329,12 +353,9 @@ def _gif_whole(data: bytes) -> bool:
             at += 10 + _gif_table(data[at + 9]) + 1  # + its LZW code size
         else:
             at += 2  # the introducer and the extension's label
-        after = _gif_blocks(data, at)
-        if after is None:
-            return False
-        if image:
-            return True
-        at = after
+        at = _gif_blocks(data, at)
+        if image:  # its sub-blocks whole (a missing terminator or trailer is no cut)
+            return at <= len(data)
     return at < len(data)  # the trailer, or a byte that starts no block
 
 
@@ -355,7 +376,7 @@ def _cut_short(data: bytes) -> str | None:
     n = len(data)
     if kind == "image/jpeg":
         frame = _jpeg_frame_at(lambda at, k: data[at : at + k])
-        if frame is None or data.find(b"\xff\xd9", frame) >= 0:
+        if frame is None or data.rfind(b"\xff\xd9", frame) >= 0:  # from the end
             return None
         return (
             f"is a JPEG cut short: its {n:,} bytes hold no end marker (FF D9) after "

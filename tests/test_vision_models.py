@@ -285,7 +285,10 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
             photo[:-20],
             f"{len(photo) - 20:,} bytes of the {len(photo) - 12:,}",
         ),
-        "no IEND": (photo[:-12], f"{len(photo) - 12:,} bytes of the {len(photo):,}"),
+        "in its last CRC": (
+            photo[:-14],
+            f"{len(photo) - 14:,} bytes of the {len(photo) - 12:,}",
+        ),
         "webp": (webp_photo[:-3], f"of the {len(webp_photo):,} its RIFF header give"),
     }
     for cut, said in cases.values():
@@ -296,7 +299,19 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
         # the emulator, walking the chunks its own way, refuses it as Azure would
         status, body = post(emu, _ask(_images.data_url(cut)))
         assert status == 400 and body["error"]["code"] == "invalid_image", body
-    assert _images.url_problem(_images.data_url(photo + b"trailing")) is None
+    # ending between chunks before any pixels (IDAT) is a cut
+    problem = _images.url_problem(_images.data_url(photo[:33]))  # signature, IHDR
+    assert (
+        problem
+        == "is a PNG cut short: 33 bytes of the 45 its chunks give (a partial download?)"
+    )
+    status, body = post(emu, _ask(_images.data_url(photo[:33])))
+    assert status == 400 and body["error"]["code"] == "invalid_image", body
+    # decoders need no IEND: bytes that end before it or inside it are whole
+    for whole in (photo + b"trailing", photo[:-12], photo[:-5]):
+        assert _images.url_problem(_images.data_url(whole)) is None
+        status, body = post(emu, _ask(_images.data_url(whole)))
+        assert status == 200, body
     emu.reset()
     rows = _asked_about(emu, [photo[:-20], photo + b"trailing", webp_photo[:-3]])
     assert "the image is a PNG cut short" in rows[0]["error"]
@@ -343,8 +358,12 @@ def test_a_jpeg_or_gif_cut_in_its_body_fails_alone_before_any_request(
         "jpeg in its scan": (photo[:-300], "is a JPEG cut short: its "),
         "jpeg without its end marker": (photo[:-2], "hold no end marker (FF D9)"),
         "gif in its image": (anim[:-100], "is a GIF cut short: its "),
-        "gif before its last sub-block's end": (anim[:-2], "end inside its first"),
+        "gif inside its last sub-block": (anim[:-4], "end inside its first"),
         "gif in its screen": (anim[:12], "is a GIF cut short: its 12 bytes"),
+        "gif before its first sub-block": (
+            anim[: anim.index(b"\x2c") + 11],  # the descriptor, the LZW code size
+            "end inside its first image",
+        ),
     }
     for name, (data, said) in cut.items():
         problem = _images.url_problem(_data_url(data))
@@ -357,11 +376,16 @@ def test_a_jpeg_or_gif_cut_in_its_body_fails_alone_before_any_request(
         "jpeg then a video (a motion photo)": photo + bytes(range(256)) * 4,
         "gif": anim,
         "gif without its trailer": anim[:-1],
+        "gif without its last terminator": anim[:-2],
+        # a fill byte, then stray bytes before a marker: libjpeg reads past them
+        "jpeg with a fill byte": photo.replace(b"\xff\xc0", b"\xff\xff\xc0", 1),
+        "jpeg with a stray byte": photo.replace(b"\xff\xc0", b"\x00\xff\xc0", 1),
     }
     for name, data in whole.items():
         assert _images.url_problem(_data_url(data)) is None, name
         status, body = post(emu, _ask(_data_url(data)))
         assert status == 200, (name, body)
+        assert body["choices"][0]["message"]["content"].endswith("40x30]"), name
     emu.reset()
     rows = _asked_about(emu, [photo[:-300], photo, anim[:-100], anim])
     assert [r["error"] is None for r in rows] == [False, True, False, True]

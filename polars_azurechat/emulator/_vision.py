@@ -131,15 +131,19 @@ def _le(data: Bytes, at: int, n: int) -> int:
 def _jpeg_frame(data: Bytes) -> int | None:
     """Where a JPEG's frame header (its first SOF segment) starts."""
     at = 2
-    while at + 9 <= len(data) and data[at] == 0xFF:
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:  # a stray byte between segments: libjpeg skips it
+            at += 1
+            continue
         marker = data[at + 1]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return at
-        at += (
-            2
-            if 0xD0 <= marker <= 0xD8 or marker in (0x01, 0xFF)
-            else 2 + _be(data, at + 2, 2)
-        )
+        if marker == 0xFF:  # a fill byte before the marker
+            at += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # standalone: no length
+            at += 2
+        else:
+            at += 2 + _be(data, at + 2, 2)
     return None
 
 
@@ -179,12 +183,13 @@ def _gif_ends(data: Bytes) -> bool:
             at += 2
         else:  # the trailer, or damage that is not a cut
             return True
+        first = at
         while at < len(blocks) and blocks[at]:
             at += blocks[at] + 1
+        if kind == 0x2C:  # whole unless the bytes end inside a sub-block, or before
+            return first < at <= len(blocks)
         if at >= len(blocks):
             return False
-        if kind == 0x2C:
-            return True
         at += 1
     return False
 
@@ -222,13 +227,21 @@ def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
 
 
 def _png_ends(data: Bytes) -> bool:
-    """Whether a PNG's chunks, hopped by their lengths, reach IEND within its bytes."""
-    at = 8
-    while at + 12 <= len(data):
-        if data[at + 4 : at + 8] == b"IEND":
+    """Whether a PNG's chunks, hopped by their lengths, lie whole within its bytes.
+
+    A decoder stops at IEND, and needs none: the bytes may end at IEND, inside it,
+    or between two chunks once pixels (IDAT) came (not inside another chunk).
+    """
+    at, kinds = 8, set()
+    while at + 8 <= len(data):
+        kind = bytes(data[at + 4 : at + 8])
+        if kind == b"IEND":
             return True
+        kinds.add(kind)
         at += 12 + _be(data, at, 4)
-    return False
+    rest = bytes(data[at:]) if at < len(data) else b""
+    ends = at <= len(data) and b"\x00\x00\x00\x00IEND".startswith(rest)
+    return ends and b"IDAT" in kinds
 
 
 def picture(url: str, detail: str) -> Picture | None:
