@@ -412,6 +412,16 @@ def _shown(url: str) -> str:
     return (scheme + sep + rest)[:30]
 
 
+def _web_problem(url: str) -> str | None:
+    """What keeps an ``http(s)://`` URL from being fetched by Azure: no host."""
+    host = url.partition("://")[2]
+    for end in "/?#":
+        host = host.partition(end)[0]
+    if not host.rpartition("@")[2]:
+        return f"has URL {_shown(url)!r}: no host"
+    return None
+
+
 def url_problem(url: object) -> str | None:
     """What keeps an image URL from being sent, or ``None``.
 
@@ -434,7 +444,7 @@ def url_problem(url: object) -> str | None:
         return "has no URL" if url is None else "has a URL that is not a string"
     scheme = url[:8].lower()
     if scheme.startswith(("https://", "http://")):
-        return None
+        return _web_problem(url)
     if not scheme.startswith("data:"):
         return f"has URL {_shown(url)!r}: not an http(s):// or a data: URL"
     try:

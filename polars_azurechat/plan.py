@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 import polars as pl
@@ -113,6 +114,28 @@ class Plan:
         )
 
 
+#: :func:`plan`'s own keywords (besides a job's options and body fields).
+PLAN_KEYWORDS = ("model", "latency_s", "context_tokens", "prices", "options")
+
+
+def _check_plan_arguments(data: Any, params: Mapping[str, Any]) -> None:
+    """Refuse an expression for the rows, and a misspelling of plan's own keywords."""
+    if isinstance(data, pl.Expr):
+        msg = (
+            "plan() takes the rows (a pl.Series or a list), not a pl.Expr: select "
+            "them first (df.select(expr).to_series())"
+        )
+        raise TypeError(msg)
+    from polars_azurechat._body_fields import known_keywords
+
+    known = set(known_keywords())
+    for key in params:
+        close = difflib.get_close_matches(key, PLAN_KEYWORDS, n=1, cutoff=0.75)
+        if key not in known and close:
+            msg = f"plan() takes no argument {key!r} (did you mean {close[0]!r}?)"
+            raise TypeError(msg)
+
+
 @with_options(
     before=("data", "model", "latency_s", "context_tokens", "prices", "options")
 )
@@ -187,6 +210,7 @@ def plan(
     >>> round(big.estimated_cost_usd, 4), round(big.estimated_batch_cost_usd, 4)
     (0.1522, 0.0761)
     """
+    _check_plan_arguments(data, params)
     opts, body = ChatOptions.split(params, base=options)
     # a deployment named otherwise than its model: prices={"prod-mini": "gpt-4o-mini"}
     model = model_for(model or opts.deployment or "gpt-4o-mini", prices)

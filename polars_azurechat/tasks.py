@@ -101,7 +101,8 @@ def explain_prompt(task: str, **arguments: Any) -> str:
         ``"summarize"`` or ``"translate"``.
     **arguments
         The task's own arguments (``labels=``, ``condition=``, ``instructions=``,
-        ``prompt=``, ...).
+        ``prompt=``, ...); a job's keywords (``max_tokens=``, ...) are ignored, so
+        a task call's may be given as they are.
 
     Returns
     -------
@@ -119,7 +120,10 @@ def explain_prompt(task: str, **arguments: Any) -> str:
     Decide whether the text the user sends meets this condition: "asks for a refund"
     Answer in JSON as {"match": true} when it does, {"match": false} when it does not.
     """
-    return build_task(task, arguments).system
+    known = set(known_keywords())  # a task call's job keywords (max_tokens=, ...)
+    return build_task(
+        task, {k: v for k, v in arguments.items() if k not in known}
+    ).system
 
 
 # -- running them -----------------------------------------------------------------------
@@ -127,7 +131,7 @@ def explain_prompt(task: str, **arguments: Any) -> str:
 
 def _texts(s: pl.Series, task: str) -> pl.Series:
     """A task's column of texts as String; a list or struct column is refused."""
-    if isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
+    if isinstance(s.dtype, pl.List | pl.Array | pl.Struct) or s.dtype == pl.Binary:
         msg = (
             f"{task}() takes a column of texts (String), not {s.dtype}: give the "
             "text column (images go in images=)"
@@ -216,6 +220,14 @@ def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
                 f"{task.name}() takes no {key}=: the tasks that see images are "
                 f"{', '.join(_SEE_IMAGES)}"
             )
+            raise TypeError(msg)
+        others = [
+            name
+            for name, builder in BUILDERS.items()
+            if key in inspect.signature(builder).parameters and not key.startswith("_")
+        ]
+        if others and key not in own:
+            msg = f"{task.name}() takes no {key}=: {', '.join(others)} take it"
             raise TypeError(msg)
         close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
         if close:
@@ -622,7 +634,7 @@ def plan(
     task: str,
     data: pl.Series | Sequence[Any],
     *,
-    images: pl.Series | None = None,
+    images: pl.Series | Sequence[Any] | None = None,
     detail: str = "auto",
     **arguments: Any,
 ) -> Plan:
@@ -635,7 +647,7 @@ def plan(
     data
         The texts (a ``pl.Series`` or a list).
     images
-        The rows' images, if the task sends them.
+        The rows' images, if the task sends them (a ``pl.Series`` or a list).
     detail
         Azure's ``detail`` for the images (``low`` counts 85 tokens an image).
     **arguments
@@ -669,6 +681,16 @@ def plan(
             f"{', '.join(_SEE_IMAGES)}"
         )
         raise TypeError(msg)
+    if images is not None and not isinstance(images, pl.Series):
+        if isinstance(images, pl.Expr | str | bytes) or not isinstance(
+            images, Sequence
+        ):
+            msg = (
+                "images must be a pl.Series (or a list) of the rows' images, not "
+                f"{type(images).__name__}"
+            )
+            raise TypeError(msg)
+        images = pl.Series("images", list(images))
     own = set(inspect.signature(BUILDERS[task]).parameters)
     spec = build_task(task, {k: v for k, v in arguments.items() if k in own})
     params = _job_params(spec, {k: v for k, v in arguments.items() if k not in own})

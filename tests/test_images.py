@@ -449,6 +449,10 @@ def test_a_broken_tail_a_cut_jpeg_and_no_bytes_fail_alone_before_any_request(
     assert (
         secret == "has URL 'ftp://example.com/a.png': not an http(s):// or a data: URL"
     )
+    # an https URL with no host was sent (Azure cannot fetch it)
+    assert _images.url_problem("https://") == "has URL 'https://': no host"
+    assert _images.url_problem("https://?q=1") == "has URL 'https://?q=1': no host"
+    assert _images.url_problem("https://x.com") is None
     text_type = "data:text/plain;base64," + whole
     assert _images.url_problem(text_type) == (
         "has a data URL of type 'text/plain': Azure takes image/* types only"

@@ -252,6 +252,66 @@ def test_bad_arguments_are_refused_before_any_request(
     assert emulator.stats()["requests"] == 0
 
 
+def test_a_wrong_argument_is_named_for_the_task_given_before_any_request(
+    emulator: Emulator, config: ChatConfig
+) -> None:
+    # found by a user probe: each of these said something about another thing
+    photos = pl.DataFrame({"photo": [b"x", b"\x89PNG\r\n\x1a\n"]})
+    # image bytes as the texts: cast ("x") or "invalid utf8"
+    for task in (
+        tasks.classify("photo", LABELS, config=config),
+        tasks.sentiment("photo", config=config),
+    ):
+        with pytest.raises(TypeError, match="not Binary: give the text column"):
+            photos.select(task)
+    with pytest.raises(TypeError, match="not Binary"):
+        tasks.plan("summarize", photos["photo"])
+    # another task's argument: "unknown keyword ...; custom body fields go in extra_body"
+    with pytest.raises(
+        TypeError,
+        match=r"summarize\(\) takes no confidence=: classify, filter, sentiment take it",
+    ):
+        tasks.summarize("t", confidence=True, config=config)  # type: ignore[call-arg]
+    with pytest.raises(
+        TypeError, match=r"translate\(\) takes no labels=: classify, sentiment"
+    ):
+        tasks.translate("t", to="French", labels=LABELS)  # type: ignore[call-arg]
+    # sentiment's labels are named sentiment's (they said classify)
+    with pytest.raises(
+        ValueError, match=r"^sentiment needs at least 2 distinct labels"
+    ):
+        tasks.sentiment("t", labels=["good"], config=config)
+    # labels the prompt would show alike, or as more labels
+    with pytest.raises(
+        ValueError, match="'billing' and 'billing ' differ only in spaces"
+    ):
+        tasks.classify("t", ["billing", "billing "], config=config)
+    with pytest.raises(ValueError, match="a label is one line"):
+        tasks.classify("t", ["a\n- c", "b"], config=config)
+    # plan's own keywords misspelt: the hint was 'mode' (batch or online)
+    with pytest.raises(TypeError, match="did you mean 'model'"):
+        pac.plan(pl.Series(["hi"]), modle="gpt-4o")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="did you mean 'model'"):
+        tasks.plan("summarize", ["hi"], modle="gpt-4o")
+    with pytest.raises(TypeError, match="did you mean 'latency_s'"):
+        pac.plan(pl.Series(["hi"]), latancy_s=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"not a pl\.Expr: select them first"):
+        pac.plan(pl.col("x"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"images must be a pl\.Series"):
+        tasks.plan("classify", ["a shoe"], images=pl.col("photo"), labels=LABELS)  # type: ignore[arg-type]
+    listed = tasks.plan(
+        "classify", ["a shoe"], images=["https://x/y.png"], labels=LABELS
+    )
+    assert listed.requests == 1
+    # explain_prompt: a hint for a typo, and a task call's job keywords pass
+    with pytest.raises(TypeError, match="did you mean 'instructions'"):
+        tasks.explain_prompt("classify", labels=LABELS, instrutions="x")
+    assert tasks.explain_prompt(
+        "classify", labels=LABELS, max_tokens=5
+    ) == tasks.explain_prompt("classify", labels=LABELS)
+    assert emulator.stats()["requests"] == 0
+
+
 def test_the_cache_answers_a_second_run_and_plan_estimates_it(
     emulator: Emulator, config: ChatConfig, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ probability from its tokens: :func:`answer_confidence`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import functools
 import inspect
@@ -268,7 +269,7 @@ def _value_span(content: str, field: str) -> tuple[int, int] | None:
 # -- building the tasks ---------------------------------------------------------------
 
 
-def _labels(labels: Any) -> dict[str, str]:
+def _labels(labels: Any, task: str = "classify") -> dict[str, str]:
     """The labels as ``{label: description}`` (``""``: none), checked."""
     if isinstance(labels, type) and issubclass(labels, enum.Enum):
         labels = [m.value for m in labels]
@@ -288,15 +289,26 @@ def _labels(labels: Any) -> dict[str, str]:
             f"class or a pl.Enum, got {type(labels).__name__}"
         )
         raise TypeError(msg)
+    seen: dict[str, str] = {}
     for label, description in out.items():
         if not isinstance(label, str) or not label.strip():
             msg = f"labels must be non-empty strings, got {label!r}"
             raise TypeError(msg)
+        if "\n" in label or "\r" in label:  # it would read as more labels
+            msg = f"a label is one line, got {label!r}"
+            raise ValueError(msg)
+        twin = seen.setdefault(label.strip(), label)
+        if twin != label:
+            msg = (
+                f"labels must be distinct: {twin!r} and {label!r} differ only in "
+                "spaces (the prompt shows them alike)"
+            )
+            raise ValueError(msg)
         if not isinstance(description, str):
             msg = f"the description of label {label!r} must be a str"
             raise TypeError(msg)
     if len(out) < 2:
-        msg = f"classify needs at least 2 distinct labels, got {list(out)}"
+        msg = f"{task} needs at least 2 distinct labels, got {list(out)}"
         raise ValueError(msg)
     return out
 
@@ -327,7 +339,7 @@ def _classify_task(
     _name: str = "classify",
     _default: str = CLASSIFY_PROMPT,
 ) -> Task:
-    chosen = _labels(labels)
+    chosen = _labels(labels, _name)
     lines = "\n".join(
         f"- {label}: {about}" if about else f"- {label}"
         for label, about in chosen.items()
@@ -441,10 +453,12 @@ def build_task(name: str, arguments: Mapping[str, Any]) -> Task:
         msg = f"no task {name!r}; the tasks are {', '.join(BUILDERS)}"
         raise ValueError(msg)
     own = {k for k in inspect.signature(builder).parameters if not k.startswith("_")}
-    unknown = set(arguments) - own
+    unknown = sorted(set(arguments) - own)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], own, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         msg = (
-            f"{name}() takes no argument {sorted(unknown)[0]!r}; its arguments are "
+            f"{name}() takes no argument {unknown[0]!r}{hint}; its arguments are "
             f"{', '.join(sorted(own))}"
         )
         raise TypeError(msg)
