@@ -595,6 +595,17 @@ class Completer(JobHandle, Reports):
         """
         check_dtype(s.dtype)
         system, bar = self.options.system, self._bar
+        if (
+            system is not None
+            and isinstance(s.dtype, pl.List)
+            and "sys" not in self._reports
+        ):
+            self._reports["sys"] = True  # once a job: the column holds messages
+            logger.warning(
+                "system= is for String prompts; column %r holds message lists, which "
+                "carry their own system message: system= is not sent",
+                s.name,
+            )
         if self._batch is not None:
             return self._batch_series(s)
 

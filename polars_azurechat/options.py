@@ -99,7 +99,9 @@ class ChatOptions:
         "or down. Instead of ``deployment`` and the job-wide quota options.",
     )
     system: str | None = _opt(
-        None, "For String prompts: a system message sent before each prompt."
+        None,
+        "For String prompts: a system message sent before each prompt (a column of "
+        "messages carries its own: not sent, with a warning once a job).",
     )
     output: OutputKind = _opt(
         "content",

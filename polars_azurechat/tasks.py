@@ -342,7 +342,8 @@ def classify(
         A line added to the prompt (:data:`CLASSIFY_PROMPT`).
     prompt
         Your own prompt instead of :data:`CLASSIFY_PROMPT` (``{labels}`` and
-        ``{instructions}`` are filled in; other braces are left as they are).
+        ``{instructions}`` are filled in, ``{{labels}}`` writes ``{labels}``; other
+        braces are left as they are).
     confidence
         Add the probability of the chosen label (see the module docstring): the
         column is then ``Struct{label, confidence}``.

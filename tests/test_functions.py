@@ -198,6 +198,29 @@ def test_struct_output_carries_usage_and_attempts(emulator: Emulator) -> None:
     assert emulator.stats()["statuses"] == {"200": 3, "500": 1}
 
 
+def test_system_on_a_column_of_messages_is_said_to_be_unsent(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # system= is for String prompts: a messages column carries its own (it was
+    # dropped without a word)
+    df = pl.DataFrame(
+        {"m": [[{"role": "user", "content": "What is 1 + 1?"}]] * 2},
+        schema={"m": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))},
+    )
+    job = pac.Completer(system="Answer in French.", progress=False)
+    for _ in range(2):
+        out = df.select(job.expr("m"))
+    assert out["m"].to_list() == ["2", "2"]
+    said = [r.message for r in caplog.records if "system=" in r.message]
+    assert said == [
+        "system= is for String prompts; column 'm' holds message lists, which carry "
+        "their own system message: system= is not sent"
+    ]  # once a job
+    caplog.clear()
+    pl.DataFrame({"q": ["What is 1 + 1?"]}).select(job.expr("q"))
+    assert not [r for r in caplog.records if "system=" in r.message]
+
+
 def test_empty_empty_list_and_nulls(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -303,6 +303,13 @@ def test_a_wrong_argument_is_named_for_the_task_given_before_any_request(
         "classify", ["a shoe"], images=["https://x/y.png"], labels=LABELS
     )
     assert listed.requests == 1
+    # a placeholder in double braces is its name, as in str.format (it was filled)
+    braces = tasks.explain_prompt(
+        "classify", labels=LABELS, prompt="Use {{labels}}: {labels} {{x}}"
+    )
+    assert braces.startswith("Use {labels}: - ") and braces.endswith("{{x}}")
+    with pytest.raises(ValueError, match=r"prompt= has no \{labels\}"):
+        tasks.explain_prompt("classify", labels=LABELS, prompt="Use {{labels}}.")
     # explain_prompt: a hint for a typo, and a task call's job keywords pass
     with pytest.raises(TypeError, match="did you mean 'instructions'"):
         tasks.explain_prompt("classify", labels=LABELS, instrutions="x")

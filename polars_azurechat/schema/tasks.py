@@ -97,7 +97,11 @@ PROMPTS: Final = {
 #: ``sentiment``'s labels.
 SENTIMENT_LABELS: Final = ("positive", "neutral", "negative")
 
-_PLACEHOLDER = re.compile(r"\{(labels|condition|instructions|max_words|language)\}")
+#: A placeholder, or one written twice over (``{{labels}}``: the text ``{labels}``).
+_PLACEHOLDER = re.compile(
+    r"\{\{(labels|condition|instructions|max_words|language)\}\}"
+    r"|\{(labels|condition|instructions|max_words|language)\}"
+)
 
 
 def _render(template: str, **values: str) -> str:
@@ -105,15 +109,19 @@ def _render(template: str, **values: str) -> str:
 
     A prompt of one's own lacking ``{instructions}`` gets them on a line at its end;
     lacking another placeholder of the task (``{labels}``, ``{condition}``, ...), it
-    is refused: what was given would not be sent.
+    is refused: what was given would not be sent. A placeholder in double braces is
+    its name in single ones, as in ``str.format``.
 
     Examples
     --------
     >>> _render("Sort it.", instructions="Be strict.\n")
     'Sort it.\nBe strict.'
+    >>> _render("Pick from {labels} ({{labels}}).", labels="a, b")
+    'Pick from a, b ({labels}).'
     """
+    present = {m.group(2) for m in _PLACEHOLDER.finditer(template)} - {None}
     for name, value in values.items():
-        if value and "{" + name + "}" not in template:
+        if value and name not in present:
             if name != "instructions":
                 msg = (
                     f"prompt= has no {{{name}}}: the task's {name} would not be sent; "
@@ -122,7 +130,12 @@ def _render(template: str, **values: str) -> str:
                 )
                 raise ValueError(msg)
             template = template.rstrip("\n") + "\n{instructions}"
-    filled = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    filled = _PLACEHOLDER.sub(
+        lambda m: (
+            "{" + m.group(1) + "}" if m.group(1) else values.get(m.group(2), m.group(0))
+        ),
+        template,
+    )
     return filled.rstrip("\n") if template.endswith("{instructions}") else filled
 
 
