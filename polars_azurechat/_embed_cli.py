@@ -28,7 +28,6 @@ from polars_azurechat._cli_files import (
 )
 from polars_azurechat._flags import with_flags
 from polars_azurechat.cli import _options, _write, app, option_flags
-from polars_azurechat.config import ChatConfig
 from polars_azurechat.embeddings import Embedder, EmbedOptionsDict
 from polars_azurechat.engine.texts import (
     MAX_INPUTS,
@@ -133,7 +132,7 @@ def embed_command(
     }
     if plan:
         with contextlib.ExitStack() as stack:
-            job = stack.enter_context(_job(stack, options, spec, emulator))
+            job = stack.enter_context(_job(stack, options, spec, emulator)[0])
             texts = pl.read_parquet(input_path, columns=[column])[column]
             typer.echo(str(job.plan(texts)))
         return
@@ -145,7 +144,8 @@ def embed_command(
             "OUTPUT_PATH",
             reads_of(input_path, options.cache, read_files(None, option_values)),
         )
-        job = stack.enter_context(_job(stack, options, spec, emulator))
+        job, resumes = _job(stack, options, spec, emulator)
+        stack.enter_context(job)
         if job.shows_progress:
             job.expect_rows(row_count(input_path))
         wall, summary = run_to_file(
@@ -153,7 +153,7 @@ def embed_command(
             lambda: embed_parquet(job, input_path, out.partial, column, output_column),
             out,
             on_error=options.on_error,
-            kept=lambda: _kept(job),
+            kept=lambda: _kept(job, resumes=resumes),
             what="vector",
         )
     say_wrote(output_path, wall, summary)
@@ -164,29 +164,38 @@ def _job(
     options: ChatOptions,
     spec: dict[str, Any],
     emulator: bool,
-) -> Embedder:
-    """The embeddings job of the flags (on a started emulator with ``--emulator``)."""
+) -> tuple[Embedder, bool]:
+    """The embeddings job of the flags (on a started emulator with ``--emulator``).
+
+    Also whether a rerun resumes it (not on an emulator off its cache's port).
+    """
     config = None
     params = {k: getattr(options, k) for k in EMBED_OPTIONS}
+    resumes = True
     if emulator:
-        from polars_azurechat.emulator import Emulator
+        from polars_azurechat._cli_emulator import start_emulator
 
-        emu = stack.enter_context(Emulator())
-        deployment = options.deployment or EMULATOR_DEPLOYMENT
-        config = ChatConfig(
-            azure_endpoint=emu.url, api_key=emu.api_key, deployment=deployment
+        config, options, resumes = start_emulator(
+            stack, options, deployment=EMULATOR_DEPLOYMENT
         )
     try:
-        return Embedder(config=config, **spec, **params)
+        return Embedder(config=config, **spec, **params), resumes
     except (AzureChatError, ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _kept(job: Embedder) -> str:
-    """What an interrupted ``embed`` kept, and how to resume it."""
+def _kept(job: Embedder, *, resumes: bool = True) -> str:
+    """What an interrupted ``embed`` kept, and how to resume it.
+
+    ``resumes``: ``False`` on a run's own emulator that a rerun cannot resume from.
+    """
     cache = job.engine.cache
     if cache is None:
         return "nothing was kept: pass --cache FILE to resume after a stop"
+    if not resumes:
+        from polars_azurechat._cli_emulator import EMULATOR_GONE
+
+        return f"what was answered is in {cache.path}, but {EMULATOR_GONE}"
     if cache.broken:
         return f"{cache.broken}, so nothing was kept"
     return f"vectors so far are in {cache.path}: run the same command to resume"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import polars as pl
 import typer
 
+from polars_azurechat._cli_emulator import EMULATOR_GONE, start_emulator
 from polars_azurechat._cli_files import (
     first_line,
     publish,
@@ -31,8 +32,7 @@ from polars_azurechat._cli_files import (
 )
 from polars_azurechat._flags import attribute_docs, dataclass_flags, with_flags
 from polars_azurechat.config import ChatConfig
-from polars_azurechat.emulator import Emulator, EmulatorSettings, serve
-from polars_azurechat.emulator._batch import BatchService
+from polars_azurechat.emulator import EmulatorSettings, serve
 from polars_azurechat.emulator._settings import exposure_warning
 from polars_azurechat.engine.convert import check_dtype, results_to_series
 from polars_azurechat.errors import AzureChatError
@@ -44,18 +44,6 @@ from polars_azurechat.report import cli_report
 if TYPE_CHECKING:
     pass
 
-#: ``run --emulator --mode batch``: the emulator's batches take a fraction of a second,
-#: and the job looks at them this often (unless --batch-poll-s is given).
-EMULATOR_BATCH_PACE: dict[str, Any] = {
-    "validating_s": 0.05,
-    "line_s": 0.0005,
-    "finalizing_s": 0.05,
-    "cancelling_s": 0.05,
-    "file_processing_s": 0.02,
-    "tick_s": 0.01,
-}
-EMULATOR_BATCH_POLL_S = 0.05
-DEFAULT_BATCH_POLL_S = ChatOptions().batch_poll_s
 
 app = typer.Typer(
     name="polars-azurechat",
@@ -226,9 +214,9 @@ def run(
         )
         if options.mode == "batch":
             _check_batch_state(options.cache)
-        config = None
+        config, resumes = None, False
         if emulator:
-            config, options = _start_emulator(stack, options)
+            config, options, resumes = start_emulator(stack, options)
         try:
             job = stack.enter_context(
                 Completer(
@@ -251,7 +239,9 @@ def run(
             ),
             out,
             on_error=options.on_error,
-            kept=lambda: _kept_after_stop(job, options, emulator=emulator),
+            kept=lambda: _kept_after_stop(
+                job, options, emulator=emulator and not resumes
+            ),
             what="answer",
         )
     say_wrote(output_path, wall, summary)
@@ -282,37 +272,13 @@ def _body_params(
     return params
 
 
-def _start_emulator(
-    stack: contextlib.ExitStack, options: ChatOptions
-) -> tuple[ChatConfig, ChatOptions]:
-    """Start the emulator for ``run --emulator``: its config, and the options for it."""
-    batches = None
-    if options.mode == "batch":  # a batch takes a fraction of a second here
-        batches = BatchService(**EMULATOR_BATCH_PACE)
-        if options.batch_poll_s == DEFAULT_BATCH_POLL_S:
-            options = options.replace(batch_poll_s=EMULATOR_BATCH_POLL_S)
-    emu = stack.enter_context(Emulator(batches=batches))
-    config = ChatConfig(
-        azure_endpoint=emu.url,
-        api_key=emu.api_key,
-        deployment=options.deployment or "gpt-4o-mini",
-    )
-    return config, options
-
-
-#: Why a ``run --emulator`` cannot be resumed: its answers are keyed to its port.
-EMULATOR_GONE = (
-    "this run's own emulator ended with it, and a rerun with --emulator starts "
-    "another (on another port, the cache's keys name the port): it sends everything "
-    "again; to resume, run against one that stays (polars-azurechat emulator "
-    "--port N, its AZURE_OPENAI_ENDPOINT)"
-)
-
-
 def _kept_after_stop(
     job: Completer, options: ChatOptions, *, emulator: bool = False
 ) -> str:
-    """What an interrupted ``run`` kept, and how to resume or cancel it."""
+    """What an interrupted ``run`` kept, and how to resume or cancel it.
+
+    ``emulator``: the run's own emulator, which a rerun cannot resume from.
+    """
     cache = job.engine.cache
     if cache is None:
         return "nothing was kept: pass --cache FILE to resume after a stop"

@@ -595,17 +595,7 @@ class Completer(JobHandle, Reports):
         """
         check_dtype(s.dtype)
         system, bar = self.options.system, self._bar
-        if (
-            system is not None
-            and isinstance(s.dtype, pl.List)
-            and "sys" not in self._reports
-        ):
-            self._reports["sys"] = True  # once a job: the column holds messages
-            logger.warning(
-                "system= is for String prompts; column %r holds message lists, which "
-                "carry their own system message: system= is not sent",
-                s.name,
-            )
+        _say_system_unsent(self._reports, s, system)
         if self._batch is not None:
             return self._batch_series(s)
 
@@ -700,6 +690,17 @@ def rows_per_slice(bytes_per_row: float, most: int | None = None) -> int:
     most = SLICE_ROWS if most is None else most
     fit = int(SLICE_BYTES // max(bytes_per_row, 1.0))
     return max(min(most, fit), min(MIN_SLICE_ROWS, most))
+
+
+def _say_system_unsent(reports: dict[str, Any], s: pl.Series, system: Any) -> None:
+    """Warn once a job (``reports``) that ``system=`` is not sent with messages."""
+    if system is not None and isinstance(s.dtype, pl.List) and "sys" not in reports:
+        reports["sys"] = True
+        logger.warning(
+            "system= is for String prompts; column %r holds message lists, which "
+            "carry their own system message: system= is not sent",
+            s.name,
+        )
 
 
 def _apply_policy(

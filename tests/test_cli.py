@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -285,17 +286,54 @@ def test_run_with_a_schema_file_writes_typed_columns(tmp_path: Path) -> None:
     assert "not JSON" in " ".join(bad.output.replace("│", " ").split())
 
 
-def test_a_stopped_emulator_run_says_a_rerun_cannot_resume(tmp_path: Path) -> None:
-    # run --emulator starts its own emulator on a free port, and the cache's keys name
-    # the port: "run the same command to resume" sent everything again
+def test_an_emulator_run_with_a_cache_resumes_on_the_cache_s_port(
+    tmp_path: Path,
+) -> None:
+    # run --emulator started its own emulator on a free port, and the cache's keys name
+    # the port: a rerun sent everything again. With --cache it listens on a port the
+    # cache file names, so a rerun finds the answers
+    src, cache = tmp_path / "in.parquet", tmp_path / "c.sqlite"
+    pl.DataFrame({"q": ["What is 1 + 1?", "What is 2 + 2?"]}).write_parquet(src)
+    args = ["run", str(src), str(tmp_path / "out.parquet"), "--column", "q"]
+    args += ["--emulator", "--cache", str(cache), "--no-progress", "--overwrite"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert re.search(r"requests:\s+2 ", first.output), first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "2 from cache" in again.output
+    assert re.search(r"requests:\s+0 ", again.output), again.output
+
+
+def test_an_emulator_off_its_cache_s_port_says_a_rerun_cannot_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import contextlib
+    import socket
+
     import polars_azurechat as pac
+    from polars_azurechat._cli_emulator import cache_port, start_emulator
     from polars_azurechat.cli import _kept_after_stop
 
     cache = tmp_path / "c.sqlite"
-    config = pac.ChatConfig(azure_endpoint="http://127.0.0.1:9", api_key="k")
-    with pac.Completer(config=config, deployment="d", cache=str(cache)) as job:
+    options = pac.ChatOptions(cache=str(cache))
+    with contextlib.ExitStack() as stack:
+        config, _, resumes = start_emulator(stack, options)
+        assert resumes and config.azure_endpoint.endswith(f":{cache_port(cache)}")
+    with contextlib.ExitStack() as stack, socket.socket() as taken:
+        taken.bind(("127.0.0.1", cache_port(cache)))
+        taken.listen()
+        config, _, resumes = start_emulator(stack, options)
+        assert not resumes
+        assert not config.azure_endpoint.endswith(f":{cache_port(cache)}")
+    assert "a rerun will not find this run's answers" in caplog.text
+    with pac.Completer(config=config, cache=str(cache)) as job:
         own = _kept_after_stop(job, job.options, emulator=True)
         fixed = _kept_after_stop(job, job.options)
     assert own.startswith(f"what was answered is in {cache}, but this run's own")
-    assert "sends everything again" in own and "emulator --port N" in own
+    assert "sends them again" in own and "emulator --port N" in own
     assert fixed == f"answers so far are in {cache}: run the same command to resume"
+    # batch mode: the emulator's batches end with it, whatever its port
+    with contextlib.ExitStack() as stack:
+        _, _, resumes = start_emulator(stack, options.replace(mode="batch"))
+    assert not resumes

@@ -482,7 +482,11 @@ class Emulator:
             target=loop.run_forever, name="azurechat-emulator", daemon=True
         )
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        except BaseException:  # the port is taken, say: no thread is left behind
+            self.stop()
+            raise
         return self
 
     async def _start(self) -> None:
