@@ -256,8 +256,8 @@ def test_batch_mode_on_the_v1_api_uses_its_files_and_batches(tmp_path: Any) -> N
     # a job configured for the v1 API sends its batches through /openai/v1/ (an
     # OpenAI client, no api-version), not the classic routes with api-version "v1"
     import polars_azurechat as pac
-    from polars_azurechat.batch.mode import batch_client
     from polars_azurechat._cli_emulator import EMULATOR_BATCH_PACE
+    from polars_azurechat.batch.mode import batch_client
     from polars_azurechat.emulator._batch import BatchService
 
     with Emulator(batches=BatchService(**EMULATOR_BATCH_PACE)) as emu:
