@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
@@ -126,6 +125,8 @@ def _check_plan_arguments(data: Any, params: Mapping[str, Any]) -> None:
             "them first (df.select(expr).to_series())"
         )
         raise TypeError(msg)
+    import difflib  # here, not at import: only a plan's keywords need it
+
     from polars_azurechat._body_fields import known_keywords
 
     known = set(known_keywords())
