@@ -10,13 +10,15 @@ taken, the emulator takes a free one and the run says a rerun will not resume.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
 
-from polars_azurechat.config import ChatConfig
+from polars_azurechat.config import ChatConfig, shown_url
 from polars_azurechat.emulator import Emulator
 from polars_azurechat.options import ChatOptions
 
@@ -51,14 +53,16 @@ EMULATOR_PORTS = range(20_000, 30_000)
 #: Why a stopped ``run --emulator`` cannot be resumed, when it cannot.
 EMULATOR_GONE = (
     "this run's own emulator ended with it, and a rerun with --emulator starts "
-    "another that does not know this run's answers or batches: it sends them again; "
-    "to resume, run against one that stays (polars-azurechat emulator --port N, "
-    "its AZURE_OPENAI_ENDPOINT)"
+    "another on another port (the cache's keys name this one's) or without its "
+    "batches: it sends them again; to resume, run against one that stays "
+    "(polars-azurechat emulator --port N, its AZURE_OPENAI_ENDPOINT)"
 )
 
 
 def cache_port(cache: str | os.PathLike[str]) -> int:
-    """The emulator's port for a cache file: the same for the same file, run to run.
+    """The emulator's port for a cache: the same for the same file, run to run.
+
+    A file is named by its absolute path; a URL (``redis://...``) as it is given.
 
     Examples
     --------
@@ -67,8 +71,21 @@ def cache_port(cache: str | os.PathLike[str]) -> int:
     >>> cache_port("answers.sqlite") in EMULATOR_PORTS
     True
     """
-    name = str(Path(cache).resolve()).encode()
-    return EMULATOR_PORTS[zlib.crc32(name) % len(EMULATOR_PORTS)]
+    name = str(cache) if "://" in str(cache) else str(Path(cache).resolve())
+    return EMULATOR_PORTS[zlib.crc32(name.encode()) % len(EMULATOR_PORTS)]
+
+
+def _emulator_on(port: int, batches: Any) -> Emulator:
+    """An emulator listening on ``port``; ``OSError`` when another program does.
+
+    A program answering on ``127.0.0.1:port`` counts: on macOS and the BSDs a bind
+    passes next to a program that listens on all addresses.
+    """
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if port and probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise OSError(errno.EADDRINUSE, "a program listens there")
+    return Emulator(batches=batches, port=port)
 
 
 def start_emulator(
@@ -91,12 +108,12 @@ def start_emulator(
             options = options.replace(batch_poll_s=EMULATOR_BATCH_POLL_S)
     port = 0 if options.cache is None else cache_port(options.cache)
     try:
-        emu = stack.enter_context(Emulator(batches=batches, port=port))
+        emu = stack.enter_context(_emulator_on(port, batches))
     except OSError as exc:
         logger.warning(
             "the emulator's port for %s, %d, is taken (%s): it listens on another, "
             "and a rerun will not find this run's answers",
-            options.cache,
+            shown_url(str(options.cache)),
             port,
             exc.strerror or exc,
         )

@@ -192,12 +192,12 @@ def _kept(job: Embedder, *, resumes: bool = True) -> str:
     cache = job.engine.cache
     if cache is None:
         return "nothing was kept: pass --cache FILE to resume after a stop"
+    if cache.broken:
+        return f"{cache.broken}, so nothing was kept"
     if not resumes:
         from polars_azurechat._cli_emulator import EMULATOR_GONE
 
         return f"what was answered is in {cache.path}, but {EMULATOR_GONE}"
-    if cache.broken:
-        return f"{cache.broken}, so nothing was kept"
     return f"vectors so far are in {cache.path}: run the same command to resume"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+import zlib
 from collections.abc import Callable
 
 __all__ = [
@@ -130,8 +131,8 @@ def _jpeg_size_at(read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
     return width, height
 
 
-#: Most bytes skipped between a JPEG's segments looking for the next marker (a writer's
-#: stray bytes; libjpeg skips them with a warning).
+#: How many bytes are read at a time between a JPEG's segments looking for the next
+#: marker (a writer's stray bytes; libjpeg skips them with a warning).
 JPEG_JUNK = 64
 
 
@@ -144,12 +145,16 @@ def _jpeg_frame_at(read: Callable[[int, int], bytes]) -> int | None:
     i = 2
     while len(seen := read(i, 4)) >= 4:
         if seen[0] != 0xFF:  # bytes that are no marker: skipped, as libjpeg does
-            skip = read(i, JPEG_JUNK).find(b"\xff")
-            if skip < 0:
+            window = read(i, JPEG_JUNK)
+            skip = window.find(b"\xff")
+            if skip < 0 and len(window) < JPEG_JUNK:
                 return None
-            i += skip
+            i += len(window) if skip < 0 else skip
             continue
         marker = seen[1]
+        if marker == 0x00:  # FF 00: a stuffed byte among stray ones, no marker
+            i += 2
+            continue
         if marker == 0xFF:  # fill byte
             i += 1
             continue
@@ -291,25 +296,46 @@ MAX_PNG_CHUNKS = 4096
 
 
 def _png_needs(data: bytes) -> int | None:
-    """The bytes a PNG's chunks give, when past its own; ``None`` when all are here.
+    """At least the bytes a PNG's chunks give, when past its own; ``None``: all here.
 
-    The chunks are walked by their lengths to IEND. Decoders need no IEND: bytes that
-    end inside it, or between two chunks once the pixels (IDAT) began, are whole (data
-    after IEND is ignored).
+    The chunks are walked by their lengths to IEND (data after it is ignored, as
+    decoders do). Decoders need no IEND either: bytes that end inside it, or between
+    two chunks, are whole when the pixels' zlib stream (the IDAT chunks) is whole.
     """
-    at, pixels = 8, False
+    at, pixels = 8, list[tuple[int, int]]()
     for _ in range(MAX_PNG_CHUNKS):
         head = data[at : at + 8]
         if len(head) < 8:  # the bytes end between chunks, or in a chunk's header
-            whole = pixels and _IEND.startswith(head)
+            whole = _IEND.startswith(head) and _stream_ends(data, pixels)
             return None if whole else max(at + 12, len(data) + 1)
         end = at + 12 + int.from_bytes(head[:4], "big")
         if head[4:] == b"IEND":
             return None
         if end > len(data):
             return end
-        at, pixels = end, pixels or head[4:] == b"IDAT"
+        if head[4:] == b"IDAT":
+            pixels.append((at + 8, end - 4))
+        at = end
     return None
+
+
+def _stream_ends(data: bytes, spans: list[tuple[int, int]]) -> bool:
+    """Whether the zlib stream in ``data``'s ``spans`` ends there.
+
+    It is inflated a MB at a time, the output dropped. A stream that is not zlib is
+    damage, not a cut: ``True``.
+    """
+    stream = zlib.decompressobj()
+    view = memoryview(data)
+    try:
+        for start, stop in spans:
+            rest = view[start:stop]
+            while rest and not stream.eof:
+                stream.decompress(rest, 1 << 20)
+                rest = memoryview(stream.unconsumed_tail)
+    except zlib.error:
+        return True
+    return stream.eof
 
 
 #: The header of a PNG's last chunk (its length, 0, then its type).
@@ -319,16 +345,30 @@ _IEND = b"\x00\x00\x00\x00IEND"
 def _gif_blocks(data: bytes, at: int) -> int:
     """Past the data sub-blocks at ``at`` (each its length, then its bytes; 0 ends).
 
-    When the bytes end first: ``len(data)`` if they end between two sub-blocks, more
-    if inside one or before the first.
+    Past ``len(data)`` when the bytes end first.
     """
-    start = at
     while at < len(data):
         size = data[at]
         at += 1 + size
         if size == 0:
             return at
-    return at if at > start else at + 1  # no sub-block at all: none is whole
+    return len(data) + 1
+
+
+def _gif_image_ends(data: bytes, at: int) -> bool:
+    """Whether an image's data sub-blocks from ``at`` lie whole in ``data``.
+
+    Decoders need no last terminator: bytes that end between two sub-blocks are whole
+    when the last one is short (an encoder fills every sub-block but the last).
+    """
+    size, blocks = 0, 0
+    while at < len(data):
+        size = data[at]
+        if size == 0:
+            return blocks > 0
+        at += 1 + size
+        blocks += 1
+    return at == len(data) and 0 < size < 255
 
 
 def _gif_table(flags: int) -> int:
@@ -340,22 +380,18 @@ def _gif_whole(data: bytes) -> bool:
     """Whether a GIF's bytes reach the end of its first image (or its trailer).
 
     Its blocks are walked: extensions and the first image's descriptor, colour table
-    and data sub-blocks, whole (decoders need neither the last terminator nor the
-    trailer). Later frames are not judged; a byte that starts no block ends the walk
-    (damage that is not a cut is Azure's to judge).
+    and data sub-blocks (:func:`_gif_image_ends`; decoders need no trailer). Later
+    frames are not judged; a byte that starts no block ends the walk (damage that is
+    not a cut is Azure's to judge).
     """
     at = 13 + _gif_table(data[10])
     while at < len(data) and data[at] in (0x21, 0x2C):
-        image = data[at] == 0x2C
-        if image:
-            if at + 10 > len(data):
-                return False
-            at += 10 + _gif_table(data[at + 9]) + 1  # + its LZW code size
-        else:
-            at += 2  # the introducer and the extension's label
-        at = _gif_blocks(data, at)
-        if image:  # its sub-blocks whole (a missing terminator or trailer is no cut)
-            return at <= len(data)
+        if data[at] == 0x2C:  # past its descriptor, colour table and LZW code size
+            image = at + 10 + 1
+            return image <= len(data) and _gif_image_ends(
+                data, image + _gif_table(data[at + 9])
+            )
+        at = _gif_blocks(data, at + 2)  # an extension: its introducer, its label
     return at < len(data)  # the trailer, or a byte that starts no block
 
 
@@ -390,15 +426,16 @@ def _cut_short(data: bytes) -> str | None:
             "(a partial download?)"
         )
     if kind == "image/png":
-        need, given = _png_needs(data), "its chunks give"
+        need, given = _png_needs(data), "of at least the {:,} its chunks give"
     elif kind == "image/webp":
-        need, given = 8 + int.from_bytes(data[4:8], "little"), "its RIFF header gives"
+        need = 8 + int.from_bytes(data[4:8], "little")
+        given = "of the {:,} its RIFF header gives"
     else:
         return None
     if need is None or need <= n:
         return None
     return (
-        f"is a {kind[6:].upper()} cut short: {n:,} bytes of the {need:,} {given} "
+        f"is a {kind[6:].upper()} cut short: {n:,} bytes {given.format(need)} "
         "(a partial download?)"
     )
 

@@ -282,6 +282,8 @@ def _kept_after_stop(
     cache = job.engine.cache
     if cache is None:
         return "nothing was kept: pass --cache FILE to resume after a stop"
+    if cache.broken:
+        return f"{cache.broken}, so nothing was kept"
     if emulator:
         return f"what was answered is in {cache.path}, but {EMULATOR_GONE}"
     if options.mode == "batch":
@@ -291,8 +293,6 @@ def _kept_after_stop(
             f"submitted twice), or 'polars-azurechat batches --cache "
             f"{cache.path} --cancel' to cancel them"
         )
-    if cache.broken:
-        return f"{cache.broken}, so nothing was kept"
     return f"answers so far are in {cache.path}: run the same command to resume"
 
 

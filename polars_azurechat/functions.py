@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
@@ -413,7 +414,7 @@ class Completer(JobHandle, Reports):
             listed = rows.to_list()
         else:
             listed = list(rows)
-        requests = rows_to_requests(listed, system=self.options.system)
+        requests = self.requests(listed)
         with self.engine.runs.scope() as run:
             try:
                 results = self._answer_all(requests)
@@ -504,9 +505,11 @@ class Completer(JobHandle, Reports):
         String prompts get the job's ``system`` message.
         """
         system = self.options.system
+        rows = rows if isinstance(rows, pl.Series) else list(rows)
+        _say_system_unsent(self._reports, rows, system)
         if isinstance(rows, pl.Series):
             return series_to_requests(rows, system=system)
-        return rows_to_requests(list(rows), system=system)
+        return rows_to_requests(rows, system=system)
 
     def run_scope(self) -> contextlib.AbstractContextManager[Run]:
         """One explicit run: every batch answered inside belongs to it."""
@@ -640,7 +643,7 @@ class Completer(JobHandle, Reports):
     def _batch_series(self, s: pl.Series) -> pl.Series:
         """Batch mode's ``map_batches`` function: the whole column, one set of batches."""
         assert self._batch is not None  # noqa: S101 - batch mode only
-        requests = series_to_requests(s, system=self.options.system)
+        requests = self.requests(s)
         try:
             results = self._batch.answer(requests)
             _apply_policy(self.options.on_error, list(_failures(results)), len(s))
@@ -692,15 +695,32 @@ def rows_per_slice(bytes_per_row: float, most: int | None = None) -> int:
     return max(min(most, fit), min(MIN_SLICE_ROWS, most))
 
 
-def _say_system_unsent(reports: dict[str, Any], s: pl.Series, system: Any) -> None:
+#: Taken to warn once a job (Polars calls from several threads at once).
+_SAY_ONCE = threading.Lock()
+
+
+def _say_system_unsent(
+    reports: dict[str, Any], rows: pl.Series | list[Any], system: Any
+) -> None:
     """Warn once a job (``reports``) that ``system=`` is not sent with messages."""
-    if system is not None and isinstance(s.dtype, pl.List) and "sys" not in reports:
-        reports["sys"] = True
-        logger.warning(
-            "system= is for String prompts; column %r holds message lists, which "
-            "carry their own system message: system= is not sent",
-            s.name,
-        )
+    if system is None or "sys" in reports:
+        return
+    if isinstance(rows, pl.Series):
+        if not isinstance(rows.dtype, pl.List):
+            return
+        what = f"column {rows.name!r} holds"
+    elif any(isinstance(row, list | tuple) for row in rows):
+        what = "these rows hold"
+    else:
+        return
+    with _SAY_ONCE:
+        if reports.setdefault("sys", what) is not what:
+            return
+    logger.warning(
+        "system= is for String prompts; %s message lists, which carry their own "
+        "system message: system= is not sent",
+        what,
+    )
 
 
 def _apply_policy(

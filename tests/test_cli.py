@@ -286,13 +286,30 @@ def test_run_with_a_schema_file_writes_typed_columns(tmp_path: Path) -> None:
     assert "not JSON" in " ".join(bad.output.replace("│", " ").split())
 
 
+def _free_cache(tmp_path: Path) -> Path:
+    """A cache file whose emulator port (a hash of its path) no program holds now."""
+    import socket
+
+    from polars_azurechat._cli_emulator import cache_port
+
+    for i in range(20):
+        cache = tmp_path / f"c{i}.sqlite"
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", cache_port(cache)))
+            except OSError:
+                continue
+        return cache
+    pytest.fail("20 cache ports taken")
+
+
 def test_an_emulator_run_with_a_cache_resumes_on_the_cache_s_port(
     tmp_path: Path,
 ) -> None:
     # run --emulator started its own emulator on a free port, and the cache's keys name
     # the port: a rerun sent everything again. With --cache it listens on a port the
     # cache file names, so a rerun finds the answers
-    src, cache = tmp_path / "in.parquet", tmp_path / "c.sqlite"
+    src, cache = tmp_path / "in.parquet", _free_cache(tmp_path)
     pl.DataFrame({"q": ["What is 1 + 1?", "What is 2 + 2?"]}).write_parquet(src)
     args = ["run", str(src), str(tmp_path / "out.parquet"), "--column", "q"]
     args += ["--emulator", "--cache", str(cache), "--no-progress", "--overwrite"]
@@ -315,7 +332,7 @@ def test_an_emulator_off_its_cache_s_port_says_a_rerun_cannot_resume(
     from polars_azurechat._cli_emulator import cache_port, start_emulator
     from polars_azurechat.cli import _kept_after_stop
 
-    cache = tmp_path / "c.sqlite"
+    cache = _free_cache(tmp_path)
     options = pac.ChatOptions(cache=str(cache))
     with contextlib.ExitStack() as stack:
         config, _, resumes = start_emulator(stack, options)
@@ -327,6 +344,15 @@ def test_an_emulator_off_its_cache_s_port_says_a_rerun_cannot_resume(
         assert not resumes
         assert not config.azure_endpoint.endswith(f":{cache_port(cache)}")
     assert "a rerun will not find this run's answers" in caplog.text
+    # a Redis URL names its port as given (no password in the warning)
+    secret = "redis://:s3cr3t@127.0.0.1:1/0"
+    assert cache_port(secret) == cache_port(secret) and "/" in secret
+    with contextlib.ExitStack() as stack, socket.socket() as taken:
+        taken.bind(("127.0.0.1", cache_port(secret)))
+        taken.listen()
+        caplog.clear()
+        start_emulator(stack, pac.ChatOptions(cache=secret))
+    assert "redis://127.0.0.1:1/0" in caplog.text and "s3cr3t" not in caplog.text
     with pac.Completer(config=config, cache=str(cache)) as job:
         own = _kept_after_stop(job, job.options, emulator=True)
         fixed = _kept_after_stop(job, job.options)

@@ -12,10 +12,11 @@ import asyncio
 import collections
 import itertools
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
-from polars_azurechat._types import ChatRequest
+from polars_azurechat._types import ChatRequest, ChatResult
 from polars_azurechat.emulator import Emulator, answer_for
 from polars_azurechat.engine.core import ChatEngine
 from polars_azurechat.errors import (
@@ -254,6 +255,38 @@ def test_a_later_batch_of_a_run_takes_what_an_earlier_one_was_answered(
         for batch in ([one], [one]):
             list(engine.pipeline([(None, batch)]))
     assert len(transport.requests) == 5
+
+
+def test_with_a_cache_a_run_s_repeats_are_deduplicated_and_a_new_run_s_cached(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    from polars_azurechat.store.sqlite import SqliteCache
+
+    cache = SqliteCache(str(tmp_path / "c.sqlite"))
+    engine, transport = _memory_engine(Server(), clock, cache=cache)
+    one = _req("What is 1 + 1?")
+    with engine.runs.scope() as run:
+        for batch in ([one, one], [one]):
+            list(engine.pipeline([(None, batch)]))
+    assert len(transport.requests) == 1
+    assert (run.stats.deduplicated, run.stats.cached) == (2, 0)
+    engine.run([one])  # a new run: its memory is empty, the cache answers
+    assert engine.runs.last is not None
+    assert (engine.runs.last.stats.cached, len(transport.requests)) == (1, 1)
+    engine.close()
+
+
+def test_a_run_s_memory_is_measured_with_what_an_answer_holds() -> None:
+    from polars_azurechat.engine.frontdoor import RECENT_OVERHEAD, _answer_bytes
+
+    short = ChatResult(content="positive")
+    assert _answer_bytes(short) == RECENT_OVERHEAD + 8
+    # a typed value parsed from the text, log-probabilities, text that is not ASCII
+    typed = ChatResult(content='{"label":"positive"}', parsed={"label": "positive"})
+    assert _answer_bytes(typed) == RECENT_OVERHEAD + 2 * 20
+    tokens = tuple((str(i), -0.1) for i in range(1_000))
+    assert _answer_bytes(ChatResult(content="x", logprobs=tokens)) > 150_000
+    assert _answer_bytes(ChatResult(content="é" * 10)) == RECENT_OVERHEAD + 40
 
 
 def test_deadline_fails_what_is_left_without_hanging() -> None:

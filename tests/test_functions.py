@@ -219,6 +219,14 @@ def test_system_on_a_column_of_messages_is_said_to_be_unsent(
     caplog.clear()
     pl.DataFrame({"q": ["What is 1 + 1?"]}).select(job.expr("q"))
     assert not [r for r in caplog.records if "system=" in r.message]
+    # the other ways in (run, complete_many, requests, the CLI's batches) say it too
+    other = pac.Completer(system="Answer in French.", progress=False)
+    assert other.run([[{"role": "user", "content": "What is 1 + 1?"}]]) == ["2"]
+    said = [r.message for r in caplog.records if "system=" in r.message]
+    assert said == [
+        "system= is for String prompts; these rows hold message lists, which carry "
+        "their own system message: system= is not sent"
+    ]
 
 
 def test_empty_empty_list_and_nulls(

@@ -11,6 +11,7 @@ and the spending cap price images as the model bills them.
 from __future__ import annotations
 
 import base64
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,11 +284,11 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
     cases = {
         "in IDAT": (
             photo[:-20],
-            f"{len(photo) - 20:,} bytes of the {len(photo) - 12:,}",
+            f"{len(photo) - 20:,} bytes of at least the {len(photo) - 12:,}",
         ),
         "in its last CRC": (
             photo[:-14],
-            f"{len(photo) - 14:,} bytes of the {len(photo) - 12:,}",
+            f"{len(photo) - 14:,} bytes of at least the {len(photo) - 12:,}",
         ),
         "webp": (webp_photo[:-3], f"of the {len(webp_photo):,} its RIFF header give"),
     }
@@ -303,10 +304,18 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
     problem = _images.url_problem(_images.data_url(photo[:33]))  # signature, IHDR
     assert (
         problem
-        == "is a PNG cut short: 33 bytes of the 45 its chunks give (a partial download?)"
+        == "is a PNG cut short: 33 bytes of at least the 45 its chunks give (a partial download?)"
     )
     status, body = post(emu, _ask(_images.data_url(photo[:33])))
     assert status == 400 and body["error"]["code"] == "invalid_image", body
+    # ... and so is ending between two chunks before the pixels' zlib stream ended
+    split = _two_idats(photo)
+    first_end = split.index(b"IDAT", split.index(b"IDAT") + 4) - 4
+    problem = _images.url_problem(_images.data_url(split[:first_end]))
+    assert problem is not None and problem.startswith("is a PNG cut short: "), problem
+    status, body = post(emu, _ask(_images.data_url(split[:first_end])))
+    assert status == 400 and body["error"]["code"] == "invalid_image", body
+    assert _images.url_problem(_images.data_url(split[:-12])) is None  # no IEND
     # decoders need no IEND: bytes that end before it or inside it are whole
     for whole in (photo + b"trailing", photo[:-12], photo[:-5]):
         assert _images.url_problem(_images.data_url(whole)) is None
@@ -318,6 +327,25 @@ def test_an_image_cut_in_its_body_fails_alone_before_any_request(
     assert rows[1]["content"] == "Echo: What is it? [images: png 40x30]"
     assert "the image is a WEBP cut short" in rows[2]["error"]
     assert emu.stats()["requests"] == 1
+
+
+def _two_idats(photo: bytes) -> bytes:
+    """``photo`` (a PNG of one IDAT chunk) with its pixels' stream in two IDAT chunks."""
+    at = photo.index(b"IDAT") - 4
+    size = int.from_bytes(photo[at : at + 4], "big")
+    stream = photo[at + 8 : at + 8 + size]
+
+    def chunk(data: bytes) -> bytes:
+        crc = zlib.crc32(b"IDAT" + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + b"IDAT" + data + crc
+
+    half = size // 2
+    return (
+        photo[:at]
+        + chunk(stream[:half])
+        + chunk(stream[half:])
+        + photo[at + 12 + size :]
+    )
 
 
 def _scanned_jpeg(width: int, height: int) -> bytes:
@@ -359,6 +387,12 @@ def test_a_jpeg_or_gif_cut_in_its_body_fails_alone_before_any_request(
         "jpeg without its end marker": (photo[:-2], "hold no end marker (FF D9)"),
         "gif in its image": (anim[:-100], "is a GIF cut short: its "),
         "gif inside its last sub-block": (anim[:-4], "end inside its first"),
+        # between two sub-blocks, after a full one (255 bytes): more were to come
+        "gif after a full sub-block": (anim[: anim.index(b"\x02\xff") + 257], "end "),
+        "gif with no pixel data": (
+            anim[: anim.index(b"\x02\xff") + 1] + b"\x00\x3b",
+            "end inside its first image",
+        ),
         "gif in its screen": (anim[:12], "is a GIF cut short: its 12 bytes"),
         "gif before its first sub-block": (
             anim[: anim.index(b"\x2c") + 11],  # the descriptor, the LZW code size
@@ -380,6 +414,9 @@ def test_a_jpeg_or_gif_cut_in_its_body_fails_alone_before_any_request(
         # a fill byte, then stray bytes before a marker: libjpeg reads past them
         "jpeg with a fill byte": photo.replace(b"\xff\xc0", b"\xff\xff\xc0", 1),
         "jpeg with a stray byte": photo.replace(b"\xff\xc0", b"\x00\xff\xc0", 1),
+        "jpeg with stray bytes holding FF 00": photo.replace(
+            b"\xff\xc0", b"\x01\xff\x00\x02" * 40 + b"\xff\xc0", 1
+        ),
     }
     for name, data in whole.items():
         assert _images.url_problem(_data_url(data)) is None, name

@@ -14,6 +14,7 @@ import binascii
 import dataclasses
 import re
 import threading
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,8 +139,8 @@ def _jpeg_frame(data: Bytes) -> int | None:
         marker = data[at + 1]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return at
-        if marker == 0xFF:  # a fill byte before the marker
-            at += 1
+        if marker in (0x00, 0xFF):  # a stuffed FF among stray bytes; a fill byte
+            at += 1 if marker else 2
         elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # standalone: no length
             at += 2
         else:
@@ -183,11 +184,13 @@ def _gif_ends(data: Bytes) -> bool:
             at += 2
         else:  # the trailer, or damage that is not a cut
             return True
-        first = at
+        first, last = at, 0
         while at < len(blocks) and blocks[at]:
-            at += blocks[at] + 1
-        if kind == 0x2C:  # whole unless the bytes end inside a sub-block, or before
-            return first < at <= len(blocks)
+            last = blocks[at]
+            at += last + 1
+        if kind == 0x2C:  # whole: terminated, or ending after a short last sub-block
+            ended = at < len(blocks) or (at == len(blocks) and last < 255)
+            return first < at and ended
         if at >= len(blocks):
             return False
         at += 1
@@ -229,19 +232,33 @@ def _read(data: Bytes) -> tuple[str, tuple[int, int] | None] | None:
 def _png_ends(data: Bytes) -> bool:
     """Whether a PNG's chunks, hopped by their lengths, lie whole within its bytes.
 
-    A decoder stops at IEND, and needs none: the bytes may end at IEND, inside it,
-    or between two chunks once pixels (IDAT) came (not inside another chunk).
+    A decoder stops at IEND, and needs none once its pixels' zlib stream (the IDAT
+    chunks' data, joined) has ended: the bytes may then end inside IEND or between
+    two chunks (not inside another chunk).
     """
-    at, kinds = 8, set()
+    at, pixels = 8, []
     while at + 8 <= len(data):
         kind = bytes(data[at + 4 : at + 8])
         if kind == b"IEND":
             return True
-        kinds.add(kind)
-        at += 12 + _be(data, at, 4)
+        size = _be(data, at, 4)
+        if kind == b"IDAT":
+            pixels.append((at + 8, at + 8 + size))
+        at += 12 + size
     rest = bytes(data[at:]) if at < len(data) else b""
-    ends = at <= len(data) and b"\x00\x00\x00\x00IEND".startswith(rest)
-    return ends and b"IDAT" in kinds
+    if at > len(data) or not b"\x00\x00\x00\x00IEND".startswith(rest) or not pixels:
+        return False
+    inflate, stream = (
+        zlib.decompressobj(),
+        b"".join(bytes(data[a:b]) for a, b in pixels),
+    )
+    try:
+        while stream and not inflate.eof:  # a MB of pixels at a time, dropped
+            inflate.decompress(stream, 1 << 20)
+            stream = inflate.unconsumed_tail
+    except zlib.error:  # damage, not a cut: Azure's decoder judges it otherwise
+        return True
+    return inflate.eof
 
 
 def picture(url: str, detail: str) -> Picture | None:

@@ -109,8 +109,8 @@ def _render(template: str, **values: str) -> str:
 
     A prompt of one's own lacking ``{instructions}`` gets them on a line at its end;
     lacking another placeholder of the task (``{labels}``, ``{condition}``, ...), it
-    is refused: what was given would not be sent. A placeholder in double braces is
-    its name in single ones, as in ``str.format``.
+    is refused: what was given would not be sent. A placeholder's name in double
+    braces (``{{labels}}``) is written in single ones; other braces stay as written.
 
     Examples
     --------
