@@ -24,6 +24,7 @@ from polars_azurechat.options import ChatOptions
 
 __all__ = [
     "DEFAULT_BATCH_POLL_S",
+    "EMULATOR_BATCHES_GONE",
     "EMULATOR_BATCH_PACE",
     "EMULATOR_BATCH_POLL_S",
     "EMULATOR_GONE",
@@ -50,12 +51,18 @@ DEFAULT_BATCH_POLL_S = ChatOptions().batch_poll_s
 #: The ports a cache file names (below Linux's ephemeral ports, 32768 on).
 EMULATOR_PORTS = range(20_000, 30_000)
 
-#: Why a stopped ``run --emulator`` cannot be resumed, when it cannot.
+#: Why a stopped ``run --emulator`` cannot be resumed, when it cannot: online, its
+#: emulator was not on its cache's port; in batch mode, its batches ended with it.
 EMULATOR_GONE = (
     "this run's own emulator ended with it, and a rerun with --emulator starts "
-    "another on another port (the cache's keys name this one's) or without its "
-    "batches: it sends them again; to resume, run against one that stays "
-    "(polars-azurechat emulator --port N, its AZURE_OPENAI_ENDPOINT)"
+    "another on another port (the cache's keys name this one's): it sends "
+    "everything again; to resume, run against one that stays (polars-azurechat "
+    "emulator --port N, its AZURE_OPENAI_ENDPOINT)"
+)
+EMULATOR_BATCHES_GONE = (
+    "this run's own emulator ended with it, and its batches with it: a rerun sends "
+    "what was not collected again; to resume a batch, run against an emulator that "
+    "stays (polars-azurechat emulator --port N, its AZURE_OPENAI_ENDPOINT)"
 )
 
 

@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import polars as pl
 import typer
 
-from polars_azurechat._cli_emulator import EMULATOR_GONE, start_emulator
+from polars_azurechat._cli_emulator import (
+    EMULATOR_BATCHES_GONE,
+    EMULATOR_GONE,
+    start_emulator,
+)
 from polars_azurechat._cli_files import (
     first_line,
     publish,
@@ -285,7 +289,8 @@ def _kept_after_stop(
     if cache.broken:
         return f"{cache.broken}, so nothing was kept"
     if emulator:
-        return f"what was answered is in {cache.path}, but {EMULATOR_GONE}"
+        gone = EMULATOR_BATCHES_GONE if options.mode == "batch" else EMULATOR_GONE
+        return f"what was answered is in {cache.path}, but {gone}"
     if options.mode == "batch":
         return (
             f"the batches submitted keep running and are recorded in "

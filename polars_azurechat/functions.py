@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
@@ -20,8 +19,9 @@ from polars_azurechat.config import ChatConfig
 from polars_azurechat.engine.convert import (
     check_dtype,
     results_to_series,
-    rows_to_requests,
+    say_system_unsent,
     series_to_requests,
+    to_requests,
 )
 from polars_azurechat.errors import (
     AzureChatError,
@@ -504,12 +504,7 @@ class Completer(JobHandle, Reports):
         ``None`` for a null row; a row that cannot be sent carries its input error.
         String prompts get the job's ``system`` message.
         """
-        system = self.options.system
-        rows = rows if isinstance(rows, pl.Series) else list(rows)
-        _say_system_unsent(self._reports, rows, system)
-        if isinstance(rows, pl.Series):
-            return series_to_requests(rows, system=system)
-        return rows_to_requests(rows, system=system)
+        return to_requests(rows, self.options.system, self._reports)
 
     def run_scope(self) -> contextlib.AbstractContextManager[Run]:
         """One explicit run: every batch answered inside belongs to it."""
@@ -598,7 +593,7 @@ class Completer(JobHandle, Reports):
         """
         check_dtype(s.dtype)
         system, bar = self.options.system, self._bar
-        _say_system_unsent(self._reports, s, system)
+        say_system_unsent(self._reports, s, system)
         if self._batch is not None:
             return self._batch_series(s)
 
@@ -693,34 +688,6 @@ def rows_per_slice(bytes_per_row: float, most: int | None = None) -> int:
     most = SLICE_ROWS if most is None else most
     fit = int(SLICE_BYTES // max(bytes_per_row, 1.0))
     return max(min(most, fit), min(MIN_SLICE_ROWS, most))
-
-
-#: Taken to warn once a job (Polars calls from several threads at once).
-_SAY_ONCE = threading.Lock()
-
-
-def _say_system_unsent(
-    reports: dict[str, Any], rows: pl.Series | list[Any], system: Any
-) -> None:
-    """Warn once a job (``reports``) that ``system=`` is not sent with messages."""
-    if system is None or "sys" in reports:
-        return
-    if isinstance(rows, pl.Series):
-        if not isinstance(rows.dtype, pl.List):
-            return
-        what = f"column {rows.name!r} holds"
-    elif any(isinstance(row, list | tuple) for row in rows):
-        what = "these rows hold"
-    else:
-        return
-    with _SAY_ONCE:
-        if reports.setdefault("sys", what) is not what:
-            return
-    logger.warning(
-        "system= is for String prompts; %s message lists, which carry their own "
-        "system message: system= is not sent",
-        what,
-    )
 
 
 def _apply_policy(

@@ -121,6 +121,12 @@ def explain_prompt(task: str, **arguments: Any) -> str:
     Answer in JSON as {"match": true} when it does, {"match": false} when it does not.
     """
     known = set(known_keywords())  # a task call's job keywords (max_tokens=, ...)
+    own = inspect.signature(BUILDERS[task]).parameters if task in BUILDERS else {}
+    for key in set(arguments) - known - set(own):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        if close and not difflib.get_close_matches(key, own, cutoff=0.75):
+            msg = f"{task}() takes no argument {key!r} (did you mean {close[0]!r}?)"
+            raise TypeError(msg)
     return build_task(
         task, {k: v for k, v in arguments.items() if k not in known}
     ).system
@@ -227,7 +233,8 @@ def _near_miss(task: Task, params: Mapping[str, Any]) -> None:
             if key in inspect.signature(builder).parameters and not key.startswith("_")
         ]
         if others and key not in own:
-            msg = f"{task.name}() takes no {key}=: {', '.join(others)} take it"
+            takes = "takes" if len(others) == 1 else "take"
+            msg = f"{task.name}() takes no {key}=: {', '.join(others)} {takes} it"
             raise TypeError(msg)
         close = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
         if close:
@@ -286,6 +293,12 @@ def _run(
     detail: str = "auto",
 ) -> pl.Expr:
     expr = pl.col(expr) if isinstance(expr, str) else expr
+    if images is not None and not isinstance(images, pl.Expr):
+        msg = (
+            f"{task.name}(): images must be a pl.Expr (a column of images, such as "
+            f"pl.col('photo')), not {type(images).__name__}"
+        )
+        raise TypeError(msg)
     fields = _job_params(task, params)
     if options is not None and options.output == "struct" and task.confidence:
         _job_params(task, {"output": "struct"})  # refused as the keyword is

@@ -357,7 +357,11 @@ def test_an_emulator_off_its_cache_s_port_says_a_rerun_cannot_resume(
         own = _kept_after_stop(job, job.options, emulator=True)
         fixed = _kept_after_stop(job, job.options)
     assert own.startswith(f"what was answered is in {cache}, but this run's own")
-    assert "sends them again" in own and "emulator --port N" in own
+    assert "sends everything again" in own and "emulator --port N" in own
+    batch = job.options.replace(mode="batch")
+    with pac.Completer(config=config, cache=str(cache)) as job:
+        gone = _kept_after_stop(job, batch, emulator=True)
+    assert "its batches with it: a rerun sends what was not collected" in gone
     assert fixed == f"answers so far are in {cache}: run the same command to resume"
     # batch mode: the emulator's batches end with it, whatever its port
     with contextlib.ExitStack() as stack:

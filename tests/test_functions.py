@@ -229,6 +229,52 @@ def test_system_on_a_column_of_messages_is_said_to_be_unsent(
     ]
 
 
+def test_rows_repeated_across_chunks_in_another_order_are_sent_once(
+    emulator: Emulator,
+) -> None:
+    # each chunk is a batch; a batch takes its rows before another batch's answers
+    # arrive, and its workers reached them after: they were sent again (found by a
+    # user probe: 396 requests for 200 texts)
+    texts = [f"[emu:delay=2] What is {i} + 1?" for i in range(120)]
+    df = pl.concat(
+        [pl.DataFrame({"q": texts}), pl.DataFrame({"q": texts[::-1]})], rechunk=False
+    )
+    job = pac.Completer(max_tokens=20, max_concurrency=4, progress=False)
+    out = df.select(job.expr("q"))
+    sums = [str(i + 1) for i in range(120)]
+    assert out["q"].to_list() == sums + sums[::-1]
+    assert emulator.stats()["requests"] == 120
+    assert job.summary().deduplicated == 120
+
+
+def test_a_lazy_query_collected_again_is_sent_again(emulator: Emulator) -> None:
+    # collects of a lazy query less than 0.2 s apart are one run (Polars' threads hand
+    # the chunks over in waves); its later collects got the first one's answers, and a
+    # job sampling again (temperature=1) got no new request
+    lf = pl.LazyFrame({"q": ["Write a haiku about rain", "Name a colour"]})
+    job = pac.Completer(max_tokens=20, temperature=1.0, progress=False)
+    for k in range(3):
+        lf.select(job.expr("q")).collect()
+        assert emulator.stats()["requests"] == 2 * (k + 1)
+
+
+def test_a_failure_is_not_handed_to_a_repeat_in_another_chunk(
+    emulator: Emulator,
+) -> None:
+    # the emulator fails the first request for "hello" alone; a repeat in another
+    # chunk waiting for it got its 500 too, whichever chunk Polars' timing made wait
+    df = pl.concat(
+        [pl.DataFrame({"q": ["[emu:500*1] hello", f"filler {k}"]}) for k in range(8)],
+        rechunk=False,
+    )
+    job = pac.Completer(max_tokens=20, max_attempts=1, on_error="null", progress=False)
+    out = df.select(job.expr("q"))["q"].to_list()
+    hello = out[::2]
+    assert hello.count(None) == 1, hello  # the one row whose request failed
+    assert all(a is not None for a in out[1::2])
+    assert emulator.stats()["statuses"].get("500") == 1
+
+
 def test_empty_empty_list_and_nulls(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:

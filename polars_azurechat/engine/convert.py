@@ -13,6 +13,8 @@ bytes; a row with another, a broken data URL, or more images than Azure takes
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,16 @@ from polars_azurechat.errors import InputError
 if TYPE_CHECKING:
     from polars_azurechat.schema.output import OutputSchema
 
-__all__ = ["check_dtype", "results_to_series", "rows_to_requests", "series_to_requests"]
+__all__ = [
+    "check_dtype",
+    "results_to_series",
+    "rows_to_requests",
+    "say_system_unsent",
+    "series_to_requests",
+    "to_requests",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Chunks of at least this many rows are converted through Arrow.
 ARROW_MIN_ROWS = 4096
@@ -283,3 +294,46 @@ def _struct_series(
     if out.dtype != dtype:  # pragma: no cover - every column has its declared dtype
         out = out.cast(dtype)
     return out
+
+
+#: Taken to warn once a job (Polars calls from several threads at once).
+_SAY_ONCE = threading.Lock()
+
+
+def say_system_unsent(
+    reports: dict[str, Any], rows: pl.Series | list[Any], system: Any
+) -> None:
+    """Warn once a job (``reports``) that ``system=`` is not sent with messages."""
+    if system is None or "sys" in reports:
+        return
+    if isinstance(rows, pl.Series):
+        if not isinstance(rows.dtype, pl.List):
+            return
+        what = f"column {rows.name!r} holds"
+    elif any(isinstance(row, list | tuple) for row in rows):
+        what = "these rows hold"
+    else:
+        return
+    with _SAY_ONCE:
+        if reports.setdefault("sys", what) is not what:
+            return
+    logger.warning(
+        "system= is for String prompts; %s message lists, which carry their own "
+        "system message: system= is not sent",
+        what,
+    )
+
+
+def to_requests(
+    rows: pl.Series | Sequence[Any], system: str | None, reports: dict[str, Any]
+) -> list[ChatRequest | None]:
+    """A job's requests for ``rows`` (a column, or prompts and message lists).
+
+    ``system`` goes before each String prompt; message lists carry their own (a
+    warning says so once a job: ``reports``).
+    """
+    listed = rows if isinstance(rows, pl.Series) else list(rows)
+    say_system_unsent(reports, listed, system)
+    if isinstance(listed, pl.Series):
+        return series_to_requests(listed, system=system)
+    return rows_to_requests(listed, system=system)

@@ -311,11 +311,15 @@ class Recent:
             _, (_, dropped) = self._answers.popitem(last=False)
             self._bytes -= dropped
 
+    def forget(self) -> None:
+        """Forget every answer kept so far."""
+        self._answers.clear()
+        self._bytes = 0
+
     def clear(self) -> None:
         """Forget every answer, and keep none from now on (the run is over)."""
         self._closed = True
-        self._answers.clear()
-        self._bytes = 0
+        self.forget()
 
 
 @dataclasses.dataclass(slots=True)

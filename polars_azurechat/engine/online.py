@@ -65,6 +65,32 @@ logger = logging.getLogger(__name__)
 MAX_RATE_LIMITED_S = 900.0
 
 
+async def _answered_elsewhere(
+    run: Run, key: str, sending: Mapping[str, asyncio.Future[ChatResult]]
+) -> ChatResult | None:
+    """The answer to ``key`` another batch got, or ``None``: this row must send it.
+
+    One the run was given since this row's batch came in (:class:`Recent`), or the one
+    another batch is sending now, waited for. A failure is not shared: the rows that
+    waited for it send the request again (the first of them; the others wait for it).
+    """
+    while True:
+        earlier = run.recent.get(key)
+        if earlier is not None:
+            return earlier
+        shared = sending.get(key)
+        if shared is None:
+            return None
+        try:
+            answer = await asyncio.shield(shared)
+        except asyncio.CancelledError:
+            if not shared.cancelled():
+                raise  # this row itself was cancelled
+            continue  # the row sending it was cancelled (its batch was)
+        if answer.exception is None:
+            return answer
+
+
 class OnlineSender:
     """Send a job's requests one per row through its pool, with retries.
 
@@ -124,19 +150,13 @@ class OnlineSender:
     ) -> tuple[ChatResult, bool]:
         """Answer one request, sharing the answer with another batch sending it now.
 
-        Also says whether the answer is another batch's (it keeps it in the cache).
+        Also says whether the answer is another batch's (it keeps it in the cache; see
+        :func:`_answered_elsewhere`).
         """
-        shared = self._sending.get(key)
-        if shared is not None:
-            try:
-                answer = await asyncio.shield(shared)
-            except asyncio.CancelledError:
-                if not shared.cancelled():
-                    raise  # this row itself was cancelled
-                # the row sending it was cancelled (its batch was): send it here
-            else:
-                run.stats.deduplicated += 1
-                return dataclasses.replace(answer, attempts=0), True
+        earlier = await _answered_elsewhere(run, key, self._sending)
+        if earlier is not None:
+            run.stats.deduplicated += 1
+            return dataclasses.replace(earlier, attempts=0), True
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._sending[key] = future
         try:

@@ -442,6 +442,8 @@ class Runs:
         if run.explicit or run.fatal or run.interrupted or run.error:
             self._finish(run)
         else:  # more waves of the same query may come: end the run if none does
+            # (or another collect, which must not take this one's answers)
+            run.recent.forget()
             loop = _loop.loop()
             loop.call_soon_threadsafe(self._arm_timer, run)
 

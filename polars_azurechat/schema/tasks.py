@@ -98,10 +98,7 @@ PROMPTS: Final = {
 SENTIMENT_LABELS: Final = ("positive", "neutral", "negative")
 
 #: A placeholder, or one written twice over (``{{labels}}``: the text ``{labels}``).
-_PLACEHOLDER = re.compile(
-    r"\{\{(labels|condition|instructions|max_words|language)\}\}"
-    r"|\{(labels|condition|instructions|max_words|language)\}"
-)
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}|\{(\w+)\}")
 
 
 def _render(template: str, **values: str) -> str:
@@ -109,8 +106,10 @@ def _render(template: str, **values: str) -> str:
 
     A prompt of one's own lacking ``{instructions}`` gets them on a line at its end;
     lacking another placeholder of the task (``{labels}``, ``{condition}``, ...), it
-    is refused: what was given would not be sent. A placeholder's name in double
-    braces (``{{labels}}``) is written in single ones; other braces stay as written.
+    is refused: what was given would not be sent; so is a placeholder the task does
+    not fill (``{text}``: it would be sent as it is). A name in double braces
+    (``{{labels}}``, ``{{text}}``) is written in single ones; other braces stay as
+    written.
 
     Examples
     --------
@@ -120,6 +119,15 @@ def _render(template: str, **values: str) -> str:
     'Pick from a, b ({labels}).'
     """
     present = {m.group(2) for m in _PLACEHOLDER.finditer(template)} - {None}
+    unknown = sorted(present - set(values))
+    if unknown:  # a typo, or a placeholder another tool fills ({text}): sent as it is
+        shown = ", ".join("{" + name + "}" for name in values)
+        msg = (
+            f"prompt= has {{{unknown[0]}}}, which this task does not fill (it fills "
+            f"{shown}; the row's text is the user message); write {{{{{unknown[0]}}}}} "
+            "for the braces themselves"
+        )
+        raise ValueError(msg)
     for name, value in values.items():
         if value and name not in present:
             if name != "instructions":
@@ -403,7 +411,12 @@ def _filter_task(
 def _extract_task(
     schema: Any, instructions: str | None = None, prompt: str | None = None
 ) -> Task:
-    if output_schema(schema) is None:  # a typed answer's type, checked now
+    try:
+        typed = output_schema(schema)  # a typed answer's type, checked now
+    except TypeError as exc:  # it named response_format, which the user did not give
+        said = str(exc).replace("response_format must be", "extract's schema must be")
+        raise TypeError(said) from None
+    if typed is None:
         msg = "extract needs a pydantic model, a JSON-schema dict or a pl.Struct"
         raise TypeError(msg)
     system = _render(
@@ -415,7 +428,10 @@ def _extract_task(
 def _summarize_task(
     max_words: int = 50, instructions: str | None = None, prompt: str | None = None
 ) -> Task:
-    if not isinstance(max_words, int) or isinstance(max_words, bool) or max_words < 1:
+    if not isinstance(max_words, int) or isinstance(max_words, bool):
+        msg = f"max_words must be an integer >= 1, got {max_words!r}"
+        raise TypeError(msg)
+    if max_words < 1:
         msg = f"max_words must be an integer >= 1, got {max_words!r}"
         raise ValueError(msg)
     system = _render(
