@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ EMULATOR_BATCHES_GONE = (
 def cache_port(cache: str | os.PathLike[str]) -> int:
     """The emulator's port for a cache: the same for the same file, run to run.
 
-    A file is named by its absolute path; a URL (``redis://...``) as it is given.
+    A file is named by its absolute path (in lower case on macOS and Windows, whose
+    file systems ignore case by default: two spellings of one file name one port);
+    a URL (``redis://...``) as it is given.
 
     Examples
     --------
@@ -79,6 +82,8 @@ def cache_port(cache: str | os.PathLike[str]) -> int:
     True
     """
     name = str(cache) if "://" in str(cache) else str(Path(cache).resolve())
+    if sys.platform in ("darwin", "win32") and "://" not in name:
+        name = name.lower()
     return EMULATOR_PORTS[zlib.crc32(name.encode()) % len(EMULATOR_PORTS)]
 
 
