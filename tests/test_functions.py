@@ -247,15 +247,20 @@ def test_rows_repeated_across_chunks_in_another_order_are_sent_once(
     assert job.summary().deduplicated == 120
 
 
-def test_a_lazy_query_collected_again_is_sent_again(emulator: Emulator) -> None:
+def test_lazy_collects_of_one_run_share_answers_and_a_new_run_sends_again(
+    emulator: Emulator,
+) -> None:
     # collects of a lazy query less than 0.2 s apart are one run (Polars' threads hand
-    # the chunks over in waves); its later collects got the first one's answers, and a
-    # job sampling again (temperature=1) got no new request
+    # the chunks over in waves): a later one takes the run's answers; summary() ends
+    # the run, and the next collect sends again (sampling again at temperature=1)
     lf = pl.LazyFrame({"q": ["Write a haiku about rain", "Name a colour"]})
     job = pac.Completer(max_tokens=20, temperature=1.0, progress=False)
-    for k in range(3):
-        lf.select(job.expr("q")).collect()
-        assert emulator.stats()["requests"] == 2 * (k + 1)
+    lf.select(job.expr("q")).collect()
+    lf.select(job.expr("q")).collect()
+    assert emulator.stats()["requests"] == 2
+    job.summary()
+    lf.select(job.expr("q")).collect()
+    assert emulator.stats()["requests"] == 4
 
 
 def test_a_failure_is_not_handed_to_a_repeat_in_another_chunk(

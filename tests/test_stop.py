@@ -245,3 +245,48 @@ def test_a_batch_registered_after_the_halt_is_cancelled(
             future.result(30)
         server.release()
     engine.close()
+
+
+class HeldFirst(Held):
+    """A server holding every answer; ``all_in`` once the first request is in."""
+
+    async def __call__(self, request: MemoryRequest) -> MemoryResponse:
+        self.all_in.set()
+        return await super().__call__(request)
+
+
+def test_a_stop_leaves_no_shared_request_behind_for_the_next_run(
+    cache: SqliteCache, clock: FakeClock
+) -> None:
+    # batches waiting for a request another batch sends: a stop cancels them all, and
+    # a waiting row took its sender's cancellation for its own end and sent the
+    # request itself, never answered (admissions stopped); the next run asking the
+    # same prompt waited for it for ever (found in review)
+    server = HeldFirst()
+    engine = _engine(server, cache, clock)
+    engine.runs.stop_grace_s = 0.0
+    dup = ChatRequest([{"role": "user", "content": "dup"}])
+    done: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            list(engine.pipeline([(k, [dup]) for k in range(3)], read_ahead=3))
+        except BaseException as exc:  # the stop
+            done["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert server.all_in.wait(30)
+    for _ in range(5):  # the other batches reach their wait for the first one's
+        _loop.submit(asyncio.sleep(0)).result()
+    _loop.loop().call_soon_threadsafe(engine.interrupt, "Ctrl-C")
+    thread.join(30)
+    assert not thread.is_alive() and isinstance(done["first"], KeyboardInterrupt)
+    server.release()
+    again = threading.Thread(target=lambda: done.update(second=engine.run([dup])))
+    again.start()
+    again.join(30)
+    assert not again.is_alive(), "the next run waited for the stopped run's request"
+    (answer,) = done["second"]  # type: ignore[misc]
+    assert answer is not None and answer.content == "answer to dup"
+    engine.close()

@@ -315,8 +315,9 @@ def say_system_unsent(
     else:
         return
     with _SAY_ONCE:
-        if reports.setdefault("sys", what) is not what:
+        if "sys" in reports:
             return
+        reports["sys"] = True
     logger.warning(
         "system= is for String prompts; %s message lists, which carry their own "
         "system message: system= is not sent",

@@ -24,6 +24,7 @@ and shared by the engine, batch mode and :func:`~polars_azurechat.plan.plan`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -264,6 +265,7 @@ class Recent:
     about ``budget`` bytes of memory (:func:`_answer_bytes`): past it, the least
     recently asked are forgotten (a row asking one of them is sent again; a cache file
     keeps every answer). Cleared, it keeps nothing more (a late answer of an ended run).
+    It is read and written on the engine's loop (cleared there too).
 
     Examples
     --------
@@ -297,7 +299,8 @@ class Recent:
         kept = self._answers.get(key)
         if kept is None:
             return None
-        self._answers.move_to_end(key)
+        with contextlib.suppress(KeyError):  # cleared meanwhile
+            self._answers.move_to_end(key)
         return kept[0]
 
     def put(self, key: str, result: ChatResult) -> None:
@@ -311,15 +314,11 @@ class Recent:
             _, (_, dropped) = self._answers.popitem(last=False)
             self._bytes -= dropped
 
-    def forget(self) -> None:
-        """Forget every answer kept so far."""
-        self._answers.clear()
-        self._bytes = 0
-
     def clear(self) -> None:
         """Forget every answer, and keep none from now on (the run is over)."""
         self._closed = True
-        self.forget()
+        self._answers.clear()
+        self._bytes = 0
 
 
 @dataclasses.dataclass(slots=True)

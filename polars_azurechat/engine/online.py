@@ -71,8 +71,10 @@ async def _answered_elsewhere(
     """The answer to ``key`` another batch got, or ``None``: this row must send it.
 
     One the run was given since this row's batch came in (:class:`Recent`), or the one
-    another batch is sending now, waited for. A failure is not shared: the rows that
-    waited for it send the request again (the first of them; the others wait for it).
+    another batch is sending now, waited for. A transient failure (a 429, a 5xx, a
+    timeout after its retries) is not shared, once a run: the first row that waited
+    for it sends the request again, the others wait for that; any other failure (a
+    content filter, a refusal, a cut answer) is shared, as it would come again.
     """
     while True:
         earlier = run.recent.get(key)
@@ -84,11 +86,14 @@ async def _answered_elsewhere(
         try:
             answer = await asyncio.shield(shared)
         except asyncio.CancelledError:
-            if not shared.cancelled():
-                raise  # this row itself was cancelled
+            task = asyncio.current_task()
+            if not shared.cancelled() or (task is not None and task.cancelling()):
+                raise  # this row itself was cancelled (a stop cancels every batch)
             continue  # the row sending it was cancelled (its batch was)
-        if answer.exception is None:
+        failed = answer.exception
+        if failed is None or not is_retryable(failed) or key in run.resent:
             return answer
+        run.resent.add(key)
 
 
 class OnlineSender:

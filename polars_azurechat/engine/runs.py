@@ -211,6 +211,8 @@ class Run:
         self.stats = RunStats()
         #: its answers, for its later batches asking the same (dropped at its end)
         self.recent = Recent()
+        #: keys another batch sent again after a transient failure (once a run)
+        self.resent: set[str] = set()
         #: its counters over time, for the run report (see :mod:`.timeline`)
         self.timeline: Timeline | None = None
         self.ended: float | None = None
@@ -442,8 +444,6 @@ class Runs:
         if run.explicit or run.fatal or run.interrupted or run.error:
             self._finish(run)
         else:  # more waves of the same query may come: end the run if none does
-            # (or another collect, which must not take this one's answers)
-            run.recent.forget()
             loop = _loop.loop()
             loop.call_soon_threadsafe(self._arm_timer, run)
 
@@ -466,7 +466,8 @@ class Runs:
             if run.finished:
                 return
             run.finished = True
-        run.recent.clear()
+        # on the loop, whose batches read and write it (a later callback sees it done)
+        _loop.loop().call_soon_threadsafe(run.recent.clear)
         if self.on_end is not None:
             self.on_end(run)
 

@@ -98,7 +98,13 @@ PROMPTS: Final = {
 SENTIMENT_LABELS: Final = ("positive", "neutral", "negative")
 
 #: A placeholder, or one written twice over (``{{labels}}``: the text ``{labels}``).
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}|\{(\w+)\}")
+_PLACEHOLDER = re.compile(
+    r"\{\{\{([A-Za-z_]\w*)\}\}\}|\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}"
+)
+#: Names other tools fill with the row's text: in a task's prompt, a mistake.
+_ROW_NAMES = frozenset(
+    {"text", "input", "row", "content", "document", "message", "prompt", "question"}
+)
 
 
 def _render(template: str, **values: str) -> str:
@@ -107,9 +113,10 @@ def _render(template: str, **values: str) -> str:
     A prompt of one's own lacking ``{instructions}`` gets them on a line at its end;
     lacking another placeholder of the task (``{labels}``, ``{condition}``, ...), it
     is refused: what was given would not be sent; so is a placeholder the task does
-    not fill (``{text}``: it would be sent as it is). A name in double braces
-    (``{{labels}}``, ``{{text}}``) is written in single ones; other braces stay as
-    written.
+    not fill that looks meant (``{text}``, a near miss of the task's: it would be sent
+    as it is). A name in double braces (``{{labels}}``, ``{{text}}``) is written in
+    single ones, a placeholder in triple braces filled inside single ones, as
+    ``str.format`` does; other braces stay as written (``{a}``, ``{3}``, JSON).
 
     Examples
     --------
@@ -118,14 +125,21 @@ def _render(template: str, **values: str) -> str:
     >>> _render("Pick from {labels} ({{labels}}).", labels="a, b")
     'Pick from a, b ({labels}).'
     """
-    present = {m.group(2) for m in _PLACEHOLDER.finditer(template)} - {None}
-    unknown = sorted(present - set(values))
+    found = [m.group(1) or m.group(3) for m in _PLACEHOLDER.finditer(template)]
+    present = {name for name in found if name}
+    unknown = sorted(
+        name
+        for name in present - set(values)  # {a} in LaTeX, say, stays as written
+        if name in _ROW_NAMES or difflib.get_close_matches(name, values, cutoff=0.75)
+    )
     if unknown:  # a typo, or a placeholder another tool fills ({text}): sent as it is
         shown = ", ".join("{" + name + "}" for name in values)
+        close = difflib.get_close_matches(unknown[0], values, n=1, cutoff=0.75)
+        meant = f"did you mean {{{close[0]}}}? " if close else ""
         msg = (
-            f"prompt= has {{{unknown[0]}}}, which this task does not fill (it fills "
-            f"{shown}; the row's text is the user message); write {{{{{unknown[0]}}}}} "
-            "for the braces themselves"
+            f"prompt= has {{{unknown[0]}}}, which this task does not fill ({meant}it "
+            f"fills {shown}; the row's text is the user message); write "
+            f"{{{{{unknown[0]}}}}} for the braces themselves"
         )
         raise ValueError(msg)
     for name, value in values.items():
@@ -138,12 +152,17 @@ def _render(template: str, **values: str) -> str:
                 )
                 raise ValueError(msg)
             template = template.rstrip("\n") + "\n{instructions}"
-    filled = _PLACEHOLDER.sub(
-        lambda m: (
-            "{" + m.group(1) + "}" if m.group(1) else values.get(m.group(2), m.group(0))
-        ),
-        template,
-    )
+
+    def fill(m: re.Match[str]) -> str:
+        if m.group(2):  # {{name}}: the name in single braces
+            return "{" + m.group(2) + "}"
+        if m.group(1):  # {{{name}}}: the value in single braces, as str.format does
+            return (
+                "{" + values[m.group(1)] + "}" if m.group(1) in values else m.group(0)
+            )
+        return values.get(m.group(3), m.group(0))
+
+    filled = _PLACEHOLDER.sub(fill, template)
     return filled.rstrip("\n") if template.endswith("{instructions}") else filled
 
 
